@@ -1,0 +1,107 @@
+"""fallbackchain: keep OpenAI chat calls answering through drops, rate limits and outages.
+
+For each request a chain streams the answer behind a circuit breaker (retrying transient
+failures with full-jitter backoff that honours ``Retry-After``), falls back to a non-streaming
+completion, then to the last good answer for the same request from a disk cache, and otherwise
+raises one :class:`AllTiersFailedError` listing every attempt::
+
+    from fallbackchain import FallbackChain
+
+    with FallbackChain.from_config("config/fallbackchain.toml") as chain:
+        for event in (stream := chain.stream(messages=[{"role": "user", "content": "Hi"}])):
+            ...
+        print(stream.response.text, stream.response.source)
+"""
+
+from ._breaker import BreakerGate, BreakerState, Permit
+from ._cache import CachedAnswer, CacheStats, ResponseCache, cache_key
+from ._chain import (
+    AsyncChainStream,
+    AsyncFallbackChain,
+    ChainStream,
+    FallbackChain,
+    StreamNotFinishedError,
+)
+from ._config import (
+    BreakerConfig,
+    CacheConfig,
+    ChainConfig,
+    OpenAIConfig,
+    RetryConfig,
+    load_config,
+)
+from ._errors import (
+    AllTiersFailedError,
+    BreakerOpenError,
+    CacheCorruptError,
+    CacheError,
+    ConfigError,
+    DeadlineExceededError,
+    FallbackChainError,
+    FirstTokenTimeoutError,
+    IdleTimeoutError,
+    MalformedChunkError,
+    QuotaExceededError,
+    RateLimitedError,
+    ServerError,
+    StreamErrorEvent,
+    StreamProtocolError,
+    TierError,
+    TruncatedStreamError,
+    UnsafeCacheRowError,
+    UpstreamConnectionError,
+    UpstreamStatusError,
+    UpstreamTimeoutError,
+)
+from ._results import Attempt, ChainEvent, ChainResponse
+from ._timing import is_testing, set_testing
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AllTiersFailedError",
+    "AsyncChainStream",
+    "AsyncFallbackChain",
+    "Attempt",
+    "BreakerConfig",
+    "BreakerGate",
+    "BreakerOpenError",
+    "BreakerState",
+    "CacheConfig",
+    "CacheCorruptError",
+    "CacheError",
+    "CacheStats",
+    "CachedAnswer",
+    "ChainConfig",
+    "ChainEvent",
+    "ChainResponse",
+    "ChainStream",
+    "ConfigError",
+    "DeadlineExceededError",
+    "FallbackChain",
+    "FallbackChainError",
+    "FirstTokenTimeoutError",
+    "IdleTimeoutError",
+    "MalformedChunkError",
+    "OpenAIConfig",
+    "Permit",
+    "QuotaExceededError",
+    "RateLimitedError",
+    "ResponseCache",
+    "RetryConfig",
+    "ServerError",
+    "StreamErrorEvent",
+    "StreamNotFinishedError",
+    "StreamProtocolError",
+    "TierError",
+    "TruncatedStreamError",
+    "UnsafeCacheRowError",
+    "UpstreamConnectionError",
+    "UpstreamStatusError",
+    "UpstreamTimeoutError",
+    "__version__",
+    "cache_key",
+    "is_testing",
+    "load_config",
+    "set_testing",
+]

@@ -1,0 +1,656 @@
+"""The chains: :class:`FallbackChain` (threads) and :class:`AsyncFallbackChain` (asyncio).
+
+For each request a chain tries, in order: the streaming tier, the non-streaming completion
+tier (each behind its own circuit breaker, with retries), then the last good answer for the
+same request from the cache; otherwise it raises :class:`~fallbackchain.AllTiersFailedError`.
+Every complete live answer is written through to the cache.
+
+The two classes are thin drivers of the same decision core (``_core.RequestRun``), stream
+assembly (``_assembly``) and error mapping (``_errors.map_error``): they differ only in how
+they wait (``sleep`` vs ``await``) and how they bound a wait (the SDK's per-read timeout plus a
+check after each chunk in threads; ``asyncio.Timeout`` rescheduled per chunk in asyncio).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import aclosing
+import random as _random
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from os import PathLike
+from typing import Any, Self
+
+import httpx2
+import openai
+from openai.types.chat import ChatCompletion
+
+from ._assembly import AttemptAssembler, Display, check_completion, completion_text
+from ._breaker import BreakerGate, BreakerState
+from ._cache import CachedAnswer, ResponseCache, cache_key
+from ._config import ChainConfig, load_config
+from ._core import AttemptWatch, RequestRun, Sleep, Tier, TryTier
+from ._errors import (
+    AllTiersFailedError,
+    DeadlineExceededError,
+    FallbackChainError,
+    UpstreamTimeoutError,
+    map_error,
+)
+from ._results import ChainEvent, ChainResponse
+from ._timing import (
+    AsyncSleep,
+    Clock,
+    async_sleep_unless_testing,
+    default_async_sleep,
+    default_clock,
+    default_sleep,
+    sleep_unless_testing,
+)
+from ._timing import Sleep as SleepFunc
+
+__all__ = [
+    "AsyncChainStream",
+    "AsyncFallbackChain",
+    "ChainStream",
+    "FallbackChain",
+    "StreamNotFinishedError",
+]
+
+logger = logging.getLogger("fallbackchain")
+
+_RESERVED = frozenset({"stream", "messages", "model"})
+
+
+class StreamNotFinishedError(FallbackChainError):
+    """``stream.response`` was read before the stream was iterated to its end."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    model: str
+    messages: Sequence[Any]
+    params: Mapping[str, Any]
+    key: str
+
+
+class _Outcome:
+    __slots__ = ("response",)
+
+    def __init__(self) -> None:
+        self.response: ChainResponse | None = None
+
+
+class _ChainBase:
+    """Set-up shared by both drivers: config, tiers, cache, request preparation."""
+
+    def __init__(
+        self,
+        config: ChainConfig,
+        *,
+        clock: Clock | None,
+        random: Callable[[], float] | None,
+        cache: ResponseCache | None,
+    ) -> None:
+        self.config = config
+        self._clock = clock or default_clock
+        self._random = random or _random.random
+        probe_lease = config.retry.deadline + config.openai.timeout
+        self._gates = {
+            name: BreakerGate(
+                name,
+                fail_max=config.breaker.fail_max,
+                reset_timeout=config.breaker.reset_timeout,
+                clock=self._clock,
+                probe_lease=probe_lease,
+            )
+            for name in ("stream", "completion")
+        }
+        self._tiers = (
+            Tier("stream", streaming=True, gate=self._gates["stream"]),
+            Tier("completion", streaming=False, gate=self._gates["completion"]),
+        )
+        self.cache = cache if cache is not None else ResponseCache(config.cache, clock=self._clock)
+        self._owns_cache = cache is None
+
+    def breaker_states(self) -> dict[str, BreakerState]:
+        """Each live tier's breaker state: ``"closed"``, ``"open"`` or ``"half-open"``."""
+        return {name: gate.state for name, gate in self._gates.items()}
+
+    @property
+    def breakers(self) -> Mapping[str, BreakerGate]:
+        """The live tiers' breaker gates, by tier name (read-only use)."""
+        return dict(self._gates)
+
+    def _prepare(
+        self, messages: Sequence[Any], model: str | None, params: Mapping[str, Any]
+    ) -> _Request:
+        bad = _RESERVED.intersection(params)
+        if bad:
+            raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(bad))}")
+        if not messages:
+            raise ValueError("messages must not be empty")
+        model = model or self.config.openai.model
+        key = cache_key(model, messages, params)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("request %s model=%s messages=%r", key[:16], model, messages)
+        return _Request(model, messages, params, key)
+
+    def _kwargs(self, request: _Request, *, streaming: bool, read: float) -> dict[str, Any]:
+        kwargs = dict(request.params)
+        kwargs["model"] = request.model
+        kwargs["messages"] = request.messages
+        kwargs["stream"] = streaming
+        if streaming and "stream_options" not in kwargs:
+            kwargs["stream_options"] = {"include_usage": True}
+        connect = self.config.openai.timeout
+        kwargs["timeout"] = httpx2.Timeout(connect, read=max(read, 0.001))
+        return kwargs
+
+    def _read_budget(self, watch: AttemptWatch, run: RequestRun, now: float, *, streaming: bool) -> float:
+        cfg = self.config.openai
+        if streaming:
+            per_read = max(cfg.first_token_timeout, cfg.idle_timeout)
+            return min(per_read, max(run.remaining(now), 0.0))
+        return min(cfg.timeout, max(run.remaining(now), 0.0))
+
+    def _new_watch(self, run: RequestRun, step: TryTier) -> AttemptWatch:
+        cfg = self.config.openai
+        return AttemptWatch(
+            run, started=step.started, first_token=cfg.first_token_timeout, idle=cfg.idle_timeout
+        )
+
+    def _done(
+        self,
+        run: RequestRun,
+        step: TryTier,
+        watch: AttemptWatch,
+        completion: ChatCompletion,
+        out: _Outcome,
+    ) -> ChainResponse:
+        run.succeeded(step, time_to_first_token=watch.time_to_first_token())
+        response = ChainResponse(
+            text=completion_text(completion),
+            source=step.tier.name,
+            completion=completion,
+            attempts=tuple(run.attempts),
+        )
+        out.response = response
+        return response
+
+    def _cached_response(
+        self, run: RequestRun, cached: CachedAnswer | None, out: _Outcome
+    ) -> ChainResponse:
+        if cached is None:
+            logger.info("all tiers failed and the cache has no answer")
+            raise AllTiersFailedError(run.attempts)
+        logger.info("fallback: answered from cache (age %.0fs)", cached.age)
+        response = ChainResponse(
+            text=completion_text(cached.completion),
+            source="cache",
+            completion=cached.completion,
+            attempts=tuple(run.attempts),
+            cache_age=cached.age,
+        )
+        out.response = response
+        return response
+
+    def _store(self, request: _Request, completion: ChatCompletion) -> None:
+        try:
+            self.cache.put(request.key, completion)
+        except Exception:  # the cache must never break a request
+            logger.exception("cache write failed (ignored)")
+
+    def _lookup(self, request: _Request) -> CachedAnswer | None:
+        try:
+            return self.cache.get(request.key)
+        except Exception:
+            logger.exception("cache read failed (ignored)")
+            return None
+
+
+def _sdk_client_sync(config: ChainConfig, client: openai.OpenAI | None) -> tuple[openai.OpenAI, bool]:
+    if client is not None:
+        return client.with_options(max_retries=0), False
+    cfg = config.openai
+    created = openai.OpenAI(
+        base_url=cfg.base_url,
+        api_key=cfg.api_key(file=config.source),
+        max_retries=0,
+        timeout=cfg.timeout,
+    )
+    return created, True
+
+
+def _sdk_client_async(
+    config: ChainConfig, client: openai.AsyncOpenAI | None
+) -> tuple[openai.AsyncOpenAI, bool]:
+    if client is not None:
+        return client.with_options(max_retries=0), False
+    cfg = config.openai
+    created = openai.AsyncOpenAI(
+        base_url=cfg.base_url,
+        api_key=cfg.api_key(file=config.source),
+        max_retries=0,
+        timeout=cfg.timeout,
+    )
+    return created, True
+
+
+# ------------------------------------------------------------------------------------------------
+# Sync
+# ------------------------------------------------------------------------------------------------
+
+
+class ChainStream:
+    """A chain's answer as an iterator of :class:`~fallbackchain.ChainEvent`.
+
+    Nothing is sent until the first ``next()``. ``response`` is available once iteration ends.
+    ``close()`` (or leaving the ``with`` block) stops early; that is never counted as a failure.
+    """
+
+    def __init__(self, events: Iterator[ChainEvent], outcome: _Outcome) -> None:
+        self._events = events
+        self._outcome = outcome
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> ChainEvent:
+        return next(self._events)
+
+    @property
+    def response(self) -> ChainResponse:
+        """The whole answer; raises :class:`StreamNotFinishedError` before the end."""
+        if self._outcome.response is None:
+            raise StreamNotFinishedError("iterate the stream to its end before reading .response")
+        return self._outcome.response
+
+    def close(self) -> None:
+        """Stop early, release the connection; neutral for the breakers."""
+        close = getattr(self._events, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class FallbackChain(_ChainBase):
+    """A resilient chat-completions caller for threads. Thread-safe; share one per app.
+
+    ``client`` may be your own ``openai.OpenAI``; the chain uses a copy with the SDK's own
+    retries switched off (stacked retries multiply) and never closes yours. ``clock``,
+    ``sleep`` and ``random`` are injectable for tests.
+    """
+
+    def __init__(
+        self,
+        config: ChainConfig | None = None,
+        *,
+        client: openai.OpenAI | None = None,
+        cache: ResponseCache | None = None,
+        clock: Clock | None = None,
+        sleep: SleepFunc | None = None,
+        random: Callable[[], float] | None = None,
+    ) -> None:
+        config = config or ChainConfig()
+        super().__init__(config, clock=clock, random=random, cache=cache)
+        self._client, self._owns_client = _sdk_client_sync(config, client)
+        self._sleep = sleep or default_sleep
+
+    @classmethod
+    def from_config(cls, path: str | PathLike[str], **kwargs: Any) -> Self:
+        """Load ``path`` (TOML) and build a chain with its own OpenAI client."""
+        return cls(load_config(path), **kwargs)
+
+    def stream(
+        self, messages: Sequence[Any], model: str | None = None, **params: Any
+    ) -> ChainStream:
+        """Stream an answer as events; ``params`` as for ``chat.completions.create``."""
+        request = self._prepare(messages, model, params)
+        outcome = _Outcome()
+        return ChainStream(self._drive(request, outcome), outcome)
+
+    def complete(
+        self, messages: Sequence[Any], model: str | None = None, **params: Any
+    ) -> ChainResponse:
+        """The whole answer (the same chain as :meth:`stream`, streaming first)."""
+        with self.stream(messages, model, **params) as stream:
+            for _ in stream:
+                pass
+            return stream.response
+
+    def close(self) -> None:
+        """Close the client (if the chain made it) and the cache (if the chain opened it)."""
+        if self._owns_client:
+            self._client.close()
+        if self._owns_cache:
+            self.cache.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- driver -------------------------------------------------------------------------------
+
+    def _emit(self, events: Sequence[ChainEvent], run: RequestRun) -> Iterator[ChainEvent]:
+        clock = self._clock
+        for event in events:
+            handed = clock()
+            yield event
+            run.pause(clock() - handed)
+
+    def _drive(self, request: _Request, out: _Outcome) -> Iterator[ChainEvent]:
+        run = RequestRun(self._tiers, self.config, clock=self._clock, random=self._random)
+        display = Display()
+        tried = False
+        while True:
+            step = run.next_step()
+            if isinstance(step, Sleep):
+                sleep_unless_testing(self._sleep, step.seconds)
+                continue
+            if not isinstance(step, TryTier):
+                break
+            if tried:
+                display.new_attempt()
+            tried = True
+            watch = self._new_watch(run, step)
+            source = step.tier.name
+            try:
+                if step.tier.streaming:
+                    completion = yield from self._stream_once(request, run, step, watch, display)
+                else:
+                    completion = self._complete_once(request, run, step, watch)
+            except Exception as exc:
+                error = map_error(exc, content_seen=watch.content_seen)
+                if error is None:
+                    run.abandoned(step)
+                    raise
+                run.failed(step, error, time_to_first_token=watch.time_to_first_token())
+                continue
+            except BaseException:  # GeneratorExit, KeyboardInterrupt: neutral
+                run.abandoned(step)
+                raise
+            self._done(run, step, watch, completion, out)
+            self._store(request, completion)
+            text = completion_text(completion)
+            final = display.settle(text, source) if step.tier.streaming else display.whole(text, source)
+            yield from self._emit(final, run)
+            return
+        response = self._cached_response(run, self._lookup(request), out)
+        display.new_attempt()
+        yield from self._emit(display.whole(response.text, "cache"), run)
+
+    def _stream_once(
+        self,
+        request: _Request,
+        run: RequestRun,
+        step: TryTier,
+        watch: AttemptWatch,
+        display: Display,
+    ) -> Iterator[ChainEvent]:
+        clock = self._clock
+        before = clock()
+        kwargs = self._kwargs(
+            request, streaming=True, read=self._read_budget(watch, run, before, streaming=True)
+        )
+        stream = self._client.chat.completions.create(**kwargs)
+        with stream:
+            watch.after_wait(before, clock(), got_content=False)
+            assembler = AttemptAssembler()
+            chunks = iter(stream)
+            source = step.tier.name
+            while True:
+                before = clock()
+                try:
+                    chunk = next(chunks)
+                except StopIteration:
+                    break
+                text = assembler.add(chunk)
+                watch.after_wait(before, clock(), got_content=assembler.content_seen)
+                if text:
+                    for event in display.delta(text, source):
+                        handed = clock()
+                        yield event
+                        run.pause(clock() - handed)
+        return assembler.finish(model=request.model)
+
+    def _complete_once(
+        self, request: _Request, run: RequestRun, step: TryTier, watch: AttemptWatch
+    ) -> ChatCompletion:
+        before = self._clock()
+        budget = self._read_budget(watch, run, before, streaming=False)
+        kwargs = self._kwargs(request, streaming=False, read=budget)
+        completion = self._client.chat.completions.create(**kwargs)
+        watch.content_seen = True
+        watch.first_token_at = self._clock()
+        return check_completion(completion)
+
+
+# ------------------------------------------------------------------------------------------------
+# Async
+# ------------------------------------------------------------------------------------------------
+
+
+class AsyncChainStream:
+    """A chain's answer as an async iterator of :class:`~fallbackchain.ChainEvent`.
+
+    The asyncio twin of :class:`ChainStream`: ``async for``, ``async with``, ``aclose()``.
+    Cancelling the consuming task is neutral for the breakers.
+    """
+
+    def __init__(self, events: AsyncIterator[ChainEvent], outcome: _Outcome) -> None:
+        self._events = events
+        self._outcome = outcome
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> ChainEvent:
+        return await anext(self._events)
+
+    @property
+    def response(self) -> ChainResponse:
+        """The whole answer; raises :class:`StreamNotFinishedError` before the end."""
+        if self._outcome.response is None:
+            raise StreamNotFinishedError("iterate the stream to its end before reading .response")
+        return self._outcome.response
+
+    async def aclose(self) -> None:
+        """Stop early, release the connection; neutral for the breakers."""
+        aclose = getattr(self._events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class AsyncFallbackChain(_ChainBase):
+    """The asyncio twin of :class:`FallbackChain` (same config, tiers, breakers and cache).
+
+    Disk cache I/O runs in a worker thread, never on the event loop.
+    """
+
+    def __init__(
+        self,
+        config: ChainConfig | None = None,
+        *,
+        client: openai.AsyncOpenAI | None = None,
+        cache: ResponseCache | None = None,
+        clock: Clock | None = None,
+        sleep: AsyncSleep | None = None,
+        random: Callable[[], float] | None = None,
+    ) -> None:
+        config = config or ChainConfig()
+        super().__init__(config, clock=clock, random=random, cache=cache)
+        self._client, self._owns_client = _sdk_client_async(config, client)
+        self._sleep = sleep or default_async_sleep
+
+    @classmethod
+    def from_config(cls, path: str | PathLike[str], **kwargs: Any) -> Self:
+        """Load ``path`` (TOML) and build a chain with its own AsyncOpenAI client."""
+        return cls(load_config(path), **kwargs)
+
+    def stream(
+        self, messages: Sequence[Any], model: str | None = None, **params: Any
+    ) -> AsyncChainStream:
+        """Stream an answer as events (``async for``); ``params`` as for ``create``."""
+        request = self._prepare(messages, model, params)
+        outcome = _Outcome()
+        return AsyncChainStream(self._drive(request, outcome), outcome)
+
+    async def complete(
+        self, messages: Sequence[Any], model: str | None = None, **params: Any
+    ) -> ChainResponse:
+        """The whole answer (the same chain as :meth:`stream`, streaming first)."""
+        async with self.stream(messages, model, **params) as stream:
+            async for _ in stream:
+                pass
+            return stream.response
+
+    async def aclose(self) -> None:
+        """Close the client (if the chain made it) and the cache (if the chain opened it)."""
+        if self._owns_client:
+            await self._client.close()
+        if self._owns_cache:
+            await asyncio.to_thread(self.cache.close)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- driver -------------------------------------------------------------------------------
+
+    async def _drive(self, request: _Request, out: _Outcome) -> AsyncIterator[ChainEvent]:
+        run = RequestRun(self._tiers, self.config, clock=self._clock, random=self._random)
+        display = Display()
+        tried = False
+        clock = self._clock
+        while True:
+            step = run.next_step()
+            if isinstance(step, Sleep):
+                await async_sleep_unless_testing(self._sleep, step.seconds)
+                continue
+            if not isinstance(step, TryTier):
+                break
+            if tried:
+                display.new_attempt()
+            tried = True
+            watch = self._new_watch(run, step)
+            source = step.tier.name
+            try:
+                if step.tier.streaming:
+                    completion = None
+                    items = self._stream_once(request, run, step, watch, display)
+                    async with aclosing(items):
+                        async for item in items:
+                            if isinstance(item, ChainEvent):
+                                handed = clock()
+                                yield item
+                                run.pause(clock() - handed)
+                            else:
+                                completion = item
+                    if completion is None:  # pragma: no cover - _stream_once always ends with one
+                        raise AssertionError("stream attempt ended without a completion")
+                else:
+                    completion = await self._complete_once(request, run, watch)
+            except Exception as exc:
+                error = map_error(exc, content_seen=watch.content_seen)
+                if error is None:
+                    run.abandoned(step)
+                    raise
+                run.failed(step, error, time_to_first_token=watch.time_to_first_token())
+                continue
+            except BaseException:  # CancelledError, GeneratorExit: neutral
+                run.abandoned(step)
+                raise
+            self._done(run, step, watch, completion, out)
+            await asyncio.to_thread(self._store, request, completion)
+            text = completion_text(completion)
+            final = display.settle(text, source) if step.tier.streaming else display.whole(text, source)
+            for event in final:
+                yield event
+            return
+        cached = await asyncio.to_thread(self._lookup, request)
+        response = self._cached_response(run, cached, out)
+        display.new_attempt()
+        for event in display.whole(response.text, "cache"):
+            yield event
+
+    async def _stream_once(
+        self,
+        request: _Request,
+        run: RequestRun,
+        step: TryTier,
+        watch: AttemptWatch,
+        display: Display,
+    ) -> AsyncIterator[ChainEvent | ChatCompletion]:
+        clock = self._clock
+        loop = asyncio.get_running_loop()
+        before = clock()
+        budget = watch.budget(before)
+        kwargs = self._kwargs(
+            request, streaming=True, read=self._read_budget(watch, run, before, streaming=True)
+        )
+        try:
+            async with asyncio.timeout(budget):
+                stream = await self._client.chat.completions.create(**kwargs)
+        except TimeoutError:
+            raise watch.expired(before) from None
+        async with stream:
+            watch.after_wait(before, clock(), got_content=False)
+            assembler = AttemptAssembler()
+            chunks = aiter(stream)
+            source = step.tier.name
+            timer = asyncio.timeout(None)
+            before = clock()
+            try:
+                async with timer:
+                    while True:
+                        before = clock()
+                        timer.reschedule(loop.time() + watch.budget(before))
+                        try:
+                            chunk = await anext(chunks)
+                        except StopAsyncIteration:
+                            break
+                        timer.reschedule(None)
+                        text = assembler.add(chunk)
+                        watch.after_wait(before, clock(), got_content=assembler.content_seen)
+                        if text:
+                            for event in display.delta(text, source):
+                                yield event
+            except TimeoutError:
+                raise watch.expired(before) from None
+        yield assembler.finish(model=request.model)
+
+    async def _complete_once(
+        self, request: _Request, run: RequestRun, watch: AttemptWatch
+    ) -> ChatCompletion:
+        before = self._clock()
+        budget = self._read_budget(watch, run, before, streaming=False)
+        kwargs = self._kwargs(request, streaming=False, read=budget)
+        try:
+            async with asyncio.timeout(budget):
+                completion = await self._client.chat.completions.create(**kwargs)
+        except TimeoutError:
+            if run.remaining(before) <= budget:
+                raise DeadlineExceededError(
+                    "request deadline reached while waiting for upstream"
+                ) from None
+            raise UpstreamTimeoutError(f"no answer within {budget:g}s") from None
+        watch.content_seen = True
+        watch.first_token_at = self._clock()
+        return check_completion(completion)

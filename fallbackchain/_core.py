@@ -1,0 +1,263 @@
+"""The decision core shared by the sync and async chains.
+
+:class:`RequestRun` is a state machine for one request, in the manner of tenacity's
+``iter()``: the driver asks :meth:`RequestRun.next_step` what to do (``Sleep``, ``TryTier`` or
+``UseCache``), does it (the only I/O, in the driver), and reports the outcome
+(:meth:`~RequestRun.succeeded`, :meth:`~RequestRun.failed` or :meth:`~RequestRun.abandoned`).
+All policy (tier order, breakers, retry, backoff, deadline) lives here and in ``_backoff``;
+the drivers only loop.
+
+:class:`AttemptWatch` holds one attempt's timing rules (first token, idle gap, deadline) as
+pure checks on clock readings.
+
+Time spent by the *consumer* between events (a slow reader of the stream) is not the
+upstream's fault: the driver reports it with :meth:`RequestRun.pause` and it is excluded from
+the deadline and from idle gaps.
+"""
+
+from __future__ import annotations
+
+import logging
+import random as _random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ._backoff import decide
+from ._breaker import BreakerGate, Permit
+from ._config import ChainConfig
+from ._errors import (
+    BreakerOpenError,
+    DeadlineExceededError,
+    FirstTokenTimeoutError,
+    IdleTimeoutError,
+    TierError,
+    UpstreamStatusError,
+)
+from ._results import Attempt
+
+__all__ = ["AttemptWatch", "RequestRun", "Sleep", "Tier", "TryTier", "UseCache"]
+
+logger = logging.getLogger("fallbackchain")
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """One live tier: its name (the response's ``source``), whether it streams, its breaker."""
+
+    name: str
+    streaming: bool
+    gate: BreakerGate
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """Wait this many seconds, then ask again."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class TryTier:
+    """Make one attempt at ``tier`` under ``permit``; ``number`` is 1-based within the tier."""
+
+    tier: Tier
+    permit: Permit
+    number: int
+    delay_before: float
+    started: float
+
+
+@dataclass(frozen=True, slots=True)
+class UseCache:
+    """No live tier is left: answer from the cache, or fail with every attempt listed."""
+
+
+class RequestRun:
+    """The state of one request across its tiers and attempts. Not thread-safe (one driver)."""
+
+    def __init__(
+        self,
+        tiers: Sequence[Tier],
+        config: ChainConfig,
+        *,
+        clock: Callable[[], float],
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        self._tiers = tiers
+        self._retry = config.retry
+        self._clock = clock
+        self._random = random
+        self.started = clock()
+        self.paused = 0.0
+        self.attempts: list[Attempt] = []
+        self._index = 0
+        self._number = 0
+        self._pending_sleep: float | None = None
+        self._slept = 0.0
+
+    # -- time ------------------------------------------------------------------------------
+
+    def elapsed(self, now: float | None = None) -> float:
+        """Upstream time used so far: wall time since start minus consumer pauses."""
+        return (self._clock() if now is None else now) - self.started - self.paused
+
+    def remaining(self, now: float | None = None) -> float:
+        """Seconds left before the live deadline (may be negative)."""
+        return self._retry.deadline - self.elapsed(now)
+
+    def pause(self, seconds: float) -> None:
+        """The consumer held the stream for ``seconds``: not counted against the deadline."""
+        if seconds > 0:
+            self.paused += seconds
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def next_step(self) -> Sleep | TryTier | UseCache:
+        """What the driver must do next."""
+        if self._pending_sleep is not None:
+            delay, self._pending_sleep = self._pending_sleep, None
+            self._slept = delay
+            return Sleep(delay)
+        while self._index < len(self._tiers):
+            tier = self._tiers[self._index]
+            if self.remaining() <= 0:
+                self._index = len(self._tiers)
+                break
+            permit = tier.gate.acquire()
+            if permit is None:
+                error = BreakerOpenError(f"{tier.name} breaker is {tier.gate.state}")
+                self.attempts.append(
+                    Attempt(tier.name, error.message, 0.0, exception=error)
+                )
+                logger.info("fallback: %s skipped (breaker %s)", tier.name, tier.gate.state)
+                self._advance()
+                continue
+            self._number += 1
+            delay, self._slept = self._slept, 0.0
+            return TryTier(tier, permit, self._number, delay, self._clock())
+        return UseCache()
+
+    def _advance(self) -> None:
+        self._index += 1
+        self._number = 0
+        self._slept = 0.0
+
+    def succeeded(self, step: TryTier, *, time_to_first_token: float | None) -> Attempt:
+        """The attempt answered completely."""
+        step.permit.success()
+        attempt = Attempt(
+            step.tier.name,
+            None,
+            self._clock() - step.started,
+            delay_before=step.delay_before,
+            time_to_first_token=time_to_first_token,
+        )
+        self.attempts.append(attempt)
+        return attempt
+
+    def failed(
+        self, step: TryTier, error: TierError, *, time_to_first_token: float | None = None
+    ) -> None:
+        """The attempt failed with ``error`` (already mapped): count it and plan what follows."""
+        step.permit.failure()
+        now = self._clock()
+        self.attempts.append(
+            Attempt(
+                step.tier.name,
+                error.message,
+                now - step.started,
+                exception=error,
+                status_code=error.status_code if isinstance(error, UpstreamStatusError) else None,
+                retry_after=getattr(error, "retry_after", None),
+                delay_before=step.delay_before,
+                time_to_first_token=time_to_first_token,
+            )
+        )
+        decision = decide(
+            error,
+            attempt=step.number,
+            elapsed=self.elapsed(now),
+            config=self._retry,
+            random=self._random,
+        )
+        logger.debug(
+            "attempt %s #%d failed: %s -> %s (%s)",
+            step.tier.name, step.number, type(error).__name__, decision.action, decision.reason,
+        )
+        if decision.action == "retry":
+            self._pending_sleep = decision.delay
+        elif decision.action == "next_tier":
+            logger.info(
+                "fallback: %s failed (%s, %s), moving on",
+                step.tier.name, type(error).__name__, decision.reason,
+            )
+            self._advance()
+        else:
+            logger.info(
+                "fallback: %s failed (%s, %s), skipping live tiers",
+                step.tier.name, type(error).__name__, decision.reason,
+            )
+            self._index = len(self._tiers)
+
+    def abandoned(self, step: TryTier) -> None:
+        """The attempt ended neither well nor badly (consumer closed, caller's own error)."""
+        step.permit.release()
+
+
+class AttemptWatch:
+    """Timing rules for one attempt, as pure checks.
+
+    Before the first content the limit is ``first_token_timeout`` counted from the attempt's
+    start; after it, ``idle_timeout`` per wait for the next chunk; always, the request's
+    remaining deadline. :meth:`budget` says how long the next wait may last;
+    :meth:`after_wait` raises the right error if a wait went over it.
+    """
+
+    __slots__ = ("_first_token", "_idle", "_run", "_started", "content_seen", "first_token_at")
+
+    def __init__(self, run: RequestRun, *, started: float, first_token: float, idle: float) -> None:
+        self._run = run
+        self._started = started
+        self._first_token = first_token
+        self._idle = idle
+        self.content_seen = False
+        self.first_token_at: float | None = None
+
+    def _limit(self, now: float) -> tuple[float, type[TierError]]:
+        if self.content_seen:
+            limit, kind = self._idle, IdleTimeoutError
+        else:
+            # No event reaches the consumer before the first content, so no pause to subtract.
+            limit = self._first_token - (now - self._started)
+            kind = FirstTokenTimeoutError
+        remaining = self._run.remaining(now)
+        if remaining < limit:
+            return remaining, DeadlineExceededError
+        return limit, kind
+
+    def budget(self, now: float) -> float:
+        """How long the next wait (for headers or a chunk) may last, in seconds (>= 0)."""
+        return max(0.0, self._limit(now)[0])
+
+    def expired(self, before: float) -> TierError:
+        """The error for a wait that began at ``before`` and ran out of budget."""
+        _, kind = self._limit(before)
+        if kind is DeadlineExceededError:
+            return DeadlineExceededError("request deadline reached while waiting for upstream")
+        if kind is IdleTimeoutError:
+            return IdleTimeoutError(f"no chunk for {self._idle:g}s (idle_timeout)")
+        return FirstTokenTimeoutError(f"no content within {self._first_token:g}s")
+
+    def after_wait(self, before: float, after: float, *, got_content: bool) -> None:
+        """Check a finished wait; raise its timeout error if it took longer than allowed."""
+        if after - before > self.budget(before):
+            raise self.expired(before)
+        if got_content and not self.content_seen:
+            self.content_seen = True
+            self.first_token_at = after
+
+    def time_to_first_token(self) -> float | None:
+        """Seconds from the attempt's start to its first content, if any arrived."""
+        if self.first_token_at is None:
+            return None
+        return self.first_token_at - self._started

@@ -1,0 +1,352 @@
+"""The one exception tree of fallbackchain, and the map from foreign errors into it.
+
+Every error the library raises is a :class:`FallbackChainError`, except one deliberate case:
+a request the API rejects as the caller's own mistake (400, 401, 403, 404, 422, context length,
+content policy) propagates as the openai SDK's own exception, unchanged, because retrying or
+falling back cannot fix it.
+
+::
+
+    FallbackChainError
+    ├── ConfigError                      bad config file, key or value (also a ValueError)
+    ├── AllTiersFailedError              no live tier and no cache answered; .attempts lists each try
+    ├── TierError                        one attempt at one live tier failed (found in .attempts)
+    │   ├── UpstreamStatusError          HTTP 408/409/429/5xx; .status_code, .retry_after
+    │   │   ├── RateLimitedError         429
+    │   │   │   └── QuotaExceededError   429 insufficient_quota: never retried
+    │   │   └── ServerError              5xx
+    │   ├── UpstreamConnectionError      connection refused, reset, dropped mid-body
+    │   │   └── UpstreamTimeoutError     a read or connect timed out
+    │   │       ├── FirstTokenTimeoutError   no content within first_token_timeout
+    │   │       └── IdleTimeoutError         a gap between chunks above idle_timeout
+    │   ├── DeadlineExceededError        the request's overall live deadline ran out
+    │   ├── BreakerOpenError             the tier's circuit breaker refused the attempt
+    │   └── StreamProtocolError          the stream itself was bad
+    │       ├── TruncatedStreamError     ended cleanly but without finish_reason (silent truncation)
+    │       ├── StreamErrorEvent         the server sent an SSE ``error`` event mid-stream
+    │       └── MalformedChunkError      a chunk was not valid JSON / not a chunk
+    └── CacheError                       the fallback cache could not be used (logged, bypassed)
+        ├── CacheCorruptError            unreadable database or row
+        └── UnsafeCacheRowError          a row asked to be unpickled: refused
+
+:func:`map_error` turns any foreign exception met on a live attempt (openai, httpx2, json,
+sqlite3, OS errors) into the most specific class above, chained ``from`` the original, or returns
+``None`` for the SDK's client errors that must propagate unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import openai
+
+if TYPE_CHECKING:
+    from ._results import Attempt
+
+__all__ = [
+    "AllTiersFailedError",
+    "BreakerOpenError",
+    "CacheCorruptError",
+    "CacheError",
+    "ConfigError",
+    "DeadlineExceededError",
+    "FallbackChainError",
+    "FirstTokenTimeoutError",
+    "IdleTimeoutError",
+    "MalformedChunkError",
+    "QuotaExceededError",
+    "RateLimitedError",
+    "ServerError",
+    "StreamErrorEvent",
+    "StreamProtocolError",
+    "TierError",
+    "TruncatedStreamError",
+    "UnsafeCacheRowError",
+    "UpstreamConnectionError",
+    "UpstreamStatusError",
+    "UpstreamTimeoutError",
+]
+
+
+class FallbackChainError(Exception):
+    """Root of every error fallbackchain raises."""
+
+
+class ConfigError(FallbackChainError, ValueError):
+    """A configuration file, key or value is wrong.
+
+    ``file``, ``key`` and ``value`` name what is wrong (``None`` where it does not apply); the
+    message always names them. Secrets are never part of it.
+    """
+
+    def __init__(
+        self, message: str, *, file: str | None = None, key: str | None = None, value: Any = None
+    ) -> None:
+        where = []
+        if file is not None:
+            where.append(str(file))
+        if key is not None:
+            where.append(f"key {key!r}")
+        prefix = ": ".join(where)
+        text = f"{prefix}: {message}" if prefix else message
+        if value is not None:
+            text += f" (got {value!r})"
+        super().__init__(text)
+        self.file = file
+        self.key = key
+        self.value = value
+
+
+class TierError(FallbackChainError):
+    """One attempt at one live tier failed. ``retryable`` says whether another try may help."""
+
+    retryable: bool = True
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UpstreamStatusError(TierError):
+    """The API answered with a retryable HTTP error status."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        retry_after: float | None = None,
+        should_retry: bool | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.retry_after = retry_after
+        self.code = code
+        if should_retry is not None:
+            self.retryable = should_retry
+
+
+class RateLimitedError(UpstreamStatusError):
+    """429: the API asked us to slow down."""
+
+
+class QuotaExceededError(RateLimitedError):
+    """429 ``insufficient_quota``: waiting will not help, so the live tiers are skipped."""
+
+    retryable = False
+
+
+class ServerError(UpstreamStatusError):
+    """5xx from the API."""
+
+
+class UpstreamConnectionError(TierError):
+    """The connection failed: refused, reset, or dropped in the middle of a body."""
+
+
+class UpstreamTimeoutError(UpstreamConnectionError):
+    """A connect or read timed out."""
+
+
+class FirstTokenTimeoutError(UpstreamTimeoutError):
+    """No content arrived within ``first_token_timeout``."""
+
+
+class IdleTimeoutError(UpstreamTimeoutError):
+    """The stream went quiet for longer than ``idle_timeout``."""
+
+
+class DeadlineExceededError(TierError):
+    """The request's overall ``deadline`` for live attempts ran out."""
+
+    retryable = False
+
+
+class BreakerOpenError(TierError):
+    """The tier's circuit breaker is open (or its one half-open probe is taken)."""
+
+    retryable = False
+
+
+class StreamProtocolError(TierError):
+    """The stream was not a well-formed, complete chat completion stream."""
+
+
+class TruncatedStreamError(StreamProtocolError):
+    """The stream ended cleanly but without ``finish_reason``: the answer is incomplete."""
+
+
+class StreamErrorEvent(StreamProtocolError):
+    """The server sent an SSE ``error`` event in the middle of the stream."""
+
+
+class MalformedChunkError(StreamProtocolError):
+    """A stream chunk (or a completion body) could not be decoded."""
+
+
+class CacheError(FallbackChainError):
+    """The fallback cache could not be used. The chain logs it and carries on without the cache."""
+
+
+class CacheCorruptError(CacheError):
+    """The cache database or one of its rows could not be read."""
+
+
+class UnsafeCacheRowError(CacheError):
+    """A cache row asked to be unpickled. It is refused: unpickling runs arbitrary code."""
+
+
+class AllTiersFailedError(FallbackChainError):
+    """Every live tier failed and the cache had no answer for this prompt.
+
+    ``attempts`` lists each try in order (tier, short error text, duration); the message
+    summarises them. It never contains the prompt or any secret.
+    """
+
+    def __init__(self, attempts: Sequence[Attempt]) -> None:
+        self.attempts = tuple(attempts)
+        lines = [f"{a.tier}: {a.error or 'ok'}" for a in self.attempts]
+        summary = "; ".join(lines) if lines else "no attempt was possible"
+        super().__init__(
+            f"all tiers failed after {len(self.attempts)} attempt(s) and the cache had no "
+            f"answer: {summary}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Mapping foreign errors
+# --------------------------------------------------------------------------------------------
+
+_CLIENT_ERRORS = (
+    openai.BadRequestError,
+    openai.AuthenticationError,
+    openai.PermissionDeniedError,
+    openai.NotFoundError,
+    openai.UnprocessableEntityError,
+)
+
+
+def _header_seconds(headers: Any) -> float | None:
+    """Parse ``retry-after-ms`` then ``retry-after`` (seconds) from response headers."""
+    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        try:
+            value = float(raw) / divisor
+        except ValueError:
+            continue
+        if value >= 0 and value == value:  # not NaN
+            return value
+    return None
+
+
+def _should_retry_header(headers: Any) -> bool | None:
+    raw = headers.get("x-should-retry")
+    if raw == "true":
+        return True
+    if raw == "false":
+        return False
+    return None
+
+
+def _short(message: str, limit: int = 200) -> str:
+    message = " ".join(str(message).split())
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
+def is_client_error(exc: BaseException) -> bool:
+    """True for the SDK's errors that are the caller's mistake and must propagate unchanged."""
+    return isinstance(exc, _CLIENT_ERRORS)
+
+
+def map_error(exc: BaseException, *, content_seen: bool = False) -> TierError | None:
+    """Map a foreign exception from a live attempt to the most specific :class:`TierError`.
+
+    Returns ``None`` when ``exc`` is a client error (see :func:`is_client_error`), which the
+    caller must re-raise unchanged. The returned error has ``__cause__`` set to ``exc``.
+    ``content_seen`` says whether content had already arrived, to tell a first-token timeout
+    from an idle one.
+    """
+    if isinstance(exc, TierError):
+        return exc
+    if is_client_error(exc):
+        return None
+    mapped = _map(exc, content_seen=content_seen)
+    mapped.__cause__ = exc
+    return mapped
+
+
+def _map(exc: BaseException, *, content_seen: bool) -> TierError:  # noqa: PLR0911
+    if isinstance(exc, openai.APIStatusError):
+        headers = exc.response.headers
+        status = exc.status_code
+        retry_after = _header_seconds(headers)
+        should_retry = _should_retry_header(headers)
+        code = exc.code
+        text = f"HTTP {status}" + (f" {code}" if code else "")
+        if status == 429 and code == "insufficient_quota":
+            return QuotaExceededError(text, status_code=status, code=code)
+        if status == 429:
+            return RateLimitedError(
+                text, status_code=status, retry_after=retry_after,
+                should_retry=should_retry, code=code,
+            )
+        if status >= 500:
+            return ServerError(
+                text, status_code=status, retry_after=retry_after,
+                should_retry=should_retry, code=code,
+            )
+        retryable = status in (408, 409) if should_retry is None else should_retry
+        return UpstreamStatusError(
+            text, status_code=status, retry_after=retry_after, should_retry=retryable, code=code
+        )
+    if isinstance(exc, openai.APITimeoutError):
+        if content_seen:
+            return IdleTimeoutError("read timed out between chunks")
+        return FirstTokenTimeoutError("timed out before the first content")
+    if isinstance(exc, openai.APIConnectionError):
+        return UpstreamConnectionError(_short(f"connection error: {_cause_name(exc)}"))
+    if isinstance(exc, openai.APIResponseValidationError):
+        return MalformedChunkError("response did not match the chat completion schema")
+    if isinstance(exc, openai.APIError):
+        # A bare APIError from the SDK's stream decoder is an SSE error event.
+        body = exc.body if isinstance(exc.body, dict) else {}
+        code = body.get("code")
+        return StreamErrorEvent(_short(f"SSE error event: {code or exc.message}"))
+    if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
+        return MalformedChunkError(f"malformed chunk: {type(exc).__name__}")
+    if isinstance(exc, TimeoutError):
+        if content_seen:
+            return IdleTimeoutError("timed out between chunks")
+        return FirstTokenTimeoutError("timed out before the first content")
+    if isinstance(exc, ConnectionError | OSError):
+        return UpstreamConnectionError(f"connection error: {type(exc).__name__}")
+    if isinstance(exc, sqlite3.Error):  # pragma: no cover - cache errors never reach a tier
+        return TierError(f"cache database error: {type(exc).__name__}")
+    if isinstance(exc, openai.OpenAIError):
+        return TierError(_short(f"{type(exc).__name__}: {exc}"))
+    return _map_httpx2(exc, content_seen=content_seen)
+
+
+def _cause_name(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    return type(cause).__name__ if cause is not None else type(exc).__name__
+
+
+def _map_httpx2(exc: BaseException, *, content_seen: bool) -> TierError:
+    import httpx2  # noqa: PLC0415 - the SDK's transport; imported lazily, only for odd paths
+
+    if isinstance(exc, httpx2.TimeoutException):
+        if content_seen:
+            return IdleTimeoutError("read timed out between chunks")
+        return FirstTokenTimeoutError("timed out before the first content")
+    if isinstance(exc, httpx2.TransportError | httpx2.StreamError):
+        return UpstreamConnectionError(f"connection error: {type(exc).__name__}")
+    if isinstance(exc, httpx2.HTTPError):
+        return UpstreamConnectionError(f"HTTP error: {type(exc).__name__}")
+    return TierError(f"unexpected {type(exc).__name__}")

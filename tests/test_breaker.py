@@ -1,0 +1,207 @@
+"""The breaker gate: permission before, outcome after, one half-open probe, injected clock."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from fallbackchain import BreakerGate
+
+
+def gate(clock, fail_max=3, reset_timeout=30.0, **kw):
+    return BreakerGate("stream", fail_max=fail_max, reset_timeout=reset_timeout, clock=clock, **kw)
+
+
+def fail(g, times):
+    for _ in range(times):
+        g.acquire().failure()
+
+
+def test_closed_breaker_grants_permits(clock):
+    g = gate(clock)
+    assert g.acquire() is not None
+    assert g.state == "closed"
+
+
+def test_opens_after_fail_max_consecutive_failures(clock):
+    g = gate(clock)
+    fail(g, 2)
+    assert g.state == "closed"
+    fail(g, 1)
+    assert g.state == "open"
+    assert g.acquire() is None
+
+
+def test_a_success_resets_the_consecutive_count(clock):
+    g = gate(clock)
+    fail(g, 2)
+    g.acquire().success()
+    fail(g, 2)
+    assert g.state == "closed"
+
+
+def test_open_breaker_refuses_until_reset_timeout_passes(clock):
+    g = gate(clock)
+    fail(g, 3)
+    clock.advance(29.9)
+    assert g.acquire() is None
+    clock.advance(0.2)
+    permit = g.acquire()
+    assert permit is not None and permit.probe
+    assert g.state == "half-open"
+
+
+def test_half_open_lets_exactly_one_probe_through(clock):
+    g = gate(clock)
+    fail(g, 3)
+    clock.advance(31)
+    probe = g.acquire()
+    assert probe is not None
+    assert [g.acquire() for _ in range(10)] == [None] * 10
+
+
+def test_successful_probe_closes_the_breaker(clock):
+    g = gate(clock)
+    fail(g, 3)
+    clock.advance(31)
+    g.acquire().success()
+    assert g.state == "closed"
+    assert g.fail_counter == 0
+
+
+def test_failed_probe_reopens_for_another_full_timeout(clock):
+    g = gate(clock)
+    fail(g, 3)
+    clock.advance(31)
+    g.acquire().failure()
+    assert g.state == "open"
+    clock.advance(29)
+    assert g.acquire() is None
+
+
+def test_released_probe_is_neutral_and_frees_the_probe_slot(clock):
+    g = gate(clock)
+    fail(g, 3)
+    clock.advance(31)
+    g.acquire().release()
+    assert g.state == "half-open"
+    assert g.acquire() is not None
+
+
+def test_release_in_closed_state_counts_nothing(clock):
+    g = gate(clock)
+    fail(g, 2)
+    for _ in range(5):
+        g.acquire().release()
+    assert g.fail_counter == 2
+    assert g.state == "closed"
+
+
+def test_a_probe_whose_holder_vanished_expires_after_its_lease(clock):
+    g = gate(clock, probe_lease=10.0)
+    fail(g, 3)
+    clock.advance(31)
+    assert g.acquire() is not None  # never settled
+    clock.advance(9)
+    assert g.acquire() is None
+    clock.advance(2)
+    assert g.acquire() is not None
+
+
+def test_permit_settles_only_once(clock):
+    g = gate(clock)
+    p = g.acquire()
+    p.failure()
+    p.failure()
+    p.success()
+    assert g.fail_counter == 1
+
+
+def test_straggler_success_does_not_close_an_open_breaker(clock):
+    g = gate(clock)
+    early = g.acquire()
+    fail(g, 3)
+    early.success()
+    assert g.state == "open"
+
+
+def test_state_changes_are_reported_and_a_failing_listener_is_contained(clock, caplog):
+    seen = []
+
+    def listener(name, old, new):
+        seen.append((name, old, new))
+        raise RuntimeError("listener bug")
+
+    g = gate(clock, on_state_change=listener)
+    fail(g, 3)
+    clock.advance(31)
+    g.acquire().success()
+    assert seen == [("stream", "closed", "open"), ("stream", "open", "half-open"),
+                    ("stream", "half-open", "closed")]
+    assert "listener failed" in caplog.text
+
+
+def test_gate_does_not_serialise_callers(clock):
+    """Unlike pybreaker's call(), no lock is held while the protected work runs."""
+    g = gate(clock)
+    inside = threading.Barrier(8, timeout=5)
+
+    def worker():
+        permit = g.acquire()
+        inside.wait()  # all 8 must be inside their "call" at the same time
+        permit.success()
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert not inside.broken
+
+
+def test_concurrent_half_open_callers_get_one_probe(clock):
+    g = gate(clock)
+    fail(g, 3)
+    clock.advance(31)
+    start = threading.Barrier(16, timeout=5)
+    granted = []
+
+    def worker():
+        start.wait()
+        granted.append(g.acquire())
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert sum(p is not None for p in granted) == 1
+
+
+def test_pybreaker_call_serialises_callers_which_is_why_the_gate_exists():
+    """Documents the hazard: pybreaker's call() runs the protected call under its lock."""
+    import pybreaker
+
+    cb = pybreaker.CircuitBreaker()
+    concurrently = threading.Barrier(2, timeout=0.5)
+
+    def protected():
+        concurrently.wait()
+
+    errors = []
+
+    def worker():
+        try:
+            cb.call(protected)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    if not errors:
+        pytest.fail("pybreaker no longer serialises calls; revisit the gate's rationale")
+    assert any(isinstance(e, threading.BrokenBarrierError) for e in errors)
