@@ -162,8 +162,12 @@ class AttemptAssembler:
                     "arguments": "".join(acc.function_call["arguments"]),
                 }
             choices.append(
-                {"index": index, "message": message, "finish_reason": acc.finish_reason,
-                 "logprobs": None}
+                {
+                    "index": index,
+                    "message": message,
+                    "finish_reason": acc.finish_reason,
+                    "logprobs": None,
+                }
             )
         data: dict[str, Any] = {
             "id": getattr(first, "id", None) or "chatcmpl-fallbackchain",
@@ -221,7 +225,7 @@ class Display:
         return self._shown
 
     def new_attempt(self) -> None:
-        """A new attempt starts after a failure: its text is first matched against what was shown."""
+        """A new attempt begins after a failure; its text is first matched to the shown text."""
         self._buffer = []
         self._pos = 0
         self._matching = bool(self.shown)

@@ -145,7 +145,7 @@ class BreakerGate:
     # -- settling (called by Permit) ---------------------------------------------------------
 
     def _on_success(self, permit: Permit) -> None:
-        changed = None
+        changed: tuple[BreakerState, BreakerState] | None = None
         with self._lock:
             self._storage.reset_counter()
             if permit.probe:
@@ -158,7 +158,7 @@ class BreakerGate:
             self._notify(*changed)
 
     def _on_failure(self, permit: Permit) -> None:
-        changed = None
+        changed: tuple[BreakerState, BreakerState] | None = None
         with self._lock:
             self._storage.increment_counter()
             old = self.state
@@ -201,7 +201,7 @@ class BreakerGate:
 
 def _as_state(raw: object) -> BreakerState:
     if raw in ("closed", "open", "half-open"):
-        return raw  # type: ignore[return-value]
+        return raw
     if isinstance(raw, bytes):
         return _as_state(raw.decode())
     raise ValueError(f"unknown breaker state {raw!r}")

@@ -15,9 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import aclosing
 import random as _random
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import aclosing
 from dataclasses import dataclass
 from os import PathLike
 from typing import Any, Self
@@ -72,7 +80,7 @@ class _Request:
     model: str
     messages: Sequence[Any]
     params: Mapping[str, Any]
-    key: str
+    key: str | None
 
 
 class _Outcome:
@@ -132,9 +140,13 @@ class _ChainBase:
         if not messages:
             raise ValueError("messages must not be empty")
         model = model or self.config.openai.model
-        key = cache_key(model, messages, params)
+        try:
+            key: str | None = cache_key(model, messages, params)
+        except TypeError:  # a value with no JSON form: answer live, never cache it
+            logger.warning("request cannot be cached: a parameter has no JSON form")
+            key = None
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("request %s model=%s messages=%r", key[:16], model, messages)
+            logger.debug("request %s model=%s messages=%r", (key or "-")[:16], model, messages)
         return _Request(model, messages, params, key)
 
     def _kwargs(self, request: _Request, *, streaming: bool, read: float) -> dict[str, Any]:
@@ -148,7 +160,9 @@ class _ChainBase:
         kwargs["timeout"] = httpx2.Timeout(connect, read=max(read, 0.001))
         return kwargs
 
-    def _read_budget(self, watch: AttemptWatch, run: RequestRun, now: float, *, streaming: bool) -> float:
+    def _read_budget(
+        self, watch: AttemptWatch, run: RequestRun, now: float, *, streaming: bool
+    ) -> float:
         cfg = self.config.openai
         if streaming:
             per_read = max(cfg.first_token_timeout, cfg.idle_timeout)
@@ -197,12 +211,16 @@ class _ChainBase:
         return response
 
     def _store(self, request: _Request, completion: ChatCompletion) -> None:
+        if request.key is None:
+            return
         try:
             self.cache.put(request.key, completion)
         except Exception:  # the cache must never break a request
             logger.exception("cache write failed (ignored)")
 
     def _lookup(self, request: _Request) -> CachedAnswer | None:
+        if request.key is None:
+            return None
         try:
             return self.cache.get(request.key)
         except Exception:
@@ -210,7 +228,9 @@ class _ChainBase:
             return None
 
 
-def _sdk_client_sync(config: ChainConfig, client: openai.OpenAI | None) -> tuple[openai.OpenAI, bool]:
+def _sdk_client_sync(
+    config: ChainConfig, client: openai.OpenAI | None
+) -> tuple[openai.OpenAI, bool]:
     if client is not None:
         return client.with_options(max_retries=0), False
     cfg = config.openai
@@ -381,7 +401,9 @@ class FallbackChain(_ChainBase):
             self._done(run, step, watch, completion, out)
             self._store(request, completion)
             text = completion_text(completion)
-            final = display.settle(text, source) if step.tier.streaming else display.whole(text, source)
+            final = (
+                display.settle(text, source) if step.tier.streaming else display.whole(text, source)
+            )
             yield from self._emit(final, run)
             return
         response = self._cached_response(run, self._lookup(request), out)
@@ -395,7 +417,7 @@ class FallbackChain(_ChainBase):
         step: TryTier,
         watch: AttemptWatch,
         display: Display,
-    ) -> Iterator[ChainEvent]:
+    ) -> Generator[ChainEvent, None, ChatCompletion]:
         clock = self._clock
         before = clock()
         kwargs = self._kwargs(
@@ -563,8 +585,7 @@ class AsyncFallbackChain(_ChainBase):
                                 run.pause(clock() - handed)
                             else:
                                 completion = item
-                    if completion is None:  # pragma: no cover - _stream_once always ends with one
-                        raise AssertionError("stream attempt ended without a completion")
+                    assert completion is not None  # _stream_once always ends with one
                 else:
                     completion = await self._complete_once(request, run, watch)
             except Exception as exc:
@@ -580,7 +601,9 @@ class AsyncFallbackChain(_ChainBase):
             self._done(run, step, watch, completion, out)
             await asyncio.to_thread(self._store, request, completion)
             text = completion_text(completion)
-            final = display.settle(text, source) if step.tier.streaming else display.whole(text, source)
+            final = (
+                display.settle(text, source) if step.tier.streaming else display.whole(text, source)
+            )
             for event in final:
                 yield event
             return
@@ -597,7 +620,7 @@ class AsyncFallbackChain(_ChainBase):
         step: TryTier,
         watch: AttemptWatch,
         display: Display,
-    ) -> AsyncIterator[ChainEvent | ChatCompletion]:
+    ) -> AsyncGenerator[ChainEvent | ChatCompletion, None]:
         clock = self._clock
         loop = asyncio.get_running_loop()
         before = clock()

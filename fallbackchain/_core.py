@@ -126,9 +126,7 @@ class RequestRun:
             permit = tier.gate.acquire()
             if permit is None:
                 error = BreakerOpenError(f"{tier.name} breaker is {tier.gate.state}")
-                self.attempts.append(
-                    Attempt(tier.name, error.message, 0.0, exception=error)
-                )
+                self.attempts.append(Attempt(tier.name, error.message, 0.0, exception=error))
                 logger.info("fallback: %s skipped (breaker %s)", tier.name, tier.gate.state)
                 self._advance()
                 continue
@@ -182,20 +180,28 @@ class RequestRun:
         )
         logger.debug(
             "attempt %s #%d failed: %s -> %s (%s)",
-            step.tier.name, step.number, type(error).__name__, decision.action, decision.reason,
+            step.tier.name,
+            step.number,
+            type(error).__name__,
+            decision.action,
+            decision.reason,
         )
         if decision.action == "retry":
             self._pending_sleep = decision.delay
         elif decision.action == "next_tier":
             logger.info(
                 "fallback: %s failed (%s, %s), moving on",
-                step.tier.name, type(error).__name__, decision.reason,
+                step.tier.name,
+                type(error).__name__,
+                decision.reason,
             )
             self._advance()
         else:
             logger.info(
                 "fallback: %s failed (%s, %s), skipping live tiers",
-                step.tier.name, type(error).__name__, decision.reason,
+                step.tier.name,
+                type(error).__name__,
+                decision.reason,
             )
             self._index = len(self._tiers)
 
@@ -224,6 +230,7 @@ class AttemptWatch:
         self.first_token_at: float | None = None
 
     def _limit(self, now: float) -> tuple[float, type[TierError]]:
+        kind: type[TierError]
         if self.content_seen:
             limit, kind = self._idle, IdleTimeoutError
         else:

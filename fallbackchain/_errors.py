@@ -9,7 +9,7 @@ falling back cannot fix it.
 
     FallbackChainError
     ├── ConfigError                      bad config file, key or value (also a ValueError)
-    ├── AllTiersFailedError              no live tier and no cache answered; .attempts lists each try
+    ├── AllTiersFailedError              no tier and no cache answered; .attempts lists each
     ├── TierError                        one attempt at one live tier failed (found in .attempts)
     │   ├── UpstreamStatusError          HTTP 408/409/429/5xx; .status_code, .retry_after
     │   │   ├── RateLimitedError         429
@@ -23,7 +23,7 @@ falling back cannot fix it.
     │   ├── BreakerOpenError             the tier's circuit breaker refused the attempt
     │   └── StreamProtocolError          the stream itself was bad
     │       ├── TruncatedStreamError     ended cleanly but without finish_reason (silent truncation)
-    │       ├── StreamErrorEvent         the server sent an SSE ``error`` event mid-stream
+    │       ├── StreamEventError         the server sent an SSE ``error`` event mid-stream
     │       └── MalformedChunkError      a chunk was not valid JSON / not a chunk
     └── CacheError                       the fallback cache could not be used (logged, bypassed)
         ├── CacheCorruptError            unreadable database or row
@@ -37,6 +37,7 @@ sqlite3, OS errors) into the most specific class above, chained ``from`` the ori
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -60,7 +61,7 @@ __all__ = [
     "QuotaExceededError",
     "RateLimitedError",
     "ServerError",
-    "StreamErrorEvent",
+    "StreamEventError",
     "StreamProtocolError",
     "TierError",
     "TruncatedStreamError",
@@ -180,7 +181,7 @@ class TruncatedStreamError(StreamProtocolError):
     """The stream ended cleanly but without ``finish_reason``: the answer is incomplete."""
 
 
-class StreamErrorEvent(StreamProtocolError):
+class StreamEventError(StreamProtocolError):
     """The server sent an SSE ``error`` event in the middle of the stream."""
 
 
@@ -240,7 +241,7 @@ def _header_seconds(headers: Any) -> float | None:
             value = float(raw) / divisor
         except ValueError:
             continue
-        if value >= 0 and value == value:  # not NaN
+        if value >= 0 and not math.isnan(value):
             return value
     return None
 
@@ -281,7 +282,7 @@ def map_error(exc: BaseException, *, content_seen: bool = False) -> TierError | 
     return mapped
 
 
-def _map(exc: BaseException, *, content_seen: bool) -> TierError:  # noqa: PLR0911
+def _map(exc: BaseException, *, content_seen: bool) -> TierError:
     if isinstance(exc, openai.APIStatusError):
         headers = exc.response.headers
         status = exc.status_code
@@ -293,13 +294,19 @@ def _map(exc: BaseException, *, content_seen: bool) -> TierError:  # noqa: PLR09
             return QuotaExceededError(text, status_code=status, code=code)
         if status == 429:
             return RateLimitedError(
-                text, status_code=status, retry_after=retry_after,
-                should_retry=should_retry, code=code,
+                text,
+                status_code=status,
+                retry_after=retry_after,
+                should_retry=should_retry,
+                code=code,
             )
         if status >= 500:
             return ServerError(
-                text, status_code=status, retry_after=retry_after,
-                should_retry=should_retry, code=code,
+                text,
+                status_code=status,
+                retry_after=retry_after,
+                should_retry=should_retry,
+                code=code,
             )
         retryable = status in (408, 409) if should_retry is None else should_retry
         return UpstreamStatusError(
@@ -317,7 +324,7 @@ def _map(exc: BaseException, *, content_seen: bool) -> TierError:  # noqa: PLR09
         # A bare APIError from the SDK's stream decoder is an SSE error event.
         body = exc.body if isinstance(exc.body, dict) else {}
         code = body.get("code")
-        return StreamErrorEvent(_short(f"SSE error event: {code or exc.message}"))
+        return StreamEventError(_short(f"SSE error event: {code or exc.message}"))
     if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
         return MalformedChunkError(f"malformed chunk: {type(exc).__name__}")
     if isinstance(exc, TimeoutError):

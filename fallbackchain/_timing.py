@@ -41,11 +41,13 @@ class _TestingToggle:
         _MODE.testing = self._previous
 
 
-def set_testing(testing: bool = True) -> _TestingToggle:  # noqa: FBT001, FBT002
-    """Turn testing mode on or off (no backoff sleeps). Usable as a context manager::
+def set_testing(testing: bool = True) -> _TestingToggle:
+    """Turn testing mode on or off (no backoff sleeps); also a context manager.
 
-        with fallbackchain.set_testing(True):
-            ...  # chains retry without sleeping
+    Example::
+
+    with fallbackchain.set_testing(True):
+        ...  # chains retry without sleeping
     """
     previous = _MODE.testing
     _MODE.testing = testing
@@ -72,5 +74,3 @@ async def async_sleep_unless_testing(sleep: AsyncSleep, seconds: float) -> None:
 default_clock: Clock = time.time
 default_sleep: Sleep = time.sleep
 default_async_sleep: AsyncSleep = asyncio.sleep
-
-

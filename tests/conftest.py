@@ -41,24 +41,178 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-def make_config(tmp_path: Path, base_url: str = "http://127.0.0.1:9/v1", **overrides: Any) -> ChainConfig:
+def make_config(
+    tmp_path: Path, base_url: str = "http://127.0.0.1:9/v1", **overrides: Any
+) -> ChainConfig:
     """The test profile, pointed at ``base_url`` with the cache in ``tmp_path``.
 
     ``overrides`` are ``section__key=value`` pairs, e.g. ``retry__max_attempts=1``.
     """
     base = load_config(ROOT / "config" / "test.toml")
-    sections: dict[str, dict[str, Any]] = {"openai": {"base_url": base_url},
-                                           "cache": {"directory": str(tmp_path / "cache")}}
+    sections: dict[str, dict[str, Any]] = {
+        "openai": {"base_url": base_url},
+        "cache": {"directory": str(tmp_path / "cache")},
+    }
     for name, value in overrides.items():
         section, key = name.split("__", 1)
         sections.setdefault(section, {})[key] = value
-    changes = {name: dataclasses.replace(getattr(base, name), **vals) for name, vals in sections.items()}
+    changes = {
+        name: dataclasses.replace(getattr(base, name), **vals) for name, vals in sections.items()
+    }
     return dataclasses.replace(base, **changes, source=None)
 
 
 @pytest.fixture
-def config_factory(tmp_path: Path) -> Iterator[Any]:
+def config_factory(tmp_path: Path) -> Any:
     def factory(base_url: str = "http://127.0.0.1:9/v1", **overrides: Any) -> ChainConfig:
         return make_config(tmp_path, base_url, **overrides)
 
+    return factory
+
+
+# --------------------------------------------------------------------------------------------
+# The fault server and a harness driving a real chain (sync or async) against it
+# --------------------------------------------------------------------------------------------
+
+import asyncio  # noqa: E402
+
+import openai  # noqa: E402
+
+from fallbackchain import AsyncFallbackChain, FallbackChain  # noqa: E402
+from fallbackchain.testing import FaultServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def _session_server() -> Iterator[FaultServer]:
+    with FaultServer(words=12) as server:
+        yield server
+
+
+@pytest.fixture
+def server(_session_server: FaultServer) -> Iterator[FaultServer]:
+    _session_server.clear()
+    _session_server.reset_counts()
+    yield _session_server
+    _session_server.clear()
+    _session_server.wait_idle(5.0)
+    _session_server.reset_counts()
+
+
+def user(prompt: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}]
+
+
+class Harness:
+    """Drive one chain, sync or async, with the real openai client against the fault server."""
+
+    def __init__(
+        self,
+        mode: str,
+        config: ChainConfig,
+        server: FaultServer,
+        clock: Any,
+        *,
+        real_time: bool = False,
+        sdk_max_retries: int = 2,
+    ) -> None:
+        self.mode = mode
+        self.server = server
+        self.clock = clock
+        timing: dict[str, Any] = {} if real_time else {"clock": clock, "random": lambda: 0.5}
+        if mode == "sync":
+            if not real_time:
+                timing["sleep"] = clock.sleep
+            client = openai.OpenAI(
+                base_url=server.base_url, api_key="sk-test-SECRET-123", max_retries=sdk_max_retries
+            )
+            self.chain: Any = FallbackChain(config, client=client, **timing)
+            self._client: Any = client
+        else:
+            if not real_time:
+                timing["sleep"] = clock.async_sleep
+            self.loop = asyncio.new_event_loop()
+            client = openai.AsyncOpenAI(
+                base_url=server.base_url, api_key="sk-test-SECRET-123", max_retries=sdk_max_retries
+            )
+            self.chain = AsyncFallbackChain(config, client=client, **timing)
+            self._client = client
+
+    def ask(self, prompt: str = "hello", **params: Any) -> tuple[list[Any], Any]:
+        """Stream one request; return (events, response). Raises what the chain raises."""
+        if self.mode == "sync":
+            with self.chain.stream(user(prompt), **params) as stream:
+                events = list(stream)
+                return events, stream.response
+
+        async def go() -> tuple[list[Any], Any]:
+            async with self.chain.stream(user(prompt), **params) as stream:
+                events = [e async for e in stream]
+                return events, stream.response
+
+        return self.loop.run_until_complete(go())
+
+    def complete(self, prompt: str = "hello", **params: Any) -> Any:
+        if self.mode == "sync":
+            return self.chain.complete(user(prompt), **params)
+        return self.loop.run_until_complete(self.chain.complete(user(prompt), **params))
+
+    def run(self, coro_or_fn: Any) -> Any:
+        """Run an async callable (async mode) or a plain callable (sync mode)."""
+        if self.mode == "sync":
+            return coro_or_fn()
+        return self.loop.run_until_complete(coro_or_fn())
+
+    def answer(self, prompt: str = "hello") -> str:
+        return self.server.answer_for(user(prompt), self.chain.config.openai.model)
+
+    def close(self) -> None:
+        if self.mode == "sync":
+            self.chain.close()
+            self._client.close()
+        else:
+
+            async def shut() -> None:
+                await self.chain.aclose()
+                await self._client.close()
+
+            self.loop.run_until_complete(shut())
+            self.loop.close()
+
+
+@pytest.fixture(params=["sync", "async"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def harness_factory(
+    mode: str, server: FaultServer, clock: FakeClock, tmp_path: Path
+) -> Iterator[Any]:
+    made: list[Harness] = []
+
+    def factory(*, real_time: bool = False, sdk_max_retries: int = 2, **overrides: Any) -> Harness:
+        config = make_config(tmp_path, server.base_url, **overrides)
+        h = Harness(
+            mode, config, server, clock, real_time=real_time, sdk_max_retries=sdk_max_retries
+        )
+        made.append(h)
+        return h
+
     yield factory
+    for h in made:
+        h.close()
+
+
+@pytest.fixture
+def harness(harness_factory: Any) -> Any:
+    return harness_factory()
+
+
+def text_after_last_reset(events: list[Any]) -> str:
+    parts: list[str] = []
+    for event in events:
+        if event.type == "reset":
+            parts = []
+        else:
+            parts.append(event.text)
+    return "".join(parts)

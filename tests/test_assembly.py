@@ -19,10 +19,15 @@ def chunk(content=None, finish=None, *, role=None, index=0, tool_calls=None):
         delta["role"] = role
     if tool_calls:
         delta["tool_calls"] = tool_calls
-    return ChatCompletionChunk.model_validate({
-        "id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
-        "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
-    })
+    return ChatCompletionChunk.model_validate(
+        {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
+        }
+    )
 
 
 def test_assembles_content_and_finish_reason():
@@ -54,13 +59,26 @@ def test_an_empty_stream_is_truncated():
 
 def test_tool_call_fragments_are_joined():
     a = AttemptAssembler()
-    a.add(chunk(tool_calls=[{"index": 0, "id": "call_1", "type": "function",
-                             "function": {"name": "get_weather", "arguments": '{"ci'}}]))
+    a.add(
+        chunk(
+            tool_calls=[
+                {
+                    "index": 0,
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"ci'},
+                }
+            ]
+        )
+    )
     a.add(chunk(tool_calls=[{"index": 0, "function": {"arguments": 'ty": "Oslo"}'}}]))
     a.add(chunk(finish="tool_calls"))
     call = a.finish(model="m").choices[0].message.tool_calls[0]
     assert (call.id, call.function.name, call.function.arguments) == (
-        "call_1", "get_weather", '{"city": "Oslo"}')
+        "call_1",
+        "get_weather",
+        '{"city": "Oslo"}',
+    )
 
 
 def test_something_that_is_not_a_chunk_is_malformed():
@@ -120,8 +138,10 @@ def test_identical_replacement_emits_nothing():
 
 
 @given(
-    first=st.text(max_size=30), second=st.text(max_size=30),
-    cut1=st.integers(0, 30), splits=st.lists(st.integers(1, 5), max_size=12),
+    first=st.text(max_size=30),
+    second=st.text(max_size=30),
+    cut1=st.integers(0, 30),
+    splits=st.lists(st.integers(1, 5), max_size=12),
 )
 def test_deltas_after_the_last_reset_always_equal_the_final_text(first, second, cut1, splits):
     d = Display()
@@ -130,7 +150,7 @@ def test_deltas_after_the_last_reset_always_equal_the_final_text(first, second, 
     d.new_attempt()
     pos = 0
     for size in splits:  # attempt 2 streams in arbitrary pieces
-        events += d.delta(second[pos:pos + size], "stream")
+        events += d.delta(second[pos : pos + size], "stream")
         pos += size
     events += d.delta(second[pos:], "stream")
     events += d.settle(second, "stream")

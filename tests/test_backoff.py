@@ -20,7 +20,9 @@ from fallbackchain import (
 )
 from fallbackchain._backoff import decide, full_jitter
 
-CFG = RetryConfig(max_attempts=3, base_delay=0.5, max_delay=8.0, max_retry_after=30.0, deadline=60.0)
+CFG = RetryConfig(
+    max_attempts=3, base_delay=0.5, max_delay=8.0, max_retry_after=30.0, deadline=60.0
+)
 
 
 @given(
@@ -44,12 +46,20 @@ def test_full_jitter_uses_the_whole_range_down_to_zero():
 
 
 def test_retryable_error_is_retried_with_jittered_backoff():
-    d = decide(ServerError("HTTP 503", status_code=503), attempt=1, elapsed=0.0, config=CFG, random=lambda: 0.5)
+    d = decide(
+        ServerError("HTTP 503", status_code=503),
+        attempt=1,
+        elapsed=0.0,
+        config=CFG,
+        random=lambda: 0.5,
+    )
     assert (d.action, d.delay) == ("retry", 0.25)
 
 
 def test_second_retry_draws_from_a_doubled_range():
-    d = decide(UpstreamConnectionError("drop"), attempt=2, elapsed=0.0, config=CFG, random=lambda: 0.5)
+    d = decide(
+        UpstreamConnectionError("drop"), attempt=2, elapsed=0.0, config=CFG, random=lambda: 0.5
+    )
     assert d.delay == 0.5
 
 
@@ -93,16 +103,24 @@ def test_no_decision_ever_sleeps_past_the_deadline(elapsed, attempt, r, retry_af
 
 
 def test_insufficient_quota_skips_every_live_tier():
-    err = QuotaExceededError("HTTP 429 insufficient_quota", status_code=429, code="insufficient_quota")
+    err = QuotaExceededError(
+        "HTTP 429 insufficient_quota", status_code=429, code="insufficient_quota"
+    )
     assert decide(err, attempt=1, elapsed=0.0, config=CFG).action == "skip_live"
 
 
 def test_deadline_exceeded_skips_every_live_tier():
-    assert decide(DeadlineExceededError("late"), attempt=1, elapsed=0.0, config=CFG).action == "skip_live"
+    assert (
+        decide(DeadlineExceededError("late"), attempt=1, elapsed=0.0, config=CFG).action
+        == "skip_live"
+    )
 
 
 def test_elapsed_past_deadline_skips_every_live_tier():
-    assert decide(ServerError("x", status_code=500), attempt=1, elapsed=60.0, config=CFG).action == "skip_live"
+    assert (
+        decide(ServerError("x", status_code=500), attempt=1, elapsed=60.0, config=CFG).action
+        == "skip_live"
+    )
 
 
 @pytest.mark.parametrize("error", [FirstTokenTimeoutError("silent"), IdleTimeoutError("stall")])
@@ -111,7 +129,9 @@ def test_a_silent_or_stalled_route_is_not_retried(error):
 
 
 def test_breaker_open_moves_on():
-    assert decide(BreakerOpenError("open"), attempt=1, elapsed=0.0, config=CFG).action == "next_tier"
+    assert (
+        decide(BreakerOpenError("open"), attempt=1, elapsed=0.0, config=CFG).action == "next_tier"
+    )
 
 
 def test_x_should_retry_false_is_honoured():

@@ -137,8 +137,11 @@ def test_state_changes_are_reported_and_a_failing_listener_is_contained(clock, c
     fail(g, 3)
     clock.advance(31)
     g.acquire().success()
-    assert seen == [("stream", "closed", "open"), ("stream", "open", "half-open"),
-                    ("stream", "half-open", "closed")]
+    assert seen == [
+        ("stream", "closed", "open"),
+        ("stream", "open", "half-open"),
+        ("stream", "half-open", "closed"),
+    ]
     assert "listener failed" in caplog.text
 
 

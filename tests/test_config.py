@@ -36,17 +36,20 @@ def test_integers_are_accepted_for_float_keys(tmp_path):
     assert load_config(write(tmp_path, "[openai]\ntimeout = 5\n")).openai.timeout == 5.0
 
 
-@pytest.mark.parametrize(("text", "key", "value"), [
-    ("[retry]\nmax_attempts = 0\n", "retry.max_attempts", "0"),
-    ("[retry]\nmax_attempts = 'three'\n", "retry.max_attempts", "'three'"),
-    ("[retry]\nmax_atempts = 3\n", "retry.max_atempts", "3"),
-    ("[openai]\ntimeout = -1.0\n", "openai.timeout", "-1.0"),
-    ("[breaker]\nfail_max = true\n", "breaker.fail_max", "True"),
-    ("[cache]\nttl = 0\n", "cache.ttl", "0"),
-    ("[openai]\nbase_url = 'ftp://x'\n", "openai.base_url", "'ftp://x'"),
-    ("[openai]\nmodel = ''\n", "openai.model", "''"),
-    ("[retry]\nbase_delay = 9.0\nmax_delay = 1.0\n", "retry.base_delay", "9.0"),
-])
+@pytest.mark.parametrize(
+    ("text", "key", "value"),
+    [
+        ("[retry]\nmax_attempts = 0\n", "retry.max_attempts", "0"),
+        ("[retry]\nmax_attempts = 'three'\n", "retry.max_attempts", "'three'"),
+        ("[retry]\nmax_atempts = 3\n", "retry.max_atempts", "3"),
+        ("[openai]\ntimeout = -1.0\n", "openai.timeout", "-1.0"),
+        ("[breaker]\nfail_max = true\n", "breaker.fail_max", "True"),
+        ("[cache]\nttl = 0\n", "cache.ttl", "0"),
+        ("[openai]\nbase_url = 'ftp://x'\n", "openai.base_url", "'ftp://x'"),
+        ("[openai]\nmodel = ''\n", "openai.model", "''"),
+        ("[retry]\nbase_delay = 9.0\nmax_delay = 1.0\n", "retry.base_delay", "9.0"),
+    ],
+)
 def test_bad_values_name_file_key_and_value(tmp_path, text, key, value):
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
@@ -76,17 +79,18 @@ def test_missing_file_is_a_config_error(tmp_path):
 
 
 def test_config_built_in_code_is_validated_too():
-    with pytest.raises(ConfigError, match="retry.deadline"):
+    with pytest.raises(ConfigError, match=r"retry\.deadline"):
         ChainConfig(retry=RetryConfig(deadline=0))
 
 
 def test_missing_api_key_names_the_variable_not_a_value(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    with pytest.raises(ConfigError, match="OPENAI_API_KEY is not set"):
+    with pytest.raises(ConfigError, match=r"OPENAI_API_KEY is not set"):
         ChainConfig().openai.api_key()
 
 
 def test_config_error_is_a_value_error_and_a_fallbackchain_error():
     from fallbackchain import FallbackChainError
+
     assert issubclass(ConfigError, ValueError)
     assert issubclass(ConfigError, FallbackChainError)

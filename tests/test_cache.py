@@ -1,0 +1,888 @@
+"""Tests for fallbackchain._cache: keys, the two layers, expiry, failures and the safe Disk."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import pickle
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import diskcache
+import diskcache.core
+import openai
+import pydantic
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from openai.types.chat import ChatCompletion, ChatCompletionMessage
+
+from fallbackchain._cache import (
+    CachedAnswer,
+    CacheStats,
+    ResponseCache,
+    SafeJSONDisk,
+    cache_key,
+)
+from fallbackchain._config import CacheConfig
+from fallbackchain._errors import CacheCorruptError, UnsafeCacheRowError
+
+LOGGER = "fallbackchain.cache"
+T0 = 1_000_000.0
+TTL = 100.0
+MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def completion(
+    text: str = "Paris.", finish_reason: str | None = "stop", *, n: int = 1, cid: str = "c1"
+) -> ChatCompletion:
+    c = ChatCompletion.model_validate(
+        {
+            "id": cid,
+            "object": "chat.completion",
+            "created": 1_700_000_000,
+            "model": "gpt-4o-mini",
+            "choices": [
+                {
+                    "index": i,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": text},
+                }
+                for i in range(n)
+            ],
+        }
+    )
+    c.choices[-1].finish_reason = finish_reason  # type: ignore[assignment]
+    return c
+
+
+def text_of(answer: CachedAnswer | None) -> str | None:
+    assert answer is not None
+    return answer.completion.choices[0].message.content
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def cache_dir(tmp_path: pathlib.Path) -> pathlib.Path:
+    return tmp_path / "cache"
+
+
+def make_config(directory: pathlib.Path, **overrides: Any) -> CacheConfig:
+    values: dict[str, Any] = {"directory": str(directory), "ttl": TTL, "memory_items": 16}
+    values.update(overrides)
+    return CacheConfig(**values)
+
+
+@pytest.fixture
+def open_cache(cache_dir: pathlib.Path, clock: FakeClock) -> Iterator[Any]:
+    opened: list[ResponseCache] = []
+
+    def factory(**overrides: Any) -> ResponseCache:
+        rc = ResponseCache(make_config(cache_dir, **overrides), clock=clock)
+        opened.append(rc)
+        return rc
+
+    yield factory
+    for rc in opened:
+        rc.close()
+
+
+@pytest.fixture
+def key() -> str:
+    return cache_key("gpt-4o-mini", MESSAGES, {"temperature": 0})
+
+
+def cache_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == LOGGER and r.levelno >= logging.WARNING]
+
+
+def plant_row(
+    directory: pathlib.Path,
+    db_key: Any,
+    *,
+    raw: int = 1,
+    mode: int = diskcache.core.MODE_RAW,
+    value: Any = None,
+    filename: str | None = None,
+) -> None:
+    """Write a row straight into diskcache's table, as an attacker with write access could."""
+    con = sqlite3.connect(directory / "cache.db")
+    try:
+        now = time.time()
+        con.execute("DELETE FROM Cache WHERE key = ? AND raw = ?", (db_key, raw))
+        con.execute(
+            "INSERT INTO Cache (key, raw, store_time, expire_time, access_time, access_count,"
+            " tag, size, mode, filename, value) VALUES (?, ?, ?, NULL, ?, 0, NULL, 0, ?, ?, ?)",
+            (db_key, raw, now, now, mode, filename, value),
+        )
+        con.commit()
+    finally:
+        con.close()
+
+
+class _TouchOnUnpickle:
+    """Unpickling this creates ``marker``: proof that pickle ran code from the cache."""
+
+    def __init__(self, marker: pathlib.Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (pathlib.Path.touch, (self.marker,))
+
+
+def evil_pickle(marker: pathlib.Path) -> bytes:
+    return pickle.dumps(_TouchOnUnpickle(marker))
+
+
+def row_json(stored_at: float, body: Any) -> str:
+    return json.dumps({"format": 1, "stored_at": stored_at, "completion": body})
+
+
+# --------------------------------------------------------------------------------------------
+# cache_key
+# --------------------------------------------------------------------------------------------
+
+
+def test_key_format_is_pinned() -> None:
+    messages = [{"role": "user", "content": "Grüße, 東京"}]
+    canonical = json.dumps(
+        {"model": "m", "messages": messages, "params": {"temperature": 0.5}},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    expected = "fc1-" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    got = cache_key("m", messages, {"temperature": 0.5, "stream": True})
+    assert got == expected
+    assert re.fullmatch(r"fc1-[0-9a-f]{64}", got)
+
+
+def test_key_ignores_dict_order() -> None:
+    a = cache_key(
+        "m",
+        [{"role": "user", "content": "hi", "name": "x"}],
+        {"temperature": 0, "response_format": {"type": "json_schema", "json_schema": {"a": 1}}},
+    )
+    b = cache_key(
+        "m",
+        [{"name": "x", "content": "hi", "role": "user"}],
+        {"response_format": {"json_schema": {"a": 1}, "type": "json_schema"}, "temperature": 0},
+    )
+    assert a == b
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=8).filter(lambda s: s not in {"stream", "user"}),
+        st.one_of(st.integers(), st.text(max_size=5), st.booleans(), st.none()),
+        max_size=6,
+    ),
+    st.randoms(),
+)
+def test_key_is_invariant_under_param_order(params: dict[str, Any], rnd: Any) -> None:
+    items = list(params.items())
+    rnd.shuffle(items)
+    assert cache_key("m", MESSAGES, params) == cache_key("m", MESSAGES, dict(items))
+
+
+TRANSPORT_ONLY = {
+    "stream": True,
+    "stream_options": {"include_usage": True},
+    "timeout": 12.5,
+    "extra_headers": {"X-Trace": "1"},
+    "extra_query": {"q": "1"},
+    "user": "alice",
+    "metadata": {"run": "7"},
+    "store": True,
+    "service_tier": "flex",
+    "safety_identifier": "abc",
+    "prompt_cache_key": "pk",
+    "prompt_cache_retention": "24h",
+}
+
+
+@pytest.mark.parametrize(("name", "value"), sorted(TRANSPORT_ONLY.items()))
+def test_key_ignores_transport_only_param(name: str, value: Any) -> None:
+    base = {"temperature": 0.2}
+    assert cache_key("m", MESSAGES, {**base, name: value}) == cache_key("m", MESSAGES, base)
+
+
+SHAPING = {
+    "temperature": 0.7,
+    "top_p": 0.9,
+    "max_tokens": 10,
+    "max_completion_tokens": 10,
+    "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+    "tool_choice": "auto",
+    "response_format": {"type": "json_object"},
+    "seed": 42,
+    "stop": ["\n"],
+    "n": 2,
+    "presence_penalty": 0.5,
+    "frequency_penalty": 0.5,
+    "logit_bias": {"50256": -100},
+    "logprobs": True,
+    "reasoning_effort": "low",
+    "extra_body": {"custom": 1},
+    "some_future_param": "x",
+}
+
+
+@pytest.mark.parametrize(("name", "value"), sorted(SHAPING.items()))
+def test_key_includes_answer_shaping_param(name: str, value: Any) -> None:
+    assert cache_key("m", MESSAGES, {name: value}) != cache_key("m", MESSAGES, {})
+
+
+def test_key_depends_on_model_and_messages() -> None:
+    base = cache_key("m", MESSAGES, {})
+    assert cache_key("other", MESSAGES, {}) != base
+    assert cache_key("m", [{"role": "user", "content": "Something else"}], {}) != base
+
+
+def test_key_dumps_pydantic_models_as_sent() -> None:
+    as_model = ChatCompletionMessage(role="assistant", content="hi")
+    as_dict = {"role": "assistant", "content": "hi"}
+    assert cache_key("m", [as_model], {}) == cache_key("m", [as_dict], {})
+
+    class Shape(pydantic.BaseModel):
+        kind: str
+        size: int = 3
+
+    assert cache_key("m", MESSAGES, {"response_format": Shape(kind="a", size=3)}) == cache_key(
+        "m", MESSAGES, {"response_format": {"kind": "a", "size": 3}}
+    )
+
+
+def test_key_drops_not_given_and_omit() -> None:
+    base = cache_key("m", MESSAGES, {"temperature": 0})
+    params = {"temperature": 0, "top_p": openai.NOT_GIVEN, "seed": openai.omit}
+    assert cache_key("m", MESSAGES, params) == base
+    messages = [{**MESSAGES[0], "name": openai.NOT_GIVEN}]
+    assert cache_key("m", messages, {"temperature": 0}) == base
+
+
+def test_key_rejects_values_without_json_form() -> None:
+    with pytest.raises(TypeError):
+        cache_key("m", MESSAGES, {"stop": {"a", "b"}})
+
+
+# --------------------------------------------------------------------------------------------
+# Round trips
+# --------------------------------------------------------------------------------------------
+
+
+def test_round_trip_memory_hit_does_not_touch_disk(
+    open_cache: Any, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rc = open_cache()
+    assert rc.put(key, completion("Paris.")) is True
+
+    def no_disk(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("memory hit went to disk")
+
+    monkeypatch.setattr(rc._disk, "get", no_disk)
+    answer = rc.get(key)
+    assert text_of(answer) == "Paris."
+    assert answer is not None
+    assert answer.stored_at == T0
+    assert answer.age == 0.0
+
+
+def test_round_trip_disk_hit_in_fresh_instance(open_cache: Any, key: str) -> None:
+    original = completion("Paris.")
+    assert open_cache().put(key, original) is True
+    fresh = open_cache()
+    answer = fresh.get(key)
+    assert answer is not None
+    assert answer.completion.model_dump() == original.model_dump()
+    assert answer.stored_at == T0
+    assert fresh.stats().memory_entries == 1  # promoted
+
+
+def test_large_answer_round_trips_through_a_file(open_cache: Any, key: str) -> None:
+    big = "x" * 100_000  # above diskcache's 32 KiB inline limit: stored as a text file
+    assert open_cache().put(key, completion(big)) is True
+    assert text_of(open_cache().get(key)) == big
+
+
+def test_missing_key_is_a_miss(open_cache: Any, key: str) -> None:
+    assert open_cache().get(key) is None
+
+
+def test_put_overwrites_with_newer_answer(open_cache: Any, key: str, clock: FakeClock) -> None:
+    rc = open_cache()
+    rc.put(key, completion("old"))
+    clock.now += 5
+    rc.put(key, completion("new"))
+    assert text_of(rc.get(key)) == "new"
+    assert text_of(open_cache().get(key)) == "new"
+
+
+def test_memory_copy_is_isolated_from_caller_mutation(open_cache: Any, key: str) -> None:
+    rc = open_cache()
+    c = completion("Paris.")
+    rc.put(key, c)
+    c.choices[0].message.content = "mutated after put"
+    assert text_of(rc.get(key)) == "Paris."
+
+
+# --------------------------------------------------------------------------------------------
+# What is stored
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reason", [None, "content_filter"])
+def test_incomplete_answer_is_not_stored(open_cache: Any, key: str, reason: str | None) -> None:
+    rc = open_cache()
+    assert rc.put(key, completion(finish_reason=reason)) is False
+    assert rc.get(key) is None
+    assert rc.stats().stores == 0
+    assert open_cache().get(key) is None
+
+
+def test_answer_with_one_incomplete_choice_is_not_stored(open_cache: Any, key: str) -> None:
+    assert open_cache().put(key, completion(n=2, finish_reason=None)) is False
+
+
+def test_answer_without_choices_is_not_stored(open_cache: Any, key: str) -> None:
+    empty = completion()
+    empty.choices = []
+    assert open_cache().put(key, empty) is False
+
+
+@pytest.mark.parametrize("reason", ["stop", "length", "tool_calls", "function_call"])
+def test_complete_answer_is_stored(open_cache: Any, key: str, reason: str) -> None:
+    assert open_cache().put(key, completion(finish_reason=reason)) is True
+
+
+def test_row_is_versioned_json(open_cache: Any, key: str, cache_dir: pathlib.Path) -> None:
+    open_cache().put(key, completion("Paris."))
+    con = sqlite3.connect(cache_dir / "cache.db")
+    try:
+        ((raw, mode, value, expire_time),) = con.execute(
+            "SELECT raw, mode, value, expire_time FROM Cache WHERE key = ?", (key,)
+        ).fetchall()
+    finally:
+        con.close()
+    assert (raw, mode) == (1, diskcache.core.MODE_RAW)
+    row = json.loads(value)
+    assert row["format"] == 1
+    assert row["stored_at"] == T0
+    assert row["completion"]["choices"][0]["message"]["content"] == "Paris."
+    assert expire_time == pytest.approx(time.time() + TTL, abs=30)
+
+
+# --------------------------------------------------------------------------------------------
+# Expiry
+# --------------------------------------------------------------------------------------------
+
+
+def test_memory_entry_reports_age_until_ttl(open_cache: Any, key: str, clock: FakeClock) -> None:
+    rc = open_cache()
+    rc.put(key, completion())
+    clock.now = T0 + 99.5
+    answer = rc.get(key)
+    assert answer is not None
+    assert answer.age == pytest.approx(99.5)
+    clock.now = T0 + TTL
+    assert rc.get(key) is None
+
+
+def test_disk_entry_older_than_ttl_is_not_served(
+    open_cache: Any, key: str, clock: FakeClock
+) -> None:
+    open_cache().put(key, completion())
+    clock.now = T0 + TTL  # diskcache's own (real-time) expiry has not pruned the row
+    assert open_cache(memory_items=0).get(key) is None
+
+
+def test_disk_entry_reports_age(open_cache: Any, key: str, clock: FakeClock) -> None:
+    open_cache().put(key, completion())
+    clock.now = T0 + 42
+    answer = open_cache().get(key)
+    assert answer is not None
+    assert answer.age == pytest.approx(42)
+
+
+def test_promoted_entry_keeps_its_original_age(open_cache: Any, key: str, clock: FakeClock) -> None:
+    open_cache().put(key, completion())
+    reader = open_cache()
+    clock.now = T0 + 90
+    assert reader.get(key) is not None  # promoted to memory at age 90
+    clock.now = T0 + TTL
+    assert reader.get(key) is None
+
+
+# --------------------------------------------------------------------------------------------
+# Security: nothing from the directory is ever unpickled
+# --------------------------------------------------------------------------------------------
+
+
+def test_hazard_plain_diskcache_runs_a_planted_pickle(tmp_path: pathlib.Path) -> None:
+    """Documents the hazard SafeJSONDisk removes: the default Disk unpickles planted rows."""
+    marker = tmp_path / "pwned"
+    directory = tmp_path / "plain"
+    plain = diskcache.Cache(str(directory))
+    try:
+        plant_row(directory, "k", mode=diskcache.core.MODE_PICKLE, value=evil_pickle(marker))
+        plain.get("k")
+    finally:
+        plain.close()
+    assert marker.exists()
+
+
+def test_hazard_plain_diskcache_runs_a_planted_pickled_key(tmp_path: pathlib.Path) -> None:
+    marker = tmp_path / "pwned"
+    directory = tmp_path / "plain"
+    plain = diskcache.Cache(str(directory))
+    try:
+        plant_row(directory, sqlite3.Binary(evil_pickle(marker)), raw=0, value="x")
+        list(plain.iterkeys())
+    finally:
+        plain.close()
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("in_file", [False, True], ids=["inline", "file"])
+def test_planted_pickled_row_is_refused(
+    open_cache: Any,
+    key: str,
+    cache_dir: pathlib.Path,
+    tmp_path: pathlib.Path,
+    caplog: pytest.LogCaptureFixture,
+    in_file: bool,
+) -> None:
+    marker = tmp_path / "pwned"
+    rc = open_cache()
+    payload = evil_pickle(marker)
+    if in_file:
+        (cache_dir / "ab" / "cd").mkdir(parents=True)
+        (cache_dir / "ab" / "cd" / "evil.val").write_bytes(payload)
+        plant_row(cache_dir, key, mode=diskcache.core.MODE_PICKLE, filename="ab/cd/evil.val")
+    else:
+        plant_row(cache_dir, key, mode=diskcache.core.MODE_PICKLE, value=payload)
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+
+    assert rc.get(key) is None
+    assert not marker.exists()
+    (record,) = cache_warnings(caplog)
+    assert "UnsafeCacheRowError" in record.getMessage()
+    assert str(cache_dir) in record.getMessage()
+
+
+def test_planted_pickled_key_is_skipped_by_iter_keys(
+    open_cache: Any,
+    key: str,
+    cache_dir: pathlib.Path,
+    tmp_path: pathlib.Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    marker = tmp_path / "pwned"
+    rc = open_cache()
+    rc.put(key, completion())
+    plant_row(cache_dir, sqlite3.Binary(evil_pickle(marker)), raw=0, value="x")
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+
+    assert list(rc.iter_keys()) == [key]
+    assert not marker.exists()
+    (record,) = cache_warnings(caplog)
+    assert "UnsafeCacheRowError" in record.getMessage()
+
+
+def test_disk_fetch_refuses_pickle_without_calling_pickle(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def forbidden(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("pickle was called")
+
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    disk = SafeJSONDisk(str(tmp_path))
+    with pytest.raises(UnsafeCacheRowError):
+        disk.fetch(diskcache.core.MODE_PICKLE, None, b"\x80\x04N.", False)
+    with pytest.raises(UnsafeCacheRowError):
+        disk.get(sqlite3.Binary(b"\x80\x04N."), 0)
+
+
+@pytest.mark.parametrize("value", [{"a": 1}, b"bytes", 7, 1.5, type("S", (str,), {})("sub")])
+def test_disk_store_accepts_only_str(tmp_path: pathlib.Path, value: Any) -> None:
+    with pytest.raises(TypeError):
+        SafeJSONDisk(str(tmp_path)).store(value, False)
+
+
+@pytest.mark.parametrize("db_key", [b"bytes", 7, ("t",), type("S", (str,), {})("sub")])
+def test_disk_put_accepts_only_str_keys(tmp_path: pathlib.Path, db_key: Any) -> None:
+    with pytest.raises(TypeError):
+        SafeJSONDisk(str(tmp_path)).put(db_key)
+
+
+def test_disk_stores_text_modes_only(tmp_path: pathlib.Path) -> None:
+    disk = SafeJSONDisk(str(tmp_path), min_file_size=10)
+    assert disk.store("short", False)[1] == diskcache.core.MODE_RAW
+    _size, mode, filename, _ = disk.store("long enough for a file", False)
+    assert mode == diskcache.core.MODE_TEXT
+    assert disk.fetch(mode, filename, None, False) == "long enough for a file"
+    assert disk.put("k") == ("k", True)
+
+
+def test_disk_rejects_rows_that_are_not_text(tmp_path: pathlib.Path) -> None:
+    disk = SafeJSONDisk(str(tmp_path))
+    with pytest.raises(CacheCorruptError):
+        disk.get(7, 1)
+    with pytest.raises(CacheCorruptError):
+        disk.fetch(diskcache.core.MODE_RAW, None, sqlite3.Binary(b"\xff"), False)
+    with pytest.raises(CacheCorruptError):
+        disk.fetch(diskcache.core.MODE_RAW, None, 12, False)
+    with pytest.raises(CacheCorruptError):
+        disk.fetch(99, None, "x", False)
+    assert disk.fetch(diskcache.core.MODE_RAW, None, sqlite3.Binary(b"ok"), False) == "ok"
+
+
+@pytest.mark.parametrize("filename", ["../outside.val", "/etc/passwd"])
+def test_row_naming_a_file_outside_the_directory_is_refused(
+    open_cache: Any,
+    key: str,
+    cache_dir: pathlib.Path,
+    caplog: pytest.LogCaptureFixture,
+    filename: str,
+) -> None:
+    rc = open_cache()
+    (cache_dir.parent / "outside.val").write_text(row_json(T0, completion().model_dump()))
+    plant_row(cache_dir, key, mode=diskcache.core.MODE_TEXT, filename=filename)
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    assert rc.get(key) is None
+    (record,) = cache_warnings(caplog)
+    assert "CacheCorruptError" in record.getMessage()
+
+
+def test_overwriting_a_planted_row_never_deletes_outside_files(
+    open_cache: Any, key: str, cache_dir: pathlib.Path
+) -> None:
+    rc = open_cache()
+    victim = cache_dir.parent / "victim.txt"
+    victim.write_text("precious")
+    plant_row(cache_dir, key, mode=diskcache.core.MODE_TEXT, filename="../victim.txt")
+    rc.put(key, completion("new"))  # diskcache would remove the old row's file
+    rc.clear()
+    assert victim.read_text() == "precious"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_planted_fifo_does_not_block(open_cache: Any, key: str, cache_dir: pathlib.Path) -> None:
+    rc = open_cache()
+    (cache_dir / "ab" / "cd").mkdir(parents=True)
+    os.mkfifo(cache_dir / "ab" / "cd" / "fifo.val")
+    plant_row(cache_dir, key, mode=diskcache.core.MODE_TEXT, filename="ab/cd/fifo.val")
+    assert rc.get(key) is None
+
+
+# --------------------------------------------------------------------------------------------
+# Failures: always a miss or a skipped write, logged, never raised
+# --------------------------------------------------------------------------------------------
+
+
+def test_corrupt_database_means_memory_only(
+    cache_dir: pathlib.Path, clock: FakeClock, key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache_dir.mkdir(mode=0o700)
+    (cache_dir / "cache.db").write_bytes(os.urandom(64) * 100)
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    with ResponseCache(make_config(cache_dir), clock=clock) as rc:
+        assert rc.disk_available is False
+        assert rc.get(key) is None
+        assert rc.put(key, completion()) is False
+        assert text_of(rc.get(key)) == "Paris."  # the memory layer still answers
+        (record,) = cache_warnings(caplog)
+        message = record.getMessage()
+        assert "CacheCorruptError" in message
+        assert str(cache_dir) in message
+
+
+def test_disk_is_reopened_at_most_every_60_seconds(
+    cache_dir: pathlib.Path, clock: FakeClock, key: str
+) -> None:
+    cache_dir.mkdir(mode=0o700)
+    (cache_dir / "cache.db").write_bytes(b"garbage" * 1000)
+    with ResponseCache(make_config(cache_dir), clock=clock) as rc:
+        (cache_dir / "cache.db").unlink()  # repaired
+        clock.now += 30
+        assert rc.put(key, completion()) is False
+        assert rc.disk_available is False
+        clock.now += 31
+        assert rc.put(key, completion()) is True
+        assert rc.disk_available is True
+
+
+def test_sqlite_error_during_get_is_a_miss(
+    open_cache: Any, key: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    rc = open_cache(memory_items=0)
+    rc.put(key, completion())
+
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(rc._disk, "get", locked)
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    assert rc.get(key) is None
+    assert rc.disk_available is True
+    (record,) = cache_warnings(caplog)
+    assert "CacheError" in record.getMessage()
+    assert "OperationalError" in record.getMessage()
+
+
+def test_corruption_found_during_get_drops_the_disk(
+    open_cache: Any, key: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    rc = open_cache(memory_items=0)
+
+    def malformed(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    monkeypatch.setattr(rc._disk, "get", malformed)
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    assert rc.get(key) is None
+    assert rc.disk_available is False
+    assert "CacheCorruptError" in cache_warnings(caplog)[0].getMessage()
+
+
+def test_disk_full_during_put_skips_the_write(
+    open_cache: Any, key: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    rc = open_cache()
+
+    def full(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rc._disk, "set", full)
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    assert rc.put(key, completion()) is False
+    assert rc.stats().errors == 1
+    assert "ENOSPC" in cache_warnings(caplog)[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "not json {",
+        json.dumps([1, 2]),
+        json.dumps({"format": 2, "stored_at": T0, "completion": {}}),
+        json.dumps({"format": 1, "stored_at": "yesterday", "completion": {}}),
+        json.dumps({"format": 1, "stored_at": T0, "completion": {"id": 1}}),
+        row_json(T0, completion(finish_reason=None).model_dump()),
+        b"\xff\xfe not utf-8",
+    ],
+    ids=["bad-json", "not-object", "format", "stored_at", "schema", "incomplete", "bytes"],
+)
+def test_bad_row_is_a_logged_miss(
+    open_cache: Any,
+    key: str,
+    cache_dir: pathlib.Path,
+    caplog: pytest.LogCaptureFixture,
+    value: Any,
+) -> None:
+    rc = open_cache()
+    plant_row(cache_dir, key, value=value)
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    assert rc.get(key) is None
+    assert "CacheCorruptError" in cache_warnings(caplog)[0].getMessage()
+
+
+def test_repeated_failure_is_logged_once_per_minute(
+    open_cache: Any,
+    key: str,
+    cache_dir: pathlib.Path,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rc = open_cache()
+    plant_row(cache_dir, key, value="not json {")
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    assert rc.get(key) is None
+    assert rc.get(key) is None
+    assert len(cache_warnings(caplog)) == 1
+    assert rc.stats().errors == 2
+    clock.now += 61
+    rc.get(key)
+    assert len(cache_warnings(caplog)) == 2
+
+
+def test_logs_never_contain_prompt_or_answer(
+    open_cache: Any,
+    cache_dir: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    prompt, answer = "PROMPT-SECRET-1234", "ANSWER-SECRET-5678"
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    rc = open_cache()
+    keys = [cache_key("m", [{"role": "user", "content": f"{prompt} {i}"}], {}) for i in range(4)]
+    bad_body = {"id": answer, "choices": answer, "model": answer}
+    plant_row(cache_dir, keys[0], value=row_json(T0, bad_body))
+    plant_row(cache_dir, keys[1], value="{" + answer)
+    plant_row(cache_dir, keys[2], value=json.dumps({"format": 9, "x": answer}))
+    for k in keys[:3]:
+        assert rc.get(k) is None
+    rc.put(keys[3], completion(answer, finish_reason="content_filter"))
+
+    def failing_set(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError(f"database or disk is full {answer}")
+
+    monkeypatch.setattr(rc._disk, "set", failing_set)
+    rc.put(keys[3], completion(answer))
+
+    records = [r for r in caplog.records if r.name == LOGGER]
+    assert len(cache_warnings(caplog)) >= 4
+    for record in records:
+        text = record.getMessage() + str(record.args) + str(record.exc_text)
+        assert prompt not in text
+        assert answer not in text
+
+
+# --------------------------------------------------------------------------------------------
+# Directory, configuration, stats
+# --------------------------------------------------------------------------------------------
+
+
+def test_directory_is_private(tmp_path: pathlib.Path, clock: FakeClock) -> None:
+    directory = tmp_path / "a" / "b"
+    old = os.umask(0)
+    try:
+        ResponseCache(make_config(directory), clock=clock).close()
+    finally:
+        os.umask(old)
+    assert directory.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_shared_existing_directory_is_warned_about(
+    cache_dir: pathlib.Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache_dir.mkdir()
+    cache_dir.chmod(0o777)
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    ResponseCache(make_config(cache_dir), clock=clock).close()
+    assert "writable by other users" in cache_warnings(caplog)[0].getMessage()
+
+
+def test_memory_items_zero_uses_disk_only(open_cache: Any, key: str) -> None:
+    rc = open_cache(memory_items=0)
+    assert rc.put(key, completion()) is True
+    assert text_of(rc.get(key)) == "Paris."
+    assert rc.stats().memory_entries == 0
+
+
+def test_disabled_cache_creates_nothing(cache_dir: pathlib.Path, key: str) -> None:
+    with ResponseCache(make_config(cache_dir, enabled=False)) as rc:
+        assert rc.put(key, completion()) is False
+        assert rc.get(key) is None
+        assert list(rc.iter_keys()) == []
+        assert rc.clear() == 0
+        assert rc.disk_available is False
+        assert rc.stats().entries == 0
+    assert not cache_dir.exists()
+
+
+def test_stats_count_calls(open_cache: Any, cache_dir: pathlib.Path) -> None:
+    rc = open_cache()
+    rc.put("fc1-a", completion())
+    rc.put("fc1-b", completion())
+    rc.get("fc1-a")
+    rc.get("fc1-missing")
+    stats = rc.stats()
+    assert isinstance(stats, CacheStats)
+    assert stats.directory == str(cache_dir)
+    assert (stats.hits, stats.misses, stats.stores, stats.errors) == (1, 1, 2, 0)
+    assert stats.entries == 2
+    assert stats.bytes > 0
+    assert stats.memory_entries == 2
+
+
+def test_clear_removes_everything(open_cache: Any) -> None:
+    rc = open_cache()
+    rc.put("fc1-a", completion())
+    rc.put("fc1-b", completion())
+    assert rc.clear() == 2
+    assert rc.get("fc1-a") is None
+    assert rc.stats().entries == 0
+
+
+def test_close_is_idempotent_and_later_calls_miss(open_cache: Any, key: str) -> None:
+    rc = open_cache()
+    rc.put(key, completion())
+    rc.close()
+    rc.close()
+    assert rc.get(key) is None
+    assert rc.put(key, completion()) is False
+
+
+def test_iter_keys_lists_stored_keys(open_cache: Any) -> None:
+    rc = open_cache()
+    for name in ("fc1-c", "fc1-a", "fc1-b"):
+        rc.put(name, completion())
+    assert sorted(rc.iter_keys()) == ["fc1-a", "fc1-b", "fc1-c"]
+
+
+# --------------------------------------------------------------------------------------------
+# Threads
+# --------------------------------------------------------------------------------------------
+
+
+def test_concurrent_puts_and_gets_stay_consistent(open_cache: Any) -> None:
+    rc = open_cache()
+    keys = [f"fc1-shared-{i}" for i in range(4)]
+    rounds = 20
+    problems: list[str] = []
+    start = threading.Barrier(8)
+
+    def worker(t: int) -> None:
+        start.wait()
+        for i in range(rounds):
+            k = keys[(t + i) % len(keys)]
+            text = f"thread {t} round {i}"
+            rc.put(k, completion(text, cid=f"id:{text}"))
+            got = rc.get(k)
+            if got is None:
+                problems.append(f"miss on {k}")
+            elif got.completion.id != f"id:{text_of(got)}":
+                problems.append(f"torn entry on {k}")
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+
+    assert problems == []
+    stats = rc.stats()
+    assert (stats.stores, stats.hits, stats.misses, stats.errors) == (160, 160, 0, 0)
+    fresh = open_cache(memory_items=0)
+    for k in keys:
+        got = fresh.get(k)
+        assert got is not None
+        assert got.completion.id == f"id:{text_of(got)}"

@@ -1,0 +1,364 @@
+"""The chain, end to end: the real openai client (sync and async) against the fault server.
+
+Every test runs twice (``mode`` = sync, async). Backoff sleeps and breaker timers use an
+injected fake clock, so nothing here really sleeps except the explicit timeout tests.
+"""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from fallbackchain import (
+    AllTiersFailedError,
+    FallbackChainError,
+    MalformedChunkError,
+    QuotaExceededError,
+    ServerError,
+    StreamEventError,
+    StreamNotFinishedError,
+    TruncatedStreamError,
+    UpstreamConnectionError,
+)
+from fallbackchain.testing import Fault
+
+from .conftest import text_after_last_reset
+
+# -- the happy path ------------------------------------------------------------------------
+
+
+def test_healthy_stream_delivers_the_answer_as_deltas(harness, server):
+    events, response = harness.ask("hello")
+    assert all(e.type == "delta" and e.source == "stream" for e in events)
+    assert "".join(e.text for e in events) == harness.answer("hello") == response.text
+    assert len(events) > 5  # streamed, not buffered
+    assert response.source == "stream"
+    assert [a.tier for a in response.attempts] == ["stream"]
+    assert response.attempts[0].error is None
+    assert response.completion.choices[0].finish_reason == "stop"
+    assert response.completion.usage is not None
+    assert server.counts["stream"] == 1
+
+
+def test_complete_returns_the_same_answer_through_the_stream_tier(harness, server):
+    response = harness.complete("hello")
+    assert response.text == harness.answer("hello")
+    assert response.source == "stream"
+    assert server.counts["completion"] == 0
+
+
+def test_response_is_not_available_before_the_stream_ends(harness):
+    stream = harness.chain.stream([{"role": "user", "content": "x"}])
+    with pytest.raises(StreamNotFinishedError):
+        _ = stream.response
+    if harness.mode == "sync":
+        stream.close()
+    else:
+        harness.run(stream.aclose)
+
+
+def test_model_none_means_the_configured_model(harness, server):
+    harness.ask("hello")
+    assert server.requests[-1].body["model"] == harness.chain.config.openai.model
+
+
+def test_params_reach_the_api(harness, server):
+    harness.ask("hello", temperature=0.2, max_tokens=50)
+    body = server.requests[-1].body
+    assert (body["temperature"], body["max_tokens"]) == (0.2, 50)
+
+
+# -- mid-stream failures: retried, never duplicated ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fault", "error_type"),
+    [
+        (Fault.drop(after_chunks=4), UpstreamConnectionError),
+        (Fault.early_end(after_chunks=4), TruncatedStreamError),
+        (Fault.sse_error(after_chunks=4), StreamEventError),
+        (Fault.malformed(after_chunks=4), MalformedChunkError),
+    ],
+)
+def test_a_broken_stream_is_retried_without_duplicating_text(harness, server, fault, error_type):
+    server.push(fault, stream=True)
+    events, response = harness.ask("hello")
+    answer = harness.answer("hello")
+    assert response.text == answer
+    assert text_after_last_reset(events) == answer
+    # the retry repeated the same text, so only the new part was delivered: no reset needed
+    assert [e.type for e in events].count("reset") == 0
+    assert "".join(e.text for e in events) == answer
+    assert response.source == "stream"
+    assert [type(a.exception) for a in response.attempts] == [error_type, type(None)]
+    assert server.counts["stream"] == 2
+
+
+def test_silent_truncation_is_never_accepted_as_complete(harness, server):
+    server.push(Fault.early_end(after_chunks=3), stream=True, times=3)
+    events, response = harness.ask("hello")
+    stream_attempts = [a for a in response.attempts if a.tier == "stream"]
+    assert [type(a.exception) for a in stream_attempts] == [TruncatedStreamError] * 3
+    assert response.source == "completion"
+    assert response.text == harness.answer("hello")
+    assert text_after_last_reset(events) == response.text
+    # only the complete answer reached the cache, never the truncated one
+    key = harness.chain._prepare([{"role": "user", "content": "hello"}], None, {}).key
+    assert harness.chain.cache.get(key).completion.choices[0].message.content == response.text
+
+
+def test_a_replacement_that_differs_from_shown_text_is_preceded_by_a_reset(harness, server):
+    harness.ask("hello")  # cached: the server's answer for "hello"
+    server.clear()
+    server.reset_counts()
+    # a stream that shows text, then an outage: the cache answer differs from what was shown
+    server.push(Fault.drop(after_chunks=3), stream=True)
+    server.default = Fault.status(503)
+    original = harness.chain.cache.get
+    harness.chain.cache.get = lambda key: _with_text(original(key), "a different cached answer")
+    events, response = harness.ask("hello")
+    assert response.source == "cache"
+    assert "reset" in [e.type for e in events]
+    assert text_after_last_reset(events) == "a different cached answer" == response.text
+
+
+def _with_text(cached, text):
+    import dataclasses
+
+    completion = cached.completion.model_copy(deep=True)
+    completion.choices[0].message.content = text
+    return dataclasses.replace(cached, completion=completion)
+
+
+# -- status errors, Retry-After, the SDK's own retries ----------------------------------------
+
+
+def test_5xx_is_retried_with_full_jitter_then_the_completion_tier_answers(harness, server, clock):
+    server.push(Fault.status(503), stream=True, times=3)
+    _, response = harness.ask("hello")
+    assert response.source == "completion"
+    assert response.text == harness.answer("hello")
+    assert [a.tier for a in response.attempts] == ["stream"] * 3 + ["completion"]
+    # random() is pinned to 0.5: U(0, 0.01 * 2^n) -> 0.005, 0.01
+    assert clock.sleeps == pytest.approx([0.005, 0.01])
+    assert isinstance(response.attempts[0].exception, ServerError)
+    assert response.attempts[0].status_code == 503
+
+
+def test_sdk_retries_are_switched_off_even_on_an_injected_client(harness_factory, server):
+    h = harness_factory(sdk_max_retries=5)
+    server.default = Fault.status(500)
+    with pytest.raises(AllTiersFailedError):
+        h.ask("hello")
+    assert server.counts["stream"] == 3  # max_attempts, not 3 * (1 + 5)
+    assert server.counts["completion"] == 3
+
+
+def test_retry_after_is_honoured(harness, server, clock):
+    server.push(Fault.status(429, retry_after=1.5), stream=True)
+    _, response = harness.ask("hello")
+    assert clock.sleeps == [1.5]
+    assert response.attempts[0].retry_after == 1.5
+    assert response.attempts[1].delay_before == 1.5
+
+
+def test_retry_after_ms_is_honoured(harness, server, clock):
+    server.push(Fault.status(429, retry_after_ms=250), stream=True)
+    harness.ask("hello")
+    assert clock.sleeps == [0.25]
+
+
+def test_retry_after_above_the_maximum_moves_on_at_once(harness, server, clock):
+    server.push(Fault.status(429, retry_after=60), stream=True)
+    _, response = harness.ask("hello")
+    assert clock.sleeps == []
+    assert response.source == "completion"
+    assert server.counts["stream"] == 1
+
+
+def test_x_should_retry_false_is_honoured(harness, server, clock):
+    server.push(Fault.status(503, should_retry=False), stream=True)
+    _, response = harness.ask("hello")
+    assert response.source == "completion"
+    assert server.counts["stream"] == 1
+
+
+def test_x_should_retry_true_makes_an_odd_status_retryable(harness, server):
+    server.push(Fault.status(418, should_retry=True), stream=True)
+    _, response = harness.ask("hello")
+    assert response.source == "stream"
+    assert server.counts["stream"] == 2
+
+
+def test_no_sleep_ever_crosses_the_deadline(harness_factory, server, clock):
+    h = harness_factory(retry__deadline=1.0, retry__max_retry_after=5.0)
+    server.default = Fault.status(429, retry_after=2)
+    with pytest.raises(AllTiersFailedError):
+        h.ask("hello")
+    assert clock.sleeps == []
+
+
+# -- errors that are the caller's own: propagate unchanged ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "exc_type", "code"),
+    [
+        (400, openai.BadRequestError, None),
+        (400, openai.BadRequestError, "context_length_exceeded"),
+        (401, openai.AuthenticationError, None),
+        (403, openai.PermissionDeniedError, None),
+        (404, openai.NotFoundError, None),
+        (422, openai.UnprocessableEntityError, None),
+    ],
+)
+def test_client_errors_propagate_unchanged_unretried_and_uncounted(
+    harness, server, status, exc_type, code
+):
+    server.push(Fault.status(status, error_code=code), stream=True)
+    with pytest.raises(exc_type) as info:
+        harness.ask("hello")
+    assert type(info.value) is exc_type
+    assert server.counts["total"] == 1
+    assert {g.fail_counter for g in harness.chain.breakers.values()} == {0}
+
+
+# -- quota, outages, the cache ---------------------------------------------------------------
+
+
+def test_insufficient_quota_skips_live_tiers_and_the_cache_answers(harness, server):
+    harness.ask("hello")  # warm the cache
+    server.reset_counts()
+    server.push(Fault.status(429, error_code="insufficient_quota", error_type="insufficient_quota"))
+    _, response = harness.ask("hello")
+    assert response.source == "cache"
+    assert response.text == harness.answer("hello")
+    assert server.counts["total"] == 1  # not retried, completion tier skipped
+    assert isinstance(response.attempts[0].exception, QuotaExceededError)
+    assert harness.chain.breakers["stream"].fail_counter == 1
+
+
+def test_outage_with_a_cached_answer_serves_it(harness, server, clock):
+    harness.ask("hello")
+    server.default = Fault.status(503)
+    clock.advance(10)
+    events, response = harness.ask("hello")
+    assert response.source == "cache"
+    assert response.cache_age == pytest.approx(10, abs=1)
+    assert text_after_last_reset(events) == harness.answer("hello")
+    assert response.completion.choices[0].message.content == response.text
+
+
+def test_outage_without_a_cached_answer_raises_one_error_listing_every_attempt(harness, server):
+    server.default = Fault.status(503)
+    with pytest.raises(AllTiersFailedError) as info:
+        harness.ask("never asked before")
+    tiers = [a.tier for a in info.value.attempts]
+    assert tiers == ["stream"] * 3 + ["completion"] * 3
+    assert "never asked before" not in str(info.value)
+    assert "HTTP 503" in str(info.value)
+    assert isinstance(info.value, FallbackChainError)
+
+
+def test_open_breakers_answer_from_cache_without_touching_the_network(harness, server):
+    harness.ask("hello")
+    server.default = Fault.status(503)
+    with pytest.raises(AllTiersFailedError):
+        harness.ask("other prompt")  # 3 failures per tier
+    with pytest.raises(AllTiersFailedError):
+        harness.ask("other prompt")
+    assert harness.chain.breaker_states() == {"stream": "open", "completion": "open"}
+    before = server.counts["total"]
+    _, response = harness.ask("hello")
+    assert response.source == "cache"
+    assert server.counts["total"] == before
+    assert [a.error for a in response.attempts] == [
+        "stream breaker is open",
+        "completion breaker is open",
+    ]
+
+
+def test_a_probe_closes_the_breakers_when_the_api_recovers(harness, server, clock):
+    server.default = Fault.status(503)
+    for _ in range(2):
+        with pytest.raises(AllTiersFailedError):
+            harness.ask("x")
+    assert harness.chain.breaker_states()["stream"] == "open"
+    server.default = Fault.ok()
+    clock.advance(harness.chain.config.breaker.reset_timeout + 0.1)
+    _, response = harness.ask("hello")
+    assert response.source == "stream"
+    assert harness.chain.breaker_states()["stream"] == "closed"
+
+
+def test_every_complete_live_answer_is_written_through(harness, server):
+    _, response = harness.ask("hello")
+    cached = harness.chain.cache.get(
+        harness.chain._prepare([{"role": "user", "content": "hello"}], None, {}).key
+    )
+    assert cached is not None
+    assert cached.completion.choices[0].message.content == response.text
+
+
+def test_content_filtered_answers_are_never_cached(harness, server):
+    server.push(Fault.finish("content_filter"), stream=True)
+    _, response = harness.ask("hello")
+    assert response.completion.choices[0].finish_reason == "content_filter"
+    assert harness.chain.cache.stats().stores == 0
+
+
+def test_transport_options_do_not_change_the_cache_key(harness, server):
+    harness.ask("hello", extra_headers={"x-trace": "1"})
+    server.default = Fault.status(503)
+    _, response = harness.ask("hello", extra_headers={"x-trace": "2"})
+    assert response.source == "cache"
+
+
+def test_answer_shaping_params_do_change_the_cache_key(harness, server):
+    harness.ask("hello", temperature=0)
+    server.default = Fault.status(503)
+    with pytest.raises(AllTiersFailedError):
+        harness.ask("hello", temperature=1)
+
+
+# -- closing early and cancellation are neutral -------------------------------------------------
+
+
+def test_closing_a_stream_early_is_not_a_failure(harness, server):
+    if harness.mode == "sync":
+        with harness.chain.stream([{"role": "user", "content": "hello"}]) as stream:
+            next(stream)
+            next(stream)
+    else:
+
+        async def go():
+            async with harness.chain.stream([{"role": "user", "content": "hello"}]) as stream:
+                await anext(stream)
+                await anext(stream)
+
+        harness.run(go)
+    assert harness.chain.breakers["stream"].fail_counter == 0
+    assert harness.chain.breaker_states()["stream"] == "closed"
+    assert server.wait_idle(5.0)  # the connection was released
+
+
+def test_a_half_open_probe_abandoned_early_frees_the_probe_slot(harness, server, clock):
+    server.default = Fault.status(503)
+    for _ in range(2):
+        with pytest.raises(AllTiersFailedError):
+            harness.ask("x")
+    server.default = Fault.ok()
+    clock.advance(harness.chain.config.breaker.reset_timeout + 0.1)
+    if harness.mode == "sync":
+        with harness.chain.stream([{"role": "user", "content": "hello"}]) as stream:
+            next(stream)
+    else:
+
+        async def go():
+            async with harness.chain.stream([{"role": "user", "content": "hello"}]) as stream:
+                await anext(stream)
+
+        harness.run(go)
+    assert harness.chain.breaker_states()["stream"] == "half-open"
+    _, response = harness.ask("hello")
+    assert response.source == "stream"
