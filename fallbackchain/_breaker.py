@@ -22,11 +22,19 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import pybreaker
 
-__all__ = ["BreakerGate", "BreakerState", "Permit", "StateChangeCallback"]
+__all__ = [
+    "AsyncGateStore",
+    "BreakerGate",
+    "BreakerState",
+    "GateStore",
+    "MemoryGateStore",
+    "Permit",
+    "StateChangeCallback",
+]
 
 logger = logging.getLogger("fallbackchain.breaker")
 
@@ -67,9 +75,190 @@ class Permit:
             self._settled = True
             self._gate._on_release(self)
 
+    async def asuccess(self) -> None:
+        """:meth:`success` without blocking the event loop on a shared store."""
+        if not self._settled:
+            self._settled = True
+            self._gate._notify(await self._gate._astore.arecord_success(probe=self.probe))
+
+    async def afailure(self) -> None:
+        """:meth:`failure` without blocking the event loop on a shared store."""
+        if not self._settled:
+            self._settled = True
+            gate = self._gate
+            gate._notify(
+                await gate._astore.arecord_failure(gate._clock(), gate._fail_max, probe=self.probe)
+            )
+
+    async def arelease(self) -> None:
+        """:meth:`release` without blocking the event loop on a shared store."""
+        if not self._settled:
+            self._settled = True
+            await self._gate._astore.arecord_release(probe=self.probe)
+
+
+Grant = Literal["normal", "probe"] | None
+Transition = tuple[BreakerState, BreakerState]
+
+
+@runtime_checkable
+class GateStore(Protocol):
+    """Where a gate's state lives. Each method is **one atomic step** across every sharer.
+
+    :class:`MemoryGateStore` keeps it in this process; a shared store (Redis) implements the
+    same steps atomically for many processes. Stores are ``pybreaker.CircuitBreakerStorage``
+    objects too, so pybreaker's own view (``state``, ``counter``, ``opened_at``) stays true.
+    """
+
+    def current_state(self) -> BreakerState:
+        """The state now."""
+        ...
+
+    def failures(self) -> int:
+        """Consecutive failures counted since the last success."""
+        ...
+
+    def try_acquire(
+        self, now: float, reset_timeout: float, probe_lease: float
+    ) -> tuple[Grant, Transition | None]:
+        """Grant a normal permit (closed), one probe (after ``reset_timeout``), or none."""
+        ...
+
+    def record_success(self, *, probe: bool) -> Transition | None:
+        """Reset the failure count; a probe closes the breaker."""
+        ...
+
+    def record_failure(self, now: float, fail_max: int, *, probe: bool) -> Transition | None:
+        """Count a failure; open at ``fail_max`` while closed, or when a probe fails."""
+        ...
+
+    def record_release(self, *, probe: bool) -> None:
+        """Neutral end of an attempt: a probe frees its slot, nothing is counted."""
+        ...
+
+
+@runtime_checkable
+class AsyncGateStore(Protocol):
+    """The awaitable twin of :class:`GateStore`'s atomic steps (for asyncio chains)."""
+
+    async def atry_acquire(
+        self, now: float, reset_timeout: float, probe_lease: float
+    ) -> tuple[Grant, Transition | None]:
+        """See :meth:`GateStore.try_acquire`."""
+        ...
+
+    async def arecord_success(self, *, probe: bool) -> Transition | None:
+        """See :meth:`GateStore.record_success`."""
+        ...
+
+    async def arecord_failure(self, now: float, fail_max: int, *, probe: bool) -> Transition | None:
+        """See :meth:`GateStore.record_failure`."""
+        ...
+
+    async def arecord_release(self, *, probe: bool) -> None:
+        """See :meth:`GateStore.record_release`."""
+        ...
+
+
+class _SyncAsAsync:
+    """Adapts an in-memory (never blocking) :class:`GateStore` to :class:`AsyncGateStore`."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: GateStore) -> None:
+        self._store = store
+
+    async def atry_acquire(
+        self, now: float, reset_timeout: float, probe_lease: float
+    ) -> tuple[Grant, Transition | None]:
+        return self._store.try_acquire(now, reset_timeout, probe_lease)
+
+    async def arecord_success(self, *, probe: bool) -> Transition | None:
+        return self._store.record_success(probe=probe)
+
+    async def arecord_failure(self, now: float, fail_max: int, *, probe: bool) -> Transition | None:
+        return self._store.record_failure(now, fail_max, probe=probe)
+
+    async def arecord_release(self, *, probe: bool) -> None:
+        self._store.record_release(probe=probe)
+
+
+class MemoryGateStore(pybreaker.CircuitMemoryStorage):
+    """The in-process store: pybreaker's memory storage plus a probe slot, behind a short lock.
+
+    The lock is held only for these few field updates, never across a call.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(pybreaker.STATE_CLOSED)
+        self._lock = threading.Lock()
+        self._probe_until: float | None = None
+
+    def current_state(self) -> BreakerState:
+        return _as_state(self.state)
+
+    def failures(self) -> int:
+        return int(self.counter)
+
+    def try_acquire(
+        self, now: float, reset_timeout: float, probe_lease: float
+    ) -> tuple[Grant, Transition | None]:
+        with self._lock:
+            state = _as_state(self.state)
+            if state == "closed":
+                return "normal", None
+            changed: Transition | None = None
+            if state == "open":
+                opened_at = self.opened_at
+                since = now - opened_at.timestamp() if opened_at is not None else float("inf")
+                if since < reset_timeout:
+                    return None, None
+                self.state = "half-open"
+                self._probe_until = None
+                changed = ("open", "half-open")
+            if self._probe_until is not None and now < self._probe_until:
+                return None, changed
+            self._probe_until = now + probe_lease
+            return "probe", changed
+
+    def record_success(self, *, probe: bool) -> Transition | None:
+        with self._lock:
+            self.reset_counter()
+            if not probe:
+                return None
+            self._probe_until = None
+            old = _as_state(self.state)
+            if old == "closed":
+                return None
+            self.state = "closed"
+            return (old, "closed")
+
+    def record_failure(self, now: float, fail_max: int, *, probe: bool) -> Transition | None:
+        with self._lock:
+            self.increment_counter()
+            old = _as_state(self.state)
+            if probe:
+                self._probe_until = None
+            elif not (old == "closed" and self.counter >= fail_max):
+                return None
+            if old == "open":
+                return None
+            self.opened_at = datetime.fromtimestamp(now, tz=UTC)
+            self.state = "open"
+            return (old, "open")
+
+    def record_release(self, *, probe: bool) -> None:
+        if probe:
+            with self._lock:
+                self._probe_until = None
+
 
 class BreakerGate:
-    """One tier's breaker. Thread-safe; usable from threads and asyncio tasks alike."""
+    """One tier's breaker. Thread-safe; usable from threads and asyncio tasks alike.
+
+    ``store`` holds the state (default: a fresh :class:`MemoryGateStore`); pass a shared one
+    to share a breaker between chains or processes.
+    """
 
     def __init__(
         self,
@@ -78,40 +267,41 @@ class BreakerGate:
         fail_max: int,
         reset_timeout: float,
         clock: Callable[[], float] = time.time,
-        storage: pybreaker.CircuitBreakerStorage | None = None,
+        store: GateStore | None = None,
         probe_lease: float | None = None,
         on_state_change: StateChangeCallback | None = None,
     ) -> None:
+        self._store: GateStore = store if store is not None else MemoryGateStore()
+        self._astore: AsyncGateStore = (
+            self._store if isinstance(self._store, AsyncGateStore) else _SyncAsAsync(self._store)
+        )
         self.breaker = pybreaker.CircuitBreaker(
             fail_max=fail_max,
             reset_timeout=reset_timeout,
             name=name,
-            state_storage=storage or pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED),
+            state_storage=(
+                self._store if isinstance(self._store, pybreaker.CircuitBreakerStorage) else None
+            ),
         )
         self.name = name
-        self._storage = self.breaker._state_storage
         self._clock = clock
-        self._lock = threading.Lock()
+        self._fail_max = fail_max
+        self._reset_timeout = reset_timeout
         self._probe_lease = probe_lease if probe_lease is not None else max(reset_timeout, 1.0)
-        self._probe_until: float | None = None
         self._on_state_change = on_state_change
-
-    # -- reading --------------------------------------------------------------------------
 
     @property
     def state(self) -> BreakerState:
-        """The stored state: ``"closed"``, ``"open"`` or ``"half-open"``."""
-        return _as_state(self._storage.state)
+        """``"closed"``, ``"open"`` or ``"half-open"``."""
+        return self._store.current_state()
 
     @property
     def fail_counter(self) -> int:
         """Consecutive failures counted since the last success."""
-        return int(self._storage.counter)
+        return self._store.failures()
 
     def __repr__(self) -> str:
         return f"<BreakerGate {self.name!r} {self.state} failures={self.fail_counter}>"
-
-    # -- permission ----------------------------------------------------------------------
 
     def acquire(self) -> Permit | None:
         """A permit for one attempt, or ``None`` when the breaker refuses it.
@@ -119,77 +309,39 @@ class BreakerGate:
         Closed: always a permit. Open: refused until ``reset_timeout`` has passed since it
         opened; then it turns half-open. Half-open: one probe permit at a time.
         """
-        changed: tuple[BreakerState, BreakerState] | None = None
-        with self._lock:
-            state = self.state
-            if state == "closed":
-                return Permit(self, probe=False)
-            now = self._clock()
-            if state == "open":
-                opened_at = self._storage.opened_at
-                since = now - opened_at.timestamp() if opened_at is not None else float("inf")
-                if since < self.breaker.reset_timeout:
-                    return None
-                self._set_state("half-open")
-                changed = ("open", "half-open")
-                self._probe_until = None
-            if self._probe_until is not None and now < self._probe_until:
-                permit = None
-            else:
-                self._probe_until = now + self._probe_lease
-                permit = Permit(self, probe=True)
+        grant, changed = self._store.try_acquire(
+            self._clock(), self._reset_timeout, self._probe_lease
+        )
         if changed:
-            self._notify(*changed)
-        return permit
+            self._notify(changed)
+        if grant is None:
+            return None
+        return Permit(self, probe=grant == "probe")
 
-    # -- settling (called by Permit) ---------------------------------------------------------
+    async def aacquire(self) -> Permit | None:
+        """:meth:`acquire` without blocking the event loop on a shared store."""
+        grant, changed = await self._astore.atry_acquire(
+            self._clock(), self._reset_timeout, self._probe_lease
+        )
+        if changed:
+            self._notify(changed)
+        if grant is None:
+            return None
+        return Permit(self, probe=grant == "probe")
 
     def _on_success(self, permit: Permit) -> None:
-        changed: tuple[BreakerState, BreakerState] | None = None
-        with self._lock:
-            self._storage.reset_counter()
-            if permit.probe:
-                self._probe_until = None
-                old = self.state
-                if old != "closed":
-                    self._set_state("closed")
-                    changed = (old, "closed")
-        if changed:
-            self._notify(*changed)
+        self._notify(self._store.record_success(probe=permit.probe))
 
     def _on_failure(self, permit: Permit) -> None:
-        changed: tuple[BreakerState, BreakerState] | None = None
-        with self._lock:
-            self._storage.increment_counter()
-            old = self.state
-            if permit.probe:
-                self._probe_until = None
-                if old != "open":
-                    self._open()
-                    changed = (old, "open")
-            elif old == "closed" and self._storage.counter >= self.breaker.fail_max:
-                self._open()
-                changed = (old, "open")
-        if changed:
-            self._notify(*changed)
+        self._notify(self._store.record_failure(self._clock(), self._fail_max, probe=permit.probe))
 
     def _on_release(self, permit: Permit) -> None:
-        if permit.probe:
-            with self._lock:
-                self._probe_until = None
+        self._store.record_release(probe=permit.probe)
 
-    # -- helpers -------------------------------------------------------------------------
-
-    def _open(self) -> None:
-        self._storage.opened_at = datetime.fromtimestamp(self._clock(), tz=UTC)
-        self._set_state("open")
-
-    def _set_state(self, state: BreakerState) -> None:
-        self._storage.state = state
-        if state == "closed":
-            self._storage.reset_counter()
-
-    def _notify(self, old: BreakerState, new: BreakerState) -> None:
+    def _notify(self, changed: Transition | None) -> None:
+        if changed is None:
+            return
+        old, new = changed
         logger.info("breaker %s: %s -> %s", self.name, old, new)
         if self._on_state_change is None:
             return

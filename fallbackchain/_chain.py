@@ -20,6 +20,7 @@ from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
     Callable,
+    Coroutine,
     Generator,
     Iterator,
     Mapping,
@@ -38,7 +39,7 @@ from ._assembly import AttemptAssembler, Display, check_completion, completion_t
 from ._breaker import BreakerGate, BreakerState
 from ._cache import CachedAnswer, ResponseCache, cache_key
 from ._config import ChainConfig, load_config
-from ._core import AttemptWatch, RequestRun, Sleep, Tier, TryTier
+from ._core import Acquire, AttemptWatch, RequestRun, Sleep, Tier, TryTier
 from ._errors import (
     AllTiersFailedError,
     DeadlineExceededError,
@@ -125,6 +126,15 @@ class _ChainBase:
     def breaker_states(self) -> dict[str, BreakerState]:
         """Each live tier's breaker state: ``"closed"``, ``"open"`` or ``"half-open"``."""
         return {name: gate.state for name, gate in self._gates.items()}
+
+    def cache_key(
+        self, messages: Sequence[Any], model: str | None = None, **params: Any
+    ) -> str | None:
+        """The cache key this chain uses for that request (``None`` if it cannot be cached).
+
+        The same key whichever tier answers; transport-only options do not change it.
+        """
+        return self._prepare(messages, model, params).key
 
     @property
     def breakers(self) -> Mapping[str, BreakerGate]:
@@ -376,33 +386,40 @@ class FallbackChain(_ChainBase):
             if isinstance(step, Sleep):
                 sleep_unless_testing(self._sleep, step.seconds)
                 continue
-            if not isinstance(step, TryTier):
+            if not isinstance(step, Acquire):
                 break
+            attempt = run.granted(step, step.tier.gate.acquire())
+            if attempt is None:
+                continue
             if tried:
                 display.new_attempt()
             tried = True
-            watch = self._new_watch(run, step)
-            source = step.tier.name
+            watch = self._new_watch(run, attempt)
+            source = attempt.tier.name
             try:
-                if step.tier.streaming:
-                    completion = yield from self._stream_once(request, run, step, watch, display)
+                if attempt.tier.streaming:
+                    completion = yield from self._stream_once(request, run, attempt, watch, display)
                 else:
-                    completion = self._complete_once(request, run, step, watch)
+                    completion = self._complete_once(request, run, attempt, watch)
             except Exception as exc:
                 error = map_error(exc, content_seen=watch.content_seen)
                 if error is None:
-                    run.abandoned(step)
+                    attempt.permit.release()
                     raise
-                run.failed(step, error, time_to_first_token=watch.time_to_first_token())
+                attempt.permit.failure()
+                run.failed(attempt, error, time_to_first_token=watch.time_to_first_token())
                 continue
             except BaseException:  # GeneratorExit, KeyboardInterrupt: neutral
-                run.abandoned(step)
+                attempt.permit.release()
                 raise
-            self._done(run, step, watch, completion, out)
+            attempt.permit.success()
+            self._done(run, attempt, watch, completion, out)
             self._store(request, completion)
             text = completion_text(completion)
             final = (
-                display.settle(text, source) if step.tier.streaming else display.whole(text, source)
+                display.settle(text, source)
+                if attempt.tier.streaming
+                else display.whole(text, source)
             )
             yield from self._emit(final, run)
             return
@@ -459,6 +476,11 @@ class FallbackChain(_ChainBase):
 # ------------------------------------------------------------------------------------------------
 # Async
 # ------------------------------------------------------------------------------------------------
+
+
+async def _shielded(settle: Coroutine[Any, Any, None]) -> None:
+    """Settle a permit even if the task is cancelled meanwhile (the settle still completes)."""
+    await asyncio.shield(settle)
 
 
 class AsyncChainStream:
@@ -566,17 +588,20 @@ class AsyncFallbackChain(_ChainBase):
             if isinstance(step, Sleep):
                 await async_sleep_unless_testing(self._sleep, step.seconds)
                 continue
-            if not isinstance(step, TryTier):
+            if not isinstance(step, Acquire):
                 break
+            attempt = run.granted(step, await step.tier.gate.aacquire())
+            if attempt is None:
+                continue
             if tried:
                 display.new_attempt()
             tried = True
-            watch = self._new_watch(run, step)
-            source = step.tier.name
+            watch = self._new_watch(run, attempt)
+            source = attempt.tier.name
             try:
-                if step.tier.streaming:
+                if attempt.tier.streaming:
                     completion = None
-                    items = self._stream_once(request, run, step, watch, display)
+                    items = self._stream_once(request, run, attempt, watch, display)
                     async with aclosing(items):
                         async for item in items:
                             if isinstance(item, ChainEvent):
@@ -591,18 +616,22 @@ class AsyncFallbackChain(_ChainBase):
             except Exception as exc:
                 error = map_error(exc, content_seen=watch.content_seen)
                 if error is None:
-                    run.abandoned(step)
+                    await _shielded(attempt.permit.arelease())
                     raise
-                run.failed(step, error, time_to_first_token=watch.time_to_first_token())
+                await attempt.permit.afailure()
+                run.failed(attempt, error, time_to_first_token=watch.time_to_first_token())
                 continue
             except BaseException:  # CancelledError, GeneratorExit: neutral
-                run.abandoned(step)
+                await _shielded(attempt.permit.arelease())
                 raise
-            self._done(run, step, watch, completion, out)
+            await attempt.permit.asuccess()
+            self._done(run, attempt, watch, completion, out)
             await asyncio.to_thread(self._store, request, completion)
             text = completion_text(completion)
             final = (
-                display.settle(text, source) if step.tier.streaming else display.whole(text, source)
+                display.settle(text, source)
+                if attempt.tier.streaming
+                else display.whole(text, source)
             )
             for event in final:
                 yield event

@@ -5,7 +5,8 @@
 ``UseCache``), does it (the only I/O, in the driver), and reports the outcome
 (:meth:`~RequestRun.succeeded`, :meth:`~RequestRun.failed` or :meth:`~RequestRun.abandoned`).
 All policy (tier order, breakers, retry, backoff, deadline) lives here and in ``_backoff``;
-the drivers only loop.
+the drivers only loop, and do the I/O the steps name: sleeping, asking a breaker for a permit
+and settling it (a shared breaker store is I/O too, awaited in the async driver).
 
 :class:`AttemptWatch` holds one attempt's timing rules (first token, idle gap, deadline) as
 pure checks on clock readings.
@@ -35,7 +36,7 @@ from ._errors import (
 )
 from ._results import Attempt
 
-__all__ = ["AttemptWatch", "RequestRun", "Sleep", "Tier", "TryTier", "UseCache"]
+__all__ = ["Acquire", "AttemptWatch", "RequestRun", "Sleep", "Tier", "TryTier", "UseCache"]
 
 logger = logging.getLogger("fallbackchain")
 
@@ -54,6 +55,13 @@ class Sleep:
     """Wait this many seconds, then ask again."""
 
     seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Acquire:
+    """Ask ``tier``'s breaker for a permit, then report it with :meth:`RequestRun.granted`."""
+
+    tier: Tier
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,28 +120,34 @@ class RequestRun:
 
     # -- steps ---------------------------------------------------------------------------
 
-    def next_step(self) -> Sleep | TryTier | UseCache:
-        """What the driver must do next."""
+    def next_step(self) -> Sleep | Acquire | UseCache:
+        """What the driver must do next.
+
+        ``Sleep``: wait, then ask again. ``Acquire``: get a permit from the tier's gate
+        (sync or awaited) and hand it to :meth:`granted`. ``UseCache``: no live tier is left.
+        """
         if self._pending_sleep is not None:
             delay, self._pending_sleep = self._pending_sleep, None
             self._slept = delay
             return Sleep(delay)
-        while self._index < len(self._tiers):
-            tier = self._tiers[self._index]
-            if self.remaining() <= 0:
-                self._index = len(self._tiers)
-                break
-            permit = tier.gate.acquire()
-            if permit is None:
-                error = BreakerOpenError(f"{tier.name} breaker is {tier.gate.state}")
-                self.attempts.append(Attempt(tier.name, error.message, 0.0, exception=error))
-                logger.info("fallback: %s skipped (breaker %s)", tier.name, tier.gate.state)
-                self._advance()
-                continue
-            self._number += 1
-            delay, self._slept = self._slept, 0.0
-            return TryTier(tier, permit, self._number, delay, self._clock())
+        if self._index < len(self._tiers) and self.remaining() <= 0:
+            self._index = len(self._tiers)
+        if self._index < len(self._tiers):
+            return Acquire(self._tiers[self._index])
         return UseCache()
+
+    def granted(self, step: Acquire, permit: Permit | None) -> TryTier | None:
+        """The gate's answer to ``step``: the attempt to make, or ``None`` (refused, moved on)."""
+        tier = step.tier
+        if permit is None:
+            error = BreakerOpenError(f"{tier.name} breaker is open")
+            self.attempts.append(Attempt(tier.name, error.message, 0.0, exception=error))
+            logger.info("fallback: %s skipped (breaker open)", tier.name)
+            self._advance()
+            return None
+        self._number += 1
+        delay, self._slept = self._slept, 0.0
+        return TryTier(tier, permit, self._number, delay, self._clock())
 
     def _advance(self) -> None:
         self._index += 1
@@ -141,8 +155,7 @@ class RequestRun:
         self._slept = 0.0
 
     def succeeded(self, step: TryTier, *, time_to_first_token: float | None) -> Attempt:
-        """The attempt answered completely."""
-        step.permit.success()
+        """The attempt answered completely (the driver has settled its permit as a success)."""
         attempt = Attempt(
             step.tier.name,
             None,
@@ -156,8 +169,10 @@ class RequestRun:
     def failed(
         self, step: TryTier, error: TierError, *, time_to_first_token: float | None = None
     ) -> None:
-        """The attempt failed with ``error`` (already mapped): count it and plan what follows."""
-        step.permit.failure()
+        """The attempt failed with ``error`` (mapped; the driver settled its permit as a failure).
+
+        Records it and plans what follows.
+        """
         now = self._clock()
         self.attempts.append(
             Attempt(
@@ -204,10 +219,6 @@ class RequestRun:
                 decision.reason,
             )
             self._index = len(self._tiers)
-
-    def abandoned(self, step: TryTier) -> None:
-        """The attempt ended neither well nor badly (consumer closed, caller's own error)."""
-        step.permit.release()
 
 
 class AttemptWatch:

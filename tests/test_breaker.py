@@ -208,3 +208,42 @@ def test_pybreaker_call_serialises_callers_which_is_why_the_gate_exists():
     if not errors:
         pytest.fail("pybreaker no longer serialises calls; revisit the gate's rationale")
     assert any(isinstance(e, threading.BrokenBarrierError) for e in errors)
+
+
+def test_pybreakers_own_view_stays_true(clock):
+    g = gate(clock)
+    fail(g, 2)
+    assert g.breaker.fail_counter == 2
+    fail(g, 1)
+    assert g.breaker.current_state == "open"
+    assert g.breaker.fail_max == 3
+
+
+def test_two_gates_sharing_a_store_share_one_breaker(clock):
+    from fallbackchain._breaker import MemoryGateStore
+
+    store = MemoryGateStore()
+    a, b = gate(clock, store=store), gate(clock, store=store)
+    fail(a, 2)
+    fail(b, 1)
+    assert a.state == b.state == "open"
+
+
+def test_async_permits_follow_the_same_rules(clock):
+    import asyncio
+
+    g = gate(clock)
+
+    async def go():
+        for _ in range(3):
+            permit = await g.aacquire()
+            await permit.afailure()
+        assert await g.aacquire() is None
+        clock.advance(31)
+        probe = await g.aacquire()
+        assert probe.probe
+        assert await g.aacquire() is None
+        await probe.asuccess()
+
+    asyncio.run(go())
+    assert g.state == "closed"

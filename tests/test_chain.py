@@ -103,7 +103,7 @@ def test_silent_truncation_is_never_accepted_as_complete(harness, server):
     assert response.text == harness.answer("hello")
     assert text_after_last_reset(events) == response.text
     # only the complete answer reached the cache, never the truncated one
-    key = harness.chain._prepare([{"role": "user", "content": "hello"}], None, {}).key
+    key = harness.chain.cache_key([{"role": "user", "content": "hello"}])
     assert harness.chain.cache.get(key).completion.choices[0].message.content == response.text
 
 
@@ -294,7 +294,7 @@ def test_a_probe_closes_the_breakers_when_the_api_recovers(harness, server, cloc
 def test_every_complete_live_answer_is_written_through(harness, server):
     _, response = harness.ask("hello")
     cached = harness.chain.cache.get(
-        harness.chain._prepare([{"role": "user", "content": "hello"}], None, {}).key
+        harness.chain.cache_key([{"role": "user", "content": "hello"}])
     )
     assert cached is not None
     assert cached.completion.choices[0].message.content == response.text
