@@ -36,6 +36,7 @@ import openai
 from openai.types.chat import ChatCompletion
 
 from ._assembly import AttemptAssembler, Display, check_completion, completion_text
+from ._backends import gate_store, response_cache
 from ._breaker import BreakerGate, BreakerState
 from ._cache import CachedAnswer, ResponseCache, cache_key
 from ._config import ChainConfig, load_config
@@ -112,6 +113,7 @@ class _ChainBase:
                 fail_max=config.breaker.fail_max,
                 reset_timeout=config.breaker.reset_timeout,
                 clock=self._clock,
+                store=gate_store(config, name),
                 probe_lease=probe_lease,
             )
             for name in ("stream", "completion")
@@ -120,7 +122,7 @@ class _ChainBase:
             Tier("stream", streaming=True, gate=self._gates["stream"]),
             Tier("completion", streaming=False, gate=self._gates["completion"]),
         )
-        self.cache = cache if cache is not None else ResponseCache(config.cache, clock=self._clock)
+        self.cache = cache if cache is not None else response_cache(config, self._clock)
         self._owns_cache = cache is None
 
     def breaker_states(self) -> dict[str, BreakerState]:
@@ -626,7 +628,7 @@ class AsyncFallbackChain(_ChainBase):
                 raise
             await attempt.permit.asuccess()
             self._done(run, attempt, watch, completion, out)
-            await asyncio.to_thread(self._store, request, completion)
+            await self._astore(request, completion)
             text = completion_text(completion)
             final = (
                 display.settle(text, source)
@@ -636,11 +638,34 @@ class AsyncFallbackChain(_ChainBase):
             for event in final:
                 yield event
             return
-        cached = await asyncio.to_thread(self._lookup, request)
+        cached = await self._alookup(request)
         response = self._cached_response(run, cached, out)
         display.new_attempt()
         for event in display.whole(response.text, "cache"):
             yield event
+
+    async def _alookup(self, request: _Request) -> CachedAnswer | None:
+        """Cache read off the event loop: the cache's own ``aget`` if it has one, else a thread."""
+        aget = getattr(self.cache, "aget", None)
+        if aget is None or request.key is None:
+            return await asyncio.to_thread(self._lookup, request)
+        try:
+            result: CachedAnswer | None = await aget(request.key)
+        except Exception:
+            logger.exception("cache read failed (ignored)")
+            return None
+        return result
+
+    async def _astore(self, request: _Request, completion: ChatCompletion) -> None:
+        """Cache write off the event loop: the cache's own ``aput`` if it has one, else a thread."""
+        aput = getattr(self.cache, "aput", None)
+        if aput is None or request.key is None:
+            await asyncio.to_thread(self._store, request, completion)
+            return
+        try:
+            await aput(request.key, completion)
+        except Exception:
+            logger.exception("cache write failed (ignored)")
 
     async def _stream_once(
         self,

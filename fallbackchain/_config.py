@@ -44,8 +44,7 @@ class OpenAIConfig:
         key = os.environ.get(self.api_key_env)
         if not key:
             raise ConfigError(
-                f"environment variable {self.api_key_env} is not set "
-                "(it must hold the API key)",
+                f"environment variable {self.api_key_env} is not set (it must hold the API key)",
                 file=file,
                 key="openai.api_key_env",
             )
@@ -69,6 +68,9 @@ class BreakerConfig:
 
     fail_max: int = 5
     reset_timeout: float = 30.0
+    storage: str = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    namespace: str = "fallbackchain"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,8 @@ class CacheConfig:
     memory_items: int = 1024
     enabled: bool = True
     size_limit: int = 1 << 30
+    backend: str = "disk"
+    redis_url: str = "redis://127.0.0.1:6379/0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +133,20 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "cache.size_limit": (1 << 20, 1 << 44, False),
 }
 
-_NONEMPTY = {"openai.base_url", "openai.api_key_env", "openai.model", "cache.directory"}
+_NONEMPTY = {
+    "openai.base_url",
+    "openai.api_key_env",
+    "openai.model",
+    "cache.directory",
+    "breaker.namespace",
+}
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "breaker.storage": ("memory", "redis"),
+    "cache.backend": ("disk", "redis"),
+}
+
+_REDIS_URLS = {"breaker.redis_url", "cache.redis_url"}
 
 
 def _section_name(section: object) -> str:
@@ -153,12 +170,36 @@ def _validate_section(section: object, *, file: str | None) -> None:
                 raise ConfigError(f"must be {bound} and <= {hi}", file=file, key=key, value=value)
         if key in _NONEMPTY and not value.strip():
             raise ConfigError("must not be empty", file=file, key=key, value=value)
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise ConfigError(
+                f"must be one of {', '.join(map(repr, _CHOICES[key]))}",
+                file=file,
+                key=key,
+                value=value,
+            )
+        if key in _REDIS_URLS and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                "must start with redis://, rediss:// or unix://",
+                file=file,
+                key=key,
+                value=_mask_url(value),
+            )
     if name == "openai":
         url = section.base_url  # type: ignore[attr-defined]
         if not url.startswith(("http://", "https://")):
             raise ConfigError(
                 "must start with http:// or https://", file=file, key="openai.base_url", value=url
             )
+
+
+def _mask_url(url: str) -> str:
+    """Hide a password in a URL (``redis://user:secret@host`` -> ``redis://user:***@host``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
 
 
 _TYPES: dict[str, type] = {"str": str, "float": float, "int": int, "bool": bool}
