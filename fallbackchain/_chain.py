@@ -125,6 +125,13 @@ class _ChainBase:
         self.cache = cache if cache is not None else response_cache(config, self._clock)
         self._owns_cache = cache is None
 
+    def __repr__(self) -> str:
+        cfg = self.config.openai
+        return (
+            f"<{type(self).__name__} model={cfg.model!r} base_url={cfg.base_url!r} "
+            f"breakers={self.breaker_states()}>"
+        )
+
     def breaker_states(self) -> dict[str, BreakerState]:
         """Each live tier's breaker state: ``"closed"``, ``"open"`` or ``"half-open"``."""
         return {name: gate.state for name, gate in self._gates.items()}
