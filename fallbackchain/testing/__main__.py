@@ -1,0 +1,68 @@
+"""Run a standalone :class:`~fallbackchain.testing.FaultServer` until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from collections.abc import Sequence
+
+from ._server import FaultServer
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m fallbackchain.testing",
+        description=(
+            "Serve an OpenAI-compatible chat-completions API (POST /v1/chat/completions, "
+            "GET /v1/models) with deterministic answers, for trying clients against. "
+            "Every request gets a normal answer; scripted faults are available from "
+            "Python via fallbackchain.testing.FaultServer."
+        ),
+        epilog=(
+            "Example: python -m fallbackchain.testing --port 8000, then point a client at "
+            "the printed base URL with any API key."
+        ),
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=8000,
+        help="TCP port; 0 picks a free one (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--words",
+        type=int,
+        default=12,
+        metavar="N",
+        help="pseudo-words per answer after the 'Answer from MODEL:' prefix (default: %(default)s)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, serve until interrupted and return the exit status."""
+    args = _parser().parse_args(argv)
+    if args.words < 0:
+        _parser().error("--words must be >= 0")
+    try:
+        server = FaultServer(words=args.words, host=args.host, port=args.port).start()
+    except OSError as exc:
+        sys.stderr.write(f"cannot listen on {args.host}:{args.port}: {exc}\n")
+        return 1
+    with server:
+        sys.stdout.write(f"FaultServer listening; base_url={server.base_url}\n")
+        sys.stdout.write("Press Ctrl-C to stop.\n")
+        sys.stdout.flush()
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            sys.stdout.write("stopping\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""The :class:`Fault` value: one scripted misbehaviour of the fault server."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Literal, get_args
+
+__all__ = ["Fault", "FaultKind"]
+
+FaultKind = Literal[
+    "ok",
+    "status",
+    "drop",
+    "early_end",
+    "stall",
+    "slow_first_byte",
+    "sse_error",
+    "malformed",
+    "reset",
+    "finish",
+]
+"""The names of the behaviours a :class:`Fault` can describe."""
+
+_KINDS: frozenset[str] = frozenset(get_args(FaultKind))
+
+# Kinds whose effect happens after ``after_chunks`` content chunks of a stream.
+MID_STREAM_KINDS: frozenset[str] = frozenset(
+    {"drop", "early_end", "stall", "sse_error", "malformed"}
+)
+
+
+def _check_seconds(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Fault:
+    """One scripted behaviour of :class:`~fallbackchain.testing.FaultServer`.
+
+    A ``Fault`` is a small immutable value: two faults built with the same
+    arguments compare equal and hash alike, so tests can assert on
+    ``RecordedRequest.fault``. Build them with the classmethods
+    (``Fault.ok()``, ``Fault.status(503)``, ``Fault.drop(after_chunks=2)``, ...)
+    rather than calling the constructor directly.
+
+    "Content chunks" below are the streamed chunks that carry answer text,
+    one per word; the opening ``{"role": "assistant"}`` chunk is not counted.
+    When ``after_chunks`` exceeds the number of words, the fault happens right
+    after the last word (before the ``finish_reason`` chunk).
+    """
+
+    kind: FaultKind = "ok"
+    after_chunks: int = 0
+    seconds: float = 0.0
+    status_code: int = 200
+    retry_after: float | str | None = None
+    retry_after_ms: float | None = None
+    should_retry: bool | None = None
+    error_code: str | None = None
+    error_type: str | None = None
+    message: str | None = None
+    finish_reason: str = "stop"
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; expected one of {sorted(_KINDS)}")
+        if isinstance(self.after_chunks, bool) or not isinstance(self.after_chunks, int):
+            raise TypeError(f"after_chunks must be an int, got {self.after_chunks!r}")
+        if self.after_chunks < 0:
+            raise ValueError(f"after_chunks must be >= 0, got {self.after_chunks!r}")
+        _check_seconds("seconds", self.seconds)
+        if self.kind == "status" and not 400 <= self.status_code <= 599:
+            raise ValueError(f"status code must be in 400..599, got {self.status_code!r}")
+        if isinstance(self.retry_after, int | float) and not isinstance(self.retry_after, bool):
+            _check_seconds("retry_after", self.retry_after)
+        if self.retry_after_ms is not None:
+            _check_seconds("retry_after_ms", self.retry_after_ms)
+        if not self.finish_reason:
+            raise ValueError("finish_reason must be a non-empty string")
+
+    def __repr__(self) -> str:
+        changed = [
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in fields(self)
+            if f.name != "kind" and getattr(self, f.name) != f.default
+        ]
+        return f"Fault.{self.kind}({', '.join(changed)})"
+
+    # -- constructors -------------------------------------------------------------
+
+    @classmethod
+    def ok(cls) -> Fault:
+        """A normal, complete answer."""
+        return cls()
+
+    @classmethod
+    def status(
+        cls,
+        code: int,
+        *,
+        retry_after: float | str | None = None,
+        retry_after_ms: float | None = None,
+        should_retry: bool | None = None,
+        error_code: str | None = None,
+        error_type: str | None = None,
+        message: str | None = None,
+    ) -> Fault:
+        """An HTTP error response with an OpenAI-shaped JSON error body.
+
+        The body is ``{"error": {"message", "type", "param": null, "code"}}``.
+        ``retry_after`` becomes the ``retry-after`` header (a number of seconds,
+        or a string sent verbatim, e.g. an HTTP date), ``retry_after_ms`` the
+        ``retry-after-ms`` header and ``should_retry`` the ``x-should-retry``
+        header (``true``/``false``). Unset ``error_type``/``error_code``/
+        ``message`` get realistic defaults for the status code (for example
+        429 -> type ``requests``, code ``rate_limit_exceeded``; 5xx -> type
+        ``server_error``).
+        """
+        return cls(
+            kind="status",
+            status_code=code,
+            retry_after=retry_after,
+            retry_after_ms=retry_after_ms,
+            should_retry=should_retry,
+            error_code=error_code,
+            error_type=error_type,
+            message=message,
+        )
+
+    @classmethod
+    def drop(cls, after_chunks: int = 0) -> Fault:
+        """Abort the TCP connection mid-response.
+
+        Streaming: ``after_chunks`` content chunks are sent, then the connection
+        is aborted without the terminating zero-length HTTP chunk. Non-streaming:
+        the headers (with the full ``Content-Length``) and half of the body are
+        sent, then the connection is aborted.
+        """
+        return cls(kind="drop", after_chunks=after_chunks)
+
+    @classmethod
+    def early_end(cls, after_chunks: int = 0) -> Fault:
+        """End the stream cleanly after ``after_chunks`` content chunks.
+
+        The HTTP response is properly terminated, but no ``finish_reason``
+        chunk and no ``data: [DONE]`` are sent: the silent-truncation case.
+        Non-streaming requests get a normal answer.
+        """
+        return cls(kind="early_end", after_chunks=after_chunks)
+
+    @classmethod
+    def stall(cls, after_chunks: int = 0, seconds: float = 30.0) -> Fault:
+        """Go silent for ``seconds`` after ``after_chunks`` content chunks, then go on.
+
+        The pause does not block the server or other connections and ends early
+        when the client disconnects or the server stops. Non-streaming: wait
+        ``seconds`` before responding.
+        """
+        return cls(kind="stall", after_chunks=after_chunks, seconds=seconds)
+
+    @classmethod
+    def slow_first_byte(cls, seconds: float) -> Fault:
+        """Wait ``seconds`` before sending the response headers, then answer normally."""
+        return cls(kind="slow_first_byte", seconds=seconds)
+
+    @classmethod
+    def sse_error(
+        cls,
+        after_chunks: int = 0,
+        message: str = "upstream overloaded",
+        code: str = "server_error",
+    ) -> Fault:
+        """Send an in-stream error event after ``after_chunks`` content chunks.
+
+        The event is ``data: {"error": {"message", "type": "server_error",
+        "param": null, "code"}}``, after which the response ends cleanly (no
+        ``[DONE]``). Non-streaming requests get an HTTP 500 with the same error
+        object as the body.
+        """
+        return cls(
+            kind="sse_error",
+            after_chunks=after_chunks,
+            message=message,
+            error_code=code,
+            error_type="server_error",
+        )
+
+    @classmethod
+    def malformed(cls, after_chunks: int = 0) -> Fault:
+        """Send an event whose data is not JSON after ``after_chunks`` content chunks.
+
+        The event is ``data: {this is not json``, after which the response ends
+        cleanly. Non-streaming: HTTP 200 with ``Content-Type: application/json``
+        and a body that is not JSON.
+        """
+        return cls(kind="malformed", after_chunks=after_chunks)
+
+    @classmethod
+    def reset(cls) -> Fault:
+        """Close the connection right after reading the request, sending nothing."""
+        return cls(kind="reset")
+
+    @classmethod
+    def finish(cls, reason: str) -> Fault:
+        """A normal answer whose final ``finish_reason`` is ``reason``.
+
+        For ``"content_filter"`` only the first half of the words are sent
+        (rounded down), like a real filtered answer; any other reason keeps the
+        full answer text.
+        """
+        return cls(kind="finish", finish_reason=reason)
