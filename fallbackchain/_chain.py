@@ -29,7 +29,7 @@ from collections.abc import (
 from contextlib import aclosing
 from dataclasses import dataclass
 from os import PathLike
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import httpx2
 import openai
@@ -39,13 +39,13 @@ from ._assembly import AttemptAssembler, Display, check_completion, completion_t
 from ._backends import gate_store, response_cache
 from ._breaker import BreakerGate, BreakerState
 from ._cache import CachedAnswer, ResponseCache, cache_key
-from ._config import ChainConfig, load_config
+from ._config import ChainConfig, OpenAIConfig, load_config
 from ._core import Acquire, AttemptWatch, RequestRun, Sleep, Tier, TryTier
 from ._errors import (
     AllTiersFailedError,
     DeadlineExceededError,
     FallbackChainError,
-    UpstreamTimeoutError,
+    FirstTokenTimeoutError,
     map_error,
 )
 from ._results import ChainEvent, ChainResponse
@@ -107,21 +107,36 @@ class _ChainBase:
         self._clock = clock or default_clock
         self._random = random or _random.random
         probe_lease = config.retry.deadline + config.openai.timeout
-        self._gates = {
-            name: BreakerGate(
+        primary = config.breaker
+
+        def gate(name: str, fail_max: int = 0, reset_timeout: float = 0.0) -> BreakerGate:
+            return BreakerGate(
                 name,
-                fail_max=config.breaker.fail_max,
-                reset_timeout=config.breaker.reset_timeout,
+                fail_max=fail_max or primary.fail_max,
+                reset_timeout=reset_timeout or primary.reset_timeout,
                 clock=self._clock,
                 store=gate_store(config, name),
                 probe_lease=probe_lease,
             )
-            for name in ("stream", "completion")
-        }
-        self._tiers = (
-            Tier("stream", streaming=True, gate=self._gates["stream"]),
-            Tier("completion", streaming=False, gate=self._gates["completion"]),
-        )
+
+        window = config.openai.context_window
+        tiers = [
+            Tier("stream", streaming=True, gate=gate("stream"), context_window=window),
+            Tier("completion", streaming=False, gate=gate("completion"), context_window=window),
+        ]
+        for fb in config.fallbacks:
+            tiers.append(
+                Tier(
+                    fb.name,
+                    streaming=fb.stream,
+                    gate=gate(fb.name, fb.fail_max, fb.reset_timeout),
+                    provider=fb.name,
+                    model=fb.model,
+                    context_window=fb.context_window,
+                )
+            )
+        self._tiers = tuple(tiers)
+        self._gates = {tier.name: tier.gate for tier in self._tiers}
         self.cache = cache if cache is not None else response_cache(config, self._clock)
         self._owns_cache = cache is None
 
@@ -168,9 +183,11 @@ class _ChainBase:
             logger.debug("request %s model=%s messages=%r", (key or "-")[:16], model, messages)
         return _Request(model, messages, params, key)
 
-    def _kwargs(self, request: _Request, *, streaming: bool, read: float) -> dict[str, Any]:
+    def _kwargs(
+        self, request: _Request, tier: Tier, *, streaming: bool, read: float
+    ) -> dict[str, Any]:
         kwargs = dict(request.params)
-        kwargs["model"] = request.model
+        kwargs["model"] = tier.model or request.model
         kwargs["messages"] = request.messages
         kwargs["stream"] = streaming
         if streaming and "stream_options" not in kwargs:
@@ -247,34 +264,51 @@ class _ChainBase:
             return None
 
 
-def _sdk_client_sync(
-    config: ChainConfig, client: openai.OpenAI | None
-) -> tuple[openai.OpenAI, bool]:
-    if client is not None:
-        return client.with_options(max_retries=0), False
-    cfg = config.openai
-    created = openai.OpenAI(
-        base_url=cfg.base_url,
-        api_key=cfg.api_key(file=config.source),
-        max_retries=0,
-        timeout=cfg.timeout,
-    )
-    return created, True
+_Client = TypeVar("_Client", openai.OpenAI, openai.AsyncOpenAI)
 
 
-def _sdk_client_async(
-    config: ChainConfig, client: openai.AsyncOpenAI | None
-) -> tuple[openai.AsyncOpenAI, bool]:
-    if client is not None:
-        return client.with_options(max_retries=0), False
-    cfg = config.openai
-    created = openai.AsyncOpenAI(
-        base_url=cfg.base_url,
-        api_key=cfg.api_key(file=config.source),
-        max_retries=0,
-        timeout=cfg.timeout,
-    )
-    return created, True
+def _make_clients(
+    config: ChainConfig,
+    factory: type[_Client],
+    client: _Client | None,
+    fallback_clients: Mapping[str, _Client] | None,
+) -> tuple[dict[str, _Client], list[_Client]]:
+    """One SDK client per provider (``"primary"`` and each fallback), SDK retries off.
+
+    Injected clients are used through ``with_options(max_retries=0)`` copies and never closed;
+    a fallback with the primary's ``base_url`` and ``api_key_env`` shares the primary's client.
+    Returns the clients by provider and the ones the chain created (and must close).
+    """
+    owned: list[_Client] = []
+
+    def make(cfg: OpenAIConfig) -> _Client:
+        created = factory(
+            base_url=cfg.base_url,
+            api_key=cfg.api_key(file=config.source),
+            max_retries=0,
+            timeout=cfg.timeout,
+        )
+        owned.append(created)
+        return created
+
+    given = dict(fallback_clients or {})
+    unknown = set(given) - {fb.name for fb in config.fallbacks}
+    if unknown:
+        raise ValueError(f"fallback_clients names no configured fallback: {sorted(unknown)}")
+    primary = client.with_options(max_retries=0) if client is not None else make(config.openai)
+    clients = {"primary": primary}
+    for fb in config.fallbacks:
+        resolved = fb.resolved(config.openai)
+        if fb.name in given:
+            clients[fb.name] = given[fb.name].with_options(max_retries=0)
+        elif (resolved.base_url, resolved.api_key_env) == (
+            config.openai.base_url,
+            config.openai.api_key_env,
+        ):
+            clients[fb.name] = primary
+        else:
+            clients[fb.name] = make(resolved)
+    return clients, owned
 
 
 # ------------------------------------------------------------------------------------------------
@@ -332,6 +366,7 @@ class FallbackChain(_ChainBase):
         config: ChainConfig | None = None,
         *,
         client: openai.OpenAI | None = None,
+        fallback_clients: Mapping[str, openai.OpenAI] | None = None,
         cache: ResponseCache | None = None,
         clock: Clock | None = None,
         sleep: SleepFunc | None = None,
@@ -339,7 +374,9 @@ class FallbackChain(_ChainBase):
     ) -> None:
         config = config or ChainConfig()
         super().__init__(config, clock=clock, random=random, cache=cache)
-        self._client, self._owns_client = _sdk_client_sync(config, client)
+        self._clients, self._owned_clients = _make_clients(
+            config, openai.OpenAI, client, fallback_clients
+        )
         self._sleep = sleep or default_sleep
 
     @classmethod
@@ -366,8 +403,8 @@ class FallbackChain(_ChainBase):
 
     def close(self) -> None:
         """Close the client (if the chain made it) and the cache (if the chain opened it)."""
-        if self._owns_client:
-            self._client.close()
+        for client in self._owned_clients:
+            client.close()
         if self._owns_cache:
             self.cache.close()
 
@@ -414,6 +451,8 @@ class FallbackChain(_ChainBase):
                 error = map_error(exc, content_seen=watch.content_seen)
                 if error is None:
                     attempt.permit.release()
+                    if run.rerouted(attempt, exc):
+                        continue
                     raise
                 attempt.permit.failure()
                 run.failed(attempt, error, time_to_first_token=watch.time_to_first_token())
@@ -447,9 +486,12 @@ class FallbackChain(_ChainBase):
         clock = self._clock
         before = clock()
         kwargs = self._kwargs(
-            request, streaming=True, read=self._read_budget(watch, run, before, streaming=True)
+            request,
+            step.tier,
+            streaming=True,
+            read=self._read_budget(watch, run, before, streaming=True),
         )
-        stream = self._client.chat.completions.create(**kwargs)
+        stream = self._clients[step.tier.provider].chat.completions.create(**kwargs)
         with stream:
             watch.after_wait(before, clock(), got_content=False)
             assembler = AttemptAssembler()
@@ -475,8 +517,8 @@ class FallbackChain(_ChainBase):
     ) -> ChatCompletion:
         before = self._clock()
         budget = self._read_budget(watch, run, before, streaming=False)
-        kwargs = self._kwargs(request, streaming=False, read=budget)
-        completion = self._client.chat.completions.create(**kwargs)
+        kwargs = self._kwargs(request, step.tier, streaming=False, read=budget)
+        completion = self._clients[step.tier.provider].chat.completions.create(**kwargs)
         watch.content_seen = True
         watch.first_token_at = self._clock()
         return check_completion(completion)
@@ -540,6 +582,7 @@ class AsyncFallbackChain(_ChainBase):
         config: ChainConfig | None = None,
         *,
         client: openai.AsyncOpenAI | None = None,
+        fallback_clients: Mapping[str, openai.AsyncOpenAI] | None = None,
         cache: ResponseCache | None = None,
         clock: Clock | None = None,
         sleep: AsyncSleep | None = None,
@@ -547,7 +590,9 @@ class AsyncFallbackChain(_ChainBase):
     ) -> None:
         config = config or ChainConfig()
         super().__init__(config, clock=clock, random=random, cache=cache)
-        self._client, self._owns_client = _sdk_client_async(config, client)
+        self._clients, self._owned_clients = _make_clients(
+            config, openai.AsyncOpenAI, client, fallback_clients
+        )
         self._sleep = sleep or default_async_sleep
 
     @classmethod
@@ -574,8 +619,8 @@ class AsyncFallbackChain(_ChainBase):
 
     async def aclose(self) -> None:
         """Close the client (if the chain made it) and the cache (if the chain opened it)."""
-        if self._owns_client:
-            await self._client.close()
+        for client in self._owned_clients:
+            await client.close()
         if self._owns_cache:
             await asyncio.to_thread(self.cache.close)
 
@@ -621,11 +666,13 @@ class AsyncFallbackChain(_ChainBase):
                                 completion = item
                     assert completion is not None  # _stream_once always ends with one
                 else:
-                    completion = await self._complete_once(request, run, watch)
+                    completion = await self._complete_once(request, run, attempt, watch)
             except Exception as exc:
                 error = map_error(exc, content_seen=watch.content_seen)
                 if error is None:
                     await _shielded(attempt.permit.arelease())
+                    if run.rerouted(attempt, exc):
+                        continue
                     raise
                 await attempt.permit.afailure()
                 run.failed(attempt, error, time_to_first_token=watch.time_to_first_token())
@@ -687,11 +734,14 @@ class AsyncFallbackChain(_ChainBase):
         before = clock()
         budget = watch.budget(before)
         kwargs = self._kwargs(
-            request, streaming=True, read=self._read_budget(watch, run, before, streaming=True)
+            request,
+            step.tier,
+            streaming=True,
+            read=self._read_budget(watch, run, before, streaming=True),
         )
         try:
             async with asyncio.timeout(budget):
-                stream = await self._client.chat.completions.create(**kwargs)
+                stream = await self._clients[step.tier.provider].chat.completions.create(**kwargs)
         except TimeoutError:
             raise watch.expired(before) from None
         async with stream:
@@ -721,20 +771,23 @@ class AsyncFallbackChain(_ChainBase):
         yield assembler.finish(model=request.model)
 
     async def _complete_once(
-        self, request: _Request, run: RequestRun, watch: AttemptWatch
+        self, request: _Request, run: RequestRun, step: TryTier, watch: AttemptWatch
     ) -> ChatCompletion:
         before = self._clock()
         budget = self._read_budget(watch, run, before, streaming=False)
-        kwargs = self._kwargs(request, streaming=False, read=budget)
+        kwargs = self._kwargs(request, step.tier, streaming=False, read=budget)
         try:
             async with asyncio.timeout(budget):
-                completion = await self._client.chat.completions.create(**kwargs)
+                completion = await self._clients[step.tier.provider].chat.completions.create(
+                    **kwargs
+                )
         except TimeoutError:
             if run.remaining(before) <= budget:
                 raise DeadlineExceededError(
                     "request deadline reached while waiting for upstream"
                 ) from None
-            raise UpstreamTimeoutError(f"no answer within {budget:g}s") from None
+            # the same class the sync driver gets from the SDK's read timeout: a silent route
+            raise FirstTokenTimeoutError(f"no answer within {budget:g}s") from None
         watch.content_seen = True
         watch.first_token_at = self._clock()
         return check_completion(completion)

@@ -22,6 +22,7 @@ __all__ = [
     "BreakerConfig",
     "CacheConfig",
     "ChainConfig",
+    "FallbackConfig",
     "OpenAIConfig",
     "RetryConfig",
     "load_config",
@@ -38,6 +39,8 @@ class OpenAIConfig:
     timeout: float = 30.0
     first_token_timeout: float = 10.0
     idle_timeout: float = 10.0
+    context_window: int = 0
+    """Context window in tokens if known (0 = unknown); used to route context-length errors."""
 
     def api_key(self, *, file: str | None = None) -> str:
         """Read the API key from the environment; a clear ConfigError if it is unset."""
@@ -87,6 +90,36 @@ class CacheConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FallbackConfig:
+    """One more model or provider, tried after the primary's live tiers and before the cache.
+
+    Empty strings and zeros mean "same as the primary" (``[openai]`` / ``[breaker]``).
+    """
+
+    name: str = ""
+    model: str = ""
+    base_url: str = ""
+    api_key_env: str = ""
+    stream: bool = True
+    context_window: int = 0
+    fail_max: int = 0
+    reset_timeout: float = 0.0
+
+    def resolved(self, primary: OpenAIConfig) -> OpenAIConfig:
+        """The ``[openai]`` settings this fallback runs with (its overrides applied)."""
+        return dataclasses.replace(
+            primary,
+            base_url=self.base_url or primary.base_url,
+            api_key_env=self.api_key_env or primary.api_key_env,
+            model=self.model,
+            context_window=self.context_window,
+        )
+
+
+_RESERVED_NAMES = frozenset({"stream", "completion", "cache"})
+
+
+@dataclass(frozen=True, slots=True)
 class ChainConfig:
     """Everything a chain needs. Build in code or with :func:`load_config`."""
 
@@ -94,12 +127,32 @@ class ChainConfig:
     retry: RetryConfig = field(default_factory=RetryConfig)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    fallbacks: tuple[FallbackConfig, ...] = ()
     source: str | None = field(default=None, compare=False)
     """The file this config was loaded from, if any (used in error messages)."""
 
     def __post_init__(self) -> None:
         for section in (self.openai, self.retry, self.breaker, self.cache):
             _validate_section(section, file=self.source)
+        if not isinstance(self.fallbacks, tuple):
+            object.__setattr__(self, "fallbacks", tuple(self.fallbacks))
+        seen: set[str] = set()
+        for index, entry in enumerate(self.fallbacks):
+            prefix = f"fallbacks[{index}]"
+            if not isinstance(entry, FallbackConfig):
+                raise ConfigError("must be a table", file=self.source, key=prefix, value=entry)
+            _validate_section(entry, file=self.source, prefix=prefix)
+            for required in ("name", "model"):
+                if not getattr(entry, required).strip():
+                    raise ConfigError("is required", file=self.source, key=f"{prefix}.{required}")
+            if entry.name in _RESERVED_NAMES or entry.name in seen:
+                raise ConfigError(
+                    "must be unique and not one of 'stream', 'completion', 'cache'",
+                    file=self.source,
+                    key=f"{prefix}.name",
+                    value=entry.name,
+                )
+            seen.add(entry.name)
         if self.retry.base_delay > self.retry.max_delay:
             raise ConfigError(
                 "must not exceed retry.max_delay",
@@ -114,6 +167,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "retry": RetryConfig,
     "breaker": BreakerConfig,
     "cache": CacheConfig,
+    "fallbacks": FallbackConfig,
 }
 
 # (minimum, maximum, minimum is exclusive)
@@ -131,6 +185,10 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "cache.ttl": (0.0, 10 * 365 * 86400.0, True),
     "cache.memory_items": (0, 10_000_000, False),
     "cache.size_limit": (1 << 20, 1 << 44, False),
+    "openai.context_window": (0, 100_000_000, False),
+    "fallbacks.context_window": (0, 100_000_000, False),
+    "fallbacks.fail_max": (0, 1_000_000, False),
+    "fallbacks.reset_timeout": (0.0, 86400.0, False),
 }
 
 _NONEMPTY = {
@@ -156,39 +214,43 @@ def _section_name(section: object) -> str:
     raise AssertionError(section)  # pragma: no cover
 
 
-def _validate_section(section: object, *, file: str | None) -> None:
+def _validate_section(section: object, *, file: str | None, prefix: str | None = None) -> None:
     name = _section_name(section)
     for f in dataclasses.fields(section):  # type: ignore[arg-type]
-        key = f"{name}.{f.name}"
+        rule = f"{name}.{f.name}"
+        key = f"{prefix or name}.{f.name}"
         value = getattr(section, f.name)
         expected = f.type if isinstance(f.type, type) else _TYPES[f.type]
         _check_type(value, expected, file=file, key=key)
-        if key in _RANGES:
-            lo, hi, exclusive = _RANGES[key]
+        if rule in _RANGES:
+            lo, hi, exclusive = _RANGES[rule]
             if not math.isfinite(value) or value < lo or value > hi or (exclusive and value == lo):
                 bound = f"> {lo}" if exclusive else f">= {lo}"
                 raise ConfigError(f"must be {bound} and <= {hi}", file=file, key=key, value=value)
-        if key in _NONEMPTY and not value.strip():
+        if rule in _NONEMPTY and not value.strip():
             raise ConfigError("must not be empty", file=file, key=key, value=value)
-        if key in _CHOICES and value not in _CHOICES[key]:
+        if rule in _CHOICES and value not in _CHOICES[rule]:
             raise ConfigError(
-                f"must be one of {', '.join(map(repr, _CHOICES[key]))}",
+                f"must be one of {', '.join(map(repr, _CHOICES[rule]))}",
                 file=file,
                 key=key,
                 value=value,
             )
-        if key in _REDIS_URLS and not value.startswith(("redis://", "rediss://", "unix://")):
+        if rule in _REDIS_URLS and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(
                 "must start with redis://, rediss:// or unix://",
                 file=file,
                 key=key,
                 value=_mask_url(value),
             )
-    if name == "openai":
+    if name in ("openai", "fallbacks"):
         url = section.base_url  # type: ignore[attr-defined]
-        if not url.startswith(("http://", "https://")):
+        if (url or name == "openai") and not url.startswith(("http://", "https://")):
             raise ConfigError(
-                "must start with http:// or https://", file=file, key="openai.base_url", value=url
+                "must start with http:// or https://",
+                file=file,
+                key=f"{prefix or name}.base_url",
+                value=url,
             )
 
 
@@ -253,26 +315,39 @@ def config_from_mapping(data: dict[str, Any], *, file: str | None = None) -> Cha
             raise ConfigError(
                 f"unknown section [{name}] (known: {', '.join(sorted(_SECTIONS))})", file=file
             )
-        if not isinstance(body, dict):
-            raise ConfigError("must be a table", file=file, key=name, value=body)
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key, value in body.items():
-            if key not in known:
+        if name == "fallbacks":
+            if not isinstance(body, list):
                 raise ConfigError(
-                    f"unknown key (known in [{name}]: {', '.join(sorted(known))})",
-                    file=file,
-                    key=f"{name}.{key}",
-                    value=value,
+                    "must be an array of tables ([[fallbacks]])", file=file, key=name, value=body
                 )
-            expected = {f.name: f.type for f in dataclasses.fields(cls)}[key]
-            expected_type = expected if isinstance(expected, type) else _TYPES[expected]
-            _check_type(value, expected_type, file=file, key=f"{name}.{key}")
-        converted = {
-            k: float(v) if _TYPES.get(str(_field_type(cls, k))) is float else v
-            for k, v in body.items()
-        }
-        sections[name] = cls(**converted)
+            sections[name] = tuple(
+                _build(cls, entry, file=file, where=f"fallbacks[{i}]", label="[[fallbacks]]")
+                for i, entry in enumerate(body)
+            )
+        else:
+            sections[name] = _build(cls, body, file=file, where=name, label=f"[{name}]")
     return ChainConfig(**sections, source=file)
+
+
+def _build(cls: type[Any], body: object, *, file: str | None, where: str, label: str) -> Any:
+    if not isinstance(body, dict):
+        raise ConfigError("must be a table", file=file, key=where, value=body)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key, value in body.items():
+        if key not in known:
+            raise ConfigError(
+                f"unknown key (known in {label}: {', '.join(sorted(known))})",
+                file=file,
+                key=f"{where}.{key}",
+                value=value,
+            )
+        expected = _field_type(cls, key)
+        expected_type = expected if isinstance(expected, type) else _TYPES[str(expected)]
+        _check_type(value, expected_type, file=file, key=f"{where}.{key}")
+    converted = {
+        k: float(v) if _TYPES.get(str(_field_type(cls, k))) is float else v for k, v in body.items()
+    }
+    return cls(**converted)
 
 
 def _field_type(cls: type[Any], name: str) -> object:

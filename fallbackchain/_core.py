@@ -33,6 +33,7 @@ from ._errors import (
     IdleTimeoutError,
     TierError,
     UpstreamStatusError,
+    is_context_length_error,
 )
 from ._results import Attempt
 
@@ -43,11 +44,18 @@ logger = logging.getLogger("fallbackchain")
 
 @dataclass(frozen=True, slots=True)
 class Tier:
-    """One live tier: its name (the response's ``source``), whether it streams, its breaker."""
+    """One live tier: its name (the response's ``source``), whether it streams, its breaker.
+
+    ``provider`` names the client that serves it; ``model`` overrides the request's model
+    (fallbacks); ``context_window`` (0 = unknown) routes context-length errors.
+    """
 
     name: str
     streaming: bool
     gate: BreakerGate
+    provider: str = "primary"
+    model: str | None = None
+    context_window: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +156,35 @@ class RequestRun:
         self._number += 1
         delay, self._slept = self._slept, 0.0
         return TryTier(tier, permit, self._number, delay, self._clock())
+
+    def rerouted(self, step: TryTier, exc: BaseException) -> bool:
+        """A client error at ``step``: reroute it if a later tier can take it, else ``False``.
+
+        Only a context-length error is rerouted: to the next tier on another model whose
+        ``context_window`` is known and larger than this tier's. Nothing is retried on the same
+        model, and the breaker is not involved (the driver releases the permit).
+        """
+        if not is_context_length_error(exc):
+            return False
+        here = step.tier
+        for index in range(self._index + 1, len(self._tiers)):
+            tier = self._tiers[index]
+            same_model = (tier.provider, tier.model) == (here.provider, here.model)
+            if not same_model and tier.context_window > here.context_window:
+                self.attempts.append(
+                    Attempt(
+                        here.name,
+                        "context length exceeded",
+                        self._clock() - step.started,
+                        delay_before=step.delay_before,
+                    )
+                )
+                logger.info("fallback: %s context too long, rerouted to %s", here.name, tier.name)
+                self._index = index
+                self._number = 0
+                self._slept = 0.0
+                return True
+        return False
 
     def _advance(self) -> None:
         self._index += 1

@@ -265,6 +265,14 @@ def is_client_error(exc: BaseException) -> bool:
     return isinstance(exc, _CLIENT_ERRORS)
 
 
+def is_context_length_error(exc: BaseException) -> bool:
+    """True for the API's "prompt too long for this model" rejection."""
+    return isinstance(exc, openai.BadRequestError) and (exc.code or "") in (
+        "context_length_exceeded",
+        "string_above_max_length",
+    )
+
+
 def map_error(exc: BaseException, *, content_seen: bool = False) -> TierError | None:
     """Map a foreign exception from a live attempt to the most specific :class:`TierError`.
 

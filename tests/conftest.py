@@ -114,6 +114,7 @@ class Harness:
         *,
         real_time: bool = False,
         sdk_max_retries: int = 2,
+        fallback_servers: dict[str, FaultServer] | None = None,
     ) -> None:
         self.mode = mode
         self.server = server
@@ -125,7 +126,12 @@ class Harness:
             client = openai.OpenAI(
                 base_url=server.base_url, api_key="sk-test-SECRET-123", max_retries=sdk_max_retries
             )
-            self.chain: Any = FallbackChain(config, client=client, **timing)
+            self._extra: list[Any] = [
+                openai.OpenAI(base_url=s.base_url, api_key="sk-backup")
+                for s in (fallback_servers or {}).values()
+            ]
+            extra = dict(zip(fallback_servers or {}, self._extra, strict=True))
+            self.chain: Any = FallbackChain(config, client=client, fallback_clients=extra, **timing)
             self._client: Any = client
         else:
             if not real_time:
@@ -134,7 +140,12 @@ class Harness:
             client = openai.AsyncOpenAI(
                 base_url=server.base_url, api_key="sk-test-SECRET-123", max_retries=sdk_max_retries
             )
-            self.chain = AsyncFallbackChain(config, client=client, **timing)
+            self._extra = [
+                openai.AsyncOpenAI(base_url=s.base_url, api_key="sk-backup")
+                for s in (fallback_servers or {}).values()
+            ]
+            extra = dict(zip(fallback_servers or {}, self._extra, strict=True))
+            self.chain = AsyncFallbackChain(config, client=client, fallback_clients=extra, **timing)
             self._client = client
 
     def ask(self, prompt: str = "hello", **params: Any) -> tuple[list[Any], Any]:
@@ -169,11 +180,15 @@ class Harness:
         if self.mode == "sync":
             self.chain.close()
             self._client.close()
+            for extra in self._extra:
+                extra.close()
         else:
 
             async def shut() -> None:
                 await self.chain.aclose()
                 await self._client.close()
+                for extra in self._extra:
+                    await extra.close()
 
             self.loop.run_until_complete(shut())
             self.loop.close()
@@ -190,10 +205,25 @@ def harness_factory(
 ) -> Iterator[Any]:
     made: list[Harness] = []
 
-    def factory(*, real_time: bool = False, sdk_max_retries: int = 2, **overrides: Any) -> Harness:
+    def factory(
+        *,
+        real_time: bool = False,
+        sdk_max_retries: int = 2,
+        fallbacks: tuple[Any, ...] = (),
+        fallback_servers: dict[str, FaultServer] | None = None,
+        **overrides: Any,
+    ) -> Harness:
         config = make_config(tmp_path, server.base_url, **overrides)
+        if fallbacks:
+            config = dataclasses.replace(config, fallbacks=tuple(fallbacks))
         h = Harness(
-            mode, config, server, clock, real_time=real_time, sdk_max_retries=sdk_max_retries
+            mode,
+            config,
+            server,
+            clock,
+            real_time=real_time,
+            sdk_max_retries=sdk_max_retries,
+            fallback_servers=fallback_servers,
         )
         made.append(h)
         return h

@@ -16,6 +16,7 @@ EXPECTED = {
     "BreakerGate", "BreakerOpenError", "BreakerState", "CacheConfig", "CacheCorruptError",
     "CacheError", "CacheStats", "CachedAnswer", "ChainConfig", "ChainEvent", "ChainResponse",
     "ChainStream", "ConfigError", "DeadlineExceededError", "FallbackChain", "FallbackChainError",
+    "FallbackConfig",
     "FirstTokenTimeoutError", "IdleTimeoutError", "MalformedChunkError", "OpenAIConfig", "Permit",
     "QuotaExceededError", "RateLimitedError", "ResponseCache", "RetryConfig", "ServerError",
     "StreamEventError", "StreamNotFinishedError", "StreamProtocolError", "TierError",
