@@ -29,7 +29,7 @@ from collections.abc import (
 from contextlib import aclosing
 from dataclasses import dataclass
 from os import PathLike
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 import httpx2
 import openai
@@ -47,6 +47,14 @@ from ._errors import (
     FallbackChainError,
     FirstTokenTimeoutError,
     map_error,
+)
+from ._hooks import (
+    BreakerChanged,
+    CacheEvent,
+    Hooks,
+    RequestEnded,
+    RequestStarted,
+    next_request_id,
 )
 from ._results import ChainEvent, ChainResponse
 from ._timing import (
@@ -102,8 +110,10 @@ class _ChainBase:
         clock: Clock | None,
         random: Callable[[], float] | None,
         cache: ResponseCache | None,
+        listeners: Sequence[object] = (),
     ) -> None:
         self.config = config
+        self._hooks = Hooks(listeners)
         self._clock = clock or default_clock
         self._random = random or _random.random
         probe_lease = config.retry.deadline + config.openai.timeout
@@ -117,6 +127,7 @@ class _ChainBase:
                 clock=self._clock,
                 store=gate_store(config, name),
                 probe_lease=probe_lease,
+                on_state_change=self._breaker_changed,
             )
 
         window = config.openai.context_window
@@ -139,6 +150,35 @@ class _ChainBase:
         self._gates = {tier.name: tier.gate for tier in self._tiers}
         self.cache = cache if cache is not None else response_cache(config, self._clock)
         self._owns_cache = cache is None
+
+    def _breaker_changed(self, name: str, old: BreakerState, new: BreakerState) -> None:
+        self._hooks.emit(BreakerChanged(name, old, new))
+
+    def _new_run(self, request: _Request) -> RequestRun:
+        run = RequestRun(
+            self._tiers,
+            self.config,
+            clock=self._clock,
+            random=self._random,
+            hooks=self._hooks,
+            request_id=next_request_id(),
+        )
+        if self._hooks:
+            self._hooks.emit(RequestStarted(run.request_id, request.key, request.model, True))
+        return run
+
+    def _ended(self, run: RequestRun, out: _Outcome, failure: BaseException | None) -> None:
+        if not self._hooks:
+            return
+        response = out.response
+        if response is not None:
+            source, error = response.source, None
+        else:
+            source = None
+            error = type(failure).__name__ if failure is not None else "closed early"
+        self._hooks.emit(
+            RequestEnded(run.request_id, source, error, run.elapsed(), len(run.attempts))
+        )
 
     def __repr__(self) -> str:
         cfg = self.config.openai
@@ -232,6 +272,10 @@ class _ChainBase:
     def _cached_response(
         self, run: RequestRun, cached: CachedAnswer | None, out: _Outcome
     ) -> ChainResponse:
+        if self._hooks:
+            kind: Literal["hit", "miss"] = "miss" if cached is None else "hit"
+            age = None if cached is None else cached.age
+            self._hooks.emit(CacheEvent(run.request_id, kind, age))
         if cached is None:
             logger.info("all tiers failed and the cache has no answer")
             raise AllTiersFailedError(run.attempts)
@@ -246,13 +290,16 @@ class _ChainBase:
         out.response = response
         return response
 
-    def _store(self, request: _Request, completion: ChatCompletion) -> None:
+    def _store(self, request: _Request, completion: ChatCompletion, run: RequestRun) -> None:
         if request.key is None:
             return
         try:
-            self.cache.put(request.key, completion)
+            stored = self.cache.put(request.key, completion)
         except Exception:  # the cache must never break a request
             logger.exception("cache write failed (ignored)")
+            return
+        if stored and self._hooks:
+            self._hooks.emit(CacheEvent(run.request_id, "store"))
 
     def _lookup(self, request: _Request) -> CachedAnswer | None:
         if request.key is None:
@@ -371,9 +418,10 @@ class FallbackChain(_ChainBase):
         clock: Clock | None = None,
         sleep: SleepFunc | None = None,
         random: Callable[[], float] | None = None,
+        listeners: Sequence[object] = (),
     ) -> None:
         config = config or ChainConfig()
-        super().__init__(config, clock=clock, random=random, cache=cache)
+        super().__init__(config, clock=clock, random=random, cache=cache, listeners=listeners)
         self._clients, self._owned_clients = _make_clients(
             config, openai.OpenAI, client, fallback_clients
         )
@@ -424,56 +472,67 @@ class FallbackChain(_ChainBase):
             run.pause(clock() - handed)
 
     def _drive(self, request: _Request, out: _Outcome) -> Iterator[ChainEvent]:
-        run = RequestRun(self._tiers, self.config, clock=self._clock, random=self._random)
+        run = self._new_run(request)
         display = Display()
-        tried = False
-        while True:
-            step = run.next_step()
-            if isinstance(step, Sleep):
-                sleep_unless_testing(self._sleep, step.seconds)
-                continue
-            if not isinstance(step, Acquire):
-                break
-            attempt = run.granted(step, step.tier.gate.acquire())
-            if attempt is None:
-                continue
-            if tried:
-                display.new_attempt()
-            tried = True
-            watch = self._new_watch(run, attempt)
-            source = attempt.tier.name
-            try:
-                if attempt.tier.streaming:
-                    completion = yield from self._stream_once(request, run, attempt, watch, display)
-                else:
-                    completion = self._complete_once(request, run, attempt, watch)
-            except Exception as exc:
-                error = map_error(exc, content_seen=watch.content_seen)
-                if error is None:
+        failure: BaseException | None = None
+        try:
+            tried = False
+            while True:
+                step = run.next_step()
+                if isinstance(step, Sleep):
+                    sleep_unless_testing(self._sleep, step.seconds)
+                    continue
+                if not isinstance(step, Acquire):
+                    break
+                attempt = run.granted(step, step.tier.gate.acquire())
+                if attempt is None:
+                    continue
+                if tried:
+                    display.new_attempt()
+                tried = True
+                watch = self._new_watch(run, attempt)
+                source = attempt.tier.name
+                try:
+                    if attempt.tier.streaming:
+                        completion = yield from self._stream_once(
+                            request, run, attempt, watch, display
+                        )
+                    else:
+                        completion = self._complete_once(request, run, attempt, watch)
+                except Exception as exc:
+                    error = map_error(exc, content_seen=watch.content_seen)
+                    if error is None:
+                        attempt.permit.release()
+                        if run.rerouted(attempt, exc):
+                            continue
+                        run.abandoned(attempt)
+                        raise
+                    attempt.permit.failure()
+                    run.failed(attempt, error, time_to_first_token=watch.time_to_first_token())
+                    continue
+                except BaseException:  # GeneratorExit, KeyboardInterrupt: neutral
                     attempt.permit.release()
-                    if run.rerouted(attempt, exc):
-                        continue
+                    run.abandoned(attempt)
                     raise
-                attempt.permit.failure()
-                run.failed(attempt, error, time_to_first_token=watch.time_to_first_token())
-                continue
-            except BaseException:  # GeneratorExit, KeyboardInterrupt: neutral
-                attempt.permit.release()
-                raise
-            attempt.permit.success()
-            self._done(run, attempt, watch, completion, out)
-            self._store(request, completion)
-            text = completion_text(completion)
-            final = (
-                display.settle(text, source)
-                if attempt.tier.streaming
-                else display.whole(text, source)
-            )
-            yield from self._emit(final, run)
-            return
-        response = self._cached_response(run, self._lookup(request), out)
-        display.new_attempt()
-        yield from self._emit(display.whole(response.text, "cache"), run)
+                attempt.permit.success()
+                self._done(run, attempt, watch, completion, out)
+                self._store(request, completion, run)
+                text = completion_text(completion)
+                final = (
+                    display.settle(text, source)
+                    if attempt.tier.streaming
+                    else display.whole(text, source)
+                )
+                yield from self._emit(final, run)
+                return
+            response = self._cached_response(run, self._lookup(request), out)
+            display.new_attempt()
+            yield from self._emit(display.whole(response.text, "cache"), run)
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            self._ended(run, out, failure)
 
     def _stream_once(
         self,
@@ -587,9 +646,10 @@ class AsyncFallbackChain(_ChainBase):
         clock: Clock | None = None,
         sleep: AsyncSleep | None = None,
         random: Callable[[], float] | None = None,
+        listeners: Sequence[object] = (),
     ) -> None:
         config = config or ChainConfig()
-        super().__init__(config, clock=clock, random=random, cache=cache)
+        super().__init__(config, clock=clock, random=random, cache=cache, listeners=listeners)
         self._clients, self._owned_clients = _make_clients(
             config, openai.AsyncOpenAI, client, fallback_clients
         )
@@ -633,70 +693,79 @@ class AsyncFallbackChain(_ChainBase):
     # -- driver -------------------------------------------------------------------------------
 
     async def _drive(self, request: _Request, out: _Outcome) -> AsyncIterator[ChainEvent]:
-        run = RequestRun(self._tiers, self.config, clock=self._clock, random=self._random)
+        run = self._new_run(request)
         display = Display()
-        tried = False
-        clock = self._clock
-        while True:
-            step = run.next_step()
-            if isinstance(step, Sleep):
-                await async_sleep_unless_testing(self._sleep, step.seconds)
-                continue
-            if not isinstance(step, Acquire):
-                break
-            attempt = run.granted(step, await step.tier.gate.aacquire())
-            if attempt is None:
-                continue
-            if tried:
-                display.new_attempt()
-            tried = True
-            watch = self._new_watch(run, attempt)
-            source = attempt.tier.name
-            try:
-                if attempt.tier.streaming:
-                    completion = None
-                    items = self._stream_once(request, run, attempt, watch, display)
-                    async with aclosing(items):
-                        async for item in items:
-                            if isinstance(item, ChainEvent):
-                                handed = clock()
-                                yield item
-                                run.pause(clock() - handed)
-                            else:
-                                completion = item
-                    assert completion is not None  # _stream_once always ends with one
-                else:
-                    completion = await self._complete_once(request, run, attempt, watch)
-            except Exception as exc:
-                error = map_error(exc, content_seen=watch.content_seen)
-                if error is None:
+        failure: BaseException | None = None
+        try:
+            tried = False
+            clock = self._clock
+            while True:
+                step = run.next_step()
+                if isinstance(step, Sleep):
+                    await async_sleep_unless_testing(self._sleep, step.seconds)
+                    continue
+                if not isinstance(step, Acquire):
+                    break
+                attempt = run.granted(step, await step.tier.gate.aacquire())
+                if attempt is None:
+                    continue
+                if tried:
+                    display.new_attempt()
+                tried = True
+                watch = self._new_watch(run, attempt)
+                source = attempt.tier.name
+                try:
+                    if attempt.tier.streaming:
+                        completion = None
+                        items = self._stream_once(request, run, attempt, watch, display)
+                        async with aclosing(items):
+                            async for item in items:
+                                if isinstance(item, ChainEvent):
+                                    handed = clock()
+                                    yield item
+                                    run.pause(clock() - handed)
+                                else:
+                                    completion = item
+                        assert completion is not None  # _stream_once always ends with one
+                    else:
+                        completion = await self._complete_once(request, run, attempt, watch)
+                except Exception as exc:
+                    error = map_error(exc, content_seen=watch.content_seen)
+                    if error is None:
+                        await _shielded(attempt.permit.arelease())
+                        if run.rerouted(attempt, exc):
+                            continue
+                        run.abandoned(attempt)
+                        raise
+                    await attempt.permit.afailure()
+                    run.failed(attempt, error, time_to_first_token=watch.time_to_first_token())
+                    continue
+                except BaseException:  # CancelledError, GeneratorExit: neutral
                     await _shielded(attempt.permit.arelease())
-                    if run.rerouted(attempt, exc):
-                        continue
+                    run.abandoned(attempt)
                     raise
-                await attempt.permit.afailure()
-                run.failed(attempt, error, time_to_first_token=watch.time_to_first_token())
-                continue
-            except BaseException:  # CancelledError, GeneratorExit: neutral
-                await _shielded(attempt.permit.arelease())
-                raise
-            await attempt.permit.asuccess()
-            self._done(run, attempt, watch, completion, out)
-            await self._astore(request, completion)
-            text = completion_text(completion)
-            final = (
-                display.settle(text, source)
-                if attempt.tier.streaming
-                else display.whole(text, source)
-            )
-            for event in final:
+                await attempt.permit.asuccess()
+                self._done(run, attempt, watch, completion, out)
+                await self._astore(request, completion, run)
+                text = completion_text(completion)
+                final = (
+                    display.settle(text, source)
+                    if attempt.tier.streaming
+                    else display.whole(text, source)
+                )
+                for event in final:
+                    yield event
+                return
+            cached = await self._alookup(request)
+            response = self._cached_response(run, cached, out)
+            display.new_attempt()
+            for event in display.whole(response.text, "cache"):
                 yield event
-            return
-        cached = await self._alookup(request)
-        response = self._cached_response(run, cached, out)
-        display.new_attempt()
-        for event in display.whole(response.text, "cache"):
-            yield event
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            self._ended(run, out, failure)
 
     async def _alookup(self, request: _Request) -> CachedAnswer | None:
         """Cache read off the event loop: the cache's own ``aget`` if it has one, else a thread."""
@@ -710,16 +779,19 @@ class AsyncFallbackChain(_ChainBase):
             return None
         return result
 
-    async def _astore(self, request: _Request, completion: ChatCompletion) -> None:
+    async def _astore(self, request: _Request, completion: ChatCompletion, run: RequestRun) -> None:
         """Cache write off the event loop: the cache's own ``aput`` if it has one, else a thread."""
         aput = getattr(self.cache, "aput", None)
         if aput is None or request.key is None:
-            await asyncio.to_thread(self._store, request, completion)
+            await asyncio.to_thread(self._store, request, completion, run)
             return
         try:
-            await aput(request.key, completion)
+            stored = await aput(request.key, completion)
         except Exception:
             logger.exception("cache write failed (ignored)")
+            return
+        if stored and self._hooks:
+            self._hooks.emit(CacheEvent(run.request_id, "store"))
 
     async def _stream_once(
         self,

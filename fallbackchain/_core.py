@@ -22,6 +22,7 @@ import logging
 import random as _random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from ._backoff import decide
 from ._breaker import BreakerGate, Permit
@@ -35,6 +36,7 @@ from ._errors import (
     UpstreamStatusError,
     is_context_length_error,
 )
+from ._hooks import AttemptEnded, AttemptStarted, FallbackTaken, Hooks, RetryScheduled
 from ._results import Attempt
 
 __all__ = ["Acquire", "AttemptWatch", "RequestRun", "Sleep", "Tier", "TryTier", "UseCache"]
@@ -98,8 +100,12 @@ class RequestRun:
         *,
         clock: Callable[[], float],
         random: Callable[[], float] = _random.random,
+        hooks: Hooks | None = None,
+        request_id: int = 0,
     ) -> None:
         self._tiers = tiers
+        self._hooks = hooks or Hooks()
+        self.request_id = request_id
         self._retry = config.retry
         self._clock = clock
         self._random = random
@@ -150,11 +156,15 @@ class RequestRun:
         if permit is None:
             error = BreakerOpenError(f"{tier.name} breaker is open")
             self.attempts.append(Attempt(tier.name, error.message, 0.0, exception=error))
-            logger.info("fallback: %s skipped (breaker open)", tier.name)
-            self._advance()
+            self._move_on(tier.name, "breaker open", self._index + 1)
             return None
         self._number += 1
         delay, self._slept = self._slept, 0.0
+        if self._hooks:
+            self._hooks.emit(AttemptStarted(self.request_id, tier.name, self._number, permit.probe))
+        logger.debug(
+            "attempt %s #%d%s", tier.name, self._number, " (probe)" if permit.probe else ""
+        )
         return TryTier(tier, permit, self._number, delay, self._clock())
 
     def rerouted(self, step: TryTier, exc: BaseException) -> bool:
@@ -171,37 +181,33 @@ class RequestRun:
             tier = self._tiers[index]
             same_model = (tier.provider, tier.model) == (here.provider, here.model)
             if not same_model and tier.context_window > here.context_window:
-                self.attempts.append(
-                    Attempt(
-                        here.name,
-                        "context length exceeded",
-                        self._clock() - step.started,
-                        delay_before=step.delay_before,
-                    )
-                )
-                logger.info("fallback: %s context too long, rerouted to %s", here.name, tier.name)
-                self._index = index
-                self._number = 0
-                self._slept = 0.0
+                self._record(step, "abandoned", None, time_to_first_token=None)
+                self._move_on(here.name, "context length exceeded", index)
                 return True
         return False
 
-    def _advance(self) -> None:
-        self._index += 1
-        self._number = 0
-        self._slept = 0.0
-
     def succeeded(self, step: TryTier, *, time_to_first_token: float | None) -> Attempt:
         """The attempt answered completely (the driver has settled its permit as a success)."""
-        attempt = Attempt(
-            step.tier.name,
-            None,
-            self._clock() - step.started,
-            delay_before=step.delay_before,
-            time_to_first_token=time_to_first_token,
-        )
-        self.attempts.append(attempt)
-        return attempt
+        return self._record(step, "success", None, time_to_first_token=time_to_first_token)
+
+    def abandoned(self, step: TryTier) -> None:
+        """The attempt ended neutrally (closed early, cancelled, the caller's own error).
+
+        Not added to ``attempts`` (nothing failed); listeners still see it end.
+        """
+        if self._hooks:
+            self._hooks.emit(
+                AttemptEnded(
+                    self.request_id,
+                    step.tier.name,
+                    step.number,
+                    "abandoned",
+                    None,
+                    None,
+                    self._clock() - step.started,
+                    None,
+                )
+            )
 
     def failed(
         self, step: TryTier, error: TierError, *, time_to_first_token: float | None = None
@@ -210,23 +216,11 @@ class RequestRun:
 
         Records it and plans what follows.
         """
-        now = self._clock()
-        self.attempts.append(
-            Attempt(
-                step.tier.name,
-                error.message,
-                now - step.started,
-                exception=error,
-                status_code=error.status_code if isinstance(error, UpstreamStatusError) else None,
-                retry_after=getattr(error, "retry_after", None),
-                delay_before=step.delay_before,
-                time_to_first_token=time_to_first_token,
-            )
-        )
+        self._record(step, "failure", error, time_to_first_token=time_to_first_token)
         decision = decide(
             error,
             attempt=step.number,
-            elapsed=self.elapsed(now),
+            elapsed=self.elapsed(),
             config=self._retry,
             random=self._random,
         )
@@ -240,22 +234,75 @@ class RequestRun:
         )
         if decision.action == "retry":
             self._pending_sleep = decision.delay
+            if self._hooks:
+                self._hooks.emit(
+                    RetryScheduled(
+                        self.request_id,
+                        step.tier.name,
+                        decision.delay,
+                        getattr(error, "retry_after", None),
+                    )
+                )
         elif decision.action == "next_tier":
-            logger.info(
-                "fallback: %s failed (%s, %s), moving on",
-                step.tier.name,
-                type(error).__name__,
-                decision.reason,
+            self._move_on(
+                step.tier.name, f"{type(error).__name__}: {decision.reason}", self._index + 1
             )
-            self._advance()
         else:
-            logger.info(
-                "fallback: %s failed (%s, %s), skipping live tiers",
-                step.tier.name,
-                type(error).__name__,
-                decision.reason,
+            self._move_on(
+                step.tier.name, f"{type(error).__name__}: {decision.reason}", len(self._tiers)
             )
-            self._index = len(self._tiers)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _record(
+        self,
+        step: TryTier,
+        outcome: Literal["success", "failure", "abandoned"],
+        error: TierError | None,
+        *,
+        time_to_first_token: float | None,
+    ) -> Attempt:
+        duration = self._clock() - step.started
+        status = error.status_code if isinstance(error, UpstreamStatusError) else None
+        if outcome == "abandoned":
+            text: str | None = "context length exceeded"
+        else:
+            text = error.message if error is not None else None
+        attempt = Attempt(
+            step.tier.name,
+            text,
+            duration,
+            exception=error,
+            status_code=status,
+            retry_after=getattr(error, "retry_after", None),
+            delay_before=step.delay_before,
+            time_to_first_token=time_to_first_token,
+        )
+        self.attempts.append(attempt)
+        if self._hooks:
+            self._hooks.emit(
+                AttemptEnded(
+                    self.request_id,
+                    step.tier.name,
+                    step.number,
+                    outcome,
+                    type(error).__name__ if error is not None else None,
+                    status,
+                    duration,
+                    time_to_first_token,
+                )
+            )
+        return attempt
+
+    def _move_on(self, from_tier: str, reason: str, index: int) -> None:
+        """Leave the current tier for tier ``index`` (or the cache past the last one)."""
+        self._index = index
+        self._number = 0
+        self._slept = 0.0
+        to_tier = self._tiers[index].name if index < len(self._tiers) else "cache"
+        logger.info("fallback: %s -> %s (%s)", from_tier, to_tier, reason)
+        if self._hooks:
+            self._hooks.emit(FallbackTaken(self.request_id, from_tier, to_tier, reason))
 
 
 class AttemptWatch:

@@ -1,0 +1,151 @@
+"""Observability: listeners see every step as frozen events; logs stay quiet and private."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import openai
+import pytest
+
+from fallbackchain import AllTiersFailedError, FallbackChain
+from fallbackchain._hooks import (
+    AttemptEnded,
+    AttemptStarted,
+    BreakerChanged,
+    CacheEvent,
+    FallbackTaken,
+    RequestEnded,
+    RequestStarted,
+    RetryScheduled,
+)
+from fallbackchain.testing import Fault
+
+from .conftest import make_config, user
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+
+    def __getattr__(self, name):
+        if name.startswith("on_"):
+            return self.events.append
+        raise AttributeError(name)
+
+
+@pytest.fixture
+def make_chain(server, tmp_path, clock):
+    made = []
+
+    def make(*listeners, **overrides):
+        client = openai.OpenAI(base_url=server.base_url, api_key="k")
+        chain = FallbackChain(make_config(tmp_path, server.base_url, **overrides), client=client,
+                              clock=clock, sleep=clock.sleep, random=lambda: 0.5,
+                              listeners=listeners)
+        made.append((chain, client))
+        return chain
+
+    yield make
+    for chain, client in made:
+        chain.close()
+        client.close()
+
+
+def kinds(events):
+    return [type(e).__name__ for e in events]
+
+
+def test_a_retried_request_reports_every_step_in_order(make_chain, server):
+    rec = Recorder()
+    chain = make_chain(rec)
+    server.push(Fault.status(503), stream=True)
+    chain.complete(user("hello"))
+    assert kinds(rec.events) == [
+        "RequestStarted", "AttemptStarted", "AttemptEnded", "RetryScheduled",
+        "AttemptStarted", "AttemptEnded", "CacheEvent", "RequestEnded",
+    ]
+    failed, ok = [e for e in rec.events if isinstance(e, AttemptEnded)]
+    assert (failed.outcome, failed.error_type, failed.status_code) == ("failure", "ServerError", 503)
+    assert ok.outcome == "success" and ok.time_to_first_token is not None
+    retry = next(e for e in rec.events if isinstance(e, RetryScheduled))
+    assert retry.delay == pytest.approx(0.005)
+    assert next(e for e in rec.events if isinstance(e, CacheEvent)).kind == "store"
+    end = rec.events[-1]
+    assert (end.source, end.error, end.attempts) == ("stream", None, 2)
+    assert len({e.request_id for e in rec.events}) == 1
+
+
+def test_fallbacks_cache_hits_and_breaker_changes_are_reported(make_chain, server):
+    rec = Recorder()
+    chain = make_chain(rec)
+    chain.complete(user("hello"))
+    server.default = Fault.status(503)
+    rec.events.clear()
+    chain.complete(user("hello"))
+    moves = [(e.from_tier, e.to_tier) for e in rec.events if isinstance(e, FallbackTaken)]
+    assert moves == [("stream", "completion"), ("completion", "cache")]
+    assert [e.kind for e in rec.events if isinstance(e, CacheEvent)] == ["hit"]
+    rec.events.clear()
+    with pytest.raises(AllTiersFailedError):
+        chain.complete(user("unknown"))
+    changes = [(e.tier, e.old, e.new) for e in rec.events if isinstance(e, BreakerChanged)]
+    assert changes == [("stream", "closed", "open"), ("completion", "closed", "open")]
+    assert [e.kind for e in rec.events if isinstance(e, CacheEvent)] == ["miss"]
+    assert rec.events[-1].error == "AllTiersFailedError"
+
+
+def test_closing_early_is_reported_as_abandoned(make_chain, server):
+    rec = Recorder()
+    chain = make_chain(rec)
+    with chain.stream(user("hello")) as stream:
+        next(stream)
+    ended = [e for e in rec.events if isinstance(e, AttemptEnded)]
+    assert [e.outcome for e in ended] == ["abandoned"]
+    assert rec.events[-1].error == "GeneratorExit"
+
+
+def test_a_failing_listener_never_breaks_a_request_and_is_logged_once(make_chain, server, caplog):
+    class Broken:
+        def on_attempt_start(self, event):
+            raise RuntimeError("listener bug")
+
+    chain = make_chain(Broken())
+    server.push(Fault.status(503), stream=True)
+    assert chain.complete(user("hello")).source == "stream"
+    chain.complete(user("hello"))
+    assert caplog.text.count("listener Broken.on_attempt_start failed") == 1
+
+
+def test_events_are_frozen_and_carry_no_prompt(make_chain, server):
+    rec = Recorder()
+    chain = make_chain(rec)
+    server.push(Fault.drop(after_chunks=2), stream=True)
+    chain.complete(user("a private prompt"))
+    for event in rec.events:
+        assert dataclasses.is_dataclass(event)
+        assert "a private prompt" not in repr(event)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            event.request_id = 0  # type: ignore[misc]
+    assert isinstance(rec.events[0], RequestStarted)
+    assert isinstance(rec.events[1], AttemptStarted)
+    assert isinstance(rec.events[-1], RequestEnded)
+
+
+def test_info_logs_one_line_per_fallback_and_breaker_change_and_none_per_attempt(make_chain, server, caplog):
+    chain = make_chain()
+    caplog.set_level(logging.INFO, logger="fallbackchain")
+    chain.complete(user("hello"))
+    assert [r for r in caplog.records if r.levelno >= logging.INFO] == []  # healthy: silent
+    server.default = Fault.status(503)
+    with pytest.raises(AllTiersFailedError):
+        chain.complete(user("x"))
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert sum("fallback: stream -> completion" in m for m in info) == 1
+    assert sum("fallback: completion -> cache" in m for m in info) == 1
+    assert sum("breaker stream: closed -> open" in m for m in info) == 0  # fail_max 5 > 3 attempts
+    with pytest.raises(AllTiersFailedError):
+        chain.complete(user("x"))
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert sum("breaker stream: closed -> open" in m for m in info) == 1
+    assert not any(m.startswith("attempt ") for m in info)  # per-attempt lines are DEBUG
