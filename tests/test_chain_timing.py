@@ -113,3 +113,32 @@ def test_cancelling_an_async_consumer_is_neutral(server, clock, tmp_path):
         assert h.chain.breaker_states()["stream"] == "closed"
     finally:
         h.close()
+
+
+def test_while_the_one_half_open_probe_is_in_flight_others_skip_the_tier_at_once(
+    server, clock, tmp_path
+):
+    h = Harness("sync", make_config(tmp_path, server.base_url), server, clock)
+    try:
+        server.default = Fault.status(503)
+        for _ in range(2):
+            with pytest.raises(AllTiersFailedError):
+                h.ask("x")
+        clock.advance(h.chain.config.breaker.reset_timeout + 0.1)
+        server.clear()
+        server.push(Fault.slow_first_byte(seconds=0.6), stream=True)  # the probe is slow
+        probe_result = []
+        probe = threading.Thread(target=lambda: probe_result.append(h.ask("hello")))
+        probe.start()
+        deadline = time.monotonic() + 5
+        while server.counts["active"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started = time.monotonic()
+        _, other = h.ask("hello")  # arrives while the probe waits for its first byte
+        assert time.monotonic() - started < 0.4
+        assert other.attempts[0].error == "stream breaker is open"
+        probe.join(5)
+        assert probe_result[0][1].source == "stream"
+        assert h.chain.breaker_states()["stream"] == "closed"
+    finally:
+        h.close()

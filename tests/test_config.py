@@ -94,3 +94,10 @@ def test_config_error_is_a_value_error_and_a_fallbackchain_error():
 
     assert issubclass(ConfigError, ValueError)
     assert issubclass(ConfigError, FallbackChainError)
+
+
+def test_shipped_multi_provider_example_loads():
+    cfg = load_config(ROOT / "config" / "multi-provider.toml")
+    (local,) = cfg.fallbacks
+    assert (local.name, local.fail_max, local.resolved(cfg.openai).base_url) == (
+        "local", 3, "http://127.0.0.1:11434/v1")
