@@ -35,12 +35,12 @@ import httpx2
 import openai
 from openai.types.chat import ChatCompletion
 
-from ._assembly import AttemptAssembler, Display, check_completion, completion_text
+from ._assembly import AttemptAssembler, check_completion, completion_text
 from ._backends import gate_store, response_cache
 from ._breaker import BreakerGate, BreakerState
 from ._cache import CachedAnswer, ResponseCache, cache_key
 from ._config import ChainConfig, OpenAIConfig, load_config
-from ._core import Acquire, AttemptWatch, RequestRun, Sleep, Tier, TryTier
+from ._core import AttemptWatch, RequestRun, Sleep, Tier, TryTier, UseCache
 from ._errors import (
     AllTiersFailedError,
     DeadlineExceededError,
@@ -258,20 +258,22 @@ class _ChainBase:
         watch: AttemptWatch,
         completion: ChatCompletion,
         out: _Outcome,
-    ) -> ChainResponse:
+    ) -> tuple[ChainEvent, ...]:
+        """Record a live answer; return the events that finish showing it."""
         run.succeeded(step, time_to_first_token=watch.time_to_first_token())
-        response = ChainResponse(
-            text=completion_text(completion),
-            source=step.tier.name,
-            completion=completion,
-            attempts=tuple(run.attempts),
+        text = completion_text(completion)
+        source = step.tier.name
+        out.response = ChainResponse(
+            text=text, source=source, completion=completion, attempts=tuple(run.attempts)
         )
-        out.response = response
-        return response
+        if step.tier.streaming:
+            return run.display.settle(text, source)
+        return run.display.whole(text, source)
 
-    def _cached_response(
+    def _from_cache(
         self, run: RequestRun, cached: CachedAnswer | None, out: _Outcome
-    ) -> ChainResponse:
+    ) -> tuple[ChainEvent, ...]:
+        """Answer from the cache (the events that show it), or raise AllTiersFailedError."""
         if self._hooks:
             kind: Literal["hit", "miss"] = "miss" if cached is None else "hit"
             age = None if cached is None else cached.age
@@ -288,7 +290,8 @@ class _ChainBase:
             cache_age=cached.age,
         )
         out.response = response
-        return response
+        run.display.new_attempt()
+        return run.display.whole(response.text, "cache")
 
     def _store(self, request: _Request, completion: ChatCompletion, run: RequestRun) -> None:
         if request.key is None:
@@ -473,35 +476,24 @@ class FallbackChain(_ChainBase):
 
     def _drive(self, request: _Request, out: _Outcome) -> Iterator[ChainEvent]:
         run = self._new_run(request)
-        display = Display()
         failure: BaseException | None = None
         try:
-            tried = False
-            while True:
-                step = run.next_step()
+            while not isinstance(step := run.next_step(), UseCache):
                 if isinstance(step, Sleep):
                     sleep_unless_testing(self._sleep, step.seconds)
                     continue
-                if not isinstance(step, Acquire):
-                    break
                 attempt = run.granted(step, step.tier.gate.acquire())
                 if attempt is None:
                     continue
-                if tried:
-                    display.new_attempt()
-                tried = True
                 watch = self._new_watch(run, attempt)
-                source = attempt.tier.name
                 try:
                     if attempt.tier.streaming:
-                        completion = yield from self._stream_once(
-                            request, run, attempt, watch, display
-                        )
+                        completion = yield from self._stream_once(request, run, attempt, watch)
                     else:
                         completion = self._complete_once(request, run, attempt, watch)
                 except Exception as exc:
                     error = map_error(exc, content_seen=watch.content_seen)
-                    if error is None:
+                    if error is None:  # the caller's own mistake: neutral, and not ours to hide
                         attempt.permit.release()
                         if run.rerouted(attempt, exc):
                             continue
@@ -515,19 +507,11 @@ class FallbackChain(_ChainBase):
                     run.abandoned(attempt)
                     raise
                 attempt.permit.success()
-                self._done(run, attempt, watch, completion, out)
+                final = self._done(run, attempt, watch, completion, out)
                 self._store(request, completion, run)
-                text = completion_text(completion)
-                final = (
-                    display.settle(text, source)
-                    if attempt.tier.streaming
-                    else display.whole(text, source)
-                )
                 yield from self._emit(final, run)
                 return
-            response = self._cached_response(run, self._lookup(request), out)
-            display.new_attempt()
-            yield from self._emit(display.whole(response.text, "cache"), run)
+            yield from self._emit(self._from_cache(run, self._lookup(request), out), run)
         except BaseException as exc:
             failure = exc
             raise
@@ -535,12 +519,7 @@ class FallbackChain(_ChainBase):
             self._ended(run, out, failure)
 
     def _stream_once(
-        self,
-        request: _Request,
-        run: RequestRun,
-        step: TryTier,
-        watch: AttemptWatch,
-        display: Display,
+        self, request: _Request, run: RequestRun, step: TryTier, watch: AttemptWatch
     ) -> Generator[ChainEvent, None, ChatCompletion]:
         clock = self._clock
         before = clock()
@@ -565,7 +544,7 @@ class FallbackChain(_ChainBase):
                 text = assembler.add(chunk)
                 watch.after_wait(before, clock(), got_content=assembler.content_seen)
                 if text:
-                    for event in display.delta(text, source):
+                    for event in run.display.delta(text, source):
                         handed = clock()
                         yield event
                         run.pause(clock() - handed)
@@ -694,30 +673,21 @@ class AsyncFallbackChain(_ChainBase):
 
     async def _drive(self, request: _Request, out: _Outcome) -> AsyncIterator[ChainEvent]:
         run = self._new_run(request)
-        display = Display()
+        clock = self._clock
         failure: BaseException | None = None
         try:
-            tried = False
-            clock = self._clock
-            while True:
-                step = run.next_step()
+            while not isinstance(step := run.next_step(), UseCache):
                 if isinstance(step, Sleep):
                     await async_sleep_unless_testing(self._sleep, step.seconds)
                     continue
-                if not isinstance(step, Acquire):
-                    break
                 attempt = run.granted(step, await step.tier.gate.aacquire())
                 if attempt is None:
                     continue
-                if tried:
-                    display.new_attempt()
-                tried = True
                 watch = self._new_watch(run, attempt)
-                source = attempt.tier.name
                 try:
                     if attempt.tier.streaming:
                         completion = None
-                        items = self._stream_once(request, run, attempt, watch, display)
+                        items = self._stream_once(request, run, attempt, watch)
                         async with aclosing(items):
                             async for item in items:
                                 if isinstance(item, ChainEvent):
@@ -731,7 +701,7 @@ class AsyncFallbackChain(_ChainBase):
                         completion = await self._complete_once(request, run, attempt, watch)
                 except Exception as exc:
                     error = map_error(exc, content_seen=watch.content_seen)
-                    if error is None:
+                    if error is None:  # the caller's own mistake: neutral, and not ours to hide
                         await _shielded(attempt.permit.arelease())
                         if run.rerouted(attempt, exc):
                             continue
@@ -745,21 +715,12 @@ class AsyncFallbackChain(_ChainBase):
                     run.abandoned(attempt)
                     raise
                 await attempt.permit.asuccess()
-                self._done(run, attempt, watch, completion, out)
+                final = self._done(run, attempt, watch, completion, out)
                 await self._astore(request, completion, run)
-                text = completion_text(completion)
-                final = (
-                    display.settle(text, source)
-                    if attempt.tier.streaming
-                    else display.whole(text, source)
-                )
                 for event in final:
                     yield event
                 return
-            cached = await self._alookup(request)
-            response = self._cached_response(run, cached, out)
-            display.new_attempt()
-            for event in display.whole(response.text, "cache"):
+            for event in self._from_cache(run, await self._alookup(request), out):
                 yield event
         except BaseException as exc:
             failure = exc
@@ -794,12 +755,7 @@ class AsyncFallbackChain(_ChainBase):
             self._hooks.emit(CacheEvent(run.request_id, "store"))
 
     async def _stream_once(
-        self,
-        request: _Request,
-        run: RequestRun,
-        step: TryTier,
-        watch: AttemptWatch,
-        display: Display,
+        self, request: _Request, run: RequestRun, step: TryTier, watch: AttemptWatch
     ) -> AsyncGenerator[ChainEvent | ChatCompletion, None]:
         clock = self._clock
         loop = asyncio.get_running_loop()
@@ -836,7 +792,7 @@ class AsyncFallbackChain(_ChainBase):
                         text = assembler.add(chunk)
                         watch.after_wait(before, clock(), got_content=assembler.content_seen)
                         if text:
-                            for event in display.delta(text, source):
+                            for event in run.display.delta(text, source):
                                 yield event
             except TimeoutError:
                 raise watch.expired(before) from None

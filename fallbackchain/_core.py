@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from ._assembly import Display
 from ._backoff import decide
 from ._breaker import BreakerGate, Permit
 from ._config import ChainConfig
@@ -116,6 +117,8 @@ class RequestRun:
         self._number = 0
         self._pending_sleep: float | None = None
         self._slept = 0.0
+        self.display = Display()
+        """What the consumer has been shown; every attempt after the first is matched to it."""
 
     # -- time ------------------------------------------------------------------------------
 
@@ -160,6 +163,8 @@ class RequestRun:
             return None
         self._number += 1
         delay, self._slept = self._slept, 0.0
+        if self.attempts:
+            self.display.new_attempt()
         if self._hooks:
             self._hooks.emit(AttemptStarted(self.request_id, tier.name, self._number, permit.probe))
         logger.debug(
