@@ -63,11 +63,15 @@ class Permit:
             self._settled = True
             self._gate._on_success(self)
 
-    def failure(self) -> None:
-        """The attempt failed: count it; at ``fail_max`` (or a failed probe) the breaker opens."""
-        if not self._settled:
-            self._settled = True
-            self._gate._on_failure(self)
+    def failure(self) -> bool:
+        """The attempt failed: count it; at ``fail_max`` (or a failed probe) the breaker opens.
+
+        Returns ``True`` when this failure opened the breaker.
+        """
+        if self._settled:
+            return False
+        self._settled = True
+        return self._gate._on_failure(self)
 
     def release(self) -> None:
         """Neither success nor failure (cancelled, closed early, caller's error)."""
@@ -81,14 +85,17 @@ class Permit:
             self._settled = True
             self._gate._notify(await self._gate._astore.arecord_success(probe=self.probe))
 
-    async def afailure(self) -> None:
+    async def afailure(self) -> bool:
         """:meth:`failure` without blocking the event loop on a shared store."""
-        if not self._settled:
-            self._settled = True
-            gate = self._gate
-            gate._notify(
-                await gate._astore.arecord_failure(gate._clock(), gate._fail_max, probe=self.probe)
-            )
+        if self._settled:
+            return False
+        self._settled = True
+        gate = self._gate
+        changed = await gate._astore.arecord_failure(
+            gate._clock(), gate._fail_max, probe=self.probe
+        )
+        gate._notify(changed)
+        return changed is not None and changed[1] == "open"
 
     async def arelease(self) -> None:
         """:meth:`release` without blocking the event loop on a shared store."""
@@ -332,8 +339,10 @@ class BreakerGate:
     def _on_success(self, permit: Permit) -> None:
         self._notify(self._store.record_success(probe=permit.probe))
 
-    def _on_failure(self, permit: Permit) -> None:
-        self._notify(self._store.record_failure(self._clock(), self._fail_max, probe=permit.probe))
+    def _on_failure(self, permit: Permit) -> bool:
+        changed = self._store.record_failure(self._clock(), self._fail_max, probe=permit.probe)
+        self._notify(changed)
+        return changed is not None and changed[1] == "open"
 
     def _on_release(self, permit: Permit) -> None:
         self._store.record_release(probe=permit.probe)

@@ -499,8 +499,13 @@ class FallbackChain(_ChainBase):
                             continue
                         run.abandoned(attempt)
                         raise
-                    attempt.permit.failure()
-                    run.failed(attempt, error, time_to_first_token=watch.time_to_first_token())
+                    opened = attempt.permit.failure()
+                    run.failed(
+                        attempt,
+                        error,
+                        breaker_opened=opened,
+                        time_to_first_token=watch.time_to_first_token(),
+                    )
                     continue
                 except BaseException:  # GeneratorExit, KeyboardInterrupt: neutral
                     attempt.permit.release()
@@ -707,8 +712,13 @@ class AsyncFallbackChain(_ChainBase):
                             continue
                         run.abandoned(attempt)
                         raise
-                    await attempt.permit.afailure()
-                    run.failed(attempt, error, time_to_first_token=watch.time_to_first_token())
+                    opened = await attempt.permit.afailure()
+                    run.failed(
+                        attempt,
+                        error,
+                        breaker_opened=opened,
+                        time_to_first_token=watch.time_to_first_token(),
+                    )
                     continue
                 except BaseException:  # CancelledError, GeneratorExit: neutral
                     await _shielded(attempt.permit.arelease())

@@ -33,6 +33,7 @@ from ._errors import (
     DeadlineExceededError,
     FirstTokenTimeoutError,
     IdleTimeoutError,
+    QuotaExceededError,
     TierError,
     UpstreamStatusError,
     is_context_length_error,
@@ -215,13 +216,24 @@ class RequestRun:
             )
 
     def failed(
-        self, step: TryTier, error: TierError, *, time_to_first_token: float | None = None
+        self,
+        step: TryTier,
+        error: TierError,
+        *,
+        breaker_opened: bool = False,
+        time_to_first_token: float | None = None,
     ) -> None:
         """The attempt failed with ``error`` (mapped; the driver settled its permit as a failure).
 
-        Records it and plans what follows.
+        Records it and plans what follows. ``breaker_opened`` (what settling the permit
+        returned) moves on at once: no backoff sleep is spent before a try the breaker refuses.
         """
         self._record(step, "failure", error, time_to_first_token=time_to_first_token)
+        if breaker_opened and not isinstance(error, QuotaExceededError | DeadlineExceededError):
+            self._move_on(
+                step.tier.name, f"{type(error).__name__}: breaker opened", self._index + 1
+            )
+            return
         decision = decide(
             error,
             attempt=step.number,

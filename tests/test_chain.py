@@ -362,3 +362,22 @@ def test_a_half_open_probe_abandoned_early_frees_the_probe_slot(harness, server,
     assert harness.chain.breaker_states()["stream"] == "half-open"
     _, response = harness.ask("hello")
     assert response.source == "stream"
+
+
+@pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504])
+def test_every_retryable_status_is_retried_on_the_same_tier(harness, server, status):
+    server.push(Fault.status(status), stream=True)
+    _, response = harness.ask("hello")
+    assert response.source == "stream"
+    assert server.counts["stream"] == 2
+    assert response.attempts[0].status_code == status
+
+
+def test_a_breaker_that_opens_mid_request_stops_the_retries_at_once(harness_factory, server, clock):
+    h = harness_factory(breaker__fail_max=2, retry__max_attempts=3)
+    server.push(Fault.status(503), stream=True, times=3)
+    _, response = h.ask("hello")
+    assert server.counts["stream"] == 2  # the third try was refused by the now-open breaker
+    assert response.source == "completion"
+    assert [a.tier for a in response.attempts] == ["stream", "stream", "completion"]
+    assert len(clock.sleeps) == 1  # no sleep before a try that was never going to happen
