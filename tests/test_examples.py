@@ -1,0 +1,24 @@
+"""The shipped examples run as documented and tell the truth."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quickstart_tells_the_whole_story():
+    result = subprocess.run(
+        [sys.executable, "examples/quickstart.py"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    sources = [line.split("source=")[1].split()[0] for line in out.splitlines() if "source=" in line]
+    assert sources == ["stream", "stream", "stream", "cache", "cache"]
+    assert "stream:connection error" in out  # the drop was recovered on the stream tier
+    assert "stream:HTTP 429" in out
+    assert "upstream requests during this answer: 0" in out
+    assert "'stream': 'open'" in out
