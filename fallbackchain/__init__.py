@@ -14,7 +14,16 @@ raises one :class:`AllTiersFailedError` listing every attempt::
 """
 
 from ._breaker import BreakerGate, BreakerState, Permit
-from ._cache import CachedAnswer, CacheStats, ResponseCache, cache_key
+from ._cache import (
+    CachedAnswer,
+    CacheStats,
+    ExportRow,
+    ImportReport,
+    InputFileError,
+    LineError,
+    ResponseCache,
+    cache_key,
+)
 from ._chain import (
     AsyncChainStream,
     AsyncFallbackChain,
@@ -67,6 +76,10 @@ from ._hooks import (
 )
 from ._results import Attempt, ChainEvent, ChainResponse
 from ._timing import is_testing, set_testing
+from ._warm import WarmProgress, WarmReport, WarmRequest, awarm, warm
+
+Cache = ResponseCache
+"""The fallback cache (alias of ResponseCache): get/put, stats, clear, prune, export, import."""
 
 __version__ = "0.1.0"
 
@@ -82,6 +95,7 @@ __all__ = [
     "BreakerGate",
     "BreakerOpenError",
     "BreakerState",
+    "Cache",
     "CacheConfig",
     "CacheCorruptError",
     "CacheError",
@@ -95,12 +109,16 @@ __all__ = [
     "ChainStream",
     "ConfigError",
     "DeadlineExceededError",
+    "ExportRow",
     "FallbackChain",
     "FallbackChainError",
     "FallbackConfig",
     "FallbackTaken",
     "FirstTokenTimeoutError",
     "IdleTimeoutError",
+    "ImportReport",
+    "InputFileError",
+    "LineError",
     "MalformedChunkError",
     "OpenAIConfig",
     "Permit",
@@ -121,9 +139,14 @@ __all__ = [
     "UpstreamConnectionError",
     "UpstreamStatusError",
     "UpstreamTimeoutError",
+    "WarmProgress",
+    "WarmReport",
+    "WarmRequest",
     "__version__",
+    "awarm",
     "cache_key",
     "is_testing",
     "load_config",
     "set_testing",
+    "warm",
 ]

@@ -3,28 +3,64 @@
 ``breaker.storage = "memory"`` (the default) keeps each tier's breaker in this process;
 ``"redis"`` shares it with every process using the same ``breaker.namespace``.
 ``cache.backend = "disk"`` (the default) is the local disk cache with its memory layer;
-``"redis"`` shares answers across processes and hosts.
+``"redis"`` shares answers across processes and hosts (keys in ``breaker.namespace`` too).
+The ``redis`` package is only imported when a Redis backend is configured.
 """
 
 from __future__ import annotations
 
+from types import ModuleType
+
 from ._breaker import GateStore, MemoryGateStore
 from ._cache import ResponseCache
 from ._config import ChainConfig
+from ._errors import ConfigError
 from ._timing import Clock
 
 __all__ = ["gate_store", "response_cache"]
+
+
+def _redis_backend(config: ChainConfig, key: str) -> ModuleType:
+    """The Redis backend module; a ConfigError naming ``key`` if the client is missing."""
+    try:
+        import redis  # noqa: F401, PLC0415 - optional dependency, only for Redis backends
+    except ImportError as exc:
+        raise ConfigError(
+            "needs the redis client package: pip install redis",
+            file=config.source,
+            key=key,
+            value="redis",
+        ) from exc
+    from . import _redis  # noqa: PLC0415
+
+    return _redis
 
 
 def gate_store(config: ChainConfig, tier: str) -> GateStore:
     """The state store for ``tier``'s breaker."""
     if config.breaker.storage == "memory":
         return MemoryGateStore()
-    raise NotImplementedError(f"breaker.storage = {config.breaker.storage!r}")  # issue 4
+    if config.breaker.storage == "redis":
+        backend = _redis_backend(config, "breaker.storage")
+        store: GateStore = backend.RedisGateStore(
+            config.breaker.redis_url, namespace=config.breaker.namespace, name=tier
+        )
+        return store
+    raise ConfigError(
+        "must be one of 'memory', 'redis'", key="breaker.storage", value=config.breaker.storage
+    )
 
 
 def response_cache(config: ChainConfig, clock: Clock) -> ResponseCache:
     """The fallback cache for a chain."""
     if config.cache.backend == "disk":
         return ResponseCache(config.cache, clock=clock)
-    raise NotImplementedError(f"cache.backend = {config.cache.backend!r}")  # issue 4
+    if config.cache.backend == "redis":
+        backend = _redis_backend(config, "cache.backend")
+        cache: ResponseCache = backend.RedisResponseCache(
+            config.cache, namespace=config.breaker.namespace, clock=clock
+        )
+        return cache
+    raise ConfigError(
+        "must be one of 'disk', 'redis'", key="cache.backend", value=config.cache.backend
+    )

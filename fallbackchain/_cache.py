@@ -9,7 +9,11 @@ What a caller can rely on:
   is part of the on-disk format.
 * :class:`ResponseCache` never raises from :meth:`~ResponseCache.get`,
   :meth:`~ResponseCache.put`, :meth:`~ResponseCache.stats`, :meth:`~ResponseCache.clear`,
-  :meth:`~ResponseCache.iter_keys` or :meth:`~ResponseCache.close`. Any failure (corrupt or
+  :meth:`~ResponseCache.prune`, :meth:`~ResponseCache.export_rows`,
+  :meth:`~ResponseCache.iter_keys` or :meth:`~ResponseCache.close`
+  (:meth:`~ResponseCache.import_row` raises only :class:`ValueError`, for invalid arguments;
+  :meth:`~ResponseCache.export_jsonl` and :meth:`~ResponseCache.import_jsonl` only for the
+  file they are given). Any failure (corrupt or
   unreadable database, bad row, full disk, permissions, ...) is logged as a WARNING on the
   ``fallbackchain.cache`` logger, at most once per failure kind per 60 seconds of the cache's
   clock, and treated as a miss or a skipped write. Log lines name the cache directory and the
@@ -20,6 +24,12 @@ What a caller can rely on:
 * Nothing read from the cache directory is ever unpickled: :class:`SafeJSONDisk` refuses
   pickled keys and values (diskcache would otherwise run code from a planted row), and refuses
   rows that name files outside the cache directory.
+* Entries at least ``ttl`` old are removed by :meth:`~ResponseCache.prune`.
+* Export and import (JSON Lines, one ``{"key", "stored_at", "completion"}`` object a line)
+  carry an entry's original ``stored_at``, so a shipped cache keeps its ages. An import
+  validates every line (JSON only, key format, a valid and complete chat completion), reports
+  bad lines by number, never replaces an entry with an older one, and never unpickles. An
+  export to a path is atomic and the file is private (``0600``).
 * A :class:`CachedAnswer` may share its ``completion`` with the memory layer: treat it as
   read-only.
 """
@@ -34,14 +44,16 @@ import logging
 import math
 import os
 import pathlib
+import re
 import sqlite3
 import stat
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, NamedTuple
+from typing import IO, Any, Final, Literal, NamedTuple
 
 import cachetools
 import diskcache
@@ -51,14 +63,30 @@ import pydantic
 from openai.types.chat import ChatCompletion
 
 from ._config import CacheConfig
-from ._errors import CacheCorruptError, CacheError, UnsafeCacheRowError
+from ._errors import CacheCorruptError, CacheError, FallbackChainError, UnsafeCacheRowError
 
-__all__ = ["CacheStats", "CachedAnswer", "ResponseCache", "SafeJSONDisk", "cache_key"]
+__all__ = [
+    "CacheStats",
+    "CachedAnswer",
+    "ExportRow",
+    "ImportOutcome",
+    "ImportReport",
+    "InputFileError",
+    "LineError",
+    "ResponseCache",
+    "SafeJSONDisk",
+    "cache_key",
+    "read_jsonl",
+]
 
 _log = logging.getLogger("fallbackchain.cache")
 
 KEY_PREFIX: Final = "fc1-"
+KEY_PATTERN: Final = re.compile(r"fc1-[0-9a-f]{64}")
+"""What every key :func:`cache_key` makes looks like (``fullmatch``)."""
 ROW_FORMAT: Final = 1
+EXPORT_KEYS: Final = frozenset({"key", "stored_at", "completion"})
+"""The keys of one line of an export file (see :meth:`ResponseCache.export_jsonl`)."""
 
 TRANSPORT_ONLY_PARAMS: Final = frozenset(
     {
@@ -297,7 +325,10 @@ class CacheStats:
 
     ``entries`` and ``bytes`` describe the disk layer (0 when it is unavailable); ``hits``,
     ``misses``, ``stores`` and ``errors`` count this instance's calls; ``memory_entries`` is the
-    size of the memory layer.
+    size of the memory layer. ``oldest``, ``newest`` (``stored_at`` of the oldest and newest
+    servable disk entries, ``None`` when there is none) and ``expired`` (disk rows at least
+    ``ttl`` old, waiting for :meth:`ResponseCache.prune`) are only filled in by
+    ``stats(scan=True)``, which reads every row; otherwise they are ``None``.
     """
 
     directory: str
@@ -308,6 +339,70 @@ class CacheStats:
     stores: int
     errors: int
     memory_entries: int
+    oldest: float | None = None
+    newest: float | None = None
+    expired: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    """One bad line of a JSON Lines input file; ``str()`` is ``"FILE:LINE: message"``."""
+
+    file: str
+    line: int
+    """1-based line number."""
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+class InputFileError(FallbackChainError, ValueError):
+    """A JSON Lines input file (prompts, or a cache export) cannot be used.
+
+    Raised for a missing or unreadable file, and in strict mode for a file with bad lines
+    (then ``errors`` lists every one of them). The message is one line naming the file.
+    """
+
+    def __init__(self, message: str, *, file: str, errors: Sequence[LineError] = ()) -> None:
+        super().__init__(message)
+        self.file = file
+        self.errors = tuple(errors)
+
+
+class ExportRow(NamedTuple):
+    """One servable cache entry, as :meth:`ResponseCache.export_rows` yields it."""
+
+    key: str
+    stored_at: float
+    completion: ChatCompletion
+
+
+ImportOutcome = Literal["imported", "kept", "expired", "failed"]
+"""What :meth:`ResponseCache.import_row` did with one row.
+
+``imported``: stored. ``kept``: the cache already holds an answer for the key stored at the
+same time or later, which is never replaced by an older one. ``expired``: at least ``ttl`` old,
+so not stored. ``failed``: the cache is disabled, closed or its disk is unavailable, or the
+write failed (logged).
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    """The result of :meth:`ResponseCache.import_jsonl`: counts per outcome, and bad lines."""
+
+    imported: int
+    kept: int
+    expired: int
+    failed: int
+    invalid: int
+    errors: tuple[LineError, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when every line was valid and nothing failed."""
+        return self.invalid == 0 and self.failed == 0
 
 
 class _Entry(NamedTuple):
@@ -461,16 +556,19 @@ class ResponseCache:
                 self._hits += 1
         return answer
 
-    def put(self, key: str, completion: ChatCompletion) -> bool:
+    def put(self, key: str, completion: ChatCompletion, *, stored_at: float | None = None) -> bool:
         """Store a complete answer; True if it was written to disk. Never raises.
 
         Incomplete answers (a choice without an accepted finish_reason, or no choice) are
         refused. The memory layer is updated even when the disk layer is unavailable.
+        ``stored_at`` (default: now by the cache's clock; a later time counts as now) dates the
+        answer, for restoring an entry with its original age; one at least ``ttl`` old is not
+        stored.
         """
         if not self._config.enabled or self._closed:
             return False
         try:
-            stored = self._put(key, completion)
+            stored = self._put(key, completion, stored_at)
         except Exception as exc:  # noqa: BLE001 - the cache must never break a request
             self._failure("put", exc, "answer not stored")
             return False
@@ -479,9 +577,15 @@ class ResponseCache:
                 self._stores += 1
         return stored
 
-    def stats(self) -> CacheStats:
-        """Counters and sizes. Never raises."""
+    def stats(self, *, scan: bool = False) -> CacheStats:
+        """Counters and sizes. Never raises.
+
+        With ``scan=True`` every disk row is read to fill in ``oldest``, ``newest`` and
+        ``expired`` (slower on a large cache; the hit and miss counters are not touched).
+        """
         entries = size = 0
+        oldest = newest = None
+        expired: int | None = None
         disk = self._current_disk()
         if disk is not None:
             try:
@@ -490,6 +594,15 @@ class ResponseCache:
             except Exception as exc:  # noqa: BLE001 - stats are best effort
                 self._failure("stats", exc, "disk sizes reported as 0")
                 entries = size = 0
+        if scan:
+            expired = 0
+            now = self._clock()
+            for _, entry in self._scan_entries("stats"):
+                if now - entry.stored_at >= self._ttl:
+                    expired += 1
+                    continue
+                oldest = entry.stored_at if oldest is None else min(oldest, entry.stored_at)
+                newest = entry.stored_at if newest is None else max(newest, entry.stored_at)
         with self._lock:
             memory_entries = len(self._memory) if self._memory is not None else 0
             return CacheStats(
@@ -501,6 +614,9 @@ class ResponseCache:
                 stores=self._stores,
                 errors=self._errors,
                 memory_entries=memory_entries,
+                oldest=oldest,
+                newest=newest,
+                expired=expired,
             )
 
     def clear(self) -> int:
@@ -567,6 +683,143 @@ class ResponseCache:
         finally:
             con.close()
 
+    def prune(self) -> int:
+        """Remove every entry at least ``ttl`` old (by the cache's clock). Never raises.
+
+        Returns the number of disk rows removed. Rows that cannot be read are left alone
+        (:meth:`get` treats them as misses). A row rewritten while pruning is never removed.
+        """
+        now = self._clock()
+        with self._lock:
+            memory = self._memory
+            if memory is not None:
+                for key, entry in list(memory.items()):
+                    if now - entry.stored_at >= self._ttl:
+                        memory.pop(key, None)
+        disk = self._current_disk()
+        if disk is None:
+            return 0
+        removed = 0
+        try:
+            removed += int(disk.expire())  # rows past diskcache's own (wall-clock) expiry
+        except Exception as exc:  # noqa: BLE001 - the cache must never break a caller
+            self._failure("prune", exc, "expired rows kept")
+        for key, entry in self._scan_entries("prune"):
+            if now - entry.stored_at < self._ttl:
+                continue
+            try:
+                with disk.transact(retry=True):
+                    current = self._peek(disk, key)
+                    if current is not None and current.stored_at == entry.stored_at:
+                        removed += int(bool(disk.delete(key)))
+            except Exception as exc:  # noqa: BLE001
+                self._failure("prune", exc, "pruning stopped")
+                break
+        return removed
+
+    def export_rows(self) -> Iterator[ExportRow]:
+        """Yield every servable disk entry (unexpired, readable, complete), oldest row first.
+
+        Unreadable rows are logged and skipped; the memory layer is not listed. Does not count
+        as hits or misses. Never raises.
+        """
+        now = self._clock()
+        for key, entry in self._scan_entries("export"):
+            if now - entry.stored_at < self._ttl:
+                yield ExportRow(key, entry.stored_at, entry.completion)
+
+    def import_row(self, key: str, completion: ChatCompletion, stored_at: float) -> ImportOutcome:
+        """Store an exported answer unless the cache holds one for ``key`` as new or newer.
+
+        Raises :class:`ValueError` when ``key`` is not a :func:`cache_key` key, ``completion``
+        is not a complete answer, or ``stored_at`` is not a finite number >= 0 (a time in the
+        future counts as now). Otherwise never raises; see :data:`ImportOutcome` for the result.
+        The comparison and the write are one disk transaction.
+        """
+        _check_import(key, completion, stored_at)
+        if not self._config.enabled or self._closed:
+            return "failed"
+        now = self._clock()
+        at = min(float(stored_at), now)
+        if now - at >= self._ttl:
+            return "expired"
+        disk = self._current_disk()
+        if disk is None:
+            return "failed"
+        try:
+            with disk.transact(retry=True):
+                current = self._peek(disk, key)
+                if current is not None and current.stored_at >= at:
+                    return "kept"
+                written = self._put(key, completion, at)
+        except Exception as exc:  # noqa: BLE001 - the cache must never break a caller
+            self._failure("import", exc, "row not imported")
+            return "failed"
+        if not written:
+            return "failed"
+        with self._lock:
+            self._stores += 1
+        return "imported"
+
+    def export_jsonl(self, target: str | os.PathLike[str] | IO[str]) -> int:
+        """Write :meth:`export_rows` as JSON Lines; returns the number of entries written.
+
+        Each line is ``{"key": ..., "stored_at": ..., "completion": {...}}`` (plain JSON,
+        never pickle). A path is written atomically (a private temporary file, then renamed),
+        so an interrupted export never leaves a half-written file. Raises :class:`OSError`
+        when ``target`` cannot be written; cache failures are logged and skipped.
+        """
+        if not isinstance(target, str | os.PathLike):
+            return self._write_export(target)
+        path = os.fspath(target)
+        fd, temporary = tempfile.mkstemp(
+            prefix=".fallbackchain-export-", suffix=".tmp", dir=os.path.dirname(path) or "."
+        )
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
+                count = self._write_export(out)
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        return count
+
+    def import_jsonl(
+        self, source: str | os.PathLike[str] | Iterable[str], *, name: str | None = None
+    ) -> ImportReport:
+        """Import an :meth:`export_jsonl` file line by line with :meth:`import_row`.
+
+        Every line is validated (JSON only, exactly the keys ``key``, ``stored_at`` and
+        ``completion``, a well-formed key, a valid and complete chat completion); a bad line is
+        reported in ``errors`` by line number and the others are still imported. Blank lines
+        and lines starting with ``#`` are skipped. Raises :class:`InputFileError` when the file
+        is missing or unreadable. ``name`` is what errors call the file (see :func:`read_jsonl`).
+        """
+        name = name if name is not None else _source_name(source)
+        counts: dict[str, int] = {"imported": 0, "kept": 0, "expired": 0, "failed": 0}
+        errors: list[LineError] = []
+        for item in read_jsonl(source, name=name):
+            if isinstance(item, LineError):
+                errors.append(item)
+                continue
+            line, value = item
+            try:
+                key, completion, stored_at = _parse_export_line(value)
+                outcome = self.import_row(key, completion, stored_at)
+            except ValueError as exc:
+                errors.append(LineError(name, line, str(exc)))
+                continue
+            counts[outcome] += 1
+        return ImportReport(
+            imported=counts["imported"],
+            kept=counts["kept"],
+            expired=counts["expired"],
+            failed=counts["failed"],
+            invalid=len(errors),
+            errors=tuple(errors),
+        )
+
     def close(self) -> None:
         """Close the disk layer and drop the memory layer. Idempotent; later calls miss."""
         with self._lock:
@@ -632,13 +885,17 @@ class ResponseCache:
                 memory[key] = entry
         return CachedAnswer(entry.completion, entry.stored_at, max(age, 0.0))
 
-    def _put(self, key: str, completion: ChatCompletion) -> bool:
+    def _put(self, key: str, completion: ChatCompletion, stored_at: float | None = None) -> bool:
         if type(key) is not str:
             raise TypeError(f"cache keys must be str, not {type(key).__name__}")
         if not _is_complete(completion):
             _log.debug("not caching an incomplete answer in %s", self._directory)
             return False
-        now = self._clock()
+        current = self._clock()
+        now = current if stored_at is None else min(float(stored_at), current)
+        remaining = self._ttl - (current - now)
+        if remaining <= 0:
+            return False
         body = completion.model_dump(mode="json")
         text = json.dumps(
             {"format": ROW_FORMAT, "stored_at": now, "completion": body},
@@ -656,10 +913,55 @@ class ResponseCache:
         if disk is None:
             return False
         try:
-            return bool(disk.set(key, text, expire=self._ttl))
+            return bool(disk.set(key, text, expire=remaining))
         except Exception as exc:
             self._drop_disk_if_corrupt(disk, exc)
             raise
+
+    def _peek(self, disk: Any, key: str) -> _Entry | None:
+        """The disk row for ``key`` (expired or not) without counting it; unreadable is None."""
+        try:
+            text = disk.get(key)
+            return None if text is None else _decode_row(text)
+        except CacheError:
+            return None
+
+    def _scan_entries(self, operation: str) -> Iterator[tuple[str, _Entry]]:
+        """Every readable disk row with its key; unreadable rows are logged and skipped."""
+        disk = self._current_disk()
+        if disk is None:
+            return
+        for key in self.iter_keys():
+            try:
+                text = disk.get(key)
+                if text is None:
+                    continue
+                entry = _decode_row(text)
+            except CacheError as exc:
+                self._failure(operation, exc, "row skipped")
+                continue
+            except Exception as exc:  # noqa: BLE001 - the cache must never break a caller
+                self._drop_disk_if_corrupt(disk, exc)
+                self._failure(operation, exc, "scan stopped")
+                return
+            yield key, entry
+
+    def _write_export(self, out: IO[str]) -> int:
+        count = 0
+        for row in self.export_rows():
+            line = json.dumps(
+                {
+                    "key": row.key,
+                    "stored_at": row.stored_at,
+                    "completion": row.completion.model_dump(mode="json", exclude_unset=True),
+                },
+                ensure_ascii=False,
+                separators=(",", ":"),
+            )
+            out.write(line + "\n")
+            count += 1
+        out.flush()
+        return count
 
     def _current_disk(self) -> Any:
         """The open diskcache, reopening it if it is due; ``None`` when unavailable."""
@@ -765,3 +1067,137 @@ class ResponseCache:
                 return
             self._logged[kind] = now
         _log.warning(message, *args)
+
+
+# --------------------------------------------------------------------------------------------
+# JSON Lines input, and export rows
+# --------------------------------------------------------------------------------------------
+
+
+def _source_name(source: object) -> str:
+    if isinstance(source, str):
+        return source
+    if isinstance(source, os.PathLike):
+        return str(os.fspath(source))
+    name = getattr(source, "name", None)
+    return name if isinstance(name, str) else "<stream>"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_line(text: str, *, name: str, line: int) -> tuple[int, Any] | LineError | None:
+    stripped = text.strip()
+    if not stripped or stripped.startswith("#"):
+        return None
+    try:
+        return line, json.loads(stripped, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        return LineError(name, line, f"not valid JSON ({exc.msg} at column {exc.colno})")
+    except (ValueError, RecursionError) as exc:
+        detail = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
+        return LineError(name, line, f"not valid JSON ({detail})")
+
+
+def read_jsonl(
+    source: str | os.PathLike[str] | Iterable[str], *, name: str | None = None
+) -> Iterator[tuple[int, Any] | LineError]:
+    """Parse JSON Lines lazily: ``(line_number, value)`` per line, or a :class:`LineError`.
+
+    ``source`` is a path (a ``str`` is always a path) or an iterable of lines (an open text
+    file, a list of strings); ``name`` is what errors call it (default: the path, or the
+    file's ``name``). Blank lines and lines whose first non-blank character is ``#`` are
+    skipped. A line that is not UTF-8 or not JSON (``NaN`` and ``Infinity`` are not JSON)
+    gives a :class:`LineError` and the next line is still read. A byte-order mark at the start
+    is ignored. Raises :class:`InputFileError` when a path cannot be opened or read.
+    """
+    name = name if name is not None else _source_name(source)
+    if not isinstance(source, str | os.PathLike):
+        for number, line_text in enumerate(source, start=1):
+            text = line_text.removeprefix("\ufeff") if number == 1 else line_text
+            parsed = _parse_line(text, name=name, line=number)
+            if parsed is not None:
+                yield parsed
+        return
+    try:
+        reader = open(source, "rb")  # noqa: SIM115 - closed below, errors mapped
+    except FileNotFoundError:
+        raise InputFileError(f"{name}: file not found", file=name) from None
+    except IsADirectoryError:
+        raise InputFileError(f"{name}: is a directory, not a file", file=name) from None
+    except OSError as exc:
+        raise InputFileError(f"{name}: cannot read file: {exc.strerror}", file=name) from exc
+    with reader:
+        number = 0
+        while True:
+            try:
+                raw = reader.readline()
+            except OSError as exc:
+                raise InputFileError(
+                    f"{name}: cannot read file: {exc.strerror}", file=name
+                ) from exc
+            if not raw:
+                return
+            number += 1
+            if number == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield LineError(name, number, "not UTF-8 text")
+                continue
+            parsed = _parse_line(text, name=name, line=number)
+            if parsed is not None:
+                yield parsed
+
+
+def _check_import(key: object, completion: ChatCompletion, stored_at: object) -> None:
+    if type(key) is not str or not KEY_PATTERN.fullmatch(key):
+        raise ValueError("'key' must be a cache key ('fc1-' and 64 lower-case hex digits)")
+    if (
+        not isinstance(stored_at, int | float)
+        or isinstance(stored_at, bool)
+        or not math.isfinite(stored_at)
+        or stored_at < 0
+    ):
+        raise ValueError("'stored_at' must be a finite number of seconds >= 0")
+    if not _is_complete(completion):
+        reasons = sorted({str(c.finish_reason) for c in completion.choices}) or ["no choices"]
+        raise ValueError(f"'completion' is not a complete answer (finish_reason {reasons})")
+
+
+class _BadLineError(ValueError):
+    """One line of an input file is wrong; the message is the one-line reason."""
+
+
+def _parse_export_line(value: Any) -> tuple[str, ChatCompletion, float]:
+    """Validate one export line's JSON value; ValueError with a one-line reason."""
+    if not isinstance(value, dict):
+        raise _BadLineError(f"expected a JSON object, got {_json_type(value)}")
+    unknown = sorted(set(value) - EXPORT_KEYS)
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))}")
+    missing = sorted(EXPORT_KEYS - set(value))
+    if missing:
+        raise ValueError(f"missing key(s) {', '.join(map(repr, missing))}")
+    body = value["completion"]
+    if not isinstance(body, dict):
+        raise _BadLineError(f"'completion' must be an object, got {_json_type(body)}")
+    try:
+        completion = ChatCompletion.model_validate(body)
+    except (pydantic.ValidationError, TypeError, RecursionError) as exc:
+        count = exc.error_count() if isinstance(exc, pydantic.ValidationError) else 1
+        raise ValueError(
+            f"'completion' is not a valid chat completion ({count} validation error(s))"
+        ) from None
+    key, stored_at = value["key"], value["stored_at"]
+    _check_import(key, completion, stored_at)
+    return key, completion, float(stored_at)
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    return names.get(type(value), "a number")

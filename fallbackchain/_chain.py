@@ -666,7 +666,11 @@ class AsyncFallbackChain(_ChainBase):
         for client in self._owned_clients:
             await client.close()
         if self._owns_cache:
-            await asyncio.to_thread(self.cache.close)
+            aclose = getattr(self.cache, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            else:
+                await asyncio.to_thread(self.cache.close)
 
     async def __aenter__(self) -> Self:
         return self

@@ -886,3 +886,315 @@ def test_concurrent_puts_and_gets_stay_consistent(open_cache: Any) -> None:
         got = fresh.get(k)
         assert got is not None
         assert got.completion.id == f"id:{text_of(got)}"
+
+
+# --------------------------------------------------------------------------------------------
+# Dated writes, scanning stats, pruning
+# --------------------------------------------------------------------------------------------
+
+
+def real_key(n: int) -> str:
+    return cache_key("gpt-4o-mini", [{"role": "user", "content": f"prompt {n}"}], {})
+
+
+def test_put_with_stored_at_keeps_the_original_age(
+    open_cache: Any, key: str, clock: FakeClock
+) -> None:
+    rc = open_cache()
+    assert rc.put(key, completion("old"), stored_at=T0 - 30) is True
+    answer = open_cache().get(key)
+    assert answer is not None
+    assert (answer.stored_at, answer.age) == (T0 - 30, 30.0)
+
+
+def test_put_with_stored_at_older_than_ttl_is_not_stored(open_cache: Any, key: str) -> None:
+    rc = open_cache()
+    assert rc.put(key, completion(), stored_at=T0 - TTL) is False
+    assert rc.get(key) is None
+
+
+def test_put_with_a_future_stored_at_counts_as_now(open_cache: Any, key: str) -> None:
+    rc = open_cache()
+    rc.put(key, completion(), stored_at=T0 + 500)
+    answer = open_cache().get(key)
+    assert answer is not None
+    assert answer.stored_at == T0
+
+
+def test_stats_scan_reports_oldest_newest_and_expired(open_cache: Any, clock: FakeClock) -> None:
+    rc = open_cache()
+    rc.put(real_key(1), completion(), stored_at=T0 - 150)
+    rc.put(real_key(2), completion(), stored_at=T0 - 60)
+    rc.put(real_key(3), completion(), stored_at=T0 - 10)
+    clock.now += 50  # the first two are now at least TTL (100 s) old
+    rc.put(real_key(4), completion())
+    stats = rc.stats(scan=True)
+    assert (stats.oldest, stats.newest, stats.expired) == (T0 - 10, T0 + 50, 1)
+    assert stats.entries == 3  # the first was never written: already expired
+
+
+def test_stats_without_scan_leaves_ages_unknown(open_cache: Any, key: str) -> None:
+    rc = open_cache()
+    rc.put(key, completion())
+    stats = rc.stats()
+    assert (stats.oldest, stats.newest, stats.expired) == (None, None, None)
+
+
+def test_stats_scan_does_not_count_hits_or_misses(open_cache: Any, key: str) -> None:
+    rc = open_cache()
+    rc.put(key, completion())
+    stats = rc.stats(scan=True)
+    assert (stats.hits, stats.misses) == (0, 0)
+
+
+def test_prune_removes_only_entries_older_than_ttl(open_cache: Any, clock: FakeClock) -> None:
+    rc = open_cache()
+    rc.put(real_key(1), completion("old"))
+    clock.now += 60
+    rc.put(real_key(2), completion("young"))
+    clock.now += 50  # real_key(1) is 110 s old, real_key(2) 50 s
+    assert rc.prune() == 1
+    assert sorted(rc.iter_keys()) == [real_key(2)]
+    assert rc.get(real_key(1)) is None
+    assert text_of(rc.get(real_key(2))) == "young"
+
+
+def test_prune_also_empties_the_memory_layer_of_expired_entries(
+    open_cache: Any, clock: FakeClock
+) -> None:
+    rc = open_cache()
+    rc.put(real_key(1), completion())
+    clock.now += TTL
+    rc.prune()
+    assert rc.stats().memory_entries == 0
+
+
+def test_prune_leaves_unreadable_rows_alone(
+    open_cache: Any, cache_dir: pathlib.Path, clock: FakeClock
+) -> None:
+    rc = open_cache()
+    plant_row(cache_dir, real_key(1), value="not json")
+    clock.now += 10 * TTL
+    assert rc.prune() == 0
+    assert list(rc.iter_keys()) == [real_key(1)]
+
+
+# --------------------------------------------------------------------------------------------
+# Export and import
+# --------------------------------------------------------------------------------------------
+
+
+def body(text: str = "Paris.", finish_reason: str = "stop") -> dict[str, Any]:
+    return completion(text, finish_reason).model_dump(mode="json")
+
+
+def export_line(key: str, stored_at: float, text: str = "Paris.", **extra: Any) -> str:
+    return json.dumps({"key": key, "stored_at": stored_at, "completion": body(text), **extra})
+
+
+def test_export_rows_lists_only_servable_entries(
+    open_cache: Any, cache_dir: pathlib.Path, clock: FakeClock
+) -> None:
+    rc = open_cache()
+    rc.put(real_key(1), completion("old"), stored_at=T0 - 99)
+    rc.put(real_key(2), completion("fresh"))
+    plant_row(cache_dir, real_key(3), value="not json")
+    clock.now += 2  # real_key(1) expires
+    rows = list(rc.export_rows())
+    assert [(r.key, r.stored_at, r.completion.choices[0].message.content) for r in rows] == [
+        (real_key(2), T0, "fresh")
+    ]
+    assert rc.stats().hits == 0
+
+
+def test_export_then_import_round_trips_answers_and_ages(
+    open_cache: Any, tmp_path: pathlib.Path, clock: FakeClock
+) -> None:
+    source = open_cache()
+    source.put(real_key(1), completion("one"), stored_at=T0 - 40)
+    source.put(real_key(2), completion("x" * 100_000))  # stored as a file
+    target_file = tmp_path / "export.jsonl"
+    assert source.export_jsonl(target_file) == 2
+    other = ResponseCache(make_config(tmp_path / "other"), clock=clock)
+    try:
+        report = other.import_jsonl(target_file)
+        assert (report.imported, report.invalid, report.ok) == (2, 0, True)
+        first = other.get(real_key(1))
+        assert first is not None
+        assert (text_of(first), first.age) == ("one", 40.0)
+        assert text_of(other.get(real_key(2))) == "x" * 100_000
+    finally:
+        other.close()
+
+
+def test_export_lines_are_plain_json_with_three_keys(
+    open_cache: Any, tmp_path: pathlib.Path
+) -> None:
+    rc = open_cache()
+    rc.put(real_key(1), completion("Paris."))
+    target = tmp_path / "export.jsonl"
+    rc.export_jsonl(target)
+    (line,) = target.read_text(encoding="utf-8").splitlines()
+    row = json.loads(line)
+    assert set(row) == {"key", "stored_at", "completion"}
+    assert row["key"] == real_key(1)
+    assert row["stored_at"] == T0
+    assert ChatCompletion.model_validate(row["completion"]).choices[0].message.content == "Paris."
+
+
+def test_export_file_is_private(open_cache: Any, tmp_path: pathlib.Path) -> None:
+    rc = open_cache()
+    rc.put(real_key(1), completion())
+    target = tmp_path / "export.jsonl"
+    rc.export_jsonl(target)
+    assert stat_mode(target) == 0o600
+
+
+def stat_mode(path: pathlib.Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_a_failed_export_leaves_the_previous_file_intact(
+    open_cache: Any, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rc = open_cache()
+    rc.put(real_key(1), completion())
+    target = tmp_path / "export.jsonl"
+    target.write_text("previous export\n")
+
+    def broken_rows() -> Iterator[Any]:
+        yield from ResponseCache.export_rows(rc)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rc, "export_rows", broken_rows)
+    with pytest.raises(OSError, match="No space"):
+        rc.export_jsonl(target)
+    assert target.read_text() == "previous export\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "export.jsonl"]
+
+
+def test_export_to_an_open_text_stream(open_cache: Any) -> None:
+    import io
+
+    rc = open_cache()
+    rc.put(real_key(1), completion())
+    out = io.StringIO()
+    assert rc.export_jsonl(out) == 1
+    assert json.loads(out.getvalue())["key"] == real_key(1)
+
+
+def test_import_never_replaces_a_newer_entry_with_an_older_one(open_cache: Any) -> None:
+    rc = open_cache()
+    rc.put(real_key(1), completion("newer"), stored_at=T0 - 5)
+    assert rc.import_row(real_key(1), completion("older"), T0 - 50) == "kept"
+    assert rc.import_row(real_key(1), completion("same age"), T0 - 5) == "kept"
+    assert text_of(open_cache().get(real_key(1))) == "newer"
+
+
+def test_import_replaces_an_older_entry_with_a_newer_one(open_cache: Any) -> None:
+    rc = open_cache()
+    rc.put(real_key(1), completion("older"), stored_at=T0 - 50)
+    assert rc.import_row(real_key(1), completion("newer"), T0 - 5) == "imported"
+    assert text_of(rc.get(real_key(1))) == "newer"
+    assert text_of(open_cache().get(real_key(1))) == "newer"
+
+
+def test_import_skips_rows_older_than_ttl(open_cache: Any) -> None:
+    rc = open_cache()
+    assert rc.import_row(real_key(1), completion(), T0 - TTL) == "expired"
+    assert rc.get(real_key(1)) is None
+
+
+@pytest.mark.parametrize(
+    ("key_value", "answer", "stored_at", "message"),
+    [
+        ("fc1-abc", completion(), T0, "'key' must be a cache key"),
+        ("FC1-" + "a" * 64, completion(), T0, "'key' must be a cache key"),
+        ("fc1-" + "a" * 64, completion(finish_reason=None), T0, "not a complete answer"),
+        ("fc1-" + "a" * 64, completion(finish_reason="content_filter"), T0, "not a complete"),
+        ("fc1-" + "a" * 64, completion(), float("nan"), "'stored_at' must be a finite"),
+        ("fc1-" + "a" * 64, completion(), -1.0, "'stored_at' must be a finite"),
+        ("fc1-" + "a" * 64, completion(), True, "'stored_at' must be a finite"),
+    ],
+)
+def test_import_row_rejects_bad_input(
+    open_cache: Any, key_value: str, answer: ChatCompletion, stored_at: Any, message: str
+) -> None:
+    rc = open_cache()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        rc.import_row(key_value, answer, stored_at)
+    assert list(rc.iter_keys()) == []
+
+
+def test_import_into_a_closed_cache_fails_without_raising(open_cache: Any) -> None:
+    rc = open_cache()
+    rc.close()
+    assert rc.import_row(real_key(1), completion(), T0) == "failed"
+
+
+def test_import_reports_each_bad_line_by_number_and_imports_the_rest(
+    open_cache: Any, tmp_path: pathlib.Path
+) -> None:
+    source = tmp_path / "in.jsonl"
+    lines = [
+        export_line(real_key(1), T0),  # 1: good
+        "{not json",  # 2
+        "# a comment",  # 3: skipped
+        "",  # 4: skipped
+        json.dumps([1, 2]),  # 5
+        export_line(real_key(2), T0, extra_key=1),  # 6
+        json.dumps({"key": real_key(3), "stored_at": T0}),  # 7
+        json.dumps({"key": real_key(3), "stored_at": T0, "completion": {"id": 1}}),  # 8
+        json.dumps({"key": "fc1-xyz", "stored_at": T0, "completion": body()}),  # 9
+        json.dumps({"key": real_key(4), "stored_at": T0, "completion": body("", "content_filter")}),
+        json.dumps({"key": real_key(5), "stored_at": "yesterday", "completion": body()}),  # 11
+        '{"key": "' + real_key(6) + '", "stored_at": NaN, "completion": {}}',  # 12
+        export_line(real_key(7), T0),  # 13: good
+    ]
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rc = open_cache()
+    report = rc.import_jsonl(source)
+    assert (report.imported, report.invalid) == (2, 9)
+    assert [(e.line, e.file) for e in report.errors] == [
+        (n, str(source)) for n in (2, 5, 6, 7, 8, 9, 10, 11, 12)
+    ]
+    messages = {e.line: e.message for e in report.errors}
+    assert messages[2].startswith("not valid JSON")
+    assert messages[5] == "expected a JSON object, got an array"
+    assert messages[6] == "unknown key(s) 'extra_key'"
+    assert messages[7] == "missing key(s) 'completion'"
+    assert messages[8].startswith("'completion' is not a valid chat completion")
+    assert messages[9].startswith("'key' must be a cache key")
+    assert messages[10].startswith("'completion' is not a complete answer")
+    assert messages[11].startswith("'stored_at' must be a finite number")
+    assert "NaN is not valid JSON" in messages[12]
+    assert str(report.errors[0]) == f"{source}:2: {messages[2]}"
+    assert sorted(rc.iter_keys()) == sorted([real_key(1), real_key(7)])
+
+
+def test_import_refuses_a_pickle_and_never_runs_it(open_cache: Any, tmp_path: pathlib.Path) -> None:
+    marker = tmp_path / "pwned"
+    source = tmp_path / "in.jsonl"
+    payload = {"key": real_key(1), "stored_at": T0, "completion": evil_pickle(marker).hex()}
+    source.write_bytes(json.dumps(payload).encode() + b"\n" + evil_pickle(marker) + b"\n")
+    report = open_cache().import_jsonl(source)
+    assert report.imported == 0
+    assert report.invalid == len(report.errors) >= 2  # the raw pickle: one error per line
+    assert report.errors[0].message == "'completion' must be an object, got a string"
+    assert not marker.exists()
+
+
+def test_import_of_a_missing_file_is_an_input_file_error(
+    open_cache: Any, tmp_path: pathlib.Path
+) -> None:
+    from fallbackchain._cache import InputFileError
+
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(InputFileError, match=re.escape(f"{missing}: file not found")):
+        open_cache().import_jsonl(missing)
+
+
+def test_import_from_lines_in_memory(open_cache: Any) -> None:
+    report = open_cache().import_jsonl([export_line(real_key(1), T0), "oops"], name="shipped")
+    assert report.imported == 1
+    assert str(report.errors[0]).startswith("shipped:2: not valid JSON")

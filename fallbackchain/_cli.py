@@ -1,0 +1,629 @@
+"""The ``fallbackchain`` command: warm the cache from a prompts file, and manage the cache.
+
+::
+
+    fallbackchain warm PROMPTS --config CONFIG [--concurrency N] [--refresh] [--dry-run]
+                                               [--strict] [--max-wait SECONDS]
+    fallbackchain cache stats  --config CONFIG [--json]
+    fallbackchain cache clear  --config CONFIG [--yes]
+    fallbackchain cache prune  --config CONFIG
+    fallbackchain cache export FILE --config CONFIG      (FILE "-" is stdout)
+    fallbackchain cache import FILE --config CONFIG      (FILE "-" is stdin)
+    fallbackchain check-config CONFIG
+    fallbackchain --version
+
+What a caller (a script, CI) can rely on:
+
+* **Exit status.** 0: everything worked. 1: the command ran but something failed (a prompt
+  was not warmed, a line was invalid, an import line was bad, a clear was not confirmed).
+  2: a usage or input error stopped it before it did anything (bad arguments, an unreadable
+  or invalid config, a missing prompts file, a missing API key, any bad line with
+  ``--strict``). 130: interrupted (Ctrl-C or SIGTERM); whatever was written is kept and the
+  same command resumes.
+* **Errors** are one line on stderr with no traceback: ``fallbackchain: error: ...`` for the
+  error that stopped the command, ``FILE:LINE: ...`` for a bad or failed line.
+* **Output.** Results (the summary, ``stats``, dry-run plans, exported JSON Lines on ``-``)
+  go to stdout; progress goes to stderr: a redrawn bar when stderr is a terminal, one plain
+  line per prompt otherwise. No secret is ever printed (``check-config`` shows the *name* of
+  the API key variable and whether it is set, and masks passwords in URLs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any, Final, TextIO
+
+import openai
+
+from ._backends import response_cache
+from ._cache import InputFileError, ResponseCache
+from ._chain import FallbackChain
+from ._config import ChainConfig, _mask_url, load_config
+from ._errors import ConfigError
+from ._warm import _WARM_RECORD, WarmProgress, WarmReport, load_prompts, warm
+
+__all__ = ["main"]
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_INTERRUPTED: Final = 130
+
+_PROG: Final = "fallbackchain"
+
+
+class _UsageError(Exception):
+    """Stops a command before it did anything: one line on stderr, exit status 2."""
+
+
+# --------------------------------------------------------------------------------------------
+# Output helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def _duration(seconds: float) -> str:
+    """``"0.4s"``, ``"42s"``, ``"3m 05s"``, ``"2h 03m"``, ``"5d 04h"``."""
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def _timestamp(value: float) -> str:
+    return datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class _Progress:
+    """Prints warm progress on stderr: a bar on a terminal, plain lines otherwise."""
+
+    _WIDTH: Final = 24
+
+    def __init__(self, stream: TextIO, *, tty: bool) -> None:
+        self._stream = stream
+        self._tty = tty
+        self._bar = ""
+        self._started = time.perf_counter()
+        self.last: WarmProgress | None = None
+        self.tokens = 0
+
+    def __call__(self, event: WarmProgress) -> None:
+        self.last = event
+        self.tokens += event.tokens
+        where = event.request.where
+        if event.outcome == "failed" and event.error is not None:
+            line = str(event.error)
+        elif event.outcome == "warmed":
+            line = f"{where}: warmed ({event.tokens} tokens)"
+        else:
+            line = f"{where}: {event.outcome}" + (f" ({event.note})" if event.note else "")
+        if self._tty:
+            if event.outcome == "failed":
+                self.message(line)
+            self._draw(event)
+        else:
+            self._write(f"[{event.done}/{event.total}] {line}\n")
+
+    def message(self, text: str) -> None:
+        """Print a whole line (above the bar on a terminal)."""
+        if self._tty and self._bar:
+            self._write("\r\x1b[K" + text + "\n" + self._bar)
+        else:
+            self._write(text + "\n")
+
+    def finish(self) -> None:
+        """Remove the bar (the summary follows on stdout)."""
+        if self._tty and self._bar:
+            self._write("\r\x1b[K")
+            self._bar = ""
+
+    def _draw(self, event: WarmProgress) -> None:
+        filled = self._WIDTH * event.done // max(event.total, 1)
+        elapsed = _duration(time.perf_counter() - self._started)
+        self._bar = (
+            f"warming [{'#' * filled}{'.' * (self._WIDTH - filled)}] {event.done}/{event.total}"
+            f"  warmed {event.warmed}  skipped {event.skipped}  failed {event.failed}  {elapsed}"
+        )
+        self._write("\r\x1b[K" + self._bar)
+
+    def _write(self, text: str) -> None:
+        self._stream.write(text)
+        self._stream.flush()
+
+
+class _LogHandler(logging.Handler):
+    """Shows fallbackchain warnings (an outage pause, a cache problem) through the progress."""
+
+    def __init__(self, progress: _Progress | None) -> None:
+        super().__init__(logging.WARNING)
+        self._progress = progress
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, _WARM_RECORD, False):
+            return  # per-prompt lines: the command prints those itself
+        try:
+            text = f"{_PROG}: {record.getMessage()}"
+        except Exception:  # noqa: BLE001 - a bad log call must not end the command
+            self.handleError(record)
+            return
+        if self._progress is not None:
+            self._progress.message(text)
+        else:
+            _err(text)
+
+
+@contextlib.contextmanager
+def _showing_warnings(progress: _Progress | None = None) -> Iterator[None]:
+    logger = logging.getLogger("fallbackchain")
+    handler = _LogHandler(progress)
+    previous = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt (main thread only), so a kill ends cleanly too."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # not the main thread, or no SIGTERM here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# --------------------------------------------------------------------------------------------
+# warm
+# --------------------------------------------------------------------------------------------
+
+
+def _summary(
+    *, warmed: int, skipped: int, failed: int, invalid: int, tokens: int, seconds: float
+) -> str:
+    return (
+        f"warmed {warmed}, skipped {skipped}, failed {failed}, invalid {invalid}, "
+        f"tokens {tokens}, time {_duration(seconds)}"
+    )
+
+
+def _dry_run_client(config: ChainConfig) -> openai.OpenAI:
+    # A dry run sends nothing: a client that is never used, so no API key is needed.
+    return openai.OpenAI(base_url=config.openai.base_url, api_key="unused-dry-run", max_retries=0)
+
+
+def _cmd_warm(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    requests, invalid = load_prompts(args.prompts)
+    for error in invalid:
+        _err(str(error))
+    if args.strict and invalid:
+        raise _UsageError(
+            f"{len(invalid)} bad line(s) in {args.prompts}; nothing was sent (--strict)"
+        )
+    if not config.cache.enabled:
+        raise _UsageError(
+            f"{config.source}: key 'cache.enabled': the cache is disabled, so warming "
+            "would store nothing"
+        )
+    if args.dry_run:
+        return _dry_run(config, args, requests, len(invalid))
+    with _sigterm_interrupts(), FallbackChain(config) as chain:
+        progress = _Progress(sys.stderr, tty=sys.stderr.isatty())
+        with _showing_warnings(progress):
+            _require_disk(chain.cache)
+            pruned = chain.cache.prune()
+            if pruned:
+                progress.message(f"{_PROG}: pruned {pruned} expired cache entries")
+            started = time.perf_counter()
+            try:
+                report = warm(
+                    chain,
+                    requests,
+                    concurrency=args.concurrency,
+                    refresh=args.refresh,
+                    progress=progress,
+                    max_wait=args.max_wait,
+                )
+            except KeyboardInterrupt:
+                progress.finish()
+                last = progress.last
+                _out(
+                    "interrupted: "
+                    + _summary(
+                        warmed=last.warmed if last else 0,
+                        skipped=last.skipped if last else 0,
+                        failed=last.failed if last else 0,
+                        invalid=len(invalid),
+                        tokens=progress.tokens,
+                        seconds=time.perf_counter() - started,
+                    )
+                )
+                _err(
+                    f"{_PROG}: interrupted; answers already warmed (and those in flight, "
+                    "which were let finish) are kept. Run the same command again to resume: "
+                    "warmed prompts are skipped."
+                )
+                return EXIT_INTERRUPTED
+            progress.finish()
+    _out(_report_summary(report, len(invalid)))
+    return EXIT_OK if report.ok and not invalid else EXIT_FAILED
+
+
+def _report_summary(report: WarmReport, invalid: int) -> str:
+    return _summary(
+        warmed=report.warmed,
+        skipped=report.skipped,
+        failed=report.failed,
+        invalid=invalid,
+        tokens=report.tokens,
+        seconds=report.seconds,
+    )
+
+
+def _dry_run(
+    config: ChainConfig, args: argparse.Namespace, requests: Sequence[Any], invalid: int
+) -> int:
+    if not os.environ.get(config.openai.api_key_env):
+        _err(
+            f"{_PROG}: warning: environment variable {config.openai.api_key_env} is not set; "
+            "a real run needs it"
+        )
+
+    def show(event: WarmProgress) -> None:
+        request = event.request
+        if event.outcome == "planned":
+            model = request.model or config.openai.model
+            sent = {"model": model, "messages": request.messages, **request.options}
+            _out(f"{request.where}: would send {json.dumps(sent, ensure_ascii=False)}")
+        elif event.outcome == "skipped":
+            _out(f"{request.where}: would skip ({event.note})")
+        elif event.error is not None:
+            _err(str(event.error))
+
+    client = _dry_run_client(config)
+    unused = {fallback.name: client for fallback in config.fallbacks}
+    try:
+        with (
+            FallbackChain(config, client=client, fallback_clients=unused) as chain,
+            _showing_warnings(),
+        ):
+            report = warm(chain, requests, refresh=args.refresh, dry_run=True, progress=show)
+    finally:
+        client.close()
+    _out(
+        f"dry run: {len(report.planned)} to send, {report.skipped} to skip, "
+        f"{report.failed} failed, {invalid} invalid; nothing was sent"
+    )
+    return EXIT_OK if report.failed == 0 and invalid == 0 else EXIT_FAILED
+
+
+# --------------------------------------------------------------------------------------------
+# cache
+# --------------------------------------------------------------------------------------------
+
+
+def _open_cache(config: ChainConfig) -> ResponseCache:
+    if not config.cache.enabled:
+        raise _UsageError(f"{config.source}: key 'cache.enabled': the cache is disabled")
+    return response_cache(config, time.time)  # the same backend a chain would use
+
+
+def _require_disk(cache: ResponseCache) -> None:
+    if not cache.disk_available:
+        raise _UsageError(
+            f"the cache at {cache.directory} cannot be opened (see the warning above)"
+        )
+
+
+def _cmd_cache_stats(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    ttl = config.cache.ttl
+    with _showing_warnings(), _open_cache(config) as cache:
+        _require_disk(cache)
+        stats = cache.stats(scan=True)
+    if args.json:
+        _out(
+            json.dumps(
+                {
+                    "directory": stats.directory,
+                    "entries": stats.entries,
+                    "bytes": stats.bytes,
+                    "expired": stats.expired,
+                    "oldest": stats.oldest,
+                    "newest": stats.newest,
+                    "ttl": ttl,
+                    "hits": None,
+                    "misses": None,
+                },
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    now = time.time()
+    _out(f"directory: {stats.directory}")
+    expired = f" ({stats.expired} expired, removed by `cache prune`)" if stats.expired else ""
+    _out(f"entries:   {stats.entries}{expired}")
+    _out(f"bytes:     {stats.bytes}")
+    for label, value in (("oldest", stats.oldest), ("newest", stats.newest)):
+        shown = "-" if value is None else f"{_timestamp(value)} ({_duration(now - value)} ago)"
+        _out(f"{label}:    {shown}")
+    _out(f"ttl:       {ttl:g}s ({_duration(ttl)})")
+    _out("hits/misses: not known here (each running process counts its own: Cache.stats())")
+    return EXIT_OK
+
+
+def _confirm(question: str) -> bool:
+    sys.stderr.write(question)
+    sys.stderr.flush()
+    answer = sys.stdin.readline()
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _cmd_cache_clear(args: argparse.Namespace) -> int:
+    with _showing_warnings(), _open_cache(load_config(args.config)) as cache:
+        _require_disk(cache)
+        entries = cache.stats().entries
+        if entries == 0:
+            _out(f"the cache at {cache.directory} is already empty")
+            return EXIT_OK
+        if not args.yes and not _confirm(
+            f"remove all {entries} entries from {cache.directory}? [y/N] "
+        ):
+            _err(f"{_PROG}: not cleared (answer y, or pass --yes)")
+            return EXIT_FAILED
+        removed = cache.clear()
+    _out(f"removed {removed} entries from {cache.directory}")
+    return EXIT_OK
+
+
+def _cmd_cache_prune(args: argparse.Namespace) -> int:
+    with _showing_warnings(), _open_cache(load_config(args.config)) as cache:
+        _require_disk(cache)
+        removed = cache.prune()
+    _out(f"removed {removed} expired entries from {cache.directory}")
+    return EXIT_OK
+
+
+def _cmd_cache_export(args: argparse.Namespace) -> int:
+    with _showing_warnings(), _open_cache(load_config(args.config)) as cache:
+        _require_disk(cache)
+        if args.file == "-":
+            count = cache.export_jsonl(sys.stdout)
+            _err(f"exported {count} entries from {cache.directory}")
+            return EXIT_OK
+        try:
+            count = cache.export_jsonl(args.file)
+        except OSError as exc:
+            raise _UsageError(f"{args.file}: cannot write file: {exc.strerror or exc}") from None
+    _out(f"exported {count} entries to {args.file}")
+    return EXIT_OK
+
+
+def _cmd_cache_import(args: argparse.Namespace) -> int:
+    with _showing_warnings(), _open_cache(load_config(args.config)) as cache:
+        _require_disk(cache)
+        if args.file == "-":
+            report = cache.import_jsonl(sys.stdin, name="<stdin>")
+        else:
+            report = cache.import_jsonl(args.file)
+    for error in report.errors:
+        _err(str(error))
+    _out(
+        f"imported {report.imported}, kept {report.kept} (the cache had them as new or newer), "
+        f"expired {report.expired}, failed {report.failed}, invalid {report.invalid}"
+    )
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+# --------------------------------------------------------------------------------------------
+# check-config
+# --------------------------------------------------------------------------------------------
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def _toml_table(section: object, *, header: str) -> list[str]:
+    lines = [f"\n{header}"]
+    for field in dataclasses.fields(section):  # type: ignore[arg-type]
+        value = getattr(section, field.name)
+        if field.name.endswith("_url") and isinstance(value, str):
+            value = _mask_url(value)
+        line = f"{field.name} = {_toml_value(value)}"
+        if field.name == "api_key_env" and value:
+            line += "  # set" if os.environ.get(value) else "  # NOT SET in this environment"
+        lines.append(line)
+    return lines
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    _out(f"# OK: {config.source} (the effective config, defaults included; no secrets)")
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            _out("\n".join(_toml_table(value, header=f"[{field.name}]")))
+        elif isinstance(value, tuple):
+            for entry in value:
+                _out("\n".join(_toml_table(entry, header=f"[[{field.name}]]")))
+    if not os.environ.get(config.openai.api_key_env):
+        _err(
+            f"{_PROG}: warning: environment variable {config.openai.api_key_env} is not set; "
+            "requests (and `warm`) need it"
+        )
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
+    return value
+
+
+def _version() -> str:
+    from . import __version__  # noqa: PLC0415 - the package imports nothing from here
+
+    return f"{_PROG} {__version__}"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=_PROG,
+        description="Warm and manage the fallbackchain response cache.",
+        epilog="Exit status: 0 ok, 1 something failed, 2 usage or input error, 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    config_help = "the TOML config file (as for FallbackChain.from_config)"
+    w = commands.add_parser(
+        "warm",
+        help="answer every prompt of a JSON Lines file live, filling the cache",
+        description=(
+            "Send each prompt of PROMPTS (JSON Lines: chat.completions.create arguments, or "
+            '{"prompt": "text"}) through the chain\'s live tiers, writing each answer to the '
+            "cache. Already-cached prompts are skipped, so an interrupted run resumes."
+        ),
+    )
+    w.add_argument("prompts", metavar="PROMPTS", help="the prompts file (JSON Lines)")
+    w.add_argument("--config", required=True, metavar="CONFIG", help=config_help)
+    w.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=4,
+        metavar="N",
+        help="requests in flight at once (default: %(default)s)",
+    )
+    w.add_argument("--refresh", action="store_true", help="ask again for cached prompts too")
+    w.add_argument(
+        "--dry-run", action="store_true", help="validate and show what would be sent; send nothing"
+    )
+    w.add_argument("--strict", action="store_true", help="send nothing if any line is bad")
+    w.add_argument(
+        "--max-wait",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="give up on the rest when every breaker stays open this long "
+        "(default: 10 x breaker.reset_timeout)",
+    )
+    w.set_defaults(handler=_cmd_warm)
+
+    c = commands.add_parser("cache", help="inspect, clear, prune, export or import the cache")
+    cache_commands = c.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    s = cache_commands.add_parser("stats", help="entries, bytes, oldest and newest")
+    s.add_argument("--config", required=True, metavar="CONFIG", help=config_help)
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(handler=_cmd_cache_stats)
+    cl = cache_commands.add_parser("clear", help="remove every entry (asks first)")
+    cl.add_argument("--config", required=True, metavar="CONFIG", help=config_help)
+    cl.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    cl.set_defaults(handler=_cmd_cache_clear)
+    p = cache_commands.add_parser("prune", help="remove entries older than the ttl")
+    p.add_argument("--config", required=True, metavar="CONFIG", help=config_help)
+    p.set_defaults(handler=_cmd_cache_prune)
+    e = cache_commands.add_parser("export", help="write every servable entry as JSON Lines")
+    e.add_argument("file", metavar="FILE", help='the file to write ("-": stdout)')
+    e.add_argument("--config", required=True, metavar="CONFIG", help=config_help)
+    e.set_defaults(handler=_cmd_cache_export)
+    i = cache_commands.add_parser(
+        "import", help="load an export; never replaces a newer entry with an older one"
+    )
+    i.add_argument("file", metavar="FILE", help='the file to read ("-": stdin)')
+    i.add_argument("--config", required=True, metavar="CONFIG", help=config_help)
+    i.set_defaults(handler=_cmd_cache_import)
+
+    k = commands.add_parser(
+        "check-config", help="validate a config file and print the effective config"
+    )
+    k.add_argument("config", metavar="CONFIG", help="the TOML config file")
+    k.set_defaults(handler=_cmd_check_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error argparse reported
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except (ConfigError, InputFileError, _UsageError) as exc:
+        _err(f"{_PROG}: error: {exc}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _err(f"{_PROG}: interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # stdout closed early (`... | head`): not an error worth a trace
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep interpreter exit quiet
+        return EXIT_FAILED

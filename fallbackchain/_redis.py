@@ -1,0 +1,1326 @@
+"""Breaker state and the response cache shared through Redis, for many processes and hosts.
+
+Selected by the config (``breaker.storage = "redis"``, ``cache.backend = "redis"``; see
+``_backends``). What a caller can rely on:
+
+* :class:`RedisGateStore` is a ``GateStore`` and an ``AsyncGateStore`` (and a
+  ``pybreaker.CircuitBreakerStorage``, so ``gate.breaker.current_state`` is true). Every step
+  (acquire, success, failure, release) is **one Lua script** over one hash per breaker,
+  ``{namespace}:breaker:{tier}`` (fields ``state``, ``failures``, ``opened_at``,
+  ``probe_until``), so no increment is lost and no two processes disagree about a
+  transition: across every process sharing a namespace the breaker opens after ``fail_max``
+  failures in total, and each half-open period lets one probe through. Times are the gate's
+  clock (wall-clock seconds by default), so hosts sharing a namespace need synchronised clocks
+  (NTP). The hashes are a few dozen bytes each and are never expired.
+* :class:`RedisResponseCache` offers the public interface of
+  :class:`~fallbackchain._cache.ResponseCache` (plus ``aget``/``aput`` on ``redis.asyncio``).
+  Keys are ``{namespace}:cache:{fc1-...}``; values are the same JSON rows the disk cache
+  writes, stored with ``SET ... PX`` so Redis expires them after ``ttl``; only complete answers
+  are stored; nothing read back is ever unpickled. A TTL memory layer sits in front.
+* **Redis is never in the way.** Commands time out after :data:`REDIS_TIMEOUT` seconds and
+  are not retried by the client. On any Redis failure the breakers carry on with in-process
+  state (seeded with the last state seen in Redis) and the cache with its memory layer; one
+  WARNING is logged on the ``fallbackchain.redis`` logger (then at most one per
+  :data:`WARN_INTERVAL` seconds while it stays down), and Redis is tried again only after
+  :data:`RECONNECT_BACKOFF` seconds, by one caller at a time: a down or hung Redis costs at
+  most one stall of about :data:`REDIS_TIMEOUT` per back-off period, never one per call. When it
+  answers again it is used again (one INFO line). No Redis error ever reaches a caller.
+* Sync chains use the ``redis`` client; async chains use ``redis.asyncio`` (one client per
+  event loop), and the sync client is never called from a thread running an event loop
+  (reads such as ``gate.state`` there return the last state this process saw).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Final, TypeVar, cast
+
+import cachetools
+import pybreaker
+import redis
+import redis.asyncio
+import redis.asyncio.retry
+import redis.exceptions
+from openai.types.chat import ChatCompletion
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ._breaker import BreakerState, Grant, MemoryGateStore, Transition
+from ._cache import (
+    ROW_FORMAT,
+    CachedAnswer,
+    CacheStats,
+    ExportRow,
+    ImportOutcome,
+    ResponseCache,
+    _check_import,
+    _decode_row,
+    _Entry,
+    _is_complete,
+)
+from ._config import CacheConfig, _mask_url
+from ._errors import CacheCorruptError, CacheError, FallbackChainError, UnsafeCacheRowError
+
+__all__ = [
+    "RECONNECT_BACKOFF",
+    "REDIS_TIMEOUT",
+    "WARN_INTERVAL",
+    "RedisGateStore",
+    "RedisResponseCache",
+    "RedisUnavailableError",
+    "shared_link",
+]
+
+_log = logging.getLogger("fallbackchain.redis")
+_cache_log = logging.getLogger("fallbackchain.cache")
+
+REDIS_TIMEOUT: Final = 0.09
+"""Seconds a Redis connect or reply may take before the link is treated as down."""
+RECONNECT_BACKOFF: Final = 2.0
+"""Seconds between two attempts to use a Redis that failed."""
+WARN_INTERVAL: Final = 60.0
+"""At most one "Redis unavailable" WARNING per link per this many seconds."""
+_CACHE_LOG_INTERVAL: Final = 60.0
+_SCAN_COUNT: Final = 500
+
+T = TypeVar("T")
+
+
+class RedisUnavailableError(FallbackChainError):
+    """Internal: Redis could not be used for one operation (down, hung, refused, in back-off).
+
+    Never raised to a caller of a chain, a store or a cache; it names the failure in logs.
+    """
+
+
+class RedisCacheError(CacheError):
+    """Internal: the Redis layer of the cache failed for one operation (logged, never raised)."""
+
+
+# --------------------------------------------------------------------------------------------
+# The link: clients, health, back-off and the single warning
+# --------------------------------------------------------------------------------------------
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, content-free reason for a Redis failure (never the server's message text)."""
+    if isinstance(exc, redis.exceptions.AuthenticationError | redis.exceptions.AuthorizationError):
+        return "authentication failed"
+    if isinstance(exc, redis.exceptions.TimeoutError | TimeoutError):
+        return "timed out"
+    if isinstance(exc, redis.exceptions.ConnectionError | OSError):
+        return "unreachable"
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        return "read-only replica"
+    if isinstance(exc, redis.exceptions.ResponseError):
+        return "refused the command"
+    return "failed"
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+class _RedisLink:
+    """Clients for one Redis URL, and whether to use it right now.
+
+    Shared (see :func:`shared_link`) by every store and cache of a process using that URL, so
+    one outage is one warning and one stall per back-off period, whoever notices it.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = REDIS_TIMEOUT,
+        backoff: float = RECONNECT_BACKOFF,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url
+        self.display = _mask_url(url)
+        self._timeout = timeout
+        self._backoff = backoff
+        self._monotonic = monotonic
+        self._lock = threading.Lock()  # client creation and health fields only
+        self._sync: redis.Redis | None = None
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._closing: set[asyncio.Task[None]] = set()
+        self._down_since: float | None = None
+        self._retry_at = 0.0
+        self._warned_at: float | None = None
+        self.sync_calls = 0
+        """Commands sent with the sync client (for tests and diagnostics)."""
+        self.async_calls = 0
+        """Commands sent with a ``redis.asyncio`` client."""
+        self.sync_calls_on_loop = 0
+        """Sync commands sent from a thread running an event loop (should stay 0)."""
+
+    # -- health -------------------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        """False while Redis is considered down (until it answers again)."""
+        return self._down_since is None
+
+    def _may_try(self) -> bool:
+        """Whether this caller may use Redis now; while down, one caller per back-off period."""
+        with self._lock:
+            if self._down_since is None:
+                return True
+            now = self._monotonic()
+            if now < self._retry_at:
+                return False
+            self._retry_at = now + self._backoff  # this caller retries; the others stay local
+            return True
+
+    def _failed(self, exc: BaseException) -> RedisUnavailableError:
+        reason = _describe(exc)
+        error = RedisUnavailableError(f"Redis {reason}")
+        error.__cause__ = exc
+        with self._lock:
+            now = self._monotonic()
+            if self._down_since is None:
+                self._down_since = now
+            self._retry_at = now + self._backoff
+            warn = self._warned_at is None or not 0.0 <= now - self._warned_at < WARN_INTERVAL
+            if warn:
+                self._warned_at = now
+        if warn:
+            _log.warning(
+                "Redis at %s is unavailable (%s: %s; %s); breakers use "
+                "in-process state and the Redis cache is skipped; retrying every %gs",
+                self.display,
+                type(error).__name__,
+                reason,
+                type(exc).__name__,
+                self._backoff,
+            )
+        return error
+
+    def _succeeded(self) -> None:
+        if self._down_since is None:
+            return
+        with self._lock:
+            since, self._down_since = self._down_since, None
+        if since is not None:
+            _log.info(
+                "Redis at %s reconnected after %.1fs; using shared state again",
+                self.display,
+                self._monotonic() - since,
+            )
+
+    def _unavailable(self) -> RedisUnavailableError:
+        return RedisUnavailableError("Redis is down; waiting for the back-off to pass")
+
+    # -- clients ------------------------------------------------------------------------------
+
+    def _sync_client(self) -> redis.Redis:
+        with self._lock:
+            if self._sync is None:
+                self._sync = redis.Redis.from_url(
+                    self.url,
+                    socket_timeout=self._timeout,
+                    socket_connect_timeout=self._timeout,
+                    retry=Retry(NoBackoff(), 0),
+                    health_check_interval=0,
+                )
+            return self._sync
+
+    def _async_client(self) -> redis.asyncio.Redis:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._async.get(loop)
+            if client is None:
+                client = redis.asyncio.Redis.from_url(
+                    self.url,
+                    socket_timeout=self._timeout,
+                    socket_connect_timeout=self._timeout,
+                    retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
+                    health_check_interval=0,
+                )
+                self._async[loop] = client
+            return client
+
+    # -- calls --------------------------------------------------------------------------------
+
+    def call(self, op: Callable[[redis.Redis], T]) -> T:
+        """Run ``op`` with the sync client; :class:`RedisUnavailableError` if Redis can't."""
+        if not self._may_try():
+            raise self._unavailable()
+        self.sync_calls += 1
+        if _on_event_loop():
+            self.sync_calls_on_loop += 1
+        try:
+            result = op(self._sync_client())
+        except Exception as exc:  # any client failure means "not now"
+            raise self._failed(exc) from exc
+        self._succeeded()
+        return result
+
+    async def acall(self, op: Callable[[redis.asyncio.Redis], Awaitable[T]]) -> T:
+        """Run ``op`` with this event loop's ``redis.asyncio`` client."""
+        if not self._may_try():
+            raise self._unavailable()
+        self.async_calls += 1
+        try:
+            result = await op(self._async_client())
+        except Exception as exc:  # any client failure means "not now"
+            raise self._failed(exc) from exc
+        self._succeeded()
+        return result
+
+    # -- closing ------------------------------------------------------------------------------
+    #
+    # The async clients are shared by every user of the link on a loop, so "closing" one only
+    # disconnects its idle connections: a command another task has in flight is never cut off,
+    # and the next command simply reconnects. A loop's client is dropped with the loop.
+
+    async def aclose_loop_client(self) -> None:
+        """Disconnect the running loop's idle Redis connections (before the loop closes)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._async.get(loop)
+        if client is not None:
+            await _release(client)
+
+    def close_loop_clients(
+        self, loops: Iterable[asyncio.AbstractEventLoop] | None = None, timeout: float = 1.0
+    ) -> None:
+        """:meth:`aclose_loop_client` for ``loops`` (default: all), from any thread; best effort."""
+        with self._lock:
+            if loops is None:
+                items = list(self._async.items())
+            else:
+                items = [(lp, self._async[lp]) for lp in loops if lp in self._async]
+            for loop, _ in items:
+                if loop.is_closed():
+                    self._async.pop(loop, None)
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        for loop, client in items:
+            if loop.is_closed():
+                continue
+            if loop is current:
+                task = loop.create_task(_release(client))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+            elif loop.is_running():
+                future = asyncio.run_coroutine_threadsafe(_release(client), loop)
+                with contextlib.suppress(Exception):
+                    future.result(timeout)
+            # a loop that is neither running nor closed is left to its owner
+
+    def close(self) -> None:
+        """Close the sync client and release every loop's connections (tests, shutdown).
+
+        Only for a link nobody else is using: commands in flight on the sync client fail.
+        """
+        with self._lock:
+            client, self._sync = self._sync, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+        self.close_loop_clients()
+
+
+async def _release(client: redis.asyncio.Redis) -> None:
+    with contextlib.suppress(Exception):
+        await client.connection_pool.disconnect(inuse_connections=False)
+
+
+_links: dict[str, _RedisLink] = {}
+_links_lock = threading.Lock()
+
+
+def shared_link(url: str) -> _RedisLink:
+    """The process-wide link for ``url`` (created on first use)."""
+    with _links_lock:
+        link = _links.get(url)
+        if link is None:
+            link = _links[url] = _RedisLink(url, backoff=RECONNECT_BACKOFF)
+        return link
+
+
+# --------------------------------------------------------------------------------------------
+# Scripts
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Script:
+    source: str
+    sha: str
+
+    @classmethod
+    def of(cls, source: str) -> _Script:
+        return cls(source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
+
+    def run(self, client: redis.Redis, keys: Sequence[str], args: Sequence[str | bytes]) -> Any:
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:  # first use, or Redis restarted
+            return client.eval(self.source, len(keys), *keys, *args)
+
+    async def arun(
+        self, client: redis.asyncio.Redis, keys: Sequence[str], args: Sequence[str]
+    ) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return await client.eval(self.source, len(keys), *keys, *args)
+
+
+# Every breaker script returns {grant, from, to, state, failures, opened_at}, all strings
+# (Redis would truncate a Lua number to an integer). Times arrive as Python repr() strings.
+_PRELUDE = """
+local key = KEYS[1]
+local function state()
+  local s = redis.call('HGET', key, 'state')
+  if s == 'open' or s == 'half-open' then return s end
+  return 'closed'
+end
+local function reply(grant, from, to)
+  local h = redis.call('HMGET', key, 'failures', 'opened_at')
+  return {grant, from, to, state(), h[1] or '0', h[2] or ''}
+end
+"""
+
+_ACQUIRE = _Script.of(
+    _PRELUDE
+    + """
+local now = tonumber(ARGV[1])
+local st = state()
+if st == 'closed' then return reply('normal', '', '') end
+local from, to = '', ''
+if st == 'open' then
+  local opened = tonumber(redis.call('HGET', key, 'opened_at') or '')
+  if opened and now - opened < tonumber(ARGV[2]) then return reply('', '', '') end
+  redis.call('HSET', key, 'state', 'half-open')
+  redis.call('HDEL', key, 'probe_until')
+  from, to = 'open', 'half-open'
+end
+local lease = tonumber(redis.call('HGET', key, 'probe_until') or '')
+if lease and now < lease then return reply('', from, to) end
+redis.call('HSET', key, 'probe_until', ARGV[3])
+return reply('probe', from, to)
+"""
+)
+
+_SUCCESS = _Script.of(
+    _PRELUDE
+    + """
+if redis.call('HGET', key, 'failures') ~= '0' then redis.call('HSET', key, 'failures', '0') end
+if ARGV[1] ~= '1' then return reply('', '', '') end
+redis.call('HDEL', key, 'probe_until')
+local st = state()
+if st == 'closed' then return reply('', '', '') end
+redis.call('HSET', key, 'state', 'closed')
+return reply('', st, 'closed')
+"""
+)
+
+_FAILURE = _Script.of(
+    _PRELUDE
+    + """
+local n = redis.call('HINCRBY', key, 'failures', 1)
+local st = state()
+if ARGV[3] == '1' then
+  redis.call('HDEL', key, 'probe_until')
+elseif not (st == 'closed' and n >= tonumber(ARGV[2])) then
+  return reply('', '', '')
+end
+if st == 'open' then return reply('', '', '') end
+redis.call('HSET', key, 'state', 'open', 'opened_at', ARGV[1])
+return reply('', st, 'open')
+"""
+)
+
+_RELEASE = _Script.of(
+    _PRELUDE
+    + """
+redis.call('HDEL', key, 'probe_until')
+return reply('', '', '')
+"""
+)
+
+_IMPORT = _Script.of(
+    """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, row = pcall(cjson.decode, cur)
+  if ok and type(row) == 'table' and type(row['stored_at']) == 'number'
+     and row['stored_at'] >= tonumber(ARGV[1]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+)
+
+_DELETE_IF_SAME = _Script.of(
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+)
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _as_state(raw: str) -> BreakerState:
+    if raw == "open":
+        return "open"
+    if raw == "half-open":
+        return "half-open"
+    return "closed"
+
+
+def _float_or_none(raw: object) -> float | None:
+    if raw is None:
+        return None
+    try:
+        value = float(_text(raw))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _int_or_zero(raw: object) -> int:
+    if raw is None:
+        return 0
+    try:
+        return int(_text(raw))
+    except ValueError:
+        return 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """The breaker as the last Redis reply showed it."""
+
+    state: BreakerState = "closed"
+    failures: int = 0
+    opened_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    grant: Grant
+    changed: Transition | None
+    snapshot: _Snapshot
+
+
+def _parse_reply(raw: Any) -> _Reply:
+    if not isinstance(raw, list | tuple) or len(raw) != 6:
+        raise RedisUnavailableError("unexpected reply from a breaker script")
+    grant_s, from_s, to_s, state_s, failures_s, opened_s = (_text(v) for v in raw)
+    grant: Grant = "normal" if grant_s == "normal" else "probe" if grant_s == "probe" else None
+    changed: Transition | None = (_as_state(from_s), _as_state(to_s)) if from_s and to_s else None
+    snapshot = _Snapshot(_as_state(state_s), _int_or_zero(failures_s), _float_or_none(opened_s))
+    return _Reply(grant, changed, snapshot)
+
+
+def _num(value: float) -> str:
+    return repr(float(value))
+
+
+# --------------------------------------------------------------------------------------------
+# Breaker state
+# --------------------------------------------------------------------------------------------
+
+
+class RedisGateStore(pybreaker.CircuitBreakerStorage):
+    """A breaker's state in one Redis hash, shared by every process using ``namespace``.
+
+    Implements ``GateStore`` and ``AsyncGateStore`` (one Lua script per step) and pybreaker's
+    storage interface. While Redis is unavailable every step runs on an embedded
+    :class:`~fallbackchain._breaker.MemoryGateStore`, seeded with the last state seen in Redis.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str,
+        name: str,
+        link: _RedisLink | None = None,
+    ) -> None:
+        super().__init__("redis")
+        self._link = link if link is not None else shared_link(url)
+        self.key = f"{namespace}:breaker:{name}"
+        self._local = MemoryGateStore()
+        self._mode_lock = threading.Lock()
+        self._snapshot = _Snapshot()
+        self._on_redis = True  # the last step used Redis (the local store is not in use)
+
+    def __repr__(self) -> str:
+        where = "redis" if self.using_redis else "local"
+        return f"<RedisGateStore {self.key!r} at {self._link.display} ({where})>"
+
+    @property
+    def using_redis(self) -> bool:
+        """True when the last step was decided in Redis, False while on local state."""
+        return self._on_redis
+
+    @property
+    def link(self) -> _RedisLink:
+        return self._link
+
+    # -- mode switching -------------------------------------------------------------------
+
+    def _redis_ok(self, reply: _Reply | None = None) -> None:
+        if reply is not None:
+            self._snapshot = reply.snapshot
+        self._on_redis = True
+
+    def _fallback(self) -> MemoryGateStore:
+        """The local store, seeded from the last Redis snapshot when we just switched to it."""
+        with self._mode_lock:
+            if self._on_redis:
+                self._on_redis = False
+                _seed(self._local, self._snapshot)
+        return self._local
+
+    # -- GateStore --------------------------------------------------------------------------
+
+    def current_state(self) -> BreakerState:
+        return _as_state(self.state)
+
+    def failures(self) -> int:
+        return self.counter
+
+    def try_acquire(
+        self, now: float, reset_timeout: float, probe_lease: float
+    ) -> tuple[Grant, Transition | None]:
+        args = (_num(now), _num(reset_timeout), _num(now + probe_lease))
+        try:
+            reply = self._step(_ACQUIRE, args)
+        except RedisUnavailableError:
+            return self._fallback().try_acquire(now, reset_timeout, probe_lease)
+        return reply.grant, reply.changed
+
+    def record_success(self, *, probe: bool) -> Transition | None:
+        try:
+            reply = self._step(_SUCCESS, ("1" if probe else "0",))
+        except RedisUnavailableError:
+            return self._fallback().record_success(probe=probe)
+        return reply.changed
+
+    def record_failure(self, now: float, fail_max: int, *, probe: bool) -> Transition | None:
+        try:
+            reply = self._step(_FAILURE, (_num(now), str(int(fail_max)), "1" if probe else "0"))
+        except RedisUnavailableError:
+            return self._fallback().record_failure(now, fail_max, probe=probe)
+        return reply.changed
+
+    def record_release(self, *, probe: bool) -> None:
+        if not probe:
+            return
+        try:
+            self._step(_RELEASE, ())
+        except RedisUnavailableError:
+            self._fallback().record_release(probe=probe)
+
+    def _step(self, script: _Script, args: Sequence[str]) -> _Reply:
+        keys = (self.key,)
+        reply = _parse_reply(self._link.call(lambda r: script.run(r, keys, args)))
+        self._redis_ok(reply)
+        return reply
+
+    # -- AsyncGateStore -----------------------------------------------------------------------
+
+    async def atry_acquire(
+        self, now: float, reset_timeout: float, probe_lease: float
+    ) -> tuple[Grant, Transition | None]:
+        args = (_num(now), _num(reset_timeout), _num(now + probe_lease))
+        try:
+            reply = await self._astep(_ACQUIRE, args)
+        except RedisUnavailableError:
+            return self._fallback().try_acquire(now, reset_timeout, probe_lease)
+        return reply.grant, reply.changed
+
+    async def arecord_success(self, *, probe: bool) -> Transition | None:
+        try:
+            reply = await self._astep(_SUCCESS, ("1" if probe else "0",))
+        except RedisUnavailableError:
+            return self._fallback().record_success(probe=probe)
+        return reply.changed
+
+    async def arecord_failure(self, now: float, fail_max: int, *, probe: bool) -> Transition | None:
+        args = (_num(now), str(int(fail_max)), "1" if probe else "0")
+        try:
+            reply = await self._astep(_FAILURE, args)
+        except RedisUnavailableError:
+            return self._fallback().record_failure(now, fail_max, probe=probe)
+        return reply.changed
+
+    async def arecord_release(self, *, probe: bool) -> None:
+        if not probe:
+            return
+        try:
+            await self._astep(_RELEASE, ())
+        except RedisUnavailableError:
+            self._fallback().record_release(probe=probe)
+
+    async def _astep(self, script: _Script, args: Sequence[str]) -> _Reply:
+        keys = (self.key,)
+        reply = _parse_reply(await self._link.acall(lambda r: script.arun(r, keys, args)))
+        self._redis_ok(reply)
+        return reply
+
+    async def aclose(self) -> None:
+        """Close this event loop's Redis client (shared with other users of the same URL)."""
+        await self._link.aclose_loop_client()
+
+    # -- pybreaker's storage interface ----------------------------------------------------------
+
+    def _read(self) -> _Snapshot | None:
+        """The hash now (sync threads), the last reply (event-loop threads), None if down."""
+        if _on_event_loop():
+            return self._snapshot if self._on_redis else None
+        try:
+            raw = self._link.call(lambda r: r.hmget(self.key, ["state", "failures", "opened_at"]))
+        except RedisUnavailableError:
+            self._fallback()
+            return None
+        values = list(cast(Sequence[Any], raw))
+        snapshot = _Snapshot(
+            _as_state(_text(values[0]) if values[0] is not None else "closed"),
+            _int_or_zero(values[1]),
+            _float_or_none(values[2]),
+        )
+        self._redis_ok(_Reply(None, None, snapshot))
+        return snapshot
+
+    def _write(self, op: Callable[[redis.Redis], object], local: Callable[[], None]) -> None:
+        if _on_event_loop():  # never block a loop: pybreaker's own writes are not used here
+            local()
+            return
+        try:
+            self._link.call(op)
+        except RedisUnavailableError:
+            self._fallback()
+            local()
+            return
+        self._on_redis = True
+
+    @property
+    def state(self) -> str:
+        snapshot = self._read()
+        return snapshot.state if snapshot is not None else self._local.current_state()
+
+    @state.setter
+    def state(self, state: str) -> None:
+        value = _as_state(str(state))
+
+        def local() -> None:
+            self._local.state = value
+
+        self._write(lambda r: r.hset(self.key, "state", value), local)
+
+    def increment_counter(self) -> None:
+        self._write(lambda r: r.hincrby(self.key, "failures", 1), self._local.increment_counter)
+
+    def reset_counter(self) -> None:
+        self._write(lambda r: r.hset(self.key, "failures", "0"), self._local.reset_counter)
+
+    def increment_success_counter(self) -> None:
+        self._write(
+            lambda r: r.hincrby(self.key, "successes", 1), self._local.increment_success_counter
+        )
+
+    def reset_success_counter(self) -> None:
+        self._write(lambda r: r.hset(self.key, "successes", "0"), self._local.reset_success_counter)
+
+    @property
+    def counter(self) -> int:
+        snapshot = self._read()
+        return snapshot.failures if snapshot is not None else self._local.failures()
+
+    @property
+    def success_counter(self) -> int:
+        if _on_event_loop() or not self._on_redis:
+            return int(self._local.success_counter)
+        try:
+            raw = self._link.call(lambda r: r.hget(self.key, "successes"))
+        except RedisUnavailableError:
+            return int(self._local.success_counter)
+        return _int_or_zero(raw)
+
+    @property
+    def opened_at(self) -> datetime | None:
+        snapshot = self._read()
+        if snapshot is None:
+            value: datetime | None = self._local.opened_at
+            return value
+        if snapshot.opened_at is None:
+            return None
+        return datetime.fromtimestamp(snapshot.opened_at, tz=UTC)
+
+    @opened_at.setter
+    def opened_at(self, when: datetime) -> None:
+        stamp = _num(when.timestamp())
+
+        def local() -> None:
+            self._local.opened_at = when
+
+        self._write(lambda r: r.hset(self.key, "opened_at", stamp), local)
+
+
+def _seed(local: MemoryGateStore, snapshot: _Snapshot) -> None:
+    """Make the local store continue from the last state seen in Redis."""
+    with local._lock:
+        local.state = snapshot.state
+        local.reset_counter()
+        for _ in range(min(snapshot.failures, 10_000)):  # only "reached fail_max" matters
+            local.increment_counter()
+        if snapshot.opened_at is not None:
+            local.opened_at = datetime.fromtimestamp(snapshot.opened_at, tz=UTC)
+        local._probe_until = None
+
+
+# --------------------------------------------------------------------------------------------
+# The response cache
+# --------------------------------------------------------------------------------------------
+
+
+def _scan_op(cursor: int, pattern: str) -> Callable[[redis.Redis], Any]:
+    return lambda r: r.scan(cursor, match=pattern, count=_SCAN_COUNT)
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _decode_value(raw: object) -> _Entry:
+    """Parse a stored value. JSON text only: a pickle or anything else is refused unread."""
+    if isinstance(raw, memoryview | bytearray):
+        raw = bytes(raw)
+    if isinstance(raw, bytes):
+        if raw[:1] == b"\x80":  # the pickle protocol 2+ opcode: never handed to pickle
+            raise UnsafeCacheRowError("refused a pickled cache row")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CacheCorruptError("cache row is not UTF-8 text") from exc
+    elif isinstance(raw, str):
+        text = raw
+    else:
+        raise CacheCorruptError(f"cache row is a {type(raw).__name__}, not text")
+    return _decode_row(text)
+
+
+class RedisResponseCache(ResponseCache):
+    """The last good answer per request key, in Redis, with a TTL memory layer in front.
+
+    Same public interface and guarantees as :class:`ResponseCache` (nothing raises from the
+    cache operations; only complete answers; JSON only; never serves an answer ``ttl`` old),
+    shared by every process and host using the same Redis and ``namespace``. ``aget`` and
+    ``aput`` use ``redis.asyncio`` on the running event loop. Entries expire in Redis after
+    ``ttl`` (``SET ... PX``). The memory layer is per process: an entry it holds is served
+    until it expires there, even after another process clears or replaces it in Redis (set
+    ``memory_items = 0`` to always read Redis).
+    """
+
+    def __init__(
+        self,
+        config: CacheConfig,
+        *,
+        namespace: str,
+        clock: Callable[[], float] = time.time,
+        link: _RedisLink | None = None,
+    ) -> None:
+        # The base class is initialised disabled: none of its disk machinery is used.
+        super().__init__(dataclasses.replace(config, enabled=False), clock=clock)
+        self._rconfig = config
+        self._rclock = clock
+        self._rttl = float(config.ttl)
+        self._link = link if link is not None else shared_link(config.redis_url)
+        self.namespace = namespace
+        self.prefix = f"{namespace}:cache:"
+        self._rlock = threading.Lock()  # memory layer, counters, log state
+        self._rmemory: cachetools.TTLCache[str, _Entry, float] | None = None
+        if config.enabled and config.memory_items > 0:
+            self._rmemory = cachetools.TTLCache(
+                maxsize=config.memory_items, ttl=self._rttl, timer=clock
+            )
+        self._rclosed = False
+        self._loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+        self._rlogged: dict[tuple[str, str], float] = {}
+        self._rhits = self._rmisses = self._rstores = self._rerrors = 0
+
+    # --- public API ------------------------------------------------------------------------
+
+    @property
+    def directory(self) -> str:
+        """Where the entries live: the Redis URL (password masked) and the key pattern."""
+        return f"{self._link.display} {self.prefix}*"
+
+    @property
+    def disk_available(self) -> bool:
+        """True while Redis is usable (it plays the disk layer's part). Never raises.
+
+        Outside an event loop this asks Redis (one PING, bounded by the link's timeout)
+        unless it is already known to be down; on an event loop it reports what is known.
+        """
+        if self._rclosed or not self._rconfig.enabled or not self._link.available:
+            return False
+        if _on_event_loop():
+            return True
+        try:
+            return bool(self._link.call(lambda r: r.ping()))
+        except RedisUnavailableError:
+            return False
+
+    @property
+    def link(self) -> _RedisLink:
+        return self._link
+
+    def get(self, key: str) -> CachedAnswer | None:
+        """The stored answer for ``key``, or ``None``. Never raises; never serves expired."""
+        if not self._usable():
+            return None
+        try:
+            answer = self._from_memory(key)
+            if answer is None:
+                raw = self._link.call(lambda r: r.get(self.prefix + key))
+                answer = self._from_redis(key, raw)
+        except Exception as exc:  # noqa: BLE001 - the cache must never break a request
+            self._failure("get", exc, "treated as a miss")
+            answer = None
+        self._count_lookup(answer)
+        return answer
+
+    async def aget(self, key: str) -> CachedAnswer | None:
+        """:meth:`get` on ``redis.asyncio``: never blocks the event loop. Never raises."""
+        if not self._usable():
+            return None
+        try:
+            answer = self._from_memory(key)
+            if answer is None:
+                self._loops.add(asyncio.get_running_loop())
+                raw = await self._link.acall(lambda r: r.get(self.prefix + key))
+                answer = self._from_redis(key, raw)
+        except Exception as exc:  # noqa: BLE001 - the cache must never break a request
+            self._failure("get", exc, "treated as a miss")
+            answer = None
+        self._count_lookup(answer)
+        return answer
+
+    def put(self, key: str, completion: ChatCompletion, *, stored_at: float | None = None) -> bool:
+        """Store a complete answer; True if it was written to Redis. Never raises.
+
+        As :meth:`ResponseCache.put`: incomplete answers are refused, the memory layer is
+        updated even when Redis is unavailable, and ``stored_at`` dates a restored answer.
+        """
+        if not self._usable():
+            return False
+        try:
+            row = self._prepare(key, completion, stored_at)
+            if row is None:
+                return False
+            name, text, px = row
+            stored = bool(self._link.call(lambda r: r.set(name, text, px=px)))
+        except Exception as exc:  # noqa: BLE001 - the cache must never break a request
+            self._failure("put", exc, "answer not stored")
+            return False
+        return self._count_store(stored)
+
+    async def aput(
+        self, key: str, completion: ChatCompletion, *, stored_at: float | None = None
+    ) -> bool:
+        """:meth:`put` on ``redis.asyncio``: never blocks the event loop. Never raises."""
+        if not self._usable():
+            return False
+        try:
+            row = self._prepare(key, completion, stored_at)
+            if row is None:
+                return False
+            name, text, px = row
+            self._loops.add(asyncio.get_running_loop())
+            stored = bool(await self._link.acall(lambda r: r.set(name, text, px=px)))
+        except Exception as exc:  # noqa: BLE001 - the cache must never break a request
+            self._failure("put", exc, "answer not stored")
+            return False
+        return self._count_store(stored)
+
+    def stats(self, *, scan: bool = False) -> CacheStats:
+        """Counters and sizes (``entries``/``bytes``: this namespace in Redis). Never raises.
+
+        ``entries`` and ``bytes`` walk the namespace's keys (SCAN); ``scan=True`` also reads
+        every value to fill in ``oldest``, ``newest`` and ``expired``.
+        """
+        entries = size = 0
+        oldest = newest = None
+        expired: int | None = 0 if scan else None
+        now = self._rclock()
+        if self._rconfig.enabled and not self._rclosed:
+            try:
+                for batch in self._key_batches():
+                    if scan:
+                        values = self._fetch(batch)
+                        for value in values:
+                            if value is None:
+                                continue
+                            entries += 1
+                            size += len(value)
+                            try:
+                                entry = _decode_value(value)
+                            except CacheError as exc:
+                                self._failure("stats", exc, "row skipped")
+                                continue
+                            if now - entry.stored_at >= self._rttl:
+                                expired = (expired or 0) + 1
+                                continue
+                            at = entry.stored_at
+                            oldest = at if oldest is None else min(oldest, at)
+                            newest = at if newest is None else max(newest, at)
+                    else:
+                        lengths = self._lengths(batch)
+                        entries += sum(1 for n in lengths if n)
+                        size += sum(lengths)
+            except Exception as exc:  # noqa: BLE001 - stats are best effort
+                self._failure("stats", exc, "Redis sizes reported as 0")
+                entries = size = 0
+                if scan:
+                    oldest = newest = None
+                    expired = 0
+        with self._rlock:
+            return CacheStats(
+                directory=self.directory,
+                entries=entries,
+                bytes=size,
+                hits=self._rhits,
+                misses=self._rmisses,
+                stores=self._rstores,
+                errors=self._rerrors,
+                memory_entries=len(self._rmemory) if self._rmemory is not None else 0,
+                oldest=oldest,
+                newest=newest,
+                expired=expired,
+            )
+
+    def clear(self) -> int:
+        """Remove every entry of this namespace; returns the number of Redis keys removed.
+
+        When Redis is unavailable, the number of memory entries removed. Never raises.
+        Other processes' memory layers keep what they hold until it expires there.
+        """
+        with self._rlock:
+            memory_removed = 0
+            if self._rmemory is not None:
+                memory_removed = len(self._rmemory)
+                self._rmemory.clear()
+        if not self._rconfig.enabled or self._rclosed:
+            return memory_removed
+        removed = 0
+        try:
+            for batch in self._key_batches():
+                removed += int(self._link.call(self._unlink_op(batch)))
+        except Exception as exc:  # noqa: BLE001 - the cache must never break a caller
+            self._failure("clear", exc, "cache not (fully) cleared")
+            return removed or memory_removed
+        return removed
+
+    def iter_keys(self) -> Iterator[str]:
+        """Yield the key of every entry of this namespace in Redis (SCAN order). Never raises."""
+        if not self._rconfig.enabled or self._rclosed:
+            return
+        try:
+            for batch in self._key_batches():
+                yield from batch
+        except Exception as exc:  # noqa: BLE001
+            self._failure("iter_keys", exc, "key listing stopped")
+
+    def prune(self) -> int:
+        """Remove every entry at least ``ttl`` old by the cache's clock. Never raises.
+
+        Redis already expires entries ``ttl`` after they were written; this also removes
+        those dated older by the cache's clock. A value rewritten meanwhile is never removed.
+        """
+        now = self._rclock()
+        with self._rlock:
+            memory = self._rmemory
+            if memory is not None:
+                for key, entry in list(memory.items()):
+                    if now - entry.stored_at >= self._rttl:
+                        memory.pop(key, None)
+        removed = 0
+        for key, raw, entry in self._scan_entries_redis("prune"):
+            if now - entry.stored_at < self._rttl:
+                continue
+            try:
+                removed += int(self._link.call(self._delete_if_same_op(key, raw)))
+            except Exception as exc:  # noqa: BLE001
+                self._failure("prune", exc, "pruning stopped")
+                break
+        return removed
+
+    def export_rows(self) -> Iterator[ExportRow]:
+        """Yield every servable entry (unexpired, readable, complete), in Redis SCAN order.
+
+        Unreadable rows are logged and skipped; the memory layer is not listed. Does not count
+        as hits or misses. Never raises.
+        """
+        now = self._rclock()
+        for key, _raw, entry in self._scan_entries_redis("export"):
+            if now - entry.stored_at < self._rttl:
+                yield ExportRow(key, entry.stored_at, entry.completion)
+
+    def import_row(self, key: str, completion: ChatCompletion, stored_at: float) -> ImportOutcome:
+        """Store an exported answer unless Redis holds one for ``key`` as new or newer.
+
+        Validation and outcomes as :meth:`ResponseCache.import_row`; the comparison and the
+        write are one Lua script.
+        """
+        _check_import(key, completion, stored_at)
+        if not self._usable():
+            return "failed"
+        now = self._rclock()
+        at = min(float(stored_at), now)
+        if now - at >= self._rttl:
+            return "expired"
+        try:
+            row = self._prepare(key, completion, at)
+            if row is None:
+                return "failed"
+            name, text, px = row
+            written = self._link.call(lambda r: _IMPORT.run(r, (name,), (_num(at), text, str(px))))
+        except Exception as exc:  # noqa: BLE001 - the cache must never break a caller
+            self._failure("import", exc, "row not imported")
+            return "failed"
+        if not int(written):
+            return "kept"
+        self._count_store(True)
+        return "imported"
+
+    def close(self) -> None:
+        """Drop the memory layer; later calls miss. Idempotent.
+
+        Redis connections are shared by the process (see :func:`shared_link`); the idle
+        connections of the event loops this cache used are closed here, best effort.
+        """
+        with self._rlock:
+            already, self._rclosed = self._rclosed, True
+            if self._rmemory is not None:
+                self._rmemory.clear()
+        if not already:
+            self._link.close_loop_clients(list(self._loops))
+
+    async def aclose(self) -> None:
+        """:meth:`close`, closing this event loop's async client properly."""
+        with self._rlock:
+            self._rclosed = True
+            if self._rmemory is not None:
+                self._rmemory.clear()
+        await self._link.aclose_loop_client()
+
+    def __enter__(self) -> RedisResponseCache:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "redis" if self._link.available else "memory-only"
+        if not self._rconfig.enabled:
+            state = "disabled"
+        elif self._rclosed:
+            state = "closed"
+        return f"RedisResponseCache({self.directory!r}, {state})"
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _usable(self) -> bool:
+        return self._rconfig.enabled and not self._rclosed
+
+    def _from_memory(self, key: str) -> CachedAnswer | None:
+        memory = self._rmemory
+        if memory is None:
+            return None
+        now = self._rclock()
+        with self._rlock:
+            entry = memory.get(key)
+        if entry is None:
+            return None
+        age = now - entry.stored_at
+        if age < self._rttl:
+            return CachedAnswer(entry.completion, entry.stored_at, max(age, 0.0))
+        with self._rlock:
+            memory.pop(key, None)
+        return None
+
+    def _from_redis(self, key: str, raw: object) -> CachedAnswer | None:
+        if raw is None:
+            return None
+        entry = _decode_value(raw)
+        now = self._rclock()
+        age = now - entry.stored_at
+        if age >= self._rttl:
+            return None
+        if self._rmemory is not None:
+            with self._rlock:
+                self._rmemory[key] = entry
+        return CachedAnswer(entry.completion, entry.stored_at, max(age, 0.0))
+
+    def _prepare(
+        self, key: str, completion: ChatCompletion, stored_at: float | None
+    ) -> tuple[str, str, int] | None:
+        """``(redis key, JSON row, expiry in ms)``; the memory layer is updated. None: skip."""
+        if type(key) is not str:
+            raise TypeError(f"cache keys must be str, not {type(key).__name__}")
+        if not _is_complete(completion):
+            _cache_log.debug("not caching an incomplete answer in %s", self.directory)
+            return None
+        current = self._rclock()
+        now = current if stored_at is None else min(float(stored_at), current)
+        remaining = self._rttl - (current - now)
+        if remaining <= 0:
+            return None
+        body = completion.model_dump(mode="json")
+        text = json.dumps(
+            {"format": ROW_FORMAT, "stored_at": now, "completion": body},
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        if self._rmemory is not None:
+            entry = _Entry(ChatCompletion.model_validate(body), now)
+            with self._rlock:
+                self._rmemory[key] = entry
+        return self.prefix + key, text, max(1, math.ceil(remaining * 1000))
+
+    def _count_lookup(self, answer: CachedAnswer | None) -> None:
+        with self._rlock:
+            if answer is None:
+                self._rmisses += 1
+            else:
+                self._rhits += 1
+
+    def _count_store(self, stored: bool) -> bool:
+        if stored:
+            with self._rlock:
+                self._rstores += 1
+        return stored
+
+    def _key_batches(self) -> Iterator[list[str]]:
+        """Yield the namespace's keys (prefix removed) in batches; raises on a Redis failure."""
+        pattern = _glob_escape(self.prefix) + "*"
+        cursor: int = 0
+        seen: set[str] = set()
+        start = len(self.prefix)
+        while True:
+            cursor, names = cast(
+                tuple[int, list[bytes]], self._link.call(_scan_op(cursor, pattern))
+            )
+            batch: list[str] = []
+            for name in names:
+                try:
+                    key = name.decode("utf-8")[start:]
+                except UnicodeDecodeError:
+                    continue
+                if key not in seen:
+                    seen.add(key)
+                    batch.append(key)
+            if batch:
+                yield batch
+            if int(cursor) == 0:
+                return
+
+    def _unlink_op(self, batch: Sequence[str]) -> Callable[[redis.Redis], Any]:
+        names = [self.prefix + k for k in batch]
+        return lambda r: r.unlink(*names)
+
+    def _delete_if_same_op(self, key: str, raw: bytes) -> Callable[[redis.Redis], Any]:
+        name = self.prefix + key
+        return lambda r: _DELETE_IF_SAME.run(r, (name,), (raw,))
+
+    def _fetch(self, batch: Sequence[str]) -> list[bytes | None]:
+        names = [self.prefix + k for k in batch]
+        return cast(list[bytes | None], self._link.call(lambda r: r.mget(names)))
+
+    def _lengths(self, batch: Sequence[str]) -> list[int]:
+        def op(r: redis.Redis) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            for k in batch:
+                pipe.strlen(self.prefix + k)
+            return pipe.execute()
+
+        return [int(n) for n in self._link.call(op)]
+
+    def _scan_entries_redis(self, operation: str) -> Iterator[tuple[str, bytes, _Entry]]:
+        """Every readable entry with its key and raw value; unreadable ones are logged."""
+        if not self._rconfig.enabled or self._rclosed:
+            return
+        try:
+            for batch in self._key_batches():
+                for key, value in zip(batch, self._fetch(batch), strict=True):
+                    if value is None:
+                        continue
+                    try:
+                        entry = _decode_value(value)
+                    except CacheError as exc:
+                        self._failure(operation, exc, "row skipped")
+                        continue
+                    yield key, value, entry
+        except Exception as exc:  # noqa: BLE001 - the cache must never break a caller
+            self._failure(operation, exc, "scan stopped")
+
+    def _failure(self, operation: str, exc: BaseException, consequence: str) -> None:
+        with self._rlock:
+            self._rerrors += 1
+        if isinstance(exc, RedisUnavailableError):
+            return  # the link logged it (once), and says when Redis is back
+        mapped: CacheError
+        if isinstance(exc, CacheError):
+            mapped = exc
+        else:
+            mapped = RedisCacheError("unexpected error in the Redis cache")
+            mapped.__cause__ = exc
+        cause = mapped.__cause__ if mapped.__cause__ is not None else mapped
+        kind = (operation, type(mapped).__name__)
+        now = self._rclock()
+        with self._rlock:
+            last = self._rlogged.get(kind)
+            if last is not None and 0.0 <= now - last < _CACHE_LOG_INTERVAL:
+                return
+            self._rlogged[kind] = now
+        _cache_log.warning(
+            "fallbackchain response cache at %s: %s during %s: %s (%s); %s",
+            self.directory,
+            type(mapped).__name__,
+            operation,
+            mapped,
+            type(cause).__name__,
+            consequence,
+        )

@@ -1,0 +1,628 @@
+"""Warming the cache: parsing prompt files, and warm()/awarm() against the fault server.
+
+The chains use the real openai client over loopback, with an injected fake clock and sleep:
+breaker timers, backoff and warm's own pauses never really wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from openai.resources.chat.completions import Completions
+
+from fallbackchain import AllTiersFailedError, AsyncFallbackChain, FallbackChain, set_testing
+from fallbackchain._cache import InputFileError, LineError
+from fallbackchain._warm import (
+    ALLOWED_KEYS,
+    WarmProgress,
+    WarmRequest,
+    awarm,
+    load_prompts,
+    parse_prompt,
+    parse_prompts,
+    warm,
+)
+from fallbackchain.testing import Fault, FaultServer
+
+from .conftest import FakeClock, make_config, user
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def write_prompts(path: Path, *lines: str) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def prompt_lines(n: int) -> list[str]:
+    return [f'{{"prompt": "question {i}"}}' for i in range(n)]
+
+
+class Chains:
+    """Makes sync chains on the real openai client (fake clock and sleep); closes them all."""
+
+    def __init__(self, tmp_path: Path, clock: FakeClock) -> None:
+        self.tmp_path = tmp_path
+        self.clock = clock
+        self.made: list[tuple[FallbackChain, openai.OpenAI]] = []
+
+    def __call__(self, base_url: str, **overrides: Any) -> FallbackChain:
+        client = openai.OpenAI(base_url=base_url, api_key="sk-test", max_retries=0)
+        chain = FallbackChain(
+            make_config(self.tmp_path, base_url, **overrides),
+            client=client,
+            clock=self.clock,
+            sleep=self.clock.sleep,
+            random=lambda: 0.5,
+        )
+        self.made.append((chain, client))
+        return chain
+
+    def close(self) -> None:
+        for chain, client in self.made:
+            chain.close()
+            client.close()
+        self.made.clear()
+
+
+@pytest.fixture
+def chains(tmp_path: Path, clock: FakeClock) -> Any:
+    made = Chains(tmp_path, clock)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def chain_factory(chains: Chains, server: FaultServer) -> Any:
+    def factory(base_url: str | None = None, **overrides: Any) -> FallbackChain:
+        return chains(base_url or server.base_url, **overrides)
+
+    return factory
+
+
+@pytest.fixture
+def chain(chain_factory: Any) -> FallbackChain:
+    return chain_factory()
+
+
+def cached_text(
+    chain: FallbackChain, messages: Any, model: str | None = None, **params: Any
+) -> Any:
+    key = chain.cache_key(messages, model, **params)
+    assert key is not None
+    answer = chain.cache.get(key)
+    return None if answer is None else answer.completion.choices[0].message.content
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------------------------
+
+
+def test_shorthand_prompt_becomes_one_user_message():
+    request = parse_prompt({"prompt": "Hi there"}, file="p.jsonl", line=3)
+    assert request == WarmRequest(3, {"messages": user("Hi there")}, "p.jsonl")
+    assert request.model is None
+    assert request.where == "p.jsonl:3"
+
+
+def test_create_arguments_are_kept_as_given():
+    value = {
+        "model": "gpt-4o",
+        "messages": [{"role": "system", "content": "Be brief."}, *user("Hi")],
+        "temperature": 0,
+        "max_tokens": 50,
+    }
+    request = parse_prompt(value)
+    assert dict(request.params) == value
+    assert request.model == "gpt-4o"
+    assert request.options == {"temperature": 0, "max_tokens": 50}
+
+
+def test_allowed_keys_are_the_sdk_create_arguments_the_chain_does_not_set():
+    sdk = set(inspect.signature(Completions.create).parameters) - {"self"}
+    assert (sdk - {"stream", "stream_options", "timeout"}) | {"prompt"} == ALLOWED_KEYS
+
+
+def test_blank_lines_and_comments_are_skipped_and_line_numbers_kept():
+    requests, errors = parse_prompts(
+        ["# header", "", '{"prompt": "a"}', "   ", "  # indented comment", '{"prompt": "b"}'],
+        file="p.jsonl",
+    )
+    assert errors == []
+    assert [r.line for r in requests] == [3, 6]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"prompt": "a"', "not valid JSON (Expecting ',' delimiter at column 15)"),
+        ('{"prompt": "a", "temperature": NaN}', "not valid JSON (NaN is not valid JSON)"),
+        ('["a"]', "expected a JSON object, got an array"),
+        ('"just text"', "expected a JSON object, got a string"),
+        ('{"promt": "a"}', "unknown key 'promt' (did you mean 'prompt'?)"),
+        (
+            '{"prompt": "a", "temprature": 0, "zzz": 1}',
+            "unknown keys 'temprature' (did you mean 'temperature'?), 'zzz'",
+        ),
+        ('{"prompt": "a", "stream": true}', "unknown key 'stream' (set by the chain; remove it)"),
+        (
+            '{"prompt": "a", "messages": [{"role": "user", "content": "b"}]}',
+            "give either 'prompt' or 'messages', not both",
+        ),
+        ('{"model": "gpt-4o"}', "needs 'messages' (a list of messages) or 'prompt' (a string)"),
+        ('{"prompt": ""}', "'prompt' must be a non-empty string, got a string"),
+        ('{"prompt": 5}', "'prompt' must be a non-empty string, got a number"),
+        ('{"messages": []}', "'messages' must be a non-empty array of message objects"),
+        ('{"messages": "hi"}', "'messages' must be a non-empty array of message objects"),
+        ('{"messages": ["hi"]}', "messages[0] must be an object, got a string"),
+        ('{"messages": [{"content": "hi"}]}', "messages[0] needs a 'role' string"),
+        ('{"prompt": "a", "model": ""}', "'model' must be a non-empty string, got a string"),
+        ('{"prompt": "a", "model": null}', "'model' must be a non-empty string, got null"),
+    ],
+)
+def test_each_bad_line_is_one_error_naming_file_and_line(line, message):
+    requests, errors = parse_prompts(['{"prompt": "ok"}', line], file="prompts.jsonl")
+    assert [r.line for r in requests] == [1]
+    assert errors == [LineError("prompts.jsonl", 2, message)]
+    assert str(errors[0]) == f"prompts.jsonl:2: {message}"
+
+
+def test_a_line_that_is_not_utf8_is_an_error_and_the_rest_still_load(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b'{"prompt": "a"}\n{"prompt": "\xff"}\n{"prompt": "c"}\n')
+    requests, errors = load_prompts(path)
+    assert [r.line for r in requests] == [1, 3]
+    assert [str(e) for e in errors] == [f"{path}:2: not UTF-8 text"]
+
+
+def test_a_byte_order_mark_is_ignored(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "a"}\n')
+    requests, errors = load_prompts(path)
+    assert (len(requests), errors) == (1, [])
+
+
+def test_a_missing_prompts_file_is_an_input_file_error_naming_it(tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(InputFileError) as info:
+        load_prompts(missing)
+    assert str(info.value) == f"{missing}: file not found"
+
+
+def test_a_directory_is_not_a_prompts_file(tmp_path):
+    with pytest.raises(InputFileError, match="is a directory"):
+        load_prompts(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# Warming: the same key, the same live path
+# --------------------------------------------------------------------------------------------
+
+
+def test_warmed_prompts_are_answered_from_cache_after_the_server_stops(tmp_path, chains):
+    prompts = write_prompts(
+        tmp_path / "p.jsonl",
+        '{"prompt": "What is the capital of France?"}',
+        '{"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}], "temperature": 0}',
+        '{"messages": [{"role": "system", "content": "Be brief."}, '
+        '{"role": "user", "content": "Why?"}], "max_tokens": 20, "seed": 7}',
+    )
+    with FaultServer(words=8) as own:
+        report = warm(chains(own.base_url), prompts)
+        answers = {
+            "france": own.answer_for(user("What is the capital of France?"), "test-model"),
+            "hi": own.answer_for(user("Hi"), "gpt-4o"),
+            "why": own.answer_for(user("Why?"), "test-model"),
+        }
+        chains.close()
+    assert (report.warmed, report.failed, report.ok) == (3, 0, True)
+    # the server is gone: a fresh chain on the same cache answers every prompt from the cache
+    later = chains(own.base_url)
+    france = later.complete(user("What is the capital of France?"))
+    hi = later.complete(user("Hi"), "gpt-4o", temperature=0)
+    why = later.complete(
+        [{"role": "system", "content": "Be brief."}, *user("Why?")], max_tokens=20, seed=7
+    )
+    assert [r.source for r in (france, hi, why)] == ["cache"] * 3
+    assert [france.text, hi.text, why.text] == [answers["france"], answers["hi"], answers["why"]]
+
+
+def test_a_cached_answer_reports_its_age(chains, server, clock):
+    warm(chains(server.base_url), [{"prompt": "hello"}])
+    chains.close()
+    clock.advance(120)
+    response = chains("http://127.0.0.1:9/v1").complete(user("hello"))  # nothing listens
+    assert response.source == "cache"
+    assert response.cache_age == pytest.approx(120.0, abs=1.0)  # plus the retries' backoff
+
+
+def test_an_entry_older_than_ttl_is_never_served_and_is_warmed_again(chain, server, clock):
+    warm(chain, [{"prompt": "hello"}])
+    clock.advance(chain.config.cache.ttl)
+    server.default = Fault.status(503)
+    with pytest.raises(AllTiersFailedError):
+        chain.complete(user("hello"))
+    server.default = Fault.ok()
+    server.reset_counts()
+    report = warm(chain, [{"prompt": "hello"}])
+    assert (report.warmed, report.skipped) == (1, 0)
+    assert server.counts["total"] == 1
+
+
+def test_warm_goes_through_the_streaming_tier_first(chain, server):
+    warm(chain, [{"prompt": "hello"}])
+    assert server.counts["stream"] == 1
+    assert server.requests[0].body["messages"] == user("hello")
+
+
+def test_the_report_counts_tokens_and_time(chain):
+    report = warm(chain, [{"prompt": "a"}, {"prompt": "b"}])
+    assert report.tokens > 0
+    assert report.seconds >= 0
+    assert report.errors == ()
+
+
+def test_prompts_can_be_given_in_code(chain):
+    report = warm(chain, [{"prompt": "a"}, WarmRequest(7, {"messages": user("b")})])
+    assert report.warmed == 2
+    assert cached_text(chain, user("b")) is not None
+
+
+def test_bad_prompts_given_in_code_are_reported_by_position(chain):
+    report = warm(chain, [{"prompt": "a"}, {"nope": 1}])
+    assert (report.warmed, report.invalid) == (1, 1)
+    assert str(report.errors[0]) == "<prompts>:2: unknown key 'nope'"
+
+
+# --------------------------------------------------------------------------------------------
+# Skipping, refreshing, resuming
+# --------------------------------------------------------------------------------------------
+
+
+def test_already_cached_prompts_are_skipped(chain, server, tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl", *prompt_lines(3))
+    warm(chain, prompts)
+    server.reset_counts()
+    report = warm(chain, prompts)
+    assert (report.warmed, report.skipped) == (0, 3)
+    assert server.counts["total"] == 0
+
+
+def test_refresh_asks_again_for_cached_prompts(chain, server, clock):
+    warm(chain, [{"prompt": "a"}])
+    server.reset_counts()
+    clock.advance(10)
+    report = warm(chain, [{"prompt": "a"}], refresh=True)
+    assert report.warmed == 1
+    assert server.counts["total"] == 1
+    key = chain.cache_key(user("a"))
+    assert chain.cache.get(key).age == 0.0  # rewritten just now
+
+
+def test_a_repeated_prompt_is_sent_once(chain, server):
+    report = warm(chain, [{"prompt": "a"}, {"messages": user("a")}])
+    assert (report.warmed, report.skipped) == (1, 1)
+    assert server.counts["total"] == 1
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(chain, server, tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl", *prompt_lines(6))
+    seen: list[WarmProgress] = []
+
+    def stop_after_two(event: WarmProgress) -> None:
+        seen.append(event)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        warm(chain, prompts, concurrency=1, progress=stop_after_two)
+    assert server.counts["total"] == 2
+    server.reset_counts()
+    report = warm(chain, prompts, concurrency=1)
+    assert (report.warmed, report.skipped) == (4, 2)
+    assert server.counts["total"] == 4
+
+
+def test_answers_in_flight_at_an_interrupt_are_kept(chain, server, tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl", *prompt_lines(8))
+
+    def stop_at_once(event: WarmProgress) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        warm(chain, prompts, concurrency=4, progress=stop_at_once)
+    sent = server.counts["total"]
+    assert 1 <= sent <= 4
+    report = warm(chain, prompts)
+    assert (report.skipped, report.warmed) == (sent, 8 - sent)
+
+
+def test_progress_reports_each_prompt_with_running_counts(chain):
+    warm(chain, [{"prompt": "a"}])
+    events: list[WarmProgress] = []
+    warm(chain, [{"prompt": "a"}, {"prompt": "b"}], concurrency=1, progress=events.append)
+    assert [(e.done, e.total, e.outcome, e.request.line) for e in events] == [
+        (1, 2, "skipped", 1),
+        (2, 2, "warmed", 2),
+    ]
+    assert events[0].note == "already cached"
+    assert (events[1].warmed, events[1].skipped, events[1].failed) == (1, 1, 0)
+    assert events[1].tokens > 0
+
+
+# --------------------------------------------------------------------------------------------
+# Failures never end the run, and never make the cache worse
+# --------------------------------------------------------------------------------------------
+
+
+def test_invalid_lines_are_reported_and_valid_lines_still_run(chain, tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl", '{"prompt": "a"}', "{oops", '{"prompt": "b"}')
+    report = warm(chain, prompts)
+    assert (report.warmed, report.invalid, report.ok) == (2, 1, False)
+    assert [(e.file, e.line) for e in report.errors] == [(str(prompts), 2)]
+
+
+def test_strict_sends_nothing_when_any_line_is_bad(chain, server, tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl", '{"prompt": "a"}', "{oops", "[1]")
+    with pytest.raises(InputFileError) as info:
+        warm(chain, prompts, strict=True)
+    assert str(info.value).startswith(f"{prompts}:2: not valid JSON")
+    assert "(and 1 more bad line(s)); nothing was sent (strict)" in str(info.value)
+    assert [e.line for e in info.value.errors] == [2, 3]
+    assert server.counts["total"] == 0
+
+
+def test_a_missing_file_raises_before_anything_is_sent(chain, tmp_path):
+    with pytest.raises(InputFileError, match="file not found"):
+        warm(chain, tmp_path / "missing.jsonl")
+
+
+def test_an_api_rejection_fails_only_that_line(chain, server, tmp_path, caplog):
+    prompts = write_prompts(tmp_path / "p.jsonl", *prompt_lines(3))
+    server.push(Fault.status(400, message="bad temperature"))
+    with caplog.at_level(logging.WARNING, logger="fallbackchain.warm"):
+        report = warm(chain, prompts, concurrency=1)
+    assert (report.warmed, report.failed) == (2, 1)
+    (error,) = report.errors
+    assert error.line == 1
+    assert error.message == "failed: rejected by the API: HTTP 400: bad temperature"
+    assert f"{prompts}:1: failed: rejected by the API" in caplog.text
+
+
+def test_when_every_tier_fails_the_prompt_fails_and_the_run_goes_on(chain, server):
+    server.push(Fault.status(503), times=6)  # 3 stream + 3 completion attempts: one prompt
+    report = warm(chain, [{"prompt": "a"}, {"prompt": "b"}], concurrency=1)
+    assert (report.warmed, report.failed) == (1, 1)
+    assert report.errors[0].message.startswith("failed: all tiers failed after 6 attempt(s)")
+
+
+def test_an_answer_served_from_the_cache_does_not_count_as_warmed(chain, server):
+    warm(chain, [{"prompt": "a"}])
+    server.push(Fault.status(503), times=6)
+    report = warm(chain, [{"prompt": "a"}], refresh=True)
+    assert (report.warmed, report.failed) == (0, 1)
+    assert "answered from the cache and nothing was refreshed" in report.errors[0].message
+
+
+def test_refresh_never_replaces_a_whole_answer_with_a_cut_short_one(chain, server, clock):
+    warm(chain, [{"prompt": "a"}])
+    before = chain.cache.get(chain.cache_key(user("a")))
+    clock.advance(30)
+    server.push(Fault.finish("length"), times=1)
+    report = warm(chain, [{"prompt": "a"}], refresh=True)
+    assert report.failed == 1
+    assert "cut short" in report.errors[0].message
+    after = chain.cache.get(chain.cache_key(user("a")))
+    assert after.completion.choices[0].finish_reason == "stop"
+    assert after.stored_at == before.stored_at
+    assert after.age == 30.0
+
+
+def test_a_warm_never_overwrites_an_entry_when_the_answer_is_incomplete(chain, server):
+    warm(chain, [{"prompt": "a"}])
+    server.default = Fault.early_end(after_chunks=3)  # streams truncate, completions answer
+    report = warm(chain, [{"prompt": "a"}], refresh=True)
+    assert report.warmed == 1  # answered by the completion tier, a complete answer
+    cached = chain.cache.get(chain.cache_key(user("a")))
+    assert cached.completion.choices[0].finish_reason == "stop"
+
+
+# --------------------------------------------------------------------------------------------
+# Concurrency, breakers, Retry-After
+# --------------------------------------------------------------------------------------------
+
+
+def test_at_most_concurrency_requests_are_in_flight(chain, server):
+    server.default = Fault.slow_first_byte(0.15)
+    report = warm(chain, [{"prompt": f"q{i}"} for i in range(8)], concurrency=3)
+    assert report.warmed == 8
+    assert 1 < server.counts["max_active"] <= 3
+
+
+def test_concurrency_one_sends_one_at_a_time(chain, server):
+    server.default = Fault.slow_first_byte(0.05)
+    warm(chain, [{"prompt": f"q{i}"} for i in range(3)], concurrency=1)
+    assert server.counts["max_active"] == 1
+
+
+def test_an_outage_pauses_sending_instead_of_hammering(chain_factory, server, clock):
+    chain = chain_factory()
+    server.default = Fault.status(503)
+    reset = chain.config.breaker.reset_timeout
+    fail_max = chain.config.breaker.fail_max
+    report = warm(
+        chain, [{"prompt": f"q{i}"} for i in range(20)], concurrency=4, max_wait=3 * reset
+    )
+    assert report.failed == 20
+    # per tier: fail_max failures open it, plus one attempt per request already in flight;
+    # then one probe per tier per reset_timeout (3 pauses), instead of 20 prompts x 6 attempts
+    assert server.counts["total"] <= 2 * (fail_max + 4) + 2 * 3
+    pauses = [s for s in clock.sleeps if s >= 1.0]
+    assert len(pauses) == 3
+    assert all(p <= reset for p in pauses)  # the last one ends at max_wait
+    assert sum("not sent" in e.message for e in report.errors) >= 15
+
+
+def test_sending_resumes_after_the_breakers_close(chain, server, clock):
+    server.push(Fault.status(503), times=10)  # opens both breakers (fail_max 5 each)
+    report = warm(chain, [{"prompt": f"q{i}"} for i in range(6)], concurrency=1)
+    reset = chain.config.breaker.reset_timeout
+    # q0 fails before the breakers open; q1 is tried again after one pause, then all answer
+    assert (report.warmed, report.failed) == (5, 1)
+    assert report.errors[0].line == 1
+    assert [s for s in clock.sleeps if s >= 1.0] == pytest.approx([reset])
+    assert chain.breaker_states()["stream"] == "closed"
+
+
+def test_outage_pauses_are_logged_once(chain, server, caplog):
+    server.push(Fault.status(503), times=10)
+    with caplog.at_level(logging.WARNING, logger="fallbackchain.warm"):
+        warm(chain, [{"prompt": f"q{i}"} for i in range(3)], concurrency=1)
+    messages = [r.getMessage() for r in caplog.records if r.name == "fallbackchain.warm"]
+    assert sum("breaker is open" in m for m in messages) == 1
+    assert sum("resuming at full concurrency" in m for m in messages) == 1
+
+
+def test_retry_after_holds_back_the_next_request(chain, server, clock):
+    server.push(Fault.status(429, retry_after=1.5), times=6)
+    report = warm(chain, [{"prompt": "a"}, {"prompt": "b"}], concurrency=1)
+    assert (report.failed, report.warmed) == (1, 1)
+    # the chain honoured it between its own retries (4 waits); warm held "b" back once more
+    assert clock.sleeps == [1.5] * 5
+
+
+def test_in_testing_mode_an_outage_fails_fast_without_waiting(chain, server, clock):
+    server.default = Fault.status(503)
+    with set_testing(True):
+        report = warm(chain, [{"prompt": f"q{i}"} for i in range(10)], concurrency=2)
+    assert report.failed == 10
+    assert clock.sleeps == []
+    assert server.counts["total"] <= 2 * (chain.config.breaker.fail_max + 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Dry run, and arguments
+# --------------------------------------------------------------------------------------------
+
+
+def test_dry_run_sends_nothing_and_lists_what_would_be_sent(chain, server):
+    warm(chain, [{"prompt": "cached"}])
+    server.reset_counts()
+    report = warm(chain, [{"prompt": "cached"}, {"prompt": "new"}], dry_run=True)
+    assert server.counts["total"] == 0
+    assert (report.warmed, report.skipped) == (0, 1)
+    assert [r.messages for r in report.planned] == [user("new")]
+    assert cached_text(chain, user("new")) is None
+
+
+def test_concurrency_must_be_at_least_one(chain):
+    with pytest.raises(ValueError, match="concurrency must be an int >= 1"):
+        warm(chain, [{"prompt": "a"}], concurrency=0)
+
+
+def test_a_disabled_cache_is_refused(chain_factory):
+    chain = chain_factory(cache__enabled=False)
+    with pytest.raises(ValueError, match="cache is disabled"):
+        warm(chain, [{"prompt": "a"}])
+
+
+def test_max_wait_must_not_be_negative(chain):
+    with pytest.raises(ValueError, match="max_wait"):
+        warm(chain, [{"prompt": "a"}], max_wait=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# asyncio
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def achain(tmp_path: Path, server: FaultServer, clock: FakeClock) -> Any:
+    client = openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0)
+    chain = AsyncFallbackChain(
+        make_config(tmp_path, server.base_url),
+        client=client,
+        clock=clock,
+        sleep=clock.async_sleep,
+        random=lambda: 0.5,
+    )
+    loop = asyncio.new_event_loop()
+    yield chain, loop
+    loop.run_until_complete(chain.aclose())
+    loop.run_until_complete(client.close())
+    loop.close()
+
+
+def test_awarm_warms_then_skips(achain, server, tmp_path):
+    chain, loop = achain
+    prompts = write_prompts(tmp_path / "p.jsonl", *prompt_lines(5), "{bad")
+    first = loop.run_until_complete(awarm(chain, prompts, concurrency=2))
+    second = loop.run_until_complete(awarm(chain, prompts))
+    assert (first.warmed, first.invalid) == (5, 1)
+    assert (second.warmed, second.skipped) == (0, 5)
+    assert server.counts["total"] == 5
+    assert server.counts["max_active"] <= 2
+
+
+def test_awarm_answers_are_found_by_the_chain_at_run_time(achain, server):
+    chain, loop = achain
+    loop.run_until_complete(awarm(chain, [{"prompt": "a", "temperature": 0}]))
+    server.default = Fault.status(503)
+    response = loop.run_until_complete(chain.complete(user("a"), temperature=0))
+    assert response.source == "cache"
+
+
+def test_awarm_fails_only_the_rejected_line(achain, server):
+    chain, loop = achain
+    server.push(Fault.status(400))
+    report = loop.run_until_complete(
+        awarm(chain, [{"prompt": "a"}, {"prompt": "b"}], concurrency=1)
+    )
+    assert (report.warmed, report.failed) == (1, 1)
+    assert report.errors[0].line == 1
+
+
+def test_awarm_pauses_during_an_outage(achain, server, clock):
+    chain, loop = achain
+    server.push(Fault.status(503), times=10)
+    report = loop.run_until_complete(
+        awarm(chain, [{"prompt": f"q{i}"} for i in range(4)], concurrency=1)
+    )
+    assert (report.warmed, report.failed) == (3, 1)
+    assert [s for s in clock.sleeps if s >= 1.0] == pytest.approx(
+        [chain.config.breaker.reset_timeout]
+    )
+
+
+def test_cancelling_awarm_keeps_what_was_written(achain, server):
+    chain, loop = achain
+    events: list[WarmProgress] = []
+
+    async def run_and_cancel() -> None:
+        task = asyncio.create_task(
+            awarm(
+                chain,
+                [{"prompt": f"q{i}"} for i in range(6)],
+                concurrency=1,
+                progress=events.append,
+            )
+        )
+        while len(events) < 2:
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    loop.run_until_complete(run_and_cancel())
+    report = loop.run_until_complete(awarm(chain, [{"prompt": f"q{i}"} for i in range(6)]))
+    assert report.skipped >= 2
+    assert report.skipped + report.warmed == 6
