@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/quickstart.py
+	$(PY) -m fallbackchain demo
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

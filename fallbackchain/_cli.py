@@ -42,12 +42,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 from typing import Any, Final, TextIO
 
 import openai
 
-from ._backends import response_cache
+from ._backends import gate_store, response_cache
 from ._cache import InputFileError, ResponseCache
 from ._chain import FallbackChain
 from ._config import ChainConfig, _mask_url, load_config
@@ -487,6 +488,16 @@ def _toml_table(section: object, *, header: str) -> list[str]:
 def _cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     _out(f"# OK: {config.source} (the effective config, defaults included; no secrets)")
+    _print_config(config)
+    if not os.environ.get(config.openai.api_key_env):
+        _err(
+            f"{_PROG}: warning: environment variable {config.openai.api_key_env} is not set; "
+            "requests (and `warm`) need it"
+        )
+    return EXIT_OK
+
+
+def _print_config(config: ChainConfig) -> None:
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         if dataclasses.is_dataclass(value):
@@ -494,12 +505,59 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         elif isinstance(value, tuple):
             for entry in value:
                 _out("\n".join(_toml_table(entry, header=f"[[{field.name}]]")))
-    if not os.environ.get(config.openai.api_key_env):
-        _err(
-            f"{_PROG}: warning: environment variable {config.openai.api_key_env} is not set; "
-            "requests (and `warm`) need it"
-        )
+
+
+def _breaker_lines(config: ChainConfig) -> list[str]:
+    tiers = ["stream", "completion", *(fb.name for fb in config.fallbacks)]
+    if config.breaker.storage == "memory":
+        return [
+            f'  {tier}: kept in each process (storage = "memory"); not visible from here'
+            for tier in tiers
+        ]
+    lines = []
+    for tier in tiers:
+        store = gate_store(config, tier)
+        lines.append(f"  {tier}: {store.current_state()} (failures {store.failures()})")
+    return lines
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    _out(f"# status of {config.source}")
+    _out("breakers:")
+    with _showing_warnings():
+        for line in _breaker_lines(config):
+            _out(line)
+    _out("cache:")
+    if config.cache.enabled:
+        with _showing_warnings(), _open_cache(config) as cache:
+            stats = cache.stats(scan=True) if cache.disk_available else None
+        if stats is None:
+            _out(f"  {config.cache.directory}: cannot be opened (see the warning above)")
+        else:
+            now = time.time()
+            ages = [
+                "-" if value is None else f"{_duration(now - value)} ago"
+                for value in (stats.oldest, stats.newest)
+            ]
+            _out(f"  {stats.directory}: {stats.entries} entries, {stats.bytes} bytes")
+            _out(f"  oldest {ages[0]}, newest {ages[1]}, {stats.expired} expired")
+    else:
+        _out("  disabled (cache.enabled = false)")
+    _out("config in effect (no secrets):")
+    _print_config(config)
     return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo  # noqa: PLC0415 - only the demo needs the story's imports
+
+    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    record = Path(args.record) if args.record else None
+    result = run_demo(sys.stdout, color=color, record=record)
+    if record is not None:
+        _err(f"{_PROG}: events written to {record}")
+    return EXIT_OK if result.upstream_during_open_breakers == 0 else EXIT_FAILED
 
 
 # --------------------------------------------------------------------------------------------
@@ -599,6 +657,18 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("file", metavar="FILE", help='the file to read ("-": stdin)')
     i.add_argument("--config", required=True, metavar="CONFIG", help=config_help)
     i.set_defaults(handler=_cmd_cache_import)
+
+    d = commands.add_parser(
+        "demo", help="the resilience story against local fault servers (no API key)"
+    )
+    d.add_argument("--record", metavar="FILE", help="write every event as JSON Lines to FILE")
+    d.set_defaults(handler=_cmd_demo)
+
+    st = commands.add_parser(
+        "status", help="breaker states, cache size and age range, and the config in effect"
+    )
+    st.add_argument("--config", required=True, metavar="CONFIG", help=config_help)
+    st.set_defaults(handler=_cmd_status)
 
     k = commands.add_parser(
         "check-config", help="validate a config file and print the effective config"
