@@ -29,7 +29,6 @@ from ._chain import (
     AsyncFallbackChain,
     ChainStream,
     FallbackChain,
-    StreamNotFinishedError,
 )
 from ._config import (
     BreakerConfig,
@@ -55,6 +54,7 @@ from ._errors import (
     RateLimitedError,
     ServerError,
     StreamEventError,
+    StreamNotFinishedError,
     StreamProtocolError,
     TierError,
     TruncatedStreamError,

@@ -44,8 +44,8 @@ from ._core import AttemptWatch, RequestRun, Sleep, Tier, TryTier, UseCache
 from ._errors import (
     AllTiersFailedError,
     DeadlineExceededError,
-    FallbackChainError,
     FirstTokenTimeoutError,
+    StreamNotFinishedError,
     map_error,
 )
 from ._hooks import (
@@ -73,16 +73,11 @@ __all__ = [
     "AsyncFallbackChain",
     "ChainStream",
     "FallbackChain",
-    "StreamNotFinishedError",
 ]
 
 logger = logging.getLogger("fallbackchain")
 
 _RESERVED = frozenset({"stream", "messages", "model"})
-
-
-class StreamNotFinishedError(FallbackChainError):
-    """``stream.response`` was read before the stream was iterated to its end."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ falling back cannot fix it.
     FallbackChainError
     ├── ConfigError                      bad config file, key or value (also a ValueError)
     ├── AllTiersFailedError              no tier and no cache answered; .attempts lists each
+    ├── StreamNotFinishedError           stream.response read before the stream ended
     ├── TierError                        one attempt at one live tier failed (found in .attempts)
     │   ├── UpstreamStatusError          HTTP 408/409/429/5xx; .status_code, .retry_after
     │   │   ├── RateLimitedError         429
@@ -62,6 +63,7 @@ __all__ = [
     "RateLimitedError",
     "ServerError",
     "StreamEventError",
+    "StreamNotFinishedError",
     "StreamProtocolError",
     "TierError",
     "TruncatedStreamError",
@@ -99,6 +101,10 @@ class ConfigError(FallbackChainError, ValueError):
         self.file = file
         self.key = key
         self.value = value
+
+
+class StreamNotFinishedError(FallbackChainError):
+    """``stream.response`` was read before the stream was iterated to its end."""
 
 
 class TierError(FallbackChainError):
