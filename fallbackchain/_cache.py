@@ -405,9 +405,41 @@ class ImportReport:
         return self.invalid == 0 and self.failed == 0
 
 
+# --------------------------------------------------------------------------------------------
+# Rows and the memory layer: the rules every storage (disk, Redis) shares
+# --------------------------------------------------------------------------------------------
+
+
+def _expired(stored_at: float, now: float, ttl: float) -> bool:
+    """The ttl rule: an entry at least ``ttl`` old at ``now`` (the cache's clock) is not served."""
+    return now - stored_at >= ttl
+
+
+def _clamp_stored_at(now: float, stored_at: float | None, ttl: float) -> float | None:
+    """When an entry written at ``now`` is dated, or None when that is at least ``ttl`` ago.
+
+    ``stored_at`` defaults to ``now``; a later time counts as ``now``.
+    """
+    at = now if stored_at is None else min(float(stored_at), now)
+    return None if _expired(at, now, ttl) else at
+
+
 class _Entry(NamedTuple):
     completion: ChatCompletion
     stored_at: float
+
+    def answer(self, now: float, ttl: float) -> CachedAnswer | None:
+        """The hit this entry gives at ``now``, or None when it is expired."""
+        if _expired(self.stored_at, now, ttl):
+            return None
+        return CachedAnswer(self.completion, self.stored_at, max(now - self.stored_at, 0.0))
+
+
+class _Row(NamedTuple):
+    """A row ready to be written: its JSON text and the seconds it has left to live."""
+
+    text: str
+    ttl_left: float
 
 
 def _is_complete(completion: ChatCompletion) -> bool:
@@ -415,8 +447,31 @@ def _is_complete(completion: ChatCompletion) -> bool:
     return bool(choices) and all(c.finish_reason in COMPLETE_FINISH_REASONS for c in choices)
 
 
-def _decode_row(text: str) -> _Entry:
-    """Parse one disk row. Raises :class:`CacheCorruptError` for anything unexpected."""
+def _encode_row(body: Mapping[str, Any], stored_at: float) -> str:
+    """The stored form of an answer (``body``: its JSON-mode dump), read by :func:`_decode_row`."""
+    return json.dumps(
+        {"format": ROW_FORMAT, "stored_at": stored_at, "completion": body},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def _decode_row(raw: object) -> _Entry:
+    """Parse one stored row: text, or UTF-8 bytes as Redis returns them. JSON only.
+
+    Raises :class:`UnsafeCacheRowError` for a pickle (refused unread) and
+    :class:`CacheCorruptError` for anything else unexpected.
+    """
+    if isinstance(raw, memoryview | bytearray):
+        raw = bytes(raw)
+    if isinstance(raw, bytes):
+        if raw[:1] == b"\x80":  # the pickle protocol 2+ opcode: never handed to pickle
+            raise UnsafeCacheRowError("refused a pickled cache row")
+        text = _decode_text(raw)
+    elif isinstance(raw, str):
+        text = raw
+    else:
+        raise CacheCorruptError(f"cache row is a {type(raw).__name__}, not text")
     try:
         row = json.loads(text)
     except (ValueError, RecursionError) as exc:
@@ -443,6 +498,76 @@ def _decode_row(text: str) -> _Entry:
     if not _is_complete(completion):
         raise CacheCorruptError("cache row holds an incomplete answer")
     return _Entry(completion, float(stored_at))
+
+
+class _MemoryLayer:
+    """The per-process TTL layer in front of a cache's storage; thread-safe.
+
+    Ages are by the cache's clock, with the cache's ttl. ``maxsize`` 0 holds nothing.
+    """
+
+    def __init__(self, maxsize: int, ttl: float, clock: Callable[[], float]) -> None:
+        self._ttl = ttl
+        self._lock = threading.Lock()
+        self._items: cachetools.TTLCache[str, _Entry, float] | None = None
+        if maxsize > 0:
+            self._items = cachetools.TTLCache(maxsize=maxsize, ttl=ttl, timer=clock)
+
+    def get(self, key: str, now: float) -> CachedAnswer | None:
+        """The held answer for ``key`` unless expired at ``now`` (an expired one is dropped)."""
+        items = self._items
+        if items is None:
+            return None
+        with self._lock:
+            entry = items.get(key)
+        if entry is None:
+            return None
+        answer = entry.answer(now, self._ttl)
+        if answer is None:
+            with self._lock:
+                items.pop(key, None)
+        return answer
+
+    def put(self, key: str, entry: _Entry) -> None:
+        """Hold ``entry`` (an answer read from storage: promoted)."""
+        if self._items is not None:
+            with self._lock:
+                self._items[key] = entry
+
+    def put_copy(self, key: str, body: Mapping[str, Any], stored_at: float) -> None:
+        """Hold a private copy of an answer being stored (``body``: its JSON-mode dump).
+
+        Exactly what a storage hit would give: later changes the caller makes to its
+        completion cannot leak into answers served from memory.
+        """
+        if self._items is not None:
+            self.put(key, _Entry(ChatCompletion.model_validate(body), stored_at))
+
+    def prune(self, now: float) -> None:
+        """Drop every entry expired at ``now``."""
+        items = self._items
+        if items is None:
+            return
+        with self._lock:
+            for key, entry in list(items.items()):
+                if _expired(entry.stored_at, now, self._ttl):
+                    items.pop(key, None)
+
+    def clear(self) -> int:
+        """Drop everything; returns how many entries were held."""
+        items = self._items
+        if items is None:
+            return 0
+        with self._lock:
+            count = len(items)
+            items.clear()
+        return count
+
+    def size(self) -> int:
+        if self._items is None:
+            return 0
+        with self._lock:
+            return len(self._items)
 
 
 def _as_cache_error(exc: BaseException) -> CacheError:
@@ -495,7 +620,229 @@ def _is_corruption(exc: BaseException) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-class ResponseCache:
+@dataclass(slots=True)
+class _Ages:
+    """``stats(scan=True)``: oldest and newest ``stored_at`` of servable entries, and expired."""
+
+    now: float
+    ttl: float
+    oldest: float | None = None
+    newest: float | None = None
+    expired: int = 0
+
+    def add(self, stored_at: float) -> None:
+        if _expired(stored_at, self.now, self.ttl):
+            self.expired += 1
+            return
+        self.oldest = stored_at if self.oldest is None else min(self.oldest, stored_at)
+        self.newest = stored_at if self.newest is None else max(self.newest, stored_at)
+
+
+class _Failure(NamedTuple):
+    """How a cache names one failure in its WARNING (see :meth:`_CacheBase._failure`)."""
+
+    error: CacheError
+    """The fallbackchain error class the log line names."""
+    detail: str
+    """A short, content-free description of the cause."""
+    kind: tuple[str, ...]
+    """With the operation, what one log line a minute is allowed for."""
+
+
+class _CacheBase:
+    """What every response cache shares (this disk cache, and the Redis one).
+
+    The config, the clock and ttl, the memory layer, the counters, the rate-limited failure
+    log, and the steps of get/put/import/export/prune/stats that do not touch storage. A
+    subclass does the storage I/O and supplies :attr:`directory` (named in log lines),
+    :meth:`_scan_entries` and :meth:`_describe_failure`.
+    """
+
+    def __init__(self, config: CacheConfig, clock: Callable[[], float]) -> None:
+        self._config = config
+        self._clock = clock
+        self._ttl = float(config.ttl)
+        self._lock = threading.Lock()  # counters, log state, closed (and the disk handle)
+        self._memory = _MemoryLayer(config.memory_items if config.enabled else 0, self._ttl, clock)
+        self._closed = False
+        self._logged: dict[tuple[str, ...], float] = {}
+        self._hits = 0
+        self._misses = 0
+        self._stores = 0
+        self._errors = 0
+
+    @property
+    def directory(self) -> str:
+        """Where the entries live."""
+        raise NotImplementedError
+
+    # --- for the subclass ------------------------------------------------------------------
+
+    def _scan_entries(self, operation: str) -> Iterator[tuple[str, Any, _Entry]]:
+        """Every readable stored row as ``(key, raw value, entry)``; unreadable ones are logged."""
+        raise NotImplementedError
+
+    def _describe_failure(self, exc: BaseException) -> _Failure | None:
+        """How to name ``exc`` in the WARNING; None: counted but not logged here."""
+        raise NotImplementedError
+
+    # --- shared steps ----------------------------------------------------------------------
+
+    def _usable(self) -> bool:
+        return self._config.enabled and not self._closed
+
+    def _mark_closed(self) -> bool:
+        """Refuse later calls and drop the memory layer; True if it was already closed."""
+        with self._lock:
+            already, self._closed = self._closed, True
+        self._memory.clear()
+        return already
+
+    def _state(self, storage: str, available: bool) -> str:
+        """The state ``__repr__`` shows: disabled, closed, ``storage`` or memory-only."""
+        if not self._config.enabled:
+            return "disabled"
+        if self._closed:
+            return "closed"
+        return storage if available else "memory-only"
+
+    def _from_row(self, key: str, raw: object, now: float) -> CachedAnswer | None:
+        """The hit a stored row gives at ``now`` (None: no row, or expired); promoted to memory."""
+        if raw is None:
+            return None
+        entry = _decode_row(raw)
+        answer = entry.answer(now, self._ttl)
+        if answer is not None:
+            self._memory.put(key, entry)
+        return answer
+
+    def _prepare_row(
+        self, key: str, completion: ChatCompletion, stored_at: float | None
+    ) -> _Row | None:
+        """The row ``put`` writes, or None (incomplete, or too old); the memory layer is updated."""
+        if type(key) is not str:
+            raise TypeError(f"cache keys must be str, not {type(key).__name__}")
+        if not _is_complete(completion):
+            _log.debug("not caching an incomplete answer in %s", self.directory)
+            return None
+        now = self._clock()
+        at = _clamp_stored_at(now, stored_at, self._ttl)
+        if at is None:
+            return None
+        body = completion.model_dump(mode="json")
+        text = _encode_row(body, at)
+        self._memory.put_copy(key, body, at)
+        return _Row(text, self._ttl - (now - at))
+
+    def _count_lookup(self, answer: CachedAnswer | None) -> CachedAnswer | None:
+        with self._lock:
+            if answer is None:
+                self._misses += 1
+            else:
+                self._hits += 1
+        return answer
+
+    def _count_store(self, stored: bool) -> bool:
+        if stored:
+            with self._lock:
+                self._stores += 1
+        return stored
+
+    def _import(
+        self,
+        key: str,
+        completion: ChatCompletion,
+        stored_at: float,
+        write: Callable[[float], ImportOutcome],
+    ) -> ImportOutcome:
+        """``import_row``: the checks and outcomes around ``write(at)``, the storage step.
+
+        ``write`` stores the row dated ``at`` unless storage holds one for the key dated ``at``
+        or later (``"kept"``); it returns ``"imported"``, ``"kept"`` or ``"failed"``.
+        """
+        _check_import(key, completion, stored_at)
+        if not self._usable():
+            return "failed"
+        at = _clamp_stored_at(self._clock(), stored_at, self._ttl)
+        if at is None:
+            return "expired"
+        try:
+            outcome = write(at)
+        except Exception as exc:  # noqa: BLE001 - the cache must never break a caller
+            self._failure("import", exc, "row not imported")
+            return "failed"
+        self._count_store(outcome == "imported")
+        return outcome
+
+    def _export_rows(self) -> Iterator[ExportRow]:
+        now = self._clock()
+        for key, _raw, entry in self._scan_entries("export"):
+            if not _expired(entry.stored_at, now, self._ttl):
+                yield ExportRow(key, entry.stored_at, entry.completion)
+
+    def _prune_rows(self, now: float, delete: Callable[[str, Any, _Entry], int]) -> int:
+        """Remove the stored rows expired at ``now`` with ``delete(key, raw, entry)``.
+
+        ``delete`` returns how many rows it removed; the first failure stops pruning (logged).
+        """
+        removed = 0
+        for key, raw, entry in self._scan_entries("prune"):
+            if not _expired(entry.stored_at, now, self._ttl):
+                continue
+            try:
+                removed += delete(key, raw, entry)
+            except Exception as exc:  # noqa: BLE001 - the cache must never break a caller
+                self._failure("prune", exc, "pruning stopped")
+                break
+        return removed
+
+    def _stats(self, entries: int, size: int, ages: _Ages | None) -> CacheStats:
+        memory_entries = self._memory.size()
+        with self._lock:
+            return CacheStats(
+                directory=self.directory,
+                entries=entries,
+                bytes=size,
+                hits=self._hits,
+                misses=self._misses,
+                stores=self._stores,
+                errors=self._errors,
+                memory_entries=memory_entries,
+                oldest=ages.oldest if ages is not None else None,
+                newest=ages.newest if ages is not None else None,
+                expired=ages.expired if ages is not None else None,
+            )
+
+    def _failure(self, operation: str, exc: BaseException, consequence: str) -> None:
+        """Count a failure; log it (see :meth:`_warn_once`) unless the subclass says not to."""
+        with self._lock:
+            self._errors += 1
+        failure = self._describe_failure(exc)
+        if failure is None:
+            return
+        self._warn_once(
+            (operation, *failure.kind),
+            "fallbackchain response cache at %s: %s during %s: %s (%s); %s",
+            self.directory,
+            type(failure.error).__name__,
+            operation,
+            failure.error,
+            failure.detail,
+            consequence,
+        )
+
+    def _warn_once(self, kind: tuple[str, ...], message: str, *args: object) -> None:
+        """A WARNING, at most one per ``kind`` per :data:`_LOG_INTERVAL` of the cache's clock."""
+        now = self._clock()
+        with self._lock:
+            last = self._logged.get(kind)
+            if last is not None and 0.0 <= now - last < _LOG_INTERVAL:
+                return
+            self._logged[kind] = now
+        _log.warning(message, *args)
+
+
+class ResponseCache(_CacheBase):
     """The last good answer per request key: a TTL memory layer in front of a diskcache.
 
     See the module docstring for the guarantees. Thread-safe; open one per process and
@@ -504,27 +851,13 @@ class ResponseCache:
     """
 
     def __init__(self, config: CacheConfig, *, clock: Callable[[], float] = time.time) -> None:
-        self._config = config
-        self._clock = clock
-        self._ttl = float(config.ttl)
+        super().__init__(config, clock)
         self._directory = os.path.abspath(os.path.expandvars(os.path.expanduser(config.directory)))
-        self._lock = threading.Lock()  # memory layer, counters, log state: dict operations only
         self._open_lock = threading.Lock()
-        self._memory: cachetools.TTLCache[str, _Entry, float] | None = None
         self._disk: Any = None  # diskcache.Cache (untyped) or None
         self._last_open_attempt: float | None = None
-        self._closed = False
-        self._logged: dict[tuple[str, str, str], float] = {}
-        self._hits = 0
-        self._misses = 0
-        self._stores = 0
-        self._errors = 0
         if not config.enabled:
             return
-        if config.memory_items > 0:
-            self._memory = cachetools.TTLCache(
-                maxsize=config.memory_items, ttl=self._ttl, timer=clock
-            )
         with self._open_lock:
             self._open_disk()
 
@@ -542,19 +875,14 @@ class ResponseCache:
 
     def get(self, key: str) -> CachedAnswer | None:
         """The stored answer for ``key``, or ``None``. Never raises; never serves expired."""
-        if not self._config.enabled or self._closed:
+        if not self._usable():
             return None
         try:
             answer = self._get(key)
         except Exception as exc:  # noqa: BLE001 - the cache must never break a request
             self._failure("get", exc, "treated as a miss")
             answer = None
-        with self._lock:
-            if answer is None:
-                self._misses += 1
-            else:
-                self._hits += 1
-        return answer
+        return self._count_lookup(answer)
 
     def put(self, key: str, completion: ChatCompletion, *, stored_at: float | None = None) -> bool:
         """Store a complete answer; True if it was written to disk. Never raises.
@@ -565,17 +893,14 @@ class ResponseCache:
         answer, for restoring an entry with its original age; one at least ``ttl`` old is not
         stored.
         """
-        if not self._config.enabled or self._closed:
+        if not self._usable():
             return False
         try:
             stored = self._put(key, completion, stored_at)
         except Exception as exc:  # noqa: BLE001 - the cache must never break a request
             self._failure("put", exc, "answer not stored")
             return False
-        if stored:
-            with self._lock:
-                self._stores += 1
-        return stored
+        return self._count_store(stored)
 
     def stats(self, *, scan: bool = False) -> CacheStats:
         """Counters and sizes. Never raises.
@@ -584,8 +909,6 @@ class ResponseCache:
         ``expired`` (slower on a large cache; the hit and miss counters are not touched).
         """
         entries = size = 0
-        oldest = newest = None
-        expired: int | None = None
         disk = self._current_disk()
         if disk is not None:
             try:
@@ -594,41 +917,19 @@ class ResponseCache:
             except Exception as exc:  # noqa: BLE001 - stats are best effort
                 self._failure("stats", exc, "disk sizes reported as 0")
                 entries = size = 0
+        ages = None
         if scan:
-            expired = 0
-            now = self._clock()
-            for _, entry in self._scan_entries("stats"):
-                if now - entry.stored_at >= self._ttl:
-                    expired += 1
-                    continue
-                oldest = entry.stored_at if oldest is None else min(oldest, entry.stored_at)
-                newest = entry.stored_at if newest is None else max(newest, entry.stored_at)
-        with self._lock:
-            memory_entries = len(self._memory) if self._memory is not None else 0
-            return CacheStats(
-                directory=self._directory,
-                entries=entries,
-                bytes=size,
-                hits=self._hits,
-                misses=self._misses,
-                stores=self._stores,
-                errors=self._errors,
-                memory_entries=memory_entries,
-                oldest=oldest,
-                newest=newest,
-                expired=expired,
-            )
+            ages = _Ages(self._clock(), self._ttl)
+            for _key, _text, entry in self._scan_entries("stats"):
+                ages.add(entry.stored_at)
+        return self._stats(entries, size, ages)
 
     def clear(self) -> int:
         """Remove every entry; returns the number of disk rows removed.
 
         When the disk layer is unavailable, the number of memory entries removed. Never raises.
         """
-        with self._lock:
-            memory_removed = 0
-            if self._memory is not None:
-                memory_removed = len(self._memory)
-                self._memory.clear()
+        memory_removed = self._memory.clear()
         disk = self._current_disk()
         if disk is None:
             return memory_removed
@@ -690,12 +991,7 @@ class ResponseCache:
         (:meth:`get` treats them as misses). A row rewritten while pruning is never removed.
         """
         now = self._clock()
-        with self._lock:
-            memory = self._memory
-            if memory is not None:
-                for key, entry in list(memory.items()):
-                    if now - entry.stored_at >= self._ttl:
-                        memory.pop(key, None)
+        self._memory.prune(now)
         disk = self._current_disk()
         if disk is None:
             return 0
@@ -704,18 +1000,15 @@ class ResponseCache:
             removed += int(disk.expire())  # rows past diskcache's own (wall-clock) expiry
         except Exception as exc:  # noqa: BLE001 - the cache must never break a caller
             self._failure("prune", exc, "expired rows kept")
-        for key, entry in self._scan_entries("prune"):
-            if now - entry.stored_at < self._ttl:
-                continue
-            try:
-                with disk.transact(retry=True):
-                    current = self._peek(disk, key)
-                    if current is not None and current.stored_at == entry.stored_at:
-                        removed += int(bool(disk.delete(key)))
-            except Exception as exc:  # noqa: BLE001
-                self._failure("prune", exc, "pruning stopped")
-                break
-        return removed
+
+        def delete_if_same(key: str, _text: object, entry: _Entry) -> int:
+            with disk.transact(retry=True):
+                current = self._peek(disk, key)
+                if current is not None and current.stored_at == entry.stored_at:
+                    return int(bool(disk.delete(key)))
+            return 0
+
+        return removed + self._prune_rows(now, delete_if_same)
 
     def export_rows(self) -> Iterator[ExportRow]:
         """Yield every servable disk entry (unexpired, readable, complete), oldest row first.
@@ -723,10 +1016,7 @@ class ResponseCache:
         Unreadable rows are logged and skipped; the memory layer is not listed. Does not count
         as hits or misses. Never raises.
         """
-        now = self._clock()
-        for key, entry in self._scan_entries("export"):
-            if now - entry.stored_at < self._ttl:
-                yield ExportRow(key, entry.stored_at, entry.completion)
+        return self._export_rows()
 
     def import_row(self, key: str, completion: ChatCompletion, stored_at: float) -> ImportOutcome:
         """Store an exported answer unless the cache holds one for ``key`` as new or newer.
@@ -736,30 +1026,18 @@ class ResponseCache:
         future counts as now). Otherwise never raises; see :data:`ImportOutcome` for the result.
         The comparison and the write are one disk transaction.
         """
-        _check_import(key, completion, stored_at)
-        if not self._config.enabled or self._closed:
-            return "failed"
-        now = self._clock()
-        at = min(float(stored_at), now)
-        if now - at >= self._ttl:
-            return "expired"
-        disk = self._current_disk()
-        if disk is None:
-            return "failed"
-        try:
+
+        def write(at: float) -> ImportOutcome:
+            disk = self._current_disk()
+            if disk is None:
+                return "failed"
             with disk.transact(retry=True):
                 current = self._peek(disk, key)
                 if current is not None and current.stored_at >= at:
                     return "kept"
-                written = self._put(key, completion, at)
-        except Exception as exc:  # noqa: BLE001 - the cache must never break a caller
-            self._failure("import", exc, "row not imported")
-            return "failed"
-        if not written:
-            return "failed"
-        with self._lock:
-            self._stores += 1
-        return "imported"
+                return "imported" if self._put(key, completion, at) else "failed"
+
+        return self._import(key, completion, stored_at, write)
 
     def export_jsonl(self, target: str | os.PathLike[str] | IO[str]) -> int:
         """Write :meth:`export_rows` as JSON Lines; returns the number of entries written.
@@ -822,11 +1100,9 @@ class ResponseCache:
 
     def close(self) -> None:
         """Close the disk layer and drop the memory layer. Idempotent; later calls miss."""
+        self._mark_closed()
         with self._lock:
-            self._closed = True
             disk, self._disk = self._disk, None
-            if self._memory is not None:
-                self._memory.clear()
         if disk is not None:
             try:
                 disk.close()
@@ -845,27 +1121,15 @@ class ResponseCache:
         self.close()
 
     def __repr__(self) -> str:
-        state = "disk" if self.disk_available else "memory-only"
-        if not self._config.enabled:
-            state = "disabled"
-        elif self._closed:
-            state = "closed"
-        return f"ResponseCache({self._directory!r}, {state})"
+        return f"ResponseCache({self._directory!r}, {self._state('disk', self.disk_available)})"
 
     # --- internals -------------------------------------------------------------------------
 
     def _get(self, key: str) -> CachedAnswer | None:
         now = self._clock()
-        memory = self._memory
-        if memory is not None:
-            with self._lock:
-                entry = memory.get(key)
-            if entry is not None:
-                age = now - entry.stored_at
-                if age < self._ttl:
-                    return CachedAnswer(entry.completion, entry.stored_at, max(age, 0.0))
-                with self._lock:
-                    memory.pop(key, None)
+        answer = self._memory.get(key, now)
+        if answer is not None:
+            return answer
         disk = self._current_disk()
         if disk is None:
             return None
@@ -874,46 +1138,17 @@ class ResponseCache:
         except Exception as exc:
             self._drop_disk_if_corrupt(disk, exc)
             raise
-        if text is None:
-            return None
-        entry = _decode_row(text)
-        age = now - entry.stored_at
-        if age >= self._ttl:
-            return None
-        if memory is not None:
-            with self._lock:
-                memory[key] = entry
-        return CachedAnswer(entry.completion, entry.stored_at, max(age, 0.0))
+        return self._from_row(key, text, now)
 
     def _put(self, key: str, completion: ChatCompletion, stored_at: float | None = None) -> bool:
-        if type(key) is not str:
-            raise TypeError(f"cache keys must be str, not {type(key).__name__}")
-        if not _is_complete(completion):
-            _log.debug("not caching an incomplete answer in %s", self._directory)
+        row = self._prepare_row(key, completion, stored_at)
+        if row is None:
             return False
-        current = self._clock()
-        now = current if stored_at is None else min(float(stored_at), current)
-        remaining = self._ttl - (current - now)
-        if remaining <= 0:
-            return False
-        body = completion.model_dump(mode="json")
-        text = json.dumps(
-            {"format": ROW_FORMAT, "stored_at": now, "completion": body},
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
-        memory = self._memory
-        if memory is not None:
-            # A private copy, exactly what a disk hit would give: later changes the caller
-            # makes to ``completion`` cannot leak into answers served from memory.
-            entry = _Entry(ChatCompletion.model_validate(body), now)
-            with self._lock:
-                memory[key] = entry
         disk = self._current_disk()
         if disk is None:
             return False
         try:
-            return bool(disk.set(key, text, expire=remaining))
+            return bool(disk.set(key, row.text, expire=row.ttl_left))
         except Exception as exc:
             self._drop_disk_if_corrupt(disk, exc)
             raise
@@ -926,8 +1161,8 @@ class ResponseCache:
         except CacheError:
             return None
 
-    def _scan_entries(self, operation: str) -> Iterator[tuple[str, _Entry]]:
-        """Every readable disk row with its key; unreadable rows are logged and skipped."""
+    def _scan_entries(self, operation: str) -> Iterator[tuple[str, Any, _Entry]]:
+        """Every readable disk row with its key and text; unreadable rows are logged, skipped."""
         disk = self._current_disk()
         if disk is None:
             return
@@ -944,7 +1179,7 @@ class ResponseCache:
                 self._drop_disk_if_corrupt(disk, exc)
                 self._failure(operation, exc, "scan stopped")
                 return
-            yield key, entry
+            yield key, text, entry
 
     def _write_export(self, out: IO[str]) -> int:
         count = 0
@@ -1042,31 +1277,10 @@ class ResponseCache:
         with contextlib.suppress(Exception):  # already failing; the failure is logged
             disk.close()
 
-    def _failure(self, operation: str, exc: BaseException, consequence: str) -> None:
+    def _describe_failure(self, exc: BaseException) -> _Failure | None:
         mapped = _as_cache_error(exc)
         cause = mapped.__cause__ if mapped.__cause__ is not None else mapped
-        with self._lock:
-            self._errors += 1
-        kind = (operation, type(mapped).__name__, type(cause).__name__)
-        self._warn_once(
-            kind,
-            "fallbackchain response cache at %s: %s during %s: %s (%s); %s",
-            self._directory,
-            type(mapped).__name__,
-            operation,
-            mapped,
-            _cause_detail(cause),
-            consequence,
-        )
-
-    def _warn_once(self, kind: tuple[str, str, str], message: str, *args: object) -> None:
-        now = self._clock()
-        with self._lock:
-            last = self._logged.get(kind)
-            if last is not None and 0.0 <= now - last < _LOG_INTERVAL:
-                return
-            self._logged[kind] = now
-        _log.warning(message, *args)
+        return _Failure(mapped, _cause_detail(cause), (type(mapped).__name__, type(cause).__name__))
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,9 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
-import json
 import logging
 import math
 import threading
@@ -48,7 +46,6 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, TypeVar, cast
 
-import cachetools
 import pybreaker
 import redis
 import redis.asyncio
@@ -60,19 +57,20 @@ from redis.retry import Retry
 
 from ._breaker import BreakerState, Grant, MemoryGateStore, Transition
 from ._cache import (
-    ROW_FORMAT,
     CachedAnswer,
     CacheStats,
     ExportRow,
     ImportOutcome,
     ResponseCache,
-    _check_import,
+    _Ages,
+    _CacheBase,
     _decode_row,
     _Entry,
-    _is_complete,
+    _Failure,
+    _Row,
 )
 from ._config import CacheConfig, _mask_url
-from ._errors import CacheCorruptError, CacheError, FallbackChainError, UnsafeCacheRowError
+from ._errors import CacheError, FallbackChainError
 
 __all__ = [
     "RECONNECT_BACKOFF",
@@ -85,7 +83,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger("fallbackchain.redis")
-_cache_log = logging.getLogger("fallbackchain.cache")
 
 REDIS_TIMEOUT: Final = 0.09
 """Seconds a Redis connect or reply may take before the link is treated as down."""
@@ -93,7 +90,6 @@ RECONNECT_BACKOFF: Final = 2.0
 """Seconds between two attempts to use a Redis that failed."""
 WARN_INTERVAL: Final = 60.0
 """At most one "Redis unavailable" WARNING per link per this many seconds."""
-_CACHE_LOG_INTERVAL: Final = 60.0
 _SCAN_COUNT: Final = 500
 
 T = TypeVar("T")
@@ -818,22 +814,9 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def _decode_value(raw: object) -> _Entry:
-    """Parse a stored value. JSON text only: a pickle or anything else is refused unread."""
-    if isinstance(raw, memoryview | bytearray):
-        raw = bytes(raw)
-    if isinstance(raw, bytes):
-        if raw[:1] == b"\x80":  # the pickle protocol 2+ opcode: never handed to pickle
-            raise UnsafeCacheRowError("refused a pickled cache row")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise CacheCorruptError("cache row is not UTF-8 text") from exc
-    elif isinstance(raw, str):
-        text = raw
-    else:
-        raise CacheCorruptError(f"cache row is a {type(raw).__name__}, not text")
-    return _decode_row(text)
+def _px(row: _Row) -> int:
+    """A row's time to live in Redis (``SET ... PX``): whole milliseconds, at least 1."""
+    return max(1, math.ceil(row.ttl_left * 1000))
 
 
 class RedisResponseCache(ResponseCache):
@@ -856,24 +839,13 @@ class RedisResponseCache(ResponseCache):
         clock: Callable[[], float] = time.time,
         link: _RedisLink | None = None,
     ) -> None:
-        # The base class is initialised disabled: none of its disk machinery is used.
-        super().__init__(dataclasses.replace(config, enabled=False), clock=clock)
-        self._rconfig = config
-        self._rclock = clock
-        self._rttl = float(config.ttl)
+        # A ResponseCache to its callers, but only the shared parts are set up (memory layer,
+        # counters, row rules, failure log): none of the disk machinery. Redis is the storage.
+        _CacheBase.__init__(self, config, clock)
         self._link = link if link is not None else shared_link(config.redis_url)
         self.namespace = namespace
         self.prefix = f"{namespace}:cache:"
-        self._rlock = threading.Lock()  # memory layer, counters, log state
-        self._rmemory: cachetools.TTLCache[str, _Entry, float] | None = None
-        if config.enabled and config.memory_items > 0:
-            self._rmemory = cachetools.TTLCache(
-                maxsize=config.memory_items, ttl=self._rttl, timer=clock
-            )
-        self._rclosed = False
         self._loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
-        self._rlogged: dict[tuple[str, str], float] = {}
-        self._rhits = self._rmisses = self._rstores = self._rerrors = 0
 
     # --- public API ------------------------------------------------------------------------
 
@@ -889,7 +861,7 @@ class RedisResponseCache(ResponseCache):
         Outside an event loop this asks Redis (one PING, bounded by the link's timeout)
         unless it is already known to be down; on an event loop it reports what is known.
         """
-        if self._rclosed or not self._rconfig.enabled or not self._link.available:
+        if not self._usable() or not self._link.available:
             return False
         if _on_event_loop():
             return True
@@ -907,31 +879,29 @@ class RedisResponseCache(ResponseCache):
         if not self._usable():
             return None
         try:
-            answer = self._from_memory(key)
+            answer = self._memory.get(key, self._clock())
             if answer is None:
                 raw = self._link.call(lambda r: r.get(self.prefix + key))
-                answer = self._from_redis(key, raw)
+                answer = self._from_row(key, raw, self._clock())
         except Exception as exc:  # noqa: BLE001 - the cache must never break a request
             self._failure("get", exc, "treated as a miss")
             answer = None
-        self._count_lookup(answer)
-        return answer
+        return self._count_lookup(answer)
 
     async def aget(self, key: str) -> CachedAnswer | None:
         """:meth:`get` on ``redis.asyncio``: never blocks the event loop. Never raises."""
         if not self._usable():
             return None
         try:
-            answer = self._from_memory(key)
+            answer = self._memory.get(key, self._clock())
             if answer is None:
                 self._loops.add(asyncio.get_running_loop())
                 raw = await self._link.acall(lambda r: r.get(self.prefix + key))
-                answer = self._from_redis(key, raw)
+                answer = self._from_row(key, raw, self._clock())
         except Exception as exc:  # noqa: BLE001 - the cache must never break a request
             self._failure("get", exc, "treated as a miss")
             answer = None
-        self._count_lookup(answer)
-        return answer
+        return self._count_lookup(answer)
 
     def put(self, key: str, completion: ChatCompletion, *, stored_at: float | None = None) -> bool:
         """Store a complete answer; True if it was written to Redis. Never raises.
@@ -942,11 +912,11 @@ class RedisResponseCache(ResponseCache):
         if not self._usable():
             return False
         try:
-            row = self._prepare(key, completion, stored_at)
+            row = self._prepare_row(key, completion, stored_at)
             if row is None:
                 return False
-            name, text, px = row
-            stored = bool(self._link.call(lambda r: r.set(name, text, px=px)))
+            name, px = self.prefix + key, _px(row)
+            stored = bool(self._link.call(lambda r: r.set(name, row.text, px=px)))
         except Exception as exc:  # noqa: BLE001 - the cache must never break a request
             self._failure("put", exc, "answer not stored")
             return False
@@ -959,12 +929,12 @@ class RedisResponseCache(ResponseCache):
         if not self._usable():
             return False
         try:
-            row = self._prepare(key, completion, stored_at)
+            row = self._prepare_row(key, completion, stored_at)
             if row is None:
                 return False
-            name, text, px = row
+            name, px = self.prefix + key, _px(row)
             self._loops.add(asyncio.get_running_loop())
-            stored = bool(await self._link.acall(lambda r: r.set(name, text, px=px)))
+            stored = bool(await self._link.acall(lambda r: r.set(name, row.text, px=px)))
         except Exception as exc:  # noqa: BLE001 - the cache must never break a request
             self._failure("put", exc, "answer not stored")
             return False
@@ -977,54 +947,26 @@ class RedisResponseCache(ResponseCache):
         every value to fill in ``oldest``, ``newest`` and ``expired``.
         """
         entries = size = 0
-        oldest = newest = None
-        expired: int | None = 0 if scan else None
-        now = self._rclock()
-        if self._rconfig.enabled and not self._rclosed:
+        ages = _Ages(self._clock(), self._ttl) if scan else None
+        if self._usable():
             try:
-                for batch in self._key_batches():
-                    if scan:
-                        values = self._fetch(batch)
-                        for value in values:
-                            if value is None:
-                                continue
-                            entries += 1
-                            size += len(value)
-                            try:
-                                entry = _decode_value(value)
-                            except CacheError as exc:
-                                self._failure("stats", exc, "row skipped")
-                                continue
-                            if now - entry.stored_at >= self._rttl:
-                                expired = (expired or 0) + 1
-                                continue
-                            at = entry.stored_at
-                            oldest = at if oldest is None else min(oldest, at)
-                            newest = at if newest is None else max(newest, at)
-                    else:
+                if ages is None:
+                    for batch in self._key_batches():
                         lengths = self._lengths(batch)
                         entries += sum(1 for n in lengths if n)
                         size += sum(lengths)
+                else:
+                    for _key, value, entry in self._values("stats"):
+                        entries += 1
+                        size += len(value)
+                        if entry is not None:
+                            ages.add(entry.stored_at)
             except Exception as exc:  # noqa: BLE001 - stats are best effort
                 self._failure("stats", exc, "Redis sizes reported as 0")
                 entries = size = 0
-                if scan:
-                    oldest = newest = None
-                    expired = 0
-        with self._rlock:
-            return CacheStats(
-                directory=self.directory,
-                entries=entries,
-                bytes=size,
-                hits=self._rhits,
-                misses=self._rmisses,
-                stores=self._rstores,
-                errors=self._rerrors,
-                memory_entries=len(self._rmemory) if self._rmemory is not None else 0,
-                oldest=oldest,
-                newest=newest,
-                expired=expired,
-            )
+                if ages is not None:
+                    ages = _Ages(ages.now, self._ttl)
+        return self._stats(entries, size, ages)
 
     def clear(self) -> int:
         """Remove every entry of this namespace; returns the number of Redis keys removed.
@@ -1032,12 +974,8 @@ class RedisResponseCache(ResponseCache):
         When Redis is unavailable, the number of memory entries removed. Never raises.
         Other processes' memory layers keep what they hold until it expires there.
         """
-        with self._rlock:
-            memory_removed = 0
-            if self._rmemory is not None:
-                memory_removed = len(self._rmemory)
-                self._rmemory.clear()
-        if not self._rconfig.enabled or self._rclosed:
+        memory_removed = self._memory.clear()
+        if not self._usable():
             return memory_removed
         removed = 0
         try:
@@ -1050,7 +988,7 @@ class RedisResponseCache(ResponseCache):
 
     def iter_keys(self) -> Iterator[str]:
         """Yield the key of every entry of this namespace in Redis (SCAN order). Never raises."""
-        if not self._rconfig.enabled or self._rclosed:
+        if not self._usable():
             return
         try:
             for batch in self._key_batches():
@@ -1064,23 +1002,13 @@ class RedisResponseCache(ResponseCache):
         Redis already expires entries ``ttl`` after they were written; this also removes
         those dated older by the cache's clock. A value rewritten meanwhile is never removed.
         """
-        now = self._rclock()
-        with self._rlock:
-            memory = self._rmemory
-            if memory is not None:
-                for key, entry in list(memory.items()):
-                    if now - entry.stored_at >= self._rttl:
-                        memory.pop(key, None)
-        removed = 0
-        for key, raw, entry in self._scan_entries_redis("prune"):
-            if now - entry.stored_at < self._rttl:
-                continue
-            try:
-                removed += int(self._link.call(self._delete_if_same_op(key, raw)))
-            except Exception as exc:  # noqa: BLE001
-                self._failure("prune", exc, "pruning stopped")
-                break
-        return removed
+        now = self._clock()
+        self._memory.prune(now)
+
+        def delete_if_same(key: str, raw: bytes, _entry: _Entry) -> int:
+            return int(self._link.call(self._delete_if_same_op(key, raw)))
+
+        return self._prune_rows(now, delete_if_same)
 
     def export_rows(self) -> Iterator[ExportRow]:
         """Yield every servable entry (unexpired, readable, complete), in Redis SCAN order.
@@ -1088,10 +1016,7 @@ class RedisResponseCache(ResponseCache):
         Unreadable rows are logged and skipped; the memory layer is not listed. Does not count
         as hits or misses. Never raises.
         """
-        now = self._rclock()
-        for key, _raw, entry in self._scan_entries_redis("export"):
-            if now - entry.stored_at < self._rttl:
-                yield ExportRow(key, entry.stored_at, entry.completion)
+        return self._export_rows()
 
     def import_row(self, key: str, completion: ChatCompletion, stored_at: float) -> ImportOutcome:
         """Store an exported answer unless Redis holds one for ``key`` as new or newer.
@@ -1099,26 +1024,16 @@ class RedisResponseCache(ResponseCache):
         Validation and outcomes as :meth:`ResponseCache.import_row`; the comparison and the
         write are one Lua script.
         """
-        _check_import(key, completion, stored_at)
-        if not self._usable():
-            return "failed"
-        now = self._rclock()
-        at = min(float(stored_at), now)
-        if now - at >= self._rttl:
-            return "expired"
-        try:
-            row = self._prepare(key, completion, at)
+
+        def write(at: float) -> ImportOutcome:
+            row = self._prepare_row(key, completion, at)
             if row is None:
                 return "failed"
-            name, text, px = row
-            written = self._link.call(lambda r: _IMPORT.run(r, (name,), (_num(at), text, str(px))))
-        except Exception as exc:  # noqa: BLE001 - the cache must never break a caller
-            self._failure("import", exc, "row not imported")
-            return "failed"
-        if not int(written):
-            return "kept"
-        self._count_store(True)
-        return "imported"
+            name, args = self.prefix + key, (_num(at), row.text, str(_px(row)))
+            written = self._link.call(lambda r: _IMPORT.run(r, (name,), args))
+            return "imported" if int(written) else "kept"
+
+        return self._import(key, completion, stored_at, write)
 
     def close(self) -> None:
         """Drop the memory layer; later calls miss. Idempotent.
@@ -1126,19 +1041,12 @@ class RedisResponseCache(ResponseCache):
         Redis connections are shared by the process (see :func:`shared_link`); the idle
         connections of the event loops this cache used are closed here, best effort.
         """
-        with self._rlock:
-            already, self._rclosed = self._rclosed, True
-            if self._rmemory is not None:
-                self._rmemory.clear()
-        if not already:
+        if not self._mark_closed():
             self._link.close_loop_clients(list(self._loops))
 
     async def aclose(self) -> None:
         """:meth:`close`, closing this event loop's async client properly."""
-        with self._rlock:
-            self._rclosed = True
-            if self._rmemory is not None:
-                self._rmemory.clear()
+        self._mark_closed()
         await self._link.aclose_loop_client()
 
     def __enter__(self) -> RedisResponseCache:
@@ -1153,85 +1061,11 @@ class RedisResponseCache(ResponseCache):
         self.close()
 
     def __repr__(self) -> str:
-        state = "redis" if self._link.available else "memory-only"
-        if not self._rconfig.enabled:
-            state = "disabled"
-        elif self._rclosed:
-            state = "closed"
-        return f"RedisResponseCache({self.directory!r}, {state})"
+        return (
+            f"RedisResponseCache({self.directory!r}, {self._state('redis', self._link.available)})"
+        )
 
     # --- internals -------------------------------------------------------------------------
-
-    def _usable(self) -> bool:
-        return self._rconfig.enabled and not self._rclosed
-
-    def _from_memory(self, key: str) -> CachedAnswer | None:
-        memory = self._rmemory
-        if memory is None:
-            return None
-        now = self._rclock()
-        with self._rlock:
-            entry = memory.get(key)
-        if entry is None:
-            return None
-        age = now - entry.stored_at
-        if age < self._rttl:
-            return CachedAnswer(entry.completion, entry.stored_at, max(age, 0.0))
-        with self._rlock:
-            memory.pop(key, None)
-        return None
-
-    def _from_redis(self, key: str, raw: object) -> CachedAnswer | None:
-        if raw is None:
-            return None
-        entry = _decode_value(raw)
-        now = self._rclock()
-        age = now - entry.stored_at
-        if age >= self._rttl:
-            return None
-        if self._rmemory is not None:
-            with self._rlock:
-                self._rmemory[key] = entry
-        return CachedAnswer(entry.completion, entry.stored_at, max(age, 0.0))
-
-    def _prepare(
-        self, key: str, completion: ChatCompletion, stored_at: float | None
-    ) -> tuple[str, str, int] | None:
-        """``(redis key, JSON row, expiry in ms)``; the memory layer is updated. None: skip."""
-        if type(key) is not str:
-            raise TypeError(f"cache keys must be str, not {type(key).__name__}")
-        if not _is_complete(completion):
-            _cache_log.debug("not caching an incomplete answer in %s", self.directory)
-            return None
-        current = self._rclock()
-        now = current if stored_at is None else min(float(stored_at), current)
-        remaining = self._rttl - (current - now)
-        if remaining <= 0:
-            return None
-        body = completion.model_dump(mode="json")
-        text = json.dumps(
-            {"format": ROW_FORMAT, "stored_at": now, "completion": body},
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
-        if self._rmemory is not None:
-            entry = _Entry(ChatCompletion.model_validate(body), now)
-            with self._rlock:
-                self._rmemory[key] = entry
-        return self.prefix + key, text, max(1, math.ceil(remaining * 1000))
-
-    def _count_lookup(self, answer: CachedAnswer | None) -> None:
-        with self._rlock:
-            if answer is None:
-                self._rmisses += 1
-            else:
-                self._rhits += 1
-
-    def _count_store(self, stored: bool) -> bool:
-        if stored:
-            with self._rlock:
-                self._rstores += 1
-        return stored
 
     def _key_batches(self) -> Iterator[list[str]]:
         """Yield the namespace's keys (prefix removed) in batches; raises on a Redis failure."""
@@ -1278,29 +1112,37 @@ class RedisResponseCache(ResponseCache):
 
         return [int(n) for n in self._link.call(op)]
 
-    def _scan_entries_redis(self, operation: str) -> Iterator[tuple[str, bytes, _Entry]]:
+    def _values(self, operation: str) -> Iterator[tuple[str, bytes, _Entry | None]]:
+        """Every value of the namespace with its key, decoded; raises on a Redis failure.
+
+        The entry is None for an unreadable value (logged as a skipped row).
+        """
+        for batch in self._key_batches():
+            for key, value in zip(batch, self._fetch(batch), strict=True):
+                if value is None:
+                    continue
+                entry: _Entry | None
+                try:
+                    entry = _decode_row(value)
+                except CacheError as exc:
+                    self._failure(operation, exc, "row skipped")
+                    entry = None
+                yield key, value, entry
+
+    def _scan_entries(self, operation: str) -> Iterator[tuple[str, bytes, _Entry]]:
         """Every readable entry with its key and raw value; unreadable ones are logged."""
-        if not self._rconfig.enabled or self._rclosed:
+        if not self._usable():
             return
         try:
-            for batch in self._key_batches():
-                for key, value in zip(batch, self._fetch(batch), strict=True):
-                    if value is None:
-                        continue
-                    try:
-                        entry = _decode_value(value)
-                    except CacheError as exc:
-                        self._failure(operation, exc, "row skipped")
-                        continue
+            for key, value, entry in self._values(operation):
+                if entry is not None:
                     yield key, value, entry
         except Exception as exc:  # noqa: BLE001 - the cache must never break a caller
             self._failure(operation, exc, "scan stopped")
 
-    def _failure(self, operation: str, exc: BaseException, consequence: str) -> None:
-        with self._rlock:
-            self._rerrors += 1
+    def _describe_failure(self, exc: BaseException) -> _Failure | None:
         if isinstance(exc, RedisUnavailableError):
-            return  # the link logged it (once), and says when Redis is back
+            return None  # the link logged it (once), and says when Redis is back
         mapped: CacheError
         if isinstance(exc, CacheError):
             mapped = exc
@@ -1308,19 +1150,4 @@ class RedisResponseCache(ResponseCache):
             mapped = RedisCacheError("unexpected error in the Redis cache")
             mapped.__cause__ = exc
         cause = mapped.__cause__ if mapped.__cause__ is not None else mapped
-        kind = (operation, type(mapped).__name__)
-        now = self._rclock()
-        with self._rlock:
-            last = self._rlogged.get(kind)
-            if last is not None and 0.0 <= now - last < _CACHE_LOG_INTERVAL:
-                return
-            self._rlogged[kind] = now
-        _cache_log.warning(
-            "fallbackchain response cache at %s: %s during %s: %s (%s); %s",
-            self.directory,
-            type(mapped).__name__,
-            operation,
-            mapped,
-            type(cause).__name__,
-            consequence,
-        )
+        return _Failure(mapped, type(cause).__name__, (type(mapped).__name__,))
