@@ -381,3 +381,12 @@ def test_a_breaker_that_opens_mid_request_stops_the_retries_at_once(harness_fact
     assert response.source == "completion"
     assert [a.tier for a in response.attempts] == ["stream", "stream", "completion"]
     assert len(clock.sleeps) == 1  # no sleep before a try that was never going to happen
+
+
+def test_a_client_error_is_not_counted_as_a_success_either(harness, server):
+    """pybreaker counts excluded errors as successes (resetting the count); the chain doesn't."""
+    server.push(Fault.status(500), stream=True, times=2)
+    server.push(Fault.status(400), stream=True)
+    with pytest.raises(openai.BadRequestError):
+        harness.ask("hello")  # two stream failures, then the third try is the caller's 400
+    assert harness.chain.breakers["stream"].fail_counter == 2
