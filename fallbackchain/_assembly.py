@@ -44,10 +44,11 @@ class _Choice:
 class AttemptAssembler:
     """Accumulates the chunks of one streamed attempt."""
 
-    __slots__ = ("_choices", "_first", "chunks", "content_seen", "usage")
+    __slots__ = ("_choices", "_first", "_zero", "chunks", "content_seen", "usage")
 
     def __init__(self) -> None:
         self._choices: dict[int, _Choice] = {}
+        self._zero: list[str] | None = None  # choice 0's parts, once it exists
         self._first: Any = None
         self.usage: Any = None
         self.chunks = 0
@@ -66,34 +67,57 @@ class AttemptAssembler:
             usage = chunk.usage
             if usage is not None:
                 self.usage = usage
-            text = None
-            for choice in choices:
-                index = choice.index
-                acc = self._choices.get(index)
-                if acc is None:
-                    acc = self._choices[index] = _Choice()
+            # The common chunk: one choice, index 0, text and nothing else.
+            if len(choices) == 1 and self._zero is not None:
+                choice = choices[0]
                 delta = choice.delta
                 content = delta.content
-                if content:
-                    acc.parts.append(content)
-                    if index == 0:
-                        text = content
-                        self.content_seen = True
-                if delta.role:
-                    acc.role = delta.role
-                if delta.tool_calls:
-                    self._add_tool_calls(acc, delta.tool_calls)
+                if (
+                    content
+                    and choice.index == 0
+                    and choice.finish_reason is None
+                    and delta.role is None
+                    and delta.tool_calls is None
+                    and delta.refusal is None
+                    and delta.function_call is None
+                ):
+                    self._zero.append(content)
                     self.content_seen = True
-                if getattr(delta, "refusal", None):
-                    acc.refusal.append(delta.refusal)
-                    self.content_seen = True
-                if getattr(delta, "function_call", None):
-                    self._add_function_call(acc, delta.function_call)
-                    self.content_seen = True
-                if choice.finish_reason is not None:
-                    acc.finish_reason = choice.finish_reason
+                    return content  # type: ignore[no-any-return]
+            return self._add_choices(choices)
         except (AttributeError, TypeError, KeyError) as exc:
             raise MalformedChunkError(f"not a chat completion chunk: {type(exc).__name__}") from exc
+
+    def _add_choices(self, choices: Any) -> str | None:
+        """The general case: any number of choices, roles, tool calls, refusals, finishes."""
+        text = None
+        for choice in choices:
+            index = choice.index
+            acc = self._choices.get(index)
+            if acc is None:
+                acc = self._choices[index] = _Choice()
+                if index == 0:
+                    self._zero = acc.parts
+            delta = choice.delta
+            content = delta.content
+            if content:
+                acc.parts.append(content)
+                if index == 0:
+                    text = content
+                    self.content_seen = True
+            if delta.role:
+                acc.role = delta.role
+            if delta.tool_calls:
+                self._add_tool_calls(acc, delta.tool_calls)
+                self.content_seen = True
+            if getattr(delta, "refusal", None):
+                acc.refusal.append(delta.refusal)
+                self.content_seen = True
+            if getattr(delta, "function_call", None):
+                self._add_function_call(acc, delta.function_call)
+                self.content_seen = True
+            if choice.finish_reason is not None:
+                acc.finish_reason = choice.finish_reason
         return text
 
     @staticmethod

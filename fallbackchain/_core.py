@@ -106,6 +106,7 @@ class RequestRun:
         request_id: int = 0,
     ) -> None:
         self._tiers = tiers
+        self.deadline = config.retry.deadline
         self._hooks = hooks or Hooks()
         self.request_id = request_id
         self._retry = config.retry
@@ -368,8 +369,18 @@ class AttemptWatch:
         return FirstTokenTimeoutError(f"no content within {self._first_token:g}s")
 
     def after_wait(self, before: float, after: float, *, got_content: bool) -> None:
-        """Check a finished wait; raise its timeout error if it took longer than allowed."""
-        if after - before > self.budget(before):
+        """Check a finished wait; raise its timeout error if it took longer than allowed.
+
+        Called once per chunk, so the common case is two comparisons: the wait against the
+        phase's limit (first token: absolute from the attempt's start; then the idle gap),
+        and ``after`` against the request's absolute deadline.
+        """
+        run = self._run
+        if self.content_seen:
+            over = after - before > self._idle
+        else:
+            over = after - self._started > self._first_token
+        if over or after - run.started - run.paused > run.deadline:
             raise self.expired(before)
         if got_content and not self.content_seen:
             self.content_seen = True
