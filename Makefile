@@ -24,5 +24,9 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest -q
 
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) benchmarks/run.py
+
 clean:
 	rm -rf $(VENV) .fallbackchain-cache .pytest_cache .mypy_cache .ruff_cache

@@ -854,6 +854,11 @@ class ResponseCache(_CacheBase):
         super().__init__(config, clock)
         self._directory = os.path.abspath(os.path.expandvars(os.path.expanduser(config.directory)))
         self._open_lock = threading.Lock()
+        # SQLite takes one writer at a time. Queue this process's writers here rather than in
+        # SQLite's sleeping busy handler, where under load one thread can starve past the
+        # busy timeout and its write-through is silently dropped. Reentrant: import_row
+        # writes through _put inside its own transaction.
+        self._write_lock = threading.RLock()
         self._disk: Any = None  # diskcache.Cache (untyped) or None
         self._last_open_attempt: float | None = None
         if not config.enabled:
@@ -934,7 +939,8 @@ class ResponseCache(_CacheBase):
         if disk is None:
             return memory_removed
         try:
-            return int(disk.clear())
+            with self._write_lock:
+                return int(disk.clear())
         except diskcache.Timeout as exc:
             self._failure("clear", exc, "cache partly cleared")
             return int(exc.args[0]) if exc.args and isinstance(exc.args[0], int) else 0
@@ -997,12 +1003,13 @@ class ResponseCache(_CacheBase):
             return 0
         removed = 0
         try:
-            removed += int(disk.expire())  # rows past diskcache's own (wall-clock) expiry
+            with self._write_lock:
+                removed += int(disk.expire())  # rows past diskcache's own (wall-clock) expiry
         except Exception as exc:  # noqa: BLE001 - the cache must never break a caller
             self._failure("prune", exc, "expired rows kept")
 
         def delete_if_same(key: str, _text: object, entry: _Entry) -> int:
-            with disk.transact(retry=True):
+            with self._write_lock, disk.transact(retry=True):
                 current = self._peek(disk, key)
                 if current is not None and current.stored_at == entry.stored_at:
                     return int(bool(disk.delete(key)))
@@ -1031,7 +1038,7 @@ class ResponseCache(_CacheBase):
             disk = self._current_disk()
             if disk is None:
                 return "failed"
-            with disk.transact(retry=True):
+            with self._write_lock, disk.transact(retry=True):
                 current = self._peek(disk, key)
                 if current is not None and current.stored_at >= at:
                     return "kept"
@@ -1148,7 +1155,8 @@ class ResponseCache(_CacheBase):
         if disk is None:
             return False
         try:
-            return bool(disk.set(key, row.text, expire=row.ttl_left))
+            with self._write_lock:
+                return bool(disk.set(key, row.text, expire=row.ttl_left))
         except Exception as exc:
             self._drop_disk_if_corrupt(disk, exc)
             raise
