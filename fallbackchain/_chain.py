@@ -640,8 +640,8 @@ class AsyncChainStream:
         self._events = events
         self._outcome = outcome
 
-    def __aiter__(self) -> Self:
-        return self
+    def __aiter__(self) -> AsyncIterator[ChainEvent]:
+        return self._events  # iterate the driver directly: one coroutine less per event
 
     async def __anext__(self) -> ChainEvent:
         return await anext(self._events)

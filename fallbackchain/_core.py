@@ -356,8 +356,14 @@ class AttemptWatch:
         return limit, kind
 
     def budget(self, now: float) -> float:
-        """How long the next wait (for headers or a chunk) may last, in seconds (>= 0)."""
-        return max(0.0, self._limit(now)[0])
+        """How long the next wait (for headers or a chunk) may last, in seconds (>= 0).
+
+        The same limits as :meth:`_limit`, computed flat: it runs once per chunk.
+        """
+        run = self._run
+        remaining = run.deadline - (now - run.started - run.paused)
+        limit = self._idle if self.content_seen else self._first_token - (now - self._started)
+        return max(0.0, min(limit, remaining))
 
     def expired(self, before: float) -> TierError:
         """The error for a wait that began at ``before`` and ran out of budget."""
