@@ -702,6 +702,34 @@ def _prepare(
         _log.warning("%s", error, extra={_WARM_RECORD: True})
 
 
+def _start(
+    chain: FallbackChain | AsyncFallbackChain,
+    requests: list[WarmRequest],
+    errors: list[LineError],
+    *,
+    strict: bool,
+    concurrency: int,
+    refresh: bool,
+    dry_run: bool,
+    progress: Callable[[WarmProgress], None] | None,
+    clock: Clock | None,
+    max_wait: float | None,
+) -> _Run:
+    """Validate the run's settings and set up its shared state (both drivers)."""
+    _prepare(chain, requests, errors, concurrency=concurrency, strict=strict)
+    return _Run(
+        chain,
+        requests,
+        errors,
+        concurrency=concurrency,
+        refresh=refresh,
+        dry_run=dry_run,
+        progress=progress,
+        clock=clock or chain._clock,
+        max_wait=_max_wait(chain, max_wait),
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Drivers
 # --------------------------------------------------------------------------------------------
@@ -732,17 +760,17 @@ def warm(
     ``strict``; :class:`ValueError` when ``concurrency < 1`` or the chain's cache is disabled.
     """
     requests, errors = _resolve(prompts)
-    _prepare(chain, requests, errors, concurrency=concurrency, strict=strict)
-    run = _Run(
+    run = _start(
         chain,
         requests,
         errors,
+        strict=strict,
         concurrency=concurrency,
         refresh=refresh,
         dry_run=dry_run,
         progress=progress,
-        clock=clock or chain._clock,
-        max_wait=_max_wait(chain, max_wait),
+        clock=clock,
+        max_wait=max_wait,
     )
     pause = sleep or chain._sleep
     in_flight: dict[concurrent.futures.Future[_Result], _Item] = {}
@@ -803,17 +831,17 @@ async def awarm(
     already written stay in the cache.
     """
     requests, errors = await asyncio.to_thread(_resolve, prompts)
-    _prepare(chain, requests, errors, concurrency=concurrency, strict=strict)
-    run = _Run(
+    run = _start(
         chain,
         requests,
         errors,
+        strict=strict,
         concurrency=concurrency,
         refresh=refresh,
         dry_run=dry_run,
         progress=progress,
-        clock=clock or chain._clock,
-        max_wait=_max_wait(chain, max_wait),
+        clock=clock,
+        max_wait=max_wait,
     )
     pause = sleep or chain._sleep
     in_flight: dict[asyncio.Task[_Result], _Item] = {}
