@@ -80,6 +80,15 @@ logger = logging.getLogger("fallbackchain")
 _RESERVED = frozenset({"stream", "messages", "model"})
 
 
+def _public_url(url: str) -> str:
+    """``url`` without credentials or query (``https://user:key@h/v1?api-key=x`` → ``https://h/v1``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url.split("?", 1)[0]
+    host_path = rest.rsplit("@", 1)[-1] if "@" in rest.split("/", 1)[0] else rest
+    return f"{scheme}://{host_path.split('?', 1)[0]}"
+
+
 @dataclass(frozen=True, slots=True)
 class _Request:
     model: str
@@ -178,7 +187,7 @@ class _ChainBase:
     def __repr__(self) -> str:
         cfg = self.config.openai
         return (
-            f"<{type(self).__name__} model={cfg.model!r} base_url={cfg.base_url!r} "
+            f"<{type(self).__name__} model={cfg.model!r} base_url={_public_url(cfg.base_url)!r} "
             f"breakers={self.breaker_states()}>"
         )
 
@@ -310,6 +319,7 @@ class _ChainBase:
 
 
 _Client = TypeVar("_Client", openai.OpenAI, openai.AsyncOpenAI)
+_T = TypeVar("_T")
 
 
 def _make_clients(
@@ -542,7 +552,7 @@ class FallbackChain(_ChainBase):
             while True:
                 before = clock()
                 # Between two waits the consumer held the stream: not the upstream's time.
-                run.paused += before - after
+                run.pause(before - after)
                 try:
                     chunk = next(chunks)
                 except StopIteration:
@@ -589,6 +599,9 @@ class _Watchdog:
         self._fired = False
 
     def arm(self, seconds: float) -> None:
+        # The task waiting now: a consumer may iterate from another task (wait_for does).
+        self._task = asyncio.current_task()
+        self._fired = False
         when = self._deadline = self._loop.time() + seconds
         handle = self._handle
         if handle is None or when < handle.when():
@@ -622,11 +635,18 @@ class _Watchdog:
             self._handle.cancel()
             self._handle = None
         self._deadline = None
+        if self._fired and self._task is not None:  # our cancel was swallowed somewhere below
+            self._fired = False
+            self._task.uncancel()
 
 
-async def _shielded(settle: Coroutine[Any, Any, None]) -> None:
-    """Settle a permit even if the task is cancelled meanwhile (the settle still completes)."""
-    await asyncio.shield(settle)
+async def _shielded(settle: Coroutine[Any, Any, _T]) -> _T:
+    """Settle a permit even if the task is cancelled meanwhile (the settle still completes).
+
+    With a shared store settling awaits the network; a cancel there must not leave a
+    half-open probe slot taken or an outcome unrecorded.
+    """
+    return await asyncio.shield(settle)
 
 
 class AsyncChainStream:
@@ -765,7 +785,7 @@ class AsyncFallbackChain(_ChainBase):
                             continue
                         run.abandoned(attempt)
                         raise
-                    opened = await attempt.permit.afailure()
+                    opened = await _shielded(attempt.permit.afailure())
                     run.failed(
                         attempt,
                         error,
@@ -777,7 +797,7 @@ class AsyncFallbackChain(_ChainBase):
                     await _shielded(attempt.permit.arelease())
                     run.abandoned(attempt)
                     raise
-                await attempt.permit.asuccess()
+                await _shielded(attempt.permit.asuccess())
                 final = self._done(run, attempt, watch, completion, out)
                 await self._astore(request, completion, run)
                 for event in final:
@@ -848,7 +868,7 @@ class AsyncFallbackChain(_ChainBase):
             try:
                 while True:
                     before = clock()
-                    run.paused += before - after  # the consumer held the stream meanwhile
+                    run.pause(before - after)  # the consumer held the stream meanwhile
                     watchdog.arm(watch.budget(before))
                     try:
                         chunk = await anext(chunks)

@@ -267,10 +267,22 @@ class RequestRun:
             )
         else:
             self._move_on(
-                step.tier.name, f"{type(error).__name__}: {decision.reason}", len(self._tiers)
+                step.tier.name, f"{type(error).__name__}: {decision.reason}", self._skip_to(error)
             )
 
     # -- helpers -------------------------------------------------------------------------
+
+    def _skip_to(self, error: TierError) -> int:
+        """Where "skip the live tiers" lands: past every tier, or past this provider's only.
+
+        An exhausted quota is one account's problem: a fallback elsewhere may still answer.
+        """
+        if isinstance(error, QuotaExceededError):
+            provider = self._tiers[self._index].provider
+            for index in range(self._index + 1, len(self._tiers)):
+                if self._tiers[index].provider != provider:
+                    return index
+        return len(self._tiers)
 
     def _record(
         self,

@@ -336,9 +336,10 @@ def _map(exc: BaseException, *, content_seen: bool) -> TierError:
         return MalformedChunkError("response did not match the chat completion schema")
     if isinstance(exc, openai.APIError):
         # A bare APIError from the SDK's stream decoder is an SSE error event.
+        # The server's own message stays on __cause__: it may echo the request back.
         body = exc.body if isinstance(exc.body, dict) else {}
-        code = body.get("code")
-        return StreamEventError(_short(f"SSE error event: {code or exc.message}"))
+        code = body.get("code") or body.get("type") or "no code"
+        return StreamEventError(_short(f"SSE error event: {code}"))
     if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
         return MalformedChunkError(f"malformed chunk: {type(exc).__name__}")
     if isinstance(exc, TimeoutError):

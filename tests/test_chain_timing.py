@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -140,5 +141,137 @@ def test_while_the_one_half_open_probe_is_in_flight_others_skip_the_tier_at_once
         probe.join(5)
         assert probe_result[0][1].source == "stream"
         assert h.chain.breaker_states()["stream"] == "closed"
+    finally:
+        h.close()
+
+
+def test_the_idle_watchdog_follows_a_consumer_that_waits_from_new_tasks(tmp_path):
+    """asyncio.wait_for runs each anext in a new task on 3.11: a stall must still be caught.
+
+    A stub stream stalls *inside* anext (as a slow-drip body does), so the SDK's per-read
+    timeout cannot catch it first: only the chain's own watchdog can. Every other test here
+    uses the real client; this one isolates the watchdog.
+    """
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+    from fallbackchain import AsyncFallbackChain
+
+    def chunk(text):
+        return ChatCompletionChunk.model_validate(
+            {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": "m",
+                "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+            }
+        )
+
+    class StallingStream:
+        def __init__(self):
+            self.sent = 0
+
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, *exc):
+            return None
+
+        def __aiter__(self):
+            return self
+
+        async def __anext__(self):
+            if self.sent == 3:
+                await asyncio.sleep(30)  # bytes trickle, no chunk completes
+            self.sent += 1
+            return chunk(f"w{self.sent} ")
+
+    answer = ChatCompletion.model_validate(
+        {
+            "id": "c",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                    "message": {"role": "assistant", "content": "w1 w2 w3 w4"},
+                }
+            ],
+        }
+    )
+
+    class Completions:
+        async def create(self, **kwargs):
+            return StallingStream() if kwargs["stream"] else answer
+
+    class StubClient:
+        chat = type("Chat", (), {"completions": Completions()})()
+
+        def with_options(self, **kwargs):
+            return self
+
+    config = make_config(tmp_path, openai__idle_timeout=0.3, openai__first_token_timeout=0.3)
+    chain = AsyncFallbackChain(config, client=StubClient())
+
+    async def go():
+        stream = chain.stream(user("hello"))
+        events, it = [], aiter(stream)
+        while True:
+            try:
+                events.append(await asyncio.wait_for(anext(it), 5))
+            except StopAsyncIteration:
+                await chain.aclose()
+                return events, stream.response
+
+    started = time.monotonic()
+    events, response = asyncio.run(go())
+    assert time.monotonic() - started < 2.0
+    assert isinstance(response.attempts[0].exception, IdleTimeoutError)
+    assert response.source == "completion"
+    assert text_after_last_reset(events) == "w1 w2 w3 w4"
+
+
+def test_a_cancel_while_settling_a_shared_breaker_never_leaks_the_probe(server, clock, tmp_path):
+    """With a store that awaits (Redis), cancelling the consumer mid-settle must still settle."""
+    from fallbackchain._breaker import MemoryGateStore
+
+    class SlowStore(MemoryGateStore):
+        async def atry_acquire(self, now, reset_timeout, probe_lease):
+            return self.try_acquire(now, reset_timeout, probe_lease)
+
+        async def arecord_success(self, *, probe):
+            await asyncio.sleep(0.2)
+            return self.record_success(probe=probe)
+
+        async def arecord_failure(self, now, fail_max, *, probe):
+            return self.record_failure(now, fail_max, probe=probe)
+
+        async def arecord_release(self, *, probe):
+            self.record_release(probe=probe)
+
+    h = Harness("async", make_config(tmp_path, server.base_url), server, clock)
+    gate = h.chain.breakers["stream"]
+    gate._store = gate._astore = SlowStore()
+    for _ in range(5):
+        gate.acquire().failure()
+    clock.advance(h.chain.config.breaker.reset_timeout + 1)
+
+    async def go():
+        task = asyncio.create_task(h.chain.complete(user("hello")))
+        await asyncio.sleep(0.1)  # the probe's stream is done; it is settling now
+        while not task.done() and server.counts["stream"] == 0:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.3)  # the shielded settle finishes
+
+    try:
+        h.run(go)
+        assert gate.state == "closed"  # the probe's success was recorded despite the cancel
     finally:
         h.close()

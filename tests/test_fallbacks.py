@@ -275,3 +275,12 @@ def test_a_fallback_key_variable_that_is_missing_is_a_clear_error(monkeypatch):
     )
     with pytest.raises(ConfigError, match="BACKUP_API_KEY is not set"):
         FallbackChain(config)
+
+
+def test_an_exhausted_quota_skips_only_that_providers_tiers(chain_with_backup, server, backup):
+    h = chain_with_backup()
+    server.push(Fault.status(429, error_code="insufficient_quota", error_type="insufficient_quota"))
+    _, response = h.ask("hello")
+    assert response.source == "backup"
+    assert server.counts["total"] == 1  # the primary's completion tier was skipped too
+    assert [a.tier for a in response.attempts] == ["stream", "backup"]
