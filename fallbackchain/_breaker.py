@@ -50,11 +50,12 @@ class StateChangeCallback(Protocol):
 class Permit:
     """Permission for one attempt. Settle it exactly once; later calls are ignored."""
 
-    __slots__ = ("_gate", "_settled", "probe")
+    __slots__ = ("_gate", "_settled", "probe", "token")
 
-    def __init__(self, gate: BreakerGate, *, probe: bool) -> None:
+    def __init__(self, gate: BreakerGate, *, probe: bool, token: float | None = None) -> None:
         self._gate = gate
         self.probe = probe
+        self.token = token  # a probe's lease end as granted: tells a stale probe from the current
         self._settled = False
 
     def success(self) -> None:
@@ -83,7 +84,9 @@ class Permit:
         """:meth:`success` without blocking the event loop on a shared store."""
         if not self._settled:
             self._settled = True
-            self._gate._notify(await self._gate._astore.arecord_success(probe=self.probe))
+            self._gate._notify(
+                await self._gate._astore.arecord_success(probe=self.probe, token=self.token)
+            )
 
     async def afailure(self) -> bool:
         """:meth:`failure` without blocking the event loop on a shared store."""
@@ -92,7 +95,7 @@ class Permit:
         self._settled = True
         gate = self._gate
         changed = await gate._astore.arecord_failure(
-            gate._clock(), gate._fail_max, probe=self.probe
+            gate._clock(), gate._fail_max, probe=self.probe, token=self.token
         )
         gate._notify(changed)
         return changed is not None and changed[1] == "open"
@@ -101,7 +104,7 @@ class Permit:
         """:meth:`release` without blocking the event loop on a shared store."""
         if not self._settled:
             self._settled = True
-            await self._gate._astore.arecord_release(probe=self.probe)
+            await self._gate._astore.arecord_release(probe=self.probe, token=self.token)
 
 
 Grant = Literal["normal", "probe"] | None
@@ -131,16 +134,22 @@ class GateStore(Protocol):
         """Grant a normal permit (closed), one probe (after ``reset_timeout``), or none."""
         ...
 
-    def record_success(self, *, probe: bool) -> Transition | None:
-        """Reset the failure count; a probe closes the breaker."""
+    def record_success(self, *, probe: bool, token: float | None = None) -> Transition | None:
+        """Reset the failure count; a probe closes the breaker.
+
+        ``token`` is the probe's lease end as granted (``now + probe_lease``): a probe whose
+        slot has since passed to another probe is stale and settles as a normal attempt.
+        """
         ...
 
-    def record_failure(self, now: float, fail_max: int, *, probe: bool) -> Transition | None:
-        """Count a failure; open at ``fail_max`` while closed, or when a probe fails."""
+    def record_failure(
+        self, now: float, fail_max: int, *, probe: bool, token: float | None = None
+    ) -> Transition | None:
+        """Count a failure; open at ``fail_max`` while closed, or when a (current) probe fails."""
         ...
 
-    def record_release(self, *, probe: bool) -> None:
-        """Neutral end of an attempt: a probe frees its slot, nothing is counted."""
+    def record_release(self, *, probe: bool, token: float | None = None) -> None:
+        """Neutral end of an attempt: a (current) probe frees its slot, nothing is counted."""
         ...
 
 
@@ -154,15 +163,19 @@ class AsyncGateStore(Protocol):
         """See :meth:`GateStore.try_acquire`."""
         ...
 
-    async def arecord_success(self, *, probe: bool) -> Transition | None:
+    async def arecord_success(
+        self, *, probe: bool, token: float | None = None
+    ) -> Transition | None:
         """See :meth:`GateStore.record_success`."""
         ...
 
-    async def arecord_failure(self, now: float, fail_max: int, *, probe: bool) -> Transition | None:
+    async def arecord_failure(
+        self, now: float, fail_max: int, *, probe: bool, token: float | None = None
+    ) -> Transition | None:
         """See :meth:`GateStore.record_failure`."""
         ...
 
-    async def arecord_release(self, *, probe: bool) -> None:
+    async def arecord_release(self, *, probe: bool, token: float | None = None) -> None:
         """See :meth:`GateStore.record_release`."""
         ...
 
@@ -180,14 +193,18 @@ class _SyncAsAsync:
     ) -> tuple[Grant, Transition | None]:
         return self._store.try_acquire(now, reset_timeout, probe_lease)
 
-    async def arecord_success(self, *, probe: bool) -> Transition | None:
-        return self._store.record_success(probe=probe)
+    async def arecord_success(
+        self, *, probe: bool, token: float | None = None
+    ) -> Transition | None:
+        return self._store.record_success(probe=probe, token=token)
 
-    async def arecord_failure(self, now: float, fail_max: int, *, probe: bool) -> Transition | None:
-        return self._store.record_failure(now, fail_max, probe=probe)
+    async def arecord_failure(
+        self, now: float, fail_max: int, *, probe: bool, token: float | None = None
+    ) -> Transition | None:
+        return self._store.record_failure(now, fail_max, probe=probe, token=token)
 
-    async def arecord_release(self, *, probe: bool) -> None:
-        self._store.record_release(probe=probe)
+    async def arecord_release(self, *, probe: bool, token: float | None = None) -> None:
+        self._store.record_release(probe=probe, token=token)
 
 
 class MemoryGateStore(pybreaker.CircuitMemoryStorage):
@@ -228,10 +245,14 @@ class MemoryGateStore(pybreaker.CircuitMemoryStorage):
             self._probe_until = now + probe_lease
             return "probe", changed
 
-    def record_success(self, *, probe: bool) -> Transition | None:
+    def _current(self, probe: bool, token: float | None) -> bool:
+        """A probe that still holds the slot (no token: trusted, as before tokens)."""
+        return probe and (token is None or self._probe_until == token)
+
+    def record_success(self, *, probe: bool, token: float | None = None) -> Transition | None:
         with self._lock:
             self.reset_counter()
-            if not probe:
+            if not self._current(probe, token):
                 return None
             self._probe_until = None
             old = _as_state(self.state)
@@ -240,11 +261,13 @@ class MemoryGateStore(pybreaker.CircuitMemoryStorage):
             self.state = "closed"
             return (old, "closed")
 
-    def record_failure(self, now: float, fail_max: int, *, probe: bool) -> Transition | None:
+    def record_failure(
+        self, now: float, fail_max: int, *, probe: bool, token: float | None = None
+    ) -> Transition | None:
         with self._lock:
             self.increment_counter()
             old = _as_state(self.state)
-            if probe:
+            if self._current(probe, token):
                 self._probe_until = None
             elif not (old == "closed" and self.counter >= fail_max):
                 return None
@@ -254,10 +277,11 @@ class MemoryGateStore(pybreaker.CircuitMemoryStorage):
             self.state = "open"
             return (old, "open")
 
-    def record_release(self, *, probe: bool) -> None:
+    def record_release(self, *, probe: bool, token: float | None = None) -> None:
         if probe:
             with self._lock:
-                self._probe_until = None
+                if self._current(probe, token):
+                    self._probe_until = None
 
 
 class BreakerGate:
@@ -316,36 +340,39 @@ class BreakerGate:
         Closed: always a permit. Open: refused until ``reset_timeout`` has passed since it
         opened; then it turns half-open. Half-open: one probe permit at a time.
         """
-        grant, changed = self._store.try_acquire(
-            self._clock(), self._reset_timeout, self._probe_lease
-        )
-        if changed:
-            self._notify(changed)
-        if grant is None:
-            return None
-        return Permit(self, probe=grant == "probe")
+        now = self._clock()
+        grant, changed = self._store.try_acquire(now, self._reset_timeout, self._probe_lease)
+        return self._permit(now, grant, changed)
 
     async def aacquire(self) -> Permit | None:
         """:meth:`acquire` without blocking the event loop on a shared store."""
+        now = self._clock()
         grant, changed = await self._astore.atry_acquire(
-            self._clock(), self._reset_timeout, self._probe_lease
+            now, self._reset_timeout, self._probe_lease
         )
+        return self._permit(now, grant, changed)
+
+    def _permit(self, now: float, grant: Grant, changed: Transition | None) -> Permit | None:
         if changed:
             self._notify(changed)
         if grant is None:
             return None
-        return Permit(self, probe=grant == "probe")
+        if grant == "probe":  # the store recorded the lease end now + probe_lease: its token
+            return Permit(self, probe=True, token=now + self._probe_lease)
+        return Permit(self, probe=False)
 
     def _on_success(self, permit: Permit) -> None:
-        self._notify(self._store.record_success(probe=permit.probe))
+        self._notify(self._store.record_success(probe=permit.probe, token=permit.token))
 
     def _on_failure(self, permit: Permit) -> bool:
-        changed = self._store.record_failure(self._clock(), self._fail_max, probe=permit.probe)
+        changed = self._store.record_failure(
+            self._clock(), self._fail_max, probe=permit.probe, token=permit.token
+        )
         self._notify(changed)
         return changed is not None and changed[1] == "open"
 
     def _on_release(self, permit: Permit) -> None:
-        self._store.record_release(probe=permit.probe)
+        self._store.record_release(probe=permit.probe, token=permit.token)
 
     def _notify(self, changed: Transition | None) -> None:
         if changed is None:

@@ -428,6 +428,9 @@ _SUCCESS = _Script.of(
     + """
 if redis.call('HGET', key, 'failures') ~= '0' then redis.call('HSET', key, 'failures', '0') end
 if ARGV[1] ~= '1' then return reply('', '', '') end
+if ARGV[2] ~= '' and redis.call('HGET', key, 'probe_until') ~= ARGV[2] then
+  return reply('', '', '')  -- a stale probe: its slot passed to another one
+end
 redis.call('HDEL', key, 'probe_until')
 local st = state()
 if st == 'closed' then return reply('', '', '') end
@@ -441,7 +444,9 @@ _FAILURE = _Script.of(
     + """
 local n = redis.call('HINCRBY', key, 'failures', 1)
 local st = state()
-if ARGV[3] == '1' then
+local current = ARGV[3] == '1'
+  and (ARGV[4] == '' or redis.call('HGET', key, 'probe_until') == ARGV[4])
+if current then
   redis.call('HDEL', key, 'probe_until')
 elseif not (st == 'closed' and n >= tonumber(ARGV[2])) then
   return reply('', '', '')
@@ -455,7 +460,9 @@ return reply('', st, 'open')
 _RELEASE = _Script.of(
     _PRELUDE
     + """
-redis.call('HDEL', key, 'probe_until')
+if ARGV[1] == '' or redis.call('HGET', key, 'probe_until') == ARGV[1] then
+  redis.call('HDEL', key, 'probe_until')
+end
 return reply('', '', '')
 """
 )
@@ -546,6 +553,11 @@ def _num(value: float) -> str:
     return repr(float(value))
 
 
+def _token(token: float | None) -> str:
+    """A probe's token as the scripts compare it (the same text ``_ACQUIRE`` stored)."""
+    return "" if token is None else _num(token)
+
+
 # --------------------------------------------------------------------------------------------
 # Breaker state
 # --------------------------------------------------------------------------------------------
@@ -621,27 +633,30 @@ class RedisGateStore(pybreaker.CircuitBreakerStorage):
             return self._fallback().try_acquire(now, reset_timeout, probe_lease)
         return reply.grant, reply.changed
 
-    def record_success(self, *, probe: bool) -> Transition | None:
+    def record_success(self, *, probe: bool, token: float | None = None) -> Transition | None:
         try:
-            reply = self._step(_SUCCESS, ("1" if probe else "0",))
+            reply = self._step(_SUCCESS, ("1" if probe else "0", _token(token)))
         except RedisUnavailableError:
-            return self._fallback().record_success(probe=probe)
+            return self._fallback().record_success(probe=probe, token=token)
         return reply.changed
 
-    def record_failure(self, now: float, fail_max: int, *, probe: bool) -> Transition | None:
+    def record_failure(
+        self, now: float, fail_max: int, *, probe: bool, token: float | None = None
+    ) -> Transition | None:
+        args = (_num(now), str(int(fail_max)), "1" if probe else "0", _token(token))
         try:
-            reply = self._step(_FAILURE, (_num(now), str(int(fail_max)), "1" if probe else "0"))
+            reply = self._step(_FAILURE, args)
         except RedisUnavailableError:
-            return self._fallback().record_failure(now, fail_max, probe=probe)
+            return self._fallback().record_failure(now, fail_max, probe=probe, token=token)
         return reply.changed
 
-    def record_release(self, *, probe: bool) -> None:
+    def record_release(self, *, probe: bool, token: float | None = None) -> None:
         if not probe:
             return
         try:
-            self._step(_RELEASE, ())
+            self._step(_RELEASE, (_token(token),))
         except RedisUnavailableError:
-            self._fallback().record_release(probe=probe)
+            self._fallback().record_release(probe=probe, token=token)
 
     def _step(self, script: _Script, args: Sequence[str]) -> _Reply:
         keys = (self.key,)
@@ -661,28 +676,32 @@ class RedisGateStore(pybreaker.CircuitBreakerStorage):
             return self._fallback().try_acquire(now, reset_timeout, probe_lease)
         return reply.grant, reply.changed
 
-    async def arecord_success(self, *, probe: bool) -> Transition | None:
+    async def arecord_success(
+        self, *, probe: bool, token: float | None = None
+    ) -> Transition | None:
         try:
-            reply = await self._astep(_SUCCESS, ("1" if probe else "0",))
+            reply = await self._astep(_SUCCESS, ("1" if probe else "0", _token(token)))
         except RedisUnavailableError:
-            return self._fallback().record_success(probe=probe)
+            return self._fallback().record_success(probe=probe, token=token)
         return reply.changed
 
-    async def arecord_failure(self, now: float, fail_max: int, *, probe: bool) -> Transition | None:
-        args = (_num(now), str(int(fail_max)), "1" if probe else "0")
+    async def arecord_failure(
+        self, now: float, fail_max: int, *, probe: bool, token: float | None = None
+    ) -> Transition | None:
+        args = (_num(now), str(int(fail_max)), "1" if probe else "0", _token(token))
         try:
             reply = await self._astep(_FAILURE, args)
         except RedisUnavailableError:
-            return self._fallback().record_failure(now, fail_max, probe=probe)
+            return self._fallback().record_failure(now, fail_max, probe=probe, token=token)
         return reply.changed
 
-    async def arecord_release(self, *, probe: bool) -> None:
+    async def arecord_release(self, *, probe: bool, token: float | None = None) -> None:
         if not probe:
             return
         try:
-            await self._astep(_RELEASE, ())
+            await self._astep(_RELEASE, (_token(token),))
         except RedisUnavailableError:
-            self._fallback().record_release(probe=probe)
+            self._fallback().record_release(probe=probe, token=token)
 
     async def _astep(self, script: _Script, args: Sequence[str]) -> _Reply:
         keys = (self.key,)

@@ -265,6 +265,33 @@ def test_a_probe_whose_holder_vanished_expires_after_its_lease(stores, drive, cl
     assert drive.acquire(g).probe
 
 
+def test_a_stale_probe_failing_late_does_not_reopen_a_closed_breaker(stores, drive, clock):
+    g = gate(clock, stores.new(), probe_lease=10.0)
+    drive.fail(g, 3)
+    clock.advance(31)
+    stale = drive.acquire(g)  # probe A: its lease runs out while it is still in flight
+    clock.advance(11)
+    current = drive.acquire(g)  # probe B takes the slot
+    assert stale.probe and current.probe
+    drive.success(current)  # B closes the breaker
+    drive.failure(stale)  # A's late failure counts as one normal failure, nothing more
+    assert g.state == "closed"
+    assert g.fail_counter == 1
+
+
+def test_a_stale_probe_releasing_late_does_not_free_the_current_probes_slot(stores, drive, clock):
+    g = gate(clock, stores.new(), probe_lease=10.0)
+    drive.fail(g, 3)
+    clock.advance(31)
+    stale = drive.acquire(g)
+    clock.advance(11)
+    current = drive.acquire(g)
+    drive.release(stale)
+    assert drive.acquire(g) is None  # the current probe still holds the slot
+    drive.success(current)
+    assert g.state == "closed"
+
+
 def test_straggler_success_does_not_close_an_open_breaker(stores, drive, clock):
     g = gate(clock, stores.new())
     early = drive.acquire(g)
@@ -363,7 +390,8 @@ def test_concurrent_failures_are_never_lost(rs, link, namespace, clock):
     assert transitions == [("closed", "open")]  # exactly one process saw it open
 
 
-def test_concurrent_half_open_callers_get_exactly_one_probe(rs, link, namespace, clock):
+def test_concurrent_half_open_callers_get_exactly_one_probe(rs, namespace, clock):
+    link = _RedisLink(rs.url, timeout=2.0)  # see the async twin below: atomicity, not outages
     seed = RedisGateStore(rs.url, namespace=namespace, name="stream", link=link)
     for _ in range(3):
         seed.record_failure(clock(), 3, probe=False)
@@ -381,11 +409,16 @@ def test_concurrent_half_open_callers_get_exactly_one_probe(rs, link, namespace,
         t.start()
     for t in threads:
         t.join(10)
+    link.close()
     assert [g for g, _ in grants].count("probe") == 1
     assert [c for _, c in grants if c] == [("open", "half-open")]
 
 
-def test_concurrent_async_callers_get_exactly_one_probe(rs, link, namespace, clock):
+def test_concurrent_async_callers_get_exactly_one_probe(rs, namespace, clock):
+    # Atomicity while Redis answers: a generous timeout, so that 20 concurrent scripts on a
+    # loaded 2-core machine are not mistaken for an outage (the degraded mode, where each
+    # process decides locally, has its own tests).
+    link = _RedisLink(rs.url, timeout=2.0)
     stores = [RedisGateStore(rs.url, namespace=namespace, name="s", link=link) for _ in range(20)]
     for _ in range(3):
         stores[0].record_failure(clock(), 3, probe=False)
@@ -398,6 +431,7 @@ def test_concurrent_async_callers_get_exactly_one_probe(rs, link, namespace, clo
             await link.aclose_loop_client()
 
     grants = asyncio.run(go())
+    link.close()
     assert [g for g, _ in grants].count("probe") == 1
 
 
