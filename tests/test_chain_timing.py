@@ -242,15 +242,15 @@ def test_a_cancel_while_settling_a_shared_breaker_never_leaks_the_probe(server, 
         async def atry_acquire(self, now, reset_timeout, probe_lease):
             return self.try_acquire(now, reset_timeout, probe_lease)
 
-        async def arecord_success(self, *, probe):
+        async def arecord_success(self, *, probe, token=None):
             await asyncio.sleep(0.2)
-            return self.record_success(probe=probe)
+            return self.record_success(probe=probe, token=token)
 
-        async def arecord_failure(self, now, fail_max, *, probe):
-            return self.record_failure(now, fail_max, probe=probe)
+        async def arecord_failure(self, now, fail_max, *, probe, token=None):
+            return self.record_failure(now, fail_max, probe=probe, token=token)
 
-        async def arecord_release(self, *, probe):
-            self.record_release(probe=probe)
+        async def arecord_release(self, *, probe, token=None):
+            self.record_release(probe=probe, token=token)
 
     h = Harness("async", make_config(tmp_path, server.base_url), server, clock)
     gate = h.chain.breakers["stream"]
