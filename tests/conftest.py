@@ -246,3 +246,27 @@ def text_after_last_reset(events: list[Any]) -> str:
         else:
             parts.append(event.text)
     return "".join(parts)
+
+
+@pytest.fixture
+def make_chain(server: FaultServer, tmp_path: Path, clock: FakeClock) -> Iterator[Any]:
+    """A sync chain with ``listeners`` against the fault server (fake clock, pinned jitter)."""
+    made: list[tuple[FallbackChain, openai.OpenAI]] = []
+
+    def make(*listeners: object, **overrides: Any) -> FallbackChain:
+        client = openai.OpenAI(base_url=server.base_url, api_key="sk-test-SECRET-listeners")
+        chain = FallbackChain(
+            make_config(tmp_path, server.base_url, **overrides),
+            client=client,
+            clock=clock,
+            sleep=clock.sleep,
+            random=lambda: 0.5,
+            listeners=listeners,
+        )
+        made.append((chain, client))
+        return chain
+
+    yield make
+    for chain, client in made:
+        chain.close()
+        client.close()

@@ -5,10 +5,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import openai
 import pytest
 
-from fallbackchain import AllTiersFailedError, FallbackChain
+from fallbackchain import AllTiersFailedError
 from fallbackchain._hooks import (
     AttemptEnded,
     AttemptStarted,
@@ -21,7 +20,7 @@ from fallbackchain._hooks import (
 )
 from fallbackchain.testing import Fault
 
-from .conftest import make_config, user
+from .conftest import user
 
 
 class Recorder:
@@ -32,24 +31,6 @@ class Recorder:
         if name.startswith("on_"):
             return self.events.append
         raise AttributeError(name)
-
-
-@pytest.fixture
-def make_chain(server, tmp_path, clock):
-    made = []
-
-    def make(*listeners, **overrides):
-        client = openai.OpenAI(base_url=server.base_url, api_key="k")
-        chain = FallbackChain(make_config(tmp_path, server.base_url, **overrides), client=client,
-                              clock=clock, sleep=clock.sleep, random=lambda: 0.5,
-                              listeners=listeners)
-        made.append((chain, client))
-        return chain
-
-    yield make
-    for chain, client in made:
-        chain.close()
-        client.close()
 
 
 def kinds(events):

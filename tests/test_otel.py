@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from fallbackchain import AllTiersFailedError, AsyncFallbackChain, FallbackChain
+from fallbackchain import AllTiersFailedError, AsyncFallbackChain
 from fallbackchain._hooks import RequestEnded, RequestStarted
 from fallbackchain.otel import OpenTelemetryListener
 from fallbackchain.testing import Fault
@@ -78,24 +78,6 @@ def otel():
     telemetry = Telemetry()
     yield telemetry
     telemetry.close()
-
-
-@pytest.fixture
-def make_chain(server, tmp_path, clock):
-    made = []
-
-    def make(*listeners, **overrides):
-        client = openai.OpenAI(base_url=server.base_url, api_key="sk-test-SECRET-otel")
-        chain = FallbackChain(make_config(tmp_path, server.base_url, **overrides), client=client,
-                              clock=clock, sleep=clock.sleep, random=lambda: 0.5,
-                              listeners=listeners)
-        made.append((chain, client))
-        return chain
-
-    yield make
-    for chain, client in made:
-        chain.close()
-        client.close()
 
 
 def all_attribute_text(otel):
