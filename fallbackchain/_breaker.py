@@ -98,7 +98,7 @@ class Permit:
             gate._clock(), gate._fail_max, probe=self.probe, token=self.token
         )
         gate._notify(changed)
-        return changed is not None and changed[1] == "open"
+        return _opened(changed)
 
     async def arelease(self) -> None:
         """:meth:`release` without blocking the event loop on a shared store."""
@@ -369,7 +369,7 @@ class BreakerGate:
             self._clock(), self._fail_max, probe=permit.probe, token=permit.token
         )
         self._notify(changed)
-        return changed is not None and changed[1] == "open"
+        return _opened(changed)
 
     def _on_release(self, permit: Permit) -> None:
         self._store.record_release(probe=permit.probe, token=permit.token)
@@ -385,6 +385,11 @@ class BreakerGate:
             self._on_state_change(self.name, old, new)
         except Exception:  # a listener must never break a request
             logger.exception("breaker state-change listener failed (ignored)")
+
+
+def _opened(changed: Transition | None) -> bool:
+    """True when a settle step's transition opened the breaker."""
+    return changed is not None and changed[1] == "open"
 
 
 def _as_state(raw: object) -> BreakerState:

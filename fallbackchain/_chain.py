@@ -240,9 +240,7 @@ class _ChainBase:
         kwargs["timeout"] = httpx2.Timeout(connect, read=max(read, 0.001))
         return kwargs
 
-    def _read_budget(
-        self, watch: AttemptWatch, run: RequestRun, now: float, *, streaming: bool
-    ) -> float:
+    def _read_budget(self, run: RequestRun, now: float, *, streaming: bool) -> float:
         cfg = self.config.openai
         if streaming:
             per_read = max(cfg.first_token_timeout, cfg.idle_timeout)
@@ -537,7 +535,7 @@ class FallbackChain(_ChainBase):
             request,
             step.tier,
             streaming=True,
-            read=self._read_budget(watch, run, before, streaming=True),
+            read=self._read_budget(run, before, streaming=True),
         )
         stream = self._clients[step.tier.provider].chat.completions.create(**kwargs)
         with stream:
@@ -568,7 +566,7 @@ class FallbackChain(_ChainBase):
         self, request: _Request, run: RequestRun, step: TryTier, watch: AttemptWatch
     ) -> ChatCompletion:
         before = self._clock()
-        budget = self._read_budget(watch, run, before, streaming=False)
+        budget = self._read_budget(run, before, streaming=False)
         kwargs = self._kwargs(request, step.tier, streaming=False, read=budget)
         completion = self._clients[step.tier.provider].chat.completions.create(**kwargs)
         watch.content_seen = True
@@ -848,7 +846,7 @@ class AsyncFallbackChain(_ChainBase):
             request,
             step.tier,
             streaming=True,
-            read=self._read_budget(watch, run, before, streaming=True),
+            read=self._read_budget(run, before, streaming=True),
         )
         try:
             async with asyncio.timeout(budget):
@@ -893,7 +891,7 @@ class AsyncFallbackChain(_ChainBase):
         self, request: _Request, run: RequestRun, step: TryTier, watch: AttemptWatch
     ) -> ChatCompletion:
         before = self._clock()
-        budget = self._read_budget(watch, run, before, streaming=False)
+        budget = self._read_budget(run, before, streaming=False)
         kwargs = self._kwargs(request, step.tier, streaming=False, read=budget)
         try:
             async with asyncio.timeout(budget):

@@ -130,7 +130,7 @@ class RequestRun:
 
     def remaining(self, now: float | None = None) -> float:
         """Seconds left before the live deadline (may be negative)."""
-        return self._retry.deadline - self.elapsed(now)
+        return self.deadline - self.elapsed(now)
 
     def pause(self, seconds: float) -> None:
         """The consumer held the stream for ``seconds``: not counted against the deadline."""

@@ -327,9 +327,7 @@ def _map(exc: BaseException, *, content_seen: bool) -> TierError:
             text, status_code=status, retry_after=retry_after, should_retry=retryable, code=code
         )
     if isinstance(exc, openai.APITimeoutError):
-        if content_seen:
-            return IdleTimeoutError("read timed out between chunks")
-        return FirstTokenTimeoutError("timed out before the first content")
+        return _timed_out(content_seen=content_seen)
     if isinstance(exc, openai.APIConnectionError):
         return UpstreamConnectionError(_short(f"connection error: {_cause_name(exc)}"))
     if isinstance(exc, openai.APIResponseValidationError):
@@ -343,9 +341,7 @@ def _map(exc: BaseException, *, content_seen: bool) -> TierError:
     if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
         return MalformedChunkError(f"malformed chunk: {type(exc).__name__}")
     if isinstance(exc, TimeoutError):
-        if content_seen:
-            return IdleTimeoutError("timed out between chunks")
-        return FirstTokenTimeoutError("timed out before the first content")
+        return _timed_out(content_seen=content_seen)
     if isinstance(exc, ConnectionError | OSError):
         return UpstreamConnectionError(f"connection error: {type(exc).__name__}")
     if isinstance(exc, sqlite3.Error):  # pragma: no cover - cache errors never reach a tier
@@ -353,6 +349,13 @@ def _map(exc: BaseException, *, content_seen: bool) -> TierError:
     if isinstance(exc, openai.OpenAIError):
         return TierError(_short(f"{type(exc).__name__}: {exc}"))
     return _map_httpx2(exc, content_seen=content_seen)
+
+
+def _timed_out(*, content_seen: bool) -> UpstreamTimeoutError:
+    """A read or wait that timed out: idle once content had arrived, else no first content."""
+    if content_seen:
+        return IdleTimeoutError("read timed out between chunks")
+    return FirstTokenTimeoutError("timed out before the first content")
 
 
 def _cause_name(exc: BaseException) -> str:
@@ -364,9 +367,7 @@ def _map_httpx2(exc: BaseException, *, content_seen: bool) -> TierError:
     import httpx2  # noqa: PLC0415 - the SDK's transport; imported lazily, only for odd paths
 
     if isinstance(exc, httpx2.TimeoutException):
-        if content_seen:
-            return IdleTimeoutError("read timed out between chunks")
-        return FirstTokenTimeoutError("timed out before the first content")
+        return _timed_out(content_seen=content_seen)
     if isinstance(exc, httpx2.TransportError | httpx2.StreamError):
         return UpstreamConnectionError(f"connection error: {type(exc).__name__}")
     if isinstance(exc, httpx2.HTTPError):
