@@ -13,7 +13,7 @@ raises one :class:`AllTiersFailedError` listing every attempt::
         print(stream.response.text, stream.response.source)
 """
 
-from ._breaker import BreakerGate, BreakerState, Permit
+from ._breaker import BUSY, BreakerGate, BreakerState, Busy, Permit
 from ._cache import (
     CachedAnswer,
     CacheStats,
@@ -84,6 +84,7 @@ Cache = ResponseCache
 __version__ = "0.1.0"
 
 __all__ = [
+    "BUSY",
     "AllTiersFailedError",
     "AsyncChainStream",
     "AsyncFallbackChain",
@@ -95,6 +96,7 @@ __all__ = [
     "BreakerGate",
     "BreakerOpenError",
     "BreakerState",
+    "Busy",
     "Cache",
     "CacheConfig",
     "CacheCorruptError",

@@ -13,23 +13,37 @@ counts cancellation as a failure, and lets any number of half-open trials throug
 
 Half-open lets exactly **one** probe through; everyone else is refused until it settles (or
 its lease, ``probe_lease`` seconds, runs out). Time comes from the injected ``clock``.
+
+**Doubt limits concurrency.** A closed breaker is *trusted* once an attempt has succeeded
+(or produced content, :meth:`Permit.vouch`) and until one fails; a new breaker starts in
+doubt. Trusted, it admits any number of attempts. In doubt, it admits an attempt only while
+``failures + trials in flight < fail_max`` (each such permit is a *trial*, leased like a
+probe), and answers :data:`BUSY` otherwise: "ask again shortly". So however many callers (or
+processes, with a shared store) arrive at once, an upstream that never answered gets at most
+``fail_max`` attempts before the breaker opens, not one per caller.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import enum
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Literal, Protocol, runtime_checkable
+from typing import Final, Literal, Protocol, runtime_checkable
 
 import pybreaker
 
 __all__ = [
+    "BUSY",
     "AsyncGateStore",
     "BreakerGate",
     "BreakerState",
+    "Busy",
     "GateStore",
     "MemoryGateStore",
     "Permit",
@@ -47,16 +61,53 @@ class StateChangeCallback(Protocol):
     def __call__(self, name: str, old: BreakerState, new: BreakerState) -> None: ...
 
 
+class Busy(enum.Enum):
+    """The type of :data:`BUSY`."""
+
+    BUSY = "busy"
+
+
+BUSY: Final = Busy.BUSY
+""":meth:`BreakerGate.acquire`'s answer when a breaker in doubt has every trial slot taken:
+not refused for good, ask again shortly (the breaker may be trusted, or open, by then)."""
+
+
 class Permit:
-    """Permission for one attempt. Settle it exactly once; later calls are ignored."""
+    """Permission for one attempt. Settle it exactly once; later calls are ignored.
 
-    __slots__ = ("_gate", "_settled", "probe", "token")
+    ``probe``: the one half-open trial. ``trial``: admitted while the breaker was in doubt.
+    Both hold a slot named by ``token``; a normal permit (trusted breaker) has no token.
+    """
 
-    def __init__(self, gate: BreakerGate, *, probe: bool, token: float | None = None) -> None:
+    __slots__ = ("_gate", "_settled", "_vouched", "probe", "token", "trial")
+
+    def __init__(
+        self, gate: BreakerGate, *, probe: bool, token: str | None = None, trial: bool = False
+    ) -> None:
         self._gate = gate
         self.probe = probe
-        self.token = token  # a probe's lease end as granted: tells a stale probe from the current
+        self.trial = trial
+        self.token = token  # names this permit's slot: tells a stale probe from the current one
         self._settled = False
+        self._vouched = not trial
+
+    def vouch(self) -> None:
+        """The attempt produced content: a trial's breaker becomes trusted (no-op otherwise).
+
+        Call it at the first content; it lets waiting callers in without waiting for the
+        whole answer. The permit still has to be settled.
+        """
+        if not self._vouched and not self._settled:
+            self._vouched = True
+            self._gate._store.record_vouch(token=self.token)
+            self._gate._wake()
+
+    async def avouch(self) -> None:
+        """:meth:`vouch` without blocking the event loop on a shared store."""
+        if not self._vouched and not self._settled:
+            self._vouched = True
+            await self._gate._astore.arecord_vouch(token=self.token)
+            self._gate._wake()
 
     def success(self) -> None:
         """The attempt succeeded: reset the failure count; a probe closes the breaker."""
@@ -84,9 +135,9 @@ class Permit:
         """:meth:`success` without blocking the event loop on a shared store."""
         if not self._settled:
             self._settled = True
-            self._gate._notify(
-                await self._gate._astore.arecord_success(probe=self.probe, token=self.token)
-            )
+            gate = self._gate
+            gate._notify(await gate._astore.arecord_success(probe=self.probe, token=self.token))
+            gate._wake()
 
     async def afailure(self) -> bool:
         """:meth:`failure` without blocking the event loop on a shared store."""
@@ -98,6 +149,7 @@ class Permit:
             gate._clock(), gate._fail_max, probe=self.probe, token=self.token
         )
         gate._notify(changed)
+        gate._wake()
         return _opened(changed)
 
     async def arelease(self) -> None:
@@ -105,9 +157,10 @@ class Permit:
         if not self._settled:
             self._settled = True
             await self._gate._astore.arecord_release(probe=self.probe, token=self.token)
+            self._gate._wake()
 
 
-Grant = Literal["normal", "probe"] | None
+Grant = Literal["normal", "trial", "probe", "busy"] | None
 Transition = tuple[BreakerState, BreakerState]
 
 
@@ -129,27 +182,40 @@ class GateStore(Protocol):
         ...
 
     def try_acquire(
-        self, now: float, reset_timeout: float, probe_lease: float
+        self, now: float, reset_timeout: float, probe_lease: float, *, fail_max: int, token: str
     ) -> tuple[Grant, Transition | None]:
-        """Grant a normal permit (closed), one probe (after ``reset_timeout``), or none."""
+        """Decide one admission; ``token`` names the slot if a trial or probe is granted.
+
+        Closed and trusted: ``"normal"``. Closed in doubt: ``"trial"`` while
+        ``failures + live trials < fail_max`` (the trial's lease ends at
+        ``now + probe_lease``), else ``"busy"``. Open: ``None`` until ``reset_timeout``, then
+        half-open. Half-open: one ``"probe"`` per lease, else ``None``.
+        """
         ...
 
-    def record_success(self, *, probe: bool, token: float | None = None) -> Transition | None:
-        """Reset the failure count; a probe closes the breaker.
+    def record_success(self, *, probe: bool, token: str | None = None) -> Transition | None:
+        """Reset the failure count and trust the breaker; a current probe closes it.
 
-        ``token`` is the probe's lease end as granted (``now + probe_lease``): a probe whose
-        slot has since passed to another probe is stale and settles as a normal attempt.
+        A probe whose slot has since passed to another probe (another ``token``) is stale
+        and settles as a normal attempt. A trial frees its slot.
         """
         ...
 
     def record_failure(
-        self, now: float, fail_max: int, *, probe: bool, token: float | None = None
+        self, now: float, fail_max: int, *, probe: bool, token: str | None = None
     ) -> Transition | None:
-        """Count a failure; open at ``fail_max`` while closed, or when a (current) probe fails."""
+        """Count a failure and doubt the breaker; a trial frees its slot.
+
+        Opens at ``fail_max`` while closed, or when a (current) probe fails.
+        """
         ...
 
-    def record_release(self, *, probe: bool, token: float | None = None) -> None:
-        """Neutral end of an attempt: a (current) probe frees its slot, nothing is counted."""
+    def record_release(self, *, probe: bool, token: str | None = None) -> None:
+        """Neutral end of an attempt: a (current) probe or a trial frees its slot."""
+        ...
+
+    def record_vouch(self, *, token: str | None) -> None:
+        """A trial produced content: a closed breaker becomes trusted."""
         ...
 
 
@@ -158,25 +224,27 @@ class AsyncGateStore(Protocol):
     """The awaitable twin of :class:`GateStore`'s atomic steps (for asyncio chains)."""
 
     async def atry_acquire(
-        self, now: float, reset_timeout: float, probe_lease: float
+        self, now: float, reset_timeout: float, probe_lease: float, *, fail_max: int, token: str
     ) -> tuple[Grant, Transition | None]:
         """See :meth:`GateStore.try_acquire`."""
         ...
 
-    async def arecord_success(
-        self, *, probe: bool, token: float | None = None
-    ) -> Transition | None:
+    async def arecord_success(self, *, probe: bool, token: str | None = None) -> Transition | None:
         """See :meth:`GateStore.record_success`."""
         ...
 
     async def arecord_failure(
-        self, now: float, fail_max: int, *, probe: bool, token: float | None = None
+        self, now: float, fail_max: int, *, probe: bool, token: str | None = None
     ) -> Transition | None:
         """See :meth:`GateStore.record_failure`."""
         ...
 
-    async def arecord_release(self, *, probe: bool, token: float | None = None) -> None:
+    async def arecord_release(self, *, probe: bool, token: str | None = None) -> None:
         """See :meth:`GateStore.record_release`."""
+        ...
+
+    async def arecord_vouch(self, *, token: str | None) -> None:
+        """See :meth:`GateStore.record_vouch`."""
         ...
 
 
@@ -189,34 +257,40 @@ class _SyncAsAsync:
         self._store = store
 
     async def atry_acquire(
-        self, now: float, reset_timeout: float, probe_lease: float
+        self, now: float, reset_timeout: float, probe_lease: float, *, fail_max: int, token: str
     ) -> tuple[Grant, Transition | None]:
-        return self._store.try_acquire(now, reset_timeout, probe_lease)
+        return self._store.try_acquire(
+            now, reset_timeout, probe_lease, fail_max=fail_max, token=token
+        )
 
-    async def arecord_success(
-        self, *, probe: bool, token: float | None = None
-    ) -> Transition | None:
+    async def arecord_success(self, *, probe: bool, token: str | None = None) -> Transition | None:
         return self._store.record_success(probe=probe, token=token)
 
     async def arecord_failure(
-        self, now: float, fail_max: int, *, probe: bool, token: float | None = None
+        self, now: float, fail_max: int, *, probe: bool, token: str | None = None
     ) -> Transition | None:
         return self._store.record_failure(now, fail_max, probe=probe, token=token)
 
-    async def arecord_release(self, *, probe: bool, token: float | None = None) -> None:
+    async def arecord_release(self, *, probe: bool, token: str | None = None) -> None:
         self._store.record_release(probe=probe, token=token)
+
+    async def arecord_vouch(self, *, token: str | None) -> None:
+        self._store.record_vouch(token=token)
 
 
 class MemoryGateStore(pybreaker.CircuitMemoryStorage):
-    """The in-process store: pybreaker's memory storage plus a probe slot, behind a short lock.
+    """The in-process store: pybreaker's memory storage plus probe and trial slots.
 
-    The lock is held only for these few field updates, never across a call.
+    A short lock guards these few field updates; it is never held across a call.
     """
 
     def __init__(self) -> None:
         super().__init__(pybreaker.STATE_CLOSED)
         self._lock = threading.Lock()
         self._probe_until: float | None = None
+        self._probe_token: str | None = None
+        self._trials: dict[str, float] = {}  # token -> lease end
+        self.trusted = False
 
     def current_state(self) -> BreakerState:
         return _as_state(self.state)
@@ -225,12 +299,20 @@ class MemoryGateStore(pybreaker.CircuitMemoryStorage):
         return int(self.counter)
 
     def try_acquire(
-        self, now: float, reset_timeout: float, probe_lease: float
+        self, now: float, reset_timeout: float, probe_lease: float, *, fail_max: int, token: str
     ) -> tuple[Grant, Transition | None]:
         with self._lock:
             state = _as_state(self.state)
             if state == "closed":
-                return "normal", None
+                if self.trusted:
+                    return "normal", None
+                trials = self._trials
+                for stale in [t for t, until in trials.items() if until <= now]:
+                    del trials[stale]  # a trial whose holder vanished without settling
+                if self.counter + len(trials) >= fail_max:
+                    return "busy", None
+                trials[token] = now + probe_lease
+                return "trial", None
             changed: Transition | None = None
             if state == "open":
                 opened_at = self.opened_at
@@ -238,23 +320,29 @@ class MemoryGateStore(pybreaker.CircuitMemoryStorage):
                 if since < reset_timeout:
                     return None, None
                 self.state = "half-open"
-                self._probe_until = None
+                self._probe_until = self._probe_token = None
                 changed = ("open", "half-open")
             if self._probe_until is not None and now < self._probe_until:
                 return None, changed
             self._probe_until = now + probe_lease
+            self._probe_token = token
             return "probe", changed
 
-    def _current(self, probe: bool, token: float | None) -> bool:
-        """A probe that still holds the slot (no token: trusted, as before tokens)."""
-        return probe and (token is None or self._probe_until == token)
+    def _settle_slot(self, probe: bool, token: str | None) -> bool:
+        """Free the permit's slot; True when it was the current probe (no token: trusted)."""
+        if token is not None:
+            self._trials.pop(token, None)
+        if probe and (token is None or self._probe_token == token):
+            self._probe_until = self._probe_token = None
+            return True
+        return False
 
-    def record_success(self, *, probe: bool, token: float | None = None) -> Transition | None:
+    def record_success(self, *, probe: bool, token: str | None = None) -> Transition | None:
         with self._lock:
             self.reset_counter()
-            if not self._current(probe, token):
+            self.trusted = True
+            if not self._settle_slot(probe, token):
                 return None
-            self._probe_until = None
             old = _as_state(self.state)
             if old == "closed":
                 return None
@@ -262,14 +350,15 @@ class MemoryGateStore(pybreaker.CircuitMemoryStorage):
             return (old, "closed")
 
     def record_failure(
-        self, now: float, fail_max: int, *, probe: bool, token: float | None = None
+        self, now: float, fail_max: int, *, probe: bool, token: str | None = None
     ) -> Transition | None:
         with self._lock:
             self.increment_counter()
+            self.trusted = False
             old = _as_state(self.state)
-            if self._current(probe, token):
-                self._probe_until = None
-            elif not (old == "closed" and self.counter >= fail_max):
+            if not self._settle_slot(probe, token) and not (
+                old == "closed" and self.counter >= fail_max
+            ):
                 return None
             if old == "open":
                 return None
@@ -277,11 +366,15 @@ class MemoryGateStore(pybreaker.CircuitMemoryStorage):
             self.state = "open"
             return (old, "open")
 
-    def record_release(self, *, probe: bool, token: float | None = None) -> None:
-        if probe:
+    def record_release(self, *, probe: bool, token: str | None = None) -> None:
+        if probe or token is not None:
             with self._lock:
-                if self._current(probe, token):
-                    self._probe_until = None
+                self._settle_slot(probe, token)
+
+    def record_vouch(self, *, token: str | None) -> None:
+        with self._lock:
+            if _as_state(self.state) == "closed":
+                self.trusted = True
 
 
 class BreakerGate:
@@ -320,6 +413,9 @@ class BreakerGate:
         self._reset_timeout = reset_timeout
         self._probe_lease = probe_lease if probe_lease is not None else max(reset_timeout, 1.0)
         self._on_state_change = on_state_change
+        self._changed = threading.Condition()
+        self._sync_waiters = 0
+        self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
 
     @property
     def state(self) -> BreakerState:
@@ -334,45 +430,103 @@ class BreakerGate:
     def __repr__(self) -> str:
         return f"<BreakerGate {self.name!r} {self.state} failures={self.fail_counter}>"
 
-    def acquire(self) -> Permit | None:
-        """A permit for one attempt, or ``None`` when the breaker refuses it.
+    def acquire(self) -> Permit | Busy | None:
+        """A permit for one attempt, :data:`BUSY`, or ``None`` when the breaker refuses it.
 
-        Closed: always a permit. Open: refused until ``reset_timeout`` has passed since it
-        opened; then it turns half-open. Half-open: one probe permit at a time.
+        Closed and trusted: always a permit. Closed in doubt: a trial permit while
+        ``failures + trials in flight < fail_max``, else :data:`BUSY` (ask again shortly).
+        Open: refused until ``reset_timeout`` has passed since it opened; then it turns
+        half-open. Half-open: one probe permit at a time.
         """
-        now = self._clock()
-        grant, changed = self._store.try_acquire(now, self._reset_timeout, self._probe_lease)
-        return self._permit(now, grant, changed)
-
-    async def aacquire(self) -> Permit | None:
-        """:meth:`acquire` without blocking the event loop on a shared store."""
-        now = self._clock()
-        grant, changed = await self._astore.atry_acquire(
-            now, self._reset_timeout, self._probe_lease
+        token = secrets.token_hex(8)
+        grant, changed = self._store.try_acquire(
+            self._clock(),
+            self._reset_timeout,
+            self._probe_lease,
+            fail_max=self._fail_max,
+            token=token,
         )
-        return self._permit(now, grant, changed)
+        return self._permit(grant, changed, token)
 
-    def _permit(self, now: float, grant: Grant, changed: Transition | None) -> Permit | None:
+    async def aacquire(self) -> Permit | Busy | None:
+        """:meth:`acquire` without blocking the event loop on a shared store."""
+        token = secrets.token_hex(8)
+        grant, changed = await self._astore.atry_acquire(
+            self._clock(),
+            self._reset_timeout,
+            self._probe_lease,
+            fail_max=self._fail_max,
+            token=token,
+        )
+        return self._permit(grant, changed, token)
+
+    def _permit(self, grant: Grant, changed: Transition | None, token: str) -> Permit | Busy | None:
         if changed:
             self._notify(changed)
         if grant is None:
             return None
-        if grant == "probe":  # the store recorded the lease end now + probe_lease: its token
-            return Permit(self, probe=True, token=now + self._probe_lease)
-        return Permit(self, probe=False)
+        if grant == "normal":
+            return Permit(self, probe=False)
+        if grant == "busy":
+            return BUSY
+        return Permit(self, probe=grant == "probe", token=token, trial=grant == "trial")
 
     def _on_success(self, permit: Permit) -> None:
         self._notify(self._store.record_success(probe=permit.probe, token=permit.token))
+        self._wake()
 
     def _on_failure(self, permit: Permit) -> bool:
         changed = self._store.record_failure(
             self._clock(), self._fail_max, probe=permit.probe, token=permit.token
         )
         self._notify(changed)
+        self._wake()
         return _opened(changed)
 
     def _on_release(self, permit: Permit) -> None:
         self._store.record_release(probe=permit.probe, token=permit.token)
+        self._wake()
+
+    # -- waiting while busy -----------------------------------------------------------------
+
+    def wait(self, seconds: float) -> None:
+        """Block until a permit of this gate settles or vouches in this process, or ``seconds``.
+
+        What a caller told :data:`BUSY` does before asking again. It waits for other
+        attempts, so it is a real wait (not the injected sleep); ``seconds`` bounds it, for
+        changes made by other processes, which send no wake-up.
+        """
+        with self._changed:
+            self._sync_waiters += 1
+            try:
+                self._changed.wait(seconds)
+            finally:
+                self._sync_waiters -= 1
+
+    async def await_change(self, seconds: float) -> None:
+        """:meth:`wait` for asyncio: the event loop runs meanwhile."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        entry = (loop, waiter)
+        with self._changed:
+            self._async_waiters.add(entry)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await waiter
+        finally:
+            with self._changed:
+                self._async_waiters.discard(entry)
+
+    def _wake(self) -> None:
+        """Wake every caller waiting in :meth:`wait` or :meth:`await_change` (cheap if none)."""
+        if not (self._sync_waiters or self._async_waiters):
+            return
+        with self._changed:
+            self._changed.notify_all()
+            for loop, waiter in self._async_waiters:
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nothing waits
+                    loop.call_soon_threadsafe(_resolve, waiter)
 
     def _notify(self, changed: Transition | None) -> None:
         if changed is None:
@@ -385,6 +539,11 @@ class BreakerGate:
             self._on_state_change(self.name, old, new)
         except Exception:  # a listener must never break a request
             logger.exception("breaker state-change listener failed (ignored)")
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _opened(changed: Transition | None) -> bool:

@@ -40,7 +40,7 @@ from ._backends import gate_store, response_cache
 from ._breaker import BreakerGate, BreakerState
 from ._cache import CachedAnswer, ResponseCache, cache_key
 from ._config import ChainConfig, OpenAIConfig, load_config
-from ._core import AttemptWatch, RequestRun, Sleep, Tier, TryTier, UseCache
+from ._core import AttemptWatch, AwaitSlot, RequestRun, Sleep, Tier, TryTier, UseCache
 from ._errors import (
     AllTiersFailedError,
     DeadlineExceededError,
@@ -485,6 +485,9 @@ class FallbackChain(_ChainBase):
                 if isinstance(step, Sleep):
                     sleep_unless_testing(self._sleep, step.seconds)
                     continue
+                if isinstance(step, AwaitSlot):
+                    step.tier.gate.wait(step.seconds)
+                    continue
                 attempt = run.granted(step, step.tier.gate.acquire())
                 if attempt is None:
                     continue
@@ -547,6 +550,7 @@ class FallbackChain(_ChainBase):
             delta = run.display.delta
             chunks = iter(stream)
             source = step.tier.name
+            unvouched = step.permit.trial  # a trial's first content lets waiting callers in
             while True:
                 before = clock()
                 # Between two waits the consumer held the stream: not the upstream's time.
@@ -558,6 +562,9 @@ class FallbackChain(_ChainBase):
                 after = clock()
                 text = add(chunk)
                 check(before, after, got_content=assembler.content_seen)
+                if unvouched and assembler.content_seen:
+                    unvouched = False
+                    step.permit.vouch()
                 if text:
                     yield from delta(text, source)
         return assembler.finish(model=request.model)
@@ -758,6 +765,9 @@ class AsyncFallbackChain(_ChainBase):
                 if isinstance(step, Sleep):
                     await async_sleep_unless_testing(self._sleep, step.seconds)
                     continue
+                if isinstance(step, AwaitSlot):
+                    await step.tier.gate.await_change(step.seconds)
+                    continue
                 attempt = run.granted(step, await step.tier.gate.aacquire())
                 if attempt is None:
                     continue
@@ -862,6 +872,7 @@ class AsyncFallbackChain(_ChainBase):
             delta = run.display.delta
             chunks = aiter(stream)
             source = step.tier.name
+            unvouched = step.permit.trial  # a trial's first content lets waiting callers in
             watchdog = _Watchdog(loop)
             try:
                 while True:
@@ -880,6 +891,9 @@ class AsyncFallbackChain(_ChainBase):
                     after = clock()
                     text = add(chunk)
                     check(before, after, got_content=assembler.content_seen)
+                    if unvouched and assembler.content_seen:
+                        unvouched = False
+                        await step.permit.avouch()
                     if text:
                         for event in delta(text, source):
                             yield event

@@ -26,7 +26,7 @@ from typing import Literal
 
 from ._assembly import Display
 from ._backoff import decide
-from ._breaker import BreakerGate, Permit
+from ._breaker import BreakerGate, Busy, Permit
 from ._config import ChainConfig
 from ._errors import (
     BreakerOpenError,
@@ -41,9 +41,23 @@ from ._errors import (
 from ._hooks import AttemptEnded, AttemptStarted, FallbackTaken, Hooks, RetryScheduled
 from ._results import Attempt
 
-__all__ = ["Acquire", "AttemptWatch", "RequestRun", "Sleep", "Tier", "TryTier", "UseCache"]
+__all__ = [
+    "Acquire",
+    "AttemptWatch",
+    "AwaitSlot",
+    "RequestRun",
+    "Sleep",
+    "Tier",
+    "TryTier",
+    "UseCache",
+]
 
 logger = logging.getLogger("fallbackchain")
+
+BUSY_POLL = 0.05
+"""Longest wait between two asks of a busy breaker (in doubt, every trial slot taken),
+jittered down to half; a settle in this process wakes the waiter at once. The wait at one
+tier lasts at most ``first_token_timeout`` (and the deadline), by the run's clock."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +80,18 @@ class Tier:
 class Sleep:
     """Wait this many seconds, then ask again."""
 
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitSlot:
+    """``tier``'s breaker is busy: wait on its gate, then ask again.
+
+    The wait ends when one of the gate's attempts settles in this process, or after
+    ``seconds`` (see :meth:`BreakerGate.wait`).
+    """
+
+    tier: Tier
     seconds: float
 
 
@@ -119,6 +145,9 @@ class RequestRun:
         self._number = 0
         self._pending_sleep: float | None = None
         self._slept = 0.0
+        self._pending_wait: float | None = None
+        self._busy_since: float | None = None
+        self._busy_limit = config.openai.first_token_timeout
         self.display = Display()
         """What the consumer has been shown; every attempt after the first is matched to it."""
 
@@ -139,15 +168,19 @@ class RequestRun:
 
     # -- steps ---------------------------------------------------------------------------
 
-    def next_step(self) -> Sleep | Acquire | UseCache:
+    def next_step(self) -> Sleep | AwaitSlot | Acquire | UseCache:
         """What the driver must do next.
 
-        ``Sleep``: wait, then ask again. ``Acquire``: get a permit from the tier's gate
-        (sync or awaited) and hand it to :meth:`granted`. ``UseCache``: no live tier is left.
+        ``Sleep``: wait, then ask again. ``AwaitSlot``: wait on the tier's gate, then ask
+        again. ``Acquire``: get a permit from the tier's gate (sync or awaited) and hand it to
+        :meth:`granted`. ``UseCache``: no live tier is left.
         """
+        if self._pending_wait is not None:
+            seconds, self._pending_wait = self._pending_wait, None
+            return AwaitSlot(self._tiers[self._index], seconds)
         if self._pending_sleep is not None:
             delay, self._pending_sleep = self._pending_sleep, None
-            self._slept = delay
+            self._slept += delay
             return Sleep(delay)
         if self._index < len(self._tiers) and self.remaining() <= 0:
             self._index = len(self._tiers)
@@ -155,9 +188,30 @@ class RequestRun:
             return Acquire(self._tiers[self._index])
         return UseCache()
 
-    def granted(self, step: Acquire, permit: Permit | None) -> TryTier | None:
-        """The gate's answer to ``step``: the attempt to make, or ``None`` (refused, moved on)."""
+    def granted(self, step: Acquire, permit: Permit | Busy | None) -> TryTier | None:
+        """The gate's answer to ``step``: the attempt to make, or ``None`` (no attempt now).
+
+        Refused (``None``): recorded, and the run moves on to the next tier. Busy (the
+        breaker is in doubt and ``fail_max`` trials are in flight): the run sleeps
+        :data:`BUSY_POLL` and asks again, for at most ``first_token_timeout`` and the
+        deadline; then it moves on as if refused.
+        """
         tier = step.tier
+        if isinstance(permit, Busy):
+            now = self._clock()
+            if self._busy_since is None:
+                self._busy_since = now
+            waited = now - self._busy_since
+            if waited < self._busy_limit and self.remaining(now) > 0:
+                self._pending_wait = BUSY_POLL * (0.5 + 0.5 * self._random())
+                return None
+            error = BreakerOpenError(
+                f"{tier.name} breaker is in doubt and its trial attempts did not settle "
+                f"within {waited:.3g}s"
+            )
+            self.attempts.append(Attempt(tier.name, error.message, 0.0, exception=error))
+            self._move_on(tier.name, "breaker busy", self._index + 1)
+            return None
         if permit is None:
             error = BreakerOpenError(f"{tier.name} breaker is open")
             self.attempts.append(Attempt(tier.name, error.message, 0.0, exception=error))
@@ -165,6 +219,9 @@ class RequestRun:
             return None
         self._number += 1
         delay, self._slept = self._slept, 0.0
+        if self._busy_since is not None:  # waiting for a trial slot counts as delay too
+            delay += self._clock() - self._busy_since
+            self._busy_since = None
         if self.attempts:
             self.display.new_attempt()
         if self._hooks:
@@ -329,6 +386,7 @@ class RequestRun:
         self._index = index
         self._number = 0
         self._slept = 0.0
+        self._busy_since = None
         to_tier = self._tiers[index].name if index < len(self._tiers) else "cache"
         logger.info("fallback: %s -> %s (%s)", from_tier, to_tier, reason)
         if self._hooks:

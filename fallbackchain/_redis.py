@@ -5,13 +5,15 @@ Selected by the config (``breaker.storage = "redis"``, ``cache.backend = "redis"
 
 * :class:`RedisGateStore` is a ``GateStore`` and an ``AsyncGateStore`` (and a
   ``pybreaker.CircuitBreakerStorage``, so ``gate.breaker.current_state`` is true). Every step
-  (acquire, success, failure, release) is **one Lua script** over one hash per breaker,
-  ``{namespace}:breaker:{tier}`` (fields ``state``, ``failures``, ``opened_at``,
-  ``probe_until``), so no increment is lost and no two processes disagree about a
-  transition: across every process sharing a namespace the breaker opens after ``fail_max``
-  failures in total, and each half-open period lets one probe through. Times are the gate's
-  clock (wall-clock seconds by default), so hosts sharing a namespace need synchronised clocks
-  (NTP). The hashes are a few dozen bytes each and are never expired.
+  (acquire, success, failure, release, vouch) is **one Lua script** over one hash per
+  breaker, ``{namespace}:breaker:{tier}`` (fields ``state``, ``failures``, ``opened_at``,
+  ``trusted``, ``probe_until``/``probe_token`` and one ``t:<token>`` per trial in flight), so
+  no increment is lost and no two processes disagree about a transition: across every
+  process sharing a namespace, a breaker in doubt has at most ``fail_max`` attempts failed or
+  in flight, so it opens after ``fail_max`` failures in total, and each half-open period lets
+  one probe through. Times are the gate's clock (wall-clock seconds by default), so hosts
+  sharing a namespace need synchronised clocks (NTP). The hashes are a few dozen bytes each
+  and are never expired; a trial whose process died is forgotten when its lease ends.
 * :class:`RedisResponseCache` offers the public interface of
   :class:`~fallbackchain._cache.ResponseCache` (plus ``aget``/``aput`` on ``redis.asyncio``).
   Keys are ``{namespace}:cache:{fc1-...}``; values are the same JSON rows the disk cache
@@ -387,8 +389,10 @@ class _Script:
             return await client.eval(self.source, len(keys), *keys, *args)
 
 
-# Every breaker script returns {grant, from, to, state, failures, opened_at}, all strings
-# (Redis would truncate a Lua number to an integer). Times arrive as Python repr() strings.
+# Every breaker script returns {grant, from, to, state, failures, opened_at, trusted}, all
+# strings (Redis would truncate a Lua number to an integer). Times arrive as repr() strings.
+# A trial's slot is the field 't:<token>' holding its lease end; the probe's is the pair
+# probe_until/probe_token. Trials are at most fail_max, so counting them scans a small hash.
 _PRELUDE = """
 local key = KEYS[1]
 local function state()
@@ -397,8 +401,15 @@ local function state()
   return 'closed'
 end
 local function reply(grant, from, to)
-  local h = redis.call('HMGET', key, 'failures', 'opened_at')
-  return {grant, from, to, state(), h[1] or '0', h[2] or ''}
+  local h = redis.call('HMGET', key, 'failures', 'opened_at', 'trusted')
+  return {grant, from, to, state(), h[1] or '0', h[2] or '', h[3] or '0'}
+end
+local function settle(probe, token)
+  if token ~= '' then redis.call('HDEL', key, 't:' .. token) end
+  if probe ~= '1' then return false end
+  if token ~= '' and redis.call('HGET', key, 'probe_token') ~= token then return false end
+  redis.call('HDEL', key, 'probe_until', 'probe_token')
+  return true
 end
 """
 
@@ -407,18 +418,32 @@ _ACQUIRE = _Script.of(
     + """
 local now = tonumber(ARGV[1])
 local st = state()
-if st == 'closed' then return reply('normal', '', '') end
+if st == 'closed' then
+  if redis.call('HGET', key, 'trusted') == '1' then return reply('normal', '', '') end
+  local flat = redis.call('HGETALL', key)
+  local live = 0
+  for i = 1, #flat, 2 do
+    if string.sub(flat[i], 1, 2) == 't:' then
+      local lease = tonumber(flat[i + 1])
+      if lease and now < lease then live = live + 1 else redis.call('HDEL', key, flat[i]) end
+    end
+  end
+  local failures = tonumber(redis.call('HGET', key, 'failures') or '0') or 0
+  if failures + live >= tonumber(ARGV[4]) then return reply('busy', '', '') end
+  redis.call('HSET', key, 't:' .. ARGV[5], ARGV[3])
+  return reply('trial', '', '')
+end
 local from, to = '', ''
 if st == 'open' then
   local opened = tonumber(redis.call('HGET', key, 'opened_at') or '')
   if opened and now - opened < tonumber(ARGV[2]) then return reply('', '', '') end
   redis.call('HSET', key, 'state', 'half-open')
-  redis.call('HDEL', key, 'probe_until')
+  redis.call('HDEL', key, 'probe_until', 'probe_token')
   from, to = 'open', 'half-open'
 end
 local lease = tonumber(redis.call('HGET', key, 'probe_until') or '')
 if lease and now < lease then return reply('', from, to) end
-redis.call('HSET', key, 'probe_until', ARGV[3])
+redis.call('HSET', key, 'probe_until', ARGV[3], 'probe_token', ARGV[5])
 return reply('probe', from, to)
 """
 )
@@ -427,11 +452,8 @@ _SUCCESS = _Script.of(
     _PRELUDE
     + """
 if redis.call('HGET', key, 'failures') ~= '0' then redis.call('HSET', key, 'failures', '0') end
-if ARGV[1] ~= '1' then return reply('', '', '') end
-if ARGV[2] ~= '' and redis.call('HGET', key, 'probe_until') ~= ARGV[2] then
-  return reply('', '', '')  -- a stale probe: its slot passed to another one
-end
-redis.call('HDEL', key, 'probe_until')
+if redis.call('HGET', key, 'trusted') ~= '1' then redis.call('HSET', key, 'trusted', '1') end
+if not settle(ARGV[1], ARGV[2]) then return reply('', '', '') end
 local st = state()
 if st == 'closed' then return reply('', '', '') end
 redis.call('HSET', key, 'state', 'closed')
@@ -443,12 +465,9 @@ _FAILURE = _Script.of(
     _PRELUDE
     + """
 local n = redis.call('HINCRBY', key, 'failures', 1)
+redis.call('HDEL', key, 'trusted')
 local st = state()
-local current = ARGV[3] == '1'
-  and (ARGV[4] == '' or redis.call('HGET', key, 'probe_until') == ARGV[4])
-if current then
-  redis.call('HDEL', key, 'probe_until')
-elseif not (st == 'closed' and n >= tonumber(ARGV[2])) then
+if not settle(ARGV[3], ARGV[4]) and not (st == 'closed' and n >= tonumber(ARGV[2])) then
   return reply('', '', '')
 end
 if st == 'open' then return reply('', '', '') end
@@ -460,9 +479,15 @@ return reply('', st, 'open')
 _RELEASE = _Script.of(
     _PRELUDE
     + """
-if ARGV[1] == '' or redis.call('HGET', key, 'probe_until') == ARGV[1] then
-  redis.call('HDEL', key, 'probe_until')
-end
+settle(ARGV[1], ARGV[2])
+return reply('', '', '')
+"""
+)
+
+_VOUCH = _Script.of(
+    _PRELUDE
+    + """
+if state() == 'closed' then redis.call('HSET', key, 'trusted', '1') end
 return reply('', '', '')
 """
 )
@@ -530,6 +555,7 @@ class _Snapshot:
     state: BreakerState = "closed"
     failures: int = 0
     opened_at: float | None = None
+    trusted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -540,22 +566,35 @@ class _Reply:
 
 
 def _parse_reply(raw: Any) -> _Reply:
-    if not isinstance(raw, list | tuple) or len(raw) != 6:
+    if not isinstance(raw, list | tuple) or len(raw) != 7:
         raise RedisUnavailableError("unexpected reply from a breaker script")
-    grant_s, from_s, to_s, state_s, failures_s, opened_s = (_text(v) for v in raw)
-    grant: Grant = "normal" if grant_s == "normal" else "probe" if grant_s == "probe" else None
+    grant_s, from_s, to_s, state_s, failures_s, opened_s, trusted_s = (_text(v) for v in raw)
+    grant = _GRANTS.get(grant_s)
     changed: Transition | None = (_as_state(from_s), _as_state(to_s)) if from_s and to_s else None
-    snapshot = _Snapshot(_as_state(state_s), _int_or_zero(failures_s), _float_or_none(opened_s))
+    snapshot = _Snapshot(
+        _as_state(state_s),
+        _int_or_zero(failures_s),
+        _float_or_none(opened_s),
+        trusted_s == "1",
+    )
     return _Reply(grant, changed, snapshot)
+
+
+_GRANTS: Final[dict[str, Grant]] = {
+    "normal": "normal",
+    "trial": "trial",
+    "probe": "probe",
+    "busy": "busy",
+}
 
 
 def _num(value: float) -> str:
     return repr(float(value))
 
 
-def _token(token: float | None) -> str:
-    """A probe's token as the scripts compare it (the same text ``_ACQUIRE`` stored)."""
-    return "" if token is None else _num(token)
+def _token(token: str | None) -> str:
+    """A permit's token as the scripts take it ("" for none)."""
+    return "" if token is None else token
 
 
 # --------------------------------------------------------------------------------------------
@@ -624,16 +663,18 @@ class RedisGateStore(pybreaker.CircuitBreakerStorage):
         return self.counter
 
     def try_acquire(
-        self, now: float, reset_timeout: float, probe_lease: float
+        self, now: float, reset_timeout: float, probe_lease: float, *, fail_max: int, token: str
     ) -> tuple[Grant, Transition | None]:
-        args = (_num(now), _num(reset_timeout), _num(now + probe_lease))
+        args = _acquire_args(now, reset_timeout, probe_lease, fail_max, token)
         try:
             reply = self._step(_ACQUIRE, args)
         except RedisUnavailableError:
-            return self._fallback().try_acquire(now, reset_timeout, probe_lease)
+            return self._fallback().try_acquire(
+                now, reset_timeout, probe_lease, fail_max=fail_max, token=token
+            )
         return reply.grant, reply.changed
 
-    def record_success(self, *, probe: bool, token: float | None = None) -> Transition | None:
+    def record_success(self, *, probe: bool, token: str | None = None) -> Transition | None:
         try:
             reply = self._step(_SUCCESS, ("1" if probe else "0", _token(token)))
         except RedisUnavailableError:
@@ -641,7 +682,7 @@ class RedisGateStore(pybreaker.CircuitBreakerStorage):
         return reply.changed
 
     def record_failure(
-        self, now: float, fail_max: int, *, probe: bool, token: float | None = None
+        self, now: float, fail_max: int, *, probe: bool, token: str | None = None
     ) -> Transition | None:
         args = (_num(now), str(int(fail_max)), "1" if probe else "0", _token(token))
         try:
@@ -650,13 +691,19 @@ class RedisGateStore(pybreaker.CircuitBreakerStorage):
             return self._fallback().record_failure(now, fail_max, probe=probe, token=token)
         return reply.changed
 
-    def record_release(self, *, probe: bool, token: float | None = None) -> None:
-        if not probe:
+    def record_release(self, *, probe: bool, token: str | None = None) -> None:
+        if not probe and token is None:
             return
         try:
-            self._step(_RELEASE, (_token(token),))
+            self._step(_RELEASE, ("1" if probe else "0", _token(token)))
         except RedisUnavailableError:
             self._fallback().record_release(probe=probe, token=token)
+
+    def record_vouch(self, *, token: str | None) -> None:
+        try:
+            self._step(_VOUCH, ())
+        except RedisUnavailableError:
+            self._fallback().record_vouch(token=token)
 
     def _step(self, script: _Script, args: Sequence[str]) -> _Reply:
         keys = (self.key,)
@@ -667,18 +714,18 @@ class RedisGateStore(pybreaker.CircuitBreakerStorage):
     # -- AsyncGateStore -----------------------------------------------------------------------
 
     async def atry_acquire(
-        self, now: float, reset_timeout: float, probe_lease: float
+        self, now: float, reset_timeout: float, probe_lease: float, *, fail_max: int, token: str
     ) -> tuple[Grant, Transition | None]:
-        args = (_num(now), _num(reset_timeout), _num(now + probe_lease))
+        args = _acquire_args(now, reset_timeout, probe_lease, fail_max, token)
         try:
             reply = await self._astep(_ACQUIRE, args)
         except RedisUnavailableError:
-            return self._fallback().try_acquire(now, reset_timeout, probe_lease)
+            return self._fallback().try_acquire(
+                now, reset_timeout, probe_lease, fail_max=fail_max, token=token
+            )
         return reply.grant, reply.changed
 
-    async def arecord_success(
-        self, *, probe: bool, token: float | None = None
-    ) -> Transition | None:
+    async def arecord_success(self, *, probe: bool, token: str | None = None) -> Transition | None:
         try:
             reply = await self._astep(_SUCCESS, ("1" if probe else "0", _token(token)))
         except RedisUnavailableError:
@@ -686,7 +733,7 @@ class RedisGateStore(pybreaker.CircuitBreakerStorage):
         return reply.changed
 
     async def arecord_failure(
-        self, now: float, fail_max: int, *, probe: bool, token: float | None = None
+        self, now: float, fail_max: int, *, probe: bool, token: str | None = None
     ) -> Transition | None:
         args = (_num(now), str(int(fail_max)), "1" if probe else "0", _token(token))
         try:
@@ -695,13 +742,19 @@ class RedisGateStore(pybreaker.CircuitBreakerStorage):
             return self._fallback().record_failure(now, fail_max, probe=probe, token=token)
         return reply.changed
 
-    async def arecord_release(self, *, probe: bool, token: float | None = None) -> None:
-        if not probe:
+    async def arecord_release(self, *, probe: bool, token: str | None = None) -> None:
+        if not probe and token is None:
             return
         try:
-            await self._astep(_RELEASE, (_token(token),))
+            await self._astep(_RELEASE, ("1" if probe else "0", _token(token)))
         except RedisUnavailableError:
             self._fallback().record_release(probe=probe, token=token)
+
+    async def arecord_vouch(self, *, token: str | None) -> None:
+        try:
+            await self._astep(_VOUCH, ())
+        except RedisUnavailableError:
+            self._fallback().record_vouch(token=token)
 
     async def _astep(self, script: _Script, args: Sequence[str]) -> _Reply:
         keys = (self.key,)
@@ -808,6 +861,12 @@ class RedisGateStore(pybreaker.CircuitBreakerStorage):
         self._write(lambda r: r.hset(self.key, "opened_at", stamp), local)
 
 
+def _acquire_args(
+    now: float, reset_timeout: float, probe_lease: float, fail_max: int, token: str
+) -> tuple[str, ...]:
+    return (_num(now), _num(reset_timeout), _num(now + probe_lease), str(int(fail_max)), token)
+
+
 def _seed(local: MemoryGateStore, snapshot: _Snapshot) -> None:
     """Make the local store continue from the last state seen in Redis."""
     with local._lock:
@@ -817,7 +876,9 @@ def _seed(local: MemoryGateStore, snapshot: _Snapshot) -> None:
             local.increment_counter()
         if snapshot.opened_at is not None:
             local.opened_at = datetime.fromtimestamp(snapshot.opened_at, tz=UTC)
-        local._probe_until = None
+        local._probe_until = local._probe_token = None
+        local._trials.clear()
+        local.trusted = snapshot.trusted
 
 
 # --------------------------------------------------------------------------------------------

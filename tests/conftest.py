@@ -75,6 +75,8 @@ def config_factory(tmp_path: Path) -> Any:
 # --------------------------------------------------------------------------------------------
 
 import asyncio  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
 
 import openai  # noqa: E402
 
@@ -166,6 +168,44 @@ class Harness:
         if self.mode == "sync":
             return self.chain.complete(user(prompt), **params)
         return self.loop.run_until_complete(self.chain.complete(user(prompt), **params))
+
+    def burst(self, n: int) -> list[tuple[Any, float]]:
+        """``n`` different requests at once (threads, or tasks on the loop).
+
+        Returns, per request, its response or the exception it raised, and the
+        ``time.monotonic()`` at which it ended.
+        """
+        prompts = [f"burst {i}" for i in range(n)]
+        if self.mode == "sync":
+            results: list[tuple[Any, float]] = [(None, 0.0)] * n
+            start = threading.Barrier(n, timeout=10)
+
+            def one(i: int) -> None:
+                start.wait()
+                try:
+                    out: Any = self.chain.complete(user(prompts[i]))
+                except Exception as exc:
+                    out = exc
+                results[i] = (out, time.monotonic())
+
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            return results
+
+        async def one_async(prompt: str) -> tuple[Any, float]:
+            try:
+                out: Any = await self.chain.complete(user(prompt))
+            except Exception as exc:
+                out = exc
+            return out, time.monotonic()
+
+        async def go() -> list[tuple[Any, float]]:
+            return list(await asyncio.gather(*(one_async(p) for p in prompts)))
+
+        return self.loop.run_until_complete(go())
 
     def run(self, coro_or_fn: Any) -> Any:
         """Run an async callable (async mode) or a plain callable (sync mode)."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 
 import pytest
 
 from fallbackchain import BreakerGate
+from fallbackchain._breaker import BUSY
 
 
 def gate(clock, fail_max=3, reset_timeout=30.0, **kw):
@@ -120,6 +123,7 @@ def test_permit_settles_only_once(clock):
 
 def test_straggler_success_does_not_close_an_open_breaker(clock):
     g = gate(clock)
+    g.acquire().success()  # trusted: any number of attempts may be in flight
     early = g.acquire()
     fail(g, 3)
     early.success()
@@ -148,6 +152,7 @@ def test_state_changes_are_reported_and_a_failing_listener_is_contained(clock, c
 def test_gate_does_not_serialise_callers(clock):
     """Unlike pybreaker's call(), no lock is held while the protected work runs."""
     g = gate(clock)
+    g.acquire().success()  # trusted: in doubt, at most fail_max would be let in
     inside = threading.Barrier(8, timeout=5)
 
     def worker():
@@ -247,3 +252,46 @@ def test_async_permits_follow_the_same_rules(clock):
 
     asyncio.run(go())
     assert g.state == "closed"
+
+
+def test_a_busy_caller_waits_until_an_attempt_settles_not_the_whole_timeout(clock):
+    g = gate(clock)
+    held = [g.acquire() for _ in range(3)]
+    assert g.acquire() is BUSY
+    threading.Timer(0.05, held[0].release).start()
+    started = time.monotonic()
+    g.wait(30.0)
+    assert time.monotonic() - started < 10.0  # woken by the release, long before 30 s
+    assert g.acquire().trial
+
+
+def test_a_busy_task_is_woken_from_another_thread_and_the_loop_keeps_running(clock):
+    g = gate(clock)
+    held = [g.acquire() for _ in range(3)]
+
+    async def go() -> int:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        tick = asyncio.create_task(ticker())
+        threading.Timer(0.2, held[0].success).start()
+        started = time.monotonic()
+        await g.await_change(30.0)
+        assert time.monotonic() - started < 10.0
+        tick.cancel()
+        return ticks
+
+    assert asyncio.run(go()) > 3  # the loop ran while the task waited
+    assert g.acquire() is not BUSY
+
+
+def test_a_wait_with_nothing_settling_ends_after_its_seconds(clock):
+    g = gate(clock)
+    started = time.monotonic()
+    g.wait(0.05)
+    assert 0.04 < time.monotonic() - started < 5.0

@@ -6,6 +6,8 @@ injected fake clock, so nothing here really sleeps except the explicit timeout t
 
 from __future__ import annotations
 
+import time
+
 import openai
 import pytest
 
@@ -390,3 +392,56 @@ def test_a_client_error_is_not_counted_as_a_success_either(harness, server):
     with pytest.raises(openai.BadRequestError):
         harness.ask("hello")  # two stream failures, then the third try is the caller's 400
     assert harness.chain.breakers["stream"].fail_counter == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Doubt: a breaker that has not seen the upstream answer lets fail_max attempts in at once
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_burst_into_an_outage_costs_at_most_fail_max_requests_per_tier(harness_factory, server):
+    """pybreaker admits every caller of a closed breaker, so a burst of N costs N per tier."""
+    h = harness_factory(breaker__fail_max=3, breaker__reset_timeout=3600.0)
+    server.default = Fault.status(503)
+    results = h.burst(12)
+    assert all(isinstance(out, AllTiersFailedError) for out, _ in results)
+    assert server.counts["stream"] == 3
+    assert server.counts["completion"] == 3
+    assert {h.chain.breakers[t].state for t in ("stream", "completion")} == {"open"}
+
+
+def test_a_burst_at_a_cold_start_waits_only_for_the_first_content(harness_factory, server):
+    """Callers over the limit wait for a trial's first content, then all go: nobody fails."""
+    h = harness_factory(breaker__fail_max=3)
+    stall = 0.6  # the trials' streams pause after their first words (under the read timeout)
+    server.push(Fault.stall(after_chunks=2, seconds=stall), stream=True, times=3)
+    started = time.monotonic()
+    results = h.burst(12)
+    assert [out.source for out, _ in results] == ["stream"] * 12
+    assert server.counts["total"] == 12
+    # Nine ended while the three trials were still paused: they were let in at the trials'
+    # first content, not after a whole answer.
+    assert sorted(at - started for _, at in results)[8] < stall / 2
+
+
+def test_a_busy_wait_ends_at_the_first_token_timeout(harness_factory, server, clock):
+    """Trials that never settle cannot hold other callers for longer than first_token_timeout."""
+    h = harness_factory(breaker__fail_max=2, retry__max_attempts=1)
+    gate = h.chain.breakers["stream"]
+    held = [gate.acquire(), gate.acquire()]  # two trials in flight, as if in other threads
+    assert all(p.trial for p in held)
+    waits: list[float] = []
+    gate.wait = lambda seconds: (waits.append(seconds), clock.advance(seconds))  # type: ignore[method-assign]
+
+    async def await_change(seconds: float) -> None:
+        waits.append(seconds)
+        clock.advance(seconds)
+
+    gate.await_change = await_change  # type: ignore[method-assign]
+    _, response = h.ask("hello")
+    assert response.source == "completion"
+    assert "in doubt" in response.attempts[0].error
+    assert server.counts["stream"] == 0
+    limit = h.chain.config.openai.first_token_timeout
+    assert limit <= sum(waits) < limit + 0.05
+    assert all(0.025 <= w <= 0.05 for w in waits)

@@ -239,8 +239,8 @@ def test_a_cancel_while_settling_a_shared_breaker_never_leaks_the_probe(server, 
     from fallbackchain._breaker import MemoryGateStore
 
     class SlowStore(MemoryGateStore):
-        async def atry_acquire(self, now, reset_timeout, probe_lease):
-            return self.try_acquire(now, reset_timeout, probe_lease)
+        async def atry_acquire(self, now, reset_timeout, probe_lease, *, fail_max, token):
+            return self.try_acquire(now, reset_timeout, probe_lease, fail_max=fail_max, token=token)
 
         async def arecord_success(self, *, probe, token=None):
             await asyncio.sleep(0.2)
@@ -251,6 +251,9 @@ def test_a_cancel_while_settling_a_shared_breaker_never_leaks_the_probe(server, 
 
         async def arecord_release(self, *, probe, token=None):
             self.record_release(probe=probe, token=token)
+
+        async def arecord_vouch(self, *, token):
+            self.record_vouch(token=token)
 
     h = Harness("async", make_config(tmp_path, server.base_url), server, clock)
     gate = h.chain.breakers["stream"]

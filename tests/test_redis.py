@@ -37,7 +37,12 @@ require_redis_package()
 from fallbackchain import AllTiersFailedError, BreakerGate, ConfigError  # noqa: E402
 from fallbackchain import _redis as fc_redis  # noqa: E402
 from fallbackchain._backends import gate_store, response_cache  # noqa: E402
-from fallbackchain._breaker import AsyncGateStore, GateStore, MemoryGateStore  # noqa: E402
+from fallbackchain._breaker import (  # noqa: E402
+    BUSY,
+    AsyncGateStore,
+    GateStore,
+    MemoryGateStore,
+)
 from fallbackchain._cache import ResponseCache, cache_key  # noqa: E402
 from fallbackchain._config import CacheConfig  # noqa: E402
 from fallbackchain._redis import RedisGateStore, RedisResponseCache, _RedisLink  # noqa: E402
@@ -159,6 +164,9 @@ class Driver:
 
     def release(self, p: Any) -> None:
         p.release() if self.loop is None else self.run(p.arelease())
+
+    def vouch(self, p: Any) -> None:
+        p.vouch() if self.loop is None else self.run(p.avouch())
 
     def fail(self, g: BreakerGate, times: int) -> None:
         for _ in range(times):
@@ -294,6 +302,7 @@ def test_a_stale_probe_releasing_late_does_not_free_the_current_probes_slot(stor
 
 def test_straggler_success_does_not_close_an_open_breaker(stores, drive, clock):
     g = gate(clock, stores.new())
+    drive.success(drive.acquire(g))  # trusted: any number of attempts may be in flight
     early = drive.acquire(g)
     drive.fail(g, 3)
     drive.success(early)
@@ -303,6 +312,7 @@ def test_straggler_success_does_not_close_an_open_breaker(stores, drive, clock):
 def test_transitions_are_reported_once(stores, drive, clock):
     seen: list[tuple[str, str, str]] = []
     g = gate(clock, stores.new(), on_state_change=lambda *a: seen.append(a))
+    drive.success(drive.acquire(g))  # trusted: no transition, and no limit on attempts
     straggler = drive.acquire(g)
     drive.fail(g, 3)
     drive.failure(straggler)  # counted, but the breaker is already open: no second report
@@ -313,6 +323,88 @@ def test_transitions_are_reported_once(stores, drive, clock):
         ("stream", "open", "half-open"),
         ("stream", "half-open", "closed"),
     ]
+
+
+# -- doubt: a breaker that has not seen the upstream answer limits attempts in flight ------
+
+
+def test_a_new_breaker_is_in_doubt_and_admits_fail_max_trials_at_once(stores, drive, clock):
+    g = gate(clock, stores.new())
+    trials = [drive.acquire(g) for _ in range(3)]
+    assert all(p.trial and not p.probe for p in trials)
+    assert drive.acquire(g) is BUSY
+    drive.release(trials[0])  # a settled trial frees its slot
+    assert drive.acquire(g).trial
+
+
+def test_failures_in_doubt_take_trial_slots(stores, drive, clock):
+    g = gate(clock, stores.new())
+    drive.fail(g, 1)
+    held = [drive.acquire(g) for _ in range(2)]
+    assert all(p.trial for p in held)
+    assert drive.acquire(g) is BUSY  # 1 failure + 2 in flight = fail_max
+    assert g.state == "closed"
+
+
+def test_a_success_trusts_the_breaker_and_lifts_the_limit(stores, drive, clock):
+    g = gate(clock, stores.new())
+    drive.success(drive.acquire(g))
+    permits = [drive.acquire(g) for _ in range(10)]
+    assert all(p is not BUSY and not p.trial and p.token is None for p in permits)
+
+
+def test_a_vouch_trusts_the_breaker_while_the_trial_is_still_running(stores, drive, clock):
+    g = gate(clock, stores.new())
+    trials = [drive.acquire(g) for _ in range(3)]
+    assert drive.acquire(g) is BUSY
+    drive.vouch(trials[0])  # its first content arrived
+    assert all(not drive.acquire(g).trial for _ in range(5))
+    drive.success(trials[0])
+
+
+def test_one_failure_brings_the_doubt_back(stores, drive, clock):
+    g = gate(clock, stores.new())
+    drive.success(drive.acquire(g))
+    normal = [drive.acquire(g) for _ in range(4)]
+    drive.failure(normal[0])
+    assert [drive.acquire(g).trial for _ in range(2)] == [True, True]
+    assert drive.acquire(g) is BUSY  # 1 failure + 2 trials (the 3 older ones never counted)
+
+
+def test_a_trial_whose_holder_vanished_frees_its_slot_after_its_lease(stores, drive, clock):
+    g = gate(clock, stores.new(), probe_lease=10.0)
+    for _ in range(3):
+        assert drive.acquire(g).trial  # never settled: the process died
+    clock.advance(9)
+    assert drive.acquire(g) is BUSY
+    clock.advance(2)
+    assert drive.acquire(g).trial
+
+
+def test_a_probe_closes_only_by_succeeding_and_leaves_the_breaker_trusted(stores, drive, clock):
+    g = gate(clock, stores.new())
+    late = drive.acquire(g)
+    drive.fail(g, 2)
+    drive.failure(late)  # the third failure in doubt: open
+    assert g.state == "open"
+    clock.advance(31)
+    probe = drive.acquire(g)
+    assert probe.probe and not probe.trial
+    drive.vouch(probe)  # content from a probe is not enough to close the breaker
+    assert drive.acquire(g) is None
+    drive.success(probe)
+    assert g.state == "closed"
+    assert not any(drive.acquire(g).trial for _ in range(5))
+
+
+def test_every_handle_sees_the_same_trial_slots(stores, drive, clock):
+    a = gate(clock, stores.new())
+    b = gate(clock, stores.shared())
+    held = [drive.acquire(a), drive.acquire(b), drive.acquire(a)]
+    assert all(p.trial for p in held)
+    assert drive.acquire(b) is BUSY  # three processes' trials fill one shared breaker
+    drive.vouch(held[1])
+    assert not drive.acquire(a).trial
 
 
 def test_two_handles_on_one_namespace_share_one_breaker(stores, drive, clock):
@@ -402,7 +494,7 @@ def test_concurrent_half_open_callers_get_exactly_one_probe(rs, namespace, clock
     def worker() -> None:
         store = RedisGateStore(rs.url, namespace=namespace, name="stream", link=link)
         barrier.wait()
-        grants.append(store.try_acquire(clock(), 30.0, 60.0))
+        grants.append(store.try_acquire(clock(), 30.0, 60.0, fail_max=3, token=uuid.uuid4().hex))
 
     threads = [threading.Thread(target=worker) for _ in range(16)]
     for t in threads:
@@ -412,6 +504,44 @@ def test_concurrent_half_open_callers_get_exactly_one_probe(rs, namespace, clock
     link.close()
     assert [g for g, _ in grants].count("probe") == 1
     assert [c for _, c in grants if c] == [("open", "half-open")]
+
+
+def test_concurrent_callers_in_doubt_get_exactly_fail_max_trials(rs, namespace, clock):
+    link = _RedisLink(rs.url, timeout=2.0)  # atomicity while Redis answers, not outages
+    barrier = threading.Barrier(16, timeout=10)
+    grants: list[Any] = []
+
+    def worker() -> None:
+        store = RedisGateStore(rs.url, namespace=namespace, name="stream", link=link)
+        barrier.wait()
+        grants.append(store.try_acquire(clock(), 30.0, 60.0, fail_max=3, token=uuid.uuid4().hex))
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    link.close()
+    assert sorted(g for g, _ in grants) == ["busy"] * 13 + ["trial"] * 3
+
+
+def test_the_local_store_carries_on_from_the_trust_seen_in_redis(rs, namespace, clock):
+    lk = _RedisLink(rs.url, backoff=60.0)
+    trusted = RedisGateStore(rs.url, namespace=namespace, name="a", link=lk)
+    doubted = RedisGateStore(rs.url, namespace=namespace, name="b", link=lk)
+    try:
+        trusted.record_success(probe=False)
+        doubted.record_failure(clock(), 3, probe=False)
+        rs.pause()
+        assert trusted.try_acquire(clock(), 30.0, 60.0, fail_max=3, token="x") == ("normal", None)
+        grants = [
+            doubted.try_acquire(clock(), 30.0, 60.0, fail_max=3, token=f"t{i}")[0] for i in range(3)
+        ]
+        assert not trusted.using_redis and not doubted.using_redis
+        assert grants == ["trial", "trial", "busy"]  # 1 failure + 2 trials, counted locally
+    finally:
+        rs.resume()
+        lk.close()
 
 
 def test_concurrent_async_callers_get_exactly_one_probe(rs, namespace, clock):
@@ -426,7 +556,12 @@ def test_concurrent_async_callers_get_exactly_one_probe(rs, namespace, clock):
 
     async def go() -> list[Any]:
         try:
-            return await asyncio.gather(*(s.atry_acquire(clock(), 30.0, 60.0) for s in stores))
+            return await asyncio.gather(
+                *(
+                    s.atry_acquire(clock(), 30.0, 60.0, fail_max=3, token=f"t{i}")
+                    for i, s in enumerate(stores)
+                )
+            )
         finally:
             await link.aclose_loop_client()
 
@@ -448,7 +583,7 @@ def test_garbage_state_reads_as_closed(rs, link, raw, namespace, clock):
     raw.hset(f"{namespace}:breaker:stream", mapping={"state": "weird", "failures": "x"})
     store = RedisGateStore(rs.url, namespace=namespace, name="stream", link=link)
     assert store.current_state() == "closed"
-    assert store.try_acquire(clock(), 30.0, 60.0) == ("normal", None)
+    assert store.try_acquire(clock(), 30.0, 60.0, fail_max=3, token="t") == ("trial", None)
 
 
 def test_namespaces_and_tiers_are_independent(rs, link, namespace, clock):
@@ -545,12 +680,13 @@ def test_a_hung_redis_stalls_one_call_per_backoff_not_every_call(rs, namespace, 
     lk = _RedisLink(rs.url, backoff=0.5)
     store = RedisGateStore(rs.url, namespace=namespace, name="stream", link=lk)
     try:
-        store.try_acquire(clock(), 30.0, 60.0)  # connected
+        store.record_success(probe=False)  # connected, and the breaker is trusted
         rs.pause()
         durations = []
         for _ in range(40):
             t0 = time.perf_counter()
-            assert store.try_acquire(clock(), 30.0, 60.0) == ("normal", None)
+            grant = store.try_acquire(clock(), 30.0, 60.0, fail_max=3, token="t")
+            assert grant == ("normal", None)  # the local store goes on trusting it
             durations.append(time.perf_counter() - t0)
         stalls = [d for d in durations if d > 0.02]
         assert len(stalls) == 1, durations

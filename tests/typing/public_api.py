@@ -5,9 +5,11 @@ from __future__ import annotations
 import openai
 
 from fallbackchain import (
+    BUSY,
     AllTiersFailedError,
     AsyncFallbackChain,
     Attempt,
+    BreakerGate,
     BreakerState,
     ChainConfig,
     ChainEvent,
@@ -48,3 +50,14 @@ async def async_use() -> ChainResponse:
 def testing_mode() -> None:
     with set_testing(True):
         pass
+
+
+def guarded(gate: BreakerGate) -> bool:
+    """A caller driving a breaker gate itself: permit, busy, or refused."""
+    permit = gate.acquire()
+    if permit is None or permit is BUSY:
+        return False
+    trial: bool = permit.trial
+    permit.vouch()
+    permit.success()
+    return trial
