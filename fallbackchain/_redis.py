@@ -773,7 +773,9 @@ class RedisGateStore(pybreaker.CircuitBreakerStorage):
         if _on_event_loop():
             return self._snapshot if self._on_redis else None
         try:
-            raw = self._link.call(lambda r: r.hmget(self.key, ["state", "failures", "opened_at"]))
+            raw = self._link.call(
+                lambda r: r.hmget(self.key, ["state", "failures", "opened_at", "trusted"])
+            )
         except RedisUnavailableError:
             self._fallback()
             return None
@@ -782,6 +784,7 @@ class RedisGateStore(pybreaker.CircuitBreakerStorage):
             _as_state(_text(values[0]) if values[0] is not None else "closed"),
             _int_or_zero(values[1]),
             _float_or_none(values[2]),
+            values[3] is not None and _text(values[3]) == "1",
         )
         self._redis_ok(_Reply(None, None, snapshot))
         return snapshot

@@ -532,6 +532,7 @@ def test_the_local_store_carries_on_from_the_trust_seen_in_redis(rs, namespace, 
     try:
         trusted.record_success(probe=False)
         doubted.record_failure(clock(), 3, probe=False)
+        assert (trusted.current_state(), doubted.failures()) == ("closed", 1)  # plain reads
         rs.pause()
         assert trusted.try_acquire(clock(), 30.0, 60.0, fail_max=3, token="x") == ("normal", None)
         grants = [
