@@ -41,6 +41,7 @@ from ._config import (
 )
 from ._errors import (
     AllTiersFailedError,
+    BreakerBusyError,
     BreakerOpenError,
     CacheCorruptError,
     CacheError,
@@ -91,6 +92,7 @@ __all__ = [
     "Attempt",
     "AttemptEnded",
     "AttemptStarted",
+    "BreakerBusyError",
     "BreakerChanged",
     "BreakerConfig",
     "BreakerGate",

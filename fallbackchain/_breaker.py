@@ -17,10 +17,11 @@ its lease, ``probe_lease`` seconds, runs out). Time comes from the injected ``cl
 **Doubt limits concurrency.** A closed breaker is *trusted* once an attempt has succeeded
 (or produced content, :meth:`Permit.vouch`) and until one fails; a new breaker starts in
 doubt. Trusted, it admits any number of attempts. In doubt, it admits an attempt only while
-``failures + trials in flight < fail_max`` (each such permit is a *trial*, leased like a
-probe), and answers :data:`BUSY` otherwise: "ask again shortly". So however many callers (or
-processes, with a shared store) arrive at once, an upstream that never answered gets at most
-``fail_max`` attempts before the breaker opens, not one per caller.
+``failures + trials in flight < fail_max`` (each such permit is a *trial*, holding a leased
+slot until it settles or vouches), and answers :data:`BUSY` otherwise: "ask again shortly"
+(:meth:`BreakerGate.wait` waits for a change). So however many callers (or processes, with a
+shared store) arrive at once, an upstream that never answered gets at most ``fail_max``
+attempts before the breaker opens, not one per caller.
 """
 
 from __future__ import annotations
@@ -92,10 +93,11 @@ class Permit:
         self._vouched = not trial
 
     def vouch(self) -> None:
-        """The attempt produced content: a trial's breaker becomes trusted (no-op otherwise).
+        """The attempt produced content: a trial frees its slot and its breaker becomes trusted.
 
-        Call it at the first content; it lets waiting callers in without waiting for the
-        whole answer. The permit still has to be settled.
+        A no-op for other permits. Call it at the first content; it lets waiting callers in
+        without waiting for the whole answer. The permit still has to be settled (a later
+        failure still counts).
         """
         if not self._vouched and not self._settled:
             self._vouched = True
@@ -182,14 +184,21 @@ class GateStore(Protocol):
         ...
 
     def try_acquire(
-        self, now: float, reset_timeout: float, probe_lease: float, *, fail_max: int, token: str
+        self,
+        now: float,
+        reset_timeout: float,
+        probe_lease: float,
+        *,
+        fail_max: int,
+        token: str,
+        trial_lease: float,
     ) -> tuple[Grant, Transition | None]:
         """Decide one admission; ``token`` names the slot if a trial or probe is granted.
 
         Closed and trusted: ``"normal"``. Closed in doubt: ``"trial"`` while
-        ``failures + live trials < fail_max`` (the trial's lease ends at
-        ``now + probe_lease``), else ``"busy"``. Open: ``None`` until ``reset_timeout``, then
-        half-open. Half-open: one ``"probe"`` per lease, else ``None``.
+        ``failures + live trials < fail_max`` (the trial's slot lapses at
+        ``now + trial_lease``), else ``"busy"``. Open: ``None`` until ``reset_timeout``, then
+        half-open. Half-open: one ``"probe"`` per ``probe_lease``, else ``None``.
         """
         ...
 
@@ -215,7 +224,7 @@ class GateStore(Protocol):
         ...
 
     def record_vouch(self, *, token: str | None) -> None:
-        """A trial produced content: a closed breaker becomes trusted."""
+        """A trial produced content: it frees its slot, and a closed breaker becomes trusted."""
         ...
 
 
@@ -224,7 +233,14 @@ class AsyncGateStore(Protocol):
     """The awaitable twin of :class:`GateStore`'s atomic steps (for asyncio chains)."""
 
     async def atry_acquire(
-        self, now: float, reset_timeout: float, probe_lease: float, *, fail_max: int, token: str
+        self,
+        now: float,
+        reset_timeout: float,
+        probe_lease: float,
+        *,
+        fail_max: int,
+        token: str,
+        trial_lease: float,
     ) -> tuple[Grant, Transition | None]:
         """See :meth:`GateStore.try_acquire`."""
         ...
@@ -257,10 +273,17 @@ class _SyncAsAsync:
         self._store = store
 
     async def atry_acquire(
-        self, now: float, reset_timeout: float, probe_lease: float, *, fail_max: int, token: str
+        self,
+        now: float,
+        reset_timeout: float,
+        probe_lease: float,
+        *,
+        fail_max: int,
+        token: str,
+        trial_lease: float,
     ) -> tuple[Grant, Transition | None]:
         return self._store.try_acquire(
-            now, reset_timeout, probe_lease, fail_max=fail_max, token=token
+            now, reset_timeout, probe_lease, fail_max=fail_max, token=token, trial_lease=trial_lease
         )
 
     async def arecord_success(self, *, probe: bool, token: str | None = None) -> Transition | None:
@@ -299,7 +322,14 @@ class MemoryGateStore(pybreaker.CircuitMemoryStorage):
         return int(self.counter)
 
     def try_acquire(
-        self, now: float, reset_timeout: float, probe_lease: float, *, fail_max: int, token: str
+        self,
+        now: float,
+        reset_timeout: float,
+        probe_lease: float,
+        *,
+        fail_max: int,
+        token: str,
+        trial_lease: float,
     ) -> tuple[Grant, Transition | None]:
         with self._lock:
             state = _as_state(self.state)
@@ -311,7 +341,7 @@ class MemoryGateStore(pybreaker.CircuitMemoryStorage):
                     del trials[stale]  # a trial whose holder vanished without settling
                 if self.counter + len(trials) >= fail_max:
                     return "busy", None
-                trials[token] = now + probe_lease
+                trials[token] = now + trial_lease
                 return "trial", None
             changed: Transition | None = None
             if state == "open":
@@ -373,6 +403,8 @@ class MemoryGateStore(pybreaker.CircuitMemoryStorage):
 
     def record_vouch(self, *, token: str | None) -> None:
         with self._lock:
+            if token is not None:
+                self._trials.pop(token, None)
             if _as_state(self.state) == "closed":
                 self.trusted = True
 
@@ -393,6 +425,7 @@ class BreakerGate:
         clock: Callable[[], float] = time.time,
         store: GateStore | None = None,
         probe_lease: float | None = None,
+        trial_lease: float | None = None,
         on_state_change: StateChangeCallback | None = None,
     ) -> None:
         self._store: GateStore = store if store is not None else MemoryGateStore()
@@ -412,8 +445,10 @@ class BreakerGate:
         self._fail_max = fail_max
         self._reset_timeout = reset_timeout
         self._probe_lease = probe_lease if probe_lease is not None else max(reset_timeout, 1.0)
+        self._trial_lease = trial_lease if trial_lease is not None else self._probe_lease
         self._on_state_change = on_state_change
         self._changed = threading.Condition()
+        self._generation = 0
         self._sync_waiters = 0
         self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
 
@@ -445,6 +480,7 @@ class BreakerGate:
             self._probe_lease,
             fail_max=self._fail_max,
             token=token,
+            trial_lease=self._trial_lease,
         )
         return self._permit(grant, changed, token)
 
@@ -457,6 +493,7 @@ class BreakerGate:
             self._probe_lease,
             fail_max=self._fail_max,
             token=token,
+            trial_lease=self._trial_lease,
         )
         return self._permit(grant, changed, token)
 
@@ -489,21 +526,32 @@ class BreakerGate:
 
     # -- waiting while busy -----------------------------------------------------------------
 
-    def wait(self, seconds: float) -> None:
+    @property
+    def generation(self) -> int:
+        """Changes whenever a permit of this gate settles or vouches in this process.
+
+        Read it before :meth:`acquire`; pass it to :meth:`wait` as ``since``, so that a
+        change in between is not missed.
+        """
+        return self._generation
+
+    def wait(self, seconds: float, *, since: int | None = None) -> None:
         """Block until a permit of this gate settles or vouches in this process, or ``seconds``.
 
-        What a caller told :data:`BUSY` does before asking again. It waits for other
-        attempts, so it is a real wait (not the injected sleep); ``seconds`` bounds it, for
-        changes made by other processes, which send no wake-up.
+        What a caller told :data:`BUSY` does before asking again. Returns at once when
+        :attr:`generation` is no longer ``since``. It waits for other attempts, so it is a
+        real wait (not an injected sleep); ``seconds`` bounds it, for changes made by other
+        processes, which send no wake-up.
         """
         with self._changed:
             self._sync_waiters += 1
             try:
-                self._changed.wait(seconds)
+                if since is None or self._generation == since:
+                    self._changed.wait(seconds)
             finally:
                 self._sync_waiters -= 1
 
-    async def await_change(self, seconds: float) -> None:
+    async def await_change(self, seconds: float, *, since: int | None = None) -> None:
         """:meth:`wait` for asyncio: the event loop runs meanwhile."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
@@ -511,15 +559,21 @@ class BreakerGate:
         with self._changed:
             self._async_waiters.add(entry)
         try:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(seconds):
-                    await waiter
+            if since is None or self._generation == since:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(seconds):
+                        await waiter
         finally:
             with self._changed:
                 self._async_waiters.discard(entry)
 
     def _wake(self) -> None:
-        """Wake every caller waiting in :meth:`wait` or :meth:`await_change` (cheap if none)."""
+        """Bump :attr:`generation`; wake every waiting caller (cheap when none waits).
+
+        A waiter registers before it compares the generation, and this bumps it before it
+        looks for waiters, so a change is either seen by the comparison or woken here.
+        """
+        self._generation += 1
         if not (self._sync_waiters or self._async_waiters):
             return
         with self._changed:

@@ -121,6 +121,9 @@ class _ChainBase:
         self._clock = clock or default_clock
         self._random = random or _random.random
         probe_lease = config.retry.deadline + config.openai.timeout
+        # A trial holds its slot until its first content (or its end): what it may take.
+        cfg = config.openai
+        trial_lease = max(cfg.first_token_timeout, cfg.idle_timeout, cfg.timeout) + 1.0
         primary = config.breaker
 
         def gate(name: str, fail_max: int = 0, reset_timeout: float = 0.0) -> BreakerGate:
@@ -131,6 +134,7 @@ class _ChainBase:
                 clock=self._clock,
                 store=gate_store(config, name),
                 probe_lease=probe_lease,
+                trial_lease=trial_lease,
                 on_state_change=self._breaker_changed,
             )
 
@@ -480,14 +484,16 @@ class FallbackChain(_ChainBase):
     def _drive(self, request: _Request, out: _Outcome) -> Iterator[ChainEvent]:
         run = self._new_run(request)
         failure: BaseException | None = None
+        since: int | None = None
         try:
             while not isinstance(step := run.next_step(), UseCache):
                 if isinstance(step, Sleep):
                     sleep_unless_testing(self._sleep, step.seconds)
                     continue
                 if isinstance(step, AwaitSlot):
-                    step.tier.gate.wait(step.seconds)
+                    step.tier.gate.wait(step.seconds, since=since)
                     continue
+                since = step.tier.gate.generation  # a change from here on ends a busy wait
                 attempt = run.granted(step, step.tier.gate.acquire())
                 if attempt is None:
                     continue
@@ -760,14 +766,16 @@ class AsyncFallbackChain(_ChainBase):
     async def _drive(self, request: _Request, out: _Outcome) -> AsyncIterator[ChainEvent]:
         run = self._new_run(request)
         failure: BaseException | None = None
+        since: int | None = None
         try:
             while not isinstance(step := run.next_step(), UseCache):
                 if isinstance(step, Sleep):
                     await async_sleep_unless_testing(self._sleep, step.seconds)
                     continue
                 if isinstance(step, AwaitSlot):
-                    await step.tier.gate.await_change(step.seconds)
+                    await step.tier.gate.await_change(step.seconds, since=since)
                     continue
+                since = step.tier.gate.generation  # a change from here on ends a busy wait
                 attempt = run.granted(step, await step.tier.gate.aacquire())
                 if attempt is None:
                     continue

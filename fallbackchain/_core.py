@@ -29,6 +29,7 @@ from ._backoff import decide
 from ._breaker import BreakerGate, Busy, Permit
 from ._config import ChainConfig
 from ._errors import (
+    BreakerBusyError,
     BreakerOpenError,
     DeadlineExceededError,
     FirstTokenTimeoutError,
@@ -54,10 +55,13 @@ __all__ = [
 
 logger = logging.getLogger("fallbackchain")
 
-BUSY_POLL = 0.05
-"""Longest wait between two asks of a busy breaker (in doubt, every trial slot taken),
-jittered down to half; a settle in this process wakes the waiter at once. The wait at one
-tier lasts at most ``first_token_timeout`` (and the deadline), by the run's clock."""
+BUSY_POLL_FIRST = 0.025
+BUSY_POLL_MAX = 0.2
+"""Between two asks of a busy breaker (in doubt, every trial slot taken) a request waits
+:data:`BUSY_POLL_FIRST` seconds, doubling up to :data:`BUSY_POLL_MAX`; a settle or first
+content in this process wakes it at once. The whole wait at one tier lasts at most what a
+trial may take to prove itself: ``first_token_timeout`` for a streaming tier,
+``openai.timeout`` for a non-streaming one; and never past the deadline (run's clock)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +151,8 @@ class RequestRun:
         self._slept = 0.0
         self._pending_wait: float | None = None
         self._busy_since: float | None = None
-        self._busy_limit = config.openai.first_token_timeout
+        self._busy_polls = 0
+        self._busy_limits = (config.openai.timeout, config.openai.first_token_timeout)
         self.display = Display()
         """What the consumer has been shown; every attempt after the first is matched to it."""
 
@@ -198,19 +203,7 @@ class RequestRun:
         """
         tier = step.tier
         if isinstance(permit, Busy):
-            now = self._clock()
-            if self._busy_since is None:
-                self._busy_since = now
-            waited = now - self._busy_since
-            if waited < self._busy_limit and self.remaining(now) > 0:
-                self._pending_wait = BUSY_POLL * (0.5 + 0.5 * self._random())
-                return None
-            error = BreakerOpenError(
-                f"{tier.name} breaker is in doubt and its trial attempts did not settle "
-                f"within {waited:.3g}s"
-            )
-            self.attempts.append(Attempt(tier.name, error.message, 0.0, exception=error))
-            self._move_on(tier.name, "breaker busy", self._index + 1)
+            self._busy(tier)
             return None
         if permit is None:
             error = BreakerOpenError(f"{tier.name} breaker is open")
@@ -328,6 +321,26 @@ class RequestRun:
             )
 
     # -- helpers -------------------------------------------------------------------------
+
+    def _busy(self, tier: Tier) -> None:
+        """Plan the next wait for a busy breaker, or give up on this tier."""
+        now = self._clock()
+        if self._busy_since is None:
+            self._busy_since, self._busy_polls = now, 0
+        waited = now - self._busy_since
+        remaining = self.remaining(now)
+        limit = self._busy_limits[tier.streaming]
+        if waited < limit and remaining > 0:
+            poll = BUSY_POLL_FIRST * 2 ** min(self._busy_polls, 8)
+            self._pending_wait = min(poll, BUSY_POLL_MAX, limit - waited, remaining)
+            self._busy_polls += 1
+            return
+        why = "until the request's deadline" if remaining <= 0 else f"for {waited:.3g}s"
+        error = BreakerBusyError(
+            f"{tier.name} breaker is in doubt and its trial slots stayed full {why}"
+        )
+        self.attempts.append(Attempt(tier.name, error.message, waited, exception=error))
+        self._move_on(tier.name, "breaker busy", self._index + 1)
 
     def _skip_to(self, error: TierError) -> int:
         """Where "skip the live tiers" lands: past every tier, or past this provider's only.

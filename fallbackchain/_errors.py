@@ -22,6 +22,7 @@ falling back cannot fix it.
     │   │       └── IdleTimeoutError         a gap between chunks above idle_timeout
     │   ├── DeadlineExceededError        the request's overall live deadline ran out
     │   ├── BreakerOpenError             the tier's circuit breaker refused the attempt
+    │   │   └── BreakerBusyError         in doubt, its trial slots stayed full while we waited
     │   └── StreamProtocolError          the stream itself was bad
     │       ├── TruncatedStreamError     ended cleanly but without finish_reason (silent truncation)
     │       ├── StreamEventError         the server sent an SSE ``error`` event mid-stream
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AllTiersFailedError",
+    "BreakerBusyError",
     "BreakerOpenError",
     "CacheCorruptError",
     "CacheError",
@@ -177,6 +179,14 @@ class BreakerOpenError(TierError):
     """The tier's circuit breaker is open (or its one half-open probe is taken)."""
 
     retryable = False
+
+
+class BreakerBusyError(BreakerOpenError):
+    """The tier's breaker stayed busy for as long as this request could wait.
+
+    In doubt, a breaker admits at most ``fail_max`` attempts failed or in flight (see
+    :data:`fallbackchain.BUSY`).
+    """
 
 
 class StreamProtocolError(TierError):

@@ -430,7 +430,7 @@ if st == 'closed' then
   end
   local failures = tonumber(redis.call('HGET', key, 'failures') or '0') or 0
   if failures + live >= tonumber(ARGV[4]) then return reply('busy', '', '') end
-  redis.call('HSET', key, 't:' .. ARGV[5], ARGV[3])
+  redis.call('HSET', key, 't:' .. ARGV[5], ARGV[6])
   return reply('trial', '', '')
 end
 local from, to = '', ''
@@ -487,6 +487,7 @@ return reply('', '', '')
 _VOUCH = _Script.of(
     _PRELUDE
     + """
+if ARGV[1] ~= '' then redis.call('HDEL', key, 't:' .. ARGV[1]) end
 if state() == 'closed' then redis.call('HSET', key, 'trusted', '1') end
 return reply('', '', '')
 """
@@ -663,14 +664,28 @@ class RedisGateStore(pybreaker.CircuitBreakerStorage):
         return self.counter
 
     def try_acquire(
-        self, now: float, reset_timeout: float, probe_lease: float, *, fail_max: int, token: str
+        self,
+        now: float,
+        reset_timeout: float,
+        probe_lease: float,
+        *,
+        fail_max: int,
+        token: str,
+        trial_lease: float,
     ) -> tuple[Grant, Transition | None]:
-        args = _acquire_args(now, reset_timeout, probe_lease, fail_max, token)
+        args = _acquire_args(
+            now, reset_timeout, probe_lease, fail_max=fail_max, token=token, trial_lease=trial_lease
+        )
         try:
             reply = self._step(_ACQUIRE, args)
         except RedisUnavailableError:
             return self._fallback().try_acquire(
-                now, reset_timeout, probe_lease, fail_max=fail_max, token=token
+                now,
+                reset_timeout,
+                probe_lease,
+                fail_max=fail_max,
+                token=token,
+                trial_lease=trial_lease,
             )
         return reply.grant, reply.changed
 
@@ -701,7 +716,7 @@ class RedisGateStore(pybreaker.CircuitBreakerStorage):
 
     def record_vouch(self, *, token: str | None) -> None:
         try:
-            self._step(_VOUCH, ())
+            self._step(_VOUCH, (_token(token),))
         except RedisUnavailableError:
             self._fallback().record_vouch(token=token)
 
@@ -714,14 +729,28 @@ class RedisGateStore(pybreaker.CircuitBreakerStorage):
     # -- AsyncGateStore -----------------------------------------------------------------------
 
     async def atry_acquire(
-        self, now: float, reset_timeout: float, probe_lease: float, *, fail_max: int, token: str
+        self,
+        now: float,
+        reset_timeout: float,
+        probe_lease: float,
+        *,
+        fail_max: int,
+        token: str,
+        trial_lease: float,
     ) -> tuple[Grant, Transition | None]:
-        args = _acquire_args(now, reset_timeout, probe_lease, fail_max, token)
+        args = _acquire_args(
+            now, reset_timeout, probe_lease, fail_max=fail_max, token=token, trial_lease=trial_lease
+        )
         try:
             reply = await self._astep(_ACQUIRE, args)
         except RedisUnavailableError:
             return self._fallback().try_acquire(
-                now, reset_timeout, probe_lease, fail_max=fail_max, token=token
+                now,
+                reset_timeout,
+                probe_lease,
+                fail_max=fail_max,
+                token=token,
+                trial_lease=trial_lease,
             )
         return reply.grant, reply.changed
 
@@ -752,7 +781,7 @@ class RedisGateStore(pybreaker.CircuitBreakerStorage):
 
     async def arecord_vouch(self, *, token: str | None) -> None:
         try:
-            await self._astep(_VOUCH, ())
+            await self._astep(_VOUCH, (_token(token),))
         except RedisUnavailableError:
             self._fallback().record_vouch(token=token)
 
@@ -865,9 +894,22 @@ class RedisGateStore(pybreaker.CircuitBreakerStorage):
 
 
 def _acquire_args(
-    now: float, reset_timeout: float, probe_lease: float, fail_max: int, token: str
+    now: float,
+    reset_timeout: float,
+    probe_lease: float,
+    *,
+    fail_max: int,
+    token: str,
+    trial_lease: float,
 ) -> tuple[str, ...]:
-    return (_num(now), _num(reset_timeout), _num(now + probe_lease), str(int(fail_max)), token)
+    return (
+        _num(now),
+        _num(reset_timeout),
+        _num(now + probe_lease),
+        str(int(fail_max)),
+        token,
+        _num(now + trial_lease),
+    )
 
 
 def _seed(local: MemoryGateStore, snapshot: _Snapshot) -> None:

@@ -295,3 +295,30 @@ def test_a_wait_with_nothing_settling_ends_after_its_seconds(clock):
     started = time.monotonic()
     g.wait(0.05)
     assert 0.04 < time.monotonic() - started < 5.0
+
+
+def test_a_settle_between_busy_and_wait_is_not_missed(clock):
+    g = gate(clock)
+    held = [g.acquire() for _ in range(3)]
+    since = g.generation
+    assert g.acquire() is BUSY
+    held[0].release()  # lands before the caller starts waiting
+    started = time.monotonic()
+    g.wait(30.0, since=since)
+    assert time.monotonic() - started < 1.0
+    assert g.acquire().trial
+
+
+def test_an_async_settle_between_busy_and_wait_is_not_missed(clock):
+    g = gate(clock)
+    held = [g.acquire() for _ in range(3)]
+
+    async def go() -> float:
+        since = g.generation
+        assert await g.aacquire() is BUSY
+        await held[0].arelease()
+        started = time.monotonic()
+        await g.await_change(30.0, since=since)
+        return time.monotonic() - started
+
+    assert asyncio.run(go()) < 1.0

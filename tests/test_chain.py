@@ -6,13 +6,13 @@ injected fake clock, so nothing here really sleeps except the explicit timeout t
 
 from __future__ import annotations
 
-import time
-
 import openai
 import pytest
 
 from fallbackchain import (
     AllTiersFailedError,
+    BreakerBusyError,
+    BreakerOpenError,
     FallbackChainError,
     MalformedChunkError,
     QuotaExceededError,
@@ -413,35 +413,61 @@ def test_a_burst_into_an_outage_costs_at_most_fail_max_requests_per_tier(harness
 def test_a_burst_at_a_cold_start_waits_only_for_the_first_content(harness_factory, server):
     """Callers over the limit wait for a trial's first content, then all go: nobody fails."""
     h = harness_factory(breaker__fail_max=3)
-    stall = 0.6  # the trials' streams pause after their first words (under the read timeout)
-    server.push(Fault.stall(after_chunks=2, seconds=stall), stream=True, times=3)
-    started = time.monotonic()
+    # The three trials' streams pause after their first words (under the read timeout).
+    server.push(Fault.stall(after_chunks=2, seconds=0.6), stream=True, times=3)
     results = h.burst(12)
     assert [out.source for out, _ in results] == ["stream"] * 12
     assert server.counts["total"] == 12
-    # Nine ended while the three trials were still paused: they were let in at the trials'
-    # first content, not after a whole answer.
-    assert sorted(at - started for _, at in results)[8] < stall / 2
+    stalled = {r.body["messages"][0]["content"] for r in server.requests if r.fault.kind == "stall"}
+    assert len(stalled) == 3
+    ended = {out.text: at for out, at in results}
+    prompts = {h.answer(f"burst {i}"): f"burst {i}" for i in range(12)}
+    trial_ends = [at for text, at in ended.items() if prompts[text] in stalled]
+    other_ends = [at for text, at in ended.items() if prompts[text] not in stalled]
+    # The nine were let in at the trials' first content, not after a whole answer.
+    assert max(other_ends) < min(trial_ends)
 
 
-def test_a_busy_wait_ends_at_the_first_token_timeout(harness_factory, server, clock):
-    """Trials that never settle cannot hold other callers for longer than first_token_timeout."""
+def test_a_burst_on_a_non_streamed_tier_waits_as_long_as_a_trial_may_take(harness_factory, server):
+    """A non-streamed trial proves itself only by answering: waiters wait up to openai.timeout."""
+    h = harness_factory(
+        real_time=True,
+        breaker__fail_max=1,
+        breaker__reset_timeout=60.0,
+        openai__first_token_timeout=0.2,
+        openai__timeout=5.0,
+    )
+    h.chain.breakers["stream"].acquire().failure()  # open: only the completion tier is live
+    server.push(Fault.stall(seconds=0.5), stream=False, times=1)  # the trial answers in 0.5 s
+    results = h.burst(4)
+    assert [getattr(out, "source", out) for out, _ in results] == ["completion"] * 4
+
+
+def test_a_busy_wait_ends_when_a_trial_could_have_proved_itself(harness_factory, server, clock):
+    """Trials that never settle hold other callers for first_token_timeout at most."""
     h = harness_factory(breaker__fail_max=2, retry__max_attempts=1)
     gate = h.chain.breakers["stream"]
     held = [gate.acquire(), gate.acquire()]  # two trials in flight, as if in other threads
     assert all(p.trial for p in held)
     waits: list[float] = []
-    gate.wait = lambda seconds: (waits.append(seconds), clock.advance(seconds))  # type: ignore[method-assign]
 
-    async def await_change(seconds: float) -> None:
+    def wait(seconds: float, *, since: int | None = None) -> None:
         waits.append(seconds)
         clock.advance(seconds)
 
+    async def await_change(seconds: float, *, since: int | None = None) -> None:
+        wait(seconds)
+
+    gate.wait = wait  # type: ignore[method-assign]
     gate.await_change = await_change  # type: ignore[method-assign]
     _, response = h.ask("hello")
     assert response.source == "completion"
-    assert "in doubt" in response.attempts[0].error
-    assert server.counts["stream"] == 0
+    busy = response.attempts[0]
+    assert isinstance(busy.exception, BreakerBusyError)
+    assert isinstance(busy.exception, BreakerOpenError)  # code handling "open" handles it too
     limit = h.chain.config.openai.first_token_timeout
-    assert limit <= sum(waits) < limit + 0.05
-    assert all(0.025 <= w <= 0.05 for w in waits)
+    assert busy.duration == pytest.approx(limit)
+    assert sum(waits) == pytest.approx(limit)
+    assert waits[:4] == pytest.approx([0.025, 0.05, 0.1, 0.2])  # doubling, then at most 0.2
+    assert max(waits) <= 0.2
+    assert server.counts["stream"] == 0

@@ -239,8 +239,8 @@ def test_a_cancel_while_settling_a_shared_breaker_never_leaks_the_probe(server, 
     from fallbackchain._breaker import MemoryGateStore
 
     class SlowStore(MemoryGateStore):
-        async def atry_acquire(self, now, reset_timeout, probe_lease, *, fail_max, token):
-            return self.try_acquire(now, reset_timeout, probe_lease, fail_max=fail_max, token=token)
+        async def atry_acquire(self, now, reset_timeout, probe_lease, **kw):
+            return self.try_acquire(now, reset_timeout, probe_lease, **kw)
 
         async def arecord_success(self, *, probe, token=None):
             await asyncio.sleep(0.2)

@@ -12,7 +12,7 @@ import fallbackchain
 ROOT = Path(__file__).resolve().parent.parent
 
 EXPECTED = {
-    "BUSY", "Busy", "AllTiersFailedError", "AsyncChainStream", "AsyncFallbackChain", "Attempt", "BreakerConfig",
+    "BUSY", "Busy", "BreakerBusyError", "AllTiersFailedError", "AsyncChainStream", "AsyncFallbackChain", "Attempt", "BreakerConfig",
     "BreakerGate", "BreakerOpenError", "BreakerState", "CacheConfig", "CacheCorruptError",
     "CacheError", "CacheStats", "CachedAnswer", "ChainConfig", "ChainEvent", "ChainResponse",
     "ChainStream", "ConfigError", "DeadlineExceededError", "FallbackChain", "FallbackChainError",

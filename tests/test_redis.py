@@ -371,8 +371,19 @@ def test_one_failure_brings_the_doubt_back(stores, drive, clock):
     assert drive.acquire(g) is BUSY  # 1 failure + 2 trials (the 3 older ones never counted)
 
 
+def test_a_trial_that_vouched_gives_its_slot_back(stores, drive, clock):
+    g = gate(clock, stores.new(), fail_max=2)
+    streaming = drive.acquire(g)
+    drive.vouch(streaming)  # healthy: it may stream for minutes yet
+    drive.failure(drive.acquire(g))  # one unrelated failure: in doubt again
+    assert drive.acquire(g).trial  # 1 failure + 0 slots held: one more may try
+    assert drive.acquire(g) is BUSY
+    drive.failure(streaming)  # a vouched trial that fails still counts
+    assert g.state == "open"
+
+
 def test_a_trial_whose_holder_vanished_frees_its_slot_after_its_lease(stores, drive, clock):
-    g = gate(clock, stores.new(), probe_lease=10.0)
+    g = gate(clock, stores.new(), probe_lease=100.0, trial_lease=10.0)
     for _ in range(3):
         assert drive.acquire(g).trial  # never settled: the process died
     clock.advance(9)
@@ -494,7 +505,11 @@ def test_concurrent_half_open_callers_get_exactly_one_probe(rs, namespace, clock
     def worker() -> None:
         store = RedisGateStore(rs.url, namespace=namespace, name="stream", link=link)
         barrier.wait()
-        grants.append(store.try_acquire(clock(), 30.0, 60.0, fail_max=3, token=uuid.uuid4().hex))
+        grants.append(
+            store.try_acquire(
+                clock(), 30.0, 60.0, fail_max=3, trial_lease=60.0, token=uuid.uuid4().hex
+            )
+        )
 
     threads = [threading.Thread(target=worker) for _ in range(16)]
     for t in threads:
@@ -514,7 +529,11 @@ def test_concurrent_callers_in_doubt_get_exactly_fail_max_trials(rs, namespace, 
     def worker() -> None:
         store = RedisGateStore(rs.url, namespace=namespace, name="stream", link=link)
         barrier.wait()
-        grants.append(store.try_acquire(clock(), 30.0, 60.0, fail_max=3, token=uuid.uuid4().hex))
+        grants.append(
+            store.try_acquire(
+                clock(), 30.0, 60.0, fail_max=3, trial_lease=60.0, token=uuid.uuid4().hex
+            )
+        )
 
     threads = [threading.Thread(target=worker) for _ in range(16)]
     for t in threads:
@@ -534,9 +553,12 @@ def test_the_local_store_carries_on_from_the_trust_seen_in_redis(rs, namespace, 
         doubted.record_failure(clock(), 3, probe=False)
         assert (trusted.current_state(), doubted.failures()) == ("closed", 1)  # plain reads
         rs.pause()
-        assert trusted.try_acquire(clock(), 30.0, 60.0, fail_max=3, token="x") == ("normal", None)
+        assert trusted.try_acquire(
+            clock(), 30.0, 60.0, fail_max=3, trial_lease=60.0, token="x"
+        ) == ("normal", None)
         grants = [
-            doubted.try_acquire(clock(), 30.0, 60.0, fail_max=3, token=f"t{i}")[0] for i in range(3)
+            doubted.try_acquire(clock(), 30.0, 60.0, fail_max=3, trial_lease=60.0, token=f"t{i}")[0]
+            for i in range(3)
         ]
         assert not trusted.using_redis and not doubted.using_redis
         assert grants == ["trial", "trial", "busy"]  # 1 failure + 2 trials, counted locally
@@ -559,7 +581,7 @@ def test_concurrent_async_callers_get_exactly_one_probe(rs, namespace, clock):
         try:
             return await asyncio.gather(
                 *(
-                    s.atry_acquire(clock(), 30.0, 60.0, fail_max=3, token=f"t{i}")
+                    s.atry_acquire(clock(), 30.0, 60.0, fail_max=3, trial_lease=60.0, token=f"t{i}")
                     for i, s in enumerate(stores)
                 )
             )
@@ -584,7 +606,10 @@ def test_garbage_state_reads_as_closed(rs, link, raw, namespace, clock):
     raw.hset(f"{namespace}:breaker:stream", mapping={"state": "weird", "failures": "x"})
     store = RedisGateStore(rs.url, namespace=namespace, name="stream", link=link)
     assert store.current_state() == "closed"
-    assert store.try_acquire(clock(), 30.0, 60.0, fail_max=3, token="t") == ("trial", None)
+    assert store.try_acquire(clock(), 30.0, 60.0, fail_max=3, trial_lease=60.0, token="t") == (
+        "trial",
+        None,
+    )
 
 
 def test_namespaces_and_tiers_are_independent(rs, link, namespace, clock):
@@ -686,7 +711,7 @@ def test_a_hung_redis_stalls_one_call_per_backoff_not_every_call(rs, namespace, 
         durations = []
         for _ in range(40):
             t0 = time.perf_counter()
-            grant = store.try_acquire(clock(), 30.0, 60.0, fail_max=3, token="t")
+            grant = store.try_acquire(clock(), 30.0, 60.0, fail_max=3, trial_lease=60.0, token="t")
             assert grant == ("normal", None)  # the local store goes on trusting it
             durations.append(time.perf_counter() - t0)
         stalls = [d for d in durations if d > 0.02]

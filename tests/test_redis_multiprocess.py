@@ -161,7 +161,7 @@ def shared_state_worker(
         barrier.wait()  # the parent checks the count and opens the breaker
         barrier.wait()
         grant, _ = store.try_acquire(
-            time.time(), 30.0, 600.0, fail_max=10**9, token=f"worker-{index}"
+            time.time(), 30.0, 600.0, fail_max=10**9, token=f"worker-{index}", trial_lease=600.0
         )
         results.put({"grant": grant, "stored": stored, "on_redis": store.using_redis})
     except BaseException as exc:
