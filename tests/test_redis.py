@@ -493,35 +493,8 @@ def test_concurrent_failures_are_never_lost(rs, link, namespace, clock):
     assert transitions == [("closed", "open")]  # exactly one process saw it open
 
 
-def test_concurrent_half_open_callers_get_exactly_one_probe(rs, namespace, clock):
-    link = _RedisLink(rs.url, timeout=2.0)  # see the async twin below: atomicity, not outages
-    seed = RedisGateStore(rs.url, namespace=namespace, name="stream", link=link)
-    for _ in range(3):
-        seed.record_failure(clock(), 3, probe=False)
-    clock.advance(31)
-    barrier = threading.Barrier(16, timeout=10)
-    grants: list[Any] = []
-
-    def worker() -> None:
-        store = RedisGateStore(rs.url, namespace=namespace, name="stream", link=link)
-        barrier.wait()
-        grants.append(
-            store.try_acquire(
-                clock(), 30.0, 60.0, fail_max=3, trial_lease=60.0, token=uuid.uuid4().hex
-            )
-        )
-
-    threads = [threading.Thread(target=worker) for _ in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    link.close()
-    assert [g for g, _ in grants].count("probe") == 1
-    assert [c for _, c in grants if c] == [("open", "half-open")]
-
-
-def test_concurrent_callers_in_doubt_get_exactly_fail_max_trials(rs, namespace, clock):
+def race_for_permits(rs: RedisServer, namespace: str, clock: FakeClock) -> list[Any]:
+    """16 threads, each with its own store (as separate processes would), acquire at once."""
     link = _RedisLink(rs.url, timeout=2.0)  # atomicity while Redis answers, not outages
     barrier = threading.Barrier(16, timeout=10)
     grants: list[Any] = []
@@ -541,30 +514,22 @@ def test_concurrent_callers_in_doubt_get_exactly_fail_max_trials(rs, namespace, 
     for t in threads:
         t.join(10)
     link.close()
+    return grants
+
+
+def test_concurrent_half_open_callers_get_exactly_one_probe(rs, link, namespace, clock):
+    seed = RedisGateStore(rs.url, namespace=namespace, name="stream", link=link)
+    for _ in range(3):
+        seed.record_failure(clock(), 3, probe=False)
+    clock.advance(31)
+    grants = race_for_permits(rs, namespace, clock)
+    assert [g for g, _ in grants].count("probe") == 1
+    assert [c for _, c in grants if c] == [("open", "half-open")]
+
+
+def test_concurrent_callers_in_doubt_get_exactly_fail_max_trials(rs, namespace, clock):
+    grants = race_for_permits(rs, namespace, clock)
     assert sorted(g for g, _ in grants) == ["busy"] * 13 + ["trial"] * 3
-
-
-def test_the_local_store_carries_on_from_the_trust_seen_in_redis(rs, namespace, clock):
-    lk = _RedisLink(rs.url, backoff=60.0)
-    trusted = RedisGateStore(rs.url, namespace=namespace, name="a", link=lk)
-    doubted = RedisGateStore(rs.url, namespace=namespace, name="b", link=lk)
-    try:
-        trusted.record_success(probe=False)
-        doubted.record_failure(clock(), 3, probe=False)
-        assert (trusted.current_state(), doubted.failures()) == ("closed", 1)  # plain reads
-        rs.pause()
-        assert trusted.try_acquire(
-            clock(), 30.0, 60.0, fail_max=3, trial_lease=60.0, token="x"
-        ) == ("normal", None)
-        grants = [
-            doubted.try_acquire(clock(), 30.0, 60.0, fail_max=3, trial_lease=60.0, token=f"t{i}")[0]
-            for i in range(3)
-        ]
-        assert not trusted.using_redis and not doubted.using_redis
-        assert grants == ["trial", "trial", "busy"]  # 1 failure + 2 trials, counted locally
-    finally:
-        rs.resume()
-        lk.close()
 
 
 def test_concurrent_async_callers_get_exactly_one_probe(rs, namespace, clock):
