@@ -30,6 +30,7 @@ WORKERS = 8
 REQUESTS = 40  # per worker
 SPACING = 0.05  # seconds between a worker's requests
 RESET_TIMEOUT = 0.5
+TIERS = ("stream", "completion")
 
 
 @pytest.fixture(scope="module")
@@ -85,30 +86,21 @@ def _collect(results: Any, procs: list[Any], timeout: float) -> list[dict[str, A
 def outage_worker(
     config: ChainConfig, base_url: str, barrier: Any, results: Any, requests: int, spacing: float
 ) -> None:
-    """Run one sync chain through a full outage; report the probes this process was granted."""
+    """Run one sync chain through a full outage; report the probes it sent, per tier."""
     try:
         import openai
 
-        from fallbackchain import AllTiersFailedError, FallbackChain
-        from fallbackchain._breaker import MemoryGateStore
-        from fallbackchain._redis import RedisGateStore
+        from fallbackchain import AllTiersFailedError, AttemptStarted, FallbackChain
 
-        probes = {"n": 0}
+        probes = {"stream": 0, "completion": 0}
 
-        def counting(cls: Any) -> None:
-            original = cls.try_acquire
+        class ProbeCounter:
+            def on_attempt_start(self, event: AttemptStarted) -> None:
+                if event.probe:
+                    probes[event.tier] += 1
 
-            def try_acquire(self: Any, now: float, reset: float, lease: float, **kw: Any) -> Any:
-                grant, changed = original(self, now, reset, lease, **kw)
-                if grant == "probe":
-                    probes["n"] += 1
-                return grant, changed
-
-            cls.try_acquire = try_acquire
-
-        counting(RedisGateStore if config.breaker.storage == "redis" else MemoryGateStore)
         client = openai.OpenAI(base_url=base_url, api_key="sk-test", max_retries=0)
-        chain = FallbackChain(config, client=client)
+        chain = FallbackChain(config, client=client, listeners=[ProbeCounter()])
         answered = 0
         barrier.wait()
         for i in range(requests):
@@ -120,7 +112,7 @@ def outage_worker(
             time.sleep(spacing)
         chain.close()
         client.close()
-        results.put({"probes": probes["n"], "answered": answered})
+        results.put({"probes": probes, "answered": answered})
     except BaseException as exc:
         results.put({"error": repr(exc)})
 
@@ -173,8 +165,8 @@ def shared_state_worker(
 # --------------------------------------------------------------------------------------------
 
 
-def run_fleet(config: ChainConfig, server: FaultServer) -> tuple[dict[str, int], int]:
-    """8 processes in a full outage; returns the upstream counts and the probes granted."""
+def run_fleet(config: ChainConfig, server: FaultServer) -> tuple[dict[str, int], dict[str, int]]:
+    """8 processes in a full outage; returns the upstream counts and the probes sent, per tier."""
     ctx = mp_context()
     barrier = ctx.Barrier(WORKERS, timeout=30)
     results = ctx.Queue()
@@ -190,8 +182,8 @@ def run_fleet(config: ChainConfig, server: FaultServer) -> tuple[dict[str, int],
         p.start()
     reports = _collect(results, procs, timeout=40)
     server.wait_idle(5)
-    counts = server.counts
-    return counts, sum(r["probes"] for r in reports)
+    probes = {tier: sum(r["probes"][tier] for r in reports) for tier in TIERS}
+    return server.counts, probes
 
 
 def test_an_outage_is_detected_once_for_the_whole_fleet(server, rs, tmp_path: Path):
@@ -210,27 +202,29 @@ def test_an_outage_is_detected_once_for_the_whole_fleet(server, rs, tmp_path: Pa
         )
 
     fail_max = config("redis").breaker.fail_max
-    tiers = 2
     redis_counts, redis_probes = run_fleet(config("redis"), server)
     memory_counts, memory_probes = run_fleet(config("memory"), server)
+
+    def tiers(counts: dict[str, int], probes: dict[str, int]) -> str:
+        return ", ".join(f"{t} {counts[t]} ({probes[t]} probes)" for t in TIERS)
+
     report = (
-        f"{WORKERS} processes x {REQUESTS} requests over "
+        f"{WORKERS} processes x {REQUESTS} requests, all starting at once, over "
         f"~{REQUESTS * SPACING:.0f}s of full outage (fail_max={fail_max}, "
-        f"reset_timeout={RESET_TIMEOUT}s, 2 tiers): upstream requests with redis storage = "
-        f"{redis_counts['total']} (stream {redis_counts['stream']}, completion "
-        f"{redis_counts['completion']}; probes {redis_probes}; bound 2 x fail_max + probes = "
-        f"{tiers * fail_max + redis_probes}); with memory storage = {memory_counts['total']} "
-        f"(stream {memory_counts['stream']}, completion {memory_counts['completion']}; "
-        f"probes {memory_probes}); ratio {memory_counts['total'] / redis_counts['total']:.1f}x"
+        f"reset_timeout={RESET_TIMEOUT}s, one breaker per tier): upstream requests with redis "
+        f"storage = {redis_counts['total']} ({tiers(redis_counts, redis_probes)}; bound per "
+        f"tier: fail_max + its probes); with memory storage = {memory_counts['total']} "
+        f"({tiers(memory_counts, memory_probes)}); "
+        f"ratio {memory_counts['total'] / redis_counts['total']:.1f}x"
     )
     print("\n" + report)
-    # Cluster-wide: a breaker in doubt lets at most fail_max attempts fail or be in flight,
-    # so each tier opens after fail_max upstream requests in total however many workers
-    # start at once; then each half-open period lets one probe through.
-    assert redis_counts["total"] <= tiers * fail_max + redis_probes, report
-    assert redis_counts["total"] >= tiers * fail_max, report
+    # Cluster-wide, per breaker: in doubt at most fail_max attempts fail or are in flight, so
+    # each opens after fail_max upstream requests in total however many workers start at
+    # once; then each half-open period lets one probe through.
+    for tier in TIERS:
+        assert fail_max <= redis_counts[tier] <= fail_max + redis_probes[tier], report
     # Per process, each one detects the outage itself and probes on its own.
-    assert memory_counts["total"] >= WORKERS * tiers * fail_max, report
+    assert memory_counts["total"] >= WORKERS * len(TIERS) * fail_max, report
     assert memory_counts["total"] >= 4 * redis_counts["total"], report
 
 
