@@ -532,6 +532,30 @@ def test_concurrent_callers_in_doubt_get_exactly_fail_max_trials(rs, namespace, 
     assert sorted(g for g, _ in grants) == ["busy"] * 13 + ["trial"] * 3
 
 
+def test_the_local_store_carries_on_from_the_trust_seen_in_redis(rs, namespace, clock):
+    lk = _RedisLink(rs.url, backoff=60.0)
+    trusted = RedisGateStore(rs.url, namespace=namespace, name="a", link=lk)
+    doubted = RedisGateStore(rs.url, namespace=namespace, name="b", link=lk)
+    try:
+        trusted.record_success(probe=False)
+        doubted.record_failure(clock(), 3, probe=False)
+        assert (trusted.current_state(), doubted.failures()) == ("closed", 1)  # plain reads
+        rs.pause()
+        assert trusted.try_acquire(
+            clock(), 30.0, 60.0, fail_max=3, trial_lease=60.0, token="x"
+        ) == ("normal", None)
+        grants = [
+            doubted.try_acquire(clock(), 30.0, 60.0, fail_max=3, trial_lease=60.0, token=f"t{i}")[0]
+            for i in range(3)
+        ]
+        assert not trusted.using_redis and not doubted.using_redis
+        assert grants == ["trial", "trial", "busy"]  # 1 failure + 2 trials, counted locally
+    finally:
+        rs.resume()
+        lk.close()
+
+
+
 def test_concurrent_async_callers_get_exactly_one_probe(rs, namespace, clock):
     # Atomicity while Redis answers: a generous timeout, so that 20 concurrent scripts on a
     # loaded 2-core machine are not mistaken for an outage (the degraded mode, where each
