@@ -555,7 +555,6 @@ def test_the_local_store_carries_on_from_the_trust_seen_in_redis(rs, namespace, 
         lk.close()
 
 
-
 def test_concurrent_async_callers_get_exactly_one_probe(rs, namespace, clock):
     # Atomicity while Redis answers: a generous timeout, so that 20 concurrent scripts on a
     # loaded 2-core machine are not mistaken for an outage (the degraded mode, where each
