@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import logging
 import secrets
 import threading
@@ -447,6 +448,8 @@ class BreakerGate:
         self._probe_lease = probe_lease if probe_lease is not None else max(reset_timeout, 1.0)
         self._trial_lease = trial_lease if trial_lease is not None else self._probe_lease
         self._on_state_change = on_state_change
+        self._token_prefix = secrets.token_hex(8)  # unique across processes sharing a store
+        self._token_serial = itertools.count()  # next() is atomic: unique within this gate
         self._changed = threading.Condition()
         self._generation = 0
         self._sync_waiters = 0
@@ -473,7 +476,7 @@ class BreakerGate:
         Open: refused until ``reset_timeout`` has passed since it opened; then it turns
         half-open. Half-open: one probe permit at a time.
         """
-        token = secrets.token_hex(8)
+        token = self._new_token()
         grant, changed = self._store.try_acquire(
             self._clock(),
             self._reset_timeout,
@@ -486,7 +489,7 @@ class BreakerGate:
 
     async def aacquire(self) -> Permit | Busy | None:
         """:meth:`acquire` without blocking the event loop on a shared store."""
-        token = secrets.token_hex(8)
+        token = self._new_token()
         grant, changed = await self._astore.atry_acquire(
             self._clock(),
             self._reset_timeout,
@@ -496,6 +499,10 @@ class BreakerGate:
             trial_lease=self._trial_lease,
         )
         return self._permit(grant, changed, token)
+
+    def _new_token(self) -> str:
+        """A name for the slot this acquire may take: no system call per attempt."""
+        return f"{self._token_prefix}-{next(self._token_serial)}"
 
     def _permit(self, grant: Grant, changed: Transition | None, token: str) -> Permit | Busy | None:
         if changed:

@@ -152,7 +152,8 @@ class RequestRun:
         self._pending_wait: float | None = None
         self._busy_since: float | None = None
         self._busy_polls = 0
-        self._busy_limits = (config.openai.timeout, config.openai.first_token_timeout)
+        self._busy_limit_streamed = config.openai.first_token_timeout
+        self._busy_limit_whole = config.openai.timeout
         self.display = Display()
         """What the consumer has been shown; every attempt after the first is matched to it."""
 
@@ -329,7 +330,7 @@ class RequestRun:
             self._busy_since, self._busy_polls = now, 0
         waited = now - self._busy_since
         remaining = self.remaining(now)
-        limit = self._busy_limits[tier.streaming]
+        limit = self._busy_limit_streamed if tier.streaming else self._busy_limit_whole
         if waited < limit and remaining > 0:
             poll = BUSY_POLL_FIRST * 2 ** min(self._busy_polls, 8)
             self._pending_wait = min(poll, BUSY_POLL_MAX, limit - waited, remaining)
