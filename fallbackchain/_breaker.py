@@ -423,7 +423,7 @@ class BreakerGate:
         *,
         fail_max: int,
         reset_timeout: float,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
         store: GateStore | None = None,
         probe_lease: float | None = None,
         trial_lease: float | None = None,

@@ -43,10 +43,11 @@ from ._config import ChainConfig, OpenAIConfig, load_config
 from ._core import AttemptWatch, AwaitSlot, RequestRun, Sleep, Tier, TryTier, UseCache
 from ._errors import (
     AllTiersFailedError,
+    ChainClosedError,
     DeadlineExceededError,
     FirstTokenTimeoutError,
     StreamNotFinishedError,
-    map_error,
+    TierError,
 )
 from ._hooks import (
     BreakerChanged,
@@ -60,11 +61,12 @@ from ._results import ChainEvent, ChainResponse
 from ._timing import (
     AsyncSleep,
     Clock,
+    TimeSource,
     async_sleep_unless_testing,
     default_async_sleep,
-    default_clock,
     default_sleep,
     sleep_unless_testing,
+    time_source,
 )
 from ._timing import Sleep as SleepFunc
 
@@ -111,14 +113,15 @@ class _ChainBase:
         self,
         config: ChainConfig,
         *,
-        clock: Clock | None,
+        clock: TimeSource | Clock | None,
         random: Callable[[], float] | None,
         cache: ResponseCache | None,
         listeners: Sequence[object] = (),
     ) -> None:
         self.config = config
         self._hooks = Hooks(listeners)
-        self._clock = clock or default_clock
+        self._time = time_source(clock)
+        self._clock = self._time.monotonic  # every interval; stored stamps use the wall clock
         self._random = random or _random.random
         probe_lease = config.retry.deadline + config.openai.timeout
         # A trial holds its slot until its first content (or its end): what it may take.
@@ -156,8 +159,13 @@ class _ChainBase:
             )
         self._tiers = tuple(tiers)
         self._gates = {tier.name: tier.gate for tier in self._tiers}
-        self.cache = cache if cache is not None else response_cache(config, self._clock)
+        self.cache = cache if cache is not None else response_cache(config, self._time.wall)
         self._owns_cache = cache is None
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ChainClosedError(f"this {type(self).__name__} is closed")
 
     def _breaker_changed(self, name: str, old: BreakerState, new: BreakerState) -> None:
         self._hooks.emit(BreakerChanged(name, old, new))
@@ -216,6 +224,7 @@ class _ChainBase:
     def _prepare(
         self, messages: Sequence[Any], model: str | None, params: Mapping[str, Any]
     ) -> _Request:
+        self._check_open()
         bad = _RESERVED.intersection(params)
         if bad:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(bad))}")
@@ -425,7 +434,7 @@ class FallbackChain(_ChainBase):
         client: openai.OpenAI | None = None,
         fallback_clients: Mapping[str, openai.OpenAI] | None = None,
         cache: ResponseCache | None = None,
-        clock: Clock | None = None,
+        clock: TimeSource | Clock | None = None,
         sleep: SleepFunc | None = None,
         random: Callable[[], float] | None = None,
         listeners: Sequence[object] = (),
@@ -460,7 +469,14 @@ class FallbackChain(_ChainBase):
             return stream.response
 
     def close(self) -> None:
-        """Close the client (if the chain made it) and the cache (if the chain opened it)."""
+        """Close the client (if the chain made it) and the cache (if the chain opened it).
+
+        Afterwards every call raises :class:`~fallbackchain.ChainClosedError` at once, and a
+        request still running ends with it, counted by no breaker.
+        """
+        if self._closed:
+            return
+        self._closed = True
         for client in self._owned_clients:
             client.close()
         if self._owns_cache:
@@ -487,6 +503,7 @@ class FallbackChain(_ChainBase):
         since: int | None = None
         try:
             while not isinstance(step := run.next_step(), UseCache):
+                self._check_open()
                 if isinstance(step, Sleep):
                     sleep_unless_testing(self._sleep, step.seconds)
                     continue
@@ -504,21 +521,21 @@ class FallbackChain(_ChainBase):
                     else:
                         completion = self._complete_once(request, run, attempt, watch)
                 except Exception as exc:
-                    error = map_error(exc, content_seen=watch.content_seen)
-                    if error is None:  # the caller's own mistake: neutral, and not ours to hide
-                        attempt.permit.release()
-                        if run.rerouted(attempt, exc):
-                            continue
-                        run.abandoned(attempt)
-                        raise
-                    opened = attempt.permit.failure()
-                    run.failed(
-                        attempt,
-                        error,
-                        breaker_opened=opened,
-                        time_to_first_token=watch.time_to_first_token(),
-                    )
-                    continue
+                    verdict = run.classify(attempt, exc, watch, closed=self._closed)
+                    if isinstance(verdict, TierError):
+                        run.failed(
+                            attempt,
+                            verdict,
+                            breaker_opened=attempt.permit.failure(),
+                            time_to_first_token=watch.time_to_first_token(),
+                        )
+                        continue
+                    attempt.permit.release()
+                    if verdict == "reroute":
+                        continue
+                    run.abandoned(attempt)
+                    self._check_open()
+                    raise
                 except BaseException:  # GeneratorExit, KeyboardInterrupt: neutral
                     attempt.permit.release()
                     run.abandoned(attempt)
@@ -528,6 +545,7 @@ class FallbackChain(_ChainBase):
                 self._store(request, completion, run)
                 yield from self._emit(final, run)
                 return
+            self._check_open()
             yield from self._emit(self._from_cache(run, self._lookup(request), out), run)
         except BaseException as exc:
             failure = exc
@@ -547,6 +565,7 @@ class FallbackChain(_ChainBase):
             read=self._read_budget(run, before, streaming=True),
         )
         stream = self._clients[step.tier.provider].chat.completions.create(**kwargs)
+        watch.responded = True
         with stream:
             after = clock()
             watch.after_wait(before, after, got_content=False)
@@ -582,7 +601,7 @@ class FallbackChain(_ChainBase):
         budget = self._read_budget(run, before, streaming=False)
         kwargs = self._kwargs(request, step.tier, streaming=False, read=budget)
         completion = self._clients[step.tier.provider].chat.completions.create(**kwargs)
-        watch.content_seen = True
+        watch.responded = watch.content_seen = True
         watch.first_token_at = self._clock()
         return check_completion(completion)
 
@@ -710,7 +729,7 @@ class AsyncFallbackChain(_ChainBase):
         client: openai.AsyncOpenAI | None = None,
         fallback_clients: Mapping[str, openai.AsyncOpenAI] | None = None,
         cache: ResponseCache | None = None,
-        clock: Clock | None = None,
+        clock: TimeSource | Clock | None = None,
         sleep: AsyncSleep | None = None,
         random: Callable[[], float] | None = None,
         listeners: Sequence[object] = (),
@@ -745,7 +764,14 @@ class AsyncFallbackChain(_ChainBase):
             return stream.response
 
     async def aclose(self) -> None:
-        """Close the client (if the chain made it) and the cache (if the chain opened it)."""
+        """Close the client (if the chain made it) and the cache (if the chain opened it).
+
+        Afterwards every call raises :class:`~fallbackchain.ChainClosedError` at once, and a
+        request still running ends with it, counted by no breaker.
+        """
+        if self._closed:
+            return
+        self._closed = True
         for client in self._owned_clients:
             await client.close()
         if self._owns_cache:
@@ -769,6 +795,7 @@ class AsyncFallbackChain(_ChainBase):
         since: int | None = None
         try:
             while not isinstance(step := run.next_step(), UseCache):
+                self._check_open()
                 if isinstance(step, Sleep):
                     await async_sleep_unless_testing(self._sleep, step.seconds)
                     continue
@@ -794,21 +821,21 @@ class AsyncFallbackChain(_ChainBase):
                     else:
                         completion = await self._complete_once(request, run, attempt, watch)
                 except Exception as exc:
-                    error = map_error(exc, content_seen=watch.content_seen)
-                    if error is None:  # the caller's own mistake: neutral, and not ours to hide
-                        await _shielded(attempt.permit.arelease())
-                        if run.rerouted(attempt, exc):
-                            continue
-                        run.abandoned(attempt)
-                        raise
-                    opened = await _shielded(attempt.permit.afailure())
-                    run.failed(
-                        attempt,
-                        error,
-                        breaker_opened=opened,
-                        time_to_first_token=watch.time_to_first_token(),
-                    )
-                    continue
+                    verdict = run.classify(attempt, exc, watch, closed=self._closed)
+                    if isinstance(verdict, TierError):
+                        run.failed(
+                            attempt,
+                            verdict,
+                            breaker_opened=await _shielded(attempt.permit.afailure()),
+                            time_to_first_token=watch.time_to_first_token(),
+                        )
+                        continue
+                    await _shielded(attempt.permit.arelease())
+                    if verdict == "reroute":
+                        continue
+                    run.abandoned(attempt)
+                    self._check_open()
+                    raise
                 except BaseException:  # CancelledError, GeneratorExit: neutral
                     await _shielded(attempt.permit.arelease())
                     run.abandoned(attempt)
@@ -819,6 +846,7 @@ class AsyncFallbackChain(_ChainBase):
                 for event in final:
                     yield event
                 return
+            self._check_open()
             for event in self._from_cache(run, await self._alookup(request), out):
                 yield event
         except BaseException as exc:
@@ -871,6 +899,7 @@ class AsyncFallbackChain(_ChainBase):
                 stream = await self._clients[step.tier.provider].chat.completions.create(**kwargs)
         except TimeoutError:
             raise watch.expired(before) from None
+        watch.responded = True
         async with stream:
             after = clock()
             watch.after_wait(before, after, got_content=False)
@@ -927,6 +956,6 @@ class AsyncFallbackChain(_ChainBase):
                 ) from None
             # the same class the sync driver gets from the SDK's read timeout: a silent route
             raise FirstTokenTimeoutError(f"no answer within {budget:g}s") from None
-        watch.content_seen = True
+        watch.responded = watch.content_seen = True
         watch.first_token_at = self._clock()
         return check_completion(completion)

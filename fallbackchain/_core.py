@@ -38,6 +38,7 @@ from ._errors import (
     TierError,
     UpstreamStatusError,
     is_context_length_error,
+    map_error,
 )
 from ._hooks import AttemptEnded, AttemptStarted, FallbackTaken, Hooks, RetryScheduled
 from ._results import Attempt
@@ -46,6 +47,7 @@ __all__ = [
     "Acquire",
     "AttemptWatch",
     "AwaitSlot",
+    "Neutral",
     "RequestRun",
     "Sleep",
     "Tier",
@@ -115,6 +117,12 @@ class TryTier:
     number: int
     delay_before: float
     started: float
+
+
+Neutral = Literal["reroute", "raise", "closed"]
+"""An attempt's error that no breaker counts (the driver releases the permit). ``"reroute"``:
+carry on at the tier :meth:`RequestRun.rerouted` chose; ``"raise"``: the caller's own mistake,
+re-raised unchanged; ``"closed"``: the chain was closed meanwhile (raise ``ChainClosedError``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +232,24 @@ class RequestRun:
             "attempt %s #%d%s", tier.name, self._number, " (probe)" if permit.probe else ""
         )
         return TryTier(tier, permit, self._number, delay, self._clock())
+
+    def classify(
+        self, step: TryTier, exc: Exception, watch: AttemptWatch, *, closed: bool
+    ) -> TierError | Neutral:
+        """What ``exc``, raised by the attempt at ``step``, means: a failure or a neutral end.
+
+        A :class:`TierError` (mapped, ``from exc``): the upstream failed; the driver settles the
+        permit as a failure and reports :meth:`failed`. Otherwise the permit is released and
+        nothing is counted: ``"closed"`` once the chain is closed (the close caused it);
+        ``"reroute"`` for a context-length error a later tier can take; ``"raise"`` for the
+        caller's own mistake (a client error, or an error before anything was sent).
+        """
+        if closed:
+            return "closed"
+        error = map_error(exc, content_seen=watch.content_seen, responded=watch.responded)
+        if error is not None:
+            return error
+        return "reroute" if self.rerouted(step, exc) else "raise"
 
     def rerouted(self, step: TryTier, exc: BaseException) -> bool:
         """A client error at ``step``: reroute it if a later tier can take it, else ``False``.
@@ -416,7 +442,15 @@ class AttemptWatch:
     :meth:`after_wait` raises the right error if a wait went over it.
     """
 
-    __slots__ = ("_first_token", "_idle", "_run", "_started", "content_seen", "first_token_at")
+    __slots__ = (
+        "_first_token",
+        "_idle",
+        "_run",
+        "_started",
+        "content_seen",
+        "first_token_at",
+        "responded",
+    )
 
     def __init__(self, run: RequestRun, *, started: float, first_token: float, idle: float) -> None:
         self._run = run
@@ -424,6 +458,8 @@ class AttemptWatch:
         self._first_token = first_token
         self._idle = idle
         self.content_seen = False
+        self.responded = False
+        """Set by the driver once the SDK call returned: a response has begun."""
         self.first_token_at: float | None = None
 
     def _limit(self, now: float) -> tuple[float, type[TierError]]:

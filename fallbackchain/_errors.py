@@ -1,14 +1,20 @@
 """The one exception tree of fallbackchain, and the map from foreign errors into it.
 
-Every error the library raises is a :class:`FallbackChainError`, except one deliberate case:
-a request the API rejects as the caller's own mistake (400, 401, 403, 404, 422, context length,
-content policy) propagates as the openai SDK's own exception, unchanged, because retrying or
-falling back cannot fix it.
+Every error the library raises is a :class:`FallbackChainError`, except the caller's own
+mistakes, which propagate unchanged, once, and are never counted by a breaker, because
+retrying or falling back cannot fix them:
+
+* a request the API rejects (400, 401, 403, 404, 422, context length, content policy): the
+  openai SDK's own exception;
+* a request the SDK cannot even build, raised before anything is sent (a value with no JSON
+  form, a lone surrogate in a string, a closed client): the SDK's ``TypeError``,
+  ``ValueError`` or ``RuntimeError``.
 
 ::
 
     FallbackChainError
     ├── ConfigError                      bad config file, key or value (also a ValueError)
+    ├── ChainClosedError                 the chain was used after close() (also a RuntimeError)
     ├── AllTiersFailedError              no tier and no cache answered; .attempts lists each
     ├── StreamNotFinishedError           stream.response read before the stream ended
     ├── TierError                        one attempt at one live tier failed (found in .attempts)
@@ -31,16 +37,15 @@ falling back cannot fix it.
         ├── CacheCorruptError            unreadable database or row
         └── UnsafeCacheRowError          a row asked to be unpickled: refused
 
-:func:`map_error` turns any foreign exception met on a live attempt (openai, httpx2, json,
-sqlite3, OS errors) into the most specific class above, chained ``from`` the original, or returns
-``None`` for the SDK's client errors that must propagate unchanged.
+:func:`map_error` turns any foreign exception met on a live attempt (openai, httpx2, json, OS
+errors) into the most specific class above, chained ``from`` the original, or returns ``None``
+for the caller's mistakes that must propagate unchanged.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +60,7 @@ __all__ = [
     "BreakerOpenError",
     "CacheCorruptError",
     "CacheError",
+    "ChainClosedError",
     "ConfigError",
     "DeadlineExceededError",
     "FallbackChainError",
@@ -103,6 +109,10 @@ class ConfigError(FallbackChainError, ValueError):
         self.file = file
         self.key = key
         self.value = value
+
+
+class ChainClosedError(FallbackChainError, RuntimeError):
+    """The chain was used after ``close()``/``aclose()``: nothing is sent, nothing counted."""
 
 
 class StreamNotFinishedError(FallbackChainError):
@@ -289,17 +299,37 @@ def is_context_length_error(exc: BaseException) -> bool:
     )
 
 
-def map_error(exc: BaseException, *, content_seen: bool = False) -> TierError | None:
+def is_raised_before_sending(exc: BaseException) -> bool:
+    """True when ``exc``, met before any response began, comes from this side, not the network.
+
+    The SDK builds and serialises the request itself and lets its errors escape unwrapped:
+    ``TypeError`` for a value with no JSON form, ``UnicodeEncodeError`` for a lone surrogate,
+    ``RuntimeError`` for a client already closed. Anything that is not a network, HTTP or
+    decoding error (``openai.APIError``, ``OSError``, the transport's own errors, a JSON or
+    UTF-8 decoding error) is such an error: the caller's, never the provider's.
+    """
+    if isinstance(exc, openai.APIError | OSError | json.JSONDecodeError | UnicodeDecodeError):
+        return False
+    import httpx2  # noqa: PLC0415 - the SDK's transport; imported lazily, only for odd paths
+
+    return not isinstance(exc, httpx2.HTTPError | httpx2.StreamError)
+
+
+def map_error(
+    exc: BaseException, *, content_seen: bool = False, responded: bool = True
+) -> TierError | None:
     """Map a foreign exception from a live attempt to the most specific :class:`TierError`.
 
-    Returns ``None`` when ``exc`` is a client error (see :func:`is_client_error`), which the
-    caller must re-raise unchanged. The returned error has ``__cause__`` set to ``exc``.
-    ``content_seen`` says whether content had already arrived, to tell a first-token timeout
-    from an idle one.
+    Returns ``None`` for the caller's own mistakes, which must be re-raised unchanged and never
+    counted: a client error (see :func:`is_client_error`), or, while no response has begun
+    (``responded=False``: the SDK call has not returned), an error raised on this side before
+    anything was sent (see :func:`is_raised_before_sending`). The returned error has
+    ``__cause__`` set to ``exc``. ``content_seen`` says whether content had already arrived,
+    to tell a first-token timeout from an idle one.
     """
     if isinstance(exc, TierError):
         return exc
-    if is_client_error(exc):
+    if is_client_error(exc) or (not responded and is_raised_before_sending(exc)):
         return None
     mapped = _map(exc, content_seen=content_seen)
     mapped.__cause__ = exc
@@ -354,8 +384,6 @@ def _map(exc: BaseException, *, content_seen: bool) -> TierError:
         return _timed_out(content_seen=content_seen)
     if isinstance(exc, ConnectionError | OSError):
         return UpstreamConnectionError(f"connection error: {type(exc).__name__}")
-    if isinstance(exc, sqlite3.Error):  # pragma: no cover - cache errors never reach a tier
-        return TierError(f"cache database error: {type(exc).__name__}")
     if isinstance(exc, openai.OpenAIError):
         return TierError(_short(f"{type(exc).__name__}: {exc}"))
     return _map_httpx2(exc, content_seen=content_seen)

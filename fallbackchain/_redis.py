@@ -11,9 +11,11 @@ Selected by the config (``breaker.storage = "redis"``, ``cache.backend = "redis"
   no increment is lost and no two processes disagree about a transition: across every
   process sharing a namespace, a breaker in doubt has at most ``fail_max`` attempts failed or
   in flight, so it opens after ``fail_max`` failures in total, and each half-open period lets
-  one probe through. Times are the gate's clock (wall-clock seconds by default), so hosts
-  sharing a namespace need synchronised clocks (NTP). The hashes are a few dozen bytes each
-  and are never expired; a trial whose process died is forgotten when its lease ends.
+  one probe through. Stamps are on the Redis server's clock (the gate's monotonic reading
+  plus an offset measured with ``TIME`` on first use and after each outage), so a host whose
+  own clock is skewed or steps cannot hold a cluster's breaker open. The hashes are a few
+  dozen bytes each and are never expired; a trial whose process died is forgotten
+  when its lease ends.
 * :class:`RedisResponseCache` offers the public interface of
   :class:`~fallbackchain._cache.ResponseCache` (plus ``aget``/``aput`` on ``redis.asyncio``).
   Keys are ``{namespace}:cache:{fc1-...}``; values are the same JSON rows the disk cache
@@ -626,6 +628,7 @@ class RedisGateStore(pybreaker.CircuitBreakerStorage):
         self._mode_lock = threading.Lock()
         self._snapshot = _Snapshot()
         self._on_redis = True  # the last step used Redis (the local store is not in use)
+        self._offset: float | None = None  # Redis server time minus the gate's clock
 
     def __repr__(self) -> str:
         where = "redis" if self.using_redis else "local"
@@ -652,8 +655,32 @@ class RedisGateStore(pybreaker.CircuitBreakerStorage):
         with self._mode_lock:
             if self._on_redis:
                 self._on_redis = False
-                _seed(self._local, self._snapshot)
+                _seed(self._local, self._snapshot, self._offset or 0.0)
+                self._offset = None  # the server may come back with another clock
         return self._local
+
+    # -- shared time ----------------------------------------------------------------------
+    # Stamps in the hash are on the Redis server's clock, so hosts whose own clocks disagree
+    # (or jump) still agree on when a breaker opened: the gate's monotonic reading plus this
+    # store's offset to the server clock, measured with TIME on first use and again after each
+    # Redis outage. Not re-measured in between: a monotonic clock drifts by parts per million,
+    # and a new offset could move this store's stamps backwards.
+
+    def _synced(self, now: float, reply: Any) -> float:
+        seconds, micros = reply
+        self._offset = int(seconds) + int(micros) / 1e6 - now
+        return now + self._offset
+
+    def _shared_now(self, now: float) -> float:
+        """``now`` (the gate's clock) on the server's clock; raises RedisUnavailableError."""
+        if self._offset is None:
+            return self._synced(now, self._link.call(lambda r: r.time()))
+        return now + self._offset
+
+    async def _ashared_now(self, now: float) -> float:
+        if self._offset is None:
+            return self._synced(now, await self._link.acall(lambda r: r.time()))
+        return now + self._offset
 
     # -- GateStore --------------------------------------------------------------------------
 
@@ -673,10 +700,16 @@ class RedisGateStore(pybreaker.CircuitBreakerStorage):
         token: str,
         trial_lease: float,
     ) -> tuple[Grant, Transition | None]:
-        args = _acquire_args(
-            now, reset_timeout, probe_lease, fail_max=fail_max, token=token, trial_lease=trial_lease
-        )
         try:
+            shared = self._shared_now(now)
+            args = _acquire_args(
+                shared,
+                reset_timeout,
+                probe_lease,
+                fail_max=fail_max,
+                token=token,
+                trial_lease=trial_lease,
+            )
             reply = self._step(_ACQUIRE, args)
         except RedisUnavailableError:
             return self._fallback().try_acquire(
@@ -699,8 +732,9 @@ class RedisGateStore(pybreaker.CircuitBreakerStorage):
     def record_failure(
         self, now: float, fail_max: int, *, probe: bool, token: str | None = None
     ) -> Transition | None:
-        args = (_num(now), str(int(fail_max)), "1" if probe else "0", _token(token))
         try:
+            shared = self._shared_now(now)
+            args = (_num(shared), str(int(fail_max)), "1" if probe else "0", _token(token))
             reply = self._step(_FAILURE, args)
         except RedisUnavailableError:
             return self._fallback().record_failure(now, fail_max, probe=probe, token=token)
@@ -738,10 +772,16 @@ class RedisGateStore(pybreaker.CircuitBreakerStorage):
         token: str,
         trial_lease: float,
     ) -> tuple[Grant, Transition | None]:
-        args = _acquire_args(
-            now, reset_timeout, probe_lease, fail_max=fail_max, token=token, trial_lease=trial_lease
-        )
         try:
+            shared = await self._ashared_now(now)
+            args = _acquire_args(
+                shared,
+                reset_timeout,
+                probe_lease,
+                fail_max=fail_max,
+                token=token,
+                trial_lease=trial_lease,
+            )
             reply = await self._astep(_ACQUIRE, args)
         except RedisUnavailableError:
             return self._fallback().try_acquire(
@@ -764,8 +804,9 @@ class RedisGateStore(pybreaker.CircuitBreakerStorage):
     async def arecord_failure(
         self, now: float, fail_max: int, *, probe: bool, token: str | None = None
     ) -> Transition | None:
-        args = (_num(now), str(int(fail_max)), "1" if probe else "0", _token(token))
         try:
+            shared = await self._ashared_now(now)
+            args = (_num(shared), str(int(fail_max)), "1" if probe else "0", _token(token))
             reply = await self._astep(_FAILURE, args)
         except RedisUnavailableError:
             return self._fallback().record_failure(now, fail_max, probe=probe, token=token)
@@ -912,15 +953,19 @@ def _acquire_args(
     )
 
 
-def _seed(local: MemoryGateStore, snapshot: _Snapshot) -> None:
-    """Make the local store continue from the last state seen in Redis."""
+def _seed(local: MemoryGateStore, snapshot: _Snapshot, offset: float) -> None:
+    """Make the local store continue from the last state seen in Redis.
+
+    ``offset`` (server clock minus the gate's clock) brings the server's stamp back to the
+    gate's clock, which the local store reads.
+    """
     with local._lock:
         local.state = snapshot.state
         local.reset_counter()
         for _ in range(min(snapshot.failures, 10_000)):  # only "reached fail_max" matters
             local.increment_counter()
         if snapshot.opened_at is not None:
-            local.opened_at = datetime.fromtimestamp(snapshot.opened_at, tz=UTC)
+            local.opened_at = datetime.fromtimestamp(snapshot.opened_at - offset, tz=UTC)
         local._probe_until = local._probe_token = None
         local._trials.clear()
         local.trusted = snapshot.trusted

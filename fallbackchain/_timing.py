@@ -1,9 +1,14 @@
 """Clocks, sleeps, and testing mode.
 
-Every wait in fallbackchain goes through an injected ``clock`` (seconds, float) and ``sleep``
-(sync) or ``async_sleep``, so tests can run backoff, breaker timers and deadlines without
-waiting. :func:`set_testing` is for *your* tests of code that uses a chain: while it is on,
-backoff sleeps are skipped (the chain still makes every attempt it would make).
+A chain reads time from one injected :class:`TimeSource`: ``monotonic()`` for every interval
+(deadlines, timeouts, backoff, in-process breaker timers), which a stepped wall clock cannot
+move, and ``wall()`` only for stamps that are stored or shared (a cache row's ``stored_at``).
+Breakers shared through Redis take their stamps from the Redis server's clock (see ``_redis``),
+so one host's skewed clock cannot hold a cluster's breaker open. Backoff and busy waits go
+through an injected ``sleep`` (sync) or ``async_sleep``, so tests run them without waiting.
+
+:func:`set_testing` is for *your* tests of code that uses a chain: while it is on, backoff
+sleeps are skipped (the chain still makes every attempt it would make).
 """
 
 from __future__ import annotations
@@ -12,10 +17,21 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
-__all__ = ["AsyncSleep", "Clock", "Sleep", "is_testing", "set_testing"]
+__all__ = [
+    "AsyncSleep",
+    "Clock",
+    "Sleep",
+    "SystemClock",
+    "TimeSource",
+    "is_testing",
+    "set_testing",
+    "time_source",
+]
 
 Clock = Callable[[], float]
+"""One reading of one clock, in seconds."""
 Sleep = Callable[[float], None]
 AsyncSleep = Callable[[float], Awaitable[None]]
 
@@ -71,6 +87,52 @@ async def async_sleep_unless_testing(sleep: AsyncSleep, seconds: float) -> None:
         await sleep(seconds)
 
 
-default_clock: Clock = time.time
+
+@runtime_checkable
+class TimeSource(Protocol):
+    """The two clocks a chain reads: intervals from ``monotonic``, stored stamps from ``wall``."""
+
+    def monotonic(self) -> float:
+        """Seconds from an arbitrary origin; never steps back (``time.monotonic``)."""
+        ...
+
+    def wall(self) -> float:
+        """Seconds since the epoch (``time.time``); may jump when the host's clock is set."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SystemClock:
+    """The host's clocks: ``time.monotonic`` and ``time.time``."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+
+@dataclass(frozen=True, slots=True)
+class _OneClock:
+    """A bare callable serving as both clocks (a test's fake clock)."""
+
+    read: Clock
+
+    def monotonic(self) -> float:
+        return self.read()
+
+    def wall(self) -> float:
+        return self.read()
+
+
+def time_source(clock: TimeSource | Clock | None) -> TimeSource:
+    """``clock`` as a :class:`TimeSource`: the system's when ``None``; a bare callable is both."""
+    if clock is None:
+        return SystemClock()
+    if isinstance(clock, TimeSource):
+        return clock
+    return _OneClock(clock)
+
+
 default_sleep: Sleep = time.sleep
 default_async_sleep: AsyncSleep = asyncio.sleep

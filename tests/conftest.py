@@ -15,14 +15,28 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class FakeClock:
-    """A clock that only moves when told; ``sleep`` advances it and records the delay."""
+    """A clock that only moves when told; ``sleep`` advances it and records the delay.
+
+    A ``TimeSource``: ``monotonic()`` is ``now``; ``wall()`` is ``now`` plus whatever
+    :meth:`step_wall` added (a host's clock being set), which intervals must never see.
+    """
 
     def __init__(self, start: float = 1_000_000.0) -> None:
         self.now = start
+        self.wall_offset = 0.0
         self.sleeps: list[float] = []
 
     def __call__(self) -> float:
         return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return self.now + self.wall_offset
+
+    def step_wall(self, seconds: float) -> None:
+        self.wall_offset += seconds
 
     def advance(self, seconds: float) -> None:
         self.now += seconds

@@ -15,7 +15,7 @@ EXPECTED = {
     "BUSY", "Busy", "BreakerBusyError", "AllTiersFailedError", "AsyncChainStream", "AsyncFallbackChain", "Attempt", "BreakerConfig",
     "BreakerGate", "BreakerOpenError", "BreakerState", "CacheConfig", "CacheCorruptError",
     "CacheError", "CacheStats", "CachedAnswer", "ChainConfig", "ChainEvent", "ChainResponse",
-    "ChainStream", "ConfigError", "DeadlineExceededError", "FallbackChain", "FallbackChainError",
+    "ChainClosedError", "ChainStream", "ConfigError", "DeadlineExceededError", "FallbackChain", "FallbackChainError",
     "FallbackConfig",
     "FirstTokenTimeoutError", "IdleTimeoutError", "MalformedChunkError", "OpenAIConfig", "Permit",
     "QuotaExceededError", "RateLimitedError", "ResponseCache", "RetryConfig", "ServerError",

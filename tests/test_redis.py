@@ -429,6 +429,28 @@ def test_two_handles_on_one_namespace_share_one_breaker(stores, drive, clock):
     assert drive.acquire(b) is None  # one probe for everyone sharing the breaker
 
 
+@pytest.mark.parametrize("skew", [-3600.0, 3600.0])
+def test_a_host_with_a_skewed_clock_cannot_hold_a_shared_breaker_open(rs, link, drive, skew):
+    """Two hosts an hour apart share one breaker: each sees it half-open after reset_timeout.
+
+    Hosts' clocks never agree (monotonic clocks start anywhere); the shared stamps are on the
+    Redis server's clock, so the gap does not matter.
+    """
+    namespace = f"skew-{uuid.uuid4().hex[:8]}"
+    here, there = FakeClock(), FakeClock(start=1_000_000.0 + skew)
+    a = gate(here, RedisGateStore(rs.url, namespace=namespace, name="stream", link=link))
+    b = gate(there, RedisGateStore(rs.url, namespace=namespace, name="stream", link=link))
+    drive.fail(a, 3)
+    assert a.state == b.state == "open"
+    assert drive.acquire(b) is None
+    here.advance(31)
+    there.advance(31)
+    probe = drive.acquire(b)
+    assert probe is not None and probe.probe  # not held open by a's clock being an hour off
+    drive.success(probe)
+    assert a.state == b.state == "closed"
+
+
 def test_pybreakers_own_view_stays_true(stores, clock):
     g = gate(clock, stores.new())
     g.acquire().failure()
@@ -439,7 +461,10 @@ def test_pybreakers_own_view_stays_true(stores, clock):
     assert g.breaker.current_state == "open"
     storage = g.breaker._state_storage
     assert storage.opened_at is not None
-    assert abs(storage.opened_at.timestamp() - clock()) < 1e-3
+    if stores.kind == "redis":  # shared stamps are on the Redis server's clock (this host's)
+        assert abs(storage.opened_at.timestamp() - time.time()) < 5.0
+    else:
+        assert abs(storage.opened_at.timestamp() - clock()) < 1e-3
 
 
 def test_stores_implement_both_protocols(stores):
@@ -462,7 +487,8 @@ def test_state_lives_in_one_hash_without_expiry(rs, link, raw, namespace, clock)
     fields = {k.decode(): v.decode() for k, v in raw.hgetall(key).items()}
     assert fields["state"] == "open"
     assert fields["failures"] == "3"
-    assert float(fields["opened_at"]) == clock()
+    server_now = raw.time()  # stamps are on the Redis server's clock
+    assert abs(float(fields["opened_at"]) - (server_now[0] + server_now[1] / 1e6)) < 5.0
     assert raw.ttl(key) == -1  # tiny, never expired (documented)
     clock.advance(31)
     g.acquire()
@@ -517,11 +543,14 @@ def race_for_permits(rs: RedisServer, namespace: str, clock: FakeClock) -> list[
     return grants
 
 
-def test_concurrent_half_open_callers_get_exactly_one_probe(rs, link, namespace, clock):
+def test_concurrent_half_open_callers_get_exactly_one_probe(rs, link, raw, namespace, clock):
     seed = RedisGateStore(rs.url, namespace=namespace, name="stream", link=link)
     for _ in range(3):
         seed.record_failure(clock(), 3, probe=False)
-    clock.advance(31)
+    # 31 s pass on the server's clock, which every process's stamps are on; the racing stores
+    # below are new processes, whose own clocks started anywhere
+    key = f"{namespace}:breaker:stream"
+    raw.hset(key, "opened_at", repr(float(raw.hget(key, "opened_at")) - 31.0))
     grants = race_for_permits(rs, namespace, clock)
     assert [g for g, _ in grants].count("probe") == 1
     assert [c for _, c in grants if c] == [("open", "half-open")]
