@@ -4,7 +4,8 @@ Run:  python examples/quickstart.py      (or: make demo)
 
 It starts ``fallbackchain.testing.FaultServer`` on a free loopback port and shows, in order:
 a healthy stream, a stream dropped mid-answer and recovered without repeating text, a rate
-limit honoured, and a full outage answered from the cache without touching the server.
+limit honoured, and a full outage answered from the cache: the breakers open, and then the
+server is not touched at all.
 """
 
 from __future__ import annotations
@@ -62,7 +63,11 @@ def main() -> None:
             show(chain, "rate limited with Retry-After: 0.5 s honoured")
 
             server.default = Fault.status(503)
-            show(chain, "full outage: live tiers fail, the cache answers")
+            # A 503 describes the model: the route's retry budget (3 attempts, whichever tier)
+            # is spent once per request, and each tier's breaker counts what it saw.
+            show(chain, "full outage: the stream tier fails 3 times, the cache answers")
+            print(f"   breakers: {chain.breaker_states()}")
+            show(chain, "outage continues: stream breaker open, the completion tier fails too")
             print(f"   breakers: {chain.breaker_states()}")
             before = server.counts["total"]
             show(chain, "outage continues: breakers open, cache answers, server untouched")

@@ -58,6 +58,7 @@ from ._hooks import (
     next_request_id,
 )
 from ._results import ChainEvent, ChainResponse
+from ._routes import RouteConfig, route_plan
 from ._timing import (
     AsyncSleep,
     Clock,
@@ -123,40 +124,38 @@ class _ChainBase:
         self._time = time_source(clock)
         self._clock = self._time.monotonic  # every interval; stored stamps use the wall clock
         self._random = random or _random.random
-        probe_lease = config.retry.deadline + config.openai.timeout
-        # A trial holds its slot until its first content (or its end): what it may take.
-        cfg = config.openai
-        trial_lease = max(cfg.first_token_timeout, cfg.idle_timeout, cfg.timeout) + 1.0
-        primary = config.breaker
-
-        def gate(name: str, fail_max: int = 0, reset_timeout: float = 0.0) -> BreakerGate:
+        def gate(name: str, route: RouteConfig) -> BreakerGate:
+            # A trial holds its slot until its first content (or its end): what it may take.
+            longest = max(route.first_token_timeout, route.idle_timeout, route.timeout)
             return BreakerGate(
                 name,
-                fail_max=fail_max or primary.fail_max,
-                reset_timeout=reset_timeout or primary.reset_timeout,
+                fail_max=route.fail_max,
+                reset_timeout=route.reset_timeout,
                 clock=self._clock,
                 store=gate_store(config, name),
-                probe_lease=probe_lease,
-                trial_lease=trial_lease,
+                probe_lease=config.retry.deadline + route.timeout,
+                trial_lease=longest + 1.0,
                 on_state_change=self._breaker_changed,
             )
 
-        window = config.openai.context_window
-        tiers = [
-            Tier("stream", streaming=True, gate=gate("stream"), context_window=window),
-            Tier("completion", streaming=False, gate=gate("completion"), context_window=window),
-        ]
-        for fb in config.fallbacks:
-            tiers.append(
-                Tier(
-                    fb.name,
-                    streaming=fb.stream,
-                    gate=gate(fb.name, fb.fail_max, fb.reset_timeout),
-                    provider=fb.name,
-                    model=fb.model,
-                    context_window=fb.context_window,
+        tiers = []
+        for route in route_plan(config):
+            for tier_name in route.tiers:
+                tiers.append(
+                    Tier(
+                        tier_name,
+                        streaming=route.streaming and tier_name != "completion",
+                        gate=gate(tier_name, route),
+                        provider=route.name,
+                        model=None if route.name == "primary" else route.model,
+                        context_window=route.context_window,
+                        timeout=route.timeout,
+                        first_token_timeout=route.first_token_timeout,
+                        idle_timeout=route.idle_timeout,
+                        max_attempts=route.max_attempts,
+                        stream_usage=route.stream_usage,
+                    )
                 )
-            )
         self._tiers = tuple(tiers)
         self._gates = {tier.name: tier.gate for tier in self._tiers}
         self.cache = cache if cache is not None else response_cache(config, self._time.wall)
@@ -247,23 +246,24 @@ class _ChainBase:
         kwargs["model"] = tier.model or request.model
         kwargs["messages"] = request.messages
         kwargs["stream"] = streaming
-        if streaming and "stream_options" not in kwargs:
+        if streaming and tier.stream_usage and "stream_options" not in kwargs:
             kwargs["stream_options"] = {"include_usage": True}
-        connect = self.config.openai.timeout
-        kwargs["timeout"] = httpx2.Timeout(connect, read=max(read, 0.001))
+        kwargs["timeout"] = httpx2.Timeout(tier.timeout, read=max(read, 0.001))
         return kwargs
 
-    def _read_budget(self, run: RequestRun, now: float, *, streaming: bool) -> float:
-        cfg = self.config.openai
-        if streaming:
-            per_read = max(cfg.first_token_timeout, cfg.idle_timeout)
+    def _read_budget(self, run: RequestRun, tier: Tier, now: float) -> float:
+        if tier.streaming:
+            per_read = max(tier.first_token_timeout, tier.idle_timeout)
             return min(per_read, max(run.remaining(now), 0.0))
-        return min(cfg.timeout, max(run.remaining(now), 0.0))
+        return min(tier.timeout, max(run.remaining(now), 0.0))
 
     def _new_watch(self, run: RequestRun, step: TryTier) -> AttemptWatch:
-        cfg = self.config.openai
+        tier = step.tier
         return AttemptWatch(
-            run, started=step.started, first_token=cfg.first_token_timeout, idle=cfg.idle_timeout
+            run,
+            started=step.started,
+            first_token=tier.first_token_timeout,
+            idle=tier.idle_timeout,
         )
 
     def _done(
@@ -562,7 +562,7 @@ class FallbackChain(_ChainBase):
             request,
             step.tier,
             streaming=True,
-            read=self._read_budget(run, before, streaming=True),
+            read=self._read_budget(run, step.tier, before),
         )
         stream = self._clients[step.tier.provider].chat.completions.create(**kwargs)
         watch.responded = True
@@ -598,7 +598,7 @@ class FallbackChain(_ChainBase):
         self, request: _Request, run: RequestRun, step: TryTier, watch: AttemptWatch
     ) -> ChatCompletion:
         before = self._clock()
-        budget = self._read_budget(run, before, streaming=False)
+        budget = self._read_budget(run, step.tier, before)
         kwargs = self._kwargs(request, step.tier, streaming=False, read=budget)
         completion = self._clients[step.tier.provider].chat.completions.create(**kwargs)
         watch.responded = watch.content_seen = True
@@ -892,7 +892,7 @@ class AsyncFallbackChain(_ChainBase):
             request,
             step.tier,
             streaming=True,
-            read=self._read_budget(run, before, streaming=True),
+            read=self._read_budget(run, step.tier, before),
         )
         try:
             async with asyncio.timeout(budget):
@@ -942,7 +942,7 @@ class AsyncFallbackChain(_ChainBase):
         self, request: _Request, run: RequestRun, step: TryTier, watch: AttemptWatch
     ) -> ChatCompletion:
         before = self._clock()
-        budget = self._read_budget(run, before, streaming=False)
+        budget = self._read_budget(run, step.tier, before)
         kwargs = self._kwargs(request, step.tier, streaming=False, read=budget)
         try:
             async with asyncio.timeout(budget):

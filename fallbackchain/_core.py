@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ._assembly import Display
-from ._backoff import decide
+from ._backoff import decide, is_transport_fault
 from ._breaker import BreakerGate, Busy, Permit
 from ._config import ChainConfig
 from ._errors import (
@@ -39,6 +39,7 @@ from ._errors import (
     UpstreamStatusError,
     is_context_length_error,
     map_error,
+    map_rejection,
 )
 from ._hooks import AttemptEnded, AttemptStarted, FallbackTaken, Hooks, RetryScheduled
 from ._results import Attempt
@@ -70,8 +71,12 @@ trial may take to prove itself: ``first_token_timeout`` for a streaming tier,
 class Tier:
     """One live tier: its name (the response's ``source``), whether it streams, its breaker.
 
-    ``provider`` names the client that serves it; ``model`` overrides the request's model
-    (fallbacks); ``context_window`` (0 = unknown) routes context-length errors.
+    ``provider`` names the route it belongs to (a provider and model: ``"primary"`` for the
+    ``[openai]`` section's stream and completion tiers, a fallback's name for its one tier) and
+    the client that serves it; ``model`` overrides the request's model (fallbacks);
+    ``context_window`` (0 = unknown) routes context-length errors. The route's settings:
+    ``timeout``, ``first_token_timeout``, ``idle_timeout`` (seconds) and ``max_attempts`` (the
+    route's retry budget per request); ``stream_usage`` asks for usage in streams.
     """
 
     name: str
@@ -80,6 +85,11 @@ class Tier:
     provider: str = "primary"
     model: str | None = None
     context_window: int = 0
+    timeout: float = 30.0
+    first_token_timeout: float = 10.0
+    idle_timeout: float = 10.0
+    max_attempts: int = 3
+    stream_usage: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,17 +163,24 @@ class RequestRun:
         self.started = clock()
         self.paused = 0.0
         self.attempts: list[Attempt] = []
-        self._index = 0
-        self._number = 0
+        self._plan = list(range(len(tiers)))
+        """Indexes into ``tiers``, in the order this request will try them (routes deferred
+        after a silence move to the end)."""
+        self._at = 0  # position in _plan of the current tier
+        self._number = 0  # attempts at the current tier
+        self._route_faults: dict[str, int] = {}
+        """Attempts per route, whichever tier, that failed for the route's own reasons (a
+        stream's transport faults have the tier's own budget instead)."""
         self._pending_sleep: float | None = None
         self._slept = 0.0
         self._pending_wait: float | None = None
         self._busy_since: float | None = None
         self._busy_polls = 0
-        self._busy_limit_streamed = config.openai.first_token_timeout
-        self._busy_limit_whole = config.openai.timeout
         self.display = Display()
         """What the consumer has been shown; every attempt after the first is matched to it."""
+
+    def _current(self) -> Tier | None:
+        return self._tiers[self._plan[self._at]] if self._at < len(self._plan) else None
 
     # -- time ------------------------------------------------------------------------------
 
@@ -189,18 +206,20 @@ class RequestRun:
         again. ``Acquire``: get a permit from the tier's gate (sync or awaited) and hand it to
         :meth:`granted`. ``UseCache``: no live tier is left.
         """
+        tier = self._current()
+        if tier is None:
+            return UseCache()
         if self._pending_wait is not None:
             seconds, self._pending_wait = self._pending_wait, None
-            return AwaitSlot(self._tiers[self._index], seconds)
+            return AwaitSlot(tier, seconds)
         if self._pending_sleep is not None:
             delay, self._pending_sleep = self._pending_sleep, None
             self._slept += delay
             return Sleep(delay)
-        if self._index < len(self._tiers) and self.remaining() <= 0:
-            self._index = len(self._tiers)
-        if self._index < len(self._tiers):
-            return Acquire(self._tiers[self._index])
-        return UseCache()
+        if self.remaining() <= 0:
+            self._at = len(self._plan)
+            return UseCache()
+        return Acquire(tier)
 
     def granted(self, step: Acquire, permit: Permit | Busy | None) -> TryTier | None:
         """The gate's answer to ``step``: the attempt to make, or ``None`` (no attempt now).
@@ -217,7 +236,7 @@ class RequestRun:
         if permit is None:
             error = BreakerOpenError(f"{tier.name} breaker is open")
             self.attempts.append(Attempt(tier.name, error.message, 0.0, exception=error))
-            self._move_on(tier.name, "breaker open", self._index + 1)
+            self._move_on(tier.name, "breaker open", "tier")
             return None
         self._number += 1
         delay, self._slept = self._slept, 0.0
@@ -241,7 +260,7 @@ class RequestRun:
         A :class:`TierError` (mapped, ``from exc``): the upstream failed; the driver settles the
         permit as a failure and reports :meth:`failed`. Otherwise the permit is released and
         nothing is counted: ``"closed"`` once the chain is closed (the close caused it);
-        ``"reroute"`` for a context-length error a later tier can take; ``"raise"`` for the
+        ``"reroute"`` for a client error :meth:`rerouted` moved on from; ``"raise"`` for the
         caller's own mistake (a client error, or an error before anything was sent).
         """
         if closed:
@@ -252,21 +271,30 @@ class RequestRun:
         return "reroute" if self.rerouted(step, exc) else "raise"
 
     def rerouted(self, step: TryTier, exc: BaseException) -> bool:
-        """A client error at ``step``: reroute it if a later tier can take it, else ``False``.
+        """A client error at ``step``: ``True`` if the request moved on, ``False`` to raise it.
 
-        Only a context-length error is rerouted: to the next tier on another model whose
-        ``context_window`` is known and larger than this tier's. Nothing is retried on the same
-        model, and the breaker is not involved (the driver releases the permit).
+        A fallback route's rejection of what the primary accepts (see
+        :func:`~fallbackchain._errors.map_rejection`) is recorded as a failed attempt and
+        skips that route for this request. A context-length error moves to the next tier on
+        another model whose ``context_window`` is known and larger than this tier's. Nothing
+        is retried on the same model, and no breaker counts either (the driver releases the
+        permit).
         """
+        here = step.tier
+        if here.provider != self._tiers[0].provider:
+            rejected = map_rejection(exc)
+            if rejected is not None:
+                self._record(step, "failure", rejected, time_to_first_token=None)
+                self._move_on(here.name, rejected.message, "route")
+                return True
         if not is_context_length_error(exc):
             return False
-        here = step.tier
-        for index in range(self._index + 1, len(self._tiers)):
-            tier = self._tiers[index]
+        for at in range(self._at + 1, len(self._plan)):
+            tier = self._tiers[self._plan[at]]
             same_model = (tier.provider, tier.model) == (here.provider, here.model)
             if not same_model and tier.context_window > here.context_window:
                 self._record(step, "abandoned", None, time_to_first_token=None)
-                self._move_on(here.name, "context length exceeded", index)
+                self._move_on(here.name, "context length exceeded", "tier", to=at)
                 return True
         return False
 
@@ -307,47 +335,61 @@ class RequestRun:
         returned) moves on at once: no backoff sleep is spent before a try the breaker refuses.
         """
         self._record(step, "failure", error, time_to_first_token=time_to_first_token)
-        if breaker_opened and not isinstance(error, QuotaExceededError | DeadlineExceededError):
-            self._move_on(
-                step.tier.name, f"{type(error).__name__}: breaker opened", self._index + 1
-            )
+        tier = step.tier
+        transport = is_transport_fault(error, content_seen=time_to_first_token is not None)
+        if breaker_opened and transport:
+            self._move_on(tier.name, f"{type(error).__name__}: breaker opened", "tier")
             return
         decision = decide(
             error,
-            attempt=step.number,
+            attempt=step.number if transport else self._count_route_fault(tier),
             elapsed=self.elapsed(),
             config=self._retry,
             random=self._random,
+            transport=transport,
+            max_attempts=tier.max_attempts,
         )
         logger.debug(
             "attempt %s #%d failed: %s -> %s (%s)",
-            step.tier.name,
+            tier.name,
             step.number,
             type(error).__name__,
             decision.action,
             decision.reason,
         )
+        why = f"{type(error).__name__}: {decision.reason}"
         if decision.action == "retry":
+            # the breaker just opened: the route's next tier takes the retry, after the same wait
+            opened = f"{type(error).__name__}: breaker opened"
+            if breaker_opened and not self._move_on(tier.name, opened, "tier"):
+                return
             self._pending_sleep = decision.delay
             if self._hooks:
                 self._hooks.emit(
                     RetryScheduled(
                         self.request_id,
-                        step.tier.name,
+                        tier.name,
                         decision.delay,
                         getattr(error, "retry_after", None),
                     )
                 )
         elif decision.action == "next_tier":
-            self._move_on(
-                step.tier.name, f"{type(error).__name__}: {decision.reason}", self._index + 1
-            )
+            self._move_on(tier.name, why, "tier")
+        elif decision.action == "next_route":
+            self._move_on(tier.name, why, "route")
+        elif decision.action == "defer_route":
+            self._move_on(tier.name, why, "defer")
+        elif isinstance(error, QuotaExceededError):
+            self._move_on(tier.name, why, "route")  # one account's problem: others may answer
         else:
-            self._move_on(
-                step.tier.name, f"{type(error).__name__}: {decision.reason}", self._skip_to(error)
-            )
+            self._move_on(tier.name, why, "live")
 
     # -- helpers -------------------------------------------------------------------------
+
+    def _count_route_fault(self, tier: Tier) -> int:
+        count = self._route_faults.get(tier.provider, 0) + 1
+        self._route_faults[tier.provider] = count
+        return count
 
     def _busy(self, tier: Tier) -> None:
         """Plan the next wait for a busy breaker, or give up on this tier."""
@@ -356,7 +398,7 @@ class RequestRun:
             self._busy_since, self._busy_polls = now, 0
         waited = now - self._busy_since
         remaining = self.remaining(now)
-        limit = self._busy_limit_streamed if tier.streaming else self._busy_limit_whole
+        limit = tier.first_token_timeout if tier.streaming else tier.timeout
         if waited < limit and remaining > 0:
             poll = BUSY_POLL_FIRST * 2 ** min(self._busy_polls, 8)
             self._pending_wait = min(poll, BUSY_POLL_MAX, limit - waited, remaining)
@@ -367,19 +409,7 @@ class RequestRun:
             f"{tier.name} breaker is in doubt and its trial slots stayed full {why}"
         )
         self.attempts.append(Attempt(tier.name, error.message, waited, exception=error))
-        self._move_on(tier.name, "breaker busy", self._index + 1)
-
-    def _skip_to(self, error: TierError) -> int:
-        """Where "skip the live tiers" lands: past every tier, or past this provider's only.
-
-        An exhausted quota is one account's problem: a fallback elsewhere may still answer.
-        """
-        if isinstance(error, QuotaExceededError):
-            provider = self._tiers[self._index].provider
-            for index in range(self._index + 1, len(self._tiers)):
-                if self._tiers[index].provider != provider:
-                    return index
-        return len(self._tiers)
+        self._move_on(tier.name, "breaker busy", "tier")
 
     def _record(
         self,
@@ -421,16 +451,43 @@ class RequestRun:
             )
         return attempt
 
-    def _move_on(self, from_tier: str, reason: str, index: int) -> None:
-        """Leave the current tier for tier ``index`` (or the cache past the last one)."""
-        self._index = index
+    def _move_on(
+        self,
+        from_tier: str,
+        reason: str,
+        how: Literal["tier", "route", "defer", "live"],
+        *,
+        to: int | None = None,
+    ) -> bool:
+        """Leave the current tier; ``True`` if the next one is on the same route.
+
+        ``"tier"``: the next tier in the plan (or position ``to``). ``"route"``: past this
+        route's remaining tiers, for this request. ``"defer"``: this route's remaining tiers
+        move behind every other route's. ``"live"``: straight to the cache.
+        """
+        here = self._tiers[self._plan[self._at]].provider
+        rest = self._plan[self._at + 1 :]
+        if how == "live":
+            rest = []
+        elif how in ("route", "defer"):
+            others = [i for i in rest if self._tiers[i].provider != here]
+            if how == "defer":
+                others += [i for i in rest if self._tiers[i].provider == here]
+            rest = others
+        elif to is not None:
+            rest = self._plan[to:]
+        self._plan[self._at + 1 :] = rest
+        self._at += 1
         self._number = 0
         self._slept = 0.0
         self._busy_since = None
-        to_tier = self._tiers[index].name if index < len(self._tiers) else "cache"
+        self._pending_sleep = None
+        following = self._current()
+        to_tier = following.name if following is not None else "cache"
         logger.info("fallback: %s -> %s (%s)", from_tier, to_tier, reason)
         if self._hooks:
             self._hooks.emit(FallbackTaken(self.request_id, from_tier, to_tier, reason))
+        return following is not None and following.provider == here
 
 
 class AttemptWatch:

@@ -4,8 +4,10 @@ Every error the library raises is a :class:`FallbackChainError`, except the call
 mistakes, which propagate unchanged, once, and are never counted by a breaker, because
 retrying or falling back cannot fix them:
 
-* a request the API rejects (400, 401, 403, 404, 422, context length, content policy): the
-  openai SDK's own exception;
+* a request the primary route rejects (400, 401, 403, 404, 422, context length, content
+  policy): the openai SDK's own exception. A *fallback* route's rejection is not the caller's
+  mistake but the provider's incompatibility (say, a parameter the primary accepts): see
+  :func:`map_rejection`;
 * a request the SDK cannot even build, raised before anything is sent (a value with no JSON
   form, a lone surrogate in a string, a closed client): the SDK's ``TypeError``,
   ``ValueError`` or ``RuntimeError``.
@@ -27,6 +29,7 @@ retrying or falling back cannot fix them:
     │   │       ├── FirstTokenTimeoutError   no content within first_token_timeout
     │   │       └── IdleTimeoutError         a gap between chunks above idle_timeout
     │   ├── DeadlineExceededError        the request's overall live deadline ran out
+    │   ├── RouteRejectedError           a fallback route refused a request (400/401/403/404/422)
     │   ├── BreakerOpenError             the tier's circuit breaker refused the attempt
     │   │   └── BreakerBusyError         in doubt, its trial slots stayed full while we waited
     │   └── StreamProtocolError          the stream itself was bad
@@ -69,6 +72,7 @@ __all__ = [
     "MalformedChunkError",
     "QuotaExceededError",
     "RateLimitedError",
+    "RouteRejectedError",
     "ServerError",
     "StreamEventError",
     "StreamNotFinishedError",
@@ -185,6 +189,18 @@ class DeadlineExceededError(TierError):
     retryable = False
 
 
+class RouteRejectedError(TierError):
+    """A fallback route rejected a request the primary route would take (HTTP 400-422).
+
+    Its provider cannot serve this request (a parameter it does not support, a model it
+    lacks, a key it refuses): the route is skipped for this request and no breaker counts it.
+    The provider's exception is ``__cause__``; its message is not copied (it may echo the
+    request).
+    """
+
+    retryable = False
+
+
 class BreakerOpenError(TierError):
     """The tier's circuit breaker is open (or its one half-open probe is taken)."""
 
@@ -297,6 +313,27 @@ def is_context_length_error(exc: BaseException) -> bool:
         "context_length_exceeded",
         "string_above_max_length",
     )
+
+
+_CONTENT_POLICY_CODES = ("content_policy_violation", "content_filter", "invalid_prompt")
+
+
+def map_rejection(exc: BaseException) -> RouteRejectedError | None:
+    """A client error from a *fallback* route as that route's fault, or ``None``.
+
+    ``None`` (the caller's mistake, propagated unchanged) for what no provider would take:
+    a prompt too long (see :func:`is_context_length_error`) or refused for its content.
+    Anything else the fallback rejects (400, 401, 403, 404, 422) is its incompatibility with
+    a request the primary accepts: a :class:`RouteRejectedError` chained ``from`` ``exc``.
+    """
+    if not isinstance(exc, openai.APIStatusError) or not is_client_error(exc):
+        return None
+    if is_context_length_error(exc) or (exc.code or "") in _CONTENT_POLICY_CODES:
+        return None
+    text = f"HTTP {exc.status_code}" + (f" {exc.code}" if exc.code else "")
+    rejected = RouteRejectedError(f"rejected by this route: {text}")
+    rejected.__cause__ = exc
+    return rejected
 
 
 def is_raised_before_sending(exc: BaseException) -> bool:

@@ -18,7 +18,7 @@ from fallbackchain import (
     TruncatedStreamError,
     UpstreamConnectionError,
 )
-from fallbackchain._backoff import decide, full_jitter
+from fallbackchain._backoff import decide, full_jitter, is_transport_fault
 
 CFG = RetryConfig(
     max_attempts=3, base_delay=0.5, max_delay=8.0, max_retry_after=30.0, deadline=60.0
@@ -69,21 +69,41 @@ def test_retry_after_is_honoured_exactly():
     assert (d.action, d.delay) == ("retry", 7.0)
 
 
-def test_retry_after_above_the_maximum_moves_to_the_next_tier_at_once():
+def test_retry_after_above_the_maximum_skips_the_route_at_once():
     err = RateLimitedError("HTTP 429", status_code=429, retry_after=31.0)
     d = decide(err, attempt=1, elapsed=0.0, config=CFG)
-    assert (d.action, d.delay) == ("next_tier", 0.0)
+    assert (d.action, d.delay) == ("next_route", 0.0)
 
 
-def test_attempts_exhausted_moves_to_the_next_tier_without_sleeping():
+def test_the_route_budget_used_moves_to_the_next_route_without_sleeping():
     d = decide(ServerError("HTTP 500", status_code=500), attempt=3, elapsed=0.0, config=CFG)
+    assert (d.action, d.delay) == ("next_route", 0.0)
+
+
+def test_a_route_may_have_its_own_budget():
+    err = ServerError("HTTP 500", status_code=500)
+    assert decide(err, attempt=1, elapsed=0.0, config=CFG, max_attempts=1).action == "next_route"
+    assert decide(err, attempt=3, elapsed=0.0, config=CFG, max_attempts=5).action == "retry"
+
+
+def test_a_stream_that_keeps_breaking_moves_to_the_routes_next_tier():
+    d = decide(TruncatedStreamError("cut"), attempt=3, elapsed=0.0, config=CFG, transport=True)
     assert (d.action, d.delay) == ("next_tier", 0.0)
 
 
 def test_a_sleep_that_would_cross_the_deadline_is_never_scheduled():
     err = RateLimitedError("HTTP 429", status_code=429, retry_after=5.0)
     d = decide(err, attempt=1, elapsed=56.0, config=CFG)
-    assert d.action == "next_tier"
+    assert d.action == "next_route"
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_the_wait_after_a_429_or_5xx_is_never_zero_unless_the_server_said_so(status):
+    cls = RateLimitedError if status == 429 else ServerError
+    d = decide(cls("x", status_code=status), attempt=1, elapsed=0.0, config=CFG, random=lambda: 0)
+    assert (d.action, d.delay) == ("retry", CFG.base_delay / 2)
+    said = cls("x", status_code=status, retry_after=0.0)
+    assert decide(said, attempt=1, elapsed=0.0, config=CFG).delay == 0.0
 
 
 @given(
@@ -124,8 +144,8 @@ def test_elapsed_past_deadline_skips_every_live_tier():
 
 
 @pytest.mark.parametrize("error", [FirstTokenTimeoutError("silent"), IdleTimeoutError("stall")])
-def test_a_silent_or_stalled_route_is_not_retried(error):
-    assert decide(error, attempt=1, elapsed=0.0, config=CFG).action == "next_tier"
+def test_a_silent_or_stalled_route_is_not_retried_and_waits_behind_the_other_routes(error):
+    assert decide(error, attempt=1, elapsed=0.0, config=CFG).action == "defer_route"
 
 
 def test_breaker_open_moves_on():
@@ -134,10 +154,26 @@ def test_breaker_open_moves_on():
     )
 
 
-def test_x_should_retry_false_is_honoured():
+def test_x_should_retry_false_is_honoured_on_the_whole_route():
     err = ServerError("HTTP 503", status_code=503, should_retry=False)
-    assert decide(err, attempt=1, elapsed=0.0, config=CFG).action == "next_tier"
+    assert decide(err, attempt=1, elapsed=0.0, config=CFG).action == "next_route"
 
 
 def test_truncated_stream_is_retried():
     assert decide(TruncatedStreamError("cut"), attempt=1, elapsed=0.0, config=CFG).action == "retry"
+
+
+@pytest.mark.parametrize(
+    ("error", "content_seen", "transport"),
+    [
+        (TruncatedStreamError("cut"), True, True),
+        (UpstreamConnectionError("drop"), True, True),
+        (UpstreamConnectionError("refused"), False, False),
+        (IdleTimeoutError("stall"), True, False),
+        (FirstTokenTimeoutError("silent"), False, False),
+        (ServerError("x", status_code=503), False, False),
+        (RateLimitedError("x", status_code=429), False, False),
+    ],
+)
+def test_faults_belong_to_the_route_or_to_one_streams_transport(error, content_seen, transport):
+    assert is_transport_fault(error, content_seen=content_seen) is transport

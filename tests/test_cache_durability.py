@@ -250,7 +250,7 @@ def test_a_corrupt_cache_file_is_bypassed_and_the_live_tiers_answer(
                 response = chain.complete(user(f"after {i}"))
                 assert response.source == "stream"
                 assert response.text == server.answer_for(user(f"after {i}"), MODEL)
-            server.push(Fault.status(503), stream=True)
+            server.push(Fault.drop(after_chunks=1), stream=True)  # the stream breaks: not the model
             response = chain.complete(user("the stream tier is down"))
             assert response.source == "completion"
         assert any("cache" in r.getMessage() for r in caplog.records)
@@ -273,7 +273,7 @@ def test_corrupting_the_cache_under_an_open_chain_never_fails_a_request(
             response = chain.complete(user(f"prompt {i}"))  # a read miss, then a write: ignored
             assert response.source == "stream"
             assert response.text == server.answer_for(user(f"prompt {i}"), MODEL)
-        server.push(Fault.status(503), stream=True)
+        server.push(Fault.drop(after_chunks=1), stream=True)  # the stream breaks: not the model
         assert chain.complete(user("prompt 1")).source == "completion"
         # with the whole API down, a cache that cannot be read is an honest miss
         server.default = Fault.status(503)

@@ -135,16 +135,38 @@ def _with_text(cached, text):
 # -- status errors, Retry-After, the SDK's own retries ----------------------------------------
 
 
-def test_5xx_is_retried_with_full_jitter_then_the_completion_tier_answers(harness, server, clock):
-    server.push(Fault.status(503), stream=True, times=3)
+def test_5xx_is_retried_with_full_jitter_on_the_same_route(harness, server, clock):
+    server.push(Fault.status(503), stream=True, times=2)
     _, response = harness.ask("hello")
-    assert response.source == "completion"
+    assert response.source == "stream"
     assert response.text == harness.answer("hello")
-    assert [a.tier for a in response.attempts] == ["stream"] * 3 + ["completion"]
+    assert [a.tier for a in response.attempts] == ["stream"] * 3
     # random() is pinned to 0.5: U(0, 0.01 * 2^n) -> 0.005, 0.01
     assert clock.sleeps == pytest.approx([0.005, 0.01])
     assert isinstance(response.attempts[0].exception, ServerError)
     assert response.attempts[0].status_code == 503
+
+
+def test_a_persistent_5xx_spends_the_routes_budget_once_not_once_per_tier(harness, server, clock):
+    """A 5xx describes the model: its stream and completion tiers share one budget (#13)."""
+    server.push(Fault.status(503), stream=True, times=3)
+    with pytest.raises(AllTiersFailedError) as info:
+        harness.ask("hello")
+    assert [a.tier for a in info.value.attempts] == ["stream"] * 3
+    assert server.counts["completion"] == 0
+    assert clock.sleeps == pytest.approx([0.005, 0.01])
+
+
+def test_a_stream_that_keeps_breaking_falls_back_to_the_routes_completion_tier(
+    harness, server, clock
+):
+    """A drop after content is one stream's transport: the completion tier still answers."""
+    server.push(Fault.drop(after_chunks=2), stream=True, times=3)
+    events, response = harness.ask("hello")
+    assert response.source == "completion"
+    assert [a.tier for a in response.attempts] == ["stream"] * 3 + ["completion"]
+    assert text_after_last_reset(events) == harness.answer("hello")
+    assert len(clock.sleeps) == 2  # backoff between the stream's tries; none before completion
 
 
 def test_sdk_retries_are_switched_off_even_on_an_injected_client(harness_factory, server):
@@ -153,7 +175,7 @@ def test_sdk_retries_are_switched_off_even_on_an_injected_client(harness_factory
     with pytest.raises(AllTiersFailedError):
         h.ask("hello")
     assert server.counts["stream"] == 3  # max_attempts, not 3 * (1 + 5)
-    assert server.counts["completion"] == 3
+    assert server.counts["completion"] == 0  # one budget per route, whichever tier (#13)
 
 
 def test_retry_after_is_honoured(harness, server, clock):
@@ -170,19 +192,22 @@ def test_retry_after_ms_is_honoured(harness, server, clock):
     assert clock.sleeps == [0.25]
 
 
-def test_retry_after_above_the_maximum_moves_on_at_once(harness, server, clock):
+def test_retry_after_above_the_maximum_skips_the_route_at_once(harness, server, clock):
     server.push(Fault.status(429, retry_after=60), stream=True)
-    _, response = harness.ask("hello")
+    with pytest.raises(AllTiersFailedError) as info:
+        harness.ask("hello")
     assert clock.sleeps == []
-    assert response.source == "completion"
+    assert [a.tier for a in info.value.attempts] == ["stream"]
     assert server.counts["stream"] == 1
+    assert server.counts["completion"] == 0  # the same model, asked to wait 60 s (#13)
 
 
-def test_x_should_retry_false_is_honoured(harness, server, clock):
+def test_x_should_retry_false_is_honoured_on_the_whole_route(harness, server, clock):
     server.push(Fault.status(503, should_retry=False), stream=True)
-    _, response = harness.ask("hello")
-    assert response.source == "completion"
+    with pytest.raises(AllTiersFailedError):
+        harness.ask("hello")
     assert server.counts["stream"] == 1
+    assert server.counts["completion"] == 0
 
 
 def test_x_should_retry_true_makes_an_odd_status_retryable(harness, server):
@@ -256,7 +281,7 @@ def test_outage_without_a_cached_answer_raises_one_error_listing_every_attempt(h
     with pytest.raises(AllTiersFailedError) as info:
         harness.ask("never asked before")
     tiers = [a.tier for a in info.value.attempts]
-    assert tiers == ["stream"] * 3 + ["completion"] * 3
+    assert tiers == ["stream"] * 3  # one budget for the route (#13)
     assert "never asked before" not in str(info.value)
     assert "HTTP 503" in str(info.value)
     assert isinstance(info.value, FallbackChainError)
@@ -265,11 +290,13 @@ def test_outage_without_a_cached_answer_raises_one_error_listing_every_attempt(h
 def test_open_breakers_answer_from_cache_without_touching_the_network(harness, server):
     harness.ask("hello")
     server.default = Fault.status(503)
-    with pytest.raises(AllTiersFailedError):
-        harness.ask("other prompt")  # 3 failures per tier
-    with pytest.raises(AllTiersFailedError):
-        harness.ask("other prompt")
+    # 3 failures per request on the route: the stream breaker opens within the second request,
+    # then the completion tier takes the route's tries until its own breaker opens
+    for _ in range(4):
+        with pytest.raises(AllTiersFailedError):
+            harness.ask("other prompt")
     assert harness.chain.breaker_states() == {"stream": "open", "completion": "open"}
+    assert server.counts["total"] == 1 + 5 + 5  # fail_max per tier, as before routes
     before = server.counts["total"]
     _, response = harness.ask("hello")
     assert response.source == "cache"
@@ -382,7 +409,9 @@ def test_a_breaker_that_opens_mid_request_stops_the_retries_at_once(harness_fact
     assert server.counts["stream"] == 2  # the third try was refused by the now-open breaker
     assert response.source == "completion"
     assert [a.tier for a in response.attempts] == ["stream", "stream", "completion"]
-    assert len(clock.sleeps) == 1  # no sleep before a try that was never going to happen
+    # no sleep before the third stream try, which the open breaker refuses; the route's
+    # backoff before its completion tier (never zero after a 5xx, #13)
+    assert clock.sleeps == pytest.approx([0.005, 0.01])
 
 
 def test_a_client_error_is_not_counted_as_a_success_either(harness, server):

@@ -45,14 +45,16 @@ def chain_with_backup(harness_factory, backup):
     return make
 
 
-def test_order_is_primary_stream_then_completion_then_the_fallback(
+def test_order_is_the_primary_route_within_its_budget_then_the_fallback(
     chain_with_backup, server, backup
 ):
     h = chain_with_backup()
     server.default = Fault.status(503)
     events, response = h.ask("hello")
     assert response.source == "backup"
-    assert [a.tier for a in response.attempts] == ["stream"] * 3 + ["completion"] * 3 + ["backup"]
+    # one budget for the primary route (stream and completion tiers together, #13)
+    assert [a.tier for a in response.attempts] == ["stream"] * 3 + ["backup"]
+    assert server.counts["completion"] == 0
     assert response.completion.model == "backup-model"
     assert response.completion.usage is not None
     assert response.text == backup.answer_for(user("hello"), "backup-model")
@@ -79,7 +81,7 @@ def test_each_fallback_has_its_own_breaker(chain_with_backup, server, backup):
     assert set(h.chain.breaker_states()) == {"stream", "completion", "backup"}
     server.default = Fault.status(503)
     backup.default = Fault.status(503)
-    for _ in range(2):
+    for _ in range(4):  # the completion tier takes the route's tries once stream's is open
         with pytest.raises(AllTiersFailedError):
             h.ask("x")
     assert h.chain.breaker_states() == {"stream": "open", "completion": "open", "backup": "open"}
@@ -109,7 +111,8 @@ def test_a_silent_primary_fails_over_at_once(chain_with_backup, server, backup):
     _, response = h.ask("hello")
     assert response.source == "backup"
     assert time.monotonic() - started < 2.0
-    assert (server.counts["stream"], server.counts["completion"]) == (1, 1)  # neither retried
+    # one request to the silent model: its completion tier is not asked while a route lives
+    assert (server.counts["stream"], server.counts["completion"]) == (1, 0)
 
 
 def test_context_length_goes_to_the_next_fallback_with_a_larger_window(
@@ -190,9 +193,10 @@ def test_a_flapping_primary_is_probed_once_per_reset_timeout_then_takes_traffic_
     h = chain_with_backup()
     reset = h.chain.config.breaker.reset_timeout
     server.default = Fault.status(503)
-    for _ in range(2):
+    for _ in range(4):
         h.ask("hello")  # backup answers while the primary's failures open its breakers
     assert h.chain.breaker_states()["stream"] == "open"
+    assert h.chain.breaker_states()["completion"] == "open"
     server.reset_counts()
     for _ in range(5):
         _, response = h.ask("hello")

@@ -1011,7 +1011,9 @@ def test_chains_share_one_breaker_through_redis(harness_factory, server, rs, nam
     b = harness_factory(**redis_overrides(rs.url, namespace, retry__max_attempts=1))
     server.default = Fault.status(503)
     fail_max = a.chain.config.breaker.fail_max
-    for i in range(fail_max):
+    # one attempt per request on the route: the stream tier's breaker opens after fail_max
+    # requests, then the completion tier's after fail_max more
+    for i in range(2 * fail_max):
         chain = a if i % 2 else b
         with pytest.raises(AllTiersFailedError):
             chain.ask(f"q{i}")

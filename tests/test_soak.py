@@ -68,6 +68,10 @@ CLIENT_ERRORS = (
 )
 TIMEOUT = 0.2  # first_token and idle: a stall must really be waited out
 DEADLINE = 2.0
+SPREAD = 3.0
+"""Seconds over which a mode's requests are started, about 15 breaker ``reset_timeout``s: a
+burst answered in microseconds while both breakers are open would otherwise drain the whole
+plan inside one open window and measure that window, not the chain under chaos over time."""
 
 pytestmark = pytest.mark.timeout(600 if LONG else 120)
 
@@ -404,7 +408,10 @@ def test_soak_threads(fresh: FaultServer, tmp_path: Path) -> None:
         client = openai.OpenAI(base_url=server.base_url, api_key="sk-soak")
         chain = FallbackChain(config, client=client, listeners=[log])
 
-        def one(prompt: str, close_early: bool) -> None:
+        began = time.monotonic()
+
+        def one(index: int, prompt: str, close_early: bool) -> None:
+            time.sleep(max(0.0, began + index * SPREAD / len(plan) - time.monotonic()))
             start = time.monotonic()
             events: list[Any] = []
             try:
@@ -425,7 +432,7 @@ def test_soak_threads(fresh: FaultServer, tmp_path: Path) -> None:
             check_response(tally, server, model, prompt, events, response, elapsed)
 
         with ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="soak") as pool:
-            for future in [pool.submit(one, p, early) for p, early in plan]:
+            for future in [pool.submit(one, i, p, e) for i, (p, e) in enumerate(plan)]:
                 future.result()
         problems = settle_and_check(chain, server, log, model, THREADS)
         chain.close()
@@ -487,7 +494,10 @@ def test_soak_tasks(fresh: FaultServer, tmp_path: Path) -> None:
             tally.count("response", stream.response.source)
             check_response(tally, server, model, prompt, events, stream.response, elapsed)
 
-        async def one(prompt: str, how: str) -> None:
+        began = time.monotonic()
+
+        async def one(index: int, prompt: str, how: str) -> None:
+            await asyncio.sleep(max(0.0, began + index * SPREAD / len(plan) - time.monotonic()))
             async with gate:
                 start = time.monotonic()
                 try:
@@ -503,7 +513,7 @@ def test_soak_tasks(fresh: FaultServer, tmp_path: Path) -> None:
                     check_failure(tally, prompt, exc, time.monotonic() - start)
 
         rng_cancel = random.Random(SEED + 2)
-        await asyncio.gather(*(one(p, how) for p, how in plan))
+        await asyncio.gather(*(one(i, p, how) for i, (p, how) in enumerate(plan)))
         problems = settle_and_check(chain, server, log, model, TASKS)
         await chain.aclose()
         await client.close()

@@ -1,0 +1,225 @@
+"""Failover by route (#13), with the library's default settings and one fallback.
+
+A route is a provider and model: the primary's stream and completion tiers are one route and
+share, per request, one retry budget, one backoff sequence and one ``Retry-After``. A silent
+route is left at its first-token or idle timeout for the next route, not asked again. A
+fallback that rejects a request the primary accepts is skipped, not blamed on the caller.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from fallbackchain import (
+    AllTiersFailedError,
+    CacheConfig,
+    ChainConfig,
+    FallbackConfig,
+    FirstTokenTimeoutError,
+    IdleTimeoutError,
+    OpenAIConfig,
+    RouteRejectedError,
+)
+from fallbackchain.testing import Fault, FaultServer
+
+from .conftest import FakeClock, Harness, text_after_last_reset
+
+
+@pytest.fixture(scope="module")
+def backup_server() -> Iterator[FaultServer]:
+    with FaultServer(words=10) as server:
+        yield server
+
+
+@pytest.fixture
+def backup(backup_server: FaultServer) -> Iterator[FaultServer]:
+    backup_server.clear()
+    backup_server.reset_counts()
+    yield backup_server
+    backup_server.clear()
+    backup_server.wait_idle(5.0)
+
+
+def defaults(primary: FaultServer, cache_dir: Path, **fallback: Any) -> ChainConfig:
+    """The library's defaults (no test profile), the primary at ``primary``, one fallback."""
+    return ChainConfig(
+        openai=OpenAIConfig(base_url=primary.base_url, model="primary-model"),
+        cache=CacheConfig(directory=str(cache_dir)),
+        fallbacks=(
+            FallbackConfig(
+                name="backup",
+                model="backup-model",
+                base_url="http://127.0.0.1:1/v1",  # replaced by the harness's client
+                **fallback,
+            ),
+        ),
+    )
+
+
+@pytest.fixture
+def chain(mode: str, server: FaultServer, backup: FaultServer, tmp_path: Path) -> Iterator[Any]:
+    made: list[Harness] = []
+
+    def make(clock: FakeClock, **fallback: Any) -> Harness:
+        config = defaults(server, tmp_path / "cache", **fallback)
+        h = Harness(mode, config, server, clock, fallback_servers={"backup": backup})
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.close()
+
+
+def primary_requests(server: FaultServer) -> int:
+    return server.counts["stream"] + server.counts["completion"]
+
+
+def test_a_persistent_429_asks_the_primary_max_attempts_times_spaced_by_backoff(
+    chain, server, backup, clock
+):
+    h = chain(clock)
+    server.default = Fault.status(429)  # no Retry-After
+    events, response = h.ask("hello")
+    assert response.source == "backup"
+    assert text_after_last_reset(events) == response.text
+    assert primary_requests(server) == h.chain.config.retry.max_attempts == 3
+    assert server.counts["completion"] == 0  # the completion tier is the same rate-limited model
+    # full jitter (random 0.5 here) on the route's attempt count, never zero after a 429
+    assert clock.sleeps == pytest.approx([0.25, 0.5])
+    assert [a.tier for a in response.attempts] == ["stream", "stream", "stream", "backup"]
+
+
+def test_retry_after_is_honoured_when_the_route_changes_tier(chain, server, backup, clock, mode):
+    h = chain(clock)
+    # the stream breaker (fail_max 5) opens in the second request; the route's next attempt
+    # goes to its completion tier, and still waits what the server asked
+    server.push(Fault.status(429, retry_after=2), stream=True, times=5)
+    server.push(Fault.status(429, retry_after=2), stream=False)
+    _, first = h.ask("one")  # 3 route attempts: the stream tier's failures 3 of 5
+    assert first.source == "backup"
+    clock.sleeps.clear()
+    _, second = h.ask("two")
+    assert [a.tier for a in second.attempts] == ["stream", "stream", "completion", "backup"]
+    assert clock.sleeps == [2.0, 2.0]  # the breaker opened: the completion tier waited too
+    assert h.chain.breaker_states()["stream"] == "open"
+
+
+def test_a_retry_after_beyond_the_limit_skips_the_route_at_once(chain, server, backup, clock):
+    h = chain(clock)
+    server.default = Fault.status(429, retry_after=60)  # max_retry_after is 30 s
+    _, response = h.ask("hello")
+    assert response.source == "backup"
+    assert primary_requests(server) == 1
+    assert clock.sleeps == []
+
+
+def test_a_fallback_that_rejects_a_parameter_is_skipped_not_blamed_on_the_caller(
+    chain, server, backup, clock
+):
+    h = chain(clock)
+    h.ask("hello")  # cached
+    server.default = Fault.status(503)
+    backup.default = Fault.status(400, message="stream_options is not supported")
+    _, response = h.ask("hello")
+    assert response.source == "cache"
+    [rejected] = [a for a in response.attempts if a.tier == "backup"]
+    assert isinstance(rejected.exception, RouteRejectedError)
+    assert isinstance(rejected.exception.__cause__, openai.BadRequestError)
+    assert "stream_options" not in (rejected.error or "")  # the server's text is not copied
+    assert backup.counts["stream"] == 1  # not retried on the same route
+    assert h.chain.breaker_states()["backup"] == "closed"
+    assert h.chain.breakers["backup"].fail_counter == 0  # an incompatibility is not an outage
+    with pytest.raises(AllTiersFailedError) as info:  # nothing cached: every attempt listed
+        h.ask("never cached")
+    assert isinstance(info.value.attempts[-1].exception, RouteRejectedError)
+
+
+def test_a_rejection_from_the_primary_still_reaches_the_caller_unchanged(
+    chain, server, backup, clock
+):
+    h = chain(clock)
+    server.default = Fault.status(422, message="bad parameter")
+    with pytest.raises(openai.UnprocessableEntityError):
+        h.ask("hello")
+    assert backup.counts["stream"] == 0
+    assert primary_requests(server) == 1
+
+
+def test_a_prompt_too_long_for_a_fallback_is_still_the_callers(chain, server, backup, clock):
+    h = chain(clock)
+    server.default = Fault.status(503)
+    backup.default = Fault.status(400, error_code="context_length_exceeded")
+    with pytest.raises(openai.BadRequestError):
+        h.ask("hello")
+
+
+# --------------------------------------------------------------------------------------------
+# Silence, late first tokens and stalls, in real time with the default timeouts
+# --------------------------------------------------------------------------------------------
+
+SILENT = {
+    "silent": (Fault.slow_first_byte(seconds=40.0), FirstTokenTimeoutError, "first_token_timeout"),
+    "first token after 20 s": (
+        Fault.stall(after_chunks=0, seconds=20.0),
+        FirstTokenTimeoutError,
+        "first_token_timeout",
+    ),
+    "stall mid-answer": (
+        Fault.stall(after_chunks=3, seconds=40.0),
+        IdleTimeoutError,
+        "idle_timeout",
+    ),
+}
+
+
+def _one_silent_scenario(mode: str, name: str, tmp_path: Path) -> tuple[str, str, float, Any, int]:
+    fault, _, _ = SILENT[name]
+    with FaultServer(words=20) as primary, FaultServer(words=10) as fallback:
+        primary.default = fault
+        config = defaults(primary, tmp_path / f"{mode}-{name}")
+        h = Harness(
+            mode,
+            config,
+            primary,
+            FakeClock(),
+            real_time=True,
+            fallback_servers={"backup": fallback},
+        )
+        try:
+            started = time.monotonic()
+            events, response = h.ask("hello")
+            took = time.monotonic() - started
+            assert text_after_last_reset(events) == response.text
+            return mode, name, took, response, primary_requests(primary)
+        finally:
+            h.close()
+
+
+@pytest.mark.slow
+def test_a_silent_late_or_stalled_primary_is_answered_by_the_fallback_within_its_timeout(
+    tmp_path: Path,
+) -> None:
+    # six scenarios (three faults, sync and async) at once: each waits out a default 10-s timeout
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        futures = [
+            pool.submit(_one_silent_scenario, mode, name, tmp_path)
+            for mode in ("sync", "async")
+            for name in SILENT
+        ]
+        results = [f.result(timeout=60) for f in futures]
+    defaults_ = OpenAIConfig()
+    for mode, name, took, response, asked in results:
+        _, error_type, timeout_name = SILENT[name]
+        limit = getattr(defaults_, timeout_name) + 1.0
+        assert response.source == "backup", (mode, name)
+        assert took < limit, (mode, name, took)
+        assert asked == 1, (mode, name)  # exactly one request to the silent model
+        assert isinstance(response.attempts[0].exception, error_type), (mode, name)
