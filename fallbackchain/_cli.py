@@ -51,8 +51,9 @@ import openai
 from ._backends import gate_store, response_cache
 from ._cache import InputFileError, ResponseCache
 from ._chain import FallbackChain
-from ._config import ChainConfig, _mask_url, load_config
+from ._config import ChainConfig, load_config
 from ._errors import ConfigError
+from ._redact import mask_url
 from ._warm import _WARM_RECORD, WarmProgress, WarmReport, load_prompts, warm
 
 __all__ = ["main"]
@@ -477,7 +478,7 @@ def _toml_table(section: object, *, header: str) -> list[str]:
     for field in dataclasses.fields(section):  # type: ignore[arg-type]
         value = getattr(section, field.name)
         if field.name.endswith("_url") and isinstance(value, str):
-            value = _mask_url(value)
+            value = mask_url(value)
         line = f"{field.name} = {_toml_value(value)}"
         if field.name == "api_key_env" and value:
             line += "  # set" if os.environ.get(value) else "  # NOT SET in this environment"

@@ -112,15 +112,16 @@ class ConfigError(FallbackChainError, ValueError):
         where = []
         if file is not None:
             where.append(str(file))
-        if line is not None:
-            where.append(f"line {line}")
         if key is not None:
             where.append(f"key {key!r}")
         prefix = ": ".join(where)
         text = f"{prefix}: {message}" if prefix else message
         shown = None if value is None else redact(value, name=key)
-        if shown is not None:
-            text += f" (got {brief_repr(shown)})"
+        details = [] if shown is None else [f"got {brief_repr(shown)}"]
+        if line is not None and f"line {line}" not in message:
+            details.append(f"line {line}")
+        if details:
+            text += f" ({'; '.join(details)})"
         super().__init__(text)
         self.file = file
         self.line = line

@@ -8,6 +8,7 @@ cannot be taken back.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import reprlib
@@ -70,7 +71,7 @@ def _random_looking(run: str) -> bool:
     letters = len(run) - digits
     if digits >= 4 and letters >= 4:
         return True
-    switches = sum(_class_of(a) != _class_of(b) for a, b in zip(run, run[1:], strict=False))
+    switches = sum(_class_of(a) != _class_of(b) for a, b in itertools.pairwise(run))
     return switches * 5 >= len(run) * 2
 
 
@@ -161,7 +162,7 @@ def redact(value: object, *, name: str | None = None, depth: int = 4) -> object:
     if isinstance(value, Mapping):
         return {key: redact(item, name=str(key), depth=depth - 1) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(redact(item, depth=depth - 1) for item in value)  # type: ignore[call-arg]
+        return type(value)(redact(item, depth=depth - 1) for item in value)
     return value
 
 
