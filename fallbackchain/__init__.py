@@ -37,6 +37,7 @@ from ._config import (
     FallbackConfig,
     OpenAIConfig,
     RetryConfig,
+    RouteConfig,
     load_config,
 )
 from ._errors import (
@@ -135,6 +136,7 @@ __all__ = [
     "ResponseCache",
     "RetryConfig",
     "RetryScheduled",
+    "RouteConfig",
     "ServerError",
     "StreamEventError",
     "StreamNotFinishedError",

@@ -18,7 +18,7 @@ EXPECTED = {
     "ChainClosedError", "ChainStream", "ConfigError", "DeadlineExceededError", "FallbackChain", "FallbackChainError",
     "FallbackConfig",
     "FirstTokenTimeoutError", "IdleTimeoutError", "MalformedChunkError", "OpenAIConfig", "Permit",
-    "QuotaExceededError", "RateLimitedError", "ResponseCache", "RetryConfig", "ServerError",
+    "QuotaExceededError", "RateLimitedError", "ResponseCache", "RetryConfig", "RouteConfig", "ServerError",
     "StreamEventError", "StreamNotFinishedError", "StreamProtocolError", "TierError",
     "TruncatedStreamError", "UnsafeCacheRowError", "UpstreamConnectionError", "UpstreamStatusError",
     "UpstreamTimeoutError", "__version__", "cache_key", "is_testing", "load_config", "set_testing",
