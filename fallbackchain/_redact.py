@@ -180,7 +180,7 @@ class _BriefRepr(reprlib.Repr):
     def repr_int(self, x: int, level: int) -> str:
         if x.bit_length() > 128:  # also far below the interpreter's int-to-str limit
             digits = math.floor(x.bit_length() * math.log10(2)) + 1
-            return f"<{'-' if x < 0 else ''}integer of about {digits} digits>"
+            return f"<{'negative ' if x < 0 else ''}integer of about {digits} digits>"
         return super().repr_int(x, level)
 
 
