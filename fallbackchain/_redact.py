@@ -148,7 +148,8 @@ def redact(value: object, *, name: str | None = None, depth: int = 4) -> object:
     """A copy of ``value`` fit to show: secrets replaced by ``***``, nesting cut at ``depth``.
 
     A value under a credential-like ``name`` is masked whole; strings that look like keys are
-    masked; strings with ``://`` go through :func:`mask_url`; tables and arrays are walked
+    masked; strings that may hold a URL's credentials (``@``, ``?``, ``#``) go
+    through :func:`mask_url`; tables and arrays are walked
     (their keys are names too). Deeper structures become ``...``.
     """
     if name is not None and is_secret_name(name.rsplit(".", 1)[-1]):
@@ -156,7 +157,7 @@ def redact(value: object, *, name: str | None = None, depth: int = 4) -> object:
     if isinstance(value, str):
         if looks_like_secret(value):
             return MASK
-        return mask_url(value) if "://" in value or "@" in value else value
+        return mask_url(value) if any(mark in value for mark in "@?#") else value
     if isinstance(value, Mapping | list | tuple) and depth <= 0:
         return ...
     if isinstance(value, Mapping):
