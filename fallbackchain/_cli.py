@@ -25,7 +25,7 @@ What a caller (a script, CI) can rely on:
 * **Output.** Results (the summary, ``stats``, dry-run plans, exported JSON Lines on ``-``)
   go to stdout; progress goes to stderr: a redrawn bar when stderr is a terminal, one plain
   line per prompt otherwise. No secret is ever printed (``check-config`` shows the *name* of
-  the API key variable and whether it is set, and masks passwords in URLs).
+  the API key variable and whether it is set, and masks credentials in URLs).
 """
 
 from __future__ import annotations
