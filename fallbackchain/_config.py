@@ -150,8 +150,10 @@ class OpenAIConfig:
         """Read the API key from the environment; a clear ConfigError if it is unset."""
         key = os.environ.get(self.api_key_env)
         if not key:
+            # An OpenAIConfig used on its own is unchecked: its "name" may be a pasted key.
+            name = self.api_key_env if is_env_var_name(self.api_key_env) else MASK
             raise ConfigError(
-                f"environment variable {self.api_key_env} is not set (it must hold the API key)",
+                f"environment variable {name} is not set (it must hold the API key)",
                 file=file,
                 key="openai.api_key_env",
             )

@@ -453,3 +453,14 @@ def test_a_fallback_resolves_its_per_route_overrides():
     primary = ChainConfig().openai
     resolved = FallbackConfig(name="b", model="m", first_token_timeout=40, stream_usage=False).resolved(primary)
     assert (resolved.first_token_timeout, resolved.timeout, resolved.stream_usage) == (40.0, 30.0, False)
+
+
+def test_an_unchecked_openai_config_never_echoes_a_pasted_key(monkeypatch):
+    from fallbackchain import OpenAIConfig
+
+    key = "sk-proj-Zq9xT3BlbkFJabc123def456"
+    monkeypatch.delenv(key, raising=False)
+    with pytest.raises(ConfigError) as info:
+        OpenAIConfig(api_key_env=key).api_key()
+    assert key not in str(info.value)
+    assert "environment variable *** is not set" in str(info.value)
