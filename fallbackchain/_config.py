@@ -274,6 +274,7 @@ class RouteConfig:
     name: str
     """``"primary"`` for ``[openai]``, else the fallback's name (also its breaker's name)."""
     model: str
+    """A fallback's model; for the primary, the default (a call's ``model=`` replaces it)."""
     base_url: str
     api_key_env: str
     streaming: bool
