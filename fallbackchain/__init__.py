@@ -37,6 +37,7 @@ from ._config import (
     FallbackConfig,
     OpenAIConfig,
     RetryConfig,
+    RouteConfig,
     load_config,
 )
 from ._errors import (
@@ -136,6 +137,7 @@ __all__ = [
     "ResponseCache",
     "RetryConfig",
     "RetryScheduled",
+    "RouteConfig",
     "RouteRejectedError",
     "ServerError",
     "StreamEventError",

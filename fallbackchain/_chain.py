@@ -39,7 +39,7 @@ from ._assembly import AttemptAssembler, check_completion, completion_text
 from ._backends import gate_store, response_cache
 from ._breaker import BreakerGate, BreakerState
 from ._cache import CachedAnswer, ResponseCache, cache_key
-from ._config import ChainConfig, OpenAIConfig, load_config
+from ._config import PRIMARY_ROUTE, ChainConfig, OpenAIConfig, RouteConfig, load_config
 from ._core import AttemptWatch, AwaitSlot, RequestRun, Sleep, Tier, TryTier, UseCache
 from ._errors import (
     AllTiersFailedError,
@@ -57,8 +57,8 @@ from ._hooks import (
     RequestStarted,
     next_request_id,
 )
+from ._redact import mask_url
 from ._results import ChainEvent, ChainResponse
-from ._routes import RouteConfig, route_plan
 from ._timing import (
     AsyncSleep,
     Clock,
@@ -81,15 +81,6 @@ __all__ = [
 logger = logging.getLogger("fallbackchain")
 
 _RESERVED = frozenset({"stream", "messages", "model"})
-
-
-def _public_url(url: str) -> str:
-    """``url`` without credentials or query (``https://user:key@h/v1?api-key=x`` → ``https://h/v1``)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url.split("?", 1)[0]
-    host_path = rest.rsplit("@", 1)[-1] if "@" in rest.split("/", 1)[0] else rest
-    return f"{scheme}://{host_path.split('?', 1)[0]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,15 +130,15 @@ class _ChainBase:
             )
 
         tiers = []
-        for route in route_plan(config):
-            for tier_name in route.tiers:
+        for route in config.routes():
+            for tier_name, streams in route.tiers:
                 tiers.append(
                     Tier(
                         tier_name,
-                        streaming=route.streaming and tier_name != "completion",
+                        streaming=streams,
                         gate=gate(tier_name, route),
                         provider=route.name,
-                        model=None if route.name == "primary" else route.model,
+                        model=None if route.name == PRIMARY_ROUTE else route.model,
                         context_window=route.context_window,
                         timeout=route.timeout,
                         first_token_timeout=route.first_token_timeout,
@@ -198,7 +189,7 @@ class _ChainBase:
     def __repr__(self) -> str:
         cfg = self.config.openai
         return (
-            f"<{type(self).__name__} model={cfg.model!r} base_url={_public_url(cfg.base_url)!r} "
+            f"<{type(self).__name__} model={cfg.model!r} base_url={mask_url(cfg.base_url)!r} "
             f"breakers={self.breaker_states()}>"
         )
 

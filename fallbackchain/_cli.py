@@ -25,7 +25,7 @@ What a caller (a script, CI) can rely on:
 * **Output.** Results (the summary, ``stats``, dry-run plans, exported JSON Lines on ``-``)
   go to stdout; progress goes to stderr: a redrawn bar when stderr is a terminal, one plain
   line per prompt otherwise. No secret is ever printed (``check-config`` shows the *name* of
-  the API key variable and whether it is set, and masks passwords in URLs).
+  the API key variable and whether it is set, and masks credentials in URLs).
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ import openai
 from ._backends import gate_store, response_cache
 from ._cache import InputFileError, ResponseCache
 from ._chain import FallbackChain
-from ._config import ChainConfig, _mask_url, load_config
+from ._config import ChainConfig, load_config
 from ._errors import ConfigError
+from ._redact import mask_url
 from ._warm import _WARM_RECORD, WarmProgress, WarmReport, load_prompts, warm
 
 __all__ = ["main"]
@@ -472,16 +473,43 @@ def _toml_value(value: object) -> str:
     return json.dumps(str(value), ensure_ascii=False)
 
 
+def _toml_line(name: str, value: object) -> str:
+    """``name = value`` as TOML (URLs masked), noting whether a key variable is set."""
+    if value is None:
+        return f"# {name}: not set"
+    if name.endswith("_url") and isinstance(value, str):
+        value = mask_url(value)
+    line = f"{name} = {_toml_value(value)}"
+    if name == "api_key_env" and isinstance(value, str) and value:
+        line += "  # set" if os.environ.get(value) else "  # NOT SET in this environment"
+    return line
+
+
 def _toml_table(section: object, *, header: str) -> list[str]:
     lines = [f"\n{header}"]
     for field in dataclasses.fields(section):  # type: ignore[arg-type]
-        value = getattr(section, field.name)
-        if field.name.endswith("_url") and isinstance(value, str):
-            value = _mask_url(value)
-        line = f"{field.name} = {_toml_value(value)}"
-        if field.name == "api_key_env" and value:
-            line += "  # set" if os.environ.get(value) else "  # NOT SET in this environment"
-        lines.append(line)
+        lines.append(_toml_line(field.name, getattr(section, field.name)))
+    return lines
+
+
+def _route_lines(config: ChainConfig) -> list[str]:
+    """Every route's resolved settings, as TOML comments (the output stays loadable)."""
+    lines = [
+        "",
+        "# Routes in the order they are tried, every value resolved (a fallback's unset keys",
+        "# take the [openai], [retry] and [breaker] values):",
+    ]
+    for route in config.routes():
+        tiers = ", ".join(name for name, _ in route.tiers)
+        lines.append(f"#\n# route {route.name!r} (tiers: {tiers})")
+        for field in dataclasses.fields(route):
+            if field.name == "name":
+                continue
+            value = getattr(route, field.name)
+            if field.name == "hedge_after" and value is None:
+                lines.append("#   hedge_after = off")
+                continue
+            lines.append(f"#   {_toml_line(field.name, value)}")
     return lines
 
 
@@ -505,10 +533,11 @@ def _print_config(config: ChainConfig) -> None:
         elif isinstance(value, tuple):
             for entry in value:
                 _out("\n".join(_toml_table(entry, header=f"[[{field.name}]]")))
+    _out("\n".join(_route_lines(config)))
 
 
 def _breaker_lines(config: ChainConfig) -> list[str]:
-    tiers = ["stream", "completion", *(fb.name for fb in config.fallbacks)]
+    tiers = [name for route in config.routes() for name, _ in route.tiers]
     if config.breaker.storage == "memory":
         return [
             f'  {tier}: kept in each process (storage = "memory"); not visible from here'

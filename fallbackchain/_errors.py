@@ -54,6 +54,8 @@ from typing import TYPE_CHECKING, Any
 
 import openai
 
+from ._redact import brief_repr, redact
+
 if TYPE_CHECKING:
     from ._results import Attempt
 
@@ -93,12 +95,23 @@ class FallbackChainError(Exception):
 class ConfigError(FallbackChainError, ValueError):
     """A configuration file, key or value is wrong.
 
-    ``file``, ``key`` and ``value`` name what is wrong (``None`` where it does not apply); the
-    message always names them. Secrets are never part of it.
+    ``file``, ``line``, ``key`` and ``value`` name what is wrong (``None`` where it does not
+    apply or is not known); the message always names them. ``value`` is the value as shown:
+    credentials masked (``***``), deep structures cut. Secrets are never part of it.
+
+    ``errors`` lists every problem found in one pass (just this error when there is one);
+    the message lists them all, one per line, and ``file``/``line``/``key``/``value`` are the
+    first one's.
     """
 
     def __init__(
-        self, message: str, *, file: str | None = None, key: str | None = None, value: Any = None
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        key: str | None = None,
+        value: Any = None,
+        line: int | None = None,
     ) -> None:
         where = []
         if file is not None:
@@ -107,12 +120,32 @@ class ConfigError(FallbackChainError, ValueError):
             where.append(f"key {key!r}")
         prefix = ": ".join(where)
         text = f"{prefix}: {message}" if prefix else message
-        if value is not None:
-            text += f" (got {value!r})"
+        shown = None if value is None else redact(value, name=key)
+        details = [] if shown is None else [f"got {brief_repr(shown)}"]
+        if line is not None and f"line {line}" not in message:
+            details.append(f"line {line}")
+        if details:
+            text += f" ({'; '.join(details)})"
         super().__init__(text)
         self.file = file
+        self.line = line
         self.key = key
-        self.value = value
+        self.value = shown
+        self.errors: list[ConfigError] = [self]
+
+    @classmethod
+    def combine(cls, errors: Sequence[ConfigError]) -> ConfigError:
+        """One error reporting all of ``errors`` (which must not be empty), in order."""
+        if len(errors) == 1:
+            return errors[0]
+        first = errors[0]
+        head = f"{first.file}: " if first.file is not None else ""
+        listed = "\n".join(f"  {error}" for error in errors)
+        combined = cls(f"{head}{len(errors)} problems in the config:\n{listed}")
+        combined.file, combined.line = first.file, first.line
+        combined.key, combined.value = first.key, first.value
+        combined.errors = list(errors)
+        return combined
 
 
 class ChainClosedError(FallbackChainError, RuntimeError):

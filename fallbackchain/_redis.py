@@ -73,8 +73,9 @@ from ._cache import (
     _Failure,
     _Row,
 )
-from ._config import CacheConfig, _mask_url
+from ._config import CacheConfig
 from ._errors import CacheError, FallbackChainError
+from ._redact import mask_url
 
 __all__ = [
     "RECONNECT_BACKOFF",
@@ -154,7 +155,7 @@ class _RedisLink:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = url
-        self.display = _mask_url(url)
+        self.display = mask_url(url)
         self._timeout = timeout
         self._backoff = backoff
         self._monotonic = monotonic
