@@ -130,7 +130,8 @@ class _ChainBase:
             )
 
         tiers = []
-        for route in config.routes():
+        routes = config.routes()
+        for route in routes:
             for tier_name, streams in route.tiers:
                 tiers.append(
                     Tier(
@@ -148,6 +149,11 @@ class _ChainBase:
                     )
                 )
         self._tiers = tuple(tiers)
+        if any(route.hedge_after for route in routes):
+            logger.warning(
+                "hedge_after is set, but hedged first tokens are not implemented in this "
+                "version: the setting has no effect"
+            )
         self._gates = {tier.name: tier.gate for tier in self._tiers}
         self.cache = cache if cache is not None else response_cache(config, self._time.wall)
         self._owns_cache = cache is None

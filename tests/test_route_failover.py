@@ -21,6 +21,7 @@ from fallbackchain import (
     AllTiersFailedError,
     CacheConfig,
     ChainConfig,
+    FallbackChain,
     FallbackConfig,
     FirstTokenTimeoutError,
     IdleTimeoutError,
@@ -223,3 +224,69 @@ def test_a_silent_late_or_stalled_primary_is_answered_by_the_fallback_within_its
         assert took < limit, (mode, name, took)
         assert asked == 1, (mode, name)  # exactly one request to the silent model
         assert isinstance(response.attempts[0].exception, error_type), (mode, name)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-route settings
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_fallback_that_rejects_stream_options_is_asked_without_them(chain, server, backup, clock):
+    h = chain(clock, stream_usage=False)
+    server.default = Fault.status(503)
+    _, response = h.ask("hello")
+    assert response.source == "backup"
+    assert "stream_options" not in backup.requests[-1].body
+    assert "stream_options" in server.requests[0].body  # the primary still asks for usage
+
+
+def test_a_fallback_has_its_own_retry_budget(chain, server, backup, clock):
+    h = chain(clock, max_attempts=1)
+    server.default = Fault.status(503)
+    backup.default = Fault.status(503)
+    with pytest.raises(AllTiersFailedError) as info:
+        h.ask("hello")
+    tiers = [a.tier for a in info.value.attempts]
+    assert tiers == ["stream", "stream", "stream", "backup"]
+
+
+def test_a_fallback_may_wait_longer_for_its_first_token(
+    mode: str, server: FaultServer, backup: FaultServer, tmp_path: Path
+) -> None:
+    config = ChainConfig(
+        openai=OpenAIConfig(base_url=server.base_url, model="m", first_token_timeout=0.3),
+        cache=CacheConfig(directory=str(tmp_path / "cache")),
+        fallbacks=(
+            FallbackConfig(
+                name="backup",
+                model="local",
+                base_url="http://127.0.0.1:1/v1",
+                first_token_timeout=3.0,  # a local model that takes a while to start
+            ),
+        ),
+    )
+    server.default = Fault.slow_first_byte(seconds=5.0)
+    backup.default = Fault.slow_first_byte(seconds=0.8)  # slower than the primary's limit
+    h = Harness(
+        mode, config, server, FakeClock(), real_time=True, fallback_servers={"backup": backup}
+    )
+    try:
+        _, response = h.ask("hello")
+        assert response.source == "backup"
+        assert backup.counts["stream"] == 1
+    finally:
+        h.close()
+
+
+def test_hedge_after_is_reserved_and_says_so(
+    server: FaultServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = defaults(server, tmp_path / "cache", hedge_after=1.0)
+    client = openai.OpenAI(base_url=server.base_url, api_key="sk-test")
+    with (
+        caplog.at_level("WARNING", logger="fallbackchain"),
+        FallbackChain(config, client=client, fallback_clients={"backup": client}),
+    ):
+        pass
+    assert "hedge_after is set, but hedged first tokens are not implemented" in caplog.text
+    client.close()
