@@ -213,6 +213,11 @@ class _ChainBase:
         return self._prepare(messages, model, params).key
 
     @property
+    def clock(self) -> Clock:
+        """The monotonic clock this chain measures intervals with (injected, or the system's)."""
+        return self._clock
+
+    @property
     def breakers(self) -> Mapping[str, BreakerGate]:
         """The live tiers' breaker gates, by tier name (read-only use)."""
         return dict(self._gates)
@@ -442,6 +447,11 @@ class FallbackChain(_ChainBase):
             config, openai.OpenAI, client, fallback_clients
         )
         self._sleep = sleep or default_sleep
+
+    @property
+    def sleep(self) -> SleepFunc:
+        """The sleep this chain waits with between attempts (injected, or ``time.sleep``)."""
+        return self._sleep
 
     @classmethod
     def from_config(cls, path: str | PathLike[str], **kwargs: Any) -> Self:
@@ -737,6 +747,11 @@ class AsyncFallbackChain(_ChainBase):
             config, openai.AsyncOpenAI, client, fallback_clients
         )
         self._sleep = sleep or default_async_sleep
+
+    @property
+    def sleep(self) -> AsyncSleep:
+        """The sleep this chain waits with between attempts (injected, or ``asyncio.sleep``)."""
+        return self._sleep
 
     @classmethod
     def from_config(cls, path: str | PathLike[str], **kwargs: Any) -> Self:

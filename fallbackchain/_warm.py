@@ -725,7 +725,7 @@ def _start(
         refresh=refresh,
         dry_run=dry_run,
         progress=progress,
-        clock=clock or chain._clock,
+        clock=clock or chain.clock,
         max_wait=_max_wait(chain, max_wait),
     )
 
@@ -772,7 +772,7 @@ def warm(
         clock=clock,
         max_wait=max_wait,
     )
-    pause = sleep or chain._sleep
+    pause = sleep or chain.sleep
     in_flight: dict[concurrent.futures.Future[_Result], _Item] = {}
     pool = concurrent.futures.ThreadPoolExecutor(
         max_workers=concurrency, thread_name_prefix="fallbackchain-warm"
@@ -843,7 +843,7 @@ async def awarm(
         clock=clock,
         max_wait=max_wait,
     )
-    pause = sleep or chain._sleep
+    pause = sleep or chain.sleep
     in_flight: dict[asyncio.Task[_Result], _Item] = {}
     try:
         while True:
@@ -885,12 +885,9 @@ async def awarm(
 
 def _reset_timeouts(chain: FallbackChain | AsyncFallbackChain) -> dict[str, float]:
     """Each live tier's breaker ``reset_timeout``, by tier name."""
-    config = chain.config
-    primary = config.breaker.reset_timeout
-    resets = {"stream": primary, "completion": primary}
-    for fallback in config.fallbacks:
-        resets[fallback.name] = fallback.reset_timeout or primary
-    return resets
+    return {
+        name: route.reset_timeout for route in chain.config.routes() for name, _ in route.tiers
+    }
 
 
 def _max_wait(chain: FallbackChain | AsyncFallbackChain, max_wait: float | None) -> float:
