@@ -26,8 +26,10 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from os import PathLike
 from typing import Any, Literal, Self, TypeVar
 
@@ -37,7 +39,7 @@ from openai.types.chat import ChatCompletion
 
 from ._assembly import AttemptAssembler, check_completion, completion_text
 from ._backends import gate_store, response_cache
-from ._breaker import BreakerGate, BreakerState
+from ._breaker import BreakerGate, BreakerState, Permit
 from ._cache import CachedAnswer, ResponseCache, cache_key
 from ._config import PRIMARY_ROUTE, ChainConfig, OpenAIConfig, RouteConfig, load_config
 from ._core import AttemptWatch, AwaitSlot, RequestRun, Sleep, Tier, TryTier, UseCache
@@ -81,6 +83,36 @@ __all__ = [
 logger = logging.getLogger("fallbackchain")
 
 _RESERVED = frozenset({"stream", "messages", "model"})
+
+
+@dataclass(slots=True)
+class _OpenStream:
+    """A streamed attempt read up to its first content: what was read, and how to go on."""
+
+    stream: Any  # the SDK's Stream or AsyncStream, entered
+    chunks: Any  # its chunk iterator (sync or async)
+    assembler: AttemptAssembler
+    after: float  # when the last read ended
+    texts: list[str] = field(default_factory=list)  # read, not shown yet
+    ended: bool = False  # the stream ended before any content
+
+
+def _unwrap(raced: _OpenStream | BaseException) -> _OpenStream:
+    if isinstance(raced, BaseException):
+        raise raced
+    return raced
+
+
+def _settle_when_done(future: Future[_OpenStream], permit: Permit | None) -> None:
+    """Once a race entrant nobody waits for ends: close its stream, release ``permit``."""
+
+    def settle(done: Future[_OpenStream]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            done.result().stream.close()
+        if permit is not None:
+            permit.release()
+
+    future.add_done_callback(settle)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,14 +178,10 @@ class _ChainBase:
                         idle_timeout=route.idle_timeout,
                         max_attempts=route.max_attempts,
                         stream_usage=route.stream_usage,
+                        hedge_after=route.hedge_after,
                     )
                 )
         self._tiers = tuple(tiers)
-        if any(route.hedge_after for route in routes):
-            logger.warning(
-                "hedge_after is set, but hedged first tokens are not implemented in this "
-                "version: the setting has no effect"
-            )
         self._gates = {tier.name: tier.gate for tier in self._tiers}
         self.cache = cache if cache is not None else response_cache(config, self._time.wall)
         self._owns_cache = cache is None
@@ -524,7 +552,17 @@ class FallbackChain(_ChainBase):
                 watch = self._new_watch(run, attempt)
                 try:
                     if attempt.tier.streaming:
-                        completion = yield from self._stream_once(request, run, attempt, watch)
+                        hedge_after = run.hedge_delay(attempt)
+                        if hedge_after is None:
+                            opened = self._open_stream(request, run, attempt, watch)
+                        else:  # the attempt that shows content first goes on
+                            attempt, watch, raced = self._race(
+                                request, run, attempt, watch, hedge_after
+                            )
+                            opened = _unwrap(raced)
+                        completion = yield from self._continue_stream(
+                            request, run, attempt, watch, opened
+                        )
                     else:
                         completion = self._complete_once(request, run, attempt, watch)
                 except Exception as exc:
@@ -560,9 +598,13 @@ class FallbackChain(_ChainBase):
         finally:
             self._ended(run, out, failure)
 
-    def _stream_once(
+    def _open_stream(
         self, request: _Request, run: RequestRun, step: TryTier, watch: AttemptWatch
-    ) -> Generator[ChainEvent, None, ChatCompletion]:
+    ) -> _OpenStream:
+        """Send the attempt and read until its first content (or its end); nothing is shown.
+
+        Safe to run off the caller's thread (a hedge race): it reads the run, never changes it.
+        """
         clock = self._clock
         before = clock()
         kwargs = self._kwargs(
@@ -573,33 +615,128 @@ class FallbackChain(_ChainBase):
         )
         stream = self._clients[step.tier.provider].chat.completions.create(**kwargs)
         watch.responded = True
-        with stream:
+        try:
             after = clock()
             watch.after_wait(before, after, got_content=False)
-            assembler = AttemptAssembler()
+            opened = _OpenStream(stream, iter(stream), AttemptAssembler(), after)
+            texts = opened.texts
+            while not opened.assembler.content_seen:
+                before = clock()
+                try:
+                    chunk = next(opened.chunks)
+                except StopIteration:
+                    opened.ended = True
+                    break
+                opened.after = clock()
+                text = opened.assembler.add(chunk)
+                watch.after_wait(before, opened.after, got_content=opened.assembler.content_seen)
+                if text:
+                    texts.append(text)
+            if opened.assembler.content_seen and step.permit.trial:
+                step.permit.vouch()  # a trial's first content lets waiting callers in
+        except BaseException:
+            stream.close()
+            raise
+        return opened
+
+    def _continue_stream(
+        self,
+        request: _Request,
+        run: RequestRun,
+        step: TryTier,
+        watch: AttemptWatch,
+        opened: _OpenStream,
+    ) -> Generator[ChainEvent, None, ChatCompletion]:
+        """Show what :meth:`_open_stream` read, then the rest of the stream."""
+        clock = self._clock
+        with opened.stream:
+            assembler = opened.assembler
             add = assembler.add
             check = watch.after_wait
             delta = run.display.delta
-            chunks = iter(stream)
             source = step.tier.name
-            unvouched = step.permit.trial  # a trial's first content lets waiting callers in
-            while True:
-                before = clock()
-                # Between two waits the consumer held the stream: not the upstream's time.
-                run.pause(before - after)
-                try:
-                    chunk = next(chunks)
-                except StopIteration:
-                    break
-                after = clock()
-                text = add(chunk)
-                check(before, after, got_content=assembler.content_seen)
-                if unvouched and assembler.content_seen:
-                    unvouched = False
-                    step.permit.vouch()
-                if text:
-                    yield from delta(text, source)
+            for shown in opened.texts:
+                yield from delta(shown, source)
+            if not opened.ended:
+                chunks = opened.chunks
+                after = opened.after
+                unvouched = step.permit.trial and not assembler.content_seen
+                while True:
+                    before = clock()
+                    # Between two waits the consumer held the stream: not the upstream's time.
+                    run.pause(before - after)
+                    try:
+                        chunk = next(chunks)
+                    except StopIteration:
+                        break
+                    after = clock()
+                    text = add(chunk)
+                    check(before, after, got_content=assembler.content_seen)
+                    if unvouched and assembler.content_seen:
+                        unvouched = False
+                        step.permit.vouch()
+                    if text:
+                        yield from delta(text, source)
         return assembler.finish(model=request.model)
+
+    def _race(
+        self,
+        request: _Request,
+        run: RequestRun,
+        step: TryTier,
+        watch: AttemptWatch,
+        hedge_after: float,
+    ) -> tuple[TryTier, AttemptWatch, _OpenStream | BaseException]:
+        """Open ``step``; if it shows no content within ``hedge_after``, hedge it.
+
+        Returns the attempt that goes on, with its first content read, or with the error it
+        ended with once every entrant failed: the run then treats that attempt as its
+        current one, and the caller settles it. A loser still running is settled here, when
+        it ends (its stream closed, its permit released: neutral).
+        """
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fallbackchain-hedge")
+        entrants: dict[Future[_OpenStream], tuple[TryTier, AttemptWatch]] = {}
+        pending: set[Future[_OpenStream]] = set()
+        try:
+            first = pool.submit(self._open_stream, request, run, step, watch)
+            entrants[first] = (step, watch)
+            pending = {first}
+            done, pending = wait_futures(pending, timeout=hedge_after)
+            acquire = run.hedge(step) if pending else None
+            if acquire is not None:
+                hedge = run.hedge_granted(acquire, acquire.tier.gate.acquire())
+                if hedge is not None:
+                    hedge_watch = self._new_watch(run, hedge)
+                    second = pool.submit(self._open_stream, request, run, hedge, hedge_watch)
+                    entrants[second] = (hedge, hedge_watch)
+                    pending.add(second)
+            while True:
+                if not done:
+                    done, pending = wait_futures(pending, return_when=FIRST_COMPLETED)
+                future = done.pop()
+                attempt, attempt_watch = entrants[future]
+                exc = future.exception()
+                if exc is not None and pending and isinstance(exc, Exception):
+                    if run.raced(attempt, exc, attempt_watch) is None:
+                        attempt.permit.release()
+                    else:
+                        attempt.permit.failure()
+                    continue
+                for loser in pending:
+                    loser_step = entrants[loser][0]
+                    run.lost_race(loser_step)
+                    _settle_when_done(loser, loser_step.permit)
+                pending = set()
+                if attempt is not step:
+                    run.adopt(attempt, step)
+                return attempt, attempt_watch, exc if exc is not None else future.result()
+        except BaseException:
+            for future in pending:  # the caller settles ``step``; a hedge is settled here
+                attempt = entrants[future][0]
+                _settle_when_done(future, None if attempt is step else attempt.permit)
+            raise
+        finally:
+            pool.shutdown(wait=False)
 
     def _complete_once(
         self, request: _Request, run: RequestRun, step: TryTier, watch: AttemptWatch
@@ -675,6 +812,16 @@ class _Watchdog:
         if self._fired and self._task is not None:  # our cancel was swallowed somewhere below
             self._fired = False
             self._task.uncancel()
+
+
+async def _drop(task: asyncio.Task[_OpenStream], permit: Permit | None) -> None:
+    """Cancel a race entrant nobody waits for: its request closed, ``permit`` released."""
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled() and task.exception() is None:
+        await task.result().stream.close()
+    if permit is not None:
+        await _shielded(permit.arelease())
 
 
 async def _shielded(settle: Coroutine[Any, Any, _T]) -> _T:
@@ -821,15 +968,23 @@ class AsyncFallbackChain(_ChainBase):
                 watch = self._new_watch(run, attempt)
                 try:
                     if attempt.tier.streaming:
+                        hedge_after = run.hedge_delay(attempt)
+                        if hedge_after is None:
+                            opened = await self._open_stream(request, run, attempt, watch)
+                        else:  # the attempt that shows content first goes on
+                            attempt, watch, raced = await self._race(
+                                request, run, attempt, watch, hedge_after
+                            )
+                            opened = _unwrap(raced)
                         completion = None
-                        items = self._stream_once(request, run, attempt, watch)
+                        items = self._continue_stream(request, run, attempt, watch, opened)
                         async with aclosing(items):
-                            async for item in items:  # _stream_once accounts for pauses
+                            async for item in items:  # _continue_stream accounts for pauses
                                 if isinstance(item, ChainEvent):
                                     yield item
                                 else:
                                     completion = item
-                        assert completion is not None  # _stream_once always ends with one
+                        assert completion is not None  # _continue_stream always ends with one
                     else:
                         completion = await self._complete_once(request, run, attempt, watch)
                 except Exception as exc:
@@ -893,11 +1048,14 @@ class AsyncFallbackChain(_ChainBase):
         if stored and self._hooks:
             self._hooks.emit(CacheEvent(run.request_id, "store"))
 
-    async def _stream_once(
+    async def _open_stream(
         self, request: _Request, run: RequestRun, step: TryTier, watch: AttemptWatch
-    ) -> AsyncGenerator[ChainEvent | ChatCompletion, None]:
+    ) -> _OpenStream:
+        """Send the attempt and read until its first content (or its end); nothing is shown.
+
+        May run in a task of its own (a hedge race): it reads the run, never changes it.
+        """
         clock = self._clock
-        loop = asyncio.get_running_loop()
         before = clock()
         budget = watch.budget(before)
         kwargs = self._kwargs(
@@ -912,43 +1070,146 @@ class AsyncFallbackChain(_ChainBase):
         except TimeoutError:
             raise watch.expired(before) from None
         watch.responded = True
-        async with stream:
+        watchdog = _Watchdog(asyncio.get_running_loop())
+        try:
             after = clock()
             watch.after_wait(before, after, got_content=False)
-            assembler = AttemptAssembler()
+            opened = _OpenStream(stream, aiter(stream), AttemptAssembler(), after)
+            texts = opened.texts
+            while not opened.assembler.content_seen:
+                before = clock()
+                watchdog.arm(watch.budget(before))
+                try:
+                    chunk = await anext(opened.chunks)
+                except StopAsyncIteration:
+                    opened.ended = True
+                    break
+                except asyncio.CancelledError:
+                    if watchdog.expired():
+                        raise watch.expired(before) from None
+                    raise
+                watchdog.disarm()
+                opened.after = clock()
+                text = opened.assembler.add(chunk)
+                watch.after_wait(before, opened.after, got_content=opened.assembler.content_seen)
+                if text:
+                    texts.append(text)
+            if opened.assembler.content_seen and step.permit.trial:
+                await step.permit.avouch()  # a trial's first content lets waiting callers in
+        except BaseException:
+            await stream.close()
+            raise
+        finally:
+            watchdog.close()
+        return opened
+
+    async def _continue_stream(
+        self,
+        request: _Request,
+        run: RequestRun,
+        step: TryTier,
+        watch: AttemptWatch,
+        opened: _OpenStream,
+    ) -> AsyncGenerator[ChainEvent | ChatCompletion, None]:
+        """Show what :meth:`_open_stream` read, then the rest of the stream; last, the answer."""
+        clock = self._clock
+        async with opened.stream:
+            assembler = opened.assembler
             add = assembler.add
             check = watch.after_wait
             delta = run.display.delta
-            chunks = aiter(stream)
             source = step.tier.name
-            unvouched = step.permit.trial  # a trial's first content lets waiting callers in
-            watchdog = _Watchdog(loop)
-            try:
-                while True:
-                    before = clock()
-                    run.pause(before - after)  # the consumer held the stream meanwhile
-                    watchdog.arm(watch.budget(before))
-                    try:
-                        chunk = await anext(chunks)
-                    except StopAsyncIteration:
-                        break
-                    except asyncio.CancelledError:
-                        if watchdog.expired():
-                            raise watch.expired(before) from None
-                        raise
-                    watchdog.disarm()
-                    after = clock()
-                    text = add(chunk)
-                    check(before, after, got_content=assembler.content_seen)
-                    if unvouched and assembler.content_seen:
-                        unvouched = False
-                        await step.permit.avouch()
-                    if text:
-                        for event in delta(text, source):
-                            yield event
-            finally:
-                watchdog.close()
+            for shown in opened.texts:
+                for event in delta(shown, source):
+                    yield event
+            if not opened.ended:
+                chunks = opened.chunks
+                after = opened.after
+                unvouched = step.permit.trial and not assembler.content_seen
+                watchdog = _Watchdog(asyncio.get_running_loop())
+                try:
+                    while True:
+                        before = clock()
+                        run.pause(before - after)  # the consumer held the stream meanwhile
+                        watchdog.arm(watch.budget(before))
+                        try:
+                            chunk = await anext(chunks)
+                        except StopAsyncIteration:
+                            break
+                        except asyncio.CancelledError:
+                            if watchdog.expired():
+                                raise watch.expired(before) from None
+                            raise
+                        watchdog.disarm()
+                        after = clock()
+                        text = add(chunk)
+                        check(before, after, got_content=assembler.content_seen)
+                        if unvouched and assembler.content_seen:
+                            unvouched = False
+                            await step.permit.avouch()
+                        if text:
+                            for event in delta(text, source):
+                                yield event
+                finally:
+                    watchdog.close()
         yield assembler.finish(model=request.model)
+
+    async def _race(
+        self,
+        request: _Request,
+        run: RequestRun,
+        step: TryTier,
+        watch: AttemptWatch,
+        hedge_after: float,
+    ) -> tuple[TryTier, AttemptWatch, _OpenStream | BaseException]:
+        """Open ``step``; if it shows no content within ``hedge_after``, hedge it.
+
+        As the sync chain's ``_race``, but a loser is cancelled at once: its request is
+        closed and its permit released before this returns.
+        """
+        entrants: dict[asyncio.Task[_OpenStream], tuple[TryTier, AttemptWatch]] = {}
+        first = asyncio.create_task(self._open_stream(request, run, step, watch))
+        entrants[first] = (step, watch)
+        pending: set[asyncio.Task[_OpenStream]] = {first}
+        try:
+            done, pending = await asyncio.wait(pending, timeout=hedge_after)
+            acquire = run.hedge(step) if pending else None
+            if acquire is not None:
+                hedge = run.hedge_granted(acquire, await acquire.tier.gate.aacquire())
+                if hedge is not None:
+                    hedge_watch = self._new_watch(run, hedge)
+                    second = asyncio.create_task(
+                        self._open_stream(request, run, hedge, hedge_watch)
+                    )
+                    entrants[second] = (hedge, hedge_watch)
+                    pending.add(second)
+            while True:
+                if not done:
+                    done, pending = await asyncio.wait(
+                        pending, return_when=asyncio.FIRST_COMPLETED
+                    )
+                task = done.pop()
+                attempt, attempt_watch = entrants[task]
+                exc = task.exception() if not task.cancelled() else asyncio.CancelledError()
+                if exc is not None and pending and isinstance(exc, Exception):
+                    if run.raced(attempt, exc, attempt_watch) is None:
+                        await _shielded(attempt.permit.arelease())
+                    else:
+                        await _shielded(attempt.permit.afailure())
+                    continue
+                losers = list(pending)
+                pending = set()
+                for loser in losers:
+                    run.lost_race(entrants[loser][0])
+                    await _drop(loser, entrants[loser][0].permit)
+                if attempt is not step:
+                    run.adopt(attempt, step)
+                return attempt, attempt_watch, exc if exc is not None else task.result()
+        except BaseException:
+            for task in pending:  # the caller settles ``step``; a hedge is settled here
+                attempt = entrants[task][0]
+                await _drop(task, None if attempt is step else attempt.permit)
+            raise
 
     async def _complete_once(
         self, request: _Request, run: RequestRun, step: TryTier, watch: AttemptWatch

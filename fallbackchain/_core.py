@@ -90,6 +90,7 @@ class Tier:
     idle_timeout: float = 10.0
     max_attempts: int = 3
     stream_usage: bool = True
+    hedge_after: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +172,7 @@ class RequestRun:
         self._route_faults: dict[str, int] = {}
         """Attempts per route, whichever tier, that failed for the route's own reasons (a
         stream's transport faults have the tier's own budget instead)."""
+        self._hedged = False  # at most one hedge per request
         self._pending_sleep: float | None = None
         self._slept = 0.0
         self._pending_wait: float | None = None
@@ -293,7 +295,8 @@ class RequestRun:
             tier = self._tiers[self._plan[at]]
             same_model = (tier.provider, tier.model) == (here.provider, here.model)
             if not same_model and tier.context_window > here.context_window:
-                self._record(step, "abandoned", None, time_to_first_token=None)
+                why = "context length exceeded"
+                self._record(step, "abandoned", None, time_to_first_token=None, text=why)
                 self._move_on(here.name, "context length exceeded", "tier", to=at)
                 return True
         return False
@@ -384,6 +387,75 @@ class RequestRun:
         else:
             self._move_on(tier.name, why, "live")
 
+    # -- hedging -------------------------------------------------------------------------
+    #
+    # A streaming attempt on a route with ``hedge_after`` that shows no content by then is
+    # raced against the next route's first tier. The first to show content wins; the other
+    # ends neutrally (released, never counted). The driver runs the race; these say what to do.
+
+    def hedge_delay(self, step: TryTier) -> float | None:
+        """Seconds without content after which ``step`` is hedged; ``None``: never.
+
+        Only a streaming attempt, on a route with ``hedge_after``, once per request, when a
+        tier of another route is still ahead in the plan.
+        """
+        after = step.tier.hedge_after
+        if self._hedged or not after or not step.tier.streaming:
+            return None
+        return after if self._hedge_target(step.tier) is not None else None
+
+    def hedge(self, step: TryTier) -> Acquire | None:
+        """Hedge ``step`` now: the tier to ask (get its permit, then :meth:`hedge_granted`)."""
+        self._hedged = True
+        at = self._hedge_target(step.tier)
+        return None if at is None else Acquire(self._tiers[self._plan[at]])
+
+    def hedge_granted(self, step: Acquire, permit: Permit | Busy | None) -> TryTier | None:
+        """The hedge's attempt, or ``None`` when its breaker refused (the attempt goes on alone)."""
+        if not isinstance(permit, Permit):
+            return None
+        tier = step.tier
+        if self._hooks:
+            self._hooks.emit(AttemptStarted(self.request_id, tier.name, 1, permit.probe, True))
+        logger.debug("attempt %s #1 (hedge)", tier.name)
+        return TryTier(tier, permit, 1, 0.0, self._clock())
+
+    def raced(self, step: TryTier, exc: Exception, watch: AttemptWatch) -> TierError | None:
+        """``step`` failed while the other attempt of a race is still running.
+
+        Recorded at once. A :class:`TierError` (the driver settles the permit as a failure)
+        counts toward the route's budget as any failure does; ``None``: neutral (the driver
+        releases the permit), the race goes on with the other attempt.
+        """
+        error = map_error(exc, content_seen=watch.content_seen, responded=watch.responded)
+        if error is None:
+            why = "failed in a hedge race"
+            self._record(step, "abandoned", None, time_to_first_token=None, text=why)
+            return None
+        ttft = watch.time_to_first_token()
+        self._record(step, "failure", error, time_to_first_token=ttft)
+        if not is_transport_fault(error, content_seen=ttft is not None):
+            self._count_route_fault(step.tier)
+        return error
+
+    def lost_race(self, step: TryTier) -> None:
+        """``step`` was still waiting when the other attempt showed content: neutral."""
+        self._record(step, "abandoned", None, time_to_first_token=None, text="lost a hedge race")
+
+    def adopt(self, hedge: TryTier, hedged: TryTier) -> None:
+        """The request goes on with ``hedge`` (it won, or outlived ``hedged``).
+
+        The rest of ``hedged``'s route moves behind every other route, as for a silent route.
+        """
+        self._move_on(hedged.tier.name, "hedge took over", "defer")
+        self._number = hedge.number
+
+    def _hedge_target(self, here: Tier) -> int | None:
+        for at in range(self._at + 1, len(self._plan)):
+            if self._tiers[self._plan[at]].provider != here.provider:
+                return at
+        return None
+
     # -- helpers -------------------------------------------------------------------------
 
     def _count_route_fault(self, tier: Tier) -> int:
@@ -418,13 +490,12 @@ class RequestRun:
         error: TierError | None,
         *,
         time_to_first_token: float | None,
+        text: str | None = None,
     ) -> Attempt:
         duration = self._clock() - step.started
         status = error.status_code if isinstance(error, UpstreamStatusError) else None
-        if outcome == "abandoned":
-            text: str | None = "context length exceeded"
-        else:
-            text = error.message if error is not None else None
+        if text is None and error is not None:
+            text = error.message
         attempt = Attempt(
             step.tier.name,
             text,

@@ -63,12 +63,16 @@ class RequestEnded:
 
 @dataclass(frozen=True, slots=True)
 class AttemptStarted:
-    """An attempt at ``tier`` is about to be sent (``number`` is 1-based within the tier)."""
+    """An attempt at ``tier`` is about to be sent (``number`` is 1-based within the tier).
+
+    ``hedge``: started in parallel with a route that showed no content after ``hedge_after``.
+    """
 
     request_id: int
     tier: str
     number: int
     probe: bool
+    hedge: bool = False
 
 
 @dataclass(frozen=True, slots=True)

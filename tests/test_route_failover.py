@@ -8,6 +8,7 @@ fallback that rejects a request the primary accepts is skipped, not blamed on th
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import time
 from collections.abc import Iterator
@@ -21,11 +22,11 @@ from fallbackchain import (
     AllTiersFailedError,
     CacheConfig,
     ChainConfig,
-    FallbackChain,
     FallbackConfig,
     FirstTokenTimeoutError,
     IdleTimeoutError,
     OpenAIConfig,
+    RetryConfig,
     RouteRejectedError,
 )
 from fallbackchain.testing import Fault, FaultServer
@@ -278,15 +279,104 @@ def test_a_fallback_may_wait_longer_for_its_first_token(
         h.close()
 
 
-def test_hedge_after_is_reserved_and_says_so(
-    server: FaultServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+# --------------------------------------------------------------------------------------------
+# Hedged first token (opt-in: hedge_after)
+# --------------------------------------------------------------------------------------------
+
+
+def hedged(
+    mode: str, primary: FaultServer, backup: FaultServer, tmp_path: Path, **retry: Any
+) -> Harness:
+    config = ChainConfig(
+        openai=OpenAIConfig(base_url=primary.base_url, model="primary-model"),
+        retry=RetryConfig(**retry),
+        cache=CacheConfig(directory=str(tmp_path / "cache")),
+        fallbacks=(FallbackConfig(name="backup", model="backup-model", base_url="http://x/v1"),),
+    )
+    return Harness(
+        mode, config, primary, FakeClock(), real_time=True, fallback_servers={"backup": backup}
+    )
+
+
+def test_a_silent_primary_is_hedged_and_the_fallback_answers_in_about_hedge_after(
+    mode: str, backup: FaultServer, tmp_path: Path
 ) -> None:
-    config = defaults(server, tmp_path / "cache", hedge_after=1.0)
-    client = openai.OpenAI(base_url=server.base_url, api_key="sk-test")
-    with (
-        caplog.at_level("WARNING", logger="fallbackchain"),
-        FallbackChain(config, client=client, fallback_clients={"backup": client}),
-    ):
-        pass
-    assert "hedge_after is set, but hedged first tokens are not implemented" in caplog.text
-    client.close()
+    with FaultServer(words=20) as primary:  # its own: nothing else may keep it busy
+        primary.default = Fault.slow_first_byte(seconds=20.0)
+        h = hedged(mode, primary, backup, tmp_path, hedge_after=1.0)
+        try:
+            started = time.monotonic()
+            events, response = h.ask("hello")
+            took = time.monotonic() - started
+            assert response.source == "backup"
+            assert 1.0 <= took < 1.5, took
+            assert text_after_last_reset(events) == response.text
+            assert "".join(e.text for e in events) == response.text  # nothing shown twice
+            assert [(a.tier, a.error) for a in response.attempts] == [
+                ("stream", "lost a hedge race"),
+                ("backup", None),
+            ]
+            assert primary_requests(primary) == 1
+            # the loser is neutral: released, counted by no breaker
+            assert {g.fail_counter for g in h.chain.breakers.values()} == {0}
+            if mode == "async":  # the losing request was cancelled, its connection closed
+                assert h.run(lambda: asyncio.to_thread(primary.wait_idle, 2.0))
+            # (sync: a loser still waiting for headers is closed when that wait ends, at most
+            # first_token_timeout later; a thread cannot be interrupted)
+        finally:
+            h.close()
+
+
+def test_a_primary_that_answers_first_wins_the_race_and_the_hedge_is_dropped(
+    mode: str, server: FaultServer, backup: FaultServer, tmp_path: Path
+) -> None:
+    server.default = Fault.slow_first_byte(seconds=0.6)
+    backup.default = Fault.slow_first_byte(seconds=2.0)
+    h = hedged(mode, server, backup, tmp_path, hedge_after=0.2)
+    try:
+        events, response = h.ask("hello")
+        assert response.source == "stream"
+        assert response.text == h.answer("hello")
+        assert "".join(e.text for e in events) == response.text
+        assert [(a.tier, a.error) for a in response.attempts] == [
+            ("backup", "lost a hedge race"),
+            ("stream", None),
+        ]
+        assert backup.counts["stream"] == 1
+        assert h.chain.breakers["backup"].fail_counter == 0
+    finally:
+        h.close()
+
+
+def test_a_hedge_that_fails_leaves_the_primary_to_answer(
+    mode: str, server: FaultServer, backup: FaultServer, tmp_path: Path
+) -> None:
+    server.default = Fault.slow_first_byte(seconds=0.6)
+    backup.default = Fault.status(503)
+    h = hedged(mode, server, backup, tmp_path, hedge_after=0.2)
+    try:
+        _, response = h.ask("hello")
+        assert response.source == "stream"
+        tiers = [(a.tier, type(a.exception).__name__) for a in response.attempts]
+        assert tiers == [("backup", "ServerError"), ("stream", "NoneType")]
+        assert backup.counts["stream"] == 1  # one hedge per request
+    finally:
+        h.close()
+
+
+def test_without_another_route_nothing_is_hedged(
+    mode: str, server: FaultServer, tmp_path: Path
+) -> None:
+    config = ChainConfig(
+        openai=OpenAIConfig(base_url=server.base_url, model="m"),
+        retry=RetryConfig(hedge_after=0.1),
+        cache=CacheConfig(directory=str(tmp_path / "cache")),
+    )
+    server.default = Fault.slow_first_byte(seconds=0.4)
+    h = Harness(mode, config, server, FakeClock(), real_time=True)
+    try:
+        _, response = h.ask("hello")
+        assert response.source == "stream"
+        assert primary_requests(server) == 1
+    finally:
+        h.close()
