@@ -200,3 +200,68 @@ def test_star_import_gives_every_public_name():
     namespace: dict[str, object] = {}
     exec("from fallbackchain import *", namespace)
     assert set(fallbackchain.__all__) <= set(namespace)
+
+
+# -- the import graph ---------------------------------------------------------------------------
+
+
+def _module_name(path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Every import of a fallbackchain module by another, wherever it is written (module level,
+    inside a function, or under TYPE_CHECKING): a cycle at any of those is a cycle to a reader."""
+    paths = {_module_name(p): p for p in (ROOT / "fallbackchain").rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                edges.update(a.name for a in node.names if a.name.split(".")[0] == "fallbackchain")
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    target = ".".join([*base, *([node.module] if node.module else [])])
+                else:
+                    target = node.module or ""
+                if target.split(".")[0] != "fallbackchain":
+                    continue
+                submodules = {f"{target}.{a.name}" for a in node.names} & set(paths)
+                edges.update(submodules or {target})  # `from . import _x` imports _x only
+        graph[name] = edges - {name}
+    return graph
+
+
+def _cycle_through(graph: dict[str, set[str]], start: str) -> list[str] | None:
+    stack = [(start, [start])]
+    seen: set[str] = set()
+    while stack:
+        node, path = stack.pop()
+        for nxt in sorted(graph.get(node, ())):
+            if nxt == start:
+                return [*path, start]
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append((nxt, [*path, nxt]))
+    return None
+
+
+def test_errors_and_results_do_not_import_each_other():
+    graph = _import_graph()
+    assert "fallbackchain._results" not in graph["fallbackchain._errors"]
+    assert _cycle_through(graph, "fallbackchain._errors") is None
+
+
+def test_no_module_of_the_package_is_part_of_an_import_cycle():
+    graph = _import_graph()
+    cycles = [c for name in sorted(graph) if (c := _cycle_through(graph, name))]
+    assert not cycles, cycles[0]
+
+
+@pytest.mark.parametrize("module", ["fallbackchain._errors", "fallbackchain._results"])
+def test_each_module_imports_first_in_a_fresh_interpreter(module):
+    result = run_python(f"import {module}\nfrom {module} import *\n")
+    assert result.returncode == 0, result.stderr
