@@ -550,7 +550,8 @@ def _breaker_lines(config: ChainConfig) -> tuple[list[str], bool]:
             lines.append(f"  {tier}: {state} (failures {failures})")
         else:
             reachable = False
-            lines.append(f"  {tier}: unknown: {_mask_url(config.breaker.redis_url)} unreachable")
+            url = _mask_url(config.breaker.redis_url)
+            lines.append(f"  {tier}: unknown (Redis at {url} is unreachable)")
     return lines, reachable
 
 
