@@ -25,7 +25,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from _common import Row, Section, Settings, fmt_time, median, percentile
+from _common import ROOT, Row, Section, Settings, fmt_time, median, percentile
 
 TARGET = 1.1
 
@@ -66,6 +66,7 @@ def _sample(statement: str, env: dict[str, str]) -> tuple[float, float, str]:
         check=True,
         timeout=120,
         env=env,
+        cwd=ROOT,  # `python -c` imports from its working directory first: this checkout
     )
     wall, cpu, *loaded = result.stdout.split()
     return float(wall), float(cpu), "".join(loaded)
@@ -108,6 +109,7 @@ def beyond_openai(scratch: Path, count: int = 8) -> list[tuple[str, float]]:
         check=True,
         timeout=120,
         env=_environment(scratch),
+        cwd=ROOT,
     )
     lines = result.stderr.splitlines()
     done = next(i for i, line in enumerate(lines) if line.rstrip().endswith("| openai"))
