@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cache_tier
 import happy_path
+import import_time
 import memory
 import outage
 import recovery
@@ -35,6 +36,7 @@ SCENARIOS: dict[str, Callable[[Settings], Section]] = {
     "recovery": recovery.run,
     "cache_tier": cache_tier.run,
     "memory": memory.run,
+    "import_time": import_time.run,
 }
 
 

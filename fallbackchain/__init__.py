@@ -13,79 +13,199 @@ raises one :class:`AllTiersFailedError` listing every attempt::
         print(stream.response.text, stream.response.source)
 """
 
-from ._breaker import BUSY, BreakerGate, BreakerState, Busy, Permit
-from ._cache import (
-    CachedAnswer,
-    CacheStats,
-    ExportRow,
-    ImportReport,
-    InputFileError,
-    LineError,
-    ResponseCache,
-    cache_key,
-)
-from ._chain import (
-    AsyncChainStream,
-    AsyncFallbackChain,
-    ChainStream,
-    FallbackChain,
-)
-from ._config import (
-    BreakerConfig,
-    CacheConfig,
-    ChainConfig,
-    FallbackConfig,
-    OpenAIConfig,
-    RetryConfig,
-    RouteConfig,
-    load_config,
-)
-from ._errors import (
-    AllTiersFailedError,
-    BreakerBusyError,
-    BreakerOpenError,
-    CacheCorruptError,
-    CacheError,
-    ChainClosedError,
-    ConfigError,
-    DeadlineExceededError,
-    FallbackChainError,
-    FirstTokenTimeoutError,
-    IdleTimeoutError,
-    MalformedChunkError,
-    QuotaExceededError,
-    RateLimitedError,
-    RouteRejectedError,
-    ServerError,
-    StreamEventError,
-    StreamNotFinishedError,
-    StreamProtocolError,
-    TierError,
-    TruncatedStreamError,
-    UnsafeCacheRowError,
-    UpstreamConnectionError,
-    UpstreamStatusError,
-    UpstreamTimeoutError,
-)
-from ._hooks import (
-    AttemptEnded,
-    AttemptStarted,
-    BreakerChanged,
-    CacheEvent,
-    ChainListener,
-    FallbackTaken,
-    RequestEnded,
-    RequestStarted,
-    RetryScheduled,
-)
-from ._results import Attempt, ChainEvent, ChainResponse
-from ._timing import is_testing, set_testing
-from ._warm import WarmProgress, WarmReport, WarmRequest, awarm, warm
-
-Cache = ResponseCache
-"""The fallback cache (alias of ResponseCache): get/put, stats, clear, prune, export, import."""
+from importlib import import_module
+from typing import TYPE_CHECKING, Any, Final
 
 __version__ = "0.1.0"
+
+# The names below load their module on first use (PEP 562), so `import fallbackchain` costs
+# next to nothing and an app pays only for the parts it touches: `FallbackChain` needs the
+# chain, the cache and the breakers, but not `warm`'s machinery. Type checkers and IDEs read
+# the TYPE_CHECKING imports; tests/test_import_time.py checks that both lists agree.
+_EXPORTS: Final[dict[str, tuple[str, ...]]] = {
+    "_breaker": (
+        "BUSY",
+        "BreakerGate",
+        "BreakerState",
+        "Busy",
+        "Permit",
+    ),
+    "_cache": (
+        "CachedAnswer",
+        "CacheStats",
+        "ExportRow",
+        "ImportReport",
+        "InputFileError",
+        "LineError",
+        "ResponseCache",
+        "cache_key",
+    ),
+    "_chain": (
+        "AsyncChainStream",
+        "AsyncFallbackChain",
+        "ChainStream",
+        "FallbackChain",
+    ),
+    "_config": (
+        "BreakerConfig",
+        "CacheConfig",
+        "ChainConfig",
+        "FallbackConfig",
+        "OpenAIConfig",
+        "RetryConfig",
+        "RouteConfig",
+        "load_config",
+    ),
+    "_errors": (
+        "AllTiersFailedError",
+        "BreakerBusyError",
+        "BreakerOpenError",
+        "CacheCorruptError",
+        "CacheError",
+        "ChainClosedError",
+        "ConfigError",
+        "DeadlineExceededError",
+        "FallbackChainError",
+        "FirstTokenTimeoutError",
+        "IdleTimeoutError",
+        "MalformedChunkError",
+        "QuotaExceededError",
+        "RateLimitedError",
+        "RouteRejectedError",
+        "ServerError",
+        "StreamEventError",
+        "StreamNotFinishedError",
+        "StreamProtocolError",
+        "TierError",
+        "TruncatedStreamError",
+        "UnsafeCacheRowError",
+        "UpstreamConnectionError",
+        "UpstreamStatusError",
+        "UpstreamTimeoutError",
+    ),
+    "_hooks": (
+        "AttemptEnded",
+        "AttemptStarted",
+        "BreakerChanged",
+        "CacheEvent",
+        "ChainListener",
+        "FallbackTaken",
+        "RequestEnded",
+        "RequestStarted",
+        "RetryScheduled",
+    ),
+    "_results": (
+        "Attempt",
+        "ChainEvent",
+        "ChainResponse",
+    ),
+    "_timing": (
+        "is_testing",
+        "set_testing",
+    ),
+    "_warm": (
+        "WarmProgress",
+        "WarmReport",
+        "WarmRequest",
+        "awarm",
+        "warm",
+    ),
+}
+
+_ALIASES: Final[dict[str, str]] = {"Cache": "ResponseCache"}
+
+_MODULE_OF: Final[dict[str, str]] = {
+    name: module for module, names in _EXPORTS.items() for name in names
+}
+
+if TYPE_CHECKING:
+    from ._breaker import BUSY, BreakerGate, BreakerState, Busy, Permit
+    from ._cache import (
+        CachedAnswer,
+        CacheStats,
+        ExportRow,
+        ImportReport,
+        InputFileError,
+        LineError,
+        ResponseCache,
+        cache_key,
+    )
+    from ._chain import (
+        AsyncChainStream,
+        AsyncFallbackChain,
+        ChainStream,
+        FallbackChain,
+    )
+    from ._config import (
+        BreakerConfig,
+        CacheConfig,
+        ChainConfig,
+        FallbackConfig,
+        OpenAIConfig,
+        RetryConfig,
+        RouteConfig,
+        load_config,
+    )
+    from ._errors import (
+        AllTiersFailedError,
+        BreakerBusyError,
+        BreakerOpenError,
+        CacheCorruptError,
+        CacheError,
+        ChainClosedError,
+        ConfigError,
+        DeadlineExceededError,
+        FallbackChainError,
+        FirstTokenTimeoutError,
+        IdleTimeoutError,
+        MalformedChunkError,
+        QuotaExceededError,
+        RateLimitedError,
+        RouteRejectedError,
+        ServerError,
+        StreamEventError,
+        StreamNotFinishedError,
+        StreamProtocolError,
+        TierError,
+        TruncatedStreamError,
+        UnsafeCacheRowError,
+        UpstreamConnectionError,
+        UpstreamStatusError,
+        UpstreamTimeoutError,
+    )
+    from ._hooks import (
+        AttemptEnded,
+        AttemptStarted,
+        BreakerChanged,
+        CacheEvent,
+        ChainListener,
+        FallbackTaken,
+        RequestEnded,
+        RequestStarted,
+        RetryScheduled,
+    )
+    from ._results import Attempt, ChainEvent, ChainResponse
+    from ._timing import is_testing, set_testing
+    from ._warm import WarmProgress, WarmReport, WarmRequest, awarm, warm
+
+    Cache = ResponseCache
+    """The fallback cache (alias of ResponseCache): get/put, stats, clear, prune, export, import."""
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module that defines ``name`` on first access, then keep the value here."""
+    target = _ALIASES.get(name, name)
+    module = _MODULE_OF.get(target)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{module}"), target)
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "BUSY",

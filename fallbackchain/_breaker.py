@@ -38,7 +38,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Final, Literal, Protocol, runtime_checkable
 
-import pybreaker
+from ._optional import pybreaker_without_redis
+
+# pybreaker would import the redis client (~160 ms, and OpenTelemetry with redis >= 8) for a
+# storage this module never uses; see _optional for how that is avoided and why it is safe.
+with pybreaker_without_redis():
+    import pybreaker
 
 __all__ = [
     "BUSY",

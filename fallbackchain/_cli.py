@@ -1,18 +1,30 @@
-"""The ``fallbackchain`` command: warm the cache from a prompts file, and manage the cache.
+"""The ``fallbackchain`` command: write and check a config, show status, warm and manage the cache.
 
 ::
 
-    fallbackchain warm PROMPTS --config CONFIG [--concurrency N] [--refresh] [--dry-run]
-                                               [--strict] [--max-wait SECONDS]
-    fallbackchain cache stats  --config CONFIG [--json]
-    fallbackchain cache clear  --config CONFIG [--yes]
-    fallbackchain cache prune  --config CONFIG
-    fallbackchain cache export FILE --config CONFIG      (FILE "-" is stdout)
-    fallbackchain cache import FILE --config CONFIG      (FILE "-" is stdin)
-    fallbackchain check-config CONFIG
+    fallbackchain init [PATH] [--template NAME] [--model MODEL] [--base-url URL]
+                              [--api-key-env NAME] [--fallback NAME=MODEL[@URL]]... [--force]
+    fallbackchain check-config [CONFIG]
+    fallbackchain status
+    fallbackchain warm PROMPTS [--concurrency N] [--refresh] [--dry-run] [--strict]
+                               [--max-wait SECONDS]
+    fallbackchain cache stats [--json]
+    fallbackchain cache clear [--yes]
+    fallbackchain cache prune
+    fallbackchain cache export FILE      (FILE "-" is stdout)
+    fallbackchain cache import FILE      (FILE "-" is stdin)
+    fallbackchain demo [--record FILE]
     fallbackchain --version
 
 What a caller (a script, CI) can rely on:
+
+* **The config file.** Every command that reads one (all but ``demo``) takes ``--config
+  CONFIG``; without it, ``$FALLBACKCHAIN_CONFIG``; without that, ``./fallbackchain.toml``.
+  ``check-config CONFIG`` and ``init PATH`` take it positionally too. ``init`` writes it
+  (never over an existing file without ``--force``), and what it writes passes
+  ``check-config``.
+* **status** exits 1 when state the config uses cannot be read: a Redis server holding
+  shared breakers or the cache, or a cache directory that cannot be opened.
 
 * **Exit status.** 0: everything worked. 1: the command ran but something failed (a prompt
   was not warmed, a line was invalid, an import line was bad, a clear was not confirmed).
@@ -39,6 +51,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -54,6 +67,13 @@ from ._chain import FallbackChain
 from ._config import ChainConfig, load_config
 from ._errors import ConfigError
 from ._redact import mask_url
+from ._templates import (
+    DEFAULT_TEMPLATE,
+    FallbackSpec,
+    parse_fallback,
+    render_config,
+    template_names,
+)
 from ._warm import _WARM_RECORD, WarmProgress, WarmReport, load_prompts, warm
 
 __all__ = ["main"]
@@ -64,6 +84,11 @@ EXIT_USAGE: Final = 2
 EXIT_INTERRUPTED: Final = 130
 
 _PROG: Final = "fallbackchain"
+
+CONFIG_ENV: Final = "FALLBACKCHAIN_CONFIG"
+"""The environment variable naming the config file when ``--config`` is not given."""
+DEFAULT_CONFIG: Final = "fallbackchain.toml"
+"""The config file used when neither ``--config`` nor ``$FALLBACKCHAIN_CONFIG`` is given."""
 
 
 class _UsageError(Exception):
@@ -536,18 +561,27 @@ def _print_config(config: ChainConfig) -> None:
     _out("\n".join(_route_lines(config)))
 
 
-def _breaker_lines(config: ChainConfig) -> list[str]:
+def _breaker_lines(config: ChainConfig) -> tuple[list[str], bool]:
+    """One line per tier's breaker, and whether the shared store (Redis) could be read."""
     tiers = [name for route in config.routes() for name, _ in route.tiers]
     if config.breaker.storage == "memory":
         return [
             f'  {tier}: kept in each process (storage = "memory"); not visible from here'
             for tier in tiers
-        ]
+        ], True
     lines = []
+    reachable = True
     for tier in tiers:
         store = gate_store(config, tier)
-        lines.append(f"  {tier}: {store.current_state()} (failures {store.failures()})")
-    return lines
+        state, failures = store.current_state(), store.failures()
+        # A Redis store that could not read Redis answers from local state: not the fleet's.
+        if getattr(store, "using_redis", True):
+            lines.append(f"  {tier}: {state} (failures {failures})")
+        else:
+            reachable = False
+            url = mask_url(config.breaker.redis_url)
+            lines.append(f"  {tier}: unknown (Redis at {url} is unreachable)")
+    return lines, reachable
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -555,14 +589,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
     _out(f"# status of {config.source}")
     _out("breakers:")
     with _showing_warnings():
-        for line in _breaker_lines(config):
-            _out(line)
+        lines, reachable = _breaker_lines(config)
+    for line in lines:
+        _out(line)
     _out("cache:")
     if config.cache.enabled:
         with _showing_warnings(), _open_cache(config) as cache:
             stats = cache.stats(scan=True) if cache.disk_available else None
         if stats is None:
-            _out(f"  {config.cache.directory}: cannot be opened (see the warning above)")
+            reachable = False
+            _out(f"  {cache.directory}: cannot be opened (see the warning above)")
         else:
             now = time.time()
             ages = [
@@ -575,7 +611,76 @@ def _cmd_status(args: argparse.Namespace) -> int:
         _out("  disabled (cache.enabled = false)")
     _out("config in effect (no secrets):")
     _print_config(config)
+    if not reachable:
+        _err(f"{_PROG}: error: state this config uses cannot be read (see above)")
+        return EXIT_FAILED
     return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# init
+# --------------------------------------------------------------------------------------------
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    path = Path(args.config)
+    text = render_config(
+        args.template,
+        model=args.model,
+        base_url=args.base_url,
+        api_key_env=args.api_key_env,
+        fallbacks=tuple(args.fallbacks),
+    )
+    _check_rendered(text, path)
+    if path.exists() and not args.force:
+        _err(f"{_PROG}: {path} already exists; not overwritten (pass --force to replace it)")
+        return EXIT_FAILED
+    try:
+        _write_config(path, text, replace=args.force)
+    except FileExistsError:
+        _err(f"{_PROG}: {path} already exists; not overwritten (pass --force to replace it)")
+        return EXIT_FAILED
+    except OSError as exc:
+        raise _UsageError(f"{path}: cannot write file: {exc.strerror or exc}") from None
+    config = load_config(path)
+    _out(f"wrote {path}")
+    key = config.openai.api_key_env
+    if not os.environ.get(key):
+        _out(f"next: export {key}=... (the API key), then: {_PROG} check-config --config {path}")
+    return EXIT_OK
+
+
+def _check_rendered(text: str, path: Path) -> None:
+    """Load ``text`` with the real loader before anything is written (bad flag values)."""
+    with tempfile.TemporaryDirectory(prefix="fallbackchain-init-") as scratch:
+        probe = Path(scratch, path.name or "fallbackchain.toml")
+        probe.write_text(text, encoding="utf-8")
+        try:
+            load_config(probe)
+        except ConfigError as exc:
+            message = str(exc).replace(str(probe), f"{path} (not written)")
+            raise _UsageError(message) from None
+
+
+def _write_config(path: Path, text: str, *, replace: bool) -> None:
+    """Write ``text`` to ``path``: never clobbers without ``replace``, never half-written."""
+    if not replace:
+        with path.open("x", encoding="utf-8") as new:  # fails if it appeared meanwhile
+            new.write(text)
+        return
+    with tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
+    ) as scratch:
+        scratch.write(text)
+    try:
+        # NamedTemporaryFile makes it 0600: keep the replaced file's mode (a config is no secret).
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+        os.chmod(scratch.name, mode)
+        os.replace(scratch.name, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(scratch.name)
+        raise
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -620,19 +725,117 @@ def _version() -> str:
     return f"{_PROG} {__version__}"
 
 
+def _fallback(text: str) -> FallbackSpec:
+    try:
+        return parse_fallback(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _command(
+    commands: Any, name: str, summary: str, *, config: bool = True, description: str | None = None
+) -> argparse.ArgumentParser:
+    """A subcommand; its one-line ``summary`` shows in the list of commands and atop its --help.
+
+    With ``config`` it takes ``--config`` (resolved by :func:`_resolve_config`).
+    """
+    parents = [_config_option()] if config else []
+    heading = f"{summary[0].upper()}{summary[1:]}."
+    command: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=summary,
+        description=f"{heading} {description}" if description else heading,
+        parents=parents,
+    )
+    command.set_defaults(uses_config=config, config_must_exist=True, config_alias=None)
+    return command
+
+
+def _config_option() -> argparse.ArgumentParser:
+    option = argparse.ArgumentParser(add_help=False)
+    option.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,  # absent: $FALLBACKCHAIN_CONFIG, then ./fallbackchain.toml
+        metavar="CONFIG",
+        help=f"the TOML config file (default: ${CONFIG_ENV}, else ./{DEFAULT_CONFIG})",
+    )
+    return option
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=_PROG,
-        description="Warm and manage the fallbackchain response cache.",
-        epilog="Exit status: 0 ok, 1 something failed, 2 usage or input error, 130 interrupted.",
+        description=(
+            "Write and check a fallbackchain config, show what is in effect, and warm and "
+            "manage the response cache."
+        ),
+        epilog=(
+            f"Every command that reads a config takes --config CONFIG, else ${CONFIG_ENV}, "
+            f"else ./{DEFAULT_CONFIG}. "
+            "Exit status: 0 ok, 1 something failed, 2 usage or input error, 130 interrupted."
+        ),
     )
     parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    config_help = "the TOML config file (as for FallbackChain.from_config)"
-    w = commands.add_parser(
+    n = _command(
+        commands,
+        "init",
+        "write a commented config file to start from",
+        description=(
+            f"PATH defaults to --config, ${CONFIG_ENV} or ./{DEFAULT_CONFIG}. The file "
+            "is the chosen template with the given primary and fallbacks; it is checked "
+            "before it is written. An existing file is kept (exit status 1) unless --force."
+        ),
+    )
+    n.add_argument("config_alias", nargs="?", metavar="PATH", help="where to write the config")
+    n.add_argument(
+        "--template",
+        choices=template_names(),
+        default=DEFAULT_TEMPLATE,
+        help="the shipped template to start from (default: %(default)s)",
+    )
+    n.add_argument("--model", metavar="MODEL", help="the primary model ([openai] model)")
+    n.add_argument("--base-url", metavar="URL", help="the primary's OpenAI-compatible endpoint")
+    n.add_argument(
+        "--api-key-env", metavar="NAME", help="the NAME of the variable holding the API key"
+    )
+    n.add_argument(
+        "--fallback",
+        dest="fallbacks",
+        action="append",
+        type=_fallback,
+        default=[],
+        metavar="NAME=MODEL[@URL]",
+        help="a fallback model, tried in the order given (URL: its endpoint, if not the "
+        "primary's); repeat for more",
+    )
+    n.add_argument("--force", action="store_true", help="replace an existing file")
+    n.set_defaults(handler=_cmd_init, config_must_exist=False)
+
+    k = _command(
+        commands,
+        "check-config",
+        "validate a config file and print the effective config",
+        description="No secret is printed: only the names of key variables, and whether set.",
+    )
+    k.add_argument(
+        "config_alias", nargs="?", metavar="CONFIG", help="the config file (the same as --config)"
+    )
+    k.set_defaults(handler=_cmd_check_config)
+
+    st = _command(
+        commands,
+        "status",
+        "breaker states, cache size and age range, and the config in effect",
+        description="Exit status 1 when shared state (Redis) or the cache cannot be read.",
+    )
+    st.set_defaults(handler=_cmd_status)
+
+    w = _command(
+        commands,
         "warm",
-        help="answer every prompt of a JSON Lines file live, filling the cache",
+        "answer every prompt of a JSON Lines file live, filling the cache",
         description=(
             "Send each prompt of PROMPTS (JSON Lines: chat.completions.create arguments, or "
             '{"prompt": "text"}) through the chain\'s live tiers, writing each answer to the '
@@ -640,7 +843,6 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     w.add_argument("prompts", metavar="PROMPTS", help="the prompts file (JSON Lines)")
-    w.add_argument("--config", required=True, metavar="CONFIG", help=config_help)
     w.add_argument(
         "--concurrency",
         type=_positive_int,
@@ -663,48 +865,63 @@ def _parser() -> argparse.ArgumentParser:
     )
     w.set_defaults(handler=_cmd_warm)
 
-    c = commands.add_parser("cache", help="inspect, clear, prune, export or import the cache")
+    c = _command(
+        commands, "cache", "inspect, clear, prune, export or import the cache", config=False
+    )
     cache_commands = c.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
-    s = cache_commands.add_parser("stats", help="entries, bytes, oldest and newest")
-    s.add_argument("--config", required=True, metavar="CONFIG", help=config_help)
+    s = _command(cache_commands, "stats", "entries, bytes, oldest and newest")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(handler=_cmd_cache_stats)
-    cl = cache_commands.add_parser("clear", help="remove every entry (asks first)")
-    cl.add_argument("--config", required=True, metavar="CONFIG", help=config_help)
+    cl = _command(cache_commands, "clear", "remove every entry (asks first)")
     cl.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     cl.set_defaults(handler=_cmd_cache_clear)
-    p = cache_commands.add_parser("prune", help="remove entries older than the ttl")
-    p.add_argument("--config", required=True, metavar="CONFIG", help=config_help)
+    p = _command(cache_commands, "prune", "remove entries older than the ttl")
     p.set_defaults(handler=_cmd_cache_prune)
-    e = cache_commands.add_parser("export", help="write every servable entry as JSON Lines")
+    e = _command(cache_commands, "export", "write every servable entry as JSON Lines")
     e.add_argument("file", metavar="FILE", help='the file to write ("-": stdout)')
-    e.add_argument("--config", required=True, metavar="CONFIG", help=config_help)
     e.set_defaults(handler=_cmd_cache_export)
-    i = cache_commands.add_parser(
-        "import", help="load an export; never replaces a newer entry with an older one"
+    i = _command(
+        cache_commands, "import", "load an export; never replaces a newer entry with an older one"
     )
     i.add_argument("file", metavar="FILE", help='the file to read ("-": stdin)')
-    i.add_argument("--config", required=True, metavar="CONFIG", help=config_help)
     i.set_defaults(handler=_cmd_cache_import)
 
-    d = commands.add_parser(
-        "demo", help="the resilience story against local fault servers (no API key)"
+    d = _command(
+        commands,
+        "demo",
+        "the resilience story against local fault servers (no API key)",
+        config=False,
     )
     d.add_argument("--record", metavar="FILE", help="write every event as JSON Lines to FILE")
     d.set_defaults(handler=_cmd_demo)
-
-    st = commands.add_parser(
-        "status", help="breaker states, cache size and age range, and the config in effect"
-    )
-    st.add_argument("--config", required=True, metavar="CONFIG", help=config_help)
-    st.set_defaults(handler=_cmd_status)
-
-    k = commands.add_parser(
-        "check-config", help="validate a config file and print the effective config"
-    )
-    k.add_argument("config", metavar="CONFIG", help="the TOML config file")
-    k.set_defaults(handler=_cmd_check_config)
     return parser
+
+
+def _resolve_config(args: argparse.Namespace) -> str:
+    """The config path of a command, found the same way for every command.
+
+    ``--config`` (or a command's positional alias: ``check-config CONFIG``, ``init PATH``),
+    else ``$FALLBACKCHAIN_CONFIG``, else ``./fallbackchain.toml``. Every command but ``init``
+    needs the file to exist: a missing file is a usage error saying where the path came from.
+    """
+    flag: str | None = getattr(args, "config", None)
+    alias: str | None = args.config_alias
+    if flag is not None and alias is not None and Path(flag) != Path(alias):
+        raise _UsageError(f"two config files given: {alias} and --config {flag}; pass one")
+    given = alias if alias is not None else flag
+    if given is not None:
+        return given  # a missing file is load_config's error, naming the file
+    from_env = os.environ.get(CONFIG_ENV, "").strip()
+    if from_env:
+        if args.config_must_exist and not Path(from_env).is_file():
+            raise _UsageError(f"{from_env}: config file not found (from ${CONFIG_ENV})")
+        return from_env
+    if args.config_must_exist and not Path(DEFAULT_CONFIG).is_file():
+        raise _UsageError(
+            f"no config: ./{DEFAULT_CONFIG} does not exist; pass --config CONFIG, set "
+            f"${CONFIG_ENV}, or write one with `{_PROG} init`"
+        )
+    return DEFAULT_CONFIG
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -715,6 +932,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
+        if args.uses_config:
+            args.config = _resolve_config(args)
         return handler(args)
     except (ConfigError, InputFileError, _UsageError) as exc:
         _err(f"{_PROG}: error: {exc}")

@@ -40,6 +40,10 @@ retrying or falling back cannot fix them:
         ├── CacheCorruptError            unreadable database or row
         └── UnsafeCacheRowError          a row asked to be unpickled: refused
 
+:class:`Attempt`, the record of one try that ``AllTiersFailedError.attempts`` (and a response's
+``attempts``) lists, is defined here too, beside the errors it carries, so that no module of
+the package imports this one back (``_results`` re-exports it).
+
 :func:`map_error` turns any foreign exception met on a live attempt (openai, httpx2, json, OS
 errors) into the most specific class above, chained ``from`` the original, or returns ``None``
 for the caller's mistakes that must propagate unchanged.
@@ -50,15 +54,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import openai
 
 from ._redact import brief_repr, redact
 
-if TYPE_CHECKING:
-    from ._results import Attempt
-
+# The exception tree only; Attempt, defined here too, is exported through _results.
 __all__ = [
     "AllTiersFailedError",
     "BreakerBusyError",
@@ -274,6 +277,30 @@ class CacheCorruptError(CacheError):
 
 class UnsafeCacheRowError(CacheError):
     """A cache row asked to be unpickled. It is refused: unpickling runs arbitrary code."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try at one tier.
+
+    ``error`` is ``None`` for the attempt that answered, else a short text (never the prompt or
+    a secret); ``exception`` is the mapped :class:`~fallbackchain.TierError` (its ``__cause__``
+    is the original foreign error). ``delay_before`` is the backoff slept before this attempt.
+    """
+
+    tier: str
+    error: str | None
+    duration: float
+    exception: TierError | None = field(default=None, repr=False, compare=False)
+    status_code: int | None = None
+    retry_after: float | None = None
+    delay_before: float = 0.0
+    time_to_first_token: float | None = None
+
+    @property
+    def error_type(self) -> str | None:
+        """The class name of the mapped error, or ``None`` on success."""
+        return type(self.exception).__name__ if self.exception is not None else None
 
 
 class AllTiersFailedError(FallbackChainError):

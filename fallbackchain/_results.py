@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
+
+# Attempt lives with the errors that carry it (AllTiersFailedError.attempts), so that this
+# module depends on _errors and never the other way round; it is re-exported here.
+from ._errors import Attempt
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletion
-
-    from ._errors import TierError
 
 __all__ = ["Attempt", "ChainEvent", "ChainResponse", "EventType", "Source"]
 
@@ -29,30 +31,6 @@ class ChainEvent:
     type: EventType
     text: str
     source: Source
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One try at one tier.
-
-    ``error`` is ``None`` for the attempt that answered, else a short text (never the prompt or
-    a secret); ``exception`` is the mapped :class:`~fallbackchain.TierError` (its ``__cause__``
-    is the original foreign error). ``delay_before`` is the backoff slept before this attempt.
-    """
-
-    tier: str
-    error: str | None
-    duration: float
-    exception: TierError | None = field(default=None, repr=False, compare=False)
-    status_code: int | None = None
-    retry_after: float | None = None
-    delay_before: float = 0.0
-    time_to_first_token: float | None = None
-
-    @property
-    def error_type(self) -> str | None:
-        """The class name of the mapped error, or ``None`` on success."""
-        return type(self.exception).__name__ if self.exception is not None else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,7 +103,7 @@ def test_the_runtime_redis_warning_masks_the_url(cli, tmp_path, monkeypatch):
         "[breaker]\n", '[breaker]\nstorage = "redis"\n'
     )
     result = cli("status", "--config", write(tmp_path, text))
-    assert result.code == 0, result.err
+    assert result.code == 1, result.err  # status says shared state could not be read
     assert f"Redis at redis://default:***@127.0.0.1:{port}/0?password=*** is unavailable" in result.err
     assert_no_secrets(result.both)
 
