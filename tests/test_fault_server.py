@@ -724,6 +724,7 @@ def test_the_log_keeps_the_newest_max_recorded_while_the_counters_stay_exact() -
         assert (srv.requests, srv.fault_counts, srv.counts["total"]) == ([], {}, 0)
 
 
+@pytest.mark.slow  # 1,001 requests
 def test_by_default_the_log_is_bounded_at_1000_requests() -> None:
     """A long run costs constant memory: the 1,001st request pushes out the first."""
     with FaultServer(words=0) as srv:
@@ -830,6 +831,7 @@ def test_invalid_faults_are_rejected(build: Any) -> None:
 # -- scale -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 1,000 streams held for 3 s
 @pytest.mark.timeout(60)
 def test_1000_concurrent_streams_all_complete() -> None:
     """1,000 streams are open on the server at the same moment, and all finish intact.
@@ -909,6 +911,7 @@ def test_module_help_output(capsys: pytest.CaptureFixture[str]) -> None:
         assert option in out
 
 
+@pytest.mark.slow  # a subprocess
 def test_module_serves_until_interrupted() -> None:
     import fallbackchain.testing
 

@@ -69,7 +69,7 @@ CLIENT_ERRORS = (
 TIMEOUT = 0.2  # first_token and idle: a stall must really be waited out
 DEADLINE = 2.0
 
-pytestmark = pytest.mark.timeout(600 if LONG else 120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600 if LONG else 120)]  # a soak
 
 
 # --------------------------------------------------------------------------------------------

@@ -830,14 +830,14 @@ def _assert_only_requests_and_line_errors(
     assert len(lines) == len(set(lines))  # one verdict per line
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(_lines)
 def test_property_parse_prompts_only_answers_with_requests_and_line_errors(lines):
     requests, errors = parse_prompts(lines, file="p.jsonl")
     _assert_only_requests_and_line_errors(requests, errors, "p.jsonl", len(lines))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(
     st.lists(
         st.binary(max_size=40)
@@ -856,7 +856,7 @@ def test_property_load_prompts_on_arbitrary_bytes_only_gives_line_errors(chunks)
     _assert_only_requests_and_line_errors(requests, errors, str(path), data.count(b"\n") + 1)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(_values | _nearly_valid)
 def test_property_parse_prompt_gives_a_sendable_request_or_a_one_line_value_error(value):
     try:
