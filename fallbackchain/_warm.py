@@ -360,7 +360,12 @@ def _resolve(prompts: PromptSource) -> tuple[list[WarmRequest], list[LineError]]
     errors: list[LineError] = []
     for index, prompt in enumerate(prompts, start=1):
         if isinstance(prompt, WarmRequest):
-            requests.append(prompt)
+            try:  # built by hand, perhaps: the same check a parsed line passed
+                _check_sendable(prompt.params)
+            except ValueError as exc:
+                errors.append(LineError(prompt.file, prompt.line, str(exc)))
+            else:
+                requests.append(prompt)
             continue
         try:
             requests.append(parse_prompt(prompt, line=index))

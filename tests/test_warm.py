@@ -674,6 +674,17 @@ def test_values_given_in_code_are_checked_the_same_way(chain, server):
     ]
 
 
+def test_a_warm_request_built_in_code_is_checked_too(chain, server):
+    bad = WarmRequest(7, {"messages": user("\ud800")}, "mine.jsonl")
+    for dry_run in (True, False):
+        report = warm(chain, [bad, WarmRequest(8, {"messages": user("fine")})], dry_run=dry_run)
+        assert [str(e) for e in report.errors] == [
+            "mine.jsonl:7: 'messages[0].content' " + SURROGATE.format(0)
+        ]
+        assert report.invalid == 1
+    assert server.counts["total"] == 1  # only the good request, in the real run
+
+
 def test_the_dry_run_and_the_real_run_refuse_the_same_lines(chain, server, tmp_path):
     path = write_prompts(
         tmp_path / "p.jsonl", '{"prompt": "fine"}', *(u[0] for u in UNSENDABLE_LINES)
