@@ -301,7 +301,8 @@ def _check_sendable(value: Mapping[Any, Any]) -> None:
             for key in item:
                 problem = _unsendable(key)
                 if problem is not None:
-                    raise ValueError(f"a key in '{path or 'the line'}' {problem}")
+                    where = f"a key in '{path}'" if path else "a top-level key"
+                    raise ValueError(f"{where} {problem}")
             children = list(item.items())
         elif isinstance(item, list | tuple):
             children = list(enumerate(item))
