@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import io
 import json
 import logging
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openai.resources.chat.completions import Completions
 
 from fallbackchain import AllTiersFailedError, AsyncFallbackChain, FallbackChain, set_testing
 from fallbackchain._cache import InputFileError, LineError
+from fallbackchain._cli import main
 from fallbackchain._warm import (
     ALLOWED_KEYS,
     WarmProgress,
@@ -700,8 +706,6 @@ def test_the_dry_run_and_the_real_run_refuse_the_same_lines(chain, server, tmp_p
 
 
 def _run_cli(capsys: pytest.CaptureFixture[str], *argv: Any) -> tuple[int, str, str]:
-    from fallbackchain._cli import main
-
     code = main([str(a) for a in argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
@@ -737,9 +741,6 @@ def test_cli_dry_run_with_a_lone_surrogate_reports_the_line_instead_of_crashing(
 
 def test_cli_output_escapes_what_the_terminal_cannot_encode(tmp_path, server, capsys, monkeypatch):
     """An ASCII-only stdout, and a file name that is not valid UTF-8 (shown on strict stderr)."""
-    import io
-    import sys
-
     config = _cli_config(tmp_path, server.base_url, monkeypatch)
     prompts = write_prompts(
         tmp_path / "bad\udcffname.jsonl", '{"prompt": "caf\u00e9 \u2615"}', "[]"
@@ -762,9 +763,6 @@ def test_cli_output_escapes_what_the_terminal_cannot_encode(tmp_path, server, ca
 # --------------------------------------------------------------------------------------------
 # Property: the prompt parser only ever answers with requests and FILE:LINE errors
 # --------------------------------------------------------------------------------------------
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 # Text with lone surrogates (category Cs, which st.text() leaves out by default).
 _odd_text = st.text(
@@ -857,8 +855,6 @@ def test_property_parse_prompts_only_answers_with_requests_and_line_errors(lines
     )
 )
 def test_property_load_prompts_on_arbitrary_bytes_only_gives_line_errors(chunks):
-    import tempfile
-
     data = b"\n".join(chunks)
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "p.jsonl"
