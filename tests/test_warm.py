@@ -875,3 +875,15 @@ def test_property_parse_prompt_gives_a_sendable_request_or_a_one_line_value_erro
         return
     assert message
     assert "\n" not in message
+
+
+def test_cli_progress_lines_escape_what_the_terminal_cannot_encode(
+    tmp_path, server, capsys, monkeypatch
+):
+    config = _cli_config(tmp_path, server.base_url, monkeypatch)
+    prompts = write_prompts(tmp_path / "bad\udcffname.jsonl", '{"prompt": "hello"}')
+    code, out, err = _run_cli(capsys, "warm", prompts, "--config", config)
+    assert code == 0, err
+    assert out.startswith("warmed 1, skipped 0, failed 0, invalid 0")
+    [progress] = err.splitlines()
+    assert progress.startswith(f"[1/1] {tmp_path}/bad\\udcffname.jsonl:1: warmed (")
