@@ -1,12 +1,13 @@
 # Two commands for a fresh machine; each creates .venv and installs what it needs.
 #   make demo   - the resilience story against the local fault server (no API key, loopback only)
-#   make test   - lint, strict type check, and the whole test suite
+#   make test   - lint, strict type check, and the whole test suite (what CI runs)
+#   make test-fast - the inner loop: every test not marked slow (under 30 s), no lint
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,11 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q
+
+# PYTHONDONTWRITEBYTECODE cleared: pytest can then keep its rewritten test modules in
+# __pycache__ instead of rewriting all of them on every run (about 5 s of CPU).
+test-fast: $(STAMP)
+	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'

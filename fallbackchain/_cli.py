@@ -100,13 +100,29 @@ class _UsageError(Exception):
 # --------------------------------------------------------------------------------------------
 
 
+def _printable(text: str, stream: TextIO) -> str:
+    """``text``, with what ``stream`` cannot encode shown as backslash escapes.
+
+    A lone surrogate, or any non-ASCII text on an ASCII-only terminal, would otherwise raise
+    ``UnicodeEncodeError`` and end the command mid-output.
+    """
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        text.encode(encoding, getattr(stream, "errors", None) or "strict")
+    except UnicodeError:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:  # an encoding name Python does not know: plain ASCII is always safe
+        return text.encode("ascii", "backslashreplace").decode("ascii")
+    return text
+
+
 def _out(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
+    sys.stdout.write(_printable(text + "\n", sys.stdout))
     sys.stdout.flush()
 
 
 def _err(text: str) -> None:
-    sys.stderr.write(text + "\n")
+    sys.stderr.write(_printable(text + "\n", sys.stderr))
     sys.stderr.flush()
 
 
@@ -184,7 +200,7 @@ class _Progress:
         self._write("\r\x1b[K" + self._bar)
 
     def _write(self, text: str) -> None:
-        self._stream.write(text)
+        self._stream.write(_printable(text, self._stream))
         self._stream.flush()
 
 

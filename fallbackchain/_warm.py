@@ -10,8 +10,10 @@ What a caller can rely on:
   arguments of ``chat.completions.create`` (``messages``, optional ``model`` (default: the
   config's), and any other ``create`` argument except ``stream``, ``stream_options`` and
   ``timeout``, which the chain sets) or the shorthand ``{"prompt": "text"}`` (one user
-  message). Blank lines and lines starting with ``#`` are skipped. :func:`parse_prompts` is
-  the one pure function that validates them; every bad line becomes a :class:`LineError`
+  message). Blank lines and lines starting with ``#`` are skipped. Every number must be finite
+  and every string valid Unicode (no lone surrogate), or no request could carry it.
+  :func:`parse_prompts` is the one pure function that validates them, for the dry run and the
+  real run alike; every bad line becomes a :class:`LineError`
   naming the file and line, and the valid lines still run unless ``strict=True`` (then
   :class:`InputFileError` is raised before anything is sent).
 * **Only live answers count.** A prompt is *warmed* when a live tier answered it (and the chain
@@ -45,6 +47,7 @@ import concurrent.futures
 import contextlib
 import difflib
 import inspect
+import json
 import logging
 import math
 import os
@@ -224,8 +227,9 @@ def parse_prompt(value: Any, *, file: str = IN_CODE, line: int = 1) -> WarmReque
     """Validate one prompt (a parsed JSON value) into a :class:`WarmRequest`.
 
     Raises :class:`ValueError` with a one-line reason (without the file and line) when it is not
-    an object, has unknown keys, has both or neither of ``prompt`` and ``messages``, or when
-    ``prompt``, ``messages`` or ``model`` has the wrong shape.
+    an object, has unknown keys, has both or neither of ``prompt`` and ``messages``, when
+    ``prompt``, ``messages`` or ``model`` has the wrong shape, or when any value is a number
+    that is not finite or a string with a lone surrogate (the reason names where it is).
     """
     if not isinstance(value, Mapping):
         raise _BadPromptError(f"expected a JSON object, got {_json_type(value)}")
@@ -255,7 +259,58 @@ def parse_prompt(value: Any, *, file: str = IN_CODE, line: int = 1) -> WarmReque
         model = params["model"]
         if not isinstance(model, str) or not model.strip():
             raise ValueError(f"'model' must be a non-empty string, got {_json_type(model)}")
+    _check_sendable(value)
     return WarmRequest(line=line, params=params, file=file)
+
+
+def _path_step(path: str, key: object) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    if isinstance(key, str) and key.isidentifier():
+        return f"{path}.{key}" if path else key
+    return f"{path}[{json.dumps(key)}]"  # ASCII-escaped: a lone surrogate prints as \udxxx
+
+
+def _unsendable(value: object) -> str | None:
+    """Why ``value`` cannot go into a request (a phrase), or None when it can."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"is out of range ({value!r}): a request can only carry finite numbers"
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # only a lone surrogate cannot be UTF-8
+            return (
+                f"contains {value[exc.start]!a} at position {exc.start}, a lone "
+                "surrogate: not valid Unicode, so the request could not be sent"
+            )
+    return None
+
+
+def _check_sendable(value: Mapping[Any, Any]) -> None:
+    """Raise ValueError when a string or number anywhere in ``value`` cannot be sent.
+
+    The real run would fail such a prompt (the SDK cannot encode it), so the dry run and the
+    real run both refuse it here, naming where it is. Iterative, so a deeply nested value
+    cannot exhaust the stack.
+    """
+    stack: list[tuple[str, object]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        children: list[tuple[object, object]] = []
+        if isinstance(item, Mapping):
+            for key in item:
+                problem = _unsendable(key)
+                if problem is not None:
+                    where = f"a key in '{path}'" if path else "a top-level key"
+                    raise ValueError(f"{where} {problem}")
+            children = list(item.items())
+        elif isinstance(item, list | tuple):
+            children = list(enumerate(item))
+        else:
+            problem = _unsendable(item)
+            if problem is not None:
+                raise ValueError(f"'{path}' {problem}")
+        stack.extend((_path_step(path, key), child) for key, child in reversed(children))
 
 
 def parse_prompts(
@@ -306,7 +361,12 @@ def _resolve(prompts: PromptSource) -> tuple[list[WarmRequest], list[LineError]]
     errors: list[LineError] = []
     for index, prompt in enumerate(prompts, start=1):
         if isinstance(prompt, WarmRequest):
-            requests.append(prompt)
+            try:  # built by hand, perhaps: the same check a parsed line passed
+                _check_sendable(prompt.params)
+            except ValueError as exc:
+                errors.append(LineError(prompt.file, prompt.line, str(exc)))
+            else:
+                requests.append(prompt)
             continue
         try:
             requests.append(parse_prompt(prompt, line=index))

@@ -1,17 +1,99 @@
-"""Shared fixtures: a fake clock/sleep pair, the fault server, and chain factories."""
+"""Shared fixtures: a fake clock/sleep pair, the fault server, and chain factories.
+
+Also two session-wide speedups that change no behaviour under test (see ``pytest_configure``):
+temporary directories on tmpfs, and a one-certificate CA bundle for the SDK's TLS context.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
+import shutil
+import ssl
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 
 from fallbackchain import ChainConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# --------------------------------------------------------------------------------------------
+# Session setup: the ``slow`` marker and two speedups
+# --------------------------------------------------------------------------------------------
+
+_TMPFS: Final = Path("/dev/shm")
+_PEM_BLOCK: Final = re.compile(
+    r"-----BEGIN CERTIFICATE-----\r?\n.*?-----END CERTIFICATE-----\r?\n?", re.DOTALL
+)
+_restore: list[Any] = []
+
+
+def _tmp_on_tmpfs(config: pytest.Config) -> None:
+    """Put ``tmp_path`` (and every ``tempfile`` directory) on tmpfs when there is one.
+
+    Opening a fresh disk cache costs 20-80 ms on ext4 (SQLite syncs) and about 3 ms on tmpfs,
+    and nearly every test opens one. SQLite, file modes and permissions behave the same on
+    tmpfs. Skipped when the caller chose a place (``--basetemp``, ``TMPDIR``).
+    """
+    if config.option.basetemp or os.environ.get("TMPDIR"):
+        return
+    if not (_TMPFS.is_dir() and os.access(_TMPFS, os.W_OK | os.X_OK)):
+        return
+    previous = tempfile.tempdir
+    tempfile.tempdir = str(_TMPFS)
+    _restore.append(lambda: setattr(tempfile, "tempdir", previous))
+
+
+def _one_certificate_ca_bundle() -> None:
+    """Point ``SSL_CERT_FILE`` at a bundle of one CA certificate for this test process.
+
+    Every ``openai.OpenAI()`` builds a TLS context, and loading a full CA bundle costs about
+    50-90 ms of CPU; tests make hundreds of clients, all talking plain HTTP over loopback, so
+    no test ever verifies a certificate. One real certificate keeps the context valid (and an
+    accidental TLS connection fails verification: a test must never reach the network).
+    Subprocesses started by tests inherit it; the previous values come back at the end.
+    """
+    bundle = os.environ.get("SSL_CERT_FILE") or ssl.get_default_verify_paths().openssl_cafile
+    try:
+        text = Path(bundle).read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return
+    first = _PEM_BLOCK.search(text)
+    if first is None:
+        return
+    directory = tempfile.mkdtemp(prefix="fallbackchain-tests-ca-")
+    path = Path(directory) / "one-ca.pem"
+    path.write_text(first.group(0), encoding="ascii")
+    previous = {name: os.environ.pop(name, None) for name in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+    os.environ["SSL_CERT_FILE"] = str(path)
+
+    def undo() -> None:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(directory, ignore_errors=True)
+
+    _restore.append(undo)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # FALLBACKCHAIN_TEST_SPEEDUPS=0 runs without both, e.g. to show they change no outcome.
+    if os.environ.get("FALLBACKCHAIN_TEST_SPEEDUPS", "1") != "0":
+        _tmp_on_tmpfs(config)
+        _one_certificate_ca_bundle()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    while _restore:
+        _restore.pop()()
 
 
 class FakeClock:

@@ -111,6 +111,7 @@ def _write_then_kill(directory: Path, start: int, at_least: int) -> list[int]:
     return confirmed
 
 
+@pytest.mark.slow  # writer subprocesses killed mid-write
 def test_a_writer_killed_mid_write_leaves_a_cache_that_opens_and_serves(
     tmp_path: Path, server: FaultServer
 ) -> None:
@@ -182,6 +183,7 @@ def big_server() -> Iterator[FaultServer]:
         yield server
 
 
+@pytest.mark.slow  # fills the cache past its size limit
 def test_writing_past_the_size_limit_evicts_the_oldest_and_never_fails(
     tmp_path: Path, big_server: FaultServer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -65,6 +65,7 @@ def test_the_deadline_bounds_the_whole_request(harness_factory, server):
     )
 
 
+@pytest.mark.slow  # about a second of real-time first-byte delays per mode
 def test_concurrent_streams_are_not_serialised(harness_factory, server, mode):
     h = harness_factory(real_time=True)
     server.default = Fault.slow_first_byte(seconds=0.4)

@@ -618,6 +618,7 @@ def test_no_command_is_a_usage_error(cli):
     assert "required: COMMAND" in result.err
 
 
+@pytest.mark.slow  # a subprocess
 def test_python_dash_m_runs_the_command():
     done = subprocess.run(
         [sys.executable, "-m", "fallbackchain", "--version"],
@@ -630,6 +631,7 @@ def test_python_dash_m_runs_the_command():
     assert (done.returncode, done.stdout) == (0, f"fallbackchain {__version__}\n")
 
 
+@pytest.mark.slow  # a subprocess, interrupted
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_warm_exits_130_and_the_next_run_resumes(cli, config, tmp_path, server, sig):
     server.default = Fault.slow_first_byte(0.2)

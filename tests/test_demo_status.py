@@ -26,10 +26,12 @@ def story(tmp_path_factory):
     return result, out.getvalue(), record, time.monotonic() - started
 
 
+@pytest.mark.slow  # the whole demo (the story fixture)
 def test_the_demo_runs_in_under_30_seconds(story):
     assert story[3] < 30
 
 
+@pytest.mark.slow  # the whole demo (the story fixture)
 def test_each_chapter_is_answered_by_the_tier_the_story_says(story):
     result = story[0]
     assert result.sources == {
@@ -43,6 +45,7 @@ def test_each_chapter_is_answered_by_the_tier_the_story_says(story):
     }
 
 
+@pytest.mark.slow  # the whole demo (the story fixture)
 def test_no_text_is_shown_twice_and_open_breakers_leave_upstream_untouched(story):
     result = story[0]
     assert result.duplicated_text == 0
@@ -50,6 +53,7 @@ def test_no_text_is_shown_twice_and_open_breakers_leave_upstream_untouched(story
     assert result.upstream_during_open_breakers == 0
 
 
+@pytest.mark.slow  # the whole demo (the story fixture)
 def test_the_replayed_tutorial_loop_does_worse_on_the_same_faults(story):
     result = story[0]
     assert result.naive_calls > 2 * result.upstream_calls
@@ -59,6 +63,7 @@ def test_the_replayed_tutorial_loop_does_worse_on_the_same_faults(story):
     assert result.naive_waited > 10 * result.waited
 
 
+@pytest.mark.slow  # the whole demo (the story fixture)
 def test_the_summary_table_is_printed_without_colour_off_a_terminal(story):
     out = story[1]
     assert "== Summary" in out
@@ -66,6 +71,7 @@ def test_the_summary_table_is_printed_without_colour_off_a_terminal(story):
     assert "\033[" not in out
 
 
+@pytest.mark.slow  # the whole demo (the story fixture)
 def test_record_writes_every_event_as_json_lines(story):
     rows = [json.loads(line) for line in story[2].read_text().splitlines()]
     kinds = {row["event"] for row in rows}
@@ -74,6 +80,7 @@ def test_record_writes_every_event_as_json_lines(story):
     assert drop and all(r["type"] == "delta" for r in drop)  # continued, not restarted
 
 
+@pytest.mark.slow  # the whole demo
 def test_demo_command_exits_zero(capsys):
     assert main(["demo"]) == 0
     assert "== Summary" in capsys.readouterr().out

@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # a subprocess
 def test_quickstart_tells_the_whole_story():
     result = subprocess.run(
         [sys.executable, "examples/quickstart.py"],

@@ -99,6 +99,7 @@ def test_fallback_thresholds_can_be_overridden(chain_with_backup, server, backup
     assert h.chain.breaker_states()["stream"] == "closed"  # 3 failures < fail_max 5
 
 
+@pytest.mark.slow  # about a second of real-time timeouts per mode
 def test_a_silent_primary_fails_over_at_once(chain_with_backup, server, backup):
     h = chain_with_backup(
         openai__first_token_timeout=0.3,

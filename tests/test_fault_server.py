@@ -686,6 +686,87 @@ def test_chunked_request_body_is_accepted(server: FaultServer) -> None:
     assert body["choices"][0]["message"]["content"] == server.answer_for(MESSAGES, MODEL)
 
 
+# -- bounded request log ------------------------------------------------------------------
+
+
+def post_completions(server: FaultServer, prompts: list[str]) -> list[int]:
+    """Send one non-streaming request per prompt on one keep-alive connection; the statuses."""
+    statuses = []
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    try:
+        for prompt in prompts:
+            body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": prompt}]})
+            conn.request("POST", "/v1/chat/completions", body=body.encode())
+            resp = conn.getresponse()
+            resp.read()
+            statuses.append(resp.status)
+    finally:
+        conn.close()
+    return statuses
+
+
+def recorded_prompts(server: FaultServer) -> list[str]:
+    return [r.body["messages"][0]["content"] for r in server.requests]
+
+
+def test_the_log_keeps_the_newest_max_recorded_while_the_counters_stay_exact() -> None:
+    with FaultServer(words=1, max_recorded=5) as srv:
+        srv.push(Fault.status(503), times=3)
+        srv.push(Fault.status(429), times=1)
+        statuses = post_completions(srv, [f"n {i}" for i in range(12)])
+        assert statuses == [503, 503, 503, 429] + [200] * 8
+        assert srv.max_recorded == 5
+        assert recorded_prompts(srv) == [f"n {i}" for i in range(7, 12)]  # oldest dropped
+        assert srv.counts["total"] == srv.counts["completion"] == 12
+        assert srv.fault_counts == {"status": 4, "ok": 8}
+        assert srv.fault_counts["drop"] == 0  # a kind never applied reads as 0
+        srv.reset_counts()
+        assert (srv.requests, srv.fault_counts, srv.counts["total"]) == ([], {}, 0)
+
+
+@pytest.mark.slow  # 1,001 requests
+def test_by_default_the_log_is_bounded_at_1000_requests() -> None:
+    """A long run costs constant memory: the 1,001st request pushes out the first."""
+    with FaultServer(words=0) as srv:
+        assert srv.max_recorded == 1000
+        post_completions(srv, [f"n {i}" for i in range(1001)])
+        requests = srv.requests
+        assert len(requests) == 1000
+        assert requests[0].body["messages"][0]["content"] == "n 1"
+        assert requests[-1].body["messages"][0]["content"] == "n 1000"
+        assert srv.counts["total"] == 1001
+        assert srv.fault_counts == {"ok": 1001}
+
+
+def test_max_recorded_none_keeps_everything_and_zero_keeps_nothing() -> None:
+    with FaultServer(words=0, max_recorded=None) as everything:
+        post_completions(everything, ["a", "b", "c"])
+        assert recorded_prompts(everything) == ["a", "b", "c"]
+    with FaultServer(words=0, max_recorded=0) as nothing:
+        nothing.push(Fault.status(500))
+        post_completions(nothing, ["a", "b", "c"])
+        assert nothing.requests == []
+        assert nothing.counts["total"] == 3
+        assert nothing.fault_counts == {"status": 1, "ok": 2}
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "10"])
+def test_max_recorded_must_be_a_count(bad: Any) -> None:
+    with pytest.raises(ValueError, match="max_recorded must be an int >= 0 or None"):
+        FaultServer(max_recorded=bad)
+
+
+def test_fault_counts_count_streams_and_completions_alike(
+    server: FaultServer, client: openai.OpenAI
+) -> None:
+    server.push(Fault.early_end(after_chunks=1), stream=True)
+    stream_chunks(client)  # cut short, without a finish_reason
+    stream_chunks(client)
+    client.chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert server.fault_counts == {"early_end": 1, "ok": 2}
+    assert sum(server.fault_counts.values()) == server.counts["total"]
+
+
 # -- lifecycle ---------------------------------------------------------------------------
 
 
@@ -750,6 +831,7 @@ def test_invalid_faults_are_rejected(build: Any) -> None:
 # -- scale -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 1,000 streams held for 3 s
 @pytest.mark.timeout(60)
 def test_1000_concurrent_streams_all_complete() -> None:
     """1,000 streams are open on the server at the same moment, and all finish intact.
@@ -829,6 +911,7 @@ def test_module_help_output(capsys: pytest.CaptureFixture[str]) -> None:
         assert option in out
 
 
+@pytest.mark.slow  # a subprocess
 def test_module_serves_until_interrupted() -> None:
     import fallbackchain.testing
 

@@ -97,6 +97,7 @@ def key_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FALLBACKCHAIN_TEST_KEY", "sk-test-hardening")
 
 
+@pytest.mark.slow  # about a second of real-time stalls
 def test_closing_a_chain_mid_request_ends_it_with_chain_closed_and_counts_nothing(
     server, tmp_path, key_env
 ):

@@ -338,6 +338,7 @@ def run_python(code):
                           timeout=60, check=False)
 
 
+@pytest.mark.slow  # a subprocess
 def test_importing_fallbackchain_does_not_import_opentelemetry():
     # redis >= 8 imports the OpenTelemetry SDK when both are installed, and pybreaker imports
     # redis when it can: block redis so that only fallbackchain's own imports are measured.
@@ -350,6 +351,7 @@ def test_importing_fallbackchain_does_not_import_opentelemetry():
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow  # a subprocess
 def test_the_otel_module_names_the_extra_when_opentelemetry_is_missing():
     result = run_python(
         "import sys; sys.modules['opentelemetry'] = None; sys.modules['redis'] = None\n"

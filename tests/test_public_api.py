@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import fallbackchain
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +57,7 @@ def test_the_package_is_typed():
     assert (ROOT / "fallbackchain" / "py.typed").exists()
 
 
+@pytest.mark.slow  # a mypy subprocess
 def test_public_api_usage_type_checks_under_strict_mypy():
     """tests/typing/public_api.py uses the API as a user would; mypy --strict must accept it."""
     result = subprocess.run(

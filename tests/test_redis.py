@@ -1057,6 +1057,7 @@ def test_async_chain_never_calls_the_sync_client_on_the_loop(server, rs, namespa
         h.close()
 
 
+@pytest.mark.slow  # stops and restarts redis-server
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_chain_survives_redis_hung_stopped_and_restarted(
     mode, server, namespace, tmp_path, caplog, monkeypatch

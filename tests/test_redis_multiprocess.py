@@ -26,6 +26,8 @@ from .redis_server import RedisServer, require_redis_package
 
 require_redis_package()
 
+pytestmark = pytest.mark.slow  # worker processes
+
 WORKERS = 8
 REQUESTS = 40  # per worker
 SPACING = 0.05  # seconds between a worker's requests

@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import io
+import json
 import logging
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openai.resources.chat.completions import Completions
 
 from fallbackchain import AllTiersFailedError, AsyncFallbackChain, FallbackChain, set_testing
 from fallbackchain._cache import InputFileError, LineError
+from fallbackchain._cli import main
 from fallbackchain._warm import (
     ALLOWED_KEYS,
     WarmProgress,
@@ -631,3 +638,257 @@ def test_cancelling_awarm_keeps_what_was_written(achain, server):
     report = loop.run_until_complete(awarm(chain, [{"prompt": f"q{i}"} for i in range(6)]))
     assert report.skipped >= 2
     assert report.skipped + report.warmed == 6
+
+
+# --------------------------------------------------------------------------------------------
+# One validation for the dry run and the real run (issue #11, item 8)
+# --------------------------------------------------------------------------------------------
+
+SURROGATE = "contains '\\ud800' at position {}, a lone surrogate: not valid Unicode, so the request could not be sent"
+
+UNSENDABLE_LINES = [
+    ('{"prompt": "a \\ud800 b"}', "'prompt' " + SURROGATE.format(2)),
+    (
+        '{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\ud800"}]}]}',
+        "'messages[0].content[0].text' " + SURROGATE.format(0),
+    ),
+    ('{"prompt": "a", "metadata": {"\\ud800": "v"}}', "a key in 'metadata' " + SURROGATE.format(0)),
+    (
+        '{"prompt": "a", "temperature": 1e999}',
+        "'temperature' is out of range (inf): a request can only carry finite numbers",
+    ),
+    (
+        '{"prompt": "a", "logit_bias": {"50256": -1e999}}',
+        "'logit_bias[\"50256\"]' is out of range (-inf): a request can only carry finite numbers",
+    ),
+]
+
+
+@pytest.mark.parametrize(("line", "message"), UNSENDABLE_LINES)
+def test_a_value_no_request_can_carry_is_a_line_error_naming_where(line, message):
+    requests, errors = parse_prompts(['{"prompt": "ok"}', line], file="p.jsonl")
+    assert [r.line for r in requests] == [1]
+    assert errors == [LineError("p.jsonl", 2, message)]
+
+
+def test_values_given_in_code_are_checked_the_same_way(chain, server):
+    report = warm(
+        chain,
+        [{"prompt": "ok"}, {"prompt": "a", "temperature": float("nan")}, {"prompt": "\udfff"}],
+        dry_run=True,
+    )
+    assert [r.line for r in report.planned] == [1]
+    assert [str(e) for e in report.errors] == [
+        "<prompts>:2: 'temperature' is out of range (nan): a request can only carry finite numbers",
+        "<prompts>:3: 'prompt' contains '\\udfff' at position 0, a lone surrogate: not valid "
+        "Unicode, so the request could not be sent",
+    ]
+
+
+def test_a_warm_request_built_in_code_is_checked_too(chain, server):
+    bad = WarmRequest(7, {"messages": user("\ud800")}, "mine.jsonl")
+    for dry_run in (True, False):
+        report = warm(chain, [bad, WarmRequest(8, {"messages": user("fine")})], dry_run=dry_run)
+        assert [str(e) for e in report.errors] == [
+            "mine.jsonl:7: 'messages[0].content' " + SURROGATE.format(0)
+        ]
+        assert report.invalid == 1
+    assert server.counts["total"] == 1  # only the good request, in the real run
+
+
+def test_the_dry_run_and_the_real_run_refuse_the_same_lines(chain, server, tmp_path):
+    path = write_prompts(
+        tmp_path / "p.jsonl", '{"prompt": "fine"}', *(u[0] for u in UNSENDABLE_LINES)
+    )
+    dry = warm(chain, path, dry_run=True)
+    assert server.counts["total"] == 0
+    real = warm(chain, path)
+    assert dry.errors == real.errors
+    assert (dry.invalid, real.invalid) == (len(UNSENDABLE_LINES), len(UNSENDABLE_LINES))
+    assert [r.line for r in dry.planned] == [1]
+    assert (real.warmed, real.failed) == (1, 0)
+    assert server.counts["total"] == 1  # only the good line reached the network
+
+
+def _run_cli(capsys: pytest.CaptureFixture[str], *argv: Any) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _cli_config(tmp_path: Path, base_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("FALLBACKCHAIN_TEST_KEY", "sk-test")
+    path = tmp_path / "cfg.toml"
+    path.write_text(
+        f'[openai]\nbase_url = "{base_url}"\napi_key_env = "FALLBACKCHAIN_TEST_KEY"\n'
+        f'model = "test-model"\n[cache]\ndirectory = "{tmp_path / "cache"}"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_cli_dry_run_with_a_lone_surrogate_reports_the_line_instead_of_crashing(
+    tmp_path, server, capsys, monkeypatch
+):
+    config = _cli_config(tmp_path, server.base_url, monkeypatch)
+    prompts = write_prompts(
+        tmp_path / "p.jsonl", '{"prompt": "a \\ud800 b"}', '{"prompt": "x", "temperature": 1e999}'
+    )
+    code, out, err = _run_cli(capsys, "warm", prompts, "--config", config, "--dry-run")
+    assert code == 1
+    assert err.splitlines() == [
+        f"{prompts}:1: 'prompt' " + SURROGATE.format(2),
+        f"{prompts}:2: 'temperature' is out of range (inf): a request can only carry finite numbers",
+    ]
+    assert out == "dry run: 0 to send, 0 to skip, 0 failed, 2 invalid; nothing was sent\n"
+    assert server.counts["total"] == 0
+
+
+def test_cli_output_escapes_what_the_terminal_cannot_encode(tmp_path, server, capsys, monkeypatch):
+    """An ASCII-only stdout, and a file name that is not valid UTF-8 (shown on strict stderr)."""
+    config = _cli_config(tmp_path, server.base_url, monkeypatch)
+    prompts = write_prompts(
+        tmp_path / "bad\udcffname.jsonl", '{"prompt": "caf\u00e9 \u2615"}', "[]"
+    )
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="ascii", write_through=True)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    code, _out, err = _run_cli(capsys, "warm", prompts, "--config", config, "--dry-run")
+    assert code == 1
+    assert err.splitlines() == [
+        f"{tmp_path}/bad\\udcffname.jsonl:2: expected a JSON object, got an array"
+    ]
+    printed = stdout.buffer.getvalue().decode("ascii").splitlines()  # type: ignore[attr-defined]
+    assert printed == [
+        f"{tmp_path}/bad\\udcffname.jsonl:1: would send "
+        '{"model": "test-model", "messages": [{"role": "user", "content": "caf\\xe9 \\u2615"}]}',
+        "dry run: 1 to send, 0 to skip, 0 failed, 1 invalid; nothing was sent",
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Property: the prompt parser only ever answers with requests and FILE:LINE errors
+# --------------------------------------------------------------------------------------------
+
+# Text with lone surrogates (category Cs, which st.text() leaves out by default).
+_odd_text = st.text(
+    st.characters() | st.characters(categories=["Cs"]), max_size=12
+) | st.sampled_from(
+    ["\ud800", "a\udfffb", "\x00", "\ufeff", "#", "prompt", "messages", "role", "user", ""]
+)
+_numbers = st.integers() | st.floats(allow_nan=True, allow_infinity=True)
+_scalars = st.none() | st.booleans() | _numbers | _odd_text
+_values = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(_odd_text | st.sampled_from(sorted(ALLOWED_KEYS)), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+# Nearly valid prompts: the right shape, with odd text and numbers where the values go.
+_messages = st.lists(
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "system"]) | _odd_text},
+        optional={
+            "content": _odd_text
+            | st.lists(
+                st.fixed_dictionaries({"type": st.just("text"), "text": _odd_text}), max_size=2
+            )
+        },
+    ),
+    min_size=1,
+    max_size=3,
+)
+_nearly_valid = st.one_of(
+    st.fixed_dictionaries(
+        {"prompt": _odd_text},
+        optional={
+            "temperature": _numbers,
+            "metadata": st.dictionaries(_odd_text, _odd_text, max_size=2),
+        },
+    ),
+    st.fixed_dictionaries(
+        {"messages": _messages},
+        optional={
+            "model": _odd_text,
+            "logit_bias": st.dictionaries(_odd_text, _numbers, max_size=2),
+        },
+    ),
+)
+_as_line = lambda v: json.dumps(v, allow_nan=True)  # noqa: E731 - JSON text as a file holds it
+_lines = st.lists(
+    _odd_text | _values.map(_as_line) | _nearly_valid.map(_as_line) | st.just('{"prompt": "ok"}'),
+    max_size=8,
+)
+
+
+def _assert_sendable(request: WarmRequest) -> None:
+    """What the SDK's transport does with a request body: strict JSON, then UTF-8."""
+    json.dumps(dict(request.params), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def _assert_only_requests_and_line_errors(
+    requests: list[WarmRequest], errors: list[LineError], file: str, count: int
+) -> None:
+    for error in errors:
+        assert isinstance(error, LineError)
+        assert error.file == file
+        assert 1 <= error.line <= count
+        assert str(error).startswith(f"{file}:{error.line}: ")
+        assert "\n" not in str(error)
+    for request in requests:
+        assert 1 <= request.line <= count
+        # a valid request is one the SDK can send: strict JSON, UTF-8 encodable
+        _assert_sendable(request)
+    lines = [r.line for r in requests] + [e.line for e in errors]
+    assert len(lines) == len(set(lines))  # one verdict per line
+
+
+@settings(max_examples=100, deadline=None)
+@given(_lines)
+def test_property_parse_prompts_only_answers_with_requests_and_line_errors(lines):
+    requests, errors = parse_prompts(lines, file="p.jsonl")
+    _assert_only_requests_and_line_errors(requests, errors, "p.jsonl", len(lines))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(
+        st.binary(max_size=40)
+        | _lines.map(lambda ls: "\n".join(ls).encode("utf-8", "surrogatepass")),
+        max_size=6,
+    )
+)
+def test_property_load_prompts_on_arbitrary_bytes_only_gives_line_errors(chunks):
+    data = b"\n".join(chunks)
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "p.jsonl"
+        path.write_bytes(data)
+        requests, errors = load_prompts(path)
+    _assert_only_requests_and_line_errors(requests, errors, str(path), data.count(b"\n") + 1)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_values | _nearly_valid)
+def test_property_parse_prompt_gives_a_sendable_request_or_a_one_line_value_error(value):
+    try:
+        request = parse_prompt(value, file="p.jsonl", line=1)
+    except ValueError as exc:
+        message = str(exc)
+    else:
+        _assert_sendable(request)
+        return
+    assert message
+    assert "\n" not in message
+
+
+def test_cli_progress_lines_escape_what_the_terminal_cannot_encode(
+    tmp_path, server, capsys, monkeypatch
+):
+    config = _cli_config(tmp_path, server.base_url, monkeypatch)
+    prompts = write_prompts(tmp_path / "bad\udcffname.jsonl", '{"prompt": "hello"}')
+    code, out, err = _run_cli(capsys, "warm", prompts, "--config", config)
+    assert code == 0, err
+    assert out.startswith("warmed 1, skipped 0, failed 0, invalid 0")
+    [progress] = err.splitlines()
+    assert progress.startswith(f"[1/1] {tmp_path}/bad\\udcffname.jsonl:1: warmed (")

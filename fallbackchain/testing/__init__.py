@@ -38,9 +38,10 @@ What you can rely on:
   ``reset``, ``finish``) are queued with :meth:`FaultServer.push` and matched
   in FIFO order, filtered on streaming vs. non-streaming;
   :attr:`FaultServer.default` applies when no rule matches.
-* **Observation.** :attr:`FaultServer.requests` records every chat request
-  with the fault it got; :attr:`FaultServer.counts` counts them. Scripting and
-  observation are thread-safe.
+* **Observation.** :attr:`FaultServer.requests` records the newest chat
+  requests (1,000 by default, ``max_recorded``) with the fault each got;
+  :attr:`FaultServer.counts` and :attr:`FaultServer.fault_counts` count every
+  one exactly, in constant memory. Scripting and observation are thread-safe.
 * **Clean shutdown.** :meth:`FaultServer.stop` is idempotent, aborts open
   connections (stalled ones included) and joins the thread.
 

@@ -20,13 +20,13 @@ import threading
 import time
 import uuid
 import warnings
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Self
 
-from ._faults import MID_STREAM_KINDS, Fault
+from ._faults import MID_STREAM_KINDS, Fault, FaultKind
 
 __all__ = ["DEFAULT_MODELS", "FaultServer", "RecordedRequest", "Responder"]
 
@@ -45,6 +45,8 @@ _MODELS_PATH: Final = "/v1/models"
 _CONSONANTS: Final = "bdfghklmnprstvz"
 _VOWELS: Final = "aeiou"
 _TOKEN_RE: Final = re.compile(r"\s*\S+")
+DEFAULT_MAX_RECORDED: Final = 1000
+"""How many requests a :class:`FaultServer` keeps in :attr:`~FaultServer.requests` by default."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,6 +411,10 @@ class FaultServer:
         models: model ids listed by ``GET /v1/models``.
         backlog: listen backlog (large by default so 1,000+ clients can connect
             at once).
+        max_recorded: how many requests :attr:`requests` keeps (the newest;
+            older ones are dropped). ``None`` keeps every one, ``0`` none. The
+            counters (:attr:`counts`, :attr:`fault_counts`) stay exact either
+            way, so a long run or a soak costs no memory per request.
 
     """
 
@@ -421,9 +427,14 @@ class FaultServer:
         responder: Responder | None = None,
         models: Sequence[str] = DEFAULT_MODELS,
         backlog: int = 2048,
+        max_recorded: int | None = DEFAULT_MAX_RECORDED,
     ) -> None:
         if words < 0:
             raise ValueError(f"words must be >= 0, got {words!r}")
+        if max_recorded is not None and (
+            isinstance(max_recorded, bool) or not isinstance(max_recorded, int) or max_recorded < 0
+        ):
+            raise ValueError(f"max_recorded must be an int >= 0 or None, got {max_recorded!r}")
         self._words = words
         self._host = host
         self._requested_port = port
@@ -434,7 +445,9 @@ class FaultServer:
         self._lock = threading.Condition(threading.Lock())
         self._rules: deque[_Rule] = deque()
         self._default = Fault.ok()
-        self._requests: list[RecordedRequest] = []
+        self._max_recorded = max_recorded
+        self._requests: deque[RecordedRequest] = deque(maxlen=max_recorded)
+        self._fault_counts: Counter[FaultKind] = Counter()
         self._total = 0
         self._stream = 0
         self._completion = 0
@@ -591,10 +604,30 @@ class FaultServer:
     # -- observation ----------------------------------------------------------------
 
     @property
+    def max_recorded(self) -> int | None:
+        """How many requests :attr:`requests` keeps (``None``: all of them)."""
+        return self._max_recorded
+
+    @property
     def requests(self) -> list[RecordedRequest]:
-        """A copy of the recorded chat-completions requests, oldest first."""
+        """A copy of the recorded chat-completions requests, oldest first.
+
+        Only the newest :attr:`max_recorded` are kept (1,000 by default); use
+        :attr:`counts` and :attr:`fault_counts` to count more than that.
+        """
         with self._lock:
             return list(self._requests)
+
+    @property
+    def fault_counts(self) -> Counter[FaultKind]:
+        """A snapshot: how many chat-completions requests got each fault kind.
+
+        Exact since the last :meth:`reset_counts`, however many requests
+        :attr:`requests` kept; a kind never applied reads as ``0``. Requests
+        without a matching rule count under :attr:`default`'s kind (``"ok"``).
+        """
+        with self._lock:
+            return Counter(self._fault_counts)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -623,13 +656,14 @@ class FaultServer:
             }
 
     def reset_counts(self) -> None:
-        """Zero the counters and forget recorded requests.
+        """Zero the counters (:attr:`fault_counts` too) and forget recorded requests.
 
         ``active`` keeps counting requests still in flight, and ``max_active``
         restarts from it.
         """
         with self._lock:
             self._requests.clear()
+            self._fault_counts.clear()
             self._total = self._stream = self._completion = 0
             self._max_active = self._active
 
@@ -864,17 +898,19 @@ class FaultServer:
                     if rule.remaining == 0:
                         self._rules.remove(rule)
                 break
-            self._requests.append(
-                RecordedRequest(
-                    method=request.method,
-                    path=request.path,
-                    headers=dict(request.headers),
-                    body=payload,
-                    stream=stream,
-                    fault=fault,
-                    request_id=request_id,
+            if self._max_recorded != 0:  # the deque drops the oldest past max_recorded
+                self._requests.append(
+                    RecordedRequest(
+                        method=request.method,
+                        path=request.path,
+                        headers=dict(request.headers),
+                        body=payload,
+                        stream=stream,
+                        fault=fault,
+                        request_id=request_id,
+                    )
                 )
-            )
+            self._fault_counts[fault.kind] += 1
             self._total += 1
             if stream:
                 self._stream += 1
