@@ -328,7 +328,9 @@ class CacheStats:
     size of the memory layer. ``oldest``, ``newest`` (``stored_at`` of the oldest and newest
     servable disk entries, ``None`` when there is none) and ``expired`` (disk rows at least
     ``ttl`` old, waiting for :meth:`ResponseCache.prune`) are only filled in by
-    ``stats(scan=True)``, which reads every row; otherwise they are ``None``.
+    ``stats(scan=True)``, which reads every row; otherwise they are ``None``. ``skipped``
+    counts the stored rows this instance's scans (export, ``stats(scan=True)``, prune) could
+    not read and left out: an export with ``skipped > 0`` is incomplete.
     """
 
     directory: str
@@ -342,6 +344,7 @@ class CacheStats:
     oldest: float | None = None
     newest: float | None = None
     expired: int | None = None
+    skipped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,6 +445,21 @@ class _Row(NamedTuple):
     ttl_left: float
 
 
+def _seconds(value: object) -> float | None:
+    """``value`` as finite seconds, or None: not a number (a bool is not), or out of range.
+
+    JSON integers are unbounded: one too large for a float is refused here, not by an
+    ``OverflowError`` later.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) else None
+
+
 def _is_complete(completion: ChatCompletion) -> bool:
     choices = completion.choices
     return bool(choices) and all(c.finish_reason in COMPLETE_FINISH_REASONS for c in choices)
@@ -481,12 +499,8 @@ def _decode_row(raw: object) -> _Entry:
     row_format = row.get("format")
     if type(row_format) is not int or row_format != ROW_FORMAT:
         raise CacheCorruptError("cache row has an unknown format")
-    stored_at = row.get("stored_at")
-    if (
-        not isinstance(stored_at, int | float)
-        or isinstance(stored_at, bool)
-        or not math.isfinite(stored_at)
-    ):
+    stored_at = _seconds(row.get("stored_at"))
+    if stored_at is None:
         raise CacheCorruptError("cache row has no valid stored_at")
     body = row.get("completion")
     if not isinstance(body, dict):
@@ -497,7 +511,7 @@ def _decode_row(raw: object) -> _Entry:
         raise CacheCorruptError("cache row is not a valid chat completion") from exc
     if not _is_complete(completion):
         raise CacheCorruptError("cache row holds an incomplete answer")
-    return _Entry(completion, float(stored_at))
+    return _Entry(completion, stored_at)
 
 
 class _MemoryLayer:
@@ -670,6 +684,7 @@ class _CacheBase:
         self._misses = 0
         self._stores = 0
         self._errors = 0
+        self._skipped = 0
 
     @property
     def directory(self) -> str:
@@ -811,7 +826,14 @@ class _CacheBase:
                 oldest=ages.oldest if ages is not None else None,
                 newest=ages.newest if ages is not None else None,
                 expired=ages.expired if ages is not None else None,
+                skipped=self._skipped,
             )
+
+    def _skip_row(self, operation: str, exc: BaseException) -> None:
+        """A scan left out one unreadable row: counted in ``stats().skipped``, and logged."""
+        with self._lock:
+            self._skipped += 1
+        self._failure(operation, exc, "row skipped")
 
     def _failure(self, operation: str, exc: BaseException, consequence: str) -> None:
         """Count a failure; log it (see :meth:`_warn_once`) unless the subclass says not to."""
@@ -1181,7 +1203,7 @@ class ResponseCache(_CacheBase):
                     continue
                 entry = _decode_row(text)
             except CacheError as exc:
-                self._failure(operation, exc, "row skipped")
+                self._skip_row(operation, exc)
                 continue
             except Exception as exc:  # noqa: BLE001 - the cache must never break a caller
                 self._drop_disk_if_corrupt(disk, exc)
@@ -1377,12 +1399,8 @@ def read_jsonl(
 def _check_import(key: object, completion: ChatCompletion, stored_at: object) -> None:
     if type(key) is not str or not KEY_PATTERN.fullmatch(key):
         raise ValueError("'key' must be a cache key ('fc1-' and 64 lower-case hex digits)")
-    if (
-        not isinstance(stored_at, int | float)
-        or isinstance(stored_at, bool)
-        or not math.isfinite(stored_at)
-        or stored_at < 0
-    ):
+    seconds = _seconds(stored_at)
+    if seconds is None or seconds < 0:
         raise ValueError("'stored_at' must be a finite number of seconds >= 0")
     if not _is_complete(completion):
         reasons = sorted({str(c.finish_reason) for c in completion.choices}) or ["no choices"]
@@ -1415,7 +1433,7 @@ def _parse_export_line(value: Any) -> tuple[str, ChatCompletion, float]:
         ) from None
     key, stored_at = value["key"], value["stored_at"]
     _check_import(key, completion, stored_at)
-    return key, completion, float(stored_at)
+    return key, completion, float(stored_at)  # _check_import made sure this cannot overflow
 
 
 def _json_type(value: object) -> str:

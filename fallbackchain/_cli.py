@@ -359,12 +359,24 @@ def _require_disk(cache: ResponseCache) -> None:
         )
 
 
+def _skipped_rows(cache: ResponseCache) -> int:
+    """Rows this command's scans could not read (each logged above); prints a line if any."""
+    skipped = cache.stats().skipped
+    if skipped:
+        _err(
+            f"{_PROG}: skipped {skipped} unreadable cache "
+            f"{'row' if skipped == 1 else 'rows'} (see the warning above)"
+        )
+    return skipped
+
+
 def _cmd_cache_stats(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     ttl = config.cache.ttl
     with _showing_warnings(), _open_cache(config) as cache:
         _require_disk(cache)
         stats = cache.stats(scan=True)
+        status = EXIT_FAILED if _skipped_rows(cache) else EXIT_OK
     if args.json:
         _out(
             json.dumps(
@@ -378,11 +390,12 @@ def _cmd_cache_stats(args: argparse.Namespace) -> int:
                     "ttl": ttl,
                     "hits": None,
                     "misses": None,
+                    "unreadable": stats.skipped,
                 },
                 indent=2,
             )
         )
-        return EXIT_OK
+        return status
     now = time.time()
     _out(f"directory: {stats.directory}")
     expired = f" ({stats.expired} expired, removed by `cache prune`)" if stats.expired else ""
@@ -393,7 +406,7 @@ def _cmd_cache_stats(args: argparse.Namespace) -> int:
         _out(f"{label}:    {shown}")
     _out(f"ttl:       {ttl:g}s ({_duration(ttl)})")
     _out("hits/misses: not known here (each running process counts its own: Cache.stats())")
-    return EXIT_OK
+    return status
 
 
 def _confirm(question: str) -> bool:
@@ -424,8 +437,9 @@ def _cmd_cache_prune(args: argparse.Namespace) -> int:
     with _showing_warnings(), _open_cache(load_config(args.config)) as cache:
         _require_disk(cache)
         removed = cache.prune()
+        status = EXIT_FAILED if _skipped_rows(cache) else EXIT_OK
     _out(f"removed {removed} expired entries from {cache.directory}")
-    return EXIT_OK
+    return status
 
 
 def _cmd_cache_export(args: argparse.Namespace) -> int:
@@ -434,13 +448,14 @@ def _cmd_cache_export(args: argparse.Namespace) -> int:
         if args.file == "-":
             count = cache.export_jsonl(sys.stdout)
             _err(f"exported {count} entries from {cache.directory}")
-            return EXIT_OK
+            return EXIT_FAILED if _skipped_rows(cache) else EXIT_OK
         try:
             count = cache.export_jsonl(args.file)
         except OSError as exc:
             raise _UsageError(f"{args.file}: cannot write file: {exc.strerror or exc}") from None
+        status = EXIT_FAILED if _skipped_rows(cache) else EXIT_OK
     _out(f"exported {count} entries to {args.file}")
-    return EXIT_OK
+    return status
 
 
 def _cmd_cache_import(args: argparse.Namespace) -> int:

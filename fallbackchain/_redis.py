@@ -1295,7 +1295,7 @@ class RedisResponseCache(ResponseCache):
                 try:
                     entry = _decode_row(value)
                 except CacheError as exc:
-                    self._failure(operation, exc, "row skipped")
+                    self._skip_row(operation, exc)
                     entry = None
                 yield key, value, entry
 
