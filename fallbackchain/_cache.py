@@ -114,6 +114,7 @@ _REOPEN_INTERVAL: Final = 60.0  # seconds of the cache clock between attempts to
 _SQLITE_TIMEOUT: Final = 1.0  # the cache must not hold a request for long on a locked database
 _MAX_ROW_FILE_BYTES: Final = 64 << 20
 _ITER_BATCH: Final = 100
+_CLEAR_ATTEMPTS: Final = 10  # a failed clear that made progress is retried, this many times in all
 
 _MODE_RAW: Final[int] = diskcache.core.MODE_RAW
 _MODE_BINARY: Final[int] = diskcache.core.MODE_BINARY
@@ -615,6 +616,23 @@ def _cause_detail(exc: BaseException) -> str:
     return detail
 
 
+def _row_count(disk: Any) -> int | None:
+    """How many rows ``disk`` holds, or None when that cannot be read."""
+    try:
+        return int(len(disk))
+    except Exception:  # noqa: BLE001 - a count is best effort
+        return None
+
+
+def _removed_by_failed_clear(exc: BaseException, before: int | None, left: int | None) -> int:
+    """How many rows a ``clear`` that raised ``exc`` removed (counts: before, and left)."""
+    if isinstance(exc, diskcache.Timeout) and exc.args and type(exc.args[0]) is int:
+        return exc.args[0]  # diskcache counted the rows it deleted before the lock timed out
+    if before is None or left is None:
+        return 0
+    return max(before - left, 0)
+
+
 def _is_corruption(exc: BaseException) -> bool:
     """True when the open database itself is damaged (so it should be dropped and reopened)."""
     seen: set[int] = set()
@@ -952,23 +970,38 @@ class ResponseCache(_CacheBase):
         return self._stats(entries, size, ages)
 
     def clear(self) -> int:
-        """Remove every entry; returns the number of disk rows removed.
+        """Remove every entry; returns the number of disk rows removed. Never raises.
 
-        When the disk layer is unavailable, the number of memory entries removed. Never raises.
+        When the disk layer is unavailable, the number of memory entries removed. A failure
+        part way (logged; e.g. a planted row naming a file outside the directory, whose row is
+        deleted but whose file is left alone) does not stop clearing while it makes progress,
+        and the count is what was really removed: rows before minus rows left (other writers
+        in the meantime can make it an estimate).
         """
         memory_removed = self._memory.clear()
         disk = self._current_disk()
         if disk is None:
             return memory_removed
-        try:
-            with self._write_lock:
-                return int(disk.clear())
-        except diskcache.Timeout as exc:
-            self._failure("clear", exc, "cache partly cleared")
-            return int(exc.args[0]) if exc.args and isinstance(exc.args[0], int) else 0
-        except Exception as exc:  # noqa: BLE001 - the cache must never break a caller
-            self._failure("clear", exc, "cache not cleared")
-            return 0
+        removed = 0
+        failure: Exception | None = None
+        left: int | None = 0
+        for _attempt in range(_CLEAR_ATTEMPTS):
+            before = _row_count(disk)
+            try:
+                with self._write_lock:
+                    removed += int(disk.clear())
+                left = 0
+                break
+            except Exception as exc:  # noqa: BLE001 - the cache must never break a caller
+                failure, left = exc, _row_count(disk)
+                progress = _removed_by_failed_clear(exc, before, left)
+                removed += progress
+                if not progress or not left:
+                    break
+        if failure is not None:  # logged once, with the final counts
+            shown = "an unknown number of" if left is None else str(left)
+            self._failure("clear", failure, f"{removed} rows removed, {shown} left")
+        return removed
 
     def iter_keys(self) -> Iterator[str]:
         """Yield the key of every unexpired disk row (memory-only entries are not listed).

@@ -429,7 +429,11 @@ def _cmd_cache_clear(args: argparse.Namespace) -> int:
             _err(f"{_PROG}: not cleared (answer y, or pass --yes)")
             return EXIT_FAILED
         removed = cache.clear()
+        left = cache.stats().entries
     _out(f"removed {removed} entries from {cache.directory}")
+    if left:
+        _err(f"{_PROG}: {left} entries could not be removed (see the warning above)")
+        return EXIT_FAILED
     return EXIT_OK
 
 
