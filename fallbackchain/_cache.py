@@ -619,7 +619,7 @@ def _cause_detail(exc: BaseException) -> str:
 def _row_count(disk: Any) -> int | None:
     """How many rows ``disk`` holds, or None when that cannot be read."""
     try:
-        return int(len(disk))
+        return len(disk)
     except Exception:  # noqa: BLE001 - a count is best effort
         return None
 
