@@ -5,8 +5,9 @@ What a caller can rely on:
 * :func:`cache_key` is a pure function. The same logical request (same model, same messages,
   same answer-shaping parameters, whatever the dict key order) always gives the same key;
   transport-only options (``stream``, ``timeout``, ``extra_headers``, ``user``, ...) never
-  change it; any other parameter, known or not, does. The key format (``"fc1-"`` + SHA-256 hex)
-  is part of the on-disk format.
+  change it; any other parameter, known or not, does. Numbers are compared by value: ``1`` and
+  ``1.0`` give the same key, ``True`` does not. The key format (``"fc1-"`` + SHA-256 hex) is
+  part of the on-disk format.
 * :class:`ResponseCache` never raises from :meth:`~ResponseCache.get`,
   :meth:`~ResponseCache.put`, :meth:`~ResponseCache.stats`, :meth:`~ResponseCache.clear`,
   :meth:`~ResponseCache.prune`, :meth:`~ResponseCache.export_rows`,
@@ -133,7 +134,13 @@ def _omitted(value: object) -> bool:
 
 
 def _canonical(value: Any) -> Any:
-    """Turn ``value`` into plain JSON data: dicts, lists, str, numbers, bools and None."""
+    """Turn ``value`` into plain JSON data: dicts, lists, str, numbers, bools and None.
+
+    A whole finite float becomes an int (``1.0`` is ``1``: JSON does not tell them apart, so
+    a prompts file and application code must agree); a bool stays a bool (``true``, not ``1``).
+    """
+    if isinstance(value, float) and value.is_integer():  # False for inf and nan
+        return int(value)
     if value is None or isinstance(value, str | int | float):
         return value
     if isinstance(value, pydantic.BaseModel):
@@ -165,10 +172,11 @@ def cache_key(
     """The cache key of one chat request: ``"fc1-"`` + SHA-256 hex of its canonical JSON.
 
     The canonical JSON is ``{"model", "messages", "params"}`` with sorted keys, no whitespace
-    and non-ASCII kept as is. ``params`` loses the transport-only options
-    (:data:`TRANSPORT_ONLY_PARAMS`); every other parameter, including unknown ones, counts as
-    answer-shaping. Pydantic models are dumped as the SDK sends them (JSON mode, set fields
-    only); ``openai.NOT_GIVEN`` / ``openai.omit`` values are dropped.
+    and non-ASCII kept as is; a whole float is written as an int (``temperature=1.0`` and
+    ``temperature=1`` are one key; ``True`` stays distinct from ``1``). ``params`` loses the
+    transport-only options (:data:`TRANSPORT_ONLY_PARAMS`); every other parameter, including
+    unknown ones, counts as answer-shaping. Pydantic models are dumped as the SDK sends them
+    (JSON mode, set fields only); ``openai.NOT_GIVEN`` / ``openai.omit`` values are dropped.
 
     Raises :class:`TypeError` for a value that has no JSON form (bytes, sets, arbitrary
     objects): such a request cannot be cached.
