@@ -64,7 +64,13 @@ import pydantic
 from openai.types.chat import ChatCompletion
 
 from ._config import CacheConfig
-from ._errors import CacheCorruptError, CacheError, FallbackChainError, UnsafeCacheRowError
+from ._errors import (
+    CacheCorruptError,
+    CacheError,
+    ConfigError,
+    FallbackChainError,
+    UnsafeCacheRowError,
+)
 
 __all__ = [
     "CacheStats",
@@ -276,6 +282,26 @@ class SafeJSONDisk(diskcache.Disk):  # type: ignore[misc]
         self._row_path(file_path)
         super().remove(file_path)
 
+    def _write(self, full_path: str, iterator: Any, mode: str, encoding: str | None = None) -> int:
+        """Write a row file as the base class does, but private: directories 0700, files 0600."""
+        directory = os.path.dirname(full_path)
+        for attempt in range(1, 11):
+            with contextlib.suppress(OSError):
+                _make_row_directories(str(self._directory), directory)
+            try:
+                writer = open(full_path, mode, encoding=encoding, opener=_private_opener)  # noqa: SIM115
+            except OSError:
+                if attempt == 10:  # another cache may have removed the directory: retry
+                    raise
+                continue
+            with writer:
+                size = 0
+                for chunk in iterator:
+                    size += len(chunk)
+                    writer.write(chunk)
+                return size
+        raise AssertionError("unreachable")  # pragma: no cover
+
     # helpers
 
     def _row_path(self, filename: object) -> str:
@@ -303,6 +329,20 @@ class SafeJSONDisk(diskcache.Disk):  # type: ignore[misc]
         if len(data) > _MAX_ROW_FILE_BYTES:
             raise CacheCorruptError("cache row file is too large")
         return data
+
+
+def _private_opener(name: str, flags: int) -> int:
+    return os.open(name, flags | getattr(os, "O_NOFOLLOW", 0), 0o600)
+
+
+def _make_row_directories(base: str, directory: str) -> None:
+    """Create ``directory`` and the missing ones between it and ``base``, each ``0700``."""
+    relative = os.path.relpath(directory, base)
+    current = base
+    for part in pathlib.PurePath(relative).parts:
+        current = os.path.join(current, part)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(current, 0o700)
 
 
 def _decode_text(data: bytes) -> str:
@@ -711,6 +751,7 @@ class _CacheBase:
         self._stores = 0
         self._errors = 0
         self._skipped = 0
+        self._read_only = False  # storage opened read-only: answers served, none stored
 
     @property
     def directory(self) -> str:
@@ -912,7 +953,7 @@ class ResponseCache(_CacheBase):
         if not config.enabled:
             return
         with self._open_lock:
-            self._open_disk()
+            self._open_disk(first=True)
 
     # --- public API ------------------------------------------------------------------------
 
@@ -923,8 +964,19 @@ class ResponseCache(_CacheBase):
 
     @property
     def disk_available(self) -> bool:
-        """True while the disk layer is open and usable."""
+        """True while the disk layer is open and usable (perhaps only for reading)."""
         return self._disk is not None
+
+    @property
+    def read_only(self) -> bool:
+        """True when the storage could only be opened for reading.
+
+        That is a read-only filesystem, a full disk or no write permission: stored answers
+        are served, new ones are kept in the memory layer only, and ``clear``, ``prune`` and
+        ``import_row`` change nothing on disk. A new instance (a restart) tries to open it
+        writable again.
+        """
+        return self._read_only
 
     def get(self, key: str) -> CachedAnswer | None:
         """The stored answer for ``key``, or ``None``. Never raises; never serves expired."""
@@ -990,6 +1042,8 @@ class ResponseCache(_CacheBase):
         disk = self._current_disk()
         if disk is None:
             return memory_removed
+        if self._read_only:
+            return 0
         removed = 0
         failure: Exception | None = None
         left: int | None = 0
@@ -1022,8 +1076,7 @@ class ResponseCache(_CacheBase):
             return
         safe_disk: SafeJSONDisk = disk.disk
         try:
-            uri = pathlib.Path(self._directory, _DB_NAME).as_uri() + "?mode=ro"
-            con = sqlite3.connect(uri, uri=True, timeout=_SQLITE_TIMEOUT)
+            con = _connect_read_only(self._directory)
         except Exception as exc:  # noqa: BLE001
             self._failure("iter_keys", exc, "no keys listed")
             return
@@ -1062,7 +1115,7 @@ class ResponseCache(_CacheBase):
         now = self._clock()
         self._memory.prune(now)
         disk = self._current_disk()
-        if disk is None:
+        if disk is None or self._read_only:
             return 0
         removed = 0
         try:
@@ -1099,7 +1152,7 @@ class ResponseCache(_CacheBase):
 
         def write(at: float) -> ImportOutcome:
             disk = self._current_disk()
-            if disk is None:
+            if disk is None or self._read_only:
                 return "failed"
             with self._write_lock, disk.transact(retry=True):
                 current = self._peek(disk, key)
@@ -1215,7 +1268,7 @@ class ResponseCache(_CacheBase):
         if row is None:
             return False
         disk = self._current_disk()
-        if disk is None:
+        if disk is None or self._read_only:
             return False
         try:
             with self._write_lock:
@@ -1286,56 +1339,78 @@ class ResponseCache(_CacheBase):
         finally:
             self._open_lock.release()
 
-    def _open_disk(self) -> None:
-        """Open the disk layer (caller holds ``_open_lock``); log and stay memory-only on error."""
+    def _open_disk(self, *, first: bool = False) -> None:
+        """Open the disk layer (caller holds ``_open_lock``); log and stay memory-only on error.
+
+        An unsafe directory raises :class:`ConfigError` on the ``first`` open (the
+        constructor) and is logged on a later one. When the database exists but cannot be
+        written (read-only filesystem, full disk, no write permission), it is opened read-only.
+        """
         self._last_open_attempt = self._clock()
         try:
-            self._prepare_directory()
-            settings: dict[str, Any] = dict(diskcache.DEFAULT_SETTINGS)
-            # Pin every setting, so values planted in the Settings table are overwritten.
-            settings.update(
-                eviction_policy="least-recently-stored",
-                size_limit=self._config.size_limit,
-                statistics=0,
-                tag_index=0,
+            _prepare_directory(self._directory)
+        except ConfigError as exc:
+            if first:
+                raise
+            self._warn_once(
+                ("open", "unsafe directory"),
+                "fallbackchain response cache: %s; continuing memory-only",
+                exc,
             )
-            disk = diskcache.Cache(
-                self._directory, timeout=_SQLITE_TIMEOUT, disk=SafeJSONDisk, **settings
-            )
+            return
         except Exception as exc:  # noqa: BLE001 - carry on memory-only
             self._failure("open", exc, "continuing memory-only")
             return
+        read_only = False
+        try:
+            disk = self._open_writable()
+        except Exception as exc:  # noqa: BLE001 - carry on read-only, or memory-only
+            disk = self._open_read_only(exc)
+            if disk is None:
+                return
+            read_only = True
         with self._lock:
             closed = self._closed
             if not closed:
                 self._disk = disk
+                self._read_only = read_only
         if closed:
             disk.close()
 
-    def _prepare_directory(self) -> None:
-        path = self._directory
-        try:
-            os.makedirs(path, mode=0o700)
-        except FileExistsError:
-            if not os.path.isdir(path):
-                raise NotADirectoryError(
-                    errno.ENOTDIR, "cache directory is not a directory"
-                ) from None
-            self._check_existing_directory(path)
-        else:
-            os.chmod(path, 0o700)  # makedirs' mode is filtered by the umask
+    def _open_writable(self) -> Any:
+        settings: dict[str, Any] = dict(diskcache.DEFAULT_SETTINGS)
+        # Pin every setting, so values planted in the Settings table are overwritten.
+        settings.update(
+            eviction_policy="least-recently-stored",
+            size_limit=self._config.size_limit,
+            statistics=0,
+            tag_index=0,
+        )
+        database = os.path.join(self._directory, _DB_NAME)
+        _create_private(database)  # SQLite gives its -wal and -shm files the database's mode
+        _make_private(database)  # one made by an older version or another tool
+        return diskcache.Cache(
+            self._directory, timeout=_SQLITE_TIMEOUT, disk=SafeJSONDisk, **settings
+        )
 
-    def _check_existing_directory(self, path: str) -> None:
-        if os.name != "posix":  # pragma: no cover
-            return
-        info = os.stat(path)
-        if info.st_mode & 0o022 or info.st_uid != os.geteuid():
-            self._warn_once(
-                ("open", "permissions", ""),
-                "fallbackchain response cache at %s: the directory is writable by other users "
-                "or owned by another user; they could plant answers (rows are never unpickled)",
-                path,
-            )
+    def _open_read_only(self, exc: Exception) -> _ReadOnlyStore | None:
+        """After the writable open failed with ``exc``: the database read-only, or None (logged)."""
+        if not _cannot_write(exc):
+            self._failure("open", exc, "continuing memory-only")
+            return None
+        try:
+            store = _ReadOnlyStore(self._directory)
+        except Exception:  # noqa: BLE001 - nothing to serve: the first failure is the story
+            self._failure("open", exc, "continuing memory-only")
+            return None
+        self._warn_once(
+            ("open", "read-only"),
+            "fallbackchain response cache at %s: cannot write (%s); opened read-only: stored "
+            "answers are served, new answers are not stored",
+            self._directory,
+            _cause_detail(_root_cause(exc)),
+        )
+        return store
 
     def _drop_disk_if_corrupt(self, disk: Any, exc: BaseException) -> None:
         if not _is_corruption(exc):
@@ -1352,6 +1427,188 @@ class ResponseCache(_CacheBase):
         mapped = _as_cache_error(exc)
         cause = mapped.__cause__ if mapped.__cause__ is not None else mapped
         return _Failure(mapped, _cause_detail(cause), (type(mapped).__name__, type(cause).__name__))
+
+
+# --------------------------------------------------------------------------------------------
+# The cache directory: private, and opened read-only when it cannot be written
+# --------------------------------------------------------------------------------------------
+
+_UNWRITABLE_ERRNOS: Final = frozenset(
+    {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+)
+_UNWRITABLE_SQLITE: Final = ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_FULL", "SQLITE_PERM")
+
+
+def _prepare_directory(path: str) -> None:
+    """Create ``path`` (each new directory ``0700``) or check the existing one.
+
+    Raises :class:`ConfigError` naming the path and the reason when the directory is not safe
+    to hold answers (see :func:`_unsafe_reason`), and :class:`OSError` when it cannot be made.
+    """
+    missing: list[str] = []
+    current = path
+    while not os.path.lexists(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process made it meanwhile
+            os.mkdir(directory, 0o700)
+            os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
+    if not os.path.isdir(path):
+        raise NotADirectoryError(errno.ENOTDIR, "cache directory is not a directory")
+    reason = _unsafe_reason(path)
+    if reason is not None:
+        raise ConfigError(
+            f"refusing the cache directory {path}: {reason}; other users could plant or read "
+            "answers (make it yours and private: chmod 700, or choose another directory)",
+            key="cache.directory",
+        )
+
+
+def _unsafe_reason(path: str) -> str | None:
+    """Why the existing directory ``path`` must not hold a cache, or None when it is safe.
+
+    Safe means: it is owned by this user and writable by no one else; no symlink on the way
+    to it belongs to another user (root excepted); and no directory above it is writable by
+    others unless it is sticky (like ``/tmp``), so it cannot be swapped for another.
+    """
+    if os.name != "posix":  # pragma: no cover - POSIX permissions only
+        return None
+    uid = os.geteuid()
+    current = os.sep
+    for part in pathlib.PurePath(path).parts[1:]:
+        current = os.path.join(current, part)
+        info = os.lstat(current)
+        if stat.S_ISLNK(info.st_mode) and info.st_uid not in (0, uid):
+            return f"{current} is a symlink owned by another user (uid {info.st_uid})"
+    real = os.path.realpath(path)
+    via = "" if real == path else f" (the symlink leads to {real})"
+    info = os.stat(real)
+    if info.st_uid != uid:
+        return f"it is owned by another user (uid {info.st_uid}, not {uid}){via}"
+    if info.st_mode & 0o022:
+        return f"it is writable by other users (mode {stat.S_IMODE(info.st_mode):04o}){via}"
+    for parent in pathlib.PurePath(real).parents:
+        mode = os.stat(parent).st_mode
+        if mode & 0o002 and not mode & stat.S_ISVTX:
+            return (
+                f"{parent}, above it, is writable by every user "
+                f"(mode {stat.S_IMODE(mode):04o}){via}"
+            )
+    return None
+
+
+def _make_private(path: str) -> None:
+    """Make an existing file of ours ``0600``; best effort (a read-only filesystem cannot)."""
+    with contextlib.suppress(OSError):
+        if stat.S_IMODE(os.lstat(path).st_mode) & 0o077:
+            os.chmod(path, 0o600, follow_symlinks=False)
+
+
+def _create_private(path: str) -> None:
+    """Create ``path`` empty with mode ``0600`` unless it exists (SQLite then keeps the mode)."""
+    with contextlib.suppress(FileExistsError):
+        os.close(
+            os.open(
+                path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600
+            )
+        )
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost ``__cause__`` of ``exc`` (``exc`` itself when it has none)."""
+    seen: set[int] = set()
+    while exc.__cause__ is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.__cause__
+    return exc
+
+
+def _cannot_write(exc: BaseException) -> bool:
+    """True when ``exc`` says the cache directory cannot be written (but may be readable)."""
+    cause = _root_cause(exc)
+    if isinstance(cause, sqlite3.OperationalError):
+        name = getattr(cause, "sqlite_errorname", "") or ""
+        return name.startswith(_UNWRITABLE_SQLITE) or name.startswith("SQLITE_IOERR")
+    return isinstance(cause, OSError) and cause.errno in _UNWRITABLE_ERRNOS
+
+
+def _connect_read_only(directory: str) -> sqlite3.Connection:
+    """A read-only connection to the cache database of ``directory``.
+
+    ``mode=ro`` first; when SQLite cannot even set up its shared-memory file next to the
+    database (a read-only directory), ``immutable=1``: no locks, and anything left in a WAL
+    file is not seen. Raises :class:`sqlite3.Error` when the database cannot be read.
+    """
+    uri = pathlib.Path(directory, _DB_NAME).as_uri()
+    failure: sqlite3.Error | None = None
+    for options in ("?mode=ro", "?mode=ro&immutable=1"):
+        con = sqlite3.connect(
+            uri + options, uri=True, timeout=_SQLITE_TIMEOUT, check_same_thread=False
+        )
+        try:
+            con.execute("SELECT COUNT(*) FROM Settings").fetchone()
+        except sqlite3.OperationalError as exc:
+            con.close()
+            failure = exc
+            continue
+        except BaseException:
+            con.close()
+            raise
+        return con
+    assert failure is not None
+    raise failure
+
+
+class _ReadOnlyStore:
+    """The disk layer opened for reading only: what of ``diskcache.Cache`` the cache reads with.
+
+    ``get``, ``len()``, ``volume()``, ``close()`` and the ``disk`` (a :class:`SafeJSONDisk`)
+    work as diskcache's do; every write raises :class:`CacheError`. Thread-safe.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.disk = SafeJSONDisk(directory)
+        self._con = _connect_read_only(directory)
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> str | None:
+        db_key, raw = self.disk.put(key)
+        with self._lock:
+            row = self._con.execute(
+                "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = ?"
+                " AND (expire_time IS NULL OR expire_time > ?)",
+                (db_key, raw, time.time()),
+            ).fetchone()
+        if row is None:
+            return None
+        mode, filename, value = row
+        return self.disk.fetch(mode, filename, value, False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            ((count,),) = self._con.execute("SELECT COUNT(*) FROM Cache").fetchall()
+        return int(count)
+
+    def volume(self) -> int:
+        with self._lock:
+            ((pages,),) = self._con.execute("PRAGMA page_count").fetchall()
+            ((page_size,),) = self._con.execute("PRAGMA page_size").fetchall()
+            row = self._con.execute("SELECT value FROM Settings WHERE key = 'size'").fetchone()
+        files = int(row[0]) if row is not None and isinstance(row[0], int) else 0
+        return int(pages) * int(page_size) + files
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+    def _refuse(self, *args: object, **kwargs: object) -> Any:
+        raise CacheError("the cache is open read-only")
+
+    set = clear = expire = delete = transact = _refuse
 
 
 # --------------------------------------------------------------------------------------------

@@ -779,17 +779,6 @@ def test_directory_is_private(tmp_path: pathlib.Path, clock: FakeClock) -> None:
     assert directory.stat().st_mode & 0o777 == 0o700
 
 
-@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
-def test_shared_existing_directory_is_warned_about(
-    cache_dir: pathlib.Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
-) -> None:
-    cache_dir.mkdir()
-    cache_dir.chmod(0o777)
-    caplog.set_level(logging.WARNING, logger=LOGGER)
-    ResponseCache(make_config(cache_dir), clock=clock).close()
-    assert "writable by other users" in cache_warnings(caplog)[0].getMessage()
-
-
 def test_memory_items_zero_uses_disk_only(open_cache: Any, key: str) -> None:
     rc = open_cache(memory_items=0)
     assert rc.put(key, completion()) is True
