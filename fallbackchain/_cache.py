@@ -1323,21 +1323,50 @@ class ResponseCache(_CacheBase):
         return count
 
     def _current_disk(self) -> Any:
-        """The open diskcache, reopening it if it is due; ``None`` when unavailable."""
+        """The open disk layer, (re)opening it if due; ``None`` when unavailable.
+
+        A read-only one is tried writable again every :data:`_REOPEN_INTERVAL` (the disk may
+        have been freed, or remounted).
+        """
         disk = self._disk
-        if disk is not None or self._closed or not self._config.enabled:
+        if self._closed or not self._config.enabled or (disk is not None and not self._read_only):
             return disk
         last = self._last_open_attempt
         if last is not None and 0.0 <= self._clock() - last < _REOPEN_INTERVAL:
-            return None
+            return disk
         if not self._open_lock.acquire(blocking=False):
-            return None  # another thread is opening it; do not wait
+            return disk  # another thread is opening it; do not wait
         try:
-            if self._disk is None and not self._closed:
-                self._open_disk()
+            if not self._closed:
+                if self._disk is None:
+                    self._open_disk()
+                elif self._read_only:
+                    self._reopen_writable()
             return self._disk
         finally:
             self._open_lock.release()
+
+    def _reopen_writable(self) -> None:
+        """Swap the read-only disk layer for a writable one if writing works now.
+
+        The caller holds ``_open_lock``. Otherwise stay read-only, quietly (the first warning
+        said so).
+        """
+        self._last_open_attempt = self._clock()
+        try:
+            disk = self._open_writable()
+        except Exception:  # noqa: BLE001 - still cannot write
+            return
+        with self._lock:
+            old, closed = self._disk, self._closed
+            if not closed:
+                self._disk, self._read_only = disk, False
+        with contextlib.suppress(Exception):  # a read-only connection has nothing to lose
+            (disk if closed else old).close()
+        _log.warning(
+            "fallbackchain response cache at %s: writable again; new answers are stored",
+            self._directory,
+        )
 
     def _open_disk(self, *, first: bool = False) -> None:
         """Open the disk layer (caller holds ``_open_lock``); log and stay memory-only on error.

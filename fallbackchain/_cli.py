@@ -359,6 +359,17 @@ def _require_disk(cache: ResponseCache) -> None:
         )
 
 
+def _read_only(cache: ResponseCache, nothing_done: str) -> bool:
+    """True (and one line on stderr) when the cache could only be opened for reading."""
+    if not cache.read_only:
+        return False
+    _err(
+        f"{_PROG}: the cache at {cache.directory} could only be opened read-only (a read-only "
+        f"filesystem, a full disk or no write permission; see the warning above): {nothing_done}"
+    )
+    return True
+
+
 def _skipped_rows(cache: ResponseCache) -> int:
     """Rows this command's scans could not read (each logged above); prints a line if any."""
     skipped = cache.stats().skipped
@@ -377,6 +388,7 @@ def _cmd_cache_stats(args: argparse.Namespace) -> int:
         _require_disk(cache)
         stats = cache.stats(scan=True)
         status = EXIT_FAILED if _skipped_rows(cache) else EXIT_OK
+        read_only = cache.read_only
     if args.json:
         _out(
             json.dumps(
@@ -391,6 +403,7 @@ def _cmd_cache_stats(args: argparse.Namespace) -> int:
                     "hits": None,
                     "misses": None,
                     "unreadable": stats.skipped,
+                    "read_only": read_only,
                 },
                 indent=2,
             )
@@ -406,6 +419,8 @@ def _cmd_cache_stats(args: argparse.Namespace) -> int:
         _out(f"{label}:    {shown}")
     _out(f"ttl:       {ttl:g}s ({_duration(ttl)})")
     _out("hits/misses: not known here (each running process counts its own: Cache.stats())")
+    if read_only:
+        _out("read-only: yes (answers are served; nothing can be stored, cleared or pruned)")
     return status
 
 
@@ -420,6 +435,8 @@ def _cmd_cache_clear(args: argparse.Namespace) -> int:
     with _showing_warnings(), _open_cache(load_config(args.config)) as cache:
         _require_disk(cache)
         entries = cache.stats().entries
+        if _read_only(cache, f"nothing removed ({entries} entries)"):
+            return EXIT_FAILED
         if entries == 0:
             _out(f"the cache at {cache.directory} is already empty")
             return EXIT_OK
@@ -440,6 +457,8 @@ def _cmd_cache_clear(args: argparse.Namespace) -> int:
 def _cmd_cache_prune(args: argparse.Namespace) -> int:
     with _showing_warnings(), _open_cache(load_config(args.config)) as cache:
         _require_disk(cache)
+        if _read_only(cache, "nothing pruned"):
+            return EXIT_FAILED
         removed = cache.prune()
         status = EXIT_FAILED if _skipped_rows(cache) else EXIT_OK
     _out(f"removed {removed} expired entries from {cache.directory}")
@@ -465,6 +484,8 @@ def _cmd_cache_export(args: argparse.Namespace) -> int:
 def _cmd_cache_import(args: argparse.Namespace) -> int:
     with _showing_warnings(), _open_cache(load_config(args.config)) as cache:
         _require_disk(cache)
+        if _read_only(cache, "nothing imported"):
+            return EXIT_FAILED
         if args.file == "-":
             report = cache.import_jsonl(sys.stdin, name="<stdin>")
         else:
