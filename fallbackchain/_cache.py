@@ -33,6 +33,16 @@ What a caller can rely on:
   export to a path is atomic and the file is private (``0600``).
 * A :class:`CachedAnswer` may share its ``completion`` with the memory layer: treat it as
   read-only.
+* The cache directory is private. :class:`ResponseCache` raises :class:`ConfigError` (naming
+  the path and the reason) for an existing directory owned by another user or writable by
+  group or others, reached through another user's symlink, or below a directory every user can
+  write that is not sticky; it creates directories ``0700`` and files ``0600``.
+* A database that exists but cannot be written (read-only filesystem, full disk, no write
+  permission) is opened read-only (:attr:`ResponseCache.read_only`): hits are served, writes
+  are skipped (the memory layer still holds them), one WARNING says so, and a writable open is
+  tried again every 60 seconds of the cache's clock.
+* Scans (export, ``stats(scan=True)``, prune) skip an unreadable row (logged, and counted in
+  :attr:`CacheStats.skipped`) and go on with the rest.
 """
 
 from __future__ import annotations
@@ -1032,7 +1042,8 @@ class ResponseCache(_CacheBase):
     def clear(self) -> int:
         """Remove every entry; returns the number of disk rows removed. Never raises.
 
-        When the disk layer is unavailable, the number of memory entries removed. A failure
+        When the disk layer is unavailable, the number of memory entries removed; when it is
+        :attr:`read_only`, 0 (nothing on disk is removed). A failure
         part way (logged; e.g. a planted row naming a file outside the directory, whose row is
         deleted but whose file is left alone) does not stop clearing while it makes progress,
         and the count is what was really removed: rows before minus rows left (other writers
@@ -1109,8 +1120,9 @@ class ResponseCache(_CacheBase):
     def prune(self) -> int:
         """Remove every entry at least ``ttl`` old (by the cache's clock). Never raises.
 
-        Returns the number of disk rows removed. Rows that cannot be read are left alone
-        (:meth:`get` treats them as misses). A row rewritten while pruning is never removed.
+        Returns the number of disk rows removed (0 when :attr:`read_only`). Rows that cannot be
+        read are left alone (:meth:`get` treats them as misses). A row rewritten while pruning
+        is never removed.
         """
         now = self._clock()
         self._memory.prune(now)
