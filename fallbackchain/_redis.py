@@ -1041,6 +1041,11 @@ class RedisResponseCache(ResponseCache):
             return False
 
     @property
+    def read_only(self) -> bool:
+        """Always False: Redis is either usable for reads and writes, or unavailable."""
+        return False
+
+    @property
     def link(self) -> _RedisLink:
         return self._link
 
