@@ -445,8 +445,8 @@ ImportOutcome = Literal["imported", "kept", "expired", "failed"]
 
 ``imported``: stored. ``kept``: the cache already holds an answer for the key stored at the
 same time or later, which is never replaced by an older one. ``expired``: at least ``ttl`` old,
-so not stored. ``failed``: the cache is disabled, closed or its disk is unavailable, or the
-write failed (logged).
+so not stored. ``failed``: the cache is disabled, closed, read-only or its disk is unavailable,
+or the write failed (logged).
 """
 
 
