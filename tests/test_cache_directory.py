@@ -184,3 +184,23 @@ def test_an_existing_database_readable_by_others_is_made_private(tmp_path: pathl
     with ResponseCache(make_config(directory), clock=FakeClock()) as rc:
         assert rc.get(real_key(1)) is not None
         assert mode_of(directory / "cache.db") == 0o600
+
+
+def test_a_chain_refuses_an_unsafe_cache_directory_at_construction(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fallbackchain import FallbackChain
+
+    directory = tmp_path / "cache"
+    directory.mkdir()
+    directory.chmod(0o777)
+    monkeypatch.setenv("FALLBACKCHAIN_TEST_KEY", "sk-test")
+    config = tmp_path / "cfg.toml"
+    config.write_text(
+        '[openai]\nbase_url = "http://127.0.0.1:9/v1"\napi_key_env = "FALLBACKCHAIN_TEST_KEY"\n'
+        f'[cache]\ndirectory = "{directory}"\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError, match=r"refusing the cache directory .*\(mode 0777\)"):
+        FallbackChain.from_config(config)
+    assert list(directory.iterdir()) == []
