@@ -67,3 +67,25 @@ def test_cli_clear_reports_the_rows_really_removed(
     assert captured.out == f"removed 6 entries from {directory}\n"
     assert "not cleared" not in captured.err
     assert "6 rows removed, 0 left" in captured.err
+
+
+def test_a_clear_blocked_by_a_locked_database_says_nothing_was_removed(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sqlite3
+
+    directory = tmp_path / "cache"
+    populate(directory, 3)
+    with ResponseCache(CacheConfig(directory=str(directory), ttl=3600)) as rc:
+        assert rc.disk_available
+        locker = sqlite3.connect(directory / "cache.db", isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")  # another writer holds the lock past the busy timeout
+        try:
+            caplog.set_level(logging.WARNING, logger=LOGGER)
+            assert rc.clear() == 0
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        (record,) = cache_warnings(caplog)
+        assert record.getMessage().endswith("0 rows removed, 3 left")
+        assert rc.stats().entries == 3
