@@ -983,8 +983,8 @@ class ResponseCache(_CacheBase):
 
         That is a read-only filesystem, a full disk or no write permission: stored answers
         are served, new ones are kept in the memory layer only, and ``clear``, ``prune`` and
-        ``import_row`` change nothing on disk. A new instance (a restart) tries to open it
-        writable again.
+        ``import_row`` change nothing on disk. Opening it writable is tried again every 60
+        seconds of the cache's clock; this turns False once that works.
         """
         return self._read_only
 
@@ -1043,11 +1043,11 @@ class ResponseCache(_CacheBase):
         """Remove every entry; returns the number of disk rows removed. Never raises.
 
         When the disk layer is unavailable, the number of memory entries removed; when it is
-        :attr:`read_only`, 0 (nothing on disk is removed). A failure
-        part way (logged; e.g. a planted row naming a file outside the directory, whose row is
-        deleted but whose file is left alone) does not stop clearing while it makes progress,
-        and the count is what was really removed: rows before minus rows left (other writers
-        in the meantime can make it an estimate).
+        :attr:`read_only`, 0 (nothing on disk is removed). A failure part way (logged once, with
+        the rows removed and left; e.g. a planted row naming a file outside the directory, whose
+        row is deleted but whose file is left alone) does not stop clearing while it makes
+        progress, and the count is what was really removed: rows before minus rows left (other
+        writers in the meantime can make it an estimate).
         """
         memory_removed = self._memory.clear()
         disk = self._current_disk()
@@ -1580,28 +1580,29 @@ def _cannot_write(exc: BaseException) -> bool:
 def _connect_read_only(directory: str) -> sqlite3.Connection:
     """A read-only connection to the cache database of ``directory``.
 
-    ``mode=ro`` first; when SQLite cannot even set up its shared-memory file next to the
-    database (a read-only directory), ``immutable=1``: no locks, and anything left in a WAL
-    file is not seen. Raises :class:`sqlite3.Error` when the database cannot be read.
+    ``mode=ro`` first; only when SQLite cannot even set up its shared-memory file next to the
+    database (a read-only directory or filesystem, a full disk), ``immutable=1``: no locks,
+    and anything left in a WAL file is not seen. Raises :class:`sqlite3.Error` when the
+    database cannot be read.
     """
     uri = pathlib.Path(directory, _DB_NAME).as_uri()
-    failure: sqlite3.Error | None = None
-    for options in ("?mode=ro", "?mode=ro&immutable=1"):
-        con = sqlite3.connect(
-            uri + options, uri=True, timeout=_SQLITE_TIMEOUT, check_same_thread=False
-        )
-        try:
-            con.execute("SELECT COUNT(*) FROM Settings").fetchone()
-        except sqlite3.OperationalError as exc:
-            con.close()
-            failure = exc
-            continue
-        except BaseException:
-            con.close()
+    try:
+        return _probed_connection(uri + "?mode=ro")
+    except sqlite3.OperationalError as exc:
+        if not _cannot_write(exc):  # e.g. locked: a live database must not be read immutable
             raise
-        return con
-    assert failure is not None
-    raise failure
+    return _probed_connection(uri + "?mode=ro&immutable=1")
+
+
+def _probed_connection(uri: str) -> sqlite3.Connection:
+    """A connection to ``uri`` that has read the database once (SQLite opens lazily)."""
+    con = sqlite3.connect(uri, uri=True, timeout=_SQLITE_TIMEOUT, check_same_thread=False)
+    try:
+        con.execute("SELECT COUNT(*) FROM Settings").fetchone()
+    except BaseException:
+        con.close()
+        raise
+    return con
 
 
 class _ReadOnlyStore:
