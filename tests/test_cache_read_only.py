@@ -272,3 +272,67 @@ def test_a_cache_on_a_full_disk_serves_its_answers_and_writes_again_when_space_r
         0,
         f"removed {ANSWERS + 1} entries",
     )
+
+
+# The child for the chain: answer one prompt with the API down, from a read-only cache.
+CHAIN_CHILD = r"""
+import json, logging, sys
+
+from fallbackchain import FallbackChain
+
+warnings = []
+
+
+class Collect(logging.Handler):
+    def emit(self, record):
+        warnings.append(record.getMessage())
+
+
+logging.getLogger("fallbackchain.cache").addHandler(Collect(level=logging.WARNING))
+with FallbackChain.from_config(sys.argv[1]) as chain:
+    response = chain.complete([{"role": "user", "content": "What is the capital of France?"}])
+    print(json.dumps({
+        "source": response.source,
+        "text": response.text,
+        "read_only": chain.cache.read_only,
+        "warnings": warnings,
+    }))
+"""
+
+
+def test_a_chain_serves_a_stored_answer_from_a_read_only_cache_in_an_outage(
+    tmp_path: pathlib.Path, server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fallbackchain import FallbackChain
+    from fallbackchain.testing import Fault
+
+    monkeypatch.setenv("FALLBACKCHAIN_TEST_KEY", "sk-test")
+    directory = tmp_path / "cache"
+    config = tmp_path / "chain.toml"
+    template = (pathlib.Path(__file__).parent.parent / "config" / "test.toml").read_text()
+    config.write_text(
+        template.replace('"http://127.0.0.1:8000/v1"', f'"{server.base_url}"').replace(
+            '".fallbackchain-cache/test"', f'"{directory}"'
+        ),
+        encoding="utf-8",
+    )
+    with FallbackChain.from_config(config) as chain:  # a good day: the answer is stored
+        live = chain.complete([{"role": "user", "content": "What is the capital of France?"}])
+    assert live.source != "cache"
+    server.default = Fault.status(503)  # the outage
+    argv = [sys.executable, "-c", CHAIN_CHILD, str(config)]
+    if ROOT:
+        if not can_mount(tmp_path):
+            pytest.skip("root without unshare/mount: no real read-only filesystem to test with")
+        argv = in_private_mounts(f'mount --bind -o ro "{directory}" "{directory}"', argv)
+    else:
+        for path in [directory, *directory.rglob("*")]:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        result = run_child(argv)
+    finally:
+        if not ROOT:
+            for path in [directory, *directory.rglob("*")]:
+                path.chmod(0o700 if path.is_dir() else 0o600)
+    assert (result["source"], result["text"], result["read_only"]) == ("cache", live.text, True)
+    assert sum("opened read-only" in w for w in result["warnings"]) == 1
