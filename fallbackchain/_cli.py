@@ -352,10 +352,20 @@ def _open_cache(config: ChainConfig) -> ResponseCache:
     return response_cache(config, time.time)  # the same backend a chain would use
 
 
-def _require_disk(cache: ResponseCache) -> None:
+def _require_readable(cache: ResponseCache) -> None:
     if not cache.disk_available:
         raise _UsageError(
             f"the cache at {cache.directory} cannot be opened (see the warning above)"
+        )
+
+
+def _require_disk(cache: ResponseCache) -> None:
+    """The cache must be open for writing (warming a read-only cache would store nothing)."""
+    _require_readable(cache)
+    if cache.read_only:
+        raise _UsageError(
+            f"the cache at {cache.directory} could only be opened read-only (see the warning "
+            "above): answers would not be stored"
         )
 
 
@@ -385,7 +395,7 @@ def _cmd_cache_stats(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     ttl = config.cache.ttl
     with _showing_warnings(), _open_cache(config) as cache:
-        _require_disk(cache)
+        _require_readable(cache)
         stats = cache.stats(scan=True)
         status = EXIT_FAILED if _skipped_rows(cache) else EXIT_OK
         read_only = cache.read_only
@@ -433,7 +443,7 @@ def _confirm(question: str) -> bool:
 
 def _cmd_cache_clear(args: argparse.Namespace) -> int:
     with _showing_warnings(), _open_cache(load_config(args.config)) as cache:
-        _require_disk(cache)
+        _require_readable(cache)
         entries = cache.stats().entries
         if _read_only(cache, f"nothing removed ({entries} entries)"):
             return EXIT_FAILED
@@ -456,7 +466,7 @@ def _cmd_cache_clear(args: argparse.Namespace) -> int:
 
 def _cmd_cache_prune(args: argparse.Namespace) -> int:
     with _showing_warnings(), _open_cache(load_config(args.config)) as cache:
-        _require_disk(cache)
+        _require_readable(cache)
         if _read_only(cache, "nothing pruned"):
             return EXIT_FAILED
         removed = cache.prune()
@@ -467,7 +477,7 @@ def _cmd_cache_prune(args: argparse.Namespace) -> int:
 
 def _cmd_cache_export(args: argparse.Namespace) -> int:
     with _showing_warnings(), _open_cache(load_config(args.config)) as cache:
-        _require_disk(cache)
+        _require_readable(cache)
         if args.file == "-":
             count = cache.export_jsonl(sys.stdout)
             _err(f"exported {count} entries from {cache.directory}")
@@ -483,7 +493,7 @@ def _cmd_cache_export(args: argparse.Namespace) -> int:
 
 def _cmd_cache_import(args: argparse.Namespace) -> int:
     with _showing_warnings(), _open_cache(load_config(args.config)) as cache:
-        _require_disk(cache)
+        _require_readable(cache)
         if _read_only(cache, "nothing imported"):
             return EXIT_FAILED
         if args.file == "-":

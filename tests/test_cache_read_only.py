@@ -300,13 +300,8 @@ with FallbackChain.from_config(sys.argv[1]) as chain:
 """
 
 
-def test_a_chain_serves_a_stored_answer_from_a_read_only_cache_in_an_outage(
-    tmp_path: pathlib.Path, server: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from fallbackchain import FallbackChain
-    from fallbackchain.testing import Fault
-
-    monkeypatch.setenv("FALLBACKCHAIN_TEST_KEY", "sk-test")
+def chain_config(tmp_path: pathlib.Path, server: Any) -> tuple[pathlib.Path, pathlib.Path]:
+    """The test profile against ``server``, with its cache in ``tmp_path / "cache"``."""
     directory = tmp_path / "cache"
     config = tmp_path / "chain.toml"
     template = (pathlib.Path(__file__).parent.parent / "config" / "test.toml").read_text()
@@ -316,23 +311,67 @@ def test_a_chain_serves_a_stored_answer_from_a_read_only_cache_in_an_outage(
         ),
         encoding="utf-8",
     )
+    return directory, config
+
+
+def run_with_read_only(tmp_path: pathlib.Path, directory: pathlib.Path, argv: list[str]) -> Any:
+    """``run_child(argv)`` with ``directory`` read-only (bind mount as root, chmod otherwise)."""
+    if ROOT:
+        if not can_mount(tmp_path):
+            pytest.skip("root without unshare/mount: no real read-only filesystem to test with")
+        return run_child(in_private_mounts(f'mount --bind -o ro "{directory}" "{directory}"', argv))
+    paths = [directory, *directory.rglob("*")]
+    for path in paths:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        return run_child(argv)
+    finally:
+        for path in paths:
+            path.chmod(0o700 if path.is_dir() else 0o600)
+
+
+def test_a_chain_serves_a_stored_answer_from_a_read_only_cache_in_an_outage(
+    tmp_path: pathlib.Path, server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fallbackchain import FallbackChain
+    from fallbackchain.testing import Fault
+
+    monkeypatch.setenv("FALLBACKCHAIN_TEST_KEY", "sk-test")
+    directory, config = chain_config(tmp_path, server)
     with FallbackChain.from_config(config) as chain:  # a good day: the answer is stored
         live = chain.complete([{"role": "user", "content": "What is the capital of France?"}])
     assert live.source != "cache"
     server.default = Fault.status(503)  # the outage
-    argv = [sys.executable, "-c", CHAIN_CHILD, str(config)]
-    if ROOT:
-        if not can_mount(tmp_path):
-            pytest.skip("root without unshare/mount: no real read-only filesystem to test with")
-        argv = in_private_mounts(f'mount --bind -o ro "{directory}" "{directory}"', argv)
-    else:
-        for path in [directory, *directory.rglob("*")]:
-            path.chmod(0o555 if path.is_dir() else 0o444)
-    try:
-        result = run_child(argv)
-    finally:
-        if not ROOT:
-            for path in [directory, *directory.rglob("*")]:
-                path.chmod(0o700 if path.is_dir() else 0o600)
+    result = run_with_read_only(
+        tmp_path, directory, [sys.executable, "-c", CHAIN_CHILD, str(config)]
+    )
     assert (result["source"], result["text"], result["read_only"]) == ("cache", live.text, True)
     assert sum("opened read-only" in w for w in result["warnings"]) == 1
+
+
+WARM_CHILD = r"""
+import json, sys
+
+from fallbackchain._cli import main
+
+print(json.dumps({"code": main(["warm", sys.argv[1], "--config", sys.argv[2]])}))
+"""
+
+
+def test_warm_refuses_a_read_only_cache_and_sends_nothing(
+    tmp_path: pathlib.Path, server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FALLBACKCHAIN_TEST_KEY", "sk-test")
+    directory, config = chain_config(tmp_path, server)
+    populate(directory)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Why is the sky blue?"}\n', encoding="utf-8")
+    server.reset_counts()
+    argv = [sys.executable, "-c", WARM_CHILD, str(prompts), str(config)]
+    result = run_with_read_only(tmp_path, directory, argv)
+    assert result["code"] == 2
+    assert (
+        f"fallbackchain: error: the cache at {directory} could only be opened read-only "
+        "(see the warning above): answers would not be stored"
+    ) in result["stderr"]
+    assert server.counts["total"] == 0
