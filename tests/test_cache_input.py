@@ -244,3 +244,38 @@ def test_the_property_strategy_reaches_valid_lines() -> None:
         rc = ResponseCache(make_config(pathlib.Path(tmp) / "cache"), clock=FakeClock())
         with rc:
             assert rc.import_jsonl([good], name=_NAME).imported == 1
+
+
+@st.composite
+def _stored_rows(draw: st.DrawFn) -> Any:
+    """A stored row close to a valid one: at most one part spoiled, or any JSON at all."""
+    if draw(st.booleans()):
+        return draw(_json_values)
+    row: dict[str, Any] = {"format": 1, "stored_at": T0, "completion": body()}
+    spoil = draw(st.sampled_from(["none", "format", "stored_at", "completion", "choice"]))
+    if spoil in ("format", "stored_at", "completion"):
+        row[spoil] = draw(
+            st.sampled_from([HUGE, -HUGE, 10**20, True]) | _json_values
+            if spoil == "stored_at"
+            else _json_values
+        )
+    elif spoil == "choice":
+        row["completion"]["choices"][0] = draw(_json_values)
+    return row
+
+
+@settings(max_examples=300, deadline=None)
+@given(row=_stored_rows(), as_bytes=st.booleans())
+def test_a_stored_row_is_an_entry_or_a_cache_error_never_another_exception(
+    row: Any, as_bytes: bool
+) -> None:
+    from fallbackchain._cache import _decode_row
+    from fallbackchain._errors import CacheError
+
+    text = _dump(row)
+    try:
+        entry = _decode_row(text.encode("utf-8", "surrogatepass") if as_bytes else text)
+    except CacheError:
+        return
+    assert isinstance(entry.stored_at, float)
+    assert entry.stored_at == entry.stored_at  # finite, never NaN
