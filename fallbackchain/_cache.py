@@ -5,8 +5,9 @@ What a caller can rely on:
 * :func:`cache_key` is a pure function. The same logical request (same model, same messages,
   same answer-shaping parameters, whatever the dict key order) always gives the same key;
   transport-only options (``stream``, ``timeout``, ``extra_headers``, ``user``, ...) never
-  change it; any other parameter, known or not, does. The key format (``"fc1-"`` + SHA-256 hex)
-  is part of the on-disk format.
+  change it; any other parameter, known or not, does. Numbers are compared by value: ``1`` and
+  ``1.0`` give the same key, ``True`` does not. The key format (``"fc1-"`` + SHA-256 hex) is
+  part of the on-disk format.
 * :class:`ResponseCache` never raises from :meth:`~ResponseCache.get`,
   :meth:`~ResponseCache.put`, :meth:`~ResponseCache.stats`, :meth:`~ResponseCache.clear`,
   :meth:`~ResponseCache.prune`, :meth:`~ResponseCache.export_rows`,
@@ -32,6 +33,16 @@ What a caller can rely on:
   export to a path is atomic and the file is private (``0600``).
 * A :class:`CachedAnswer` may share its ``completion`` with the memory layer: treat it as
   read-only.
+* The cache directory is private. :class:`ResponseCache` raises :class:`ConfigError` (naming
+  the path and the reason) for an existing directory owned by another user or writable by
+  group or others, reached through another user's symlink, or below a directory every user can
+  write that is not sticky; it creates directories ``0700`` and files ``0600``.
+* A database that exists but cannot be written (read-only filesystem, full disk, no write
+  permission) is opened read-only (:attr:`ResponseCache.read_only`): hits are served, writes
+  are skipped (the memory layer still holds them), one WARNING says so, and a writable open is
+  tried again every 60 seconds of the cache's clock.
+* Scans (export, ``stats(scan=True)``, prune) skip an unreadable row (logged, and counted in
+  :attr:`CacheStats.skipped`) and go on with the rest.
 """
 
 from __future__ import annotations
@@ -63,7 +74,13 @@ import pydantic
 from openai.types.chat import ChatCompletion
 
 from ._config import CacheConfig
-from ._errors import CacheCorruptError, CacheError, FallbackChainError, UnsafeCacheRowError
+from ._errors import (
+    CacheCorruptError,
+    CacheError,
+    ConfigError,
+    FallbackChainError,
+    UnsafeCacheRowError,
+)
 
 __all__ = [
     "CacheStats",
@@ -114,6 +131,7 @@ _REOPEN_INTERVAL: Final = 60.0  # seconds of the cache clock between attempts to
 _SQLITE_TIMEOUT: Final = 1.0  # the cache must not hold a request for long on a locked database
 _MAX_ROW_FILE_BYTES: Final = 64 << 20
 _ITER_BATCH: Final = 100
+_CLEAR_ATTEMPTS: Final = 10  # a failed clear that made progress is retried, this many times in all
 
 _MODE_RAW: Final[int] = diskcache.core.MODE_RAW
 _MODE_BINARY: Final[int] = diskcache.core.MODE_BINARY
@@ -132,7 +150,13 @@ def _omitted(value: object) -> bool:
 
 
 def _canonical(value: Any) -> Any:
-    """Turn ``value`` into plain JSON data: dicts, lists, str, numbers, bools and None."""
+    """Turn ``value`` into plain JSON data: dicts, lists, str, numbers, bools and None.
+
+    A whole finite float becomes an int (``1.0`` is ``1``: JSON does not tell them apart, so
+    a prompts file and application code must agree); a bool stays a bool (``true``, not ``1``).
+    """
+    if isinstance(value, float) and value.is_integer():  # False for inf and nan
+        return int(value)
     if value is None or isinstance(value, str | int | float):
         return value
     if isinstance(value, pydantic.BaseModel):
@@ -164,10 +188,11 @@ def cache_key(
     """The cache key of one chat request: ``"fc1-"`` + SHA-256 hex of its canonical JSON.
 
     The canonical JSON is ``{"model", "messages", "params"}`` with sorted keys, no whitespace
-    and non-ASCII kept as is. ``params`` loses the transport-only options
-    (:data:`TRANSPORT_ONLY_PARAMS`); every other parameter, including unknown ones, counts as
-    answer-shaping. Pydantic models are dumped as the SDK sends them (JSON mode, set fields
-    only); ``openai.NOT_GIVEN`` / ``openai.omit`` values are dropped.
+    and non-ASCII kept as is; a whole float is written as an int (``temperature=1.0`` and
+    ``temperature=1`` are one key; ``True`` stays distinct from ``1``). ``params`` loses the
+    transport-only options (:data:`TRANSPORT_ONLY_PARAMS`); every other parameter, including
+    unknown ones, counts as answer-shaping. Pydantic models are dumped as the SDK sends them
+    (JSON mode, set fields only); ``openai.NOT_GIVEN`` / ``openai.omit`` values are dropped.
 
     Raises :class:`TypeError` for a value that has no JSON form (bytes, sets, arbitrary
     objects): such a request cannot be cached.
@@ -267,6 +292,26 @@ class SafeJSONDisk(diskcache.Disk):  # type: ignore[misc]
         self._row_path(file_path)
         super().remove(file_path)
 
+    def _write(self, full_path: str, iterator: Any, mode: str, encoding: str | None = None) -> int:
+        """Write a row file as the base class does, but private: directories 0700, files 0600."""
+        directory = os.path.dirname(full_path)
+        for attempt in range(1, 11):
+            with contextlib.suppress(OSError):
+                _make_row_directories(str(self._directory), directory)
+            try:
+                writer = open(full_path, mode, encoding=encoding, opener=_private_opener)  # noqa: SIM115
+            except OSError:
+                if attempt == 10:  # another cache may have removed the directory: retry
+                    raise
+                continue
+            with writer:
+                size = 0
+                for chunk in iterator:
+                    size += len(chunk)
+                    writer.write(chunk)
+                return size
+        raise AssertionError("unreachable")  # pragma: no cover
+
     # helpers
 
     def _row_path(self, filename: object) -> str:
@@ -294,6 +339,20 @@ class SafeJSONDisk(diskcache.Disk):  # type: ignore[misc]
         if len(data) > _MAX_ROW_FILE_BYTES:
             raise CacheCorruptError("cache row file is too large")
         return data
+
+
+def _private_opener(name: str, flags: int) -> int:
+    return os.open(name, flags | getattr(os, "O_NOFOLLOW", 0), 0o600)
+
+
+def _make_row_directories(base: str, directory: str) -> None:
+    """Create ``directory`` and the missing ones between it and ``base``, each ``0700``."""
+    relative = os.path.relpath(directory, base)
+    current = base
+    for part in pathlib.PurePath(relative).parts:
+        current = os.path.join(current, part)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(current, 0o700)
 
 
 def _decode_text(data: bytes) -> str:
@@ -328,7 +387,9 @@ class CacheStats:
     size of the memory layer. ``oldest``, ``newest`` (``stored_at`` of the oldest and newest
     servable disk entries, ``None`` when there is none) and ``expired`` (disk rows at least
     ``ttl`` old, waiting for :meth:`ResponseCache.prune`) are only filled in by
-    ``stats(scan=True)``, which reads every row; otherwise they are ``None``.
+    ``stats(scan=True)``, which reads every row; otherwise they are ``None``. ``skipped``
+    counts the stored rows this instance's scans (export, ``stats(scan=True)``, prune) could
+    not read and left out: an export with ``skipped > 0`` is incomplete.
     """
 
     directory: str
@@ -342,6 +403,7 @@ class CacheStats:
     oldest: float | None = None
     newest: float | None = None
     expired: int | None = None
+    skipped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,8 +445,8 @@ ImportOutcome = Literal["imported", "kept", "expired", "failed"]
 
 ``imported``: stored. ``kept``: the cache already holds an answer for the key stored at the
 same time or later, which is never replaced by an older one. ``expired``: at least ``ttl`` old,
-so not stored. ``failed``: the cache is disabled, closed or its disk is unavailable, or the
-write failed (logged).
+so not stored. ``failed``: the cache is disabled, closed, read-only or its disk is unavailable,
+or the write failed (logged).
 """
 
 
@@ -442,6 +504,21 @@ class _Row(NamedTuple):
     ttl_left: float
 
 
+def _seconds(value: object) -> float | None:
+    """``value`` as finite seconds, or None: not a number (a bool is not), or out of range.
+
+    JSON integers are unbounded: one too large for a float is refused here, not by an
+    ``OverflowError`` later.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) else None
+
+
 def _is_complete(completion: ChatCompletion) -> bool:
     choices = completion.choices
     return bool(choices) and all(c.finish_reason in COMPLETE_FINISH_REASONS for c in choices)
@@ -481,12 +558,8 @@ def _decode_row(raw: object) -> _Entry:
     row_format = row.get("format")
     if type(row_format) is not int or row_format != ROW_FORMAT:
         raise CacheCorruptError("cache row has an unknown format")
-    stored_at = row.get("stored_at")
-    if (
-        not isinstance(stored_at, int | float)
-        or isinstance(stored_at, bool)
-        or not math.isfinite(stored_at)
-    ):
+    stored_at = _seconds(row.get("stored_at"))
+    if stored_at is None:
         raise CacheCorruptError("cache row has no valid stored_at")
     body = row.get("completion")
     if not isinstance(body, dict):
@@ -497,7 +570,7 @@ def _decode_row(raw: object) -> _Entry:
         raise CacheCorruptError("cache row is not a valid chat completion") from exc
     if not _is_complete(completion):
         raise CacheCorruptError("cache row holds an incomplete answer")
-    return _Entry(completion, float(stored_at))
+    return _Entry(completion, stored_at)
 
 
 class _MemoryLayer:
@@ -601,6 +674,23 @@ def _cause_detail(exc: BaseException) -> str:
     return detail
 
 
+def _row_count(disk: Any) -> int | None:
+    """How many rows ``disk`` holds, or None when that cannot be read."""
+    try:
+        return len(disk)
+    except Exception:  # noqa: BLE001 - a count is best effort
+        return None
+
+
+def _removed_by_failed_clear(exc: BaseException, before: int | None, left: int | None) -> int:
+    """How many rows a ``clear`` that raised ``exc`` removed (counts: before, and left)."""
+    if isinstance(exc, diskcache.Timeout) and exc.args and type(exc.args[0]) is int:
+        return exc.args[0]  # diskcache counted the rows it deleted before the lock timed out
+    if before is None or left is None:
+        return 0
+    return max(before - left, 0)
+
+
 def _is_corruption(exc: BaseException) -> bool:
     """True when the open database itself is damaged (so it should be dropped and reopened)."""
     seen: set[int] = set()
@@ -670,6 +760,8 @@ class _CacheBase:
         self._misses = 0
         self._stores = 0
         self._errors = 0
+        self._skipped = 0
+        self._read_only = False  # storage opened read-only: answers served, none stored
 
     @property
     def directory(self) -> str:
@@ -811,7 +903,14 @@ class _CacheBase:
                 oldest=ages.oldest if ages is not None else None,
                 newest=ages.newest if ages is not None else None,
                 expired=ages.expired if ages is not None else None,
+                skipped=self._skipped,
             )
+
+    def _skip_row(self, operation: str, exc: BaseException) -> None:
+        """A scan left out one unreadable row: counted in ``stats().skipped``, and logged."""
+        with self._lock:
+            self._skipped += 1
+        self._failure(operation, exc, "row skipped")
 
     def _failure(self, operation: str, exc: BaseException, consequence: str) -> None:
         """Count a failure; log it (see :meth:`_warn_once`) unless the subclass says not to."""
@@ -864,7 +963,7 @@ class ResponseCache(_CacheBase):
         if not config.enabled:
             return
         with self._open_lock:
-            self._open_disk()
+            self._open_disk(first=True)
 
     # --- public API ------------------------------------------------------------------------
 
@@ -875,8 +974,19 @@ class ResponseCache(_CacheBase):
 
     @property
     def disk_available(self) -> bool:
-        """True while the disk layer is open and usable."""
+        """True while the disk layer is open and usable (perhaps only for reading)."""
         return self._disk is not None
+
+    @property
+    def read_only(self) -> bool:
+        """True when the storage could only be opened for reading.
+
+        That is a read-only filesystem, a full disk or no write permission: stored answers
+        are served, new ones are kept in the memory layer only, and ``clear``, ``prune`` and
+        ``import_row`` change nothing on disk. Opening it writable is tried again every 60
+        seconds of the cache's clock; this turns False once that works.
+        """
+        return self._read_only
 
     def get(self, key: str) -> CachedAnswer | None:
         """The stored answer for ``key``, or ``None``. Never raises; never serves expired."""
@@ -930,23 +1040,41 @@ class ResponseCache(_CacheBase):
         return self._stats(entries, size, ages)
 
     def clear(self) -> int:
-        """Remove every entry; returns the number of disk rows removed.
+        """Remove every entry; returns the number of disk rows removed. Never raises.
 
-        When the disk layer is unavailable, the number of memory entries removed. Never raises.
+        When the disk layer is unavailable, the number of memory entries removed; when it is
+        :attr:`read_only`, 0 (nothing on disk is removed). A failure part way (logged once, with
+        the rows removed and left; e.g. a planted row naming a file outside the directory, whose
+        row is deleted but whose file is left alone) does not stop clearing while it makes
+        progress, and the count is what was really removed: rows before minus rows left (other
+        writers in the meantime can make it an estimate).
         """
         memory_removed = self._memory.clear()
         disk = self._current_disk()
         if disk is None:
             return memory_removed
-        try:
-            with self._write_lock:
-                return int(disk.clear())
-        except diskcache.Timeout as exc:
-            self._failure("clear", exc, "cache partly cleared")
-            return int(exc.args[0]) if exc.args and isinstance(exc.args[0], int) else 0
-        except Exception as exc:  # noqa: BLE001 - the cache must never break a caller
-            self._failure("clear", exc, "cache not cleared")
+        if self._read_only:
             return 0
+        removed = 0
+        failure: Exception | None = None
+        left: int | None = 0
+        for _attempt in range(_CLEAR_ATTEMPTS):
+            before = _row_count(disk)
+            try:
+                with self._write_lock:
+                    removed += int(disk.clear())
+                left = 0
+                break
+            except Exception as exc:  # noqa: BLE001 - the cache must never break a caller
+                failure, left = exc, _row_count(disk)
+                progress = _removed_by_failed_clear(exc, before, left)
+                removed += progress
+                if not progress or not left:
+                    break
+        if failure is not None:  # logged once, with the final counts
+            shown = "an unknown number of" if left is None else str(left)
+            self._failure("clear", failure, f"{removed} rows removed, {shown} left")
+        return removed
 
     def iter_keys(self) -> Iterator[str]:
         """Yield the key of every unexpired disk row (memory-only entries are not listed).
@@ -959,8 +1087,7 @@ class ResponseCache(_CacheBase):
             return
         safe_disk: SafeJSONDisk = disk.disk
         try:
-            uri = pathlib.Path(self._directory, _DB_NAME).as_uri() + "?mode=ro"
-            con = sqlite3.connect(uri, uri=True, timeout=_SQLITE_TIMEOUT)
+            con = _connect_read_only(self._directory)
         except Exception as exc:  # noqa: BLE001
             self._failure("iter_keys", exc, "no keys listed")
             return
@@ -993,13 +1120,14 @@ class ResponseCache(_CacheBase):
     def prune(self) -> int:
         """Remove every entry at least ``ttl`` old (by the cache's clock). Never raises.
 
-        Returns the number of disk rows removed. Rows that cannot be read are left alone
-        (:meth:`get` treats them as misses). A row rewritten while pruning is never removed.
+        Returns the number of disk rows removed (0 when :attr:`read_only`). Rows that cannot be
+        read are left alone (:meth:`get` treats them as misses). A row rewritten while pruning
+        is never removed.
         """
         now = self._clock()
         self._memory.prune(now)
         disk = self._current_disk()
-        if disk is None:
+        if disk is None or self._read_only:
             return 0
         removed = 0
         try:
@@ -1036,7 +1164,7 @@ class ResponseCache(_CacheBase):
 
         def write(at: float) -> ImportOutcome:
             disk = self._current_disk()
-            if disk is None:
+            if disk is None or self._read_only:
                 return "failed"
             with self._write_lock, disk.transact(retry=True):
                 current = self._peek(disk, key)
@@ -1152,7 +1280,7 @@ class ResponseCache(_CacheBase):
         if row is None:
             return False
         disk = self._current_disk()
-        if disk is None:
+        if disk is None or self._read_only:
             return False
         try:
             with self._write_lock:
@@ -1181,7 +1309,7 @@ class ResponseCache(_CacheBase):
                     continue
                 entry = _decode_row(text)
             except CacheError as exc:
-                self._failure(operation, exc, "row skipped")
+                self._skip_row(operation, exc)
                 continue
             except Exception as exc:  # noqa: BLE001 - the cache must never break a caller
                 self._drop_disk_if_corrupt(disk, exc)
@@ -1207,72 +1335,123 @@ class ResponseCache(_CacheBase):
         return count
 
     def _current_disk(self) -> Any:
-        """The open diskcache, reopening it if it is due; ``None`` when unavailable."""
+        """The open disk layer, (re)opening it if due; ``None`` when unavailable.
+
+        A read-only one is tried writable again every :data:`_REOPEN_INTERVAL` (the disk may
+        have been freed, or remounted).
+        """
         disk = self._disk
-        if disk is not None or self._closed or not self._config.enabled:
+        if self._closed or not self._config.enabled or (disk is not None and not self._read_only):
             return disk
         last = self._last_open_attempt
         if last is not None and 0.0 <= self._clock() - last < _REOPEN_INTERVAL:
-            return None
+            return disk
         if not self._open_lock.acquire(blocking=False):
-            return None  # another thread is opening it; do not wait
+            return disk  # another thread is opening it; do not wait
         try:
-            if self._disk is None and not self._closed:
-                self._open_disk()
+            if not self._closed:
+                if self._disk is None:
+                    self._open_disk()
+                elif self._read_only:
+                    self._reopen_writable()
             return self._disk
         finally:
             self._open_lock.release()
 
-    def _open_disk(self) -> None:
-        """Open the disk layer (caller holds ``_open_lock``); log and stay memory-only on error."""
+    def _reopen_writable(self) -> None:
+        """Swap the read-only disk layer for a writable one if writing works now.
+
+        The caller holds ``_open_lock``. Otherwise stay read-only, quietly (the first warning
+        said so).
+        """
         self._last_open_attempt = self._clock()
         try:
-            self._prepare_directory()
-            settings: dict[str, Any] = dict(diskcache.DEFAULT_SETTINGS)
-            # Pin every setting, so values planted in the Settings table are overwritten.
-            settings.update(
-                eviction_policy="least-recently-stored",
-                size_limit=self._config.size_limit,
-                statistics=0,
-                tag_index=0,
+            disk = self._open_writable()
+        except Exception:  # noqa: BLE001 - still cannot write
+            return
+        with self._lock:
+            old, closed = self._disk, self._closed
+            if not closed:
+                self._disk, self._read_only = disk, False
+        with contextlib.suppress(Exception):  # a read-only connection has nothing to lose
+            (disk if closed else old).close()
+        _log.warning(
+            "fallbackchain response cache at %s: writable again; new answers are stored",
+            self._directory,
+        )
+
+    def _open_disk(self, *, first: bool = False) -> None:
+        """Open the disk layer (caller holds ``_open_lock``); log and stay memory-only on error.
+
+        An unsafe directory raises :class:`ConfigError` on the ``first`` open (the
+        constructor) and is logged on a later one. When the database exists but cannot be
+        written (read-only filesystem, full disk, no write permission), it is opened read-only.
+        """
+        self._last_open_attempt = self._clock()
+        try:
+            _prepare_directory(self._directory)
+        except ConfigError as exc:
+            if first:
+                raise
+            self._warn_once(
+                ("open", "unsafe directory"),
+                "fallbackchain response cache: %s; continuing memory-only",
+                exc,
             )
-            disk = diskcache.Cache(
-                self._directory, timeout=_SQLITE_TIMEOUT, disk=SafeJSONDisk, **settings
-            )
+            return
         except Exception as exc:  # noqa: BLE001 - carry on memory-only
             self._failure("open", exc, "continuing memory-only")
             return
+        read_only = False
+        try:
+            disk = self._open_writable()
+        except Exception as exc:  # noqa: BLE001 - carry on read-only, or memory-only
+            disk = self._open_read_only(exc)
+            if disk is None:
+                return
+            read_only = True
         with self._lock:
             closed = self._closed
             if not closed:
                 self._disk = disk
+                self._read_only = read_only
         if closed:
             disk.close()
 
-    def _prepare_directory(self) -> None:
-        path = self._directory
-        try:
-            os.makedirs(path, mode=0o700)
-        except FileExistsError:
-            if not os.path.isdir(path):
-                raise NotADirectoryError(
-                    errno.ENOTDIR, "cache directory is not a directory"
-                ) from None
-            self._check_existing_directory(path)
-        else:
-            os.chmod(path, 0o700)  # makedirs' mode is filtered by the umask
+    def _open_writable(self) -> Any:
+        settings: dict[str, Any] = dict(diskcache.DEFAULT_SETTINGS)
+        # Pin every setting, so values planted in the Settings table are overwritten.
+        settings.update(
+            eviction_policy="least-recently-stored",
+            size_limit=self._config.size_limit,
+            statistics=0,
+            tag_index=0,
+        )
+        database = os.path.join(self._directory, _DB_NAME)
+        _create_private(database)  # SQLite gives its -wal and -shm files the database's mode
+        _make_private(database)  # one made by an older version or another tool
+        return diskcache.Cache(
+            self._directory, timeout=_SQLITE_TIMEOUT, disk=SafeJSONDisk, **settings
+        )
 
-    def _check_existing_directory(self, path: str) -> None:
-        if os.name != "posix":  # pragma: no cover
-            return
-        info = os.stat(path)
-        if info.st_mode & 0o022 or info.st_uid != os.geteuid():
-            self._warn_once(
-                ("open", "permissions", ""),
-                "fallbackchain response cache at %s: the directory is writable by other users "
-                "or owned by another user; they could plant answers (rows are never unpickled)",
-                path,
-            )
+    def _open_read_only(self, exc: Exception) -> _ReadOnlyStore | None:
+        """After the writable open failed with ``exc``: the database read-only, or None (logged)."""
+        if not _cannot_write(exc):
+            self._failure("open", exc, "continuing memory-only")
+            return None
+        try:
+            store = _ReadOnlyStore(self._directory)
+        except Exception:  # noqa: BLE001 - nothing to serve: the first failure is the story
+            self._failure("open", exc, "continuing memory-only")
+            return None
+        self._warn_once(
+            ("open", "read-only"),
+            "fallbackchain response cache at %s: cannot write (%s); opened read-only: stored "
+            "answers are served, new answers are not stored",
+            self._directory,
+            _cause_detail(_root_cause(exc)),
+        )
+        return store
 
     def _drop_disk_if_corrupt(self, disk: Any, exc: BaseException) -> None:
         if not _is_corruption(exc):
@@ -1289,6 +1468,189 @@ class ResponseCache(_CacheBase):
         mapped = _as_cache_error(exc)
         cause = mapped.__cause__ if mapped.__cause__ is not None else mapped
         return _Failure(mapped, _cause_detail(cause), (type(mapped).__name__, type(cause).__name__))
+
+
+# --------------------------------------------------------------------------------------------
+# The cache directory: private, and opened read-only when it cannot be written
+# --------------------------------------------------------------------------------------------
+
+_UNWRITABLE_ERRNOS: Final = frozenset(
+    {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+)
+_UNWRITABLE_SQLITE: Final = ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_FULL", "SQLITE_PERM")
+
+
+def _prepare_directory(path: str) -> None:
+    """Create ``path`` (each new directory ``0700``) or check the existing one.
+
+    Raises :class:`ConfigError` naming the path and the reason when the directory is not safe
+    to hold answers (see :func:`_unsafe_reason`), and :class:`OSError` when it cannot be made.
+    """
+    missing: list[str] = []
+    current = path
+    while not os.path.lexists(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process made it meanwhile
+            os.mkdir(directory, 0o700)
+            os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
+    if not os.path.isdir(path):
+        raise NotADirectoryError(errno.ENOTDIR, "cache directory is not a directory")
+    reason = _unsafe_reason(path)
+    if reason is not None:
+        raise ConfigError(
+            f"refusing the cache directory {path}: {reason}; other users could plant or read "
+            "answers (make it yours and private: chmod 700, or choose another directory)",
+            key="cache.directory",
+        )
+
+
+def _unsafe_reason(path: str) -> str | None:
+    """Why the existing directory ``path`` must not hold a cache, or None when it is safe.
+
+    Safe means: it is owned by this user and writable by no one else; no symlink on the way
+    to it belongs to another user (root excepted); and no directory above it is writable by
+    others unless it is sticky (like ``/tmp``), so it cannot be swapped for another.
+    """
+    if os.name != "posix":  # pragma: no cover - POSIX permissions only
+        return None
+    uid = os.geteuid()
+    current = os.sep
+    for part in pathlib.PurePath(path).parts[1:]:
+        current = os.path.join(current, part)
+        info = os.lstat(current)
+        if stat.S_ISLNK(info.st_mode) and info.st_uid not in (0, uid):
+            return f"{current} is a symlink owned by another user (uid {info.st_uid})"
+    real = os.path.realpath(path)
+    via = "" if real == path else f" (the symlink leads to {real})"
+    info = os.stat(real)
+    if info.st_uid != uid:
+        return f"it is owned by another user (uid {info.st_uid}, not {uid}){via}"
+    if info.st_mode & 0o022:
+        return f"it is writable by other users (mode {stat.S_IMODE(info.st_mode):04o}){via}"
+    for parent in pathlib.PurePath(real).parents:
+        mode = os.stat(parent).st_mode
+        if mode & 0o002 and not mode & stat.S_ISVTX:
+            return (
+                f"{parent}, above it, is writable by every user "
+                f"(mode {stat.S_IMODE(mode):04o}){via}"
+            )
+    return None
+
+
+def _make_private(path: str) -> None:
+    """Make an existing file of ours ``0600``; best effort (a read-only filesystem cannot)."""
+    with contextlib.suppress(OSError):
+        if stat.S_IMODE(os.lstat(path).st_mode) & 0o077:
+            os.chmod(path, 0o600, follow_symlinks=False)
+
+
+def _create_private(path: str) -> None:
+    """Create ``path`` empty with mode ``0600`` unless it exists (SQLite then keeps the mode)."""
+    with contextlib.suppress(FileExistsError):
+        os.close(
+            os.open(
+                path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600
+            )
+        )
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost ``__cause__`` of ``exc`` (``exc`` itself when it has none)."""
+    seen: set[int] = set()
+    while exc.__cause__ is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.__cause__
+    return exc
+
+
+def _cannot_write(exc: BaseException) -> bool:
+    """True when ``exc`` says the cache directory cannot be written (but may be readable)."""
+    cause = _root_cause(exc)
+    if isinstance(cause, sqlite3.OperationalError):
+        name = getattr(cause, "sqlite_errorname", "") or ""
+        return name.startswith(_UNWRITABLE_SQLITE) or name.startswith("SQLITE_IOERR")
+    return isinstance(cause, OSError) and cause.errno in _UNWRITABLE_ERRNOS
+
+
+def _connect_read_only(directory: str) -> sqlite3.Connection:
+    """A read-only connection to the cache database of ``directory``.
+
+    ``mode=ro`` first; only when SQLite cannot even set up its shared-memory file next to the
+    database (a read-only directory or filesystem, a full disk), ``immutable=1``: no locks,
+    and anything left in a WAL file is not seen. Raises :class:`sqlite3.Error` when the
+    database cannot be read.
+    """
+    uri = pathlib.Path(directory, _DB_NAME).as_uri()
+    try:
+        return _probed_connection(uri + "?mode=ro")
+    except sqlite3.OperationalError as exc:
+        if not _cannot_write(exc):  # e.g. locked: a live database must not be read immutable
+            raise
+    return _probed_connection(uri + "?mode=ro&immutable=1")
+
+
+def _probed_connection(uri: str) -> sqlite3.Connection:
+    """A connection to ``uri`` that has read the database once (SQLite opens lazily)."""
+    con = sqlite3.connect(uri, uri=True, timeout=_SQLITE_TIMEOUT, check_same_thread=False)
+    try:
+        con.execute("SELECT COUNT(*) FROM Settings").fetchone()
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+class _ReadOnlyStore:
+    """The disk layer opened for reading only: what of ``diskcache.Cache`` the cache reads with.
+
+    ``get``, ``len()``, ``volume()``, ``close()`` and the ``disk`` (a :class:`SafeJSONDisk`)
+    work as diskcache's do; every write raises :class:`CacheError`. Thread-safe.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.disk = SafeJSONDisk(directory)
+        self._con = _connect_read_only(directory)
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> str | None:
+        db_key, raw = self.disk.put(key)
+        with self._lock:
+            row = self._con.execute(
+                "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = ?"
+                " AND (expire_time IS NULL OR expire_time > ?)",
+                (db_key, raw, time.time()),
+            ).fetchone()
+        if row is None:
+            return None
+        mode, filename, value = row
+        return self.disk.fetch(mode, filename, value, False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            ((count,),) = self._con.execute("SELECT COUNT(*) FROM Cache").fetchall()
+        return int(count)
+
+    def volume(self) -> int:
+        with self._lock:
+            ((pages,),) = self._con.execute("PRAGMA page_count").fetchall()
+            ((page_size,),) = self._con.execute("PRAGMA page_size").fetchall()
+            row = self._con.execute("SELECT value FROM Settings WHERE key = 'size'").fetchone()
+        files = int(row[0]) if row is not None and isinstance(row[0], int) else 0
+        return int(pages) * int(page_size) + files
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+    def _refuse(self, *args: object, **kwargs: object) -> Any:
+        raise CacheError("the cache is open read-only")
+
+    set = clear = expire = delete = transact = _refuse
 
 
 # --------------------------------------------------------------------------------------------
@@ -1377,12 +1739,8 @@ def read_jsonl(
 def _check_import(key: object, completion: ChatCompletion, stored_at: object) -> None:
     if type(key) is not str or not KEY_PATTERN.fullmatch(key):
         raise ValueError("'key' must be a cache key ('fc1-' and 64 lower-case hex digits)")
-    if (
-        not isinstance(stored_at, int | float)
-        or isinstance(stored_at, bool)
-        or not math.isfinite(stored_at)
-        or stored_at < 0
-    ):
+    seconds = _seconds(stored_at)
+    if seconds is None or seconds < 0:
         raise ValueError("'stored_at' must be a finite number of seconds >= 0")
     if not _is_complete(completion):
         reasons = sorted({str(c.finish_reason) for c in completion.choices}) or ["no choices"]
@@ -1415,7 +1773,7 @@ def _parse_export_line(value: Any) -> tuple[str, ChatCompletion, float]:
         ) from None
     key, stored_at = value["key"], value["stored_at"]
     _check_import(key, completion, stored_at)
-    return key, completion, float(stored_at)
+    return key, completion, float(stored_at)  # _check_import made sure this cannot overflow
 
 
 def _json_type(value: object) -> str:

@@ -394,19 +394,53 @@ def _open_cache(config: ChainConfig) -> ResponseCache:
     return response_cache(config, time.time)  # the same backend a chain would use
 
 
-def _require_disk(cache: ResponseCache) -> None:
+def _require_readable(cache: ResponseCache) -> None:
     if not cache.disk_available:
         raise _UsageError(
             f"the cache at {cache.directory} cannot be opened (see the warning above)"
         )
 
 
+def _require_disk(cache: ResponseCache) -> None:
+    """The cache must be open for writing (warming a read-only cache would store nothing)."""
+    _require_readable(cache)
+    if cache.read_only:
+        raise _UsageError(
+            f"the cache at {cache.directory} could only be opened read-only (see the warning "
+            "above): answers would not be stored"
+        )
+
+
+def _read_only(cache: ResponseCache, nothing_done: str) -> bool:
+    """True (and one line on stderr) when the cache could only be opened for reading."""
+    if not cache.read_only:
+        return False
+    _err(
+        f"{_PROG}: the cache at {cache.directory} could only be opened read-only (a read-only "
+        f"filesystem, a full disk or no write permission; see the warning above): {nothing_done}"
+    )
+    return True
+
+
+def _skipped_rows(cache: ResponseCache) -> int:
+    """Rows this command's scans could not read (each logged above); prints a line if any."""
+    skipped = cache.stats().skipped
+    if skipped:
+        _err(
+            f"{_PROG}: skipped {skipped} unreadable cache "
+            f"{'row' if skipped == 1 else 'rows'} (see the warning above)"
+        )
+    return skipped
+
+
 def _cmd_cache_stats(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     ttl = config.cache.ttl
     with _showing_warnings(), _open_cache(config) as cache:
-        _require_disk(cache)
+        _require_readable(cache)
         stats = cache.stats(scan=True)
+        status = EXIT_FAILED if _skipped_rows(cache) else EXIT_OK
+        read_only = cache.read_only
     if args.json:
         _out(
             json.dumps(
@@ -420,11 +454,13 @@ def _cmd_cache_stats(args: argparse.Namespace) -> int:
                     "ttl": ttl,
                     "hits": None,
                     "misses": None,
+                    "unreadable": stats.skipped,
+                    "read_only": read_only,
                 },
                 indent=2,
             )
         )
-        return EXIT_OK
+        return status
     now = time.time()
     _out(f"directory: {stats.directory}")
     expired = f" ({stats.expired} expired, removed by `cache prune`)" if stats.expired else ""
@@ -435,7 +471,9 @@ def _cmd_cache_stats(args: argparse.Namespace) -> int:
         _out(f"{label}:    {shown}")
     _out(f"ttl:       {ttl:g}s ({_duration(ttl)})")
     _out("hits/misses: not known here (each running process counts its own: Cache.stats())")
-    return EXIT_OK
+    if read_only:
+        _out("read-only: yes (answers are served; nothing can be stored, cleared or pruned)")
+    return status
 
 
 def _confirm(question: str) -> bool:
@@ -447,8 +485,10 @@ def _confirm(question: str) -> bool:
 
 def _cmd_cache_clear(args: argparse.Namespace) -> int:
     with _showing_warnings(), _open_cache(load_config(args.config)) as cache:
-        _require_disk(cache)
+        _require_readable(cache)
         entries = cache.stats().entries
+        if _read_only(cache, f"nothing removed ({entries} entries)"):
+            return EXIT_FAILED
         if entries == 0:
             _out(f"the cache at {cache.directory} is already empty")
             return EXIT_OK
@@ -458,36 +498,46 @@ def _cmd_cache_clear(args: argparse.Namespace) -> int:
             _err(f"{_PROG}: not cleared (answer y, or pass --yes)")
             return EXIT_FAILED
         removed = cache.clear()
+        after = cache.stats()
     _out(f"removed {removed} entries from {cache.directory}")
+    if after.entries and after.errors:  # rows left by a failure, not written since by others
+        _err(f"{_PROG}: {after.entries} entries remain (see the warning above)")
+        return EXIT_FAILED
     return EXIT_OK
 
 
 def _cmd_cache_prune(args: argparse.Namespace) -> int:
     with _showing_warnings(), _open_cache(load_config(args.config)) as cache:
-        _require_disk(cache)
+        _require_readable(cache)
+        if _read_only(cache, "nothing pruned"):
+            return EXIT_FAILED
         removed = cache.prune()
+        status = EXIT_FAILED if _skipped_rows(cache) else EXIT_OK
     _out(f"removed {removed} expired entries from {cache.directory}")
-    return EXIT_OK
+    return status
 
 
 def _cmd_cache_export(args: argparse.Namespace) -> int:
     with _showing_warnings(), _open_cache(load_config(args.config)) as cache:
-        _require_disk(cache)
+        _require_readable(cache)
         if args.file == "-":
             count = cache.export_jsonl(sys.stdout)
             _err(f"exported {count} entries from {cache.directory}")
-            return EXIT_OK
+            return EXIT_FAILED if _skipped_rows(cache) else EXIT_OK
         try:
             count = cache.export_jsonl(args.file)
         except OSError as exc:
             raise _UsageError(f"{args.file}: cannot write file: {exc.strerror or exc}") from None
+        status = EXIT_FAILED if _skipped_rows(cache) else EXIT_OK
     _out(f"exported {count} entries to {args.file}")
-    return EXIT_OK
+    return status
 
 
 def _cmd_cache_import(args: argparse.Namespace) -> int:
     with _showing_warnings(), _open_cache(load_config(args.config)) as cache:
-        _require_disk(cache)
+        _require_readable(cache)
+        if _read_only(cache, "nothing imported"):
+            return EXIT_FAILED
         if args.file == "-":
             report = cache.import_jsonl(sys.stdin, name="<stdin>")
         else:

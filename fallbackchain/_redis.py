@@ -1042,6 +1042,11 @@ class RedisResponseCache(ResponseCache):
             return False
 
     @property
+    def read_only(self) -> bool:
+        """Always False: Redis is either usable for reads and writes, or unavailable."""
+        return False
+
+    @property
     def link(self) -> _RedisLink:
         return self._link
 
@@ -1296,7 +1301,7 @@ class RedisResponseCache(ResponseCache):
                 try:
                     entry = _decode_row(value)
                 except CacheError as exc:
-                    self._failure(operation, exc, "row skipped")
+                    self._skip_row(operation, exc)
                     entry = None
                 yield key, value, entry
 

@@ -779,17 +779,6 @@ def test_directory_is_private(tmp_path: pathlib.Path, clock: FakeClock) -> None:
     assert directory.stat().st_mode & 0o777 == 0o700
 
 
-@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
-def test_shared_existing_directory_is_warned_about(
-    cache_dir: pathlib.Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
-) -> None:
-    cache_dir.mkdir()
-    cache_dir.chmod(0o777)
-    caplog.set_level(logging.WARNING, logger=LOGGER)
-    ResponseCache(make_config(cache_dir), clock=clock).close()
-    assert "writable by other users" in cache_warnings(caplog)[0].getMessage()
-
-
 def test_memory_items_zero_uses_disk_only(open_cache: Any, key: str) -> None:
     rc = open_cache(memory_items=0)
     assert rc.put(key, completion()) is True
@@ -1198,3 +1187,64 @@ def test_import_from_lines_in_memory(open_cache: Any) -> None:
     report = open_cache().import_jsonl([export_line(real_key(1), T0), "oops"], name="shipped")
     assert report.imported == 1
     assert str(report.errors[0]).startswith("shipped:2: not valid JSON")
+
+
+# --------------------------------------------------------------------------------------------
+# Numbers in keys
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ({"temperature": 1}, {"temperature": 1.0}),
+        ({"temperature": 0}, {"temperature": 0.0}),
+        ({"temperature": 0}, {"temperature": -0.0}),
+        ({"max_tokens": 100}, {"max_tokens": 100.0}),
+        ({"extra_body": {"k": [2, {"x": 3}]}}, {"extra_body": {"k": [2.0, {"x": 3.0}]}}),
+    ],
+)
+def test_key_counts_numbers_by_value(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert cache_key("m", MESSAGES, a) == cache_key("m", MESSAGES, b)
+
+
+def test_key_counts_numbers_in_messages_by_value() -> None:
+    tool = [{"role": "tool", "tool_call_id": "t", "content": [{"type": "text", "n": 1}]}]
+    tool_float = [{"role": "tool", "tool_call_id": "t", "content": [{"type": "text", "n": 1.0}]}]
+    assert cache_key("m", tool, {}) == cache_key("m", tool_float, {})
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ({"logprobs": True}, {"logprobs": 1}),
+        ({"logprobs": True}, {"logprobs": 1.0}),
+        ({"logprobs": False}, {"logprobs": 0}),
+        ({"temperature": 0.5}, {"temperature": 1}),
+        ({"temperature": 1}, {"temperature": "1"}),
+    ],
+)
+def test_key_keeps_different_values_apart(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert cache_key("m", MESSAGES, a) != cache_key("m", MESSAGES, b)
+
+
+def test_key_of_an_int_parameter_is_unchanged() -> None:
+    """Keys stored before numbers were canonicalised stay readable when no whole float is used."""
+    canonical = json.dumps(
+        {"model": "m", "messages": MESSAGES, "params": {"max_tokens": 100, "temperature": 0.5}},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    expected = "fc1-" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    assert cache_key("m", MESSAGES, {"max_tokens": 100, "temperature": 0.5}) == expected
+    assert cache_key("m", MESSAGES, {"max_tokens": 100.0, "temperature": 0.5}) == expected
+
+
+def test_a_prompts_file_float_and_app_code_int_share_the_cached_answer(
+    open_cache: Any,
+) -> None:
+    rc = open_cache()
+    from_file = json.loads('{"temperature": 1.0, "top_p": 1.0}')
+    assert rc.put(cache_key("m", MESSAGES, from_file), completion("warm"))
+    assert text_of(rc.get(cache_key("m", MESSAGES, {"temperature": 1, "top_p": 1}))) == "warm"
