@@ -207,6 +207,7 @@ _lines = st.lists(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(lines=_lines, as_bytes=st.booleans(), junk=st.binary(max_size=12))
 def test_import_gives_only_file_line_errors_never_another_exception(

@@ -69,6 +69,7 @@ def test_every_shipped_template_is_a_valid_config(name):
     load_config(ROOT / "fallbackchain" / "templates" / f"{name}.toml")
 
 
+@pytest.mark.slow
 def test_an_installed_package_has_the_templates_and_init_uses_them(tmp_path):
     """Build the package as a wheel would lay it out, then run ``init`` from that copy, outside
     the repository: the templates come from the package, not from a checkout's ``config/``."""
@@ -402,6 +403,7 @@ def test_status_is_zero_when_redis_answers(cli, tmp_path):
     assert "stream: closed (failures 0)" in result.out
 
 
+@pytest.mark.slow
 def test_python_dash_m_init_then_status(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != CONFIG_ENV}
     for argv in (["init"], ["status"]):

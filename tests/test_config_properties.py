@@ -10,6 +10,7 @@ import string
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -96,6 +97,7 @@ def check(config_or_error: ChainConfig | ConfigError) -> None:
         config_or_error.routes()
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(documents)
 def test_any_parsed_document_gives_a_config_or_a_config_error(data):

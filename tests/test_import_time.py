@@ -50,6 +50,7 @@ def test_import_fallbackchain_loads_neither_redis_nor_opentelemetry():
     assert loaded_after("import fallbackchain") == "-"
 
 
+@pytest.mark.slow
 def test_every_public_name_loads_neither_redis_nor_opentelemetry():
     code = """
         import fallbackchain
@@ -75,6 +76,7 @@ def test_a_chain_on_memory_breakers_and_the_disk_cache_loads_neither(tmp_path):
     assert loaded_after(code) == "-"
 
 
+@pytest.mark.slow
 def test_a_config_that_asks_for_redis_loads_it(tmp_path):
     """The other side of the coin: the checks above can see redis when it is loaded."""
     code = """
@@ -85,6 +87,7 @@ def test_a_config_that_asks_for_redis_loads_it(tmp_path):
     assert loaded_after(code).split(",")[0] == "redis"
 
 
+@pytest.mark.slow
 def test_pybreaker_keeps_its_own_redis_storage_after_fallbackchain_hid_redis():
     """An app using pybreaker.CircuitRedisStorage next to fallbackchain loses nothing."""
     require_redis_server()

@@ -255,7 +255,9 @@ def test_a_fallback_may_wait_longer_for_its_first_token(
     mode: str, server: FaultServer, backup: FaultServer, tmp_path: Path
 ) -> None:
     config = ChainConfig(
-        openai=OpenAIConfig(base_url=server.base_url, model="m", first_token_timeout=0.3),
+        openai=OpenAIConfig(
+            base_url=server.base_url, model="m", first_token_timeout=0.3, idle_timeout=0.3
+        ),
         cache=CacheConfig(directory=str(tmp_path / "cache")),
         fallbacks=(
             FallbackConfig(
@@ -298,6 +300,7 @@ def hedged(
     )
 
 
+@pytest.mark.slow
 def test_a_silent_primary_is_hedged_and_the_fallback_answers_in_about_hedge_after(
     mode: str, backup: FaultServer, tmp_path: Path
 ) -> None:

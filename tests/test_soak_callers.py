@@ -86,6 +86,7 @@ def classify(exc: BaseException) -> str:
     return "unexpected"
 
 
+@pytest.mark.slow
 def test_threads_with_caller_mistakes_a_mid_run_close_and_clock_steps(
     server: FaultServer, tmp_path: Path
 ) -> None:
@@ -123,6 +124,7 @@ def test_threads_with_caller_mistakes_a_mid_run_close_and_clock_steps(
     client.close()
 
 
+@pytest.mark.slow
 def test_tasks_with_caller_mistakes_a_mid_run_close_and_clock_steps(
     server: FaultServer, tmp_path: Path
 ) -> None:
