@@ -374,7 +374,7 @@ def rows(results: dict[str, dict[str, list[Outcome]]], cap: float) -> list[Row]:
         ratios = []
         for other in (tutorial, sdk):
             bound = "≤ " if other.capped else ""
-            ratios.append(f"{bound}{chain.seconds / other.seconds:.2f}")
+            ratios.append(f"{bound}{chain.seconds / other.seconds:.2g}")
         out.append(
             Row(
                 "failover",
