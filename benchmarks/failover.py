@@ -297,12 +297,14 @@ class Scenario:
 # --------------------------------------------------------------------------------------------
 
 
-def measure(scratch: Path, *, cap: float, repeats: int) -> dict[str, dict[str, list[Outcome]]]:
+def measure(
+    scratch: Path, *, cap: float, repeats: int, kinds: tuple[Kind, ...] = KINDS
+) -> dict[str, dict[str, list[Outcome]]]:
     """Outcomes by fault kind label, then contender; ``repeats`` each, all run concurrently."""
     os.environ.setdefault(KEY_ENV, API_KEY)  # the chain reads its key from the environment
     scenarios: list[Scenario] = []
     try:
-        for kind in KINDS:
+        for kind in kinds:
             for contender in CONTENDERS:
                 for _ in range(repeats):
                     scenarios.append(Scenario(kind, contender, len(scenarios), scratch))
@@ -364,9 +366,14 @@ def _note(kind: Kind, by: dict[str, list[Outcome]]) -> str:
     return "; ".join(parts)
 
 
+def _measured(results: dict[str, dict[str, list[Outcome]]]) -> list[Kind]:
+    return [kind for kind in KINDS if kind.label in results]
+
+
 def rows(results: dict[str, dict[str, list[Outcome]]], cap: float) -> list[Row]:
+    """One results-table row per measured fault kind, in ``KINDS`` order."""
     out: list[Row] = []
-    for kind in KINDS:
+    for kind in _measured(results):
         by = results[kind.label]
         chain = _median_outcome(by["fallbackchain"])
         tutorial = _median_outcome(by["tutorial"])
@@ -391,16 +398,18 @@ def rows(results: dict[str, dict[str, list[Outcome]]], cap: float) -> list[Row]:
 
 
 def chart_data(results: dict[str, dict[str, list[Outcome]]], cap: float) -> dict[str, Any]:
+    """Labels, median times per contender, and the README-shaped table, per measured kind."""
+    kinds = _measured(results)
     return {
         "cap": cap,
-        "kinds": [kind.label for kind in KINDS],
+        "kinds": [kind.label for kind in kinds],
         "times": {
-            name: [statistics.median(o.seconds for o in results[k.label][name]) for k in KINDS]
+            name: [statistics.median(o.seconds for o in results[k.label][name]) for k in kinds]
             for name in CONTENDERS
         },
         "table": [
             [kind.label, *(cell(results[kind.label][name], cap) for name in CONTENDERS)]
-            for kind in KINDS
+            for kind in kinds
         ],
     }
 
@@ -451,7 +460,7 @@ def write_markdown(
         "",
         f"Run {started} ({'`--quick`' if quick else 'full run'}, {elapsed:.0f} s) with "
         f"`.venv/bin/python benchmarks/failover.py{' --quick' if quick else ''}` "
-        "(or `benchmarks/run.py --only failover`).",
+        "(also a section of `benchmarks/run.py`).",
         "",
         f"**Machine:** {machine['cpu']}, {machine['cores']} cores, {machine['memory']} RAM, "
         f"{machine['os']}; Python {machine['python']}; openai {machine['openai']}; "
@@ -466,13 +475,12 @@ def write_markdown(
     for label, *cells in data["table"]:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "| fault kind | fallbackchain target | met |", "|---|---|---|"]
-    for kind, row in zip(KINDS, section.rows, strict=True):
-        label = kind.label
+    for label, row in zip(data["kinds"], section.rows, strict=True):
         met = {True: "yes", False: "**no**", None: "-"}[row.met]
         lines.append(f"| {label} | {row.target} | {met} |")
     lines += ["", "## Notes", ""]
     lines += [f"- {note}" for note in section.notes]
-    lines += [f"- *{k.label}*: {row.note}" for k, row in zip(KINDS, section.rows, strict=True)]
+    lines += [f"- *{k}*: {row.note}" for k, row in zip(data["kinds"], section.rows, strict=True)]
     lines.append(f"- {' '.join((__doc__ or '').split())}")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -494,9 +502,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fallbackchain-failover-") as tmp:
         section = run(Settings(quick=args.quick, scratch=Path(tmp)))
     elapsed = time.perf_counter() - t0
-    for kind, row in zip(KINDS, section.rows, strict=True):
+    for label, row in zip(section.chart["kinds"], section.rows, strict=True):
         flag = {True: "ok ", False: "MISS", None: "    "}[row.met]
-        print(f"[{flag}] {kind.label}: {row.chain} | {row.baseline}")
+        print(f"[{flag}] {label}: {row.chain} | {row.baseline}")
     path = args.out / "failover.md"
     write_markdown(
         path,
