@@ -88,10 +88,6 @@ class Outcome:
     gaps: list[float] = field(default_factory=list)
     """Seconds between consecutive primary requests (received_at), in order."""
 
-    @property
-    def answered(self) -> bool:
-        return bool(self.answered_by) and self.text_ok
-
 
 def _backup_within(limit: float, requests: int | None = None) -> Callable[[Outcome], bool]:
     def met(o: Outcome) -> bool:
@@ -251,7 +247,7 @@ class Scenario:
     ) -> None:
         try:
             text = answer(client, self.prompt)
-        except Exception as exc:  # openai errors, and httpx errors raised mid-stream
+        except Exception as exc:  # whatever ends the try is its result
             self._finish(error=type(exc).__name__)
             return
         expected = self.primary.answer_for(user(self.prompt), MODEL)
@@ -353,7 +349,7 @@ def _spread(outcomes: list[Outcome]) -> str:
     return f"{times[0]:.2f} to {times[-1]:.2f} s"
 
 
-def _note(kind: Kind, by: dict[str, list[Outcome]]) -> str:
+def _note(by: dict[str, list[Outcome]]) -> str:
     chain = by["fallbackchain"]
     parts = [f"chain tiers tried: {_median_outcome(chain).trace or '-'}"]
     gaps = _median_outcome(chain).gaps
@@ -391,7 +387,7 @@ def rows(results: dict[str, dict[str, list[Outcome]]], cap: float) -> list[Row]:
                 " / ".join(ratios),
                 kind.target,
                 all(kind.met(o) for o in by["fallbackchain"]),
-                _note(kind, by),
+                _note(by),
             )
         )
     return out
@@ -448,19 +444,21 @@ def write_markdown(
     section: Section,
     machine: dict[str, str],
     *,
-    quick: bool,
+    command: str,
     started: str,
     elapsed: float,
     load: tuple[str, str],
 ) -> None:
-    """``failover.md``: the per-kind table in the README's shape, the machine, the notes."""
+    """``failover.md``: the per-kind table in the README's shape, the machine, the notes.
+
+    ``command`` is what produced it (say ``benchmarks/failover.py --quick``); ``elapsed`` is
+    that command's run time.
+    """
     data = section.chart
     lines = [
         "# Failover time per fault kind",
         "",
-        f"Run {started} ({'`--quick`' if quick else 'full run'}, {elapsed:.0f} s) with "
-        f"`.venv/bin/python benchmarks/failover.py{' --quick' if quick else ''}` "
-        "(also a section of `benchmarks/run.py`).",
+        f"Run {started} ({elapsed:.0f} s) with `.venv/bin/python {command}`.",
         "",
         f"**Machine:** {machine['cpu']}, {machine['cores']} cores, {machine['memory']} RAM, "
         f"{machine['os']}; Python {machine['python']}; openai {machine['openai']}; "
@@ -510,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         path,
         section,
         machine,
-        quick=args.quick,
+        command="benchmarks/failover.py" + (" --quick" if args.quick else ""),
         started=started,
         elapsed=elapsed,
         load=(load_start, load_average()),

@@ -350,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
                 failover_md,
                 section,
                 machine,
-                quick=args.quick,
+                command="benchmarks/run.py"
+                + (" --quick" if args.quick else "")
+                + (f" --only {args.only}" if args.only else ""),
                 started=started,
                 elapsed=elapsed,
                 load=(load_start, _load()),
