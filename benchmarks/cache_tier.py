@@ -92,7 +92,10 @@ def run(settings: Settings) -> Section:
                 for prompt in prompts:
                     chain.complete(user(prompt))
                 server.default = Fault.status(503)
-                chain.complete(user(prompts[0]))  # opens both breakers
+                # fail_max 1: the first request opens the stream tier's breaker, the second
+                # the completion tier's (a 503 is the route's: one attempt per request)
+                chain.complete(user(prompts[0]))
+                chain.complete(user(prompts[0]))
                 assert set(chain.breaker_states().values()) == {"open"}
                 before = server.counts["total"]
                 calls = [(user(rng.choice(prompts)),) for _ in range(reads // 5)]

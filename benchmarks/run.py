@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/run.py            # the full run (a few minutes; real 30-s outage)
     .venv/bin/python benchmarks/run.py --quick    # a short smoke run (compressed outage)
     .venv/bin/python benchmarks/run.py --only outage,cache_tier
+    .venv/bin/python benchmarks/failover.py       # only failover.md (results.md untouched)
 
 Everything runs on this machine against the project's fault server on loopback. Needs the
 ``bench`` extra (matplotlib, psutil).
@@ -19,10 +20,12 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cache_tier
+import failover
 import happy_path
 import import_time
 import memory
@@ -33,6 +36,7 @@ from _common import RESULTS, Row, Section, Settings, machine_info
 SCENARIOS: dict[str, Callable[[Settings], Section]] = {
     "happy_path": happy_path.run,
     "outage": outage.run,
+    "failover": failover.run,
     "recovery": recovery.run,
     "cache_tier": cache_tier.run,
     "memory": memory.run,
@@ -238,6 +242,10 @@ def write_chart(path: Path, sections: list[Section], machine: dict[str, str]) ->
         ax.set_ylabel("seconds to the first live answer")
         ax.set_title("Recovery")
 
+    fail = charts.get("failover")
+    if fail:
+        _failover_panel(flat[7], fail)
+
     mem = charts.get("memory")
     if mem:
         ax = flat[6]
@@ -257,6 +265,29 @@ def write_chart(path: Path, sections: list[Section], machine: dict[str, str]) ->
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _failover_panel(ax: Any, data: dict[str, Any]) -> None:
+    """Grouped bars: median time to an answer or an error per fault kind, per contender."""
+    ax.set_visible(True)
+    kinds = data["kinds"]
+    labels = {"fallbackchain": "fallbackchain", "tutorial": "tutorial loop", "sdk": "SDK alone"}
+    palette = {"fallbackchain": "#1565c0", "tutorial": "#ef6c00", "sdk": "#9e9e9e"}
+    width = 0.27
+    for j, name in enumerate(("fallbackchain", "tutorial", "sdk")):
+        ax.barh(
+            [i + (j - 1) * width for i in range(len(kinds))],
+            data["times"][name],
+            width,
+            label=labels[name],
+            color=palette[name],
+        )
+    ax.axvline(data["cap"], color="red", linestyle="--", label=f"cap {data['cap']:g} s")
+    ax.set_yticks(range(len(kinds)), kinds, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds to an answer or an error (median)")
+    ax.set_title("Failover: time per fault kind (one fallback)")
+    ax.legend(fontsize=7)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -314,6 +345,21 @@ def main(argv: list[str] | None = None) -> int:
         failures=failures,
     )
     write_chart(chart, sections, machine)
+    for section in sections:
+        if section.name == "failover":
+            failover_md = args.out / "failover.md"
+            failover.write_markdown(
+                failover_md,
+                section,
+                machine,
+                command="benchmarks/run.py"
+                + (" --quick" if args.quick else "")
+                + (f" --only {args.only}" if args.only else ""),
+                started=started,
+                elapsed=elapsed,
+                load=(load_start, _load()),
+            )
+            print(f"wrote {failover_md}")
     print(f"wrote {markdown}")
     print(f"wrote {chart}")
     return 1 if failures else 0
