@@ -780,6 +780,20 @@ class _CacheBase:
 
     # --- shared steps ----------------------------------------------------------------------
 
+    def get_held(self, key: str) -> CachedAnswer | None:
+        """The answer for ``key`` if the memory layer holds it, else ``None`` (not a miss).
+
+        No disk or network I/O and no wait beyond an in-process lock: safe to call on an
+        event loop before falling back to :meth:`get` in a thread. A hit counts as one.
+        """
+        if not self._usable():
+            return None
+        answer = self._memory.get(key, self._clock())
+        if answer is not None:
+            with self._lock:
+                self._hits += 1
+        return answer
+
     def _usable(self) -> bool:
         return self._config.enabled and not self._closed
 

@@ -1023,7 +1023,20 @@ class AsyncFallbackChain(_ChainBase):
             self._ended(run, out, failure)
 
     async def _alookup(self, request: _Request) -> CachedAnswer | None:
-        """Cache read off the event loop: the cache's own ``aget`` if it has one, else a thread."""
+        """Cache read off the event loop: the cache's own ``aget`` if it has one, else a thread.
+
+        An answer the memory layer holds is served on the loop, with no thread hop (an
+        outage's hot path: a hop costs far more than the lookup under concurrency).
+        """
+        held = getattr(self.cache, "get_held", None)
+        if held is not None and request.key is not None:
+            try:
+                answer: CachedAnswer | None = held(request.key)
+            except Exception:
+                logger.exception("cache read failed (ignored)")
+                answer = None
+            if answer is not None:
+                return answer
         aget = getattr(self.cache, "aget", None)
         if aget is None or request.key is None:
             return await asyncio.to_thread(self._lookup, request)
