@@ -1,0 +1,296 @@
+"""The decision core on its own: step sequences of one request, without I/O (#12).
+
+As tenacity tests its retry state: a :class:`RequestRun` is driven by a tiny loop that plays
+a script of attempt outcomes, and the steps it asks for (attempts, sleeps, the cache) are
+compared with a table. Real breaker gates (in-memory), a fake clock, jitter fixed at 0.5.
+With the defaults (``base_delay`` 0.5, ``max_delay`` 8), full jitter at 0.5 sleeps 0.25 s,
+0.5 s, 1 s... before the 2nd, 3rd, 4th attempt on a route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fallbackchain import (
+    BreakerConfig,
+    ChainConfig,
+    FallbackConfig,
+    FirstTokenTimeoutError,
+    IdleTimeoutError,
+    QuotaExceededError,
+    RateLimitedError,
+    RetryConfig,
+    ServerError,
+    TierError,
+    TruncatedStreamError,
+    UpstreamConnectionError,
+)
+from fallbackchain._breaker import BreakerGate
+from fallbackchain._core import Acquire, AwaitSlot, RequestRun, Sleep, Tier, TryTier, UseCache
+
+from .conftest import FakeClock
+
+OK = "ok"
+R429 = RateLimitedError("HTTP 429", status_code=429)
+R503 = ServerError("HTTP 503", status_code=503)
+SILENT = FirstTokenTimeoutError("timed out before the first content")
+STALL = IdleTimeoutError("read timed out between chunks")
+QUOTA = QuotaExceededError("HTTP 429 insufficient_quota", status_code=429)
+NO_RETRY = ServerError("HTTP 503", status_code=503, should_retry=False)
+
+
+def after_content(error: TierError) -> tuple[TierError, float]:
+    """``error`` met after the stream had shown content (its time to first token: 0.1 s)."""
+    return error, 0.1
+
+
+def retry_after(seconds: float) -> RateLimitedError:
+    return RateLimitedError("HTTP 429", status_code=429, retry_after=seconds)
+
+
+def make_tiers(config: ChainConfig, clock: FakeClock) -> list[Tier]:
+    return [
+        Tier(
+            name,
+            streams,
+            BreakerGate(
+                name, fail_max=route.fail_max, reset_timeout=route.reset_timeout, clock=clock
+            ),
+            provider=route.name,
+            model=None if route.name == "primary" else route.model,
+            max_attempts=route.max_attempts,
+            hedge_after=route.hedge_after,
+        )
+        for route in config.routes()
+        for name, streams in route.tiers
+    ]
+
+
+def play(
+    config: ChainConfig, script: dict[str, list[Any]], clock: FakeClock | None = None
+) -> list[str]:
+    """Run one request; each tier answers from its own list in ``script`` (then ``OK``).
+
+    Returns the steps taken: a tier's name per attempt (``"stream!"`` when the breaker
+    refused it), ``"sleep S"`` per backoff, ``"cache"`` at the end.
+    """
+    clock = clock or FakeClock()
+    run = RequestRun(make_tiers(config, clock), config, clock=clock, random=lambda: 0.5)
+    return list(_steps(run, {k: list(v) for k, v in script.items()}, clock))
+
+
+def _steps(run: RequestRun, script: dict[str, list[Any]], clock: FakeClock) -> Iterator[str]:
+    for _ in range(100):
+        step = run.next_step()
+        if isinstance(step, UseCache):
+            yield "cache"
+            return
+        if isinstance(step, Sleep):
+            clock.advance(step.seconds)
+            yield f"sleep {step.seconds:g}"
+            continue
+        assert not isinstance(step, AwaitSlot)
+        assert isinstance(step, Acquire)
+        attempt = run.granted(step, step.tier.gate.acquire())
+        if attempt is None:
+            yield f"{step.tier.name}!"
+            continue
+        yield attempt.tier.name
+        if _settle(run, attempt, script.get(attempt.tier.name, [])):
+            return
+    raise AssertionError("the run never ended")
+
+
+def _settle(run: RequestRun, attempt: TryTier, outcomes: list[Any]) -> bool:
+    outcome = outcomes.pop(0) if outcomes else OK
+    if outcome == OK:
+        attempt.permit.success()
+        run.succeeded(attempt, time_to_first_token=0.1)
+        return True
+    error, ttft = outcome if isinstance(outcome, tuple) else (outcome, None)
+    run.failed(attempt, error, breaker_opened=attempt.permit.failure(), time_to_first_token=ttft)
+    return False
+
+
+DEFAULTS = ChainConfig()
+BACKUP = FallbackConfig(name="backup", model="backup-model", base_url="http://127.0.0.1:1/v1")
+WITH_BACKUP = ChainConfig(fallbacks=(BACKUP,))
+
+TABLE: list[tuple[str, ChainConfig, dict[str, list[Any]], list[str]]] = [
+    ("healthy", WITH_BACKUP, {}, ["stream"]),
+    (
+        "429 without Retry-After: the route's budget, spaced by backoff, then the next route",
+        WITH_BACKUP,
+        {"stream": [R429] * 9},
+        ["stream", "sleep 0.25", "stream", "sleep 0.5", "stream", "backup"],
+    ),
+    (
+        "Retry-After is waited before every attempt on the route",
+        WITH_BACKUP,
+        {"stream": [retry_after(2)] * 9},
+        ["stream", "sleep 2", "stream", "sleep 2", "stream", "backup"],
+    ),
+    (
+        "a Retry-After above max_retry_after skips the route at once",
+        WITH_BACKUP,
+        {"stream": [retry_after(60)]},
+        ["stream", "backup"],
+    ),
+    (
+        "x-should-retry: false skips the route",
+        WITH_BACKUP,
+        {"stream": [NO_RETRY]},
+        ["stream", "backup"],
+    ),
+    (
+        "a silent route: the next route at once",
+        WITH_BACKUP,
+        {"stream": [SILENT]},
+        ["stream", "backup"],
+    ),
+    ("a stall: the next route at once", WITH_BACKUP, {"stream": [STALL]}, ["stream", "backup"]),
+    (
+        "a silent route with no other route: its completion tier",
+        DEFAULTS,
+        {"stream": [SILENT]},
+        ["stream", "completion"],
+    ),
+    (
+        "a silent primary and a failing fallback: the primary's completion tier last",
+        WITH_BACKUP,
+        {"stream": [SILENT], "backup": [NO_RETRY]},
+        ["stream", "backup", "completion"],
+    ),
+    (
+        "a stream that keeps breaking: retried on its tier, then the completion tier",
+        DEFAULTS,
+        {"stream": [after_content(UpstreamConnectionError("connection error"))] * 3},
+        ["stream", "sleep 0.25", "stream", "sleep 0.5", "stream", "completion"],
+    ),
+    (
+        "transport faults do not spend the route's budget",
+        DEFAULTS,
+        {
+            "stream": [after_content(TruncatedStreamError("no finish_reason"))] * 3,
+            "completion": [R503, R503],
+        },
+        [
+            "stream",
+            "sleep 0.25",
+            "stream",
+            "sleep 0.5",
+            "stream",
+            "completion",
+            "sleep 0.25",
+            "completion",
+            "sleep 0.5",
+            "completion",
+        ],
+    ),
+    (
+        "two 503s, then an answer: retried on the same tier after backoff",
+        DEFAULTS,
+        {"stream": [R503, R503]},
+        ["stream", "sleep 0.25", "stream", "sleep 0.5", "stream"],
+    ),
+    (
+        "quota: every tier of that provider skipped",
+        WITH_BACKUP,
+        {"stream": [QUOTA]},
+        ["stream", "backup"],
+    ),
+    ("quota with no other provider: the cache", DEFAULTS, {"stream": [QUOTA]}, ["stream", "cache"]),
+    (
+        "everything down: each route's budget once, then the cache",
+        WITH_BACKUP,
+        {"stream": [R503] * 9, "backup": [R503] * 9},
+        [
+            "stream",
+            "sleep 0.25",
+            "stream",
+            "sleep 0.5",
+            "stream",
+            "backup",
+            "sleep 0.25",
+            "backup",
+            "sleep 0.5",
+            "backup",
+            "cache",
+        ],
+    ),
+    (
+        "a breaker that opens mid-request: the route's next tier takes the retry, after the wait",
+        ChainConfig(breaker=BreakerConfig(fail_max=2)),
+        {"stream": [R503] * 9},
+        ["stream", "sleep 0.25", "stream", "sleep 0.5", "completion"],
+    ),
+    (
+        "one route's own budget (max_attempts per fallback)",
+        ChainConfig(
+            retry=RetryConfig(max_attempts=1),
+            fallbacks=(
+                FallbackConfig(
+                    name="backup", model="b", base_url="http://127.0.0.1:1/v1", max_attempts=2
+                ),
+            ),
+        ),
+        {"stream": [R503], "backup": [R503, R503]},
+        ["stream", "backup", "sleep 0.25", "backup", "cache"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("config", "script", "expected"),
+    [row[1:] for row in TABLE],
+    ids=[row[0] for row in TABLE],
+)
+def test_step_sequences(
+    config: ChainConfig, script: dict[str, list[Any]], expected: list[str]
+) -> None:
+    assert play(config, script) == expected
+
+
+def test_an_open_breaker_is_skipped_without_an_attempt_or_a_sleep() -> None:
+    clock = FakeClock()
+    config = ChainConfig(breaker=BreakerConfig(fail_max=1), fallbacks=(BACKUP,))
+    tiers = make_tiers(config, clock)
+    first = RequestRun(tiers, config, clock=clock, random=lambda: 0.5)
+    assert list(_steps(first, {"stream": [R503]}, clock)) == ["stream", "sleep 0.25", "completion"]
+    second = RequestRun(tiers, config, clock=clock, random=lambda: 0.5)
+    assert list(_steps(second, {}, clock)) == ["stream!", "completion"]
+
+
+def test_no_sleep_is_scheduled_past_the_deadline() -> None:
+    config = ChainConfig(retry=RetryConfig(deadline=1.0), fallbacks=(BACKUP,))
+    steps = play(config, {"stream": [retry_after(0.8)] * 9})
+    assert steps == ["stream", "sleep 0.8", "stream", "backup"]
+
+
+def test_a_hedge_goes_to_the_next_route_once() -> None:
+    clock = FakeClock()
+    config = ChainConfig(retry=RetryConfig(hedge_after=1.0), fallbacks=(BACKUP,))
+    tiers = make_tiers(config, clock)
+    run = RequestRun(tiers, config, clock=clock, random=lambda: 0.5)
+    step = run.next_step()
+    assert isinstance(step, Acquire)
+    attempt = run.granted(step, step.tier.gate.acquire())
+    assert attempt is not None and run.hedge_delay(attempt) == 1.0
+    target = run.hedge(attempt)
+    assert target is not None and target.tier.name == "backup"
+    assert run.hedge_delay(attempt) is None  # at most one hedge per request
+    hedge = run.hedge_granted(target, target.tier.gate.acquire())
+    assert hedge is not None
+    run.lost_race(attempt)
+    attempt.permit.release()
+    run.adopt(hedge, attempt)
+    hedge.permit.success()
+    run.succeeded(hedge, time_to_first_token=0.1)
+    assert [(a.tier, a.error) for a in run.attempts] == [
+        ("stream", "lost a hedge race"),
+        ("backup", None),
+    ]
+    assert {t.gate.fail_counter for t in tiers} == {0}  # the loser counted by no breaker
