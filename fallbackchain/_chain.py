@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random as _random
 from collections.abc import (
     AsyncGenerator,
@@ -97,6 +98,22 @@ class _OpenStream:
     ended: bool = False  # the stream ended before any content
 
 
+def _call_timeout(value: object) -> float | None:
+    """A per-call ``timeout=`` as seconds: a positive number, or ``None`` (not given).
+
+    The chain sets the SDK's timeout of each attempt itself (from the route's settings and
+    the deadline); a caller's number tightens it. An ``httpx`` timeout object is refused:
+    its parts (connect, read, pool) would each need a meaning here.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"timeout must be a number of seconds, not {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds (got {value!r})")
+    return float(value)
+
+
 def _unwrap(raced: _OpenStream | BaseException) -> _OpenStream:
     if isinstance(raced, BaseException):
         raise raced
@@ -121,6 +138,8 @@ class _Request:
     messages: Sequence[Any]
     params: Mapping[str, Any]
     key: str | None
+    timeout: float | None = None
+    """A per-call ``timeout=``: bounds each attempt's connect and every wait for data."""
 
 
 class _Outcome:
@@ -265,9 +284,12 @@ class _ChainBase:
         except TypeError:  # a value with no JSON form: answer live, never cache it
             logger.warning("request cannot be cached: a parameter has no JSON form")
             key = None
+        timeout = _call_timeout(params.get("timeout"))
+        if "timeout" in params:
+            params = {k: v for k, v in params.items() if k != "timeout"}
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("request %s model=%s messages=%r", (key or "-")[:16], model, messages)
-        return _Request(model, messages, params, key)
+        return _Request(model, messages, params, key, timeout)
 
     def _kwargs(
         self, request: _Request, tier: Tier, *, streaming: bool, read: float
@@ -278,23 +300,29 @@ class _ChainBase:
         kwargs["stream"] = streaming
         if streaming and tier.stream_usage and "stream_options" not in kwargs:
             kwargs["stream_options"] = {"include_usage": True}
-        kwargs["timeout"] = httpx2.Timeout(tier.timeout, read=max(read, 0.001))
+        bound = tier.timeout if request.timeout is None else min(tier.timeout, request.timeout)
+        kwargs["timeout"] = httpx2.Timeout(bound, read=max(read, 0.001))
         return kwargs
 
-    def _read_budget(self, run: RequestRun, tier: Tier, now: float) -> float:
+    def _read_budget(
+        self, run: RequestRun, tier: Tier, now: float, call_timeout: float | None = None
+    ) -> float:
         if tier.streaming:
             per_read = max(tier.first_token_timeout, tier.idle_timeout)
-            return min(per_read, max(run.remaining(now), 0.0))
-        return min(tier.timeout, max(run.remaining(now), 0.0))
+        else:
+            per_read = tier.timeout
+        if call_timeout is not None:
+            per_read = min(per_read, call_timeout)
+        return min(per_read, max(run.remaining(now), 0.0))
 
-    def _new_watch(self, run: RequestRun, step: TryTier) -> AttemptWatch:
+    def _new_watch(
+        self, run: RequestRun, step: TryTier, call_timeout: float | None
+    ) -> AttemptWatch:
         tier = step.tier
-        return AttemptWatch(
-            run,
-            started=step.started,
-            first_token=tier.first_token_timeout,
-            idle=tier.idle_timeout,
-        )
+        first_token, idle = tier.first_token_timeout, tier.idle_timeout
+        if call_timeout is not None:
+            first_token, idle = min(first_token, call_timeout), min(idle, call_timeout)
+        return AttemptWatch(run, started=step.started, first_token=first_token, idle=idle)
 
     def _done(
         self,
@@ -549,7 +577,7 @@ class FallbackChain(_ChainBase):
                 attempt = run.granted(step, step.tier.gate.acquire())
                 if attempt is None:
                     continue
-                watch = self._new_watch(run, attempt)
+                watch = self._new_watch(run, attempt, request.timeout)
                 try:
                     if attempt.tier.streaming:
                         hedge_after = run.hedge_delay(attempt)
@@ -611,7 +639,7 @@ class FallbackChain(_ChainBase):
             request,
             step.tier,
             streaming=True,
-            read=self._read_budget(run, step.tier, before),
+            read=self._read_budget(run, step.tier, before, request.timeout),
         )
         stream = self._clients[step.tier.provider].chat.completions.create(**kwargs)
         watch.responded = True
@@ -706,7 +734,7 @@ class FallbackChain(_ChainBase):
             if acquire is not None:
                 hedge = run.hedge_granted(acquire, acquire.tier.gate.acquire())
                 if hedge is not None:
-                    hedge_watch = self._new_watch(run, hedge)
+                    hedge_watch = self._new_watch(run, hedge, request.timeout)
                     second = pool.submit(self._open_stream, request, run, hedge, hedge_watch)
                     entrants[second] = (hedge, hedge_watch)
                     pending.add(second)
@@ -742,7 +770,7 @@ class FallbackChain(_ChainBase):
         self, request: _Request, run: RequestRun, step: TryTier, watch: AttemptWatch
     ) -> ChatCompletion:
         before = self._clock()
-        budget = self._read_budget(run, step.tier, before)
+        budget = self._read_budget(run, step.tier, before, request.timeout)
         kwargs = self._kwargs(request, step.tier, streaming=False, read=budget)
         completion = self._clients[step.tier.provider].chat.completions.create(**kwargs)
         watch.responded = watch.content_seen = True
@@ -965,7 +993,7 @@ class AsyncFallbackChain(_ChainBase):
                 attempt = run.granted(step, await step.tier.gate.aacquire())
                 if attempt is None:
                     continue
-                watch = self._new_watch(run, attempt)
+                watch = self._new_watch(run, attempt, request.timeout)
                 try:
                     if attempt.tier.streaming:
                         hedge_after = run.hedge_delay(attempt)
@@ -1075,7 +1103,7 @@ class AsyncFallbackChain(_ChainBase):
             request,
             step.tier,
             streaming=True,
-            read=self._read_budget(run, step.tier, before),
+            read=self._read_budget(run, step.tier, before, request.timeout),
         )
         try:
             async with asyncio.timeout(budget):
@@ -1190,7 +1218,7 @@ class AsyncFallbackChain(_ChainBase):
             if acquire is not None:
                 hedge = run.hedge_granted(acquire, await acquire.tier.gate.aacquire())
                 if hedge is not None:
-                    hedge_watch = self._new_watch(run, hedge)
+                    hedge_watch = self._new_watch(run, hedge, request.timeout)
                     second = asyncio.create_task(
                         self._open_stream(request, run, hedge, hedge_watch)
                     )
@@ -1228,7 +1256,7 @@ class AsyncFallbackChain(_ChainBase):
         self, request: _Request, run: RequestRun, step: TryTier, watch: AttemptWatch
     ) -> ChatCompletion:
         before = self._clock()
-        budget = self._read_budget(run, step.tier, before)
+        budget = self._read_budget(run, step.tier, before, request.timeout)
         kwargs = self._kwargs(request, step.tier, streaming=False, read=budget)
         try:
             async with asyncio.timeout(budget):

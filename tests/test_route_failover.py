@@ -383,3 +383,24 @@ def test_without_another_route_nothing_is_hedged(
         assert primary_requests(server) == 1
     finally:
         h.close()
+
+
+# --------------------------------------------------------------------------------------------
+# A per-call timeout (#15): the bound of each attempt, never sent as-is
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_per_call_timeout_bounds_each_attempt(harness_factory, server):
+    h = harness_factory(real_time=True, openai__first_token_timeout=5.0, openai__timeout=5.0)
+    server.default = Fault.slow_first_byte(seconds=3.0)
+    started = time.monotonic()
+    with pytest.raises(AllTiersFailedError) as info:
+        h.ask("hello", timeout=0.3)
+    assert time.monotonic() - started < 2.0  # the route's own 5-s waits would take 10 s
+    assert isinstance(info.value.attempts[0].exception, FirstTokenTimeoutError)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "3", True])
+def test_a_per_call_timeout_that_is_not_a_positive_number_is_refused(harness, bad):
+    with pytest.raises((TypeError, ValueError), match="timeout"):
+        harness.ask("hello", timeout=bad)
