@@ -140,6 +140,8 @@ class _Request:
     key: str | None
     timeout: float | None = None
     """A per-call ``timeout=``: bounds each attempt's connect and every wait for data."""
+    whole_first: bool = False
+    """``complete()`` with ``openai.complete_streams = false``: whole completions first."""
 
 
 class _Outcome:
@@ -201,6 +203,7 @@ class _ChainBase:
                     )
                 )
         self._tiers = tuple(tiers)
+        self._whole_first = not config.openai.complete_streams
         self._gates = {tier.name: tier.gate for tier in self._tiers}
         self.cache = cache if cache is not None else response_cache(config, self._time.wall)
         self._owns_cache = cache is None
@@ -221,6 +224,7 @@ class _ChainBase:
             random=self._random,
             hooks=self._hooks,
             request_id=next_request_id(),
+            whole_first=request.whole_first,
         )
         if self._hooks:
             self._hooks.emit(RequestStarted(run.request_id, request.key, request.model, True))
@@ -270,7 +274,12 @@ class _ChainBase:
         return dict(self._gates)
 
     def _prepare(
-        self, messages: Sequence[Any], model: str | None, params: Mapping[str, Any]
+        self,
+        messages: Sequence[Any],
+        model: str | None,
+        params: Mapping[str, Any],
+        *,
+        whole_first: bool = False,
     ) -> _Request:
         self._check_open()
         bad = _RESERVED.intersection(params)
@@ -289,7 +298,7 @@ class _ChainBase:
             params = {k: v for k, v in params.items() if k != "timeout"}
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("request %s model=%s messages=%r", (key or "-")[:16], model, messages)
-        return _Request(model, messages, params, key, timeout)
+        return _Request(model, messages, params, key, timeout, whole_first)
 
     def _kwargs(
         self, request: _Request, tier: Tier, *, streaming: bool, read: float
@@ -525,8 +534,14 @@ class FallbackChain(_ChainBase):
     def complete(
         self, messages: Sequence[Any], model: str | None = None, **params: Any
     ) -> ChainResponse:
-        """The whole answer (the same chain as :meth:`stream`, streaming first)."""
-        with self.stream(messages, model, **params) as stream:
+        """The whole answer: the same chain as :meth:`stream`.
+
+        Streaming first, unless ``openai.complete_streams`` is false: then each route's
+        non-streaming tier comes before its streaming one (see that setting's trade-off).
+        """
+        request = self._prepare(messages, model, params, whole_first=self._whole_first)
+        outcome = _Outcome()
+        with ChainStream(self._drive(request, outcome), outcome) as stream:
             for _ in stream:
                 pass
             return stream.response
@@ -944,8 +959,10 @@ class AsyncFallbackChain(_ChainBase):
     async def complete(
         self, messages: Sequence[Any], model: str | None = None, **params: Any
     ) -> ChainResponse:
-        """The whole answer (the same chain as :meth:`stream`, streaming first)."""
-        async with self.stream(messages, model, **params) as stream:
+        """The whole answer: the same chain as :meth:`stream` (see the sync chain's)."""
+        request = self._prepare(messages, model, params, whole_first=self._whole_first)
+        outcome = _Outcome()
+        async with AsyncChainStream(self._drive(request, outcome), outcome) as stream:
             async for _ in stream:
                 pass
             return stream.response

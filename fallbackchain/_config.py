@@ -143,6 +143,10 @@ class OpenAIConfig:
     stream_usage: Flag = True
     """Ask a streamed answer for its token usage (``stream_options``); false for providers
     that reject the parameter."""
+    complete_streams: Flag = True
+    """``complete()`` streams first (a silent model is noticed after ``first_token_timeout``);
+    false: it asks the primary for a whole completion first, the stream tier behind it (about
+    the raw SDK's cost, but silence is noticed only after ``timeout``)."""
 
     __repr__ = _masked_repr
 

@@ -153,7 +153,13 @@ class RequestRun:
         random: Callable[[], float] = _random.random,
         hooks: Hooks | None = None,
         request_id: int = 0,
+        whole_first: bool = False,
     ) -> None:
+        """Start a request's run; its clock starts now.
+
+        ``whole_first``: within each route, its non-streaming tier before its streaming one
+        (``complete()`` with ``openai.complete_streams = false``).
+        """
         self._tiers = tiers
         self.deadline = config.retry.deadline
         self._hooks = hooks or Hooks()
@@ -165,6 +171,11 @@ class RequestRun:
         self.paused = 0.0
         self.attempts: list[Attempt] = []
         self._plan = list(range(len(tiers)))
+        if whole_first:  # routes keep their order; within one, non-streaming tiers first
+            first: dict[str, int] = {}
+            for index, tier in enumerate(tiers):
+                first.setdefault(tier.provider, index)
+            self._plan.sort(key=lambda i: (first[tiers[i].provider], tiers[i].streaming))
         """Indexes into ``tiers``, in the order this request will try them (routes deferred
         after a silence move to the end)."""
         self._at = 0  # position in _plan of the current tier

@@ -294,3 +294,15 @@ def test_a_hedge_goes_to_the_next_route_once() -> None:
         ("backup", None),
     ]
     assert {t.gate.fail_counter for t in tiers} == {0}  # the loser counted by no breaker
+
+
+def test_whole_first_asks_each_route_for_a_completion_before_its_stream() -> None:
+    clock = FakeClock()
+    config = ChainConfig(fallbacks=(BACKUP,))
+    run = RequestRun(
+        make_tiers(config, clock), config, clock=clock, random=lambda: 0.5, whole_first=True
+    )
+    steps = list(_steps(run, {"completion": [SILENT], "backup": [NO_RETRY]}, clock))
+    # silence on a whole completion is still the route's: the other route first, then the
+    # primary's stream tier
+    assert steps == ["completion", "backup", "stream"]

@@ -404,3 +404,27 @@ def test_a_per_call_timeout_bounds_each_attempt(harness_factory, server):
 def test_a_per_call_timeout_that_is_not_a_positive_number_is_refused(harness, bad):
     with pytest.raises((TypeError, ValueError), match="timeout"):
         harness.ask("hello", timeout=bad)
+
+
+# --------------------------------------------------------------------------------------------
+# complete() ordering (#14): openai.complete_streams
+# --------------------------------------------------------------------------------------------
+
+
+def test_complete_asks_for_a_whole_completion_first_when_told(harness_factory, server):
+    h = harness_factory(openai__complete_streams=False)
+    response = h.complete("hello")
+    assert response.source == "completion"
+    assert (server.counts["stream"], server.counts["completion"]) == (0, 1)
+    assert response.text == h.answer("hello")
+    # stream() is unchanged: it streams
+    _, streamed = h.ask("another")
+    assert streamed.source == "stream"
+    server.push(Fault.status(503), stream=False, times=3)  # the route's budget, then nothing
+    with pytest.raises(AllTiersFailedError):
+        h.complete("a third")
+
+
+def test_complete_streams_first_by_default(harness, server):
+    assert harness.complete("hello").source == "stream"
+    assert (server.counts["stream"], server.counts["completion"]) == (1, 0)
