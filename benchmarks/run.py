@@ -25,6 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cache_tier
+import complete_path
 import failover
 import happy_path
 import import_time
@@ -35,6 +36,7 @@ from _common import RESULTS, Row, Section, Settings, machine_info
 
 SCENARIOS: dict[str, Callable[[Settings], Section]] = {
     "happy_path": happy_path.run,
+    "complete_path": complete_path.run,
     "outage": outage.run,
     "failover": failover.run,
     "recovery": recovery.run,
