@@ -100,8 +100,8 @@ def run(settings: Settings) -> Section:
                 f"healthy, {name}: throughput / CPU per answer vs raw create(stream=False)",
                 f"{n / wall:.0f} answers/s, {cpu / n * 1e6:.0f} µs CPU",
                 f"raw {n / raw_wall:.0f} answers/s, {raw_cpu / n * 1e6:.0f} µs CPU",
-                f"{throughput:.2f}× / {cpu_ratio:.2f}×",
-                "≥ 0.9× / ≤ 1.2×" if target else "(for comparison)",
+                f"{throughput:.2f}x / {cpu_ratio:.2f}x",
+                "≥ 0.9x / ≤ 1.2x" if target else "(for comparison)",
                 (throughput >= 0.9 and cpu_ratio <= 1.2) if target else None,
                 f"{rounds} interleaved rounds of {n} sequential 300-word answers; medians",
             )
