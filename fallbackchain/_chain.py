@@ -36,6 +36,7 @@ from typing import Any, Literal, Self, TypeVar
 
 import httpx2
 import openai
+from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion
 
 from ._assembly import AttemptAssembler, check_completion, completion_text
@@ -96,6 +97,9 @@ class _OpenStream:
     after: float  # when the last read ended
     texts: list[str] = field(default_factory=list)  # read, not shown yet
     ended: bool = False  # the stream ended before any content
+
+
+_NOTHING_BILLED = CompletionUsage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
 
 
 def _call_timeout(value: object) -> float | None:
@@ -234,13 +238,23 @@ class _ChainBase:
         if not self._hooks:
             return
         response = out.response
+        usage = None
         if response is not None:
             source, error = response.source, None
+            usage = response.completion.usage
         else:
             source = None
             error = type(failure).__name__ if failure is not None else "closed early"
         self._hooks.emit(
-            RequestEnded(run.request_id, source, error, run.elapsed(), len(run.attempts))
+            RequestEnded(
+                run.request_id,
+                source,
+                error,
+                run.elapsed(),
+                len(run.attempts),
+                None if usage is None else usage.prompt_tokens,
+                None if usage is None else usage.completion_tokens,
+            )
         )
 
     def __repr__(self) -> str:
@@ -364,12 +378,15 @@ class _ChainBase:
             logger.info("all tiers failed and the cache has no answer")
             raise AllTiersFailedError(run.attempts)
         logger.info("fallback: answered from cache (age %.0fs)", cached.age)
+        stored = cached.completion.usage
         response = ChainResponse(
             text=completion_text(cached.completion),
             source="cache",
-            completion=cached.completion,
+            # nothing was billed for this answer: a copy that says so (the stored one is kept)
+            completion=cached.completion.model_copy(update={"usage": _NOTHING_BILLED}),
             attempts=tuple(run.attempts),
             cache_age=cached.age,
+            stored_usage=stored,
         )
         out.response = response
         run.display.new_attempt()

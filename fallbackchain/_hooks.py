@@ -52,13 +52,19 @@ class RequestStarted:
 
 @dataclass(frozen=True, slots=True)
 class RequestEnded:
-    """A request ended: ``source`` answered it, or ``error`` names why it did not."""
+    """A request ended: ``source`` answered it, or ``error`` names why it did not.
+
+    ``input_tokens``/``output_tokens``: what the answer was billed, as its provider reported
+    (``None`` when it did not say); ``0`` for an answer from the cache, which bills nothing.
+    """
 
     request_id: int
     source: str | None
     error: str | None
     duration: float
     attempts: int
+    input_tokens: int | None = None
+    output_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

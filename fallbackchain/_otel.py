@@ -196,6 +196,11 @@ class OpenTelemetryListener:
         if request is None:
             return
         span_attributes: Attributes = {**attributes, "fallbackchain.attempts": event.attempts}
+        # GenAI semantic conventions: what this answer was billed (0 for a cached answer)
+        if event.input_tokens is not None:
+            span_attributes["gen_ai.usage.input_tokens"] = event.input_tokens
+        if event.output_tokens is not None:
+            span_attributes["gen_ai.usage.output_tokens"] = event.output_tokens
         status = Status(StatusCode.ERROR, event.error) if outcome == "failure" else None
         _end_request(request, span_attributes, status)
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Literal
 from ._errors import Attempt
 
 if TYPE_CHECKING:
+    from openai.types import CompletionUsage
     from openai.types.chat import ChatCompletion
 
 __all__ = ["Attempt", "ChainEvent", "ChainResponse", "EventType", "Source"]
@@ -40,6 +41,9 @@ class ChainResponse:
     ``completion`` is an openai ``ChatCompletion`` (for a streamed answer, assembled from the
     chunks). ``text`` is the first choice's content (``""`` for a pure tool call). ``source`` is
     the tier that answered; ``cache_age`` is the age in seconds of a cached answer, else ``None``.
+
+    An answer from the cache bills nothing: its ``completion.usage`` counts zero tokens, and
+    the usage reported when it was first answered is ``stored_usage`` (else ``None``).
     """
 
     text: str
@@ -47,6 +51,7 @@ class ChainResponse:
     completion: ChatCompletion
     attempts: tuple[Attempt, ...]
     cache_age: float | None = None
+    stored_usage: CompletionUsage | None = None
 
     @property
     def from_cache(self) -> bool:

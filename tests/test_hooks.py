@@ -134,3 +134,24 @@ def test_info_logs_one_line_per_fallback_and_breaker_change_and_none_per_attempt
     assert sum("fallback: stream -> completion" in m for m in info) == 1
     assert sum("fallback: completion -> cache" in m for m in info) == 1
     assert not any(m.startswith("attempt ") for m in info)  # per-attempt lines are DEBUG
+
+
+def test_a_cached_answer_bills_nothing_and_keeps_the_stored_usage_apart(make_chain, server):
+    rec = Recorder()
+    chain = make_chain(rec)
+    live = chain.complete(user("billed once"))
+    billed = live.completion.usage
+    assert billed is not None and billed.completion_tokens > 0
+    server.default = Fault.status(503)
+    cached = chain.complete(user("billed once"))
+    assert cached.source == "cache"
+    usage = cached.completion.usage
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (0, 0, 0)
+    assert cached.stored_usage == billed  # what it cost when it was answered
+    assert chain.cache.get(chain.cache_key(user("billed once"))).completion.usage == billed
+    first, second = [e for e in rec.events if isinstance(e, RequestEnded)]
+    assert (first.input_tokens, first.output_tokens) == (
+        billed.prompt_tokens,
+        billed.completion_tokens,
+    )
+    assert (second.input_tokens, second.output_tokens) == (0, 0)

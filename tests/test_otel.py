@@ -366,3 +366,17 @@ def test_the_otel_module_names_the_extra_when_opentelemetry_is_missing():
     )
     assert result.returncode == 0, result.stderr
     assert "pip install 'fallbackchain[otel]'" in result.stdout
+
+
+def test_request_spans_carry_the_billed_usage_and_zero_for_a_cached_answer(
+    otel, make_chain, server
+):
+    chain = make_chain(otel.listener)
+    live = chain.complete(user(PROMPT))
+    server.default = Fault.status(503)
+    assert chain.complete(user(PROMPT)).source == "cache"
+    first, second = sorted(otel.spans("fallbackchain.request"), key=lambda s: s.start_time)
+    assert first.attributes["gen_ai.usage.input_tokens"] == live.completion.usage.prompt_tokens
+    assert first.attributes["gen_ai.usage.output_tokens"] == live.completion.usage.completion_tokens
+    assert second.attributes["gen_ai.usage.input_tokens"] == 0
+    assert second.attributes["gen_ai.usage.output_tokens"] == 0
