@@ -43,7 +43,7 @@ from ._assembly import AttemptAssembler, check_completion, completion_text
 from ._backends import gate_store, response_cache
 from ._breaker import BreakerGate, BreakerState, Permit
 from ._cache import CachedAnswer, ResponseCache, cache_key
-from ._config import PRIMARY_ROUTE, ChainConfig, OpenAIConfig, RouteConfig, load_config
+from ._config import ChainConfig, OpenAIConfig, RouteConfig, load_config
 from ._core import AttemptWatch, AwaitSlot, RequestRun, Sleep, Tier, TryTier, UseCache
 from ._errors import (
     AllTiersFailedError,
@@ -186,27 +186,11 @@ class _ChainBase:
                 on_state_change=self._breaker_changed,
             )
 
-        tiers = []
-        routes = config.routes()
-        for route in routes:
-            for tier_name, streams in route.tiers:
-                tiers.append(
-                    Tier(
-                        tier_name,
-                        streaming=streams,
-                        gate=gate(tier_name, route),
-                        provider=route.name,
-                        model=None if route.name == PRIMARY_ROUTE else route.model,
-                        context_window=route.context_window,
-                        timeout=route.timeout,
-                        first_token_timeout=route.first_token_timeout,
-                        idle_timeout=route.idle_timeout,
-                        max_attempts=route.max_attempts,
-                        stream_usage=route.stream_usage,
-                        hedge_after=route.hedge_after,
-                    )
-                )
-        self._tiers = tuple(tiers)
+        self._tiers = tuple(
+            Tier(name, streams, gate(name, route), route)
+            for route in config.routes()
+            for name, streams in route.tiers
+        )
         self._whole_first = not config.openai.complete_streams
         self._gates = {tier.name: tier.gate for tier in self._tiers}
         self.cache = cache if cache is not None else response_cache(config, self._time.wall)

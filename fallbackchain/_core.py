@@ -27,7 +27,7 @@ from typing import Literal
 from ._assembly import Display
 from ._backoff import decide, is_transport_fault
 from ._breaker import BreakerGate, Busy, Permit
-from ._config import ChainConfig
+from ._config import PRIMARY_ROUTE, ChainConfig, RouteConfig
 from ._errors import (
     BreakerBusyError,
     BreakerOpenError,
@@ -71,26 +71,54 @@ trial may take to prove itself: ``first_token_timeout`` for a streaming tier,
 class Tier:
     """One live tier: its name (the response's ``source``), whether it streams, its breaker.
 
-    ``provider`` names the route it belongs to (a provider and model: ``"primary"`` for the
-    ``[openai]`` section's stream and completion tiers, a fallback's name for its one tier) and
-    the client that serves it; ``model`` overrides the request's model (fallbacks);
-    ``context_window`` (0 = unknown) routes context-length errors. The route's settings:
-    ``timeout``, ``first_token_timeout``, ``idle_timeout`` (seconds) and ``max_attempts`` (the
-    route's retry budget per request); ``stream_usage`` asks for usage in streams.
+    ``route`` is the route it belongs to: a provider and model with its resolved settings
+    (see :class:`~fallbackchain.RouteConfig`). The primary route has a stream and a completion
+    tier; a fallback's route has one.
     """
 
     name: str
     streaming: bool
     gate: BreakerGate
-    provider: str = "primary"
-    model: str | None = None
-    context_window: int = 0
-    timeout: float = 30.0
-    first_token_timeout: float = 10.0
-    idle_timeout: float = 10.0
-    max_attempts: int = 3
-    stream_usage: bool = True
-    hedge_after: float | None = None
+    route: RouteConfig
+
+    @property
+    def provider(self) -> str:
+        """The route's name (``"primary"`` or a fallback's), also its client's key."""
+        return self.route.name
+
+    @property
+    def model(self) -> str | None:
+        """The model a fallback asks for; ``None`` for the primary (the request's model)."""
+        return None if self.route.name == PRIMARY_ROUTE else self.route.model
+
+    @property
+    def context_window(self) -> int:
+        return self.route.context_window
+
+    @property
+    def timeout(self) -> float:
+        return self.route.timeout
+
+    @property
+    def first_token_timeout(self) -> float:
+        return self.route.first_token_timeout
+
+    @property
+    def idle_timeout(self) -> float:
+        return self.route.idle_timeout
+
+    @property
+    def max_attempts(self) -> int:
+        """The route's retry budget per request."""
+        return self.route.max_attempts
+
+    @property
+    def stream_usage(self) -> bool:
+        return self.route.stream_usage
+
+    @property
+    def hedge_after(self) -> float | None:
+        return self.route.hedge_after
 
 
 @dataclass(frozen=True, slots=True)

@@ -330,6 +330,22 @@ class Harness:
             self.loop.close()
 
 
+@pytest.fixture(scope="module")
+def backup_server() -> Iterator[FaultServer]:
+    """A second fault server playing a fallback provider (one per test module)."""
+    with FaultServer(words=10) as server:
+        yield server
+
+
+@pytest.fixture
+def backup(backup_server: FaultServer) -> Iterator[FaultServer]:
+    backup_server.clear()
+    backup_server.reset_counts()
+    yield backup_server
+    backup_server.clear()
+    backup_server.wait_idle(5.0)
+
+
 @pytest.fixture(params=["sync", "async"])
 def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)

@@ -59,10 +59,7 @@ def make_tiers(config: ChainConfig, clock: FakeClock) -> list[Tier]:
             BreakerGate(
                 name, fail_max=route.fail_max, reset_timeout=route.reset_timeout, clock=clock
             ),
-            provider=route.name,
-            model=None if route.name == "primary" else route.model,
-            max_attempts=route.max_attempts,
-            hedge_after=route.hedge_after,
+            route,
         )
         for route in config.routes()
         for name, streams in route.tiers

@@ -6,31 +6,14 @@ A second FaultServer plays the backup provider. Every test runs sync and async.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import openai
 import pytest
 
 from fallbackchain import AllTiersFailedError, ConfigError, FallbackConfig, load_config
-from fallbackchain.testing import Fault, FaultServer
+from fallbackchain.testing import Fault
 
 from .conftest import text_after_last_reset, user
-
-
-@pytest.fixture(scope="module")
-def backup_server() -> Iterator[FaultServer]:
-    with FaultServer(words=10) as server:
-        yield server
-
-
-@pytest.fixture
-def backup(backup_server: FaultServer) -> Iterator[FaultServer]:
-    backup_server.clear()
-    backup_server.reset_counts()
-    yield backup_server
-    backup_server.clear()
-    backup_server.wait_idle(5.0)
-
 
 BACKUP = FallbackConfig(name="backup", model="backup-model", base_url="http://127.0.0.1:1/v1")
 

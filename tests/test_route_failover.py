@@ -34,21 +34,6 @@ from fallbackchain.testing import Fault, FaultServer
 from .conftest import FakeClock, Harness, text_after_last_reset
 
 
-@pytest.fixture(scope="module")
-def backup_server() -> Iterator[FaultServer]:
-    with FaultServer(words=10) as server:
-        yield server
-
-
-@pytest.fixture
-def backup(backup_server: FaultServer) -> Iterator[FaultServer]:
-    backup_server.clear()
-    backup_server.reset_counts()
-    yield backup_server
-    backup_server.clear()
-    backup_server.wait_idle(5.0)
-
-
 def defaults(primary: FaultServer, cache_dir: Path, **fallback: Any) -> ChainConfig:
     """The library's defaults (no test profile), the primary at ``primary``, one fallback."""
     return ChainConfig(
