@@ -43,6 +43,7 @@ from ._breaker import BreakerGate, BreakerState, Permit
 from ._cache import CachedAnswer, ResponseCache, cache_key
 from ._config import PRIMARY_ROUTE, ChainConfig, OpenAIConfig, RouteConfig, load_config
 from ._core import AttemptWatch, AwaitSlot, RequestRun, Sleep, Tier, TryTier, UseCache
+from ._dropin import AsyncChainChat, ChainChat
 from ._errors import (
     AllTiersFailedError,
     ChainClosedError,
@@ -481,6 +482,11 @@ class FallbackChain(_ChainBase):
         """The sleep this chain waits with between attempts (injected, or ``time.sleep``)."""
         return self._sleep
 
+    @property
+    def chat(self) -> ChainChat:
+        """The openai SDK's shape: ``chain.chat.completions.create(...)`` (see ``_dropin``)."""
+        return ChainChat(self)
+
     @classmethod
     def from_config(cls, path: str | PathLike[str], **kwargs: Any) -> Self:
         """Load ``path`` (TOML) and build a chain with its own OpenAI client."""
@@ -899,6 +905,11 @@ class AsyncFallbackChain(_ChainBase):
     def sleep(self) -> AsyncSleep:
         """The sleep this chain waits with between attempts (injected, or ``asyncio.sleep``)."""
         return self._sleep
+
+    @property
+    def chat(self) -> AsyncChainChat:
+        """The openai SDK's shape: ``await chain.chat.completions.create(...)``."""
+        return AsyncChainChat(self)
 
     @classmethod
     def from_config(cls, path: str | PathLike[str], **kwargs: Any) -> Self:
