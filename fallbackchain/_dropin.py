@@ -26,17 +26,15 @@ import inspect
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Final, Literal, Self, overload
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Final, Literal, Protocol, Self, overload
 
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
 
+from ._config import ChainConfig
 from ._errors import FallbackChainError
 from ._results import ChainEvent, ChainResponse
-
-if TYPE_CHECKING:
-    from ._chain import AsyncChainStream, AsyncFallbackChain, ChainStream, FallbackChain
 
 __all__ = [
     "AsyncChainChat",
@@ -60,6 +58,54 @@ _DIVERGENCE: Final = ("raise", "buffer")
 _NOT_YET: Final = frozenset({"deadline", "max_attempts", "cache", "fallbacks"})
 
 _TRACE: Final = "_fallbackchain_trace"  # where a returned completion keeps its ChainResponse
+
+
+# The chains as this module uses them (their public API): structural types, so that _chain
+# can import this module for its ``chat`` property without an import cycle.
+
+
+class _Events(Protocol):
+    """A ``ChainStream``."""
+
+    @property
+    def response(self) -> ChainResponse: ...
+    def __next__(self) -> ChainEvent: ...
+    def close(self) -> None: ...
+
+
+class _AsyncEvents(Protocol):
+    """An ``AsyncChainStream``."""
+
+    @property
+    def response(self) -> ChainResponse: ...
+    async def __anext__(self) -> ChainEvent: ...
+    async def aclose(self) -> None: ...
+
+
+class _Chain(Protocol):
+    """A ``FallbackChain``."""
+
+    config: ChainConfig
+
+    def stream(
+        self, messages: Sequence[Any], model: str | None = None, **params: Any
+    ) -> _Events: ...
+    def complete(
+        self, messages: Sequence[Any], model: str | None = None, **params: Any
+    ) -> ChainResponse: ...
+
+
+class _AsyncChain(Protocol):
+    """An ``AsyncFallbackChain``."""
+
+    config: ChainConfig
+
+    def stream(
+        self, messages: Sequence[Any], model: str | None = None, **params: Any
+    ) -> _AsyncEvents: ...
+    async def complete(
+        self, messages: Sequence[Any], model: str | None = None, **params: Any
+    ) -> ChainResponse: ...
 
 
 class StreamDivergedError(FallbackChainError):
@@ -256,7 +302,7 @@ class DropInStream:
     chain raises, such as :class:`~fallbackchain.AllTiersFailedError`.
     """
 
-    def __init__(self, events: ChainStream, chunker: _Chunker) -> None:
+    def __init__(self, events: _Events, chunker: _Chunker) -> None:
         self._events = events
         self._chunker = chunker
         self._pending: deque[ChatCompletionChunk] = deque()
@@ -304,7 +350,7 @@ class AsyncDropInStream:
     ``aclose()`` is ``close()``, as on the SDK's ``AsyncStream``.
     """
 
-    def __init__(self, events: AsyncChainStream, chunker: _Chunker) -> None:
+    def __init__(self, events: _AsyncEvents, chunker: _Chunker) -> None:
         self._events = events
         self._chunker = chunker
         self._pending: deque[ChatCompletionChunk] = deque()
@@ -356,7 +402,7 @@ class AsyncDropInStream:
 class ChainCompletions:
     """``chain.chat.completions`` of a :class:`~fallbackchain.FallbackChain`."""
 
-    def __init__(self, chain: FallbackChain) -> None:
+    def __init__(self, chain: _Chain) -> None:
         self._chain = chain
 
     @overload
@@ -429,7 +475,7 @@ class ChainCompletions:
 class AsyncChainCompletions:
     """``chain.chat.completions`` of an :class:`~fallbackchain.AsyncFallbackChain`."""
 
-    def __init__(self, chain: AsyncFallbackChain) -> None:
+    def __init__(self, chain: _AsyncChain) -> None:
         self._chain = chain
 
     @overload
@@ -496,12 +542,12 @@ class AsyncChainCompletions:
 class ChainChat:
     """``chain.chat``: holds ``completions``, as the SDK's ``client.chat`` does."""
 
-    def __init__(self, chain: FallbackChain) -> None:
+    def __init__(self, chain: _Chain) -> None:
         self.completions = ChainCompletions(chain)
 
 
 class AsyncChainChat:
     """``chain.chat`` of an :class:`~fallbackchain.AsyncFallbackChain`."""
 
-    def __init__(self, chain: AsyncFallbackChain) -> None:
+    def __init__(self, chain: _AsyncChain) -> None:
         self.completions = AsyncChainCompletions(chain)
