@@ -162,7 +162,8 @@ def test_trace_of_a_stream_before_its_end_raises(harness, server):
         stream = await completions.create(messages=user("x"), stream=True)
         with pytest.raises(StreamNotFinishedError):
             trace_of(stream)
-        await stream.close()
+        await stream.aclose()  # the SDK's AsyncStream has both names
+        assert [c async for c in stream] == []
 
     harness.loop.run_until_complete(go())
 
@@ -196,6 +197,29 @@ def test_the_snippet_survives_a_drop_on_its_first_call(harness, server):
     server.push(Fault.drop(after_chunks=3), stream=True)
     check_snippet(run_snippet(harness, harness.chain.chat.completions, "hello"), harness.answer())
     assert server.counts["stream"] == 4  # the dropped attempt and its retry, then two streams
+
+
+EVERY_FAULT = [
+    pytest.param(Fault.status(503), False, id="status-503"),
+    pytest.param(Fault.status(429), False, id="status-429"),
+    pytest.param(Fault.reset(), False, id="reset"),
+    pytest.param(Fault.drop(after_chunks=3), False, id="drop"),
+    pytest.param(Fault.early_end(after_chunks=3), False, id="early_end"),
+    pytest.param(Fault.sse_error(after_chunks=3), False, id="sse_error"),
+    pytest.param(Fault.malformed(after_chunks=3), False, id="malformed"),
+    # waits: real time against short route timeouts (0.3 s)
+    pytest.param(Fault.stall(after_chunks=3, seconds=3.0), True, id="stall"),
+    pytest.param(Fault.slow_first_byte(3.0), True, id="slow_first_byte"),
+]
+
+
+@pytest.mark.parametrize(("fault", "waits"), EVERY_FAULT)
+def test_the_unchanged_snippet_holds_through_every_fault_kind(harness_factory, server, fault, waits):
+    short = {"openai__idle_timeout": 0.3, "openai__first_token_timeout": 0.3} if waits else {}
+    h = harness_factory(real_time=waits, **short)
+    server.push(fault, stream=True)  # the snippet's first call meets it
+    check_snippet(run_snippet(h, h.chain.chat.completions, "hello"), h.answer("hello"))
+    assert server.fault_counts[fault.kind] == 1
 
 
 def test_a_failure_before_any_answer_raises_at_create_as_the_sdk_does(harness, server):
