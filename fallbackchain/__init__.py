@@ -56,6 +56,16 @@ _EXPORTS: Final[dict[str, tuple[str, ...]]] = {
         "RouteConfig",
         "load_config",
     ),
+    "_dropin": (
+        "AsyncChainChat",
+        "AsyncChainCompletions",
+        "AsyncDropInStream",
+        "ChainChat",
+        "ChainCompletions",
+        "DropInStream",
+        "StreamDivergedError",
+        "trace_of",
+    ),
     "_errors": (
         "AllTiersFailedError",
         "BreakerBusyError",
@@ -146,6 +156,16 @@ if TYPE_CHECKING:
         RouteConfig,
         load_config,
     )
+    from ._dropin import (
+        AsyncChainChat,
+        AsyncChainCompletions,
+        AsyncDropInStream,
+        ChainChat,
+        ChainCompletions,
+        DropInStream,
+        StreamDivergedError,
+        trace_of,
+    )
     from ._errors import (
         AllTiersFailedError,
         BreakerBusyError,
@@ -210,7 +230,10 @@ def __dir__() -> list[str]:
 __all__ = [
     "BUSY",
     "AllTiersFailedError",
+    "AsyncChainChat",
+    "AsyncChainCompletions",
     "AsyncChainStream",
+    "AsyncDropInStream",
     "AsyncFallbackChain",
     "Attempt",
     "AttemptEnded",
@@ -229,7 +252,9 @@ __all__ = [
     "CacheEvent",
     "CacheStats",
     "CachedAnswer",
+    "ChainChat",
     "ChainClosedError",
+    "ChainCompletions",
     "ChainConfig",
     "ChainEvent",
     "ChainListener",
@@ -237,6 +262,7 @@ __all__ = [
     "ChainStream",
     "ConfigError",
     "DeadlineExceededError",
+    "DropInStream",
     "ExportRow",
     "FallbackChain",
     "FallbackChainError",
@@ -260,6 +286,7 @@ __all__ = [
     "RouteConfig",
     "RouteRejectedError",
     "ServerError",
+    "StreamDivergedError",
     "StreamEventError",
     "StreamNotFinishedError",
     "StreamProtocolError",
@@ -278,5 +305,6 @@ __all__ = [
     "is_testing",
     "load_config",
     "set_testing",
+    "trace_of",
     "warm",
 ]

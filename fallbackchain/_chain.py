@@ -45,6 +45,7 @@ from ._breaker import BreakerGate, BreakerState, Permit
 from ._cache import CachedAnswer, ResponseCache, cache_key
 from ._config import ChainConfig, OpenAIConfig, RouteConfig, load_config
 from ._core import AttemptWatch, AwaitSlot, RequestRun, Sleep, Tier, TryTier, UseCache
+from ._dropin import AsyncChainChat, ChainChat
 from ._errors import (
     AllTiersFailedError,
     ChainClosedError,
@@ -305,7 +306,9 @@ class _ChainBase:
         kwargs["model"] = tier.model or request.model
         kwargs["messages"] = request.messages
         kwargs["stream"] = streaming
-        if streaming and tier.stream_usage and "stream_options" not in kwargs:
+        if not streaming:  # a stream-only option: the API refuses it on a whole completion
+            kwargs.pop("stream_options", None)
+        elif tier.stream_usage and "stream_options" not in kwargs:
             kwargs["stream_options"] = {"include_usage": True}
         bound = tier.timeout if request.timeout is None else min(tier.timeout, request.timeout)
         kwargs["timeout"] = httpx2.Timeout(bound, read=max(read, 0.001))
@@ -518,6 +521,11 @@ class FallbackChain(_ChainBase):
     def sleep(self) -> SleepFunc:
         """The sleep this chain waits with between attempts (injected, or ``time.sleep``)."""
         return self._sleep
+
+    @property
+    def chat(self) -> ChainChat:
+        """The openai SDK's shape: ``chain.chat.completions.create(...)`` (see ``_dropin``)."""
+        return ChainChat(self)
 
     @classmethod
     def from_config(cls, path: str | PathLike[str], **kwargs: Any) -> Self:
@@ -943,6 +951,11 @@ class AsyncFallbackChain(_ChainBase):
     def sleep(self) -> AsyncSleep:
         """The sleep this chain waits with between attempts (injected, or ``asyncio.sleep``)."""
         return self._sleep
+
+    @property
+    def chat(self) -> AsyncChainChat:
+        """The openai SDK's shape: ``await chain.chat.completions.create(...)``."""
+        return AsyncChainChat(self)
 
     @classmethod
     def from_config(cls, path: str | PathLike[str], **kwargs: Any) -> Self:

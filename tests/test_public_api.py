@@ -25,6 +25,8 @@ EXPECTED = {
     "StreamEventError", "StreamNotFinishedError", "StreamProtocolError", "TierError",
     "TruncatedStreamError", "UnsafeCacheRowError", "UpstreamConnectionError", "UpstreamStatusError",
     "UpstreamTimeoutError", "__version__", "cache_key", "is_testing", "load_config", "set_testing",
+    "AsyncChainChat", "AsyncChainCompletions", "AsyncDropInStream", "ChainChat", "ChainCompletions",
+    "DropInStream", "StreamDivergedError", "trace_of",
 }
 
 

@@ -413,3 +413,11 @@ def test_complete_asks_for_a_whole_completion_first_when_told(harness_factory, s
 def test_complete_streams_first_by_default(harness, server):
     assert harness.complete("hello").source == "stream"
     assert (server.counts["stream"], server.counts["completion"]) == (1, 0)
+
+
+def test_stream_options_never_reach_a_whole_completion(harness, server):
+    server.push(Fault.drop(after_chunks=1), stream=True, times=3)  # the stream keeps breaking
+    _, response = harness.ask("hello", stream_options={"include_usage": True})
+    assert response.source == "completion"
+    assert "stream_options" in server.requests[0].body
+    assert "stream_options" not in server.requests[-1].body

@@ -1,0 +1,553 @@
+"""The drop-in surface: ``chain.chat.completions.create(...)`` shaped like the openai SDK's.
+
+Built only on the chains' public API (``stream()`` events and the final ``ChainResponse``):
+
+* not streaming, ``create()`` returns the answer's real ``ChatCompletion`` (a copy: the cache
+  may hold the original), whichever tier gave it;
+* with ``stream=True`` it returns a :class:`DropInStream` (:class:`AsyncDropInStream`) that
+  behaves like the SDK's ``Stream[ChatCompletionChunk]`` and yields real ``ChatCompletionChunk``
+  objects: a role chunk, content chunks, a last chunk with ``finish_reason`` (and the answer's
+  tool calls, whole), then a usage chunk if ``stream_options={"include_usage": True}``;
+* :func:`trace_of` gives the :class:`~fallbackchain.ChainResponse` (source, attempts) behind a
+  completion or a finished stream, without changing either's shape.
+
+Divergence: the chain's ``reset`` event (a replacement answer differs from text already
+shown) has no SDK equivalent, and chunks handed out cannot be taken back. ``on_divergence``
+chooses what happens: ``"raise"`` (default) lets the rest of the chain run, then raises
+:class:`StreamDivergedError` carrying the replacement; ``"buffer"`` yields nothing until the
+answer is complete, so it never diverges. Either way a consumer never gets two answers glued
+into one.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Final, Literal, Protocol, Self, overload
+
+import openai
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
+
+from ._config import ChainConfig
+from ._errors import FallbackChainError
+from ._results import ChainEvent, ChainResponse
+
+__all__ = [
+    "AsyncChainChat",
+    "AsyncChainCompletions",
+    "AsyncDropInStream",
+    "ChainChat",
+    "ChainCompletions",
+    "Divergence",
+    "DropInStream",
+    "StreamDivergedError",
+    "trace_of",
+]
+
+Divergence = Literal["raise", "buffer"]
+"""What a drop-in stream does when the chain replaces text it already yielded."""
+
+_DIVERGENCE: Final = ("raise", "buffer")
+
+# Per-call options issue #15 plans for the chain but that it does not take yet: refused by
+# name rather than sent to the provider (which would reject them, or worse, ignore them).
+_NOT_YET: Final = frozenset({"deadline", "max_attempts", "cache", "fallbacks"})
+
+_TRACE: Final = "_fallbackchain_trace"  # where a returned completion keeps its ChainResponse
+
+
+# The chains as this module uses them (their public API): structural types, so that _chain
+# can import this module for its ``chat`` property without an import cycle.
+
+
+class _Events(Protocol):
+    """A ``ChainStream``."""
+
+    @property
+    def response(self) -> ChainResponse: ...
+    def __next__(self) -> ChainEvent: ...
+    def close(self) -> None: ...
+
+
+class _AsyncEvents(Protocol):
+    """An ``AsyncChainStream``."""
+
+    @property
+    def response(self) -> ChainResponse: ...
+    async def __anext__(self) -> ChainEvent: ...
+    async def aclose(self) -> None: ...
+
+
+class _Chain(Protocol):
+    """A ``FallbackChain``."""
+
+    config: ChainConfig
+
+    def stream(
+        self, messages: Sequence[Any], model: str | None = None, **params: Any
+    ) -> _Events: ...
+    def complete(
+        self, messages: Sequence[Any], model: str | None = None, **params: Any
+    ) -> ChainResponse: ...
+
+
+class _AsyncChain(Protocol):
+    """An ``AsyncFallbackChain``."""
+
+    config: ChainConfig
+
+    def stream(
+        self, messages: Sequence[Any], model: str | None = None, **params: Any
+    ) -> _AsyncEvents: ...
+    async def complete(
+        self, messages: Sequence[Any], model: str | None = None, **params: Any
+    ) -> ChainResponse: ...
+
+
+class StreamDivergedError(FallbackChainError):
+    """A drop-in stream's answer was replaced by a different one after text was yielded.
+
+    Raised (with ``on_divergence="raise"``) once the chain has finished, in place of the chunks
+    that would have glued a second answer onto the first. ``response`` is the replacement
+    (``response.text``, ``.source``, ``.completion``, ``.attempts``); ``shown_chars`` is how
+    many characters of the abandoned answer the consumer was given.
+    """
+
+    def __init__(self, response: ChainResponse, shown_chars: int) -> None:
+        super().__init__(
+            f"the answer changed after {shown_chars} character(s) were streamed: the "
+            f"replacement from {response.source!r} differs and is in .response"
+        )
+        self.response = response
+        self.shown_chars = shown_chars
+
+
+def trace_of(answer: object) -> ChainResponse | None:
+    """The :class:`ChainResponse` behind a drop-in answer, or ``None`` for anything else.
+
+    ``answer`` is a ``ChatCompletion`` that ``chain.chat.completions.create()`` returned, or a
+    drop-in stream iterated to its end (before the end this raises
+    :class:`~fallbackchain.StreamNotFinishedError`). A completion from a plain openai client
+    gives ``None``.
+    """
+    if isinstance(answer, DropInStream | AsyncDropInStream):
+        return answer._events.response
+    trace = getattr(answer, _TRACE, None) if isinstance(answer, ChatCompletion) else None
+    return trace if isinstance(trace, ChainResponse) else None
+
+
+# --------------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _sdk_params() -> frozenset[str]:
+    """The keyword arguments the installed SDK's ``chat.completions.create`` takes."""
+    signature = inspect.signature(openai.resources.chat.Completions.create)
+    return frozenset(signature.parameters) - {"self"}
+
+
+def _check_kwargs(kwargs: Mapping[str, Any]) -> None:
+    """Refuse what must not reach the provider: planned chain options, unknown names."""
+    not_yet = sorted(_NOT_YET.intersection(kwargs))
+    if not_yet:
+        raise TypeError(
+            f"create() does not take the per-call option(s) {', '.join(map(repr, not_yet))} "
+            "yet: set them in the chain's config (they were not sent)"
+        )
+    unknown = sorted(set(kwargs) - _sdk_params())
+    if unknown:
+        raise TypeError(
+            f"create() got unexpected keyword argument(s): {', '.join(map(repr, unknown))}"
+        )
+
+
+def _check_divergence(on_divergence: object) -> Divergence:
+    if on_divergence == "raise":
+        return "raise"
+    if on_divergence == "buffer":
+        return "buffer"
+    raise ValueError(f"on_divergence must be one of {_DIVERGENCE}, got {on_divergence!r}")
+
+
+def _wants_usage(stream_options: object) -> bool:
+    return isinstance(stream_options, Mapping) and stream_options.get("include_usage") is True
+
+
+def _stream_params(kwargs: dict[str, Any]) -> bool:
+    """Whether the caller wants a usage chunk; ``stream_options`` is taken out of ``kwargs``.
+
+    The chain asks for usage itself, and a non-streaming tier must not get the option.
+    """
+    wants = _wants_usage(kwargs.pop("stream_options", None))
+    n = kwargs.get("n")
+    if n is not None and n != 1:
+        raise ValueError(f"a drop-in stream carries one choice; n={n!r} is not supported")
+    return wants
+
+
+def _traced(response: ChainResponse) -> ChatCompletion:
+    """A copy of the answer's completion that :func:`trace_of` can find ``response`` on."""
+    completion = response.completion.model_copy()
+    # A plain attribute: not a field, so dumps, equality and the SDK shape are unchanged.
+    object.__setattr__(completion, _TRACE, response)
+    return completion
+
+
+# --------------------------------------------------------------------------------------------
+# Events into chunks
+# --------------------------------------------------------------------------------------------
+
+
+class _Chunker:
+    """Turns one request's chain events into SDK chunks, and applies ``on_divergence``.
+
+    Every chunk of a stream shares one ``id`` (``chatcmpl-fc-`` + hex), ``created`` and
+    ``model`` (the requested one): they are handed out before the chain knows which upstream
+    answer will stand. ``trace_of(stream).completion`` has the upstream's own values.
+    """
+
+    __slots__ = ("_buffer", "_created", "_diverged", "_id", "_model", "_shown", "_started",
+                 "_usage")
+
+    def __init__(self, model: str, *, usage: bool, divergence: Divergence) -> None:
+        self._id = f"chatcmpl-fc-{uuid.uuid4().hex}"
+        self._created = int(time.time())
+        self._model = model
+        self._usage = usage
+        self._buffer = divergence == "buffer"
+        self._started = False  # the role chunk was yielded
+        self._shown = 0  # characters of content yielded
+        self._diverged = False
+
+    def _chunk(self, choices: list[dict[str, Any]], usage: Any = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk.model_validate(
+            {
+                "id": self._id,
+                "object": "chat.completion.chunk",
+                "created": self._created,
+                "model": self._model,
+                "choices": choices,
+                "usage": usage,
+            }
+        )
+
+    def _delta(
+        self, delta: dict[str, Any], finish_reason: str | None = None
+    ) -> ChatCompletionChunk:
+        return self._chunk(
+            [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
+        )
+
+    def _text(self, text: str) -> list[ChatCompletionChunk]:
+        out = []
+        if not self._started:
+            self._started = True
+            out.append(self._delta({"role": "assistant", "content": ""}))
+        if text:
+            self._shown += len(text)
+            out.append(self._delta({"content": text}))
+        return out
+
+    def event(self, event: ChainEvent) -> list[ChatCompletionChunk]:
+        """The chunks to yield for one chain event (none while buffering or diverged)."""
+        if self._buffer or self._diverged:
+            return []
+        if event.type == "reset":
+            # Nothing handed out yet: the replacement simply streams instead.
+            self._diverged = self._shown > 0
+            return []
+        return self._text(event.text)
+
+    def end(self, response: ChainResponse) -> list[ChatCompletionChunk]:
+        """The chunks that finish the stream; raises :class:`StreamDivergedError` instead."""
+        if self._diverged:
+            raise StreamDivergedError(response, self._shown)
+        out = self._text(response.text if self._buffer else "")
+        completion = response.completion
+        finish_reason = "stop"
+        delta: dict[str, Any] = {}
+        if completion.choices:
+            choice = completion.choices[0]
+            finish_reason = choice.finish_reason
+            calls = choice.message.tool_calls
+            if calls:  # not streamed by the chain yet: all of each call in the last chunk
+                delta["tool_calls"] = [
+                    {"index": i, **call.model_dump(exclude_none=True)}
+                    for i, call in enumerate(calls)
+                ]
+        out.append(self._delta(delta, finish_reason))
+        if self._usage:
+            usage = completion.usage.model_dump() if completion.usage is not None else None
+            out.append(self._chunk([], usage))
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Streams
+# --------------------------------------------------------------------------------------------
+
+
+class DropInStream:
+    """What ``create(stream=True)`` returns: iterate it for ``ChatCompletionChunk`` objects.
+
+    Behaves like the SDK's ``Stream[ChatCompletionChunk]``: iteration, ``close()``, ``with``.
+    The request is under way when ``create()`` returns (an error before any answer is raised
+    there). May raise :class:`StreamDivergedError` (see ``on_divergence``) or any error the
+    chain raises, such as :class:`~fallbackchain.AllTiersFailedError`.
+    """
+
+    def __init__(self, events: _Events, chunker: _Chunker) -> None:
+        self._events = events
+        self._chunker = chunker
+        self._pending: deque[ChatCompletionChunk] = deque()
+        self._done = False
+
+    def _pull(self) -> None:
+        try:
+            event = next(self._events)
+        except StopIteration:
+            self._done = True
+            self._pending.extend(self._chunker.end(self._events.response))
+            return
+        except BaseException:
+            self._done = True
+            raise
+        self._pending.extend(self._chunker.event(event))
+
+    def __iter__(self) -> Iterator[ChatCompletionChunk]:
+        return self
+
+    def __next__(self) -> ChatCompletionChunk:
+        pending = self._pending
+        while not pending:
+            if self._done:
+                raise StopIteration
+            self._pull()
+        return pending.popleft()
+
+    def close(self) -> None:
+        """Stop early and release the connection; neutral for the breakers."""
+        self._done = True
+        self._pending.clear()
+        self._events.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AsyncDropInStream:
+    """The asyncio twin of :class:`DropInStream`: ``async for``, ``await close()``, ``async with``.
+
+    ``aclose()`` is ``close()``, as on the SDK's ``AsyncStream``.
+    """
+
+    def __init__(self, events: _AsyncEvents, chunker: _Chunker) -> None:
+        self._events = events
+        self._chunker = chunker
+        self._pending: deque[ChatCompletionChunk] = deque()
+        self._done = False
+
+    async def _pull(self) -> None:
+        try:
+            event = await anext(self._events)
+        except StopAsyncIteration:
+            self._done = True
+            self._pending.extend(self._chunker.end(self._events.response))
+            return
+        except BaseException:
+            self._done = True
+            raise
+        self._pending.extend(self._chunker.event(event))
+
+    def __aiter__(self) -> AsyncIterator[ChatCompletionChunk]:
+        return self
+
+    async def __anext__(self) -> ChatCompletionChunk:
+        pending = self._pending
+        while not pending:
+            if self._done:
+                raise StopAsyncIteration
+            await self._pull()
+        return pending.popleft()
+
+    async def close(self) -> None:
+        """Stop early and release the connection; neutral for the breakers."""
+        self._done = True
+        self._pending.clear()
+        await self._events.aclose()
+
+    aclose = close
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+# --------------------------------------------------------------------------------------------
+# chain.chat.completions
+# --------------------------------------------------------------------------------------------
+
+
+class ChainCompletions:
+    """``chain.chat.completions`` of a :class:`~fallbackchain.FallbackChain`."""
+
+    def __init__(self, chain: _Chain) -> None:
+        self._chain = chain
+
+    @overload
+    def create(
+        self,
+        *,
+        messages: Iterable[ChatCompletionMessageParam],
+        model: str | None = ...,
+        stream: Literal[False] | None = ...,
+        on_divergence: Divergence = ...,
+        **kwargs: Any,
+    ) -> ChatCompletion: ...
+
+    @overload
+    def create(
+        self,
+        *,
+        messages: Iterable[ChatCompletionMessageParam],
+        model: str | None = ...,
+        stream: Literal[True],
+        on_divergence: Divergence = ...,
+        **kwargs: Any,
+    ) -> DropInStream: ...
+
+    @overload
+    def create(
+        self,
+        *,
+        messages: Iterable[ChatCompletionMessageParam],
+        model: str | None = ...,
+        stream: bool,
+        on_divergence: Divergence = ...,
+        **kwargs: Any,
+    ) -> ChatCompletion | DropInStream: ...
+
+    def create(
+        self,
+        *,
+        messages: Iterable[ChatCompletionMessageParam],
+        model: str | None = None,
+        stream: bool | None = None,
+        on_divergence: Divergence = "raise",
+        **kwargs: Any,
+    ) -> ChatCompletion | DropInStream:
+        """The SDK's ``create()`` through the chain; ``kwargs`` are the SDK's other options.
+
+        ``model`` defaults to the configured one. ``timeout`` (seconds) bounds each attempt, as
+        for the chain's own calls. ``on_divergence`` is this library's own
+        and never sent: see :class:`StreamDivergedError`. Other fallbackchain-only names
+        (``deadline``, ``max_attempts``, ``cache``, ``fallbacks``) raise ``TypeError``.
+        """
+        divergence = _check_divergence(on_divergence)
+        _check_kwargs(kwargs)
+        chain = self._chain
+        if not stream:
+            kwargs.pop("stream_options", None)
+            return _traced(chain.complete(list(messages), model, **kwargs))
+        usage = _stream_params(kwargs)
+        events = chain.stream(list(messages), model, **kwargs)
+        chunker = _Chunker(model or chain.config.openai.model, usage=usage, divergence=divergence)
+        dropin = DropInStream(events, chunker)
+        try:
+            dropin._pull()  # send now, as the SDK does: an up-front failure raises here
+        except BaseException:
+            events.close()
+            raise
+        return dropin
+
+
+class AsyncChainCompletions:
+    """``chain.chat.completions`` of an :class:`~fallbackchain.AsyncFallbackChain`."""
+
+    def __init__(self, chain: _AsyncChain) -> None:
+        self._chain = chain
+
+    @overload
+    async def create(
+        self,
+        *,
+        messages: Iterable[ChatCompletionMessageParam],
+        model: str | None = ...,
+        stream: Literal[False] | None = ...,
+        on_divergence: Divergence = ...,
+        **kwargs: Any,
+    ) -> ChatCompletion: ...
+
+    @overload
+    async def create(
+        self,
+        *,
+        messages: Iterable[ChatCompletionMessageParam],
+        model: str | None = ...,
+        stream: Literal[True],
+        on_divergence: Divergence = ...,
+        **kwargs: Any,
+    ) -> AsyncDropInStream: ...
+
+    @overload
+    async def create(
+        self,
+        *,
+        messages: Iterable[ChatCompletionMessageParam],
+        model: str | None = ...,
+        stream: bool,
+        on_divergence: Divergence = ...,
+        **kwargs: Any,
+    ) -> ChatCompletion | AsyncDropInStream: ...
+
+    async def create(
+        self,
+        *,
+        messages: Iterable[ChatCompletionMessageParam],
+        model: str | None = None,
+        stream: bool | None = None,
+        on_divergence: Divergence = "raise",
+        **kwargs: Any,
+    ) -> ChatCompletion | AsyncDropInStream:
+        """As :meth:`ChainCompletions.create`, awaited; a stream is an AsyncDropInStream."""
+        divergence = _check_divergence(on_divergence)
+        _check_kwargs(kwargs)
+        chain = self._chain
+        if not stream:
+            kwargs.pop("stream_options", None)
+            return _traced(await chain.complete(list(messages), model, **kwargs))
+        usage = _stream_params(kwargs)
+        events = chain.stream(list(messages), model, **kwargs)
+        chunker = _Chunker(model or chain.config.openai.model, usage=usage, divergence=divergence)
+        dropin = AsyncDropInStream(events, chunker)
+        try:
+            await dropin._pull()  # send now, as the SDK does: an up-front failure raises here
+        except BaseException:
+            await events.aclose()
+            raise
+        return dropin
+
+
+class ChainChat:
+    """``chain.chat``: holds ``completions``, as the SDK's ``client.chat`` does."""
+
+    def __init__(self, chain: _Chain) -> None:
+        self.completions = ChainCompletions(chain)
+
+
+class AsyncChainChat:
+    """``chain.chat`` of an :class:`~fallbackchain.AsyncFallbackChain`."""
+
+    def __init__(self, chain: _AsyncChain) -> None:
+        self.completions = AsyncChainCompletions(chain)
