@@ -21,6 +21,7 @@ from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
     Callable,
+    Collection,
     Coroutine,
     Generator,
     Iterator,
@@ -43,7 +44,7 @@ from ._assembly import AttemptAssembler, check_completion, completion_text
 from ._backends import gate_store, response_cache
 from ._breaker import BreakerGate, BreakerState, Permit
 from ._cache import CachedAnswer, ResponseCache, cache_key
-from ._config import ChainConfig, OpenAIConfig, RouteConfig, load_config
+from ._config import PRIMARY_ROUTE, ChainConfig, OpenAIConfig, RouteConfig, load_config
 from ._core import AttemptWatch, AwaitSlot, RequestRun, Sleep, Tier, TryTier, UseCache
 from ._dropin import AsyncChainChat, ChainChat
 from ._errors import (
@@ -137,6 +138,65 @@ def _settle_when_done(future: Future[_OpenStream], permit: Permit | None) -> Non
     future.add_done_callback(settle)
 
 
+CacheUse = Literal["use", "refresh", "off"]
+"""How one call uses the cache: ``"use"`` (answer from it when the live tiers fail, store a
+live answer), ``"refresh"`` (never answer from it, store a live answer), ``"off"`` (neither)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallOptions:
+    """One call's own settings, never sent to a provider (checked by :func:`call_options`)."""
+
+    deadline: float | None = None
+    max_attempts: int | None = None
+    cache: CacheUse = "use"
+    routes: frozenset[str] | None = None  # the routes this call may use; None: all
+
+
+def call_options(
+    config: ChainConfig,
+    *,
+    deadline: float | None,
+    max_attempts: int | None,
+    cache: str,
+    fallbacks: bool | Collection[str],
+) -> CallOptions | None:
+    """Check a call's own options; ``None`` when all are the defaults (nothing to apply)."""
+    if deadline is None and max_attempts is None and cache == "use" and fallbacks is True:
+        return None
+    if deadline is not None and (
+        isinstance(deadline, bool)
+        or not isinstance(deadline, int | float)
+        or not math.isfinite(deadline)
+        or deadline <= 0
+    ):
+        raise ValueError(f"deadline must be a positive number of seconds (got {deadline!r})")
+    if max_attempts is not None and (
+        isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+    ):
+        raise ValueError(f"max_attempts must be a whole number >= 1 (got {max_attempts!r})")
+    if cache not in ("use", "refresh", "off"):
+        raise ValueError(f"cache must be 'use', 'refresh' or 'off' (got {cache!r})")
+    known = [entry.name for entry in config.fallbacks]
+    if fallbacks is True:
+        routes = None
+    elif fallbacks is False:
+        routes = frozenset({PRIMARY_ROUTE})
+    elif isinstance(fallbacks, str) or not isinstance(fallbacks, Collection):
+        raise TypeError("fallbacks must be True, False or a collection of fallback names")
+    else:
+        unknown = sorted(set(fallbacks) - set(known))
+        if unknown:
+            raise ValueError(f"unknown fallback(s) {unknown}; configured: {known}")
+        routes = frozenset({PRIMARY_ROUTE, *fallbacks})
+    return CallOptions(
+        None if deadline is None else float(deadline),
+        max_attempts,
+        cache,  # type: ignore[arg-type]  # checked above
+        routes,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _Request:
     model: str
@@ -147,6 +207,16 @@ class _Request:
     """A per-call ``timeout=``: bounds each attempt's connect and every wait for data."""
     whole_first: bool = False
     """``complete()`` with ``openai.complete_streams = false``: whole completions first."""
+    options: CallOptions | None = None
+    """This call's own deadline, budget, cache use and routes (``None``: the config's)."""
+
+    @property
+    def reads_cache(self) -> bool:
+        return self.options is None or self.options.cache == "use"
+
+    @property
+    def writes_cache(self) -> bool:
+        return self.options is None or self.options.cache != "off"
 
 
 class _Outcome:
@@ -214,6 +284,9 @@ class _ChainBase:
             hooks=self._hooks,
             request_id=next_request_id(),
             whole_first=request.whole_first,
+            deadline=options.deadline if (options := request.options) else None,
+            max_attempts=options.max_attempts if options else None,
+            routes=options.routes if options else None,
         )
         if self._hooks:
             self._hooks.emit(RequestStarted(run.request_id, request.key, request.model, True))
@@ -279,6 +352,7 @@ class _ChainBase:
         params: Mapping[str, Any],
         *,
         whole_first: bool = False,
+        options: CallOptions | None = None,
     ) -> _Request:
         self._check_open()
         bad = _RESERVED.intersection(params)
@@ -297,7 +371,7 @@ class _ChainBase:
             params = {k: v for k, v in params.items() if k != "timeout"}
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("request %s model=%s messages=%r", (key or "-")[:16], model, messages)
-        return _Request(model, messages, params, key, timeout, whole_first)
+        return _Request(model, messages, params, key, timeout, whole_first, options)
 
     def _kwargs(
         self, request: _Request, tier: Tier, *, streaming: bool, read: float
@@ -354,10 +428,13 @@ class _ChainBase:
         return run.display.whole(text, source)
 
     def _from_cache(
-        self, run: RequestRun, cached: CachedAnswer | None, out: _Outcome
+        self, run: RequestRun, cached: CachedAnswer | None, out: _Outcome, consulted: bool
     ) -> tuple[ChainEvent, ...]:
-        """Answer from the cache (the events that show it), or raise AllTiersFailedError."""
-        if self._hooks:
+        """Answer from the cache (the events that show it), or raise AllTiersFailedError.
+
+        ``consulted``: whether the cache was asked at all (a call may keep it out).
+        """
+        if self._hooks and consulted:
             kind: Literal["hit", "miss"] = "miss" if cached is None else "hit"
             age = None if cached is None else cached.age
             self._hooks.emit(CacheEvent(run.request_id, kind, age))
@@ -533,22 +610,59 @@ class FallbackChain(_ChainBase):
         return cls(load_config(path), **kwargs)
 
     def stream(
-        self, messages: Sequence[Any], model: str | None = None, **params: Any
+        self,
+        messages: Sequence[Any],
+        model: str | None = None,
+        *,
+        deadline: float | None = None,
+        max_attempts: int | None = None,
+        cache: CacheUse = "use",
+        fallbacks: bool | Collection[str] = True,
+        **params: Any,
     ) -> ChainStream:
-        """Stream an answer as events; ``params`` as for ``chat.completions.create``."""
-        request = self._prepare(messages, model, params)
+        """Stream an answer as events; ``params`` as for ``chat.completions.create``.
+
+        This call's own options, never sent: ``deadline`` (seconds of upstream time),
+        ``max_attempts`` (every route's budget), ``cache`` (see :data:`CacheUse`) and
+        ``fallbacks`` (``False``: the primary only; or the names of the fallbacks allowed).
+        """
+        options = call_options(
+            self.config,
+            deadline=deadline,
+            max_attempts=max_attempts,
+            cache=cache,
+            fallbacks=fallbacks,
+        )
+        request = self._prepare(messages, model, params, options=options)
         outcome = _Outcome()
         return ChainStream(self._drive(request, outcome), outcome)
 
     def complete(
-        self, messages: Sequence[Any], model: str | None = None, **params: Any
+        self,
+        messages: Sequence[Any],
+        model: str | None = None,
+        *,
+        deadline: float | None = None,
+        max_attempts: int | None = None,
+        cache: CacheUse = "use",
+        fallbacks: bool | Collection[str] = True,
+        **params: Any,
     ) -> ChainResponse:
-        """The whole answer: the same chain as :meth:`stream`.
+        """The whole answer: the same chain and options as :meth:`stream`.
 
         Streaming first, unless ``openai.complete_streams`` is false: then each route's
         non-streaming tier comes before its streaming one (see that setting's trade-off).
         """
-        request = self._prepare(messages, model, params, whole_first=self._whole_first)
+        options = call_options(
+            self.config,
+            deadline=deadline,
+            max_attempts=max_attempts,
+            cache=cache,
+            fallbacks=fallbacks,
+        )
+        request = self._prepare(
+            messages, model, params, whole_first=self._whole_first, options=options
+        )
         outcome = _Outcome()
         with ChainStream(self._drive(request, outcome), outcome) as stream:
             for _ in stream:
@@ -639,11 +753,13 @@ class FallbackChain(_ChainBase):
                     raise
                 attempt.permit.success()
                 final = self._done(run, attempt, watch, completion, out)
-                self._store(request, completion, run)
+                if request.writes_cache:
+                    self._store(request, completion, run)
                 yield from self._emit(final, run)
                 return
             self._check_open()
-            yield from self._emit(self._from_cache(run, self._lookup(request), out), run)
+            cached = self._lookup(request) if request.reads_cache else None
+            yield from self._emit(self._from_cache(run, cached, out, request.reads_cache), run)
         except BaseException as exc:
             failure = exc
             raise
@@ -963,18 +1079,50 @@ class AsyncFallbackChain(_ChainBase):
         return cls(load_config(path), **kwargs)
 
     def stream(
-        self, messages: Sequence[Any], model: str | None = None, **params: Any
+        self,
+        messages: Sequence[Any],
+        model: str | None = None,
+        *,
+        deadline: float | None = None,
+        max_attempts: int | None = None,
+        cache: CacheUse = "use",
+        fallbacks: bool | Collection[str] = True,
+        **params: Any,
     ) -> AsyncChainStream:
-        """Stream an answer as events (``async for``); ``params`` as for ``create``."""
-        request = self._prepare(messages, model, params)
+        """Stream an answer as events (``async for``); options as the sync chain's."""
+        options = call_options(
+            self.config,
+            deadline=deadline,
+            max_attempts=max_attempts,
+            cache=cache,
+            fallbacks=fallbacks,
+        )
+        request = self._prepare(messages, model, params, options=options)
         outcome = _Outcome()
         return AsyncChainStream(self._drive(request, outcome), outcome)
 
     async def complete(
-        self, messages: Sequence[Any], model: str | None = None, **params: Any
+        self,
+        messages: Sequence[Any],
+        model: str | None = None,
+        *,
+        deadline: float | None = None,
+        max_attempts: int | None = None,
+        cache: CacheUse = "use",
+        fallbacks: bool | Collection[str] = True,
+        **params: Any,
     ) -> ChainResponse:
         """The whole answer: the same chain as :meth:`stream` (see the sync chain's)."""
-        request = self._prepare(messages, model, params, whole_first=self._whole_first)
+        options = call_options(
+            self.config,
+            deadline=deadline,
+            max_attempts=max_attempts,
+            cache=cache,
+            fallbacks=fallbacks,
+        )
+        request = self._prepare(
+            messages, model, params, whole_first=self._whole_first, options=options
+        )
         outcome = _Outcome()
         async with AsyncChainStream(self._drive(request, outcome), outcome) as stream:
             async for _ in stream:
@@ -1068,12 +1216,14 @@ class AsyncFallbackChain(_ChainBase):
                     raise
                 await _shielded(attempt.permit.asuccess())
                 final = self._done(run, attempt, watch, completion, out)
-                await self._astore(request, completion, run)
+                if request.writes_cache:
+                    await self._astore(request, completion, run)
                 for event in final:
                     yield event
                 return
             self._check_open()
-            for event in self._from_cache(run, await self._alookup(request), out):
+            cached = await self._alookup(request) if request.reads_cache else None
+            for event in self._from_cache(run, cached, out, request.reads_cache):
                 yield event
         except BaseException as exc:
             failure = exc

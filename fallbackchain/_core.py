@@ -18,9 +18,10 @@ the deadline and from idle gaps.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random as _random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -182,23 +183,30 @@ class RequestRun:
         hooks: Hooks | None = None,
         request_id: int = 0,
         whole_first: bool = False,
+        deadline: float | None = None,
+        max_attempts: int | None = None,
+        routes: Collection[str] | None = None,
     ) -> None:
         """Start a request's run; its clock starts now.
 
         ``whole_first``: within each route, its non-streaming tier before its streaming one
-        (``complete()`` with ``openai.complete_streams = false``).
+        (``complete()`` with ``openai.complete_streams = false``). A call's own ``deadline``
+        and ``max_attempts`` (every route's budget) replace the configured ones; ``routes``
+        names the routes it may use (``None``: all).
         """
         self._tiers = tiers
-        self.deadline = config.retry.deadline
+        self.deadline = config.retry.deadline if deadline is None else deadline
+        self._max_attempts = max_attempts
         self._hooks = hooks or Hooks()
         self.request_id = request_id
-        self._retry = config.retry
+        retry = config.retry
+        self._retry = retry if deadline is None else dataclasses.replace(retry, deadline=deadline)
         self._clock = clock
         self._random = random
         self.started = clock()
         self.paused = 0.0
         self.attempts: list[Attempt] = []
-        self._plan = list(range(len(tiers)))
+        self._plan = [i for i, t in enumerate(tiers) if routes is None or t.provider in routes]
         if whole_first:  # routes keep their order; within one, non-streaming tiers first
             first: dict[str, int] = {}
             for index, tier in enumerate(tiers):
@@ -389,7 +397,7 @@ class RequestRun:
             config=self._retry,
             random=self._random,
             transport=transport,
-            max_attempts=tier.max_attempts,
+            max_attempts=self._max_attempts or tier.max_attempts,
         )
         logger.debug(
             "attempt %s #%d failed: %s -> %s (%s)",

@@ -55,7 +55,8 @@ _DIVERGENCE: Final = ("raise", "buffer")
 
 # Per-call options issue #15 plans for the chain but that it does not take yet: refused by
 # name rather than sent to the provider (which would reject them, or worse, ignore them).
-_NOT_YET: Final = frozenset({"deadline", "max_attempts", "cache", "fallbacks"})
+_CHAIN_OPTIONS: Final = frozenset({"deadline", "max_attempts", "cache", "fallbacks"})
+"""The chain's own per-call options: passed to the chain, never sent to a provider."""
 
 _TRACE: Final = "_fallbackchain_trace"  # where a returned completion keeps its ChainResponse
 
@@ -153,14 +154,8 @@ def _sdk_params() -> frozenset[str]:
 
 
 def _check_kwargs(kwargs: Mapping[str, Any]) -> None:
-    """Refuse what must not reach the provider: planned chain options, unknown names."""
-    not_yet = sorted(_NOT_YET.intersection(kwargs))
-    if not_yet:
-        raise TypeError(
-            f"create() does not take the per-call option(s) {', '.join(map(repr, not_yet))} "
-            "yet: set them in the chain's config (they were not sent)"
-        )
-    unknown = sorted(set(kwargs) - _sdk_params())
+    """Refuse names neither the SDK's ``create()`` nor the chain's own options."""
+    unknown = sorted(set(kwargs) - _sdk_params() - _CHAIN_OPTIONS)
     if unknown:
         raise TypeError(
             f"create() got unexpected keyword argument(s): {', '.join(map(repr, unknown))}"
@@ -451,8 +446,8 @@ class ChainCompletions:
 
         ``model`` defaults to the configured one. ``timeout`` (seconds) bounds each attempt, as
         for the chain's own calls. ``on_divergence`` is this library's own
-        and never sent: see :class:`StreamDivergedError`. Other fallbackchain-only names
-        (``deadline``, ``max_attempts``, ``cache``, ``fallbacks``) raise ``TypeError``.
+        and never sent: see :class:`StreamDivergedError`. The chain's per-call options
+        (``deadline``, ``max_attempts``, ``cache``, ``fallbacks``) apply, never sent.
         """
         divergence = _check_divergence(on_divergence)
         _check_kwargs(kwargs)
