@@ -21,7 +21,6 @@ from ._errors import (
     StreamProtocolError,
     TierError,
     UpstreamConnectionError,
-    UpstreamStatusError,
     UpstreamTimeoutError,
 )
 
@@ -64,14 +63,12 @@ def is_transport_fault(error: TierError, *, content_seen: bool) -> bool:
 
     A stream that broke after it began answering (dropped after content, truncated, a
     malformed chunk, an SSE ``error`` event) says little about the model: another stream may
-    well succeed. Everything else (429, 5xx, refused or reset before content, silence, a
-    stall) describes the route.
+    well succeed. Everything else (429, 5xx, refused, reset, an SSE ``error`` or a bad chunk
+    before any content, silence, a stall) describes the route.
     """
-    if isinstance(error, StreamProtocolError):
-        return True
     return (
         content_seen
-        and isinstance(error, UpstreamConnectionError)
+        and isinstance(error, StreamProtocolError | UpstreamConnectionError)
         and not isinstance(error, UpstreamTimeoutError)
     )
 
@@ -106,7 +103,7 @@ def decide(
     * a ``Retry-After`` above ``max_retry_after`` → next route; otherwise wait exactly that
       (before any tier of the route);
     * else full-jitter backoff on the route's attempt count, never under ``base_delay / 2``
-      after a 429 or 5xx (only a server's own ``Retry-After`` may say "now");
+      for a route fault (only a server's own ``Retry-After`` may say "now");
     * a wait that would cross the deadline → next route (next tier for a transport fault)
       instead of sleeping.
     """
@@ -131,7 +128,7 @@ def decide(
         delay = float(retry_after)
     else:
         delay = full_jitter(attempt - 1, config.base_delay, config.max_delay, random)
-        if isinstance(error, UpstreamStatusError):
+        if not transport:  # the model's own trouble: never asked again at once
             delay = max(delay, config.base_delay / 2)
     if elapsed + delay >= config.deadline:
         return RetryDecision(give_up, reason="backoff would cross the deadline")

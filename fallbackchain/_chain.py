@@ -14,6 +14,7 @@ check after each chunk in threads; ``asyncio.Timeout`` rescheduled per chunk in 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import random as _random
@@ -24,6 +25,7 @@ from collections.abc import (
     Collection,
     Coroutine,
     Generator,
+    Iterable,
     Iterator,
     Mapping,
     Sequence,
@@ -130,10 +132,12 @@ def _settle_when_done(future: Future[_OpenStream], permit: Permit | None) -> Non
     """Once a race entrant nobody waits for ends: close its stream, release ``permit``."""
 
     def settle(done: Future[_OpenStream]) -> None:
-        if not done.cancelled() and done.exception() is None:
-            done.result().stream.close()
-        if permit is not None:
-            permit.release()
+        try:
+            if not done.cancelled() and done.exception() is None:
+                done.result().stream.close()
+        finally:
+            if permit is not None:
+                permit.release()
 
     future.add_done_callback(settle)
 
@@ -243,6 +247,7 @@ class _ChainBase:
         self._time = time_source(clock)
         self._clock = self._time.monotonic  # every interval; stored stamps use the wall clock
         self._random = random or _random.random
+
         def gate(name: str, route: RouteConfig) -> BreakerGate:
             # A trial holds its slot until its first content (or its end): what it may take.
             longest = max(route.first_token_timeout, route.idle_timeout, route.timeout)
@@ -858,46 +863,75 @@ class FallbackChain(_ChainBase):
         """Open ``step``; if it shows no content within ``hedge_after``, hedge it.
 
         Returns the attempt that goes on, with its first content read, or with the error it
-        ended with once every entrant failed: the run then treats that attempt as its
-        current one, and the caller settles it. A loser still running is settled here, when
-        it ends (its stream closed, its permit released: neutral).
+        ended with when no entrant answered: the run then treats that attempt as its current
+        one, and the caller settles it. Every other entrant is settled here (a loser still
+        running: its stream closed and its permit released when it ends; neutral).
         """
         pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fallbackchain-hedge")
         entrants: dict[Future[_OpenStream], tuple[TryTier, AttemptWatch]] = {}
         pending: set[Future[_OpenStream]] = set()
+
+        def enter(attempt: TryTier, attempt_watch: AttemptWatch) -> None:
+            context = contextvars.copy_context()  # the caller's tracing context, in the thread
+            future = pool.submit(
+                context.run, self._open_stream, request, run, attempt, attempt_watch
+            )
+            entrants[future] = (attempt, attempt_watch)
+            pending.add(future)
+
+        def leave(futures: Iterable[Future[_OpenStream]]) -> None:
+            for future in futures:  # still running: neutral, settled whenever it ends
+                run.lost_race(entrants[future][0])
+                _settle_when_done(future, entrants[future][0].permit)
+
         try:
-            first = pool.submit(self._open_stream, request, run, step, watch)
-            entrants[first] = (step, watch)
-            pending = {first}
+            enter(step, watch)
             done, pending = wait_futures(pending, timeout=hedge_after)
             acquire = run.hedge(step) if pending else None
             if acquire is not None:
                 hedge = run.hedge_granted(acquire, acquire.tier.gate.acquire())
                 if hedge is not None:
-                    hedge_watch = self._new_watch(run, hedge, request.timeout)
-                    second = pool.submit(self._open_stream, request, run, hedge, hedge_watch)
-                    entrants[second] = (hedge, hedge_watch)
-                    pending.add(second)
+                    enter(hedge, self._new_watch(run, hedge, request.timeout))
             while True:
                 if not done:
                     done, pending = wait_futures(pending, return_when=FIRST_COMPLETED)
-                future = done.pop()
-                attempt, attempt_watch = entrants[future]
-                exc = future.exception()
-                if exc is not None and pending and isinstance(exc, Exception):
-                    if run.raced(attempt, exc, attempt_watch) is None:
+                # every entrant that ended: the hedged one wins a tie, and fails last
+                ended = sorted(done, key=lambda f: entrants[f][0] is not step)
+                done = set()
+                winner = next((f for f in ended if f.exception() is None), None)
+                for future in reversed(ended):
+                    attempt, attempt_watch = entrants[future]
+                    exc = future.exception()
+                    if future is winner:
+                        continue
+                    if exc is None:  # answered too, but later in the tie: neutral
+                        run.lost_race(attempt)
+                        future.result().stream.close()
+                        attempt.permit.release()
+                        continue
+                    final = winner is None and not pending and future is ended[0]
+                    if final or not isinstance(exc, Exception):
+                        leave(pending)
+                        pending = set()
+                        if attempt is not step:
+                            run.adopt(attempt, step)
+                        return attempt, attempt_watch, exc
+                    verdict = run.raced(attempt, exc, attempt_watch, hedge=attempt is not step)
+                    if verdict == "end":  # the caller's own mistake: raised, as without a race
+                        leave(pending)
+                        pending = set()
+                        return attempt, attempt_watch, exc
+                    if verdict == "neutral":
                         attempt.permit.release()
                     else:
                         attempt.permit.failure()
-                    continue
-                for loser in pending:
-                    loser_step = entrants[loser][0]
-                    run.lost_race(loser_step)
-                    _settle_when_done(loser, loser_step.permit)
-                pending = set()
-                if attempt is not step:
-                    run.adopt(attempt, step)
-                return attempt, attempt_watch, exc if exc is not None else future.result()
+                if winner is not None:
+                    leave(pending)
+                    pending = set()
+                    attempt, attempt_watch = entrants[winner]
+                    if attempt is not step:
+                        run.adopt(attempt, step)
+                    return attempt, attempt_watch, winner.result()
         except BaseException:
             for future in pending:  # the caller settles ``step``; a hedge is settled here
                 attempt = entrants[future][0]
@@ -984,12 +1018,22 @@ class _Watchdog:
 
 async def _drop(task: asyncio.Task[_OpenStream], permit: Permit | None) -> None:
     """Cancel a race entrant nobody waits for: its request closed, ``permit`` released."""
-    task.cancel()
-    await asyncio.wait({task})
-    if not task.cancelled() and task.exception() is None:
-        await task.result().stream.close()
-    if permit is not None:
-        await _shielded(permit.arelease())
+    try:
+        task.cancel()
+        await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is None:
+            await task.result().stream.close()
+    finally:
+        if permit is not None:
+            await permit.arelease()
+
+
+async def _close_and_release(opened: _OpenStream, permit: Permit | None) -> None:
+    try:
+        await opened.stream.close()
+    finally:
+        if permit is not None:
+            await permit.arelease()
 
 
 async def _shielded(settle: Coroutine[Any, Any, _T]) -> _T:
@@ -1386,51 +1430,90 @@ class AsyncFallbackChain(_ChainBase):
     ) -> tuple[TryTier, AttemptWatch, _OpenStream | BaseException]:
         """Open ``step``; if it shows no content within ``hedge_after``, hedge it.
 
-        As the sync chain's ``_race``, but a loser is cancelled at once: its request is
-        closed and its permit released before this returns.
+        As the sync chain's ``_race``, but a loser is cancelled at once: its request closed
+        and its permit released (shielded: a cancel meanwhile cannot leave a slot taken).
         """
         entrants: dict[asyncio.Task[_OpenStream], tuple[TryTier, AttemptWatch]] = {}
-        first = asyncio.create_task(self._open_stream(request, run, step, watch))
-        entrants[first] = (step, watch)
-        pending: set[asyncio.Task[_OpenStream]] = {first}
+        pending: set[asyncio.Task[_OpenStream]] = set()
+        chosen: tuple[_OpenStream, TryTier] | None = None  # the winner, until returned
+
+        def enter(attempt: TryTier, attempt_watch: AttemptWatch) -> None:
+            task = asyncio.create_task(self._open_stream(request, run, attempt, attempt_watch))
+            entrants[task] = (attempt, attempt_watch)
+            pending.add(task)
+
+        async def leave(tasks: Iterable[asyncio.Task[_OpenStream]]) -> None:
+            drops = []
+            for task in tasks:
+                run.lost_race(entrants[task][0])
+                drops.append(asyncio.ensure_future(_drop(task, entrants[task][0].permit)))
+            if drops:
+                await asyncio.shield(asyncio.gather(*drops))
+
         try:
+            enter(step, watch)
             done, pending = await asyncio.wait(pending, timeout=hedge_after)
             acquire = run.hedge(step) if pending else None
             if acquire is not None:
                 hedge = run.hedge_granted(acquire, await acquire.tier.gate.aacquire())
                 if hedge is not None:
-                    hedge_watch = self._new_watch(run, hedge, request.timeout)
-                    second = asyncio.create_task(
-                        self._open_stream(request, run, hedge, hedge_watch)
-                    )
-                    entrants[second] = (hedge, hedge_watch)
-                    pending.add(second)
+                    enter(hedge, self._new_watch(run, hedge, request.timeout))
             while True:
                 if not done:
-                    done, pending = await asyncio.wait(
-                        pending, return_when=asyncio.FIRST_COMPLETED
-                    )
-                task = done.pop()
-                attempt, attempt_watch = entrants[task]
-                exc = task.exception() if not task.cancelled() else asyncio.CancelledError()
-                if exc is not None and pending and isinstance(exc, Exception):
-                    if run.raced(attempt, exc, attempt_watch) is None:
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                ended = sorted(done, key=lambda t: entrants[t][0] is not step)
+                done = set()
+                winner = next(
+                    (t for t in ended if not t.cancelled() and t.exception() is None), None
+                )
+                if winner is not None:
+                    chosen = winner.result(), entrants[winner][0]
+                for task in reversed(ended):
+                    attempt, attempt_watch = entrants[task]
+                    exc = asyncio.CancelledError() if task.cancelled() else task.exception()
+                    if task is winner:
+                        continue
+                    if exc is None:  # answered too, but later in the tie: neutral
+                        run.lost_race(attempt)
+                        await asyncio.shield(_close_and_release(task.result(), attempt.permit))
+                        continue
+                    final = winner is None and not pending and task is ended[0]
+                    if final or not isinstance(exc, Exception):
+                        losers, pending = pending, set()
+                        await leave(losers)
+                        if attempt is not step:
+                            run.adopt(attempt, step)
+                        return attempt, attempt_watch, exc
+                    verdict = run.raced(attempt, exc, attempt_watch, hedge=attempt is not step)
+                    if verdict == "end":  # the caller's own mistake: raised, as without a race
+                        losers, pending = pending, set()
+                        await leave(losers)
+                        return attempt, attempt_watch, exc
+                    if verdict == "neutral":
                         await _shielded(attempt.permit.arelease())
                     else:
                         await _shielded(attempt.permit.afailure())
-                    continue
-                losers = list(pending)
-                pending = set()
-                for loser in losers:
-                    run.lost_race(entrants[loser][0])
-                    await _drop(loser, entrants[loser][0].permit)
-                if attempt is not step:
-                    run.adopt(attempt, step)
-                return attempt, attempt_watch, exc if exc is not None else task.result()
+                if winner is not None:
+                    losers, pending = pending, set()
+                    await leave(losers)
+                    attempt, attempt_watch = entrants[winner]
+                    if attempt is not step:
+                        run.adopt(attempt, step)
+                    return attempt, attempt_watch, winner.result()
         except BaseException:
-            for task in pending:  # the caller settles ``step``; a hedge is settled here
-                attempt = entrants[task][0]
-                await _drop(task, None if attempt is step else attempt.permit)
+            # the caller settles ``step``; a hedge, and a winner's opened stream, are here
+            cleanup = [
+                asyncio.ensure_future(
+                    _drop(t, None if entrants[t][0] is step else entrants[t][0].permit)
+                )
+                for t in pending
+            ]
+            if chosen is not None:
+                opened, winner_step = chosen
+                permit = None if winner_step is step else winner_step.permit
+                cleanup.append(asyncio.ensure_future(_close_and_release(opened, permit)))
+            if cleanup:
+                await asyncio.shield(asyncio.gather(*cleanup, return_exceptions=True))
             raise
 
     async def _complete_once(

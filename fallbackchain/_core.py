@@ -220,6 +220,8 @@ class RequestRun:
         """Attempts per route, whichever tier, that failed for the route's own reasons (a
         stream's transport faults have the tier's own budget instead)."""
         self._hedged = False  # at most one hedge per request
+        self._deferred: set[str] = set()  # routes left for silence in this request
+        self._not_before: dict[str, float] = {}  # a route's Retry-After met during a race
         self._pending_sleep: float | None = None
         self._slept = 0.0
         self._pending_wait: float | None = None
@@ -268,6 +270,13 @@ class RequestRun:
         if self.remaining() <= 0:
             self._at = len(self._plan)
             return UseCache()
+        hold = self._not_before.pop(tier.provider, 0.0) - self._clock()
+        if hold > 0:  # a Retry-After this route sent during a race
+            if hold >= self.remaining():
+                self._move_on(tier.name, "retry-after beyond the deadline", "route")
+                return self.next_step()
+            self._slept += hold
+            return Sleep(hold)
         return Acquire(tier)
 
     def granted(self, step: Acquire, permit: Permit | Busy | None) -> TryTier | None:
@@ -429,8 +438,15 @@ class RequestRun:
             self._move_on(tier.name, why, "route")
         elif decision.action == "defer_route":
             self._move_on(tier.name, why, "defer")
-        elif isinstance(error, QuotaExceededError):
-            self._move_on(tier.name, why, "route")  # one account's problem: others may answer
+        elif isinstance(error, QuotaExceededError):  # one account's: others may answer
+            account = (tier.route.base_url, tier.route.api_key_env)
+            ahead = self._plan[self._at + 1 :]
+            self._plan[self._at + 1 :] = [
+                i
+                for i in ahead
+                if (self._tiers[i].route.base_url, self._tiers[i].route.api_key_env) != account
+            ]
+            self._move_on(tier.name, why, "route")
         else:
             self._move_on(tier.name, why, "live")
 
@@ -467,22 +483,40 @@ class RequestRun:
         logger.debug("attempt %s #1 (hedge)", tier.name)
         return TryTier(tier, permit, 1, 0.0, self._clock())
 
-    def raced(self, step: TryTier, exc: Exception, watch: AttemptWatch) -> TierError | None:
-        """``step`` failed while the other attempt of a race is still running.
+    def raced(
+        self, step: TryTier, exc: Exception, watch: AttemptWatch, *, hedge: bool
+    ) -> TierError | Literal["neutral", "end"]:
+        """``step`` failed while another attempt of a race is still running.
 
-        Recorded at once. A :class:`TierError` (the driver settles the permit as a failure)
-        counts toward the route's budget as any failure does; ``None``: neutral (the driver
-        releases the permit), the race goes on with the other attempt.
+        Recorded at once. A :class:`TierError`: the driver settles the permit as a failure;
+        it counts toward the route's budget, and a ``Retry-After`` holds the route back (or,
+        beyond ``max_retry_after``, drops it for this request). ``"neutral"``: the driver
+        releases the permit and the race goes on (a fallback's rejection, which also drops
+        that route; or what the hedge's provider alone refused). ``"end"``: the caller's own
+        mistake met by the hedged attempt: the race ends and it is raised, as without a race.
         """
         error = map_error(exc, content_seen=watch.content_seen, responded=watch.responded)
         if error is None:
+            rejected = map_rejection(exc) if step.tier.provider != self._tiers[0].provider else None
+            if rejected is not None:
+                self._record(step, "failure", rejected, time_to_first_token=None)
+                self._drop_route(step.tier.provider)
+                return "neutral"
+            if not hedge:
+                return "end"
             why = "failed in a hedge race"
             self._record(step, "abandoned", None, time_to_first_token=None, text=why)
-            return None
+            return "neutral"
         ttft = watch.time_to_first_token()
         self._record(step, "failure", error, time_to_first_token=ttft)
         if not is_transport_fault(error, content_seen=ttft is not None):
             self._count_route_fault(step.tier)
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            if retry_after > self._retry.max_retry_after or retry_after >= self.remaining():
+                self._drop_route(step.tier.provider)
+            else:
+                self._not_before[step.tier.provider] = self._clock() + retry_after
         return error
 
     def lost_race(self, step: TryTier) -> None:
@@ -498,10 +532,21 @@ class RequestRun:
         self._number = hedge.number
 
     def _hedge_target(self, here: Tier) -> int | None:
+        """The next streaming tier of another route not left for silence in this request."""
         for at in range(self._at + 1, len(self._plan)):
-            if self._tiers[self._plan[at]].provider != here.provider:
+            tier = self._tiers[self._plan[at]]
+            if (
+                tier.provider != here.provider
+                and tier.streaming
+                and tier.provider not in self._deferred
+            ):
                 return at
         return None
+
+    def _drop_route(self, route: str) -> None:
+        """Take ``route``'s tiers after the current one out of this request's plan."""
+        ahead = self._plan[self._at + 1 :]
+        self._plan[self._at + 1 :] = [i for i in ahead if self._tiers[i].provider != route]
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -590,6 +635,7 @@ class RequestRun:
         elif how in ("route", "defer"):
             others = [i for i in rest if self._tiers[i].provider != here]
             if how == "defer":
+                self._deferred.add(here)
                 others += [i for i in rest if self._tiers[i].provider == here]
             rest = others
         elif to is not None:

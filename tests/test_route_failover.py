@@ -421,3 +421,79 @@ def test_stream_options_never_reach_a_whole_completion(harness, server):
     assert response.source == "completion"
     assert "stream_options" in server.requests[0].body
     assert "stream_options" not in server.requests[-1].body
+
+
+# --------------------------------------------------------------------------------------------
+# What a review of the race found (each failed before its fix)
+# --------------------------------------------------------------------------------------------
+
+
+def test_an_sse_error_before_any_content_is_the_routes_fault(
+    harness_factory, server, backup, clock
+):
+    h = harness_factory(
+        fallbacks=(FallbackConfig(name="backup", model="b", base_url="http://x/v1"),),
+        fallback_servers={"backup": backup},
+    )
+    server.default = Fault.sse_error(after_chunks=0)
+    _, response = h.ask("hello")
+    assert response.source == "backup"
+    # the route's budget, not 3 stream tries and 3 more on the completion tier
+    assert (server.counts["stream"], server.counts["completion"]) == (3, 0)
+    assert clock.sleeps == pytest.approx([0.005, 0.01])  # never under base_delay / 2
+
+
+def test_a_non_streaming_fallback_is_never_hedged_to(
+    mode: str, server: FaultServer, backup: FaultServer, tmp_path: Path
+) -> None:
+    config = ChainConfig(
+        openai=OpenAIConfig(base_url=server.base_url, model="primary-model"),
+        retry=RetryConfig(hedge_after=0.2),
+        cache=CacheConfig(directory=str(tmp_path / "cache")),
+        fallbacks=(FallbackConfig(name="backup", model="b", base_url="http://x/v1", stream=False),),
+    )
+    server.default = Fault.slow_first_byte(seconds=0.6)
+    h = Harness(
+        mode, config, server, FakeClock(), real_time=True, fallback_servers={"backup": backup}
+    )
+    try:
+        events, response = h.ask("hello")
+        assert response.source == "stream"
+        assert "".join(e.text for e in events) == response.text
+        assert backup.counts["total"] == 0
+    finally:
+        h.close()
+
+
+def test_a_hedge_never_goes_back_to_a_route_left_for_silence(
+    mode: str, backup: FaultServer, tmp_path: Path
+) -> None:
+    with FaultServer(words=20) as primary:
+        primary.default = Fault.stall(after_chunks=2, seconds=5.0)
+        backup.default = Fault.slow_first_byte(seconds=1.0)
+        config = ChainConfig(
+            openai=OpenAIConfig(
+                base_url=primary.base_url, model="m", first_token_timeout=0.5, idle_timeout=0.5
+            ),
+            retry=RetryConfig(hedge_after=0.3),
+            cache=CacheConfig(directory=str(tmp_path / "cache")),
+            fallbacks=(
+                FallbackConfig(
+                    name="backup",
+                    model="b",
+                    base_url="http://x/v1",
+                    first_token_timeout=3.0,  # a slow starter: 1 s to its first token
+                    idle_timeout=3.0,
+                ),
+            ),
+        )
+        h = Harness(
+            mode, config, primary, FakeClock(), real_time=True, fallback_servers={"backup": backup}
+        )
+        try:
+            events, response = h.ask("hello")
+            assert response.source == "backup"
+            assert (primary.counts["stream"], primary.counts["completion"]) == (1, 0)
+            assert text_after_last_reset(events) == response.text
+        finally:
+            h.close()
