@@ -303,3 +303,13 @@ def test_whole_first_asks_each_route_for_a_completion_before_its_stream() -> Non
     # silence on a whole completion is still the route's: the other route first, then the
     # primary's stream tier
     assert steps == ["completion", "backup", "stream"]
+
+
+def test_quota_skips_every_route_on_the_same_account() -> None:
+    config = ChainConfig(
+        fallbacks=(
+            FallbackConfig(name="sibling", model="gpt-4o"),  # the primary's URL and key
+            FallbackConfig(name="elsewhere", model="m", base_url="http://127.0.0.1:1/v1"),
+        )
+    )
+    assert play(config, {"stream": [QUOTA]}) == ["stream", "elsewhere"]
