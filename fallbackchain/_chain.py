@@ -389,8 +389,11 @@ class _ChainBase:
             kwargs.pop("stream_options", None)
         elif tier.stream_usage and "stream_options" not in kwargs:
             kwargs["stream_options"] = {"include_usage": True}
+        # connect, write and pool waits: no longer than a read may wait (so never past the
+        # deadline either), nor than the route's timeout or the call's own
+        read = max(read, 0.001)
         bound = tier.timeout if request.timeout is None else min(tier.timeout, request.timeout)
-        kwargs["timeout"] = httpx2.Timeout(bound, read=max(read, 0.001))
+        kwargs["timeout"] = httpx2.Timeout(min(bound, read), read=read)
         return kwargs
 
     def _read_budget(
