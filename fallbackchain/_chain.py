@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import math
 import random as _random
 from collections.abc import (
     AsyncGenerator,
@@ -46,7 +45,8 @@ from ._assembly import AttemptAssembler, check_completion, completion_text
 from ._backends import gate_store, response_cache
 from ._breaker import BreakerGate, BreakerState, Permit
 from ._cache import CachedAnswer, ResponseCache, cache_key
-from ._config import PRIMARY_ROUTE, ChainConfig, OpenAIConfig, RouteConfig, load_config
+from ._call_options import CacheUse, CallOptions, call_options, call_timeout
+from ._config import ChainConfig, OpenAIConfig, RouteConfig, load_config
 from ._core import AttemptWatch, AwaitSlot, RequestRun, Sleep, Tier, TryTier, UseCache
 from ._dropin import AsyncChainChat, ChainChat
 from ._errors import (
@@ -106,22 +106,6 @@ class _OpenStream:
 _NOTHING_BILLED = CompletionUsage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
 
 
-def _call_timeout(value: object) -> float | None:
-    """A per-call ``timeout=`` as seconds: a positive number, or ``None`` (not given).
-
-    The chain sets the SDK's timeout of each attempt itself (from the route's settings and
-    the deadline); a caller's number tightens it. An ``httpx`` timeout object is refused:
-    its parts (connect, read, pool) would each need a meaning here.
-    """
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"timeout must be a number of seconds, not {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"timeout must be a positive number of seconds (got {value!r})")
-    return float(value)
-
-
 def _unwrap(raced: _OpenStream | BaseException) -> _OpenStream:
     if isinstance(raced, BaseException):
         raise raced
@@ -140,65 +124,6 @@ def _settle_when_done(future: Future[_OpenStream], permit: Permit | None) -> Non
                 permit.release()
 
     future.add_done_callback(settle)
-
-
-CacheUse = Literal["use", "refresh", "off"]
-"""How one call uses the cache: ``"use"`` (answer from it when the live tiers fail, store a
-live answer), ``"refresh"`` (never answer from it, store a live answer), ``"off"`` (neither)."""
-
-
-@dataclass(frozen=True, slots=True)
-class CallOptions:
-    """One call's own settings, never sent to a provider (checked by :func:`call_options`)."""
-
-    deadline: float | None = None
-    max_attempts: int | None = None
-    cache: CacheUse = "use"
-    routes: frozenset[str] | None = None  # the routes this call may use; None: all
-
-
-def call_options(
-    config: ChainConfig,
-    *,
-    deadline: float | None,
-    max_attempts: int | None,
-    cache: str,
-    fallbacks: bool | Collection[str],
-) -> CallOptions | None:
-    """Check a call's own options; ``None`` when all are the defaults (nothing to apply)."""
-    if deadline is None and max_attempts is None and cache == "use" and fallbacks is True:
-        return None
-    if deadline is not None and (
-        isinstance(deadline, bool)
-        or not isinstance(deadline, int | float)
-        or not math.isfinite(deadline)
-        or deadline <= 0
-    ):
-        raise ValueError(f"deadline must be a positive number of seconds (got {deadline!r})")
-    if max_attempts is not None and (
-        isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
-    ):
-        raise ValueError(f"max_attempts must be a whole number >= 1 (got {max_attempts!r})")
-    if cache not in ("use", "refresh", "off"):
-        raise ValueError(f"cache must be 'use', 'refresh' or 'off' (got {cache!r})")
-    known = [entry.name for entry in config.fallbacks]
-    if fallbacks is True:
-        routes = None
-    elif fallbacks is False:
-        routes = frozenset({PRIMARY_ROUTE})
-    elif isinstance(fallbacks, str) or not isinstance(fallbacks, Collection):
-        raise TypeError("fallbacks must be True, False or a collection of fallback names")
-    else:
-        unknown = sorted(set(fallbacks) - set(known))
-        if unknown:
-            raise ValueError(f"unknown fallback(s) {unknown}; configured: {known}")
-        routes = frozenset({PRIMARY_ROUTE, *fallbacks})
-    return CallOptions(
-        None if deadline is None else float(deadline),
-        max_attempts,
-        cache,  # type: ignore[arg-type]  # checked above
-        routes,
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,7 +296,7 @@ class _ChainBase:
         except TypeError:  # a value with no JSON form: answer live, never cache it
             logger.warning("request cannot be cached: a parameter has no JSON form")
             key = None
-        timeout = _call_timeout(params.get("timeout"))
+        timeout = call_timeout(params.get("timeout"))
         if "timeout" in params:
             params = {k: v for k, v in params.items() if k != "timeout"}
         if logger.isEnabledFor(logging.DEBUG):
