@@ -1112,10 +1112,7 @@ class RedisResponseCache(ResponseCache):
             return False
         try:
             row = self._prepare_row(key, completion, stored_at)
-            if row is None:
-                return False
-            name, px = self.prefix + key, _px(row)
-            stored = bool(self._link.call(lambda r: r.set(name, row.text, px=px)))
+            stored = row is not None and self._set(key, row)
         except Exception as exc:  # noqa: BLE001 - the cache must never break a request
             self._failure("put", exc, "answer not stored")
             return False
@@ -1129,15 +1126,22 @@ class RedisResponseCache(ResponseCache):
             return False
         try:
             row = self._prepare_row(key, completion, stored_at)
-            if row is None:
-                return False
-            name, px = self.prefix + key, _px(row)
-            self._loops.add(asyncio.get_running_loop())
-            stored = bool(await self._link.acall(lambda r: r.set(name, row.text, px=px)))
+            stored = row is not None and await self._aset(key, row)
         except Exception as exc:  # noqa: BLE001 - the cache must never break a request
             self._failure("put", exc, "answer not stored")
             return False
         return self._count_store(stored)
+
+    # put's write, apart from the client it goes through (a row that put refuses is not written)
+
+    def _set(self, key: str, row: _Row) -> bool:
+        name, px = self.prefix + key, _px(row)
+        return bool(self._link.call(lambda r: r.set(name, row.text, px=px)))
+
+    async def _aset(self, key: str, row: _Row) -> bool:
+        name, px = self.prefix + key, _px(row)
+        self._loops.add(asyncio.get_running_loop())
+        return bool(await self._link.acall(lambda r: r.set(name, row.text, px=px)))
 
     def stats(self, *, scan: bool = False) -> CacheStats:
         """Counters and sizes (``entries``/``bytes``: this namespace in Redis). Never raises.
