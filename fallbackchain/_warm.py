@@ -63,6 +63,7 @@ from openai.types.chat import ChatCompletion
 
 from ._cache import CachedAnswer, InputFileError, LineError, read_jsonl
 from ._chain import AsyncFallbackChain, FallbackChain
+from ._core import Sleep
 from ._errors import (
     AllTiersFailedError,
     BreakerOpenError,
@@ -590,24 +591,22 @@ class _Pacer:
 
 
 @dataclass(frozen=True, slots=True)
-class _LookUp:
+class _ItemStep:
+    """A step about one prompt."""
+
+    item: _Item
+
+
+class _LookUp(_ItemStep):
     """Read the cache for ``item.key``, then tell :meth:`_Run.looked_up` what was there."""
 
-    item: _Item
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class _Send:
+class _Send(_ItemStep):
     """Start asking the chain for ``item`` (it is in flight until collected)."""
 
-    item: _Item
-
-
-@dataclass(frozen=True, slots=True)
-class _Pause:
-    """Nothing is in flight: sleep ``seconds`` before asking for the next step."""
-
-    seconds: float
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -620,7 +619,7 @@ class _Collect:
     timeout: float | None
 
 
-_Step = _LookUp | _Send | _Pause | _Collect
+_Step = _LookUp | _Send | Sleep | _Collect  # Sleep: the chain core's, nothing in flight
 
 
 class _Finished(Protocol):
@@ -731,7 +730,7 @@ class _Run:
             if not in_flight:
                 if item is None:
                     return None
-                return _Pause(wait or 0.0)
+                return Sleep(wait or 0.0)
             return _Collect(wait if wait is not None and math.isfinite(wait) else None)
 
     def looked_up(self, item: _Item, cached: CachedAnswer | None) -> None:
@@ -922,7 +921,7 @@ def warm(
                     run.looked_up(item, chain.cache.get(item.key or ""))
                 case _Send(item):
                     in_flight[pool.submit(_ask_sync, chain, item)] = item
-                case _Pause(seconds):
+                case Sleep(seconds):
                     pause(seconds)
                 case _Collect(timeout):
                     done, _ = concurrent.futures.wait(
@@ -978,7 +977,7 @@ async def awarm(
                     run.looked_up(item, cached)
                 case _Send(item):
                     in_flight[asyncio.create_task(_ask_async(chain, item))] = item
-                case _Pause(seconds):
+                case Sleep(seconds):
                     await pause(seconds)
                 case _Collect(timeout):
                     done, _ = await asyncio.wait(

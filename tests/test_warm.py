@@ -32,13 +32,13 @@ from fallbackchain import (
 )
 from fallbackchain._cache import InputFileError, LineError
 from fallbackchain._cli import main
+from fallbackchain._core import Sleep
 from fallbackchain._warm import (
     ALLOWED_KEYS,
     WarmProgress,
     WarmRequest,
     _Collect,
     _LookUp,
-    _Pause,
     _Result,
     _Send,
     _start,
@@ -971,7 +971,7 @@ def _trace_steps(
             case _Send(item):
                 trace.append(f"send {item.request.line}")
                 in_flight[_Finished(next(outcomes, ANSWERED))] = item
-            case _Pause(seconds):
+            case Sleep(seconds):
                 trace.append(f"pause {seconds:g}")
                 clock.advance(seconds)
             case _Collect(timeout):
