@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Final, Literal, Protocol, runtime_checkable
+from typing import Final, Literal, Protocol, TypeVar, runtime_checkable
 
 from ._optional import pybreaker_without_redis
 
@@ -105,71 +105,79 @@ class Permit:
         without waiting for the whole answer. The permit still has to be settled (a later
         failure still counts).
         """
-        if not self._vouched and not self._settled:
-            self._vouched = True
+        if self._claim_vouch():
             self._gate._store.record_vouch(token=self.token)
-            self._gate._wake()
+            self._gate._after_step(None)
 
     async def avouch(self) -> None:
         """:meth:`vouch` without blocking the event loop on a shared store."""
-        if not self._vouched and not self._settled:
-            self._vouched = True
+        if self._claim_vouch():
             await self._gate._astore.arecord_vouch(token=self.token)
-            self._gate._wake()
+            self._gate._after_step(None)
 
     def success(self) -> None:
         """The attempt succeeded: reset the failure count; a probe closes the breaker."""
-        if not self._settled:
-            self._settled = True
-            self._gate._on_success(self)
+        if self._claim_settle():
+            gate = self._gate
+            gate._after_step(gate._store.record_success(probe=self.probe, token=self.token))
+
+    async def asuccess(self) -> None:
+        """:meth:`success` without blocking the event loop on a shared store."""
+        if self._claim_settle():
+            gate = self._gate
+            gate._after_step(await gate._astore.arecord_success(probe=self.probe, token=self.token))
 
     def failure(self) -> bool:
         """The attempt failed: count it; at ``fail_max`` (or a failed probe) the breaker opens.
 
         Returns ``True`` when this failure opened the breaker.
         """
-        if self._settled:
+        if not self._claim_settle():
             return False
-        self._settled = True
-        return self._gate._on_failure(self)
-
-    def release(self) -> None:
-        """Neither success nor failure (cancelled, closed early, caller's error)."""
-        if not self._settled:
-            self._settled = True
-            self._gate._on_release(self)
-
-    async def asuccess(self) -> None:
-        """:meth:`success` without blocking the event loop on a shared store."""
-        if not self._settled:
-            self._settled = True
-            gate = self._gate
-            gate._notify(await gate._astore.arecord_success(probe=self.probe, token=self.token))
-            gate._wake()
+        now, fail_max = self._gate._failure_args()
+        step = self._gate._store.record_failure
+        return self._gate._after_step(step(now, fail_max, probe=self.probe, token=self.token))
 
     async def afailure(self) -> bool:
         """:meth:`failure` without blocking the event loop on a shared store."""
-        if self._settled:
+        if not self._claim_settle():
             return False
-        self._settled = True
-        gate = self._gate
-        changed = await gate._astore.arecord_failure(
-            gate._clock(), gate._fail_max, probe=self.probe, token=self.token
-        )
-        gate._notify(changed)
-        gate._wake()
-        return _opened(changed)
+        now, fail_max = self._gate._failure_args()
+        step = self._gate._astore.arecord_failure
+        return self._gate._after_step(await step(now, fail_max, probe=self.probe, token=self.token))
+
+    def release(self) -> None:
+        """Neither success nor failure (cancelled, closed early, caller's error)."""
+        if self._claim_settle():
+            self._gate._store.record_release(probe=self.probe, token=self.token)
+            self._gate._after_step(None)
 
     async def arelease(self) -> None:
         """:meth:`release` without blocking the event loop on a shared store."""
-        if not self._settled:
-            self._settled = True
+        if self._claim_settle():
             await self._gate._astore.arecord_release(probe=self.probe, token=self.token)
-            self._gate._wake()
+            self._gate._after_step(None)
+
+    # The decisions shared by each sync/async pair above, which differ only in the store call.
+
+    def _claim_settle(self) -> bool:
+        """True the first time: this call settles the permit; later calls are ignored."""
+        if self._settled:
+            return False
+        self._settled = True
+        return True
+
+    def _claim_vouch(self) -> bool:
+        """True when this call vouches: a trial, not settled and not vouched yet."""
+        if self._vouched or self._settled:
+            return False
+        self._vouched = True
+        return True
 
 
 Grant = Literal["normal", "trial", "probe", "busy"] | None
 Transition = tuple[BreakerState, BreakerState]
+R = TypeVar("R")
 
 
 @runtime_checkable
@@ -482,20 +490,18 @@ class BreakerGate:
         half-open. Half-open: one probe permit at a time.
         """
         token = self._new_token()
-        grant, changed = self._store.try_acquire(
-            self._clock(),
-            self._reset_timeout,
-            self._probe_lease,
-            fail_max=self._fail_max,
-            token=token,
-            trial_lease=self._trial_lease,
-        )
+        grant, changed = self._try_acquire(self._store.try_acquire, token)
         return self._permit(grant, changed, token)
 
     async def aacquire(self) -> Permit | Busy | None:
         """:meth:`acquire` without blocking the event loop on a shared store."""
         token = self._new_token()
-        grant, changed = await self._astore.atry_acquire(
+        grant, changed = await self._try_acquire(self._astore.atry_acquire, token)
+        return self._permit(grant, changed, token)
+
+    def _try_acquire(self, step: Callable[..., R], token: str) -> R:
+        """Call ``try_acquire``, or ``atry_acquire`` (``R``: its awaitable), with our settings."""
+        return step(
             self._clock(),
             self._reset_timeout,
             self._probe_lease,
@@ -503,7 +509,6 @@ class BreakerGate:
             token=token,
             trial_lease=self._trial_lease,
         )
-        return self._permit(grant, changed, token)
 
     def _new_token(self) -> str:
         """A name for the slot this acquire may take: no system call per attempt."""
@@ -520,21 +525,15 @@ class BreakerGate:
             return BUSY
         return Permit(self, probe=grant == "probe", token=token, trial=grant == "trial")
 
-    def _on_success(self, permit: Permit) -> None:
-        self._notify(self._store.record_success(probe=permit.probe, token=permit.token))
-        self._wake()
+    def _failure_args(self) -> tuple[float, int]:
+        """The ``now`` and ``fail_max`` a store's failure step takes."""
+        return self._clock(), self._fail_max
 
-    def _on_failure(self, permit: Permit) -> bool:
-        changed = self._store.record_failure(
-            self._clock(), self._fail_max, probe=permit.probe, token=permit.token
-        )
+    def _after_step(self, changed: Transition | None) -> bool:
+        """After a permit's store step: report a transition, wake waiters; True if it opened."""
         self._notify(changed)
         self._wake()
         return _opened(changed)
-
-    def _on_release(self, permit: Permit) -> None:
-        self._store.record_release(probe=permit.probe, token=permit.token)
-        self._wake()
 
     # -- waiting while busy -----------------------------------------------------------------
 

@@ -48,7 +48,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, Generic, TypeVar, cast
 
 import pybreaker
 import redis
@@ -701,65 +701,35 @@ class RedisGateStore(pybreaker.CircuitBreakerStorage):
         token: str,
         trial_lease: float,
     ) -> tuple[Grant, Transition | None]:
-        try:
-            shared = self._shared_now(now)
-            args = _acquire_args(
-                shared,
-                reset_timeout,
-                probe_lease,
-                fail_max=fail_max,
-                token=token,
-                trial_lease=trial_lease,
-            )
-            reply = self._step(_ACQUIRE, args)
-        except RedisUnavailableError:
-            return self._fallback().try_acquire(
-                now,
-                reset_timeout,
-                probe_lease,
-                fail_max=fail_max,
-                token=token,
-                trial_lease=trial_lease,
-            )
-        return reply.grant, reply.changed
+        step = _acquire_step(
+            now, reset_timeout, probe_lease, fail_max=fail_max, token=token, trial_lease=trial_lease
+        )
+        return self._run(step)
 
     def record_success(self, *, probe: bool, token: str | None = None) -> Transition | None:
-        try:
-            reply = self._step(_SUCCESS, ("1" if probe else "0", _token(token)))
-        except RedisUnavailableError:
-            return self._fallback().record_success(probe=probe, token=token)
-        return reply.changed
+        return self._run(_success_step(probe, token))
 
     def record_failure(
         self, now: float, fail_max: int, *, probe: bool, token: str | None = None
     ) -> Transition | None:
-        try:
-            shared = self._shared_now(now)
-            args = (_num(shared), str(int(fail_max)), "1" if probe else "0", _token(token))
-            reply = self._step(_FAILURE, args)
-        except RedisUnavailableError:
-            return self._fallback().record_failure(now, fail_max, probe=probe, token=token)
-        return reply.changed
+        return self._run(_failure_step(now, fail_max, probe, token))
 
     def record_release(self, *, probe: bool, token: str | None = None) -> None:
-        if not probe and token is None:
-            return
-        try:
-            self._step(_RELEASE, ("1" if probe else "0", _token(token)))
-        except RedisUnavailableError:
-            self._fallback().record_release(probe=probe, token=token)
+        if probe or token is not None:  # a normal permit holds no slot: nothing to free
+            self._run(_release_step(probe, token))
 
     def record_vouch(self, *, token: str | None) -> None:
-        try:
-            self._step(_VOUCH, (_token(token),))
-        except RedisUnavailableError:
-            self._fallback().record_vouch(token=token)
+        self._run(_vouch_step(token))
 
-    def _step(self, script: _Script, args: Sequence[str]) -> _Reply:
-        keys = (self.key,)
-        reply = _parse_reply(self._link.call(lambda r: script.run(r, keys, args)))
-        self._redis_ok(reply)
-        return reply
+    def _run(self, command: _Command[T]) -> T:
+        """One step on the sync client; on the local store while Redis is unavailable."""
+        try:
+            shared = 0.0 if command.now is None else self._shared_now(command.now)
+            keys, args = (self.key,), command.args(shared)
+            reply = _parse_reply(self._link.call(lambda r: command.script.run(r, keys, args)))
+        except RedisUnavailableError:
+            return command.local(self._fallback())
+        return self._answer(command, reply)
 
     # -- AsyncGateStore -----------------------------------------------------------------------
 
@@ -773,65 +743,42 @@ class RedisGateStore(pybreaker.CircuitBreakerStorage):
         token: str,
         trial_lease: float,
     ) -> tuple[Grant, Transition | None]:
-        try:
-            shared = await self._ashared_now(now)
-            args = _acquire_args(
-                shared,
-                reset_timeout,
-                probe_lease,
-                fail_max=fail_max,
-                token=token,
-                trial_lease=trial_lease,
-            )
-            reply = await self._astep(_ACQUIRE, args)
-        except RedisUnavailableError:
-            return self._fallback().try_acquire(
-                now,
-                reset_timeout,
-                probe_lease,
-                fail_max=fail_max,
-                token=token,
-                trial_lease=trial_lease,
-            )
-        return reply.grant, reply.changed
+        step = _acquire_step(
+            now, reset_timeout, probe_lease, fail_max=fail_max, token=token, trial_lease=trial_lease
+        )
+        return await self._arun(step)
 
     async def arecord_success(self, *, probe: bool, token: str | None = None) -> Transition | None:
-        try:
-            reply = await self._astep(_SUCCESS, ("1" if probe else "0", _token(token)))
-        except RedisUnavailableError:
-            return self._fallback().record_success(probe=probe, token=token)
-        return reply.changed
+        return await self._arun(_success_step(probe, token))
 
     async def arecord_failure(
         self, now: float, fail_max: int, *, probe: bool, token: str | None = None
     ) -> Transition | None:
-        try:
-            shared = await self._ashared_now(now)
-            args = (_num(shared), str(int(fail_max)), "1" if probe else "0", _token(token))
-            reply = await self._astep(_FAILURE, args)
-        except RedisUnavailableError:
-            return self._fallback().record_failure(now, fail_max, probe=probe, token=token)
-        return reply.changed
+        return await self._arun(_failure_step(now, fail_max, probe, token))
 
     async def arecord_release(self, *, probe: bool, token: str | None = None) -> None:
-        if not probe and token is None:
-            return
-        try:
-            await self._astep(_RELEASE, ("1" if probe else "0", _token(token)))
-        except RedisUnavailableError:
-            self._fallback().record_release(probe=probe, token=token)
+        if probe or token is not None:
+            await self._arun(_release_step(probe, token))
 
     async def arecord_vouch(self, *, token: str | None) -> None:
-        try:
-            await self._astep(_VOUCH, (_token(token),))
-        except RedisUnavailableError:
-            self._fallback().record_vouch(token=token)
+        await self._arun(_vouch_step(token))
 
-    async def _astep(self, script: _Script, args: Sequence[str]) -> _Reply:
-        keys = (self.key,)
-        reply = _parse_reply(await self._link.acall(lambda r: script.arun(r, keys, args)))
+    async def _arun(self, command: _Command[T]) -> T:
+        """:meth:`_run` on this event loop's ``redis.asyncio`` client."""
+        try:
+            shared = 0.0 if command.now is None else await self._ashared_now(command.now)
+            keys, args = (self.key,), command.args(shared)
+            reply = _parse_reply(
+                await self._link.acall(lambda r: command.script.arun(r, keys, args))
+            )
+        except RedisUnavailableError:
+            return command.local(self._fallback())
+        return self._answer(command, reply)
+
+    def _answer(self, command: _Command[T], reply: _Reply) -> T:
+        """Redis decided the step: remember what it showed and read the step's result."""
         self._redis_ok(reply)
-        return reply
+        return command.answer(reply)
 
     async def aclose(self) -> None:
         """Close this event loop's Redis client (shared with other users of the same URL)."""
@@ -935,7 +882,28 @@ class RedisGateStore(pybreaker.CircuitBreakerStorage):
         self._write(lambda r: r.hset(self.key, "opened_at", stamp), local)
 
 
-def _acquire_args(
+@dataclass(frozen=True, slots=True)
+class _Command(Generic[T]):
+    """One breaker step, apart from how it is sent (the sync and async clients share it).
+
+    ``now`` is the gate's clock reading for a timed step (``None``: the step needs no time);
+    ``args`` builds the script's arguments from it on the server's clock; ``answer`` reads the
+    step's result from a reply; ``local`` takes the same step on the local store while Redis
+    is unavailable.
+    """
+
+    script: _Script
+    now: float | None
+    args: Callable[[float], Sequence[str]]
+    answer: Callable[[_Reply], T]
+    local: Callable[[MemoryGateStore], T]
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else "0"
+
+
+def _acquire_step(
     now: float,
     reset_timeout: float,
     probe_lease: float,
@@ -943,14 +911,69 @@ def _acquire_args(
     fail_max: int,
     token: str,
     trial_lease: float,
-) -> tuple[str, ...]:
-    return (
-        _num(now),
-        _num(reset_timeout),
-        _num(now + probe_lease),
-        str(int(fail_max)),
-        token,
-        _num(now + trial_lease),
+) -> _Command[tuple[Grant, Transition | None]]:
+    def args(shared: float) -> tuple[str, ...]:
+        return (
+            _num(shared),
+            _num(reset_timeout),
+            _num(shared + probe_lease),
+            str(int(fail_max)),
+            token,
+            _num(shared + trial_lease),
+        )
+
+    def local(store: MemoryGateStore) -> tuple[Grant, Transition | None]:
+        return store.try_acquire(
+            now,
+            reset_timeout,
+            probe_lease,
+            fail_max=fail_max,
+            token=token,
+            trial_lease=trial_lease,
+        )
+
+    return _Command(_ACQUIRE, now, args, lambda reply: (reply.grant, reply.changed), local)
+
+
+def _success_step(probe: bool, token: str | None) -> _Command[Transition | None]:
+    return _Command(
+        _SUCCESS,
+        None,
+        lambda _: (_flag(probe), _token(token)),
+        lambda reply: reply.changed,
+        lambda store: store.record_success(probe=probe, token=token),
+    )
+
+
+def _failure_step(
+    now: float, fail_max: int, probe: bool, token: str | None
+) -> _Command[Transition | None]:
+    return _Command(
+        _FAILURE,
+        now,
+        lambda shared: (_num(shared), str(int(fail_max)), _flag(probe), _token(token)),
+        lambda reply: reply.changed,
+        lambda store: store.record_failure(now, fail_max, probe=probe, token=token),
+    )
+
+
+def _release_step(probe: bool, token: str | None) -> _Command[None]:
+    return _Command(
+        _RELEASE,
+        None,
+        lambda _: (_flag(probe), _token(token)),
+        lambda _: None,
+        lambda store: store.record_release(probe=probe, token=token),
+    )
+
+
+def _vouch_step(token: str | None) -> _Command[None]:
+    return _Command(
+        _VOUCH,
+        None,
+        lambda _: (_token(token),),
+        lambda _: None,
+        lambda store: store.record_vouch(token=token),
     )
 
 
@@ -1089,10 +1112,7 @@ class RedisResponseCache(ResponseCache):
             return False
         try:
             row = self._prepare_row(key, completion, stored_at)
-            if row is None:
-                return False
-            name, px = self.prefix + key, _px(row)
-            stored = bool(self._link.call(lambda r: r.set(name, row.text, px=px)))
+            stored = row is not None and self._set(key, row)
         except Exception as exc:  # noqa: BLE001 - the cache must never break a request
             self._failure("put", exc, "answer not stored")
             return False
@@ -1106,15 +1126,22 @@ class RedisResponseCache(ResponseCache):
             return False
         try:
             row = self._prepare_row(key, completion, stored_at)
-            if row is None:
-                return False
-            name, px = self.prefix + key, _px(row)
-            self._loops.add(asyncio.get_running_loop())
-            stored = bool(await self._link.acall(lambda r: r.set(name, row.text, px=px)))
+            stored = row is not None and await self._aset(key, row)
         except Exception as exc:  # noqa: BLE001 - the cache must never break a request
             self._failure("put", exc, "answer not stored")
             return False
         return self._count_store(stored)
+
+    # put's write, apart from the client it goes through (a row that put refuses is not written)
+
+    def _set(self, key: str, row: _Row) -> bool:
+        name, px = self.prefix + key, _px(row)
+        return bool(self._link.call(lambda r: r.set(name, row.text, px=px)))
+
+    async def _aset(self, key: str, row: _Row) -> bool:
+        name, px = self.prefix + key, _px(row)
+        self._loops.add(asyncio.get_running_loop())
+        return bool(await self._link.acall(lambda r: r.set(name, row.text, px=px)))
 
     def stats(self, *, scan: bool = False) -> CacheStats:
         """Counters and sizes (``entries``/``bytes``: this namespace in Redis). Never raises.

@@ -53,9 +53,9 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 import openai
 from openai.resources.chat.completions import Completions
@@ -63,6 +63,7 @@ from openai.types.chat import ChatCompletion
 
 from ._cache import CachedAnswer, InputFileError, LineError, read_jsonl
 from ._chain import AsyncFallbackChain, FallbackChain
+from ._core import Sleep
 from ._errors import (
     AllTiersFailedError,
     BreakerOpenError,
@@ -459,10 +460,13 @@ def _from_error(exc: Exception) -> _Result:
     return _Result(False, message=_short(f"unexpected {type(exc).__name__}: {exc}"))
 
 
-def _restore_if_worse(chain: FallbackChain | AsyncFallbackChain, item: _Item, r: _Result) -> None:
-    """Put a better cached answer back after a refresh that brought a worse one."""
+def _restore_if_worse(
+    chain: FallbackChain | AsyncFallbackChain, item: _Item, r: _Result
+) -> _Result:
+    """Put a better cached answer back after a refresh that brought a worse one; returns ``r``."""
     if r.downgraded and item.old is not None and item.key is not None:
         chain.cache.put(item.key, item.old.completion, stored_at=item.old.stored_at)
+    return r
 
 
 def _ask_sync(chain: FallbackChain, item: _Item) -> _Result:
@@ -471,9 +475,7 @@ def _ask_sync(chain: FallbackChain, item: _Item) -> _Result:
         response = chain.complete(request.messages, request.model, **request.options)
     except Exception as exc:  # noqa: BLE001 - one prompt must never end the run
         return _from_error(exc)
-    result = _from_response(response, item.old)
-    _restore_if_worse(chain, item, result)
-    return result
+    return _restore_if_worse(chain, item, _from_response(response, item.old))
 
 
 async def _ask_async(chain: AsyncFallbackChain, item: _Item) -> _Result:
@@ -483,8 +485,7 @@ async def _ask_async(chain: AsyncFallbackChain, item: _Item) -> _Result:
     except Exception as exc:  # noqa: BLE001 - one prompt must never end the run
         return _from_error(exc)
     result = _from_response(response, item.old)
-    await asyncio.to_thread(_restore_if_worse, chain, item, result)
-    return result
+    return await asyncio.to_thread(_restore_if_worse, chain, item, result)
 
 
 # --------------------------------------------------------------------------------------------
@@ -589,6 +590,47 @@ class _Pacer:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _ItemStep:
+    """A step about one prompt."""
+
+    item: _Item
+
+
+class _LookUp(_ItemStep):
+    """Read the cache for ``item.key``, then tell :meth:`_Run.looked_up` what was there."""
+
+    __slots__ = ()
+
+
+class _Send(_ItemStep):
+    """Start asking the chain for ``item`` (it is in flight until collected)."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Collect:
+    """Wait for a request in flight to finish, then hand what finished to :meth:`_Run.collect`.
+
+    ``timeout``: the longest wait in seconds (``None``: no limit).
+    """
+
+    timeout: float | None
+
+
+_Step = _LookUp | _Send | Sleep | _Collect  # Sleep: the chain core's, nothing in flight
+
+
+class _Finished(Protocol):
+    """A finished request in flight: a thread's future or an asyncio task."""
+
+    def result(self) -> _Result: ...
+
+
+_F = TypeVar("_F", bound=_Finished)
+
+
 @dataclass(slots=True)
 class _Tally:
     warmed: int = 0
@@ -665,6 +707,41 @@ class _Run:
 
     def push_back(self, item: _Item) -> None:
         self.pending.appendleft(item)
+
+    # The whole loop's decisions; a driver only does the I/O each step names (tenacity's
+    # split of ``iter()`` from the sync and async loops), so both drivers behave alike.
+
+    def next_step(self, in_flight: int) -> _Step | None:
+        """What the driver does next, with ``in_flight`` requests running; ``None``: done."""
+        while True:
+            wait: float | None = None
+            item = self.take()
+            if item is not None:
+                if not item.looked_up:
+                    return _LookUp(item)
+                decision = self.pacer.decide(in_flight)
+                if decision is None:
+                    return _Send(item)
+                self.push_back(item)
+                if decision == _GIVE_UP:
+                    self.give_up()
+                    continue
+                wait = float(decision)
+            if not in_flight:
+                if item is None:
+                    return None
+                return Sleep(wait or 0.0)
+            return _Collect(wait if wait is not None and math.isfinite(wait) else None)
+
+    def looked_up(self, item: _Item, cached: CachedAnswer | None) -> None:
+        """After a :class:`_LookUp`: an admitted item is the next one to take."""
+        if self.admit(item, cached):
+            self.push_back(item)
+
+    def collect(self, in_flight: dict[_F, _Item], done: Container[_F]) -> None:
+        """After a :class:`_Collect`: settle the finished requests, in submission order."""
+        for request in [f for f in in_flight if f in done]:
+            self.finished(in_flight.pop(request), request.result())
 
     def give_up(self) -> None:
         """Settle every prompt not sent yet as failed (the API stayed down too long)."""
@@ -838,32 +915,19 @@ def warm(
         max_workers=concurrency, thread_name_prefix="fallbackchain-warm"
     )
     try:
-        while True:
-            wait: float | None = None
-            item = run.take()
-            if item is not None:
-                if not item.looked_up and not run.admit(item, chain.cache.get(item.key or "")):
-                    continue
-                decision = run.pacer.decide(len(in_flight))
-                if decision is None:
+        while (step := run.next_step(len(in_flight))) is not None:
+            match step:
+                case _LookUp(item):
+                    run.looked_up(item, chain.cache.get(item.key or ""))
+                case _Send(item):
                     in_flight[pool.submit(_ask_sync, chain, item)] = item
-                    continue
-                run.push_back(item)
-                if decision == _GIVE_UP:
-                    run.give_up()
-                    continue
-                wait = float(decision)
-            if not in_flight:
-                if item is None:
-                    break
-                pause(wait or 0.0)
-                continue
-            timeout = wait if wait is not None and math.isfinite(wait) else None
-            done, _ = concurrent.futures.wait(
-                in_flight, timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED
-            )
-            for future in [f for f in in_flight if f in done]:  # in submission order
-                run.finished(in_flight.pop(future), future.result())
+                case Sleep(seconds):
+                    pause(seconds)
+                case _Collect(timeout):
+                    done, _ = concurrent.futures.wait(
+                        in_flight, timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED
+                    )
+                    run.collect(in_flight, done)
     finally:
         for future in in_flight:
             future.cancel()
@@ -906,34 +970,20 @@ async def awarm(
     pause = sleep or chain.sleep
     in_flight: dict[asyncio.Task[_Result], _Item] = {}
     try:
-        while True:
-            wait: float | None = None
-            item = run.take()
-            if item is not None:
-                if not item.looked_up:
+        while (step := run.next_step(len(in_flight))) is not None:
+            match step:
+                case _LookUp(item):
                     cached = await asyncio.to_thread(chain.cache.get, item.key or "")
-                    if not run.admit(item, cached):
-                        continue
-                decision = run.pacer.decide(len(in_flight))
-                if decision is None:
+                    run.looked_up(item, cached)
+                case _Send(item):
                     in_flight[asyncio.create_task(_ask_async(chain, item))] = item
-                    continue
-                run.push_back(item)
-                if decision == _GIVE_UP:
-                    run.give_up()
-                    continue
-                wait = float(decision)
-            if not in_flight:
-                if item is None:
-                    break
-                await pause(wait or 0.0)
-                continue
-            timeout = wait if wait is not None and math.isfinite(wait) else None
-            done, _ = await asyncio.wait(
-                in_flight, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in [t for t in in_flight if t in done]:
-                run.finished(in_flight.pop(task), task.result())
+                case Sleep(seconds):
+                    await pause(seconds)
+                case _Collect(timeout):
+                    done, _ = await asyncio.wait(
+                        in_flight, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    run.collect(in_flight, done)
     finally:
         for task in in_flight:
             task.cancel()
@@ -945,9 +995,7 @@ async def awarm(
 
 def _reset_timeouts(chain: FallbackChain | AsyncFallbackChain) -> dict[str, float]:
     """Each live tier's breaker ``reset_timeout``, by tier name."""
-    return {
-        name: route.reset_timeout for route in chain.config.routes() for name, _ in route.tiers
-    }
+    return {name: route.reset_timeout for route in chain.config.routes() for name, _ in route.tiers}
 
 
 def _max_wait(chain: FallbackChain | AsyncFallbackChain, max_wait: float | None) -> float:

@@ -322,3 +322,119 @@ def test_an_async_settle_between_busy_and_wait_is_not_missed(clock):
         return time.monotonic() - started
 
     assert asyncio.run(go()) < 1.0
+
+
+# Each script is a sequence of steps; the sync permit methods and their async twins share one
+# core, so the same script must leave the same trace through either.
+SCRIPTS = {
+    "failures open it, a probe closes it": [
+        "fail",
+        "fail",
+        "fail",
+        "acquire",
+        ("advance", 31),
+        "succeed",
+        "acquire",
+    ],
+    "a released probe frees the probe slot": [
+        "fail",
+        "fail",
+        "fail",
+        ("advance", 31),
+        "release",
+        "acquire",
+        "fail",
+        "acquire",
+    ],
+    "a vouch frees the trial slot, its later failure still counts": [
+        "vouch-then-fail",
+        "acquire",
+        "fail",
+        "fail",
+        "acquire",
+    ],
+    "a permit settles once": ["fail-twice", "succeed-twice", "release-twice", "acquire"],
+    "a success resets the count": ["fail", "fail", "succeed", "fail", "fail", "acquire"],
+}
+
+
+def _kind(permit):
+    if permit is None:
+        return "refused"
+    if permit is BUSY:
+        return "busy"
+    return "probe" if permit.probe else ("trial" if permit.trial else "normal")
+
+
+def _run_script_sync(g, clock, script):
+    trace = []
+    for step in script:
+        if isinstance(step, tuple):
+            clock.advance(step[1])
+            continue
+        permit = g.acquire()
+        trace.append(_kind(permit))
+        if permit is None or permit is BUSY:
+            continue
+        if step.startswith("vouch"):
+            permit.vouch()
+            permit.vouch()
+        if step.endswith("fail") or step == "fail-twice":
+            trace.append(permit.failure())
+        if step == "fail-twice":
+            trace.append(permit.failure())
+        if step.startswith("succeed"):
+            permit.success()
+            permit.success()
+        if step.startswith("release"):
+            permit.release()
+            permit.release()
+        trace.append((g.state, g.fail_counter, g.generation))
+    return trace
+
+
+async def _run_script_async(g, clock, script):
+    trace = []
+    for step in script:
+        if isinstance(step, tuple):
+            clock.advance(step[1])
+            continue
+        permit = await g.aacquire()
+        trace.append(_kind(permit))
+        if permit is None or permit is BUSY:
+            continue
+        if step.startswith("vouch"):
+            await permit.avouch()
+            await permit.avouch()
+        if step.endswith("fail") or step == "fail-twice":
+            trace.append(await permit.afailure())
+        if step == "fail-twice":
+            trace.append(await permit.afailure())
+        if step.startswith("succeed"):
+            await permit.asuccess()
+            await permit.asuccess()
+        if step.startswith("release"):
+            await permit.arelease()
+            await permit.arelease()
+        trace.append((g.state, g.fail_counter, g.generation))
+    return trace
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_sync_and_async_permits_take_the_same_steps(name):
+    from .conftest import FakeClock
+
+    script = SCRIPTS[name]
+    traces, changes = [], []
+    for run in ("sync", "async"):
+        clock = FakeClock()
+        seen: list[tuple[str, str]] = []
+        g = gate(clock, on_state_change=lambda _name, old, new, seen=seen: seen.append((old, new)))
+        if run == "sync":
+            traces.append(_run_script_sync(g, clock, script))
+        else:
+            traces.append(asyncio.run(_run_script_async(g, clock, script)))
+        changes.append(seen)
+    assert traces[0] == traces[1]
+    assert changes[0] == changes[1]
+    assert traces[0], "the script ran no step"

@@ -49,6 +49,7 @@ from fallbackchain._redis import RedisGateStore, RedisResponseCache, _RedisLink 
 from fallbackchain.testing import Fault  # noqa: E402
 
 from .conftest import FakeClock, make_config, user  # noqa: E402
+from .test_breaker import SCRIPTS, _run_script_async, _run_script_sync  # noqa: E402
 
 TTL = 100.0
 REDIS_LOGGER = "fallbackchain.redis"
@@ -1134,3 +1135,41 @@ def test_chain_survives_redis_hung_stopped_and_restarted(
             assert len(redis_warnings(caplog)) == 1
         finally:
             h.close()
+
+
+# --------------------------------------------------------------------------------------------
+# One command per step: the sync and async halves make the same decisions as the memory store
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("redis_up", [True, False], ids=["redis-up", "redis-down"])
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_sync_and_async_redis_steps_leave_the_memory_store_trace(
+    rs, namespace, link, script, redis_up
+):
+    if not redis_up:
+        rs.stop()  # every step then runs its command's local fallback
+    traces = {}
+    for kind in ("memory", "sync", "async"):
+        clock = FakeClock()
+        store = (
+            MemoryGateStore()
+            if kind == "memory"
+            else RedisGateStore(rs.url, namespace=f"{namespace}-{kind}", name="stream", link=link)
+        )
+        g = BreakerGate("stream", fail_max=3, reset_timeout=30.0, clock=clock, store=store)
+        if kind != "async":
+            traces[kind] = _run_script_sync(g, clock, SCRIPTS[script])
+            continue
+
+        async def go(g=g, clock=clock, store=store):
+            try:
+                return await _run_script_async(g, clock, SCRIPTS[script])
+            finally:
+                await store.aclose()
+
+        traces[kind] = asyncio.run(go())
+    assert traces["sync"] == traces["memory"]
+    assert traces["async"] == traces["memory"]
+    if redis_up:
+        assert store.using_redis

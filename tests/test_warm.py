@@ -22,13 +22,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.resources.chat.completions import Completions
 
-from fallbackchain import AllTiersFailedError, AsyncFallbackChain, FallbackChain, set_testing
+from fallbackchain import (
+    AllTiersFailedError,
+    AsyncFallbackChain,
+    Attempt,
+    FallbackChain,
+    RateLimitedError,
+    set_testing,
+)
 from fallbackchain._cache import InputFileError, LineError
 from fallbackchain._cli import main
+from fallbackchain._core import Sleep
 from fallbackchain._warm import (
     ALLOWED_KEYS,
     WarmProgress,
     WarmRequest,
+    _Collect,
+    _LookUp,
+    _Result,
+    _Send,
+    _start,
     awarm,
     load_prompts,
     parse_prompt,
@@ -892,3 +905,152 @@ def test_cli_progress_lines_escape_what_the_terminal_cannot_encode(
     assert out.startswith("warmed 1, skipped 0, failed 0, invalid 0")
     [progress] = err.splitlines()
     assert progress.startswith(f"[1/1] {tmp_path}/bad\\udcffname.jsonl:1: warmed (")
+
+
+# --------------------------------------------------------------------------------------------
+# The step core both drivers share, driven by hand (every request "answers" at once)
+# --------------------------------------------------------------------------------------------
+
+
+class _Finished:
+    """A finished request in flight, as the drivers' futures and tasks are."""
+
+    def __init__(self, value: _Result) -> None:
+        self.value = value
+
+    def result(self) -> _Result:
+        return self.value
+
+
+ANSWERED = _Result(True, tokens=1)
+RATE_LIMITED = _Result(
+    False,
+    message="429",
+    attempts=(
+        Attempt(
+            "primary",
+            "429",
+            0.1,
+            exception=RateLimitedError("429", status_code=429, retry_after=1.5),
+            status_code=429,
+            retry_after=1.5,
+        ),
+    ),
+)
+
+
+def _trace_steps(
+    chain: FallbackChain,
+    clock: FakeClock,
+    prompts: list[str],
+    results: list[_Result],
+    **settings: Any,
+) -> tuple[list[str], Any]:
+    """Drive the core by hand: the n-th send finishes with ``results[n]`` (else answered)."""
+    requests, errors = parse_prompts(json.dumps({"prompt": p}) for p in prompts)
+    run = _start(
+        chain,
+        requests,
+        errors,
+        strict=False,
+        concurrency=settings.get("concurrency", 2),
+        refresh=settings.get("refresh", False),
+        dry_run=settings.get("dry_run", False),
+        progress=None,
+        clock=None,
+        max_wait=None,
+    )
+    outcomes = iter(results)
+    trace: list[str] = []
+    in_flight: dict[_Finished, Any] = {}
+    while (step := run.next_step(len(in_flight))) is not None:
+        match step:
+            case _LookUp(item):
+                trace.append(f"look {item.request.line}")
+                run.looked_up(item, chain.cache.get(item.key or ""))
+            case _Send(item):
+                trace.append(f"send {item.request.line}")
+                in_flight[_Finished(next(outcomes, ANSWERED))] = item
+            case Sleep(seconds):
+                trace.append(f"pause {seconds:g}")
+                clock.advance(seconds)
+            case _Collect(timeout):
+                trace.append(f"collect {timeout}")
+                run.collect(in_flight, {next(iter(in_flight))})
+    return trace, run.report()
+
+
+STEP_TABLE = [
+    (
+        "two at a time: the third waits for the first to finish",
+        ["a", "b", "c"],
+        {"concurrency": 2},
+        [],
+        "look 1, send 1, look 2, send 2, look 3, collect None, send 3, collect None, collect None",
+        (3, 0, 0),
+    ),
+    (
+        "one at a time",
+        ["a", "b"],
+        {"concurrency": 1},
+        [],
+        "look 1, send 1, look 2, collect None, send 2, collect None",
+        (2, 0, 0),
+    ),
+    (
+        "a repeated prompt is settled without a lookup",
+        ["a", "a"],
+        {},
+        [],
+        "look 1, send 1, collect None",
+        (1, 1, 0),
+    ),
+    (
+        "a cached prompt is looked up and skipped",
+        ["cached", "b"],
+        {},
+        [],
+        "look 1, look 2, send 2, collect None",
+        (1, 1, 0),
+    ),
+    (
+        "refresh sends a cached prompt again",
+        ["cached"],
+        {"refresh": True},
+        [],
+        "look 1, send 1, collect None",
+        (1, 0, 0),
+    ),
+    (
+        "a dry run looks up and sends nothing",
+        ["a", "b"],
+        {"dry_run": True},
+        [],
+        "look 1, look 2",
+        (0, 0, 0),
+    ),
+    (
+        "Retry-After holds the next send back: a pause with nothing in flight",
+        ["a", "b"],
+        {"concurrency": 1},
+        [RATE_LIMITED],
+        "look 1, send 1, look 2, collect None, pause 1.5, send 2, collect None",
+        (1, 0, 1),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("prompts", "settings", "results", "expected", "counts"),
+    [row[1:] for row in STEP_TABLE],
+    ids=[row[0] for row in STEP_TABLE],
+)
+def test_the_step_core_orders_lookups_sends_pauses_and_collects(
+    chain, server, clock, prompts, settings, results, expected, counts
+):
+    warm(chain, [{"prompt": "cached"}])
+    server.reset_counts()
+    trace, report = _trace_steps(chain, clock, prompts, results, **settings)
+    assert ", ".join(trace) == expected
+    assert (report.warmed, report.skipped, report.failed) == counts
+    assert server.counts["total"] == 0  # the core sends nothing itself: only a driver does
