@@ -74,7 +74,7 @@ from ._templates import (
     render_config,
     template_names,
 )
-from ._warm import _WARM_RECORD, WarmProgress, WarmReport, load_prompts, warm
+from ._warm import WARM_RECORD, WarmProgress, WarmReport, load_prompts, warm
 
 __all__ = ["main"]
 
@@ -212,7 +212,7 @@ class _LogHandler(logging.Handler):
         self._progress = progress
 
     def emit(self, record: logging.LogRecord) -> None:
-        if getattr(record, _WARM_RECORD, False):
+        if getattr(record, WARM_RECORD, False):
             return  # per-prompt lines: the command prints those itself
         try:
             text = f"{_PROG}: {record.getMessage()}"

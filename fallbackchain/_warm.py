@@ -76,6 +76,7 @@ from ._timing import Clock, is_testing
 
 __all__ = [
     "ALLOWED_KEYS",
+    "WARM_RECORD",
     "InputFileError",
     "LineError",
     "WarmOutcome",
@@ -104,7 +105,7 @@ ALLOWED_KEYS: Final[frozenset[str]] = frozenset(
 ``stream``, ``stream_options`` and ``timeout``."""
 
 _MAX_TRIES: Final = 10  # sends of one prompt (outage retries included) before it counts failed
-_WARM_RECORD: Final = "fallbackchain_warm_item"  # LogRecord attribute marking per-prompt lines
+WARM_RECORD: Final = "fallbackchain_warm_item"  # LogRecord attribute marking per-prompt lines
 
 WarmOutcome = Literal["warmed", "skipped", "failed", "planned"]
 """What happened to one prompt; ``planned`` only in a dry run (it would be sent)."""
@@ -787,7 +788,7 @@ class _Run:
             request = item.request
             error = LineError(request.file, request.line, f"failed: {message}")
             tally.errors.append(error)
-            _log.warning("%s", error, extra={_WARM_RECORD: True})
+            _log.warning("%s", error, extra={WARM_RECORD: True})
         if self.progress is not None:
             self.progress(
                 WarmProgress(
@@ -836,7 +837,7 @@ def _prepare(
     if strict and errors:
         raise _strict_error(errors)
     for error in errors:
-        _log.warning("%s", error, extra={_WARM_RECORD: True})
+        _log.warning("%s", error, extra={WARM_RECORD: True})
 
 
 def _start(
