@@ -1098,6 +1098,20 @@ class RedisResponseCache(ResponseCache):
             return False
         return self._count_store(stored)
 
+    def put_later(self, key: str, completion: ChatCompletion) -> bool:
+        """:meth:`put`, synchronously: Redis has no write-behind queue (a write is one SET).
+
+        Mirrors :meth:`ResponseCache.put_later` so a chain can use either cache.
+        """
+        return self.put(key, completion)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Nothing is ever queued: True at once."""
+        return True
+
+    def _queued(self) -> int:
+        return 0
+
     async def aput(
         self, key: str, completion: ChatCompletion, *, stored_at: float | None = None
     ) -> bool:
