@@ -1484,8 +1484,9 @@ class ResponseCache(_CacheBase):
                 return "skipped"
             if taken == "unchanged":
                 return taken
-            with self._queue:
-                self._pending.pop(key, None)  # older than this one: never written now
+            with self._queue:  # older than this one: never written now
+                self._pending.pop(key, None)
+                self._inflight.pop(key, None)  # the writer checks before it writes
             return self._write(key, taken)
 
     def _is_pending(self, key: str) -> bool:
@@ -1545,8 +1546,8 @@ class ResponseCache(_CacheBase):
                 item = self._inflight[key] = self._pending.pop(key)
                 generation = self._generation
             try:
-                with self._write_lock:
-                    if generation == self._generation:
+                with self._write_lock:  # not if clear() or put() came meanwhile
+                    if generation == self._generation and self._inflight.get(key) is item:
                         self._write_counted(key, item)
             finally:
                 with self._queue:
