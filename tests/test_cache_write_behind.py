@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import select
@@ -341,9 +342,7 @@ def test_a_chains_answers_are_on_disk_after_close(tmp_path: Path, server: FaultS
         assert {p: text_at(fresh, keys[p]) for p in answers} == answers
 
 
-def test_a_chain_flushes_a_cache_it_was_given_on_close(
-    tmp_path: Path, server: FaultServer
-) -> None:
+def test_a_chain_flushes_a_cache_it_was_given_on_close(tmp_path: Path, server: FaultServer) -> None:
     config = make_config(tmp_path, server.base_url)
     cache = ResponseCache(config.cache)
     client = openai.OpenAI(base_url=server.base_url, api_key="sk-test")
@@ -367,7 +366,8 @@ def test_an_async_chains_answers_are_on_disk_after_aclose(
         chain = AsyncFallbackChain(config, client=client)
         prompts = [f"a{i}" for i in range(20)]
         responses = await asyncio.gather(*(chain.complete(user(p)) for p in prompts))
-        out = {p: (chain.cache_key(user(p)) or "", r.text) for p, r in zip(prompts, responses)}
+        pairs = zip(prompts, responses, strict=True)
+        out = {p: (chain.cache_key(user(p)) or "", r.text) for p, r in pairs}
         await chain.aclose()
         await client.close()
         return out
@@ -378,8 +378,6 @@ def test_an_async_chains_answers_are_on_disk_after_aclose(
 
 
 def dataclass_replace(config: CacheConfig, **changes: Any) -> CacheConfig:
-    import dataclasses
-
     return dataclasses.replace(config, **changes)
 
 
