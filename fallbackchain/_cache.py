@@ -132,6 +132,7 @@ UNCHANGED_FOR: Final = 0.5
 """An answer identical to the one a key holds is not rewritten while the held one is younger
 than this fraction of ``ttl``; after that it is rewritten, so an answer that keeps coming back
 never expires."""
+_WRITE_BATCH: Final = 32  # answers the writer writes in one disk transaction
 WRITE_QUEUE_SIZE: Final = 1024
 """Default bound of :meth:`ResponseCache.put_later`'s queue (distinct keys waiting)."""
 
@@ -948,6 +949,11 @@ class _CacheBase:
                 self._hits += 1
         return answer
 
+    def _count_stores(self, count: int) -> None:
+        if count:
+            with self._lock:
+                self._stores += count
+
     def _count_store(self, stored: bool) -> bool:
         if stored:
             with self._lock:
@@ -1542,17 +1548,23 @@ class ResponseCache(_CacheBase):
                     self._queue.wait()
                 if not self._pending:
                     break
-                key = next(iter(self._pending))
-                item = self._inflight[key] = self._pending.pop(key)
+                batch: list[tuple[str, _Pending]] = []
+                while self._pending and len(batch) < _WRITE_BATCH:
+                    key = next(iter(self._pending))
+                    item = self._inflight[key] = self._pending.pop(key)
+                    batch.append((key, item))
                 generation = self._generation
             try:
                 with self._write_lock:  # not if clear() or put() came meanwhile
-                    if generation == self._generation and self._inflight.get(key) is item:
-                        self._write_counted(key, item)
+                    if generation == self._generation:
+                        self._write_batch(
+                            [(k, i) for k, i in batch if self._inflight.get(k) is i]
+                        )
             finally:
                 with self._queue:
-                    if self._inflight.get(key) is item:
-                        del self._inflight[key]
+                    for key, item in batch:
+                        if self._inflight.get(key) is item:
+                            del self._inflight[key]
                     self._queue.notify_all()
         # diskcache keeps one SQLite connection per thread: close this thread's, so the
         # database is checkpointed and released when the cache closes.
@@ -1560,6 +1572,26 @@ class ResponseCache(_CacheBase):
         if isinstance(disk, diskcache.Cache):
             with contextlib.suppress(Exception):
                 disk.close()
+
+    def _write_batch(self, batch: list[tuple[str, _Pending]]) -> None:
+        """Write ``batch`` in one disk transaction (one commit); one by one if that fails.
+
+        The caller holds ``_write_lock``. A ``kill -9`` during the transaction loses the
+        batch, never a row: SQLite rolls it back.
+        """
+        disk = self._current_disk()
+        if len(batch) > 1 and isinstance(disk, diskcache.Cache) and not self._read_only:
+            outcomes: list[str] = []
+            committed = False
+            with contextlib.suppress(Exception):  # rolled back: each is tried (and logged) alone
+                with disk.transact(retry=True):
+                    outcomes = [self._write(key, item) for key, item in batch]
+                committed = True
+            if committed:
+                self._count_stores(outcomes.count("stored"))
+                return
+        for key, item in batch:
+            self._write_counted(key, item)
 
     def _drain_inline(self) -> None:
         """Write whatever is queued in this thread (no live writer: after a fork, at exit)."""
