@@ -19,6 +19,18 @@ What a caller can rely on:
   ``fallbackchain.cache`` logger, at most once per failure kind per 60 seconds of the cache's
   clock, and treated as a miss or a skipped write. Log lines name the cache directory and the
   fallbackchain error class, never a prompt or an answer.
+* :meth:`~ResponseCache.put` is synchronous: when it returns True the disk holds the answer.
+  :meth:`~ResponseCache.put_later` (what a chain uses) costs the caller a snapshot and an
+  enqueue: the answer is served at once (memory layer, or the queue itself), and one writer
+  thread per cache writes the queue to disk, up to 32 answers per SQLite transaction. The queue
+  is written by :meth:`~ResponseCache.flush`, :meth:`~ResponseCache.close` and at interpreter
+  exit; a ``kill -9`` loses what is queued, never a row (SQLite rolls back). A full queue drops
+  its oldest write, counted and logged.
+* An answer identical to the one a key holds (same ``model`` and ``choices``; ``id``,
+  ``created``, ``usage`` and the like do not count) is not rewritten while the held one is
+  younger than half the ttl (:data:`UNCHANGED_FOR`); after that it is, so an answer that keeps
+  coming back never expires. Storing validates nothing: the memory layer keeps the answer's
+  JSON dump and validates it on its first hit.
 * Only complete answers are stored (every choice finished with ``stop``, ``length``,
   ``tool_calls`` or ``function_call``), and an entry at least ``ttl`` seconds old (by the
   cache's clock) is never served.
