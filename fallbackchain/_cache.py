@@ -1107,6 +1107,7 @@ class ResponseCache(_CacheBase):
         self._writer: threading.Thread | None = None
         self._stopping = False
         self._generation = 0  # bumped by clear(): a write taken before it is not done
+        _ALL_CACHES.add(self)
         self._directory = os.path.abspath(os.path.expandvars(os.path.expanduser(config.directory)))
         self._open_lock = threading.Lock()
         # SQLite takes one writer at a time. Queue this process's writers here rather than in
@@ -1605,6 +1606,14 @@ class ResponseCache(_CacheBase):
         for key, item in batch:
             self._write_counted(key, item)
 
+    def _forget_parent_writer(self) -> None:
+        """After a fork, in the child: no writer, nothing queued, unlocked locks."""
+        self._queue = threading.Condition(threading.Lock())
+        self._write_lock = threading.RLock()
+        self._pending = {}
+        self._inflight = {}
+        self._writer = None
+
     def _drain_inline(self) -> None:
         """Write whatever is queued in this thread (no live writer: after a fork, at exit)."""
         while True:
@@ -1861,6 +1870,23 @@ class ResponseCache(_CacheBase):
 
 _LIVE_WRITERS: weakref.WeakSet[ResponseCache] = weakref.WeakSet()
 """Caches whose writer thread runs: their queues are written at interpreter exit."""
+
+
+_ALL_CACHES: weakref.WeakSet[ResponseCache] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child starts with empty queues and fresh locks of its own.
+
+    The parent's writer thread does not exist in the child, and may have held these locks at
+    the fork; what the parent had queued is the parent's to write.
+    """
+    for cache in list(_ALL_CACHES):
+        cache._forget_parent_writer()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register

@@ -475,3 +475,61 @@ def test_kill_9_mid_writes_leaves_a_readable_cache(open_cache: Any, directory: P
             assert text is not None and text.startswith(f"answer {i} "), i
         assert cache.put(key("after"), completion("after the kill"))
         cache.close()
+
+
+LOCKER = textwrap.dedent(
+    """
+    import sqlite3, sys, time
+    con = sqlite3.connect(sys.argv[1], isolation_level=None)
+    con.execute("BEGIN IMMEDIATE")
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_writes_its_own_answers_while_the_parents_writer_is_blocked(
+    open_cache: Any, directory: Path
+) -> None:
+    cache = open_cache()
+    cache.put(key("seed"), completion("seed"))
+    # another process holds the database's write lock for 0.6 s (SQLite connections of this
+    # process must not be open across a fork)
+    locker = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, str(directory / "cache.db"), "0.6"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+    cache.put_later(key("parent"), completion("parent"))
+    time.sleep(0.2)  # the parent's writer now waits on the database, holding the write lock
+    pid = os.fork()
+    if pid == 0:  # the child: its own writer, its own queue
+        status = 1
+        try:
+            time.sleep(1.0)  # the locker is gone by now
+            cache.put_later(key("child"), completion("child"))
+            drained = cache.flush(timeout=5)  # the parent's write in flight is not the child's
+            queued = cache.stats().queued
+            cache.close()
+            status = 0 if drained and queued == 0 else 3
+        finally:
+            os._exit(status)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on its parent's cache locks")
+    locker.wait(timeout=10)
+    locker.stdout.close()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert cache.flush(timeout=30)
+    fresh = open_cache(memory_items=0)
+    assert text_at(fresh, key("child")) == "child"
+    assert text_at(fresh, key("parent")) == "parent"  # written once, by the parent
