@@ -924,13 +924,19 @@ class _CacheBase:
         return _Row(text, self._ttl - (now - at))
 
     def _take(
-        self, key: str, completion: ChatCompletion, stored_at: float | None, pending: bool
+        self,
+        key: str,
+        completion: ChatCompletion,
+        stored_at: float | None,
+        pending: bool,
+        *,
+        rewrite: bool = False,
     ) -> _Pending | Literal["unchanged"] | None:
         """Snapshot an answer being stored and hold it in memory; what the disk write needs.
 
         None: refused (incomplete, or too old). ``"unchanged"`` (counted): the key already
         holds the same answer, on disk or on its way there (``pending``), younger than
-        :data:`UNCHANGED_FOR` of the ttl, and ``stored_at`` was not given.
+        :data:`UNCHANGED_FOR` of the ttl, and neither ``stored_at`` nor ``rewrite`` was given.
         """
         if type(key) is not str:
             raise TypeError(f"cache keys must be str, not {type(key).__name__}")
@@ -943,7 +949,8 @@ class _CacheBase:
             return None
         body = completion.model_dump(mode="json")  # a private copy: later changes cannot leak
         held = self._memory.peek(key)
-        if stored_at is None and held is not None and _fresh(held.stored_at, now, self._ttl):
+        check = stored_at is None and not rewrite
+        if check and held is not None and _fresh(held.stored_at, now, self._ttl):
             known = isinstance(held, _Entry) or held.on_disk or pending
             if known and _same_answer(held, body):
                 with self._lock:
@@ -951,7 +958,7 @@ class _CacheBase:
                 return "unchanged"
         new = _Held(body, at)
         self._memory.put(key, new)
-        return _Pending(new, check_disk=held is None and stored_at is None)
+        return _Pending(new, check_disk=held is None and check)
 
     def _count_lookup(self, answer: CachedAnswer | None) -> CachedAnswer | None:
         with self._lock:
@@ -1156,14 +1163,22 @@ class ResponseCache(_CacheBase):
             answer = None
         return self._count_lookup(answer)
 
-    def put(self, key: str, completion: ChatCompletion, *, stored_at: float | None = None) -> bool:
+    def put(
+        self,
+        key: str,
+        completion: ChatCompletion,
+        *,
+        stored_at: float | None = None,
+        rewrite: bool = False,
+    ) -> bool:
         """Store a complete answer now, synchronously; True if the disk holds it. Never raises.
 
         True when it was written, or when the key already holds the same answer (on disk or
         queued by :meth:`put_later`) younger than :data:`UNCHANGED_FOR` of the ttl: then
-        nothing is rewritten (counted in :attr:`CacheStats.unchanged`; only when
-        ``stored_at`` is not given). A queued :meth:`put_later` answer for the key is
-        superseded. The chain itself uses :meth:`put_later`.
+        nothing is rewritten (counted in :attr:`CacheStats.unchanged`), unless ``rewrite``
+        (a refresh: the entry is written and restamped) or ``stored_at`` is given. A queued
+        :meth:`put_later` answer for the key is superseded. The chain itself uses
+        :meth:`put_later`.
 
         Incomplete answers (a choice without an accepted finish_reason, or no choice) are
         refused. The memory layer is updated even when the disk layer is unavailable.
@@ -1174,7 +1189,7 @@ class ResponseCache(_CacheBase):
         if not self._usable():
             return False
         try:
-            outcome = self._put(key, completion, stored_at)
+            outcome = self._put(key, completion, stored_at, rewrite=rewrite)
         except Exception as exc:  # noqa: BLE001 - the cache must never break a request
             self._failure("put", exc, "answer not stored")
             return False
@@ -1231,6 +1246,8 @@ class ResponseCache(_CacheBase):
         ``expired`` (slower on a large cache; the hit and miss counters are not touched).
         """
         entries = size = 0
+        if scan:
+            self.flush()  # a scan lists what put_later queued too
         disk = self._current_disk()
         if disk is not None:
             try:
@@ -1293,6 +1310,7 @@ class ResponseCache(_CacheBase):
         Pickled or non-text keys are refused, logged and skipped; a database error ends the
         iteration (logged). Never raises.
         """
+        self.flush()  # what put_later queued is listed too
         disk = self._current_disk()
         if disk is None:
             return
@@ -1335,6 +1353,7 @@ class ResponseCache(_CacheBase):
         read are left alone (:meth:`get` treats them as misses). A row rewritten while pruning
         is never removed.
         """
+        self.flush()  # a queued answer is a row like any other
         now = self._clock()
         self._memory.prune(now)
         disk = self._current_disk()
@@ -1359,9 +1378,11 @@ class ResponseCache(_CacheBase):
     def export_rows(self) -> Iterator[ExportRow]:
         """Yield every servable disk entry (unexpired, readable, complete), oldest row first.
 
-        Unreadable rows are logged and skipped; the memory layer is not listed. Does not count
-        as hits or misses. Never raises.
+        Unreadable rows are logged and skipped; the memory layer is not listed, but what
+        :meth:`put_later` queued is written first. Does not count as hits or misses. Never
+        raises.
         """
+        self.flush()
         return self._export_rows()
 
     def import_row(self, key: str, completion: ChatCompletion, stored_at: float) -> ImportOutcome:
@@ -1494,11 +1515,18 @@ class ResponseCache(_CacheBase):
         return self._from_row(key, text, now)
 
     def _put(
-        self, key: str, completion: ChatCompletion, stored_at: float | None = None
+        self,
+        key: str,
+        completion: ChatCompletion,
+        stored_at: float | None = None,
+        *,
+        rewrite: bool = False,
     ) -> Literal["stored", "unchanged", "skipped"]:
         """put(): write now, superseding a queued answer for the key; the caller counts."""
         with self._write_lock:
-            taken = self._take(key, completion, stored_at, self._is_pending(key))
+            taken = self._take(
+                key, completion, stored_at, self._is_pending(key), rewrite=rewrite
+            )
             if taken is None:
                 return "skipped"
             if taken == "unchanged":

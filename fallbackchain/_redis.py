@@ -1079,11 +1079,19 @@ class RedisResponseCache(ResponseCache):
             answer = None
         return self._count_lookup(answer)
 
-    def put(self, key: str, completion: ChatCompletion, *, stored_at: float | None = None) -> bool:
+    def put(
+        self,
+        key: str,
+        completion: ChatCompletion,
+        *,
+        stored_at: float | None = None,
+        rewrite: bool = False,
+    ) -> bool:
         """Store a complete answer; True if it was written to Redis. Never raises.
 
         As :meth:`ResponseCache.put`: incomplete answers are refused, the memory layer is
         updated even when Redis is unavailable, and ``stored_at`` dates a restored answer.
+        Every put is written (a SET), so ``rewrite`` changes nothing here.
         """
         if not self._usable():
             return False

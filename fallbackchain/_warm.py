@@ -459,10 +459,20 @@ def _from_error(exc: Exception) -> _Result:
     return _Result(False, message=_short(f"unexpected {type(exc).__name__}: {exc}"))
 
 
-def _restore_if_worse(chain: FallbackChain | AsyncFallbackChain, item: _Item, r: _Result) -> None:
-    """Put a better cached answer back after a refresh that brought a worse one."""
-    if r.downgraded and item.old is not None and item.key is not None:
+def _restore_if_worse(
+    chain: FallbackChain | AsyncFallbackChain, item: _Item, r: _Result, response: ChainResponse
+) -> None:
+    """Put a better cached answer back after a refresh that brought a worse one.
+
+    A refresh that brought an answer identical to the cached one restamps it: the cache
+    would otherwise keep the identical entry with its old age.
+    """
+    if item.old is None or item.key is None:
+        return
+    if r.downgraded:
         chain.cache.put(item.key, item.old.completion, stored_at=item.old.stored_at)
+    elif r.warmed:
+        chain.cache.put(item.key, response.completion, rewrite=True)
 
 
 def _ask_sync(chain: FallbackChain, item: _Item) -> _Result:
@@ -472,7 +482,7 @@ def _ask_sync(chain: FallbackChain, item: _Item) -> _Result:
     except Exception as exc:  # noqa: BLE001 - one prompt must never end the run
         return _from_error(exc)
     result = _from_response(response, item.old)
-    _restore_if_worse(chain, item, result)
+    _restore_if_worse(chain, item, result, response)
     return result
 
 
@@ -483,7 +493,7 @@ async def _ask_async(chain: AsyncFallbackChain, item: _Item) -> _Result:
     except Exception as exc:  # noqa: BLE001 - one prompt must never end the run
         return _from_error(exc)
     result = _from_response(response, item.old)
-    await asyncio.to_thread(_restore_if_worse, chain, item, result)
+    await asyncio.to_thread(_restore_if_worse, chain, item, result, response)
     return result
 
 

@@ -533,3 +533,35 @@ def test_a_forked_child_writes_its_own_answers_while_the_parents_writer_is_block
     fresh = open_cache(memory_items=0)
     assert text_at(fresh, key("child")) == "child"
     assert text_at(fresh, key("parent")) == "parent"  # written once, by the parent
+
+
+def test_put_with_rewrite_restamps_an_identical_answer(open_cache: Any) -> None:
+    clock = Clock()
+    cache = open_cache(clock=clock)
+    cache.put(key("k"), completion("same"))
+    clock.now += 10
+    assert cache.put(key("k"), completion("same"), rewrite=True)  # a refresh, e.g. warm
+    assert (cache.stats().stores, cache.stats().unchanged) == (2, 0)
+    hit = open_cache(memory_items=0, clock=clock).get(key("k"))
+    assert hit is not None and hit.age == 0.0
+
+
+def test_scans_and_exports_include_queued_answers(open_cache: Any, directory: Path) -> None:
+    cache = open_cache()
+    cache.put(key("seed"), completion("seed"))
+    for scan in ("export", "keys", "stats"):
+        locker = subprocess.Popen(
+            [sys.executable, "-c", LOCKER, str(directory / "cache.db"), "0.4"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+        cache.put_later(key(scan), completion(scan))  # the write waits for the lock
+        if scan == "export":
+            assert key(scan) in {row.key for row in cache.export_rows()}
+        elif scan == "keys":
+            assert key(scan) in set(cache.iter_keys())
+        else:
+            assert cache.stats(scan=True).entries == 4
+        locker.wait(timeout=10)
+        locker.stdout.close()
