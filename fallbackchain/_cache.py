@@ -19,6 +19,18 @@ What a caller can rely on:
   ``fallbackchain.cache`` logger, at most once per failure kind per 60 seconds of the cache's
   clock, and treated as a miss or a skipped write. Log lines name the cache directory and the
   fallbackchain error class, never a prompt or an answer.
+* :meth:`~ResponseCache.put` is synchronous: when it returns True the disk holds the answer.
+  :meth:`~ResponseCache.put_later` (what a chain uses) costs the caller a snapshot and an
+  enqueue: the answer is served at once (memory layer, or the queue itself), and one writer
+  thread per cache writes the queue to disk, up to 32 answers per SQLite transaction. The queue
+  is written by :meth:`~ResponseCache.flush`, :meth:`~ResponseCache.close` and at interpreter
+  exit; a ``kill -9`` loses what is queued, never a row (SQLite rolls back). A full queue drops
+  its oldest write, counted and logged.
+* An answer identical to the one a key holds (same ``model`` and ``choices``; ``id``,
+  ``created``, ``usage`` and the like do not count) is not rewritten while the held one is
+  younger than half the ttl (:data:`UNCHANGED_FOR`); after that it is, so an answer that keeps
+  coming back never expires. Storing validates nothing: the memory layer keeps the answer's
+  JSON dump and validates it on its first hit.
 * Only complete answers are stored (every choice finished with ``stop``, ``length``,
   ``tool_calls`` or ``function_call``), and an entry at least ``ttl`` seconds old (by the
   cache's clock) is never served.
@@ -47,6 +59,7 @@ What a caller can rely on:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import hashlib
@@ -61,6 +74,7 @@ import stat
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -125,6 +139,14 @@ TRANSPORT_ONLY_PARAMS: Final = frozenset(
 
 COMPLETE_FINISH_REASONS: Final = frozenset({"stop", "length", "tool_calls", "function_call"})
 """A choice with any other finish_reason (``None``, ``content_filter``) is not cached."""
+
+UNCHANGED_FOR: Final = 0.5
+"""An answer identical to the one a key holds is not rewritten while the held one is younger
+than this fraction of ``ttl``; after that it is rewritten, so an answer that keeps coming back
+never expires."""
+_WRITE_BATCH: Final = 32  # answers the writer writes in one disk transaction
+WRITE_QUEUE_SIZE: Final = 1024
+"""Default bound of :meth:`ResponseCache.put_later`'s queue (distinct keys waiting)."""
 
 _LOG_INTERVAL: Final = 60.0  # seconds of the cache clock between two logs of one failure kind
 _REOPEN_INTERVAL: Final = 60.0  # seconds of the cache clock between attempts to open the disk
@@ -404,6 +426,13 @@ class CacheStats:
     newest: float | None = None
     expired: int | None = None
     skipped: int = 0
+    unchanged: int = 0
+    """Puts not written because the key already held the same answer (see
+    :data:`UNCHANGED_FOR`)."""
+    queued: int = 0
+    """Writes waiting in :meth:`ResponseCache.put_later`'s queue at the time of the snapshot."""
+    dropped: int = 0
+    """Queued writes dropped, oldest first, because the queue was full (logged)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,6 +526,59 @@ class _Entry(NamedTuple):
         return CachedAnswer(self.completion, self.stored_at, max(now - self.stored_at, 0.0))
 
 
+class _Held:
+    """An answer put in this process, held as its JSON-mode dump (a private copy).
+
+    Validated into a ``ChatCompletion`` only on its first hit, so storing an answer costs one
+    dump and no second validation. ``on_disk`` turns True once the disk holds this very row.
+    """
+
+    __slots__ = ("_completion", "body", "on_disk", "stored_at")
+
+    def __init__(self, body: dict[str, Any], stored_at: float) -> None:
+        self.body = body
+        self.stored_at = stored_at
+        self.on_disk = False
+        self._completion: ChatCompletion | None = None
+
+    def answer(self, now: float, ttl: float) -> CachedAnswer | None:
+        """The hit this answer gives at ``now``, or None when it is expired."""
+        if _expired(self.stored_at, now, ttl):
+            return None
+        completion = self._completion
+        if completion is None:  # two threads may both validate: same result, no harm
+            completion = self._completion = ChatCompletion.model_validate(self.body)
+        return CachedAnswer(completion, self.stored_at, max(now - self.stored_at, 0.0))
+
+
+def _answer_part(body: Mapping[str, Any]) -> tuple[object, object]:
+    """What makes two answers "the same": the model and the choices.
+
+    The per-call metadata (``id``, ``created``, ``usage``, ``system_fingerprint``, ...) is
+    left out: a repeated identical answer differs there and nowhere else.
+    """
+    return body.get("model"), body.get("choices")
+
+
+def _same_answer(held: _Entry | _Held, body: Mapping[str, Any]) -> bool:
+    if isinstance(held, _Held):
+        return _answer_part(held.body) == _answer_part(body)
+    return _answer_part(held.completion.model_dump(mode="json")) == _answer_part(body)
+
+
+def _fresh(stored_at: float, now: float, ttl: float) -> bool:
+    """Young enough that an identical answer is not rewritten (see :data:`UNCHANGED_FOR`)."""
+    return 0.0 <= now - stored_at < ttl * UNCHANGED_FOR
+
+
+class _Pending(NamedTuple):
+    """An answer on its way to the disk."""
+
+    held: _Held
+    check_disk: bool
+    """The memory layer held nothing for the key: compare with the disk row before writing."""
+
+
 class _Row(NamedTuple):
     """A row ready to be written: its JSON text and the seconds it has left to live."""
 
@@ -582,7 +664,7 @@ class _MemoryLayer:
     def __init__(self, maxsize: int, ttl: float, clock: Callable[[], float]) -> None:
         self._ttl = ttl
         self._lock = threading.Lock()
-        self._items: cachetools.TTLCache[str, _Entry, float] | None = None
+        self._items: cachetools.TTLCache[str, _Entry | _Held, float] | None = None
         if maxsize > 0:
             self._items = cachetools.TTLCache(maxsize=maxsize, ttl=ttl, timer=clock)
 
@@ -601,20 +683,19 @@ class _MemoryLayer:
                 items.pop(key, None)
         return answer
 
-    def put(self, key: str, entry: _Entry) -> None:
-        """Hold ``entry`` (an answer read from storage: promoted)."""
+    def peek(self, key: str) -> _Entry | _Held | None:
+        """What is held for ``key`` (perhaps expired), not counted as a lookup."""
+        items = self._items
+        if items is None:
+            return None
+        with self._lock:
+            return items.get(key)
+
+    def put(self, key: str, entry: _Entry | _Held) -> None:
+        """Hold ``entry`` (an answer read from storage, or one being stored)."""
         if self._items is not None:
             with self._lock:
                 self._items[key] = entry
-
-    def put_copy(self, key: str, body: Mapping[str, Any], stored_at: float) -> None:
-        """Hold a private copy of an answer being stored (``body``: its JSON-mode dump).
-
-        Exactly what a storage hit would give: later changes the caller makes to its
-        completion cannot leak into answers served from memory.
-        """
-        if self._items is not None:
-            self.put(key, _Entry(ChatCompletion.model_validate(body), stored_at))
 
     def prune(self, now: float) -> None:
         """Drop every entry expired at ``now``."""
@@ -761,6 +842,8 @@ class _CacheBase:
         self._stores = 0
         self._errors = 0
         self._skipped = 0
+        self._unchanged = 0  # identical answers not rewritten
+        self._dropped = 0  # queued writes dropped for a full queue
         self._read_only = False  # storage opened read-only: answers served, none stored
 
     @property
@@ -835,10 +918,47 @@ class _CacheBase:
         at = _clamp_stored_at(now, stored_at, self._ttl)
         if at is None:
             return None
-        body = completion.model_dump(mode="json")
+        body = completion.model_dump(mode="json")  # a private copy: later changes cannot leak
         text = _encode_row(body, at)
-        self._memory.put_copy(key, body, at)
+        self._memory.put(key, _Held(body, at))
         return _Row(text, self._ttl - (now - at))
+
+    def _take(
+        self,
+        key: str,
+        completion: ChatCompletion,
+        stored_at: float | None,
+        pending: bool,
+        *,
+        rewrite: bool = False,
+    ) -> _Pending | Literal["unchanged"] | None:
+        """Snapshot an answer being stored and hold it in memory; what the disk write needs.
+
+        None: refused (incomplete, or too old). ``"unchanged"`` (counted): the key already
+        holds the same answer, on disk or on its way there (``pending``), younger than
+        :data:`UNCHANGED_FOR` of the ttl, and neither ``stored_at`` nor ``rewrite`` was given.
+        """
+        if type(key) is not str:
+            raise TypeError(f"cache keys must be str, not {type(key).__name__}")
+        if not _is_complete(completion):
+            _log.debug("not caching an incomplete answer in %s", self.directory)
+            return None
+        now = self._clock()
+        at = _clamp_stored_at(now, stored_at, self._ttl)
+        if at is None:
+            return None
+        body = completion.model_dump(mode="json")  # a private copy: later changes cannot leak
+        held = self._memory.peek(key)
+        check = stored_at is None and not rewrite
+        if check and held is not None and _fresh(held.stored_at, now, self._ttl):
+            known = isinstance(held, _Entry) or held.on_disk or pending
+            if known and _same_answer(held, body):
+                with self._lock:
+                    self._unchanged += 1
+                return "unchanged"
+        new = _Held(body, at)
+        self._memory.put(key, new)
+        return _Pending(new, check_disk=held is None and check)
 
     def _count_lookup(self, answer: CachedAnswer | None) -> CachedAnswer | None:
         with self._lock:
@@ -847,6 +967,11 @@ class _CacheBase:
             else:
                 self._hits += 1
         return answer
+
+    def _count_stores(self, count: int) -> None:
+        if count:
+            with self._lock:
+                self._stores += count
 
     def _count_store(self, stored: bool) -> bool:
         if stored:
@@ -918,7 +1043,14 @@ class _CacheBase:
                 newest=ages.newest if ages is not None else None,
                 expired=ages.expired if ages is not None else None,
                 skipped=self._skipped,
+                unchanged=self._unchanged,
+                queued=self._queued(),
+                dropped=self._dropped,
             )
+
+    def _queued(self) -> int:
+        """How many writes wait in the write-behind queue (none by default)."""
+        return 0
 
     def _skip_row(self, operation: str, exc: BaseException) -> None:
         """A scan left out one unreadable row: counted in ``stats().skipped``, and logged."""
@@ -963,8 +1095,26 @@ class ResponseCache(_CacheBase):
     reopen intervals (injectable for tests).
     """
 
-    def __init__(self, config: CacheConfig, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: CacheConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        write_queue: int = WRITE_QUEUE_SIZE,
+    ) -> None:
+        if write_queue < 1:
+            raise ValueError(f"write_queue must be at least 1, not {write_queue}")
         super().__init__(config, clock)
+        # put_later's queue: key -> answer, oldest first (a dict keeps insertion order; a newer
+        # answer for a queued key replaces it in place). One writer thread drains it.
+        self._pending: dict[str, _Pending] = {}
+        self._inflight: dict[str, _Pending] = {}  # taken by the writer, not yet on disk
+        self._queue_size = write_queue
+        self._queue = threading.Condition(threading.Lock())
+        self._writer: threading.Thread | None = None
+        self._stopping = False
+        self._generation = 0  # bumped by clear(): a write taken before it is not done
+        _ALL_CACHES.add(self)
         self._directory = os.path.abspath(os.path.expandvars(os.path.expanduser(config.directory)))
         self._open_lock = threading.Lock()
         # SQLite takes one writer at a time. Queue this process's writers here rather than in
@@ -1013,8 +1163,22 @@ class ResponseCache(_CacheBase):
             answer = None
         return self._count_lookup(answer)
 
-    def put(self, key: str, completion: ChatCompletion, *, stored_at: float | None = None) -> bool:
-        """Store a complete answer; True if it was written to disk. Never raises.
+    def put(
+        self,
+        key: str,
+        completion: ChatCompletion,
+        *,
+        stored_at: float | None = None,
+        rewrite: bool = False,
+    ) -> bool:
+        """Store a complete answer now, synchronously; True if the disk holds it. Never raises.
+
+        True when it was written, or when the key already holds the same answer (on disk or
+        queued by :meth:`put_later`) younger than :data:`UNCHANGED_FOR` of the ttl: then
+        nothing is rewritten (counted in :attr:`CacheStats.unchanged`), unless ``rewrite``
+        (a refresh: the entry is written and restamped) or ``stored_at`` is given. A queued
+        :meth:`put_later` answer for the key is superseded. The chain itself uses
+        :meth:`put_later`.
 
         Incomplete answers (a choice without an accepted finish_reason, or no choice) are
         refused. The memory layer is updated even when the disk layer is unavailable.
@@ -1025,11 +1189,55 @@ class ResponseCache(_CacheBase):
         if not self._usable():
             return False
         try:
-            stored = self._put(key, completion, stored_at)
+            outcome = self._put(key, completion, stored_at, rewrite=rewrite)
         except Exception as exc:  # noqa: BLE001 - the cache must never break a request
             self._failure("put", exc, "answer not stored")
             return False
-        return self._count_store(stored)
+        return outcome == "unchanged" or self._count_store(outcome == "stored")
+
+    def put_later(self, key: str, completion: ChatCompletion) -> bool:
+        """Store a complete answer in the background; True if it was accepted. Never raises.
+
+        The caller pays for a snapshot of the answer and an enqueue: the memory layer holds
+        the answer at once, :meth:`get` serves it at once (also with no memory layer), and one
+        writer thread per cache writes it to disk. An answer the key already holds (see
+        :data:`UNCHANGED_FOR`) is neither queued nor rewritten. A newer answer for a queued
+        key replaces it in the queue. Everything queued is written by :meth:`flush`,
+        :meth:`close` and at interpreter exit; a ``kill -9`` loses the queue, never a row
+        already written. When ``write_queue`` keys are waiting, the oldest is dropped
+        (counted in :attr:`CacheStats.dropped`, a WARNING at most once a minute): the caller's
+        path never waits for the disk. Refused (False) as :meth:`put` refuses.
+        """
+        if not self._usable():
+            return False
+        try:
+            taken = self._take(key, completion, None, self._is_pending(key))
+            if taken is None:
+                return False
+            if taken != "unchanged":
+                self._enqueue(key, taken)
+        except Exception as exc:  # noqa: BLE001 - the cache must never break a request
+            self._failure("put", exc, "answer not stored")
+            return False
+        return True
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every answer queued by :meth:`put_later` is written (or failed, logged).
+
+        True when the queue is empty, False if ``timeout`` seconds passed first. Never raises.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._queue:
+            while self._pending or self._inflight:
+                writer = self._writer
+                if writer is None or not writer.is_alive():
+                    break  # no writer (e.g. after a fork): drained below, in this thread
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._queue.wait(left)
+        self._drain_inline()
+        return True
 
     def stats(self, *, scan: bool = False) -> CacheStats:
         """Counters and sizes. Never raises.
@@ -1038,6 +1246,8 @@ class ResponseCache(_CacheBase):
         ``expired`` (slower on a large cache; the hit and miss counters are not touched).
         """
         entries = size = 0
+        if scan:
+            self.flush()  # a scan lists what put_later queued too
         disk = self._current_disk()
         if disk is not None:
             try:
@@ -1064,6 +1274,10 @@ class ResponseCache(_CacheBase):
         writers in the meantime can make it an estimate).
         """
         memory_removed = self._memory.clear()
+        with self._queue:
+            self._pending.clear()  # queued answers are removed too: never written after this
+        with self._write_lock:
+            self._generation += 1  # nor one the writer has taken already
         disk = self._current_disk()
         if disk is None:
             return memory_removed
@@ -1096,6 +1310,7 @@ class ResponseCache(_CacheBase):
         Pickled or non-text keys are refused, logged and skipped; a database error ends the
         iteration (logged). Never raises.
         """
+        self.flush()  # what put_later queued is listed too
         disk = self._current_disk()
         if disk is None:
             return
@@ -1138,6 +1353,7 @@ class ResponseCache(_CacheBase):
         read are left alone (:meth:`get` treats them as misses). A row rewritten while pruning
         is never removed.
         """
+        self.flush()  # a queued answer is a row like any other
         now = self._clock()
         self._memory.prune(now)
         disk = self._current_disk()
@@ -1162,9 +1378,11 @@ class ResponseCache(_CacheBase):
     def export_rows(self) -> Iterator[ExportRow]:
         """Yield every servable disk entry (unexpired, readable, complete), oldest row first.
 
-        Unreadable rows are logged and skipped; the memory layer is not listed. Does not count
-        as hits or misses. Never raises.
+        Unreadable rows are logged and skipped; the memory layer is not listed, but what
+        :meth:`put_later` queued is written first. Does not count as hits or misses. Never
+        raises.
         """
+        self.flush()
         return self._export_rows()
 
     def import_row(self, key: str, completion: ChatCompletion, stored_at: float) -> ImportOutcome:
@@ -1184,7 +1402,7 @@ class ResponseCache(_CacheBase):
                 current = self._peek(disk, key)
                 if current is not None and current.stored_at >= at:
                     return "kept"
-                return "imported" if self._put(key, completion, at) else "failed"
+                return "imported" if self._put(key, completion, at) == "stored" else "failed"
 
         return self._import(key, completion, stored_at, write)
 
@@ -1248,7 +1466,11 @@ class ResponseCache(_CacheBase):
         )
 
     def close(self) -> None:
-        """Close the disk layer and drop the memory layer. Idempotent; later calls miss."""
+        """Write what :meth:`put_later` queued, close the disk layer, drop the memory layer.
+
+        Idempotent; later calls miss, and later puts are refused.
+        """
+        self._stop_writer()
         self._mark_closed()
         with self._lock:
             disk, self._disk = self._disk, None
@@ -1279,6 +1501,9 @@ class ResponseCache(_CacheBase):
         answer = self._memory.get(key, now)
         if answer is not None:
             return answer
+        pending = self._pending.get(key) or self._inflight.get(key)  # on its way to the disk
+        if pending is not None:
+            return pending.held.answer(now, self._ttl)
         disk = self._current_disk()
         if disk is None:
             return None
@@ -1289,19 +1514,206 @@ class ResponseCache(_CacheBase):
             raise
         return self._from_row(key, text, now)
 
-    def _put(self, key: str, completion: ChatCompletion, stored_at: float | None = None) -> bool:
-        row = self._prepare_row(key, completion, stored_at)
-        if row is None:
-            return False
+    def _put(
+        self,
+        key: str,
+        completion: ChatCompletion,
+        stored_at: float | None = None,
+        *,
+        rewrite: bool = False,
+    ) -> Literal["stored", "unchanged", "skipped"]:
+        """put(): write now, superseding a queued answer for the key; the caller counts."""
+        with self._write_lock:
+            taken = self._take(
+                key, completion, stored_at, self._is_pending(key), rewrite=rewrite
+            )
+            if taken is None:
+                return "skipped"
+            if taken == "unchanged":
+                return taken
+            with self._queue:  # older than this one: never written now
+                self._pending.pop(key, None)
+                self._inflight.pop(key, None)  # the writer checks before it writes
+            return self._write(key, taken)
+
+    def _is_pending(self, key: str) -> bool:
+        return key in self._pending or key in self._inflight
+
+    def _queued(self) -> int:
+        with self._queue:
+            return len(self._pending) + len(self._inflight)
+
+    def _enqueue(self, key: str, item: _Pending) -> None:
+        """Queue ``item`` for the writer; a full queue drops its oldest write (counted)."""
+        dropped = False
+        with self._queue:
+            if self._stopping:  # closing: the writer is gone or going; write it here
+                inline = True
+            else:
+                inline = False
+                if key not in self._pending and len(self._pending) >= self._queue_size:
+                    del self._pending[next(iter(self._pending))]
+                    dropped = True
+                self._pending[key] = item
+                self._start_writer()
+                self._queue.notify()
+        if inline:
+            with self._write_lock:
+                self._write_counted(key, item)
+        if dropped:
+            with self._lock:
+                self._dropped += 1
+            self._warn_once(
+                ("put", "queue full"),
+                "fallbackchain response cache at %s: the write queue is full (%d answers); "
+                "dropped the oldest queued answer (the disk is slower than the answers coming in)",
+                self._directory,
+                self._queue_size,
+            )
+
+    def _start_writer(self) -> None:
+        """Start the writer thread unless it runs (caller holds ``_queue``)."""
+        if self._writer is not None and self._writer.is_alive():
+            return
+        self._writer = threading.Thread(
+            target=self._write_loop, name="fallbackchain-cache-writer", daemon=True
+        )
+        self._writer.start()
+        _LIVE_WRITERS.add(self)
+
+    def _write_loop(self) -> None:
+        """The writer thread: write queued answers, oldest first, until stopped and drained."""
+        while True:
+            with self._queue:
+                while not self._pending and not self._stopping:
+                    self._queue.wait()
+                if not self._pending:
+                    break
+                batch: list[tuple[str, _Pending]] = []
+                while self._pending and len(batch) < _WRITE_BATCH:
+                    key = next(iter(self._pending))
+                    item = self._inflight[key] = self._pending.pop(key)
+                    batch.append((key, item))
+                generation = self._generation
+            try:
+                with self._write_lock:  # not if clear() or put() came meanwhile
+                    if generation == self._generation:
+                        self._write_batch(
+                            [(k, i) for k, i in batch if self._inflight.get(k) is i]
+                        )
+            finally:
+                with self._queue:
+                    for key, item in batch:
+                        if self._inflight.get(key) is item:
+                            del self._inflight[key]
+                    self._queue.notify_all()
+        # diskcache keeps one SQLite connection per thread: close this thread's, so the
+        # database is checkpointed and released when the cache closes.
+        disk = self._disk
+        if isinstance(disk, diskcache.Cache):
+            with contextlib.suppress(Exception):
+                disk.close()
+
+    def _write_batch(self, batch: list[tuple[str, _Pending]]) -> None:
+        """Write ``batch`` in one disk transaction (one commit); one by one if that fails.
+
+        The caller holds ``_write_lock``. A ``kill -9`` during the transaction loses the
+        batch, never a row: SQLite rolls it back.
+        """
+        disk = self._current_disk()
+        if len(batch) > 1 and isinstance(disk, diskcache.Cache) and not self._read_only:
+            outcomes: list[str] = []
+            committed = False
+            with contextlib.suppress(Exception):  # rolled back: each is tried (and logged) alone
+                with disk.transact(retry=True):
+                    outcomes = [self._write(key, item) for key, item in batch]
+                committed = True
+            if committed:
+                self._count_stores(outcomes.count("stored"))
+                return
+        for key, item in batch:
+            self._write_counted(key, item)
+
+    def _forget_parent_writer(self) -> None:
+        """After a fork, in the child: no writer, nothing queued, unlocked locks."""
+        self._queue = threading.Condition(threading.Lock())
+        self._write_lock = threading.RLock()
+        self._pending = {}
+        self._inflight = {}
+        self._writer = None
+
+    def _drain_inline(self) -> None:
+        """Write whatever is queued in this thread (no live writer: after a fork, at exit)."""
+        while True:
+            with self._queue:
+                if not self._pending:
+                    return
+                key = next(iter(self._pending))
+                item = self._pending.pop(key)
+            with self._write_lock:
+                self._write_counted(key, item)
+
+    def _stop_writer(self) -> None:
+        """Let the writer drain the queue and end; then drain anything left here."""
+        with self._queue:
+            self._stopping = True
+            self._queue.notify_all()
+            writer = self._writer
+        if writer is not None and writer is not threading.current_thread():
+            writer.join()
+        self._drain_inline()
+        _LIVE_WRITERS.discard(self)
+
+    def _write_counted(self, key: str, item: _Pending) -> None:
+        """:meth:`_write`, never raising: failures are logged (caller holds ``_write_lock``)."""
+        try:
+            self._count_store(self._write(key, item) == "stored")
+        except Exception as exc:  # noqa: BLE001 - the writer thread must never die
+            self._failure("put", exc, "answer not stored")
+
+    def _write(self, key: str, item: _Pending) -> Literal["stored", "unchanged", "skipped"]:
+        """Write one answer to disk (caller holds ``_write_lock``); the caller counts a store.
+
+        ``skipped``: no writable disk, or the answer expired while it waited. ``unchanged``
+        (counted here): the disk row already holds it.
+        """
         disk = self._current_disk()
         if disk is None or self._read_only:
-            return False
+            return "skipped"
+        held = item.held
+        now = self._clock()
+        ttl_left = self._ttl - (now - held.stored_at)
+        if ttl_left <= 0:
+            return "skipped"
         try:
-            with self._write_lock:
-                return bool(disk.set(key, row.text, expire=row.ttl_left))
+            if item.check_disk and self._unchanged_on_disk(disk, key, held.body, now):
+                with self._lock:
+                    self._unchanged += 1
+                held.on_disk = True
+                return "unchanged"
+            stored = bool(disk.set(key, _encode_row(held.body, held.stored_at), expire=ttl_left))
         except Exception as exc:
             self._drop_disk_if_corrupt(disk, exc)
             raise
+        held.on_disk = stored
+        return "stored" if stored else "skipped"
+
+    def _unchanged_on_disk(self, disk: Any, key: str, body: Mapping[str, Any], now: float) -> bool:
+        """True when the disk row for ``key`` holds the same answer and is young enough.
+
+        Reads the row's JSON only (no validation); an unreadable row is False (overwritten).
+        """
+        try:
+            text = disk.get(key)
+            row = json.loads(text) if isinstance(text, str) else None
+        except (CacheError, ValueError, RecursionError):
+            return False
+        if not isinstance(row, dict) or not isinstance(row.get("completion"), dict):
+            return False
+        at = _seconds(row.get("stored_at"))
+        if at is None or not _fresh(at, now, self._ttl):
+            return False
+        return _answer_part(row["completion"]) == _answer_part(body)
 
     def _peek(self, disk: Any, key: str) -> _Entry | None:
         """The disk row for ``key`` (expired or not) without counting it; unreadable is None."""
@@ -1482,6 +1894,34 @@ class ResponseCache(_CacheBase):
         mapped = _as_cache_error(exc)
         cause = mapped.__cause__ if mapped.__cause__ is not None else mapped
         return _Failure(mapped, _cause_detail(cause), (type(mapped).__name__, type(cause).__name__))
+
+
+_LIVE_WRITERS: weakref.WeakSet[ResponseCache] = weakref.WeakSet()
+"""Caches whose writer thread runs: their queues are written at interpreter exit."""
+
+
+_ALL_CACHES: weakref.WeakSet[ResponseCache] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child starts with empty queues and fresh locks of its own.
+
+    The parent's writer thread does not exist in the child, and may have held these locks at
+    the fork; what the parent had queued is the parent's to write.
+    """
+    for cache in list(_ALL_CACHES):
+        cache._forget_parent_writer()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    """Write every queued answer before the interpreter ends its daemon writer threads."""
+    for cache in list(_LIVE_WRITERS):
+        cache.flush()
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 For each request a chain tries, in order: the streaming tier, the non-streaming completion
 tier (each behind its own circuit breaker, with retries), then the last good answer for the
 same request from the cache; otherwise it raises :class:`~fallbackchain.AllTiersFailedError`.
-Every complete live answer is written through to the cache.
+Every complete live answer is stored in the cache (memory at once, the disk write behind it).
 
 The two classes are thin drivers of the same decision core (``_core.RequestRun``), stream
 assembly (``_assembly``) and error mapping (``_errors.map_error``): they differ only in how
@@ -392,8 +392,8 @@ class _ChainBase:
     def _store(self, request: _Request, completion: ChatCompletion, run: RequestRun) -> None:
         if request.key is None:
             return
-        try:
-            stored = self.cache.put(request.key, completion)
+        try:  # memory at once, the disk write behind (flushed by close)
+            stored = self.cache.put_later(request.key, completion)
         except Exception:  # the cache must never break a request
             logger.exception("cache write failed (ignored)")
             return
@@ -614,7 +614,9 @@ class FallbackChain(_ChainBase):
         for client in self._owned_clients:
             client.close()
         if self._owns_cache:
-            self.cache.close()
+            self.cache.close()  # writes what put_later queued
+        else:
+            self.cache.flush()  # the answers this chain handed over are on disk when we return
 
     def __enter__(self) -> Self:
         return self
@@ -1117,7 +1119,9 @@ class AsyncFallbackChain(_ChainBase):
             if aclose is not None:
                 await aclose()
             else:
-                await asyncio.to_thread(self.cache.close)
+                await asyncio.to_thread(self.cache.close)  # writes what put_later queued
+        else:
+            await asyncio.to_thread(self.cache.flush)
 
     async def __aenter__(self) -> Self:
         return self
@@ -1229,10 +1233,14 @@ class AsyncFallbackChain(_ChainBase):
         return result
 
     async def _astore(self, request: _Request, completion: ChatCompletion, run: RequestRun) -> None:
-        """Cache write off the event loop: the cache's own ``aput`` if it has one, else a thread."""
+        """Cache write: the cache's own ``aput`` if it has one, else ``put_later`` on the loop.
+
+        ``put_later`` does no I/O (a snapshot and an enqueue; a writer thread writes the
+        disk), so it costs less on the loop than a hop to a thread would.
+        """
         aput = getattr(self.cache, "aput", None)
         if aput is None or request.key is None:
-            await asyncio.to_thread(self._store, request, completion, run)
+            self._store(request, completion, run)
             return
         try:
             stored = await aput(request.key, completion)

@@ -1102,11 +1102,19 @@ class RedisResponseCache(ResponseCache):
             answer = None
         return self._count_lookup(answer)
 
-    def put(self, key: str, completion: ChatCompletion, *, stored_at: float | None = None) -> bool:
+    def put(
+        self,
+        key: str,
+        completion: ChatCompletion,
+        *,
+        stored_at: float | None = None,
+        rewrite: bool = False,
+    ) -> bool:
         """Store a complete answer; True if it was written to Redis. Never raises.
 
         As :meth:`ResponseCache.put`: incomplete answers are refused, the memory layer is
         updated even when Redis is unavailable, and ``stored_at`` dates a restored answer.
+        Every put is written (a SET), so ``rewrite`` changes nothing here.
         """
         if not self._usable():
             return False
@@ -1117,6 +1125,20 @@ class RedisResponseCache(ResponseCache):
             self._failure("put", exc, "answer not stored")
             return False
         return self._count_store(stored)
+
+    def put_later(self, key: str, completion: ChatCompletion) -> bool:
+        """:meth:`put`, synchronously: Redis has no write-behind queue (a write is one SET).
+
+        Mirrors :meth:`ResponseCache.put_later` so a chain can use either cache.
+        """
+        return self.put(key, completion)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Nothing is ever queued: True at once."""
+        return True
+
+    def _queued(self) -> int:
+        return 0
 
     async def aput(
         self, key: str, completion: ChatCompletion, *, stored_at: float | None = None

@@ -462,11 +462,19 @@ def _from_error(exc: Exception) -> _Result:
 
 
 def _restore_if_worse(
-    chain: FallbackChain | AsyncFallbackChain, item: _Item, r: _Result
+    chain: FallbackChain | AsyncFallbackChain, item: _Item, r: _Result, response: ChainResponse
 ) -> _Result:
-    """Put a better cached answer back after a refresh that brought a worse one; returns ``r``."""
-    if r.downgraded and item.old is not None and item.key is not None:
+    """Put a better cached answer back after a refresh that brought a worse one; returns ``r``.
+
+    A refresh that brought an answer identical to the cached one restamps it: the cache
+    would otherwise keep the identical entry with its old age.
+    """
+    if item.old is None or item.key is None:
+        return r
+    if r.downgraded:
         chain.cache.put(item.key, item.old.completion, stored_at=item.old.stored_at)
+    elif r.warmed:
+        chain.cache.put(item.key, response.completion, rewrite=True)
     return r
 
 
@@ -476,7 +484,7 @@ def _ask_sync(chain: FallbackChain, item: _Item) -> _Result:
         response = chain.complete(request.messages, request.model, **request.options)
     except Exception as exc:  # noqa: BLE001 - one prompt must never end the run
         return _from_error(exc)
-    return _restore_if_worse(chain, item, _from_response(response, item.old))
+    return _restore_if_worse(chain, item, _from_response(response, item.old), response)
 
 
 async def _ask_async(chain: AsyncFallbackChain, item: _Item) -> _Result:
@@ -486,7 +494,7 @@ async def _ask_async(chain: AsyncFallbackChain, item: _Item) -> _Result:
     except Exception as exc:  # noqa: BLE001 - one prompt must never end the run
         return _from_error(exc)
     result = _from_response(response, item.old)
-    return await asyncio.to_thread(_restore_if_worse, chain, item, result)
+    return await asyncio.to_thread(_restore_if_worse, chain, item, result, response)
 
 
 # --------------------------------------------------------------------------------------------

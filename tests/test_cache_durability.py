@@ -201,6 +201,7 @@ def test_writing_past_the_size_limit_evicts_the_oldest_and_never_fails(
             response = chain.complete(user(prompt))
             assert response.source == "stream"
             assert response.text == _big_answer(user(prompt), MODEL)
+        assert chain.cache.flush(timeout=30)  # the disk writes run behind the requests
         stats = chain.cache.stats()
         assert stats.stores == len(prompts)  # every write succeeded...
         assert stats.errors == 0
