@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Attempt", "ChainEvent", "ChainResponse", "EventType", "Source"]
 
-EventType = Literal["delta", "reset"]
+EventType = Literal["delta", "reset", "tool_call", "refusal"]
 Source = str
 """``"stream"``, ``"completion"`` or ``"cache"`` (fallback tiers use their configured name)."""
 
@@ -25,13 +25,28 @@ class ChainEvent:
     """One event of a chain stream.
 
     ``type == "delta"``: ``text`` is new answer text, to append to what was shown.
-    ``type == "reset"``: discard everything shown so far; the deltas that follow replace it
-    (``text`` is empty). The deltas after the last reset, joined, equal ``response.text``.
+    ``type == "tool_call"``: a piece of the tool call at position ``index`` of
+    ``message.tool_calls``: ``id`` and ``name`` are the call's (as known so far; the latest
+    event's win) and ``text`` is a fragment of its JSON arguments, to append. The first event
+    of a call may carry ``text == ""``: the call has started and its arguments are coming.
+    ``type == "refusal"``: ``text`` is new refusal text, to append to ``message.refusal``.
+    ``type == "reset"``: discard everything shown so far (text, tool calls, refusal); the
+    events that follow replace it (``text`` is empty).
+
+    After the last reset the events rebuild the final message: the deltas, joined, equal
+    ``response.text``; the refusal events, joined, its ``refusal``; the tool-call events,
+    grouped by ``index``, its ``tool_calls`` (ids, names and arguments). A retried or
+    fallen-back answer never duplicates or mixes them: repeated text is matched and not shown
+    again, but tool calls and refusals are never matched (another attempt gives other ids and
+    arguments), so an attempt after one that showed any of them starts with a ``reset``.
     """
 
     type: EventType
     text: str
     source: Source
+    index: int = 0
+    id: str | None = None
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
