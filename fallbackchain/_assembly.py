@@ -416,7 +416,12 @@ class Display:
             call.id, call.name = fragment.id, fragment.name
         call.arguments.append(fragment.text)
         event = ChainEvent(
-            "tool_call", fragment.text, source, fragment.index, fragment.id, fragment.name
+            "tool_call",
+            fragment.text,
+            source,
+            index=fragment.index,
+            id=fragment.id,
+            name=fragment.name,
         )
         return (*lead, event)
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 # Attempt lives with the errors that carry it (AllTiersFailedError.attempts), so that this
 # module depends on _errors and never the other way round; it is re-exported here.
@@ -20,7 +21,7 @@ Source = str
 """``"stream"``, ``"completion"`` or ``"cache"`` (fallback tiers use their configured name)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ChainEvent:
     """One event of a chain stream.
 
@@ -47,6 +48,35 @@ class ChainEvent:
     index: int = 0
     id: str | None = None
     name: str | None = None
+
+    def __init__(
+        self,
+        type: EventType,
+        text: str,
+        source: Source,
+        *,
+        index: int = 0,
+        id: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        # One event per chunk on the hot path: the slots' own setters cost about half of the
+        # generated frozen __init__ (an object.__setattr__ per field).
+        _set_type(self, type)
+        _set_text(self, text)
+        _set_source(self, source)
+        _set_index(self, index)
+        _set_id(self, id)
+        _set_name(self, name)
+
+
+def _setter(name: str) -> Callable[[ChainEvent, Any], None]:
+    setter: Callable[[ChainEvent, Any], None] = ChainEvent.__dict__[name].__set__
+    return setter
+
+
+_set_type, _set_text, _set_source, _set_index, _set_id, _set_name = (
+    _setter(name) for name in ("type", "text", "source", "index", "id", "name")
+)
 
 
 @dataclass(frozen=True, slots=True)
