@@ -19,7 +19,9 @@ shown) has no SDK equivalent, and chunks handed out cannot be taken back. ``on_d
 chooses what happens: ``"raise"`` (default) lets the rest of the chain run, then raises
 :class:`StreamDivergedError` carrying the replacement; ``"buffer"`` yields nothing until the
 answer is complete, so it never diverges. Either way a consumer never gets two answers glued
-into one.
+into one. A tool call or refusal already yielded is never continued by another attempt (the
+chain's events restart it with a reset: another attempt has other call ids and arguments), so a
+fault in the middle of one diverges; ``"buffer"`` survives it.
 """
 
 from __future__ import annotations

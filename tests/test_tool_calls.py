@@ -460,3 +460,67 @@ def test_drop_in_never_glues_two_tool_calls_after_a_drop_mid_arguments(harness, 
     stream, chunks = dropin_chunks(harness, "weather?", on_divergence="buffer")
     assert accumulate(chunks) == final(trace_of(stream).completion)
     assert final(trace_of(stream).completion)[2] == [(WEATHER.id, *_named(WEATHER))]
+
+
+def dropin_outcome(h: Any, **kwargs: Any) -> tuple[list[Any], BaseException | None]:
+    """A drop-in tool-call stream read to its end: the chunks, and what it raised."""
+    chunks: list[Any] = []
+    completions = h.chain.chat.completions
+    try:
+        if h.mode == "sync":
+            with completions.create(messages=user("weather?"), stream=True, **kwargs) as s:
+                for chunk in s:
+                    chunks.append(chunk)
+        else:
+
+            async def go() -> None:
+                async with await completions.create(
+                    messages=user("weather?"), stream=True, **kwargs
+                ) as s:
+                    async for chunk in s:
+                        chunks.append(chunk)
+
+            h.loop.run_until_complete(go())
+    except StreamDivergedError as exc:
+        return chunks, exc
+    return chunks, None
+
+
+FAULTS = [
+    pytest.param(Fault.status(503), False, id="status-503"),
+    pytest.param(Fault.reset(), False, id="reset"),
+    pytest.param(Fault.drop(after_chunks=3), False, id="drop"),
+    pytest.param(Fault.early_end(after_chunks=3), False, id="early_end"),
+    pytest.param(Fault.sse_error(after_chunks=3), False, id="sse_error"),
+    pytest.param(Fault.malformed(after_chunks=3), False, id="malformed"),
+    # waits: real time against short route timeouts (0.3 s)
+    pytest.param(Fault.stall(after_chunks=3, seconds=3.0), True, id="stall"),
+    pytest.param(Fault.slow_first_byte(3.0), True, id="slow_first_byte"),
+]
+
+
+@pytest.mark.parametrize(("fault", "waits"), FAULTS)
+def test_a_drop_in_tool_call_stream_through_every_fault_kind_is_whole_or_refused(
+    harness_factory, server, fault, waits
+):
+    """Buffered: the clean run's tool call. Streaming (the default): the same, or, when the
+    fault struck after tool-call chunks were yielded, StreamDivergedError carrying it: never
+    a call glued from two attempts."""
+    short = {"openai__idle_timeout": 0.3, "openai__first_token_timeout": 0.3} if waits else {}
+    h = harness_factory(real_time=waits, **short)
+    clean = ("", "", [(WEATHER.id, *_named(WEATHER))])
+    server.push(fault, stream=True)
+    chunks, error = dropin_outcome(h, on_divergence="buffer")
+    assert error is None and accumulate(chunks) == clean
+    server.push(fault, stream=True)
+    chunks, error = dropin_outcome(h)
+    if error is None:
+        assert accumulate(chunks) == clean
+        assert fault.kind in {"status", "reset", "slow_first_byte"}  # before any chunk
+    else:
+        assert isinstance(error, StreamDivergedError)
+        ((call_id, name, arguments),) = accumulate(chunks)[2]
+        assert (call_id, name) == (WEATHER.id, WEATHER.name)
+        assert WEATHER.arguments.startswith(arguments) and arguments != WEATHER.arguments
+        assert final(error.response.completion) == clean
+    assert server.fault_counts[fault.kind] == 2

@@ -50,8 +50,10 @@ class Fault:
     (``Fault.ok()``, ``Fault.status(503)``, ``Fault.drop(after_chunks=2)``, ...)
     rather than calling the constructor directly.
 
-    "Content chunks" below are the streamed chunks that carry answer text,
-    one per word; the opening ``{"role": "assistant"}`` chunk is not counted.
+    "Content chunks" below are the streamed chunks that carry the answer: one
+    per word of text or refusal, and for a tool call its header chunk and each
+    arguments fragment (see :class:`Answer`); the opening
+    ``{"role": "assistant"}`` chunk is not counted.
     When ``after_chunks`` exceeds the number of words, the fault happens right
     after the last word (before the ``finish_reason`` chunk).
     """
