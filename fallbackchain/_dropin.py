@@ -282,10 +282,10 @@ class _Chunker:
             if call_id != sent_id:
                 call["id"] = call_id
             if name and name != sent_name:
-                function["name"] = name[len(sent_name or ""):] if name.startswith(
-                    sent_name or "") else name
-            elif not arguments:
-                return out
+                known = sent_name or ""
+                function["name"] = name[len(known) :] if name.startswith(known) else name
+            if not arguments and len(call) == 2 and len(function) == 1:
+                return out  # nothing new to say
         self._calls[index] = (call_id, name)
         self._shown += len(arguments)
         self._handed = True

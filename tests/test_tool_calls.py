@@ -524,3 +524,26 @@ def test_a_drop_in_tool_call_stream_through_every_fault_kind_is_whole_or_refused
         assert WEATHER.arguments.startswith(arguments) and arguments != WEATHER.arguments
         assert final(error.response.completion) == clean
     assert server.fault_counts[fault.kind] == 2
+
+
+def test_a_name_sent_in_pieces_reaches_drop_in_chunks_as_the_sdk_would_send_it():
+    """Upstreams may split a function's name too: events carry it as known so far, and the
+    drop-in sends only what is new, so an SDK-style accumulation rebuilds it once."""
+    from fallbackchain._dropin import _Chunker
+
+    display = Display()
+    header = {"tool_calls": [{"index": 0, "id": "call_9", "type": "function",
+                              "function": {"name": "get_", "arguments": ""}}]}
+    more_name = {"tool_calls": [{"index": 0, "function": {"name": "weather", "arguments": ""}}]}
+    events, assembler = _show(
+        display, [_chunk(header), _chunk(more_name), _chunk(_call('{"a"')), _chunk(_call(": 1}"))]
+    )
+    assembler.add(_chunk({}, "tool_calls"))
+    done = assembler.finish(model="m")
+    assert rebuilt(events) == final(done) == ("", "", [("call_9", "get_weather", '{"a": 1}')])
+    chunker = _Chunker("m", usage=False, divergence="raise")
+    chunks = [c for e in events for c in chunker.event(e)]
+    assert accumulate(chunks) == final(done)
+    assert len(chunks) == 5  # the role chunk, one per event (the name's rest, without repeats)
+    assert chunker.event(events[-1].__class__("tool_call", "", "s", index=0, id="call_9",
+                                              name="get_weather")) == []  # nothing new
