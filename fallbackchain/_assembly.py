@@ -363,7 +363,12 @@ class Display:
         if not piece:
             return _NO_EVENTS
         if isinstance(piece, str):
-            return self._text(piece, source)
+            if self._matching or self._stale:
+                return self._text(piece, source)
+            # The common case, inline: new text of the first attempt, shown as it comes.
+            self._shown_parts.append(piece)
+            self._shown = None
+            return (ChainEvent("delta", piece, source),)
         events: list[ChainEvent] = []
         for fragment in piece:
             if fragment.kind == "content":
