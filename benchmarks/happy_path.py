@@ -104,6 +104,8 @@ def chain_sync(chain: FallbackChain, prompt: str) -> tuple[float, int, str]:
             if event.type == "reset":
                 parts.clear()
                 continue
+            if event.type != "delta":
+                continue
             if not parts:
                 first = time.perf_counter()
             parts.append(event.text)
@@ -139,6 +141,8 @@ async def chain_async(chain: AsyncFallbackChain, prompt: str) -> tuple[float, in
         async for event in stream:
             if event.type == "reset":
                 parts.clear()
+                continue
+            if event.type != "delta":
                 continue
             if not parts:
                 first = time.perf_counter()

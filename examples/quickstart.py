@@ -36,7 +36,8 @@ def show(chain: FallbackChain, title: str) -> None:
         for event in stream:
             if event.type == "reset":
                 print(" [reset]", end="")
-            print(event.text, end="", flush=True)
+            elif event.type == "delta":  # (tool_call and refusal events carry other parts)
+                print(event.text, end="", flush=True)
         response = stream.response
     took = (time.perf_counter() - started) * 1000
     tries = ", ".join(f"{a.tier}:{a.error or 'ok'}" for a in response.attempts)

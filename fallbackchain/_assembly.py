@@ -9,26 +9,48 @@ Two pure objects, shared by the sync and async drivers:
 * :class:`Display` remembers what the consumer has been shown since the last ``reset`` and
   makes sure a retried or fallen-back answer never shows duplicated text: while a new attempt
   repeats text already shown it emits nothing; once it goes further it emits only the new part;
-  if it diverges it emits ``reset`` and the replacement. Invariant: the deltas after the last
-  reset, joined, equal the final answer's text.
+  if it diverges it emits ``reset`` and the replacement. Tool calls and refusals stream as
+  their own events and are never matched: an attempt after one that showed any of them starts
+  with ``reset``. Invariant: the events after the last reset rebuild the final message (text,
+  refusal, tool calls); it is checked when the answer settles, and restored with a reset if
+  anything differs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from openai.types.chat import ChatCompletion
 
 from ._errors import MalformedChunkError, TruncatedStreamError
 from ._results import ChainEvent
 
-__all__ = ["COMPLETE_FINISH_REASONS", "AttemptAssembler", "Display"]
+__all__ = ["COMPLETE_FINISH_REASONS", "AttemptAssembler", "Display", "Fragment", "Piece"]
 
 COMPLETE_FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "function_call"})
 """Finish reasons of a whole answer, which may be cached (``content_filter`` may not)."""
 
 _NO_EVENTS: tuple[ChainEvent, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    """A piece of choice 0's message that is not plain text, or text that came with one.
+
+    ``kind`` ``"tool_call"``: ``text`` is an arguments fragment of the call at ``index``,
+    whose ``id`` and ``name`` are as known so far; ``"refusal"`` and ``"content"``: text.
+    """
+
+    kind: Literal["content", "refusal", "tool_call"]
+    text: str
+    index: int = 0
+    id: str | None = None
+    name: str | None = None
+
+
+Piece = str | tuple[Fragment, ...]
+"""What one chunk adds to choice 0: its text (the common case) or its fragments."""
 
 
 @dataclass(slots=True)
@@ -54,8 +76,11 @@ class AttemptAssembler:
         self.chunks = 0
         self.content_seen = False
 
-    def add(self, chunk: Any) -> str | None:
-        """Take one chunk; return the new content text of choice 0, if any.
+    def add(self, chunk: Any) -> Piece | None:
+        """Take one chunk; return what it adds to choice 0, if anything.
+
+        A chunk of text only gives its text (a ``str``); one with tool-call pieces or refusal
+        text gives a tuple of :class:`Fragment` (any text first).
 
         Raises :class:`MalformedChunkError` for an object that is not a chat completion chunk.
         """
@@ -88,9 +113,10 @@ class AttemptAssembler:
         except (AttributeError, TypeError, KeyError) as exc:
             raise MalformedChunkError(f"not a chat completion chunk: {type(exc).__name__}") from exc
 
-    def _add_choices(self, choices: Any) -> str | None:
+    def _add_choices(self, choices: Any) -> Piece | None:
         """The general case: any number of choices, roles, tool calls, refusals, finishes."""
         text = None
+        fragments: list[Fragment] = []
         for choice in choices:
             index = choice.index
             acc = self._choices.get(index)
@@ -108,20 +134,35 @@ class AttemptAssembler:
             if delta.role:
                 acc.role = delta.role
             if delta.tool_calls:
-                self._add_tool_calls(acc, delta.tool_calls)
+                calls = self._add_tool_calls(acc, delta.tool_calls)
+                if index == 0:
+                    fragments.extend(
+                        Fragment("tool_call", arguments, i, acc.tool_calls[i]["id"] or
+                                 f"call_0_{i}", acc.tool_calls[i]["name"])
+                        for i, arguments in calls
+                    )
                 self.content_seen = True
-            if getattr(delta, "refusal", None):
-                acc.refusal.append(delta.refusal)
+            refusal = getattr(delta, "refusal", None)
+            if refusal:
+                acc.refusal.append(refusal)
+                if index == 0:
+                    fragments.append(Fragment("refusal", refusal))
                 self.content_seen = True
             if getattr(delta, "function_call", None):
                 self._add_function_call(acc, delta.function_call)
                 self.content_seen = True
             if choice.finish_reason is not None:
                 acc.finish_reason = choice.finish_reason
+        if fragments:
+            if text:
+                fragments.insert(0, Fragment("content", text))
+            return tuple(fragments)
         return text
 
     @staticmethod
-    def _add_tool_calls(acc: _Choice, tool_calls: Any) -> None:
+    def _add_tool_calls(acc: _Choice, tool_calls: Any) -> list[tuple[int, str]]:
+        """Add the pieces; return each call's ``(index, arguments fragment)``, in order."""
+        added = []
         for call in tool_calls:
             slot = acc.tool_calls.setdefault(
                 call.index, {"id": None, "type": "function", "name": "", "arguments": []}
@@ -136,6 +177,8 @@ class AttemptAssembler:
                     slot["name"] += function.name
                 if function.arguments:
                     slot["arguments"].append(function.arguments)
+            added.append((call.index, (function.arguments or "") if function else ""))
+        return added
 
     @staticmethod
     def _add_function_call(acc: _Choice, function_call: Any) -> None:
@@ -228,10 +271,60 @@ def check_completion(completion: object) -> ChatCompletion:
     return completion
 
 
+_Message = tuple[str, str, list[tuple[str | None, str, str]]]
+
+
+def _message(completion: ChatCompletion | str) -> _Message:
+    """Choice 0's text, refusal and tool calls ``(id, name, arguments)``, for comparison.
+
+    A string is an answer of text only.
+    """
+    if isinstance(completion, str):
+        return completion, "", []
+    if not completion.choices:
+        return "", "", []
+    message = completion.choices[0].message
+    calls: list[tuple[str | None, str, str]] = []
+    for call in message.tool_calls or ():
+        function = getattr(call, "function", None)  # custom (non-function) tools have none
+        name = getattr(function, "name", "") or ""
+        calls.append((call.id, name, getattr(function, "arguments", "") or ""))
+    return message.content or "", message.refusal or "", calls
+
+
+def _whole_fragments(completion: ChatCompletion | str) -> tuple[Fragment, ...]:
+    """All of choice 0's message as fragments: text, each tool call whole, refusal."""
+    text, refusal, calls = _message(completion)
+    fragments = [Fragment("content", text)] if text else []
+    fragments.extend(
+        Fragment("tool_call", arguments, i, call_id, name)
+        for i, (call_id, name, arguments) in enumerate(calls)
+    )
+    if refusal:
+        fragments.append(Fragment("refusal", refusal))
+    return tuple(fragments)
+
+
+@dataclass(slots=True)
+class _ShownCall:
+    id: str | None
+    name: str | None
+    arguments: list[str] = field(default_factory=list)
+
+
 class Display:
     """What the consumer has been shown; see the module docstring for the contract."""
 
-    __slots__ = ("_buffer", "_matching", "_pos", "_shown", "_shown_parts")
+    __slots__ = (
+        "_buffer",
+        "_calls",
+        "_matching",
+        "_pos",
+        "_refusal",
+        "_shown",
+        "_shown_parts",
+        "_stale",
+    )
 
     def __init__(self) -> None:
         self._shown_parts: list[str] = []
@@ -239,6 +332,9 @@ class Display:
         self._matching = False
         self._pos = 0
         self._buffer: list[str] = []
+        self._calls: dict[int, _ShownCall] = {}  # tool calls shown since the last reset
+        self._refusal: list[str] = []  # refusal text shown since the last reset
+        self._stale = False  # a failed attempt's tool calls or refusal are shown
 
     @property
     def shown(self) -> str:
@@ -249,15 +345,43 @@ class Display:
         return self._shown
 
     def new_attempt(self) -> None:
-        """A new attempt begins after a failure; its text is first matched to the shown text."""
+        """A new attempt begins after a failure; its text is first matched to the shown text.
+
+        When tool calls or refusal text were shown, they cannot be continued by another
+        attempt (its ids and arguments differ): its first event will be a reset.
+        """
         self._buffer = []
         self._pos = 0
-        self._matching = bool(self.shown)
+        if self._calls or self._refusal:
+            self._stale = True
+            self._matching = False
+        else:
+            self._matching = bool(self.shown)
 
-    def delta(self, text: str, source: str) -> tuple[ChainEvent, ...]:
-        """Offer new text of the current attempt; return the events to give the consumer."""
+    def delta(self, piece: Piece, source: str) -> tuple[ChainEvent, ...]:
+        """Offer what a chunk of the current attempt added; return the events to show."""
+        if not piece:
+            return _NO_EVENTS
+        if isinstance(piece, str):
+            if self._matching or self._stale:
+                return self._text(piece, source)
+            # The common case, inline: new text of the first attempt, shown as it comes.
+            self._shown_parts.append(piece)
+            self._shown = None
+            return (ChainEvent("delta", piece, source),)
+        events: list[ChainEvent] = []
+        for fragment in piece:
+            if fragment.kind == "content":
+                events.extend(self._text(fragment.text, source))
+            else:
+                events.extend(self._other(fragment, source))
+        return tuple(events)
+
+    def _text(self, text: str, source: str) -> tuple[ChainEvent, ...]:
         if not text:
             return _NO_EVENTS
+        if self._stale:
+            return self._replace(text, source)
         if not self._matching:
             self._shown_parts.append(text)
             self._shown = None
@@ -278,24 +402,69 @@ class Display:
             return (ChainEvent("delta", new, source),)
         return self._replace("".join(self._buffer) + text, source)
 
-    def settle(self, full_text: str, source: str) -> tuple[ChainEvent, ...]:
-        """The current attempt succeeded with ``full_text``: close any gap with a reset."""
-        if self._matching:
+    def _other(self, fragment: Fragment, source: str) -> tuple[ChainEvent, ...]:
+        """A tool-call or refusal fragment: never matched, shown as it comes."""
+        lead = _NO_EVENTS
+        if self._stale:
+            lead = self._replace("", source)
+        elif self._matching:
             self._matching = False
-            if self._pos == len(self.shown) and full_text == self.shown:
-                return _NO_EVENTS
-            return self._replace(full_text, source)
-        if full_text != self.shown:  # defensive: keep the invariant whatever happened
-            return self._replace(full_text, source)
+            if self._pos < len(self.shown):  # this answer's text is shorter: it diverged
+                lead = self._replace("".join(self._buffer), source)
+        if fragment.kind == "refusal":
+            self._refusal.append(fragment.text)
+            return (*lead, ChainEvent("refusal", fragment.text, source))
+        call = self._calls.get(fragment.index)
+        if call is None:
+            call = self._calls[fragment.index] = _ShownCall(fragment.id, fragment.name)
+        else:
+            call.id, call.name = fragment.id, fragment.name
+        call.arguments.append(fragment.text)
+        event = ChainEvent(
+            "tool_call",
+            fragment.text,
+            source,
+            index=fragment.index,
+            id=fragment.id,
+            name=fragment.name,
+        )
+        return (*lead, event)
+
+    def settle(self, completion: ChatCompletion | str, source: str) -> tuple[ChainEvent, ...]:
+        """The current attempt succeeded with ``completion`` (or this text): close any gap.
+
+        When the events since the last reset do not rebuild its choice 0 exactly, this
+        returns a reset and the whole answer.
+        """
+        self._matching = False
+        if self._stale or self._rebuilt() != _message(completion):
+            return self._replace_whole(completion, source)
         return _NO_EVENTS
 
-    def whole(self, full_text: str, source: str) -> tuple[ChainEvent, ...]:
+    def whole(self, completion: ChatCompletion | str, source: str) -> tuple[ChainEvent, ...]:
         """A non-streamed answer (completion or cache): the events that show it honestly."""
-        return self.delta(full_text, source) + self.settle(full_text, source)
+        return self.delta(_whole_fragments(completion), source) + self.settle(completion, source)
+
+    def _rebuilt(self) -> _Message:
+        """What the events since the last reset rebuild, in :func:`_message`'s form."""
+        calls = [
+            (call.id, call.name or "", "".join(call.arguments))
+            for _, call in sorted(self._calls.items())
+        ]
+        return self.shown, "".join(self._refusal), calls
 
     def _replace(self, text: str, source: str) -> tuple[ChainEvent, ...]:
         self._matching = False
+        self._stale = False
+        self._calls = {}
+        self._refusal = []
         self._shown_parts = [text]
         self._shown = text
         reset = ChainEvent("reset", "", source)
         return (reset, ChainEvent("delta", text, source)) if text else (reset,)
+
+    def _replace_whole(
+        self, completion: ChatCompletion | str, source: str
+    ) -> tuple[ChainEvent, ...]:
+        events = self._replace("", source)
+        return events + self.delta(_whole_fragments(completion), source)

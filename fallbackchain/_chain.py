@@ -41,7 +41,7 @@ import openai
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion
 
-from ._assembly import AttemptAssembler, check_completion, completion_text
+from ._assembly import AttemptAssembler, Piece, check_completion, completion_text
 from ._backends import gate_store, response_cache
 from ._breaker import BreakerGate, BreakerState, Permit
 from ._cache import CachedAnswer, ResponseCache, cache_key
@@ -99,7 +99,7 @@ class _OpenStream:
     chunks: Any  # its chunk iterator (sync or async)
     assembler: AttemptAssembler
     after: float  # when the last read ended
-    texts: list[str] = field(default_factory=list)  # read, not shown yet
+    texts: list[Piece] = field(default_factory=list)  # read, not shown yet
     ended: bool = False  # the stream ended before any content
 
 
@@ -357,8 +357,8 @@ class _ChainBase:
             text=text, source=source, completion=completion, attempts=tuple(run.attempts)
         )
         if step.tier.streaming:
-            return run.display.settle(text, source)
-        return run.display.whole(text, source)
+            return run.display.settle(completion, source)
+        return run.display.whole(completion, source)
 
     def _from_cache(
         self, run: RequestRun, cached: CachedAnswer | None, out: _Outcome, consulted: bool
@@ -387,7 +387,7 @@ class _ChainBase:
         )
         out.response = response
         run.display.new_attempt()
-        return run.display.whole(response.text, "cache")
+        return run.display.whole(response.completion, "cache")
 
     def _store(self, request: _Request, completion: ChatCompletion, run: RequestRun) -> None:
         if request.key is None:

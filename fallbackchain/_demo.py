@@ -214,6 +214,8 @@ def _ask(
                     printer.write(" [reset] ", "reset", end="")
                     shown = []
                     continue
+                if event.type != "delta":  # tool calls and refusals: not part of this story
+                    continue
                 if "".join(shown).endswith(event.text) and len(event.text) > 3:
                     duplicated += len(event.text)
                 shown.append(event.text)

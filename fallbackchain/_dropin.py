@@ -6,8 +6,11 @@ Built only on the chains' public API (``stream()`` events and the final ``ChainR
   may hold the original), whichever tier gave it;
 * with ``stream=True`` it returns a :class:`DropInStream` (:class:`AsyncDropInStream`) that
   behaves like the SDK's ``Stream[ChatCompletionChunk]`` and yields real ``ChatCompletionChunk``
-  objects: a role chunk, content chunks, a last chunk with ``finish_reason`` (and the answer's
-  tool calls, whole), then a usage chunk if ``stream_options={"include_usage": True}``;
+  objects: a role chunk, content chunks, tool-call chunks as the SDK streams them
+  (``delta.tool_calls``: the first chunk of a call has its ``index``, ``id``, ``type`` and
+  function ``name``, later ones append ``function.arguments``), refusal chunks
+  (``delta.refusal``), a last chunk with ``finish_reason``, then a usage chunk if
+  ``stream_options={"include_usage": True}``;
 * :func:`trace_of` gives the :class:`~fallbackchain.ChainResponse` (source, attempts) behind a
   completion or a finished stream, without changing either's shape.
 
@@ -16,7 +19,9 @@ shown) has no SDK equivalent, and chunks handed out cannot be taken back. ``on_d
 chooses what happens: ``"raise"`` (default) lets the rest of the chain run, then raises
 :class:`StreamDivergedError` carrying the replacement; ``"buffer"`` yields nothing until the
 answer is complete, so it never diverges. Either way a consumer never gets two answers glued
-into one.
+into one. A tool call or refusal already yielded is never continued by another attempt (the
+chain's events restart it with a reset: another attempt has other call ids and arguments), so a
+fault in the middle of one diverges; ``"buffer"`` survives it.
 """
 
 from __future__ import annotations
@@ -207,8 +212,8 @@ class _Chunker:
     answer will stand. ``trace_of(stream).completion`` has the upstream's own values.
     """
 
-    __slots__ = ("_buffer", "_created", "_diverged", "_id", "_model", "_shown", "_started",
-                 "_usage")
+    __slots__ = ("_buffer", "_calls", "_created", "_diverged", "_handed", "_id", "_model",
+                 "_shown", "_started", "_usage")
 
     def __init__(self, model: str, *, usage: bool, divergence: Divergence) -> None:
         self._id = f"chatcmpl-fc-{uuid.uuid4().hex}"
@@ -217,7 +222,9 @@ class _Chunker:
         self._usage = usage
         self._buffer = divergence == "buffer"
         self._started = False  # the role chunk was yielded
-        self._shown = 0  # characters of content yielded
+        self._shown = 0  # characters yielded: content, refusal, tool-call arguments
+        self._handed = False  # any content, refusal or tool call was yielded
+        self._calls: dict[int, tuple[str | None, str | None]] = {}  # id, name yielded per call
         self._diverged = False
 
     def _chunk(self, choices: list[dict[str, Any]], usage: Any = None) -> ChatCompletionChunk:
@@ -239,14 +246,45 @@ class _Chunker:
             [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
         )
 
-    def _text(self, text: str) -> list[ChatCompletionChunk]:
-        out = []
-        if not self._started:
-            self._started = True
-            out.append(self._delta({"role": "assistant", "content": ""}))
+    def _open(self) -> list[ChatCompletionChunk]:
+        """The role chunk, before anything else."""
+        if self._started:
+            return []
+        self._started = True
+        return [self._delta({"role": "assistant", "content": ""})]
+
+    def _text(self, text: str, kind: str = "content") -> list[ChatCompletionChunk]:
+        out = self._open()
         if text:
             self._shown += len(text)
-            out.append(self._delta({"content": text}))
+            self._handed = True
+            out.append(self._delta({kind: text}))
+        return out
+
+    def _tool_call(
+        self, index: int, call_id: str | None, name: str | None, arguments: str
+    ) -> list[ChatCompletionChunk]:
+        """One piece of a tool call, shaped as the SDK streams it."""
+        out = self._open()
+        function: dict[str, Any] = {"arguments": arguments}
+        call: dict[str, Any] = {"index": index, "function": function}
+        sent = self._calls.get(index)
+        if sent is None:  # the call's first chunk: who and what
+            call.update(id=call_id, type="function")
+            function["name"] = name or ""
+        else:  # later ones append; a name or id that grew is sent as the SDK would
+            sent_id, sent_name = sent
+            if call_id != sent_id:
+                call["id"] = call_id
+            if name and name != sent_name:
+                known = sent_name or ""
+                function["name"] = name[len(known) :] if name.startswith(known) else name
+            if not arguments and len(call) == 2 and len(function) == 1:
+                return out  # nothing new to say
+        self._calls[index] = (call_id, name)
+        self._shown += len(arguments)
+        self._handed = True
+        out.append(self._delta({"tool_calls": [call]}))
         return out
 
     def event(self, event: ChainEvent) -> list[ChatCompletionChunk]:
@@ -255,28 +293,39 @@ class _Chunker:
             return []
         if event.type == "reset":
             # Nothing handed out yet: the replacement simply streams instead.
-            self._diverged = self._shown > 0
+            self._diverged = self._handed
             return []
+        if event.type == "tool_call":
+            return self._tool_call(event.index, event.id, event.name, event.text)
+        if event.type == "refusal":
+            return self._text(event.text, "refusal")
         return self._text(event.text)
+
+    def _whole(self, response: ChainResponse) -> list[ChatCompletionChunk]:
+        """All of a buffered answer: its text, each tool call whole, its refusal."""
+        out = self._text(response.text)
+        completion = response.completion
+        if not completion.choices:
+            return out
+        message = completion.choices[0].message
+        for index, call in enumerate(message.tool_calls or ()):
+            function = getattr(call, "function", None)  # custom (non-function) tools have none
+            out += self._tool_call(
+                index, call.id, getattr(function, "name", None),
+                getattr(function, "arguments", "") or "",
+            )
+        if message.refusal:
+            out += self._text(message.refusal, "refusal")
+        return out
 
     def end(self, response: ChainResponse) -> list[ChatCompletionChunk]:
         """The chunks that finish the stream; raises :class:`StreamDivergedError` instead."""
         if self._diverged:
             raise StreamDivergedError(response, self._shown)
-        out = self._text(response.text if self._buffer else "")
         completion = response.completion
-        finish_reason = "stop"
-        delta: dict[str, Any] = {}
-        if completion.choices:
-            choice = completion.choices[0]
-            finish_reason = choice.finish_reason
-            calls = choice.message.tool_calls
-            if calls:  # not streamed by the chain yet: all of each call in the last chunk
-                delta["tool_calls"] = [
-                    {"index": i, **call.model_dump(exclude_none=True)}
-                    for i, call in enumerate(calls)
-                ]
-        out.append(self._delta(delta, finish_reason))
+        out = self._whole(response) if self._buffer else self._open()
+        finish_reason = completion.choices[0].finish_reason if completion.choices else "stop"
+        out.append(self._delta({}, finish_reason))
         if self._usage:
             usage = completion.usage.model_dump() if completion.usage is not None else None
             out.append(self._chunk([], usage))

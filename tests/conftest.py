@@ -395,7 +395,7 @@ def text_after_last_reset(events: list[Any]) -> str:
     for event in events:
         if event.type == "reset":
             parts = []
-        else:
+        elif event.type == "delta":  # tool-call and refusal events are not answer text
             parts.append(event.text)
     return "".join(parts)
 

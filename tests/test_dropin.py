@@ -397,7 +397,7 @@ def test_a_stream_of_several_choices_is_refused(harness, server):
     assert server.counts["total"] == 0
 
 
-def test_a_cached_tool_call_arrives_whole_in_the_last_chunk(harness, server):
+def test_a_cached_tool_call_arrives_whole_in_one_chunk_before_the_finish(harness, server):
     messages = user("weather?")
     call = {"id": "call_1", "type": "function",
             "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}}
@@ -409,10 +409,12 @@ def test_a_cached_tool_call_arrives_whole_in_the_last_chunk(harness, server):
     assert harness.chain.cache.put(harness.chain.cache_key(messages), stored)
     server.default = Fault.status(503)
     _, chunks = stream_via_chain(harness, "weather?")
-    last = [c for c in chunks if c.choices][-1].choices[0]
+    choice_chunks = [c for c in chunks if c.choices]
+    last = choice_chunks[-1].choices[0]
     assert last.finish_reason == "tool_calls"
-    assert last.delta.tool_calls is not None
-    (streamed,) = last.delta.tool_calls
+    assert not last.delta.tool_calls  # as the SDK's: the finish chunk carries nothing else
+    (calls,) = [c.choices[0].delta.tool_calls for c in choice_chunks if c.choices[0].delta.tool_calls]
+    (streamed,) = calls
     assert (streamed.index, streamed.id, streamed.type) == (0, "call_1", "function")
     assert streamed.function is not None
     assert (streamed.function.name, streamed.function.arguments) == ("weather", '{"city": "Oslo"}')

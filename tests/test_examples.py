@@ -26,3 +26,25 @@ def test_quickstart_tells_the_whole_story():
     assert "upstream requests during this answer: 0" in out
     assert "{'stream': 'open', 'completion': 'closed'}" in out
     assert "{'stream': 'open', 'completion': 'open'}" in out
+
+
+@pytest.mark.slow  # a subprocess
+def test_the_agent_loop_survives_drops_mid_tool_call_and_mid_answer():
+    result = subprocess.run(
+        [sys.executable, "examples/agent_tools.py"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    turn1, turn2 = out.split("== turn 2")
+    # turn 1: the dropped call's start is shown, then voided by one reset, then the whole call
+    assert turn1.count("tool call get_weather") == 2 and turn1.count("[reset") == 1
+    assert turn1.split("[reset")[1].count('{"city": "Oslo", "unit": "celsius"}') == 1
+    assert "ran get_weather -> {'city': 'Oslo'" in turn1
+    # turn 2: the text dropped mid-way is continued, nothing shown twice
+    assert "[reset" not in turn2 and "tool call" not in turn2
+    assert turn2.count("a good day for a coat") == 2  # streamed once, then the final line
+    assert out.count("stream:connection error") == 2
+    assert out.count("events rebuild the final message: True") == 2
+    assert "final answer: Right now in Oslo it is 7 degrees celsius and cloudy" in out
+    assert "upstream requests: 4" in out

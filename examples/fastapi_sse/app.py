@@ -10,6 +10,8 @@ Run (see README.md beside this file)::
 
     event: delta    data: {"text": "Hel", "source": "stream"}    append to what is shown
     event: reset    data: {"text": "", "source": "backup"}       discard what is shown
+    event: tool_call  data: {"text": "{\"ci", "index": 0, "id": "call_1", "name": "f", ...}
+    event: refusal  data: {"text": "I can't", "source": "stream"}  append to the refusal
     event: done     data: {"source": "stream", "attempts": [...], "cache_age": null}
     event: error    data: {"error": "AllTiersFailedError", "message": "..."}
 
@@ -92,7 +94,10 @@ async def chat_events(
         try:
             async with chain.stream(messages) as stream:
                 async for event in stream:
-                    yield sse(event.type, {"text": event.text, "source": event.source})
+                    data: dict[str, Any] = {"text": event.text, "source": event.source}
+                    if event.type == "tool_call":  # which call, and its id and name so far
+                        data.update(index=event.index, id=event.id, name=event.name)
+                    yield sse(event.type, data)
                 response = stream.response
         except Exception as exc:  # CancelledError and GeneratorExit pass: they are not errors
             if not isinstance(exc, FallbackChainError | openai.APIStatusError):

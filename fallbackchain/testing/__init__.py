@@ -28,7 +28,10 @@ What you can rely on:
 * **Deterministic answers.** The answer is ``"Answer from {model}:"`` followed
   by ``words`` pseudo-words derived from a hash of the last user message, so
   the same prompt always gets the same text; :meth:`FaultServer.answer_for`
-  returns it, and ``FaultServer(responder=...)`` replaces it. Streams send a
+  returns it, and ``FaultServer(responder=...)`` replaces it; a responder may
+  return an :class:`Answer` to script tool calls (``ToolCall``, streamed as
+  OpenAI does: a header chunk with id, type and name, then argument pieces;
+  ``finish_reason`` ``"tool_calls"``) or a refusal (``delta.refusal``). Streams send a
   role chunk, one chunk per word (with its leading space), a ``finish_reason``
   chunk, an optional usage chunk, then ``data: [DONE]``; each SSE event is its
   own HTTP chunk. Sampling parameters such as ``max_tokens`` or ``n`` are
@@ -48,14 +51,16 @@ What you can rely on:
 Run ``python -m fallbackchain.testing --port 8000`` for a standalone server.
 """
 
-from ._faults import Fault, FaultKind
+from ._faults import Answer, Fault, FaultKind, ToolCall
 from ._server import DEFAULT_MODELS, FaultServer, RecordedRequest, Responder
 
 __all__ = [
     "DEFAULT_MODELS",
+    "Answer",
     "Fault",
     "FaultKind",
     "FaultServer",
     "RecordedRequest",
     "Responder",
+    "ToolCall",
 ]

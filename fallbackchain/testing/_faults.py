@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
-__all__ = ["Fault", "FaultKind"]
+__all__ = ["Answer", "Fault", "FaultKind", "ToolCall"]
 
 FaultKind = Literal[
     "ok",
@@ -47,8 +50,10 @@ class Fault:
     (``Fault.ok()``, ``Fault.status(503)``, ``Fault.drop(after_chunks=2)``, ...)
     rather than calling the constructor directly.
 
-    "Content chunks" below are the streamed chunks that carry answer text,
-    one per word; the opening ``{"role": "assistant"}`` chunk is not counted.
+    "Content chunks" below are the streamed chunks that carry the answer: one
+    per word of text or refusal, and for a tool call its header chunk and each
+    arguments fragment (see :class:`Answer`); the opening
+    ``{"role": "assistant"}`` chunk is not counted.
     When ``after_chunks`` exceeds the number of words, the fault happens right
     after the last word (before the ``finish_reason`` chunk).
     """
@@ -213,3 +218,67 @@ class Fault:
         full answer text.
         """
         return cls(kind="finish", finish_reason=reason)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One function call a scripted :class:`Answer` makes.
+
+    ``arguments`` is the JSON text of the arguments; a mapping is serialised with
+    ``json.dumps`` (so ``{"city": "Oslo"}`` becomes ``'{"city": "Oslo"}'``). ``id``
+    defaults to a value derived from the name and arguments, so the same call scripted
+    twice has the same id.
+    """
+
+    name: str
+    arguments: str = "{}"
+    id: str = ""
+
+    def __init__(
+        self, name: str, arguments: str | Mapping[str, Any] = "{}", id: str | None = None
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a tool call needs a function name, got {name!r}")
+        if not isinstance(arguments, str):
+            arguments = json.dumps(dict(arguments))
+        if id is None:
+            digest = hashlib.sha256(f"{name}\0{arguments}".encode()).hexdigest()
+            id = f"call_{digest[:24]}"
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "arguments", arguments)
+        object.__setattr__(self, "id", id)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the fault server answers: text, tool calls, or a refusal.
+
+    A responder (``FaultServer(responder=...)``) may return an ``Answer`` instead of a
+    string. Streamed, an answer is a role chunk, then one chunk per word of ``content``,
+    then for each tool call a chunk with its ``index``, ``id``, ``type`` and function
+    ``name`` (arguments ``""``) followed by chunks appending ``function.arguments`` a few
+    characters at a time, then one chunk per word of ``refusal``, then the finish chunk:
+    ``finish_reason`` is ``"tool_calls"`` when there are tool calls, else ``"stop"``.
+    Every chunk after the role chunk counts as a content chunk for a fault's
+    ``after_chunks``. Not streamed, the same pieces make one message.
+    """
+
+    content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    refusal: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tool_calls", tuple(self.tool_calls))
+        for call in self.tool_calls:
+            if not isinstance(call, ToolCall):
+                raise TypeError(f"tool_calls must hold ToolCall values, got {call!r}")
+
+    @classmethod
+    def calling(cls, *calls: ToolCall, content: str = "") -> Answer:
+        """An answer that calls the tools ``calls`` (after ``content``, if any)."""
+        return cls(content=content, tool_calls=calls)
+
+    @property
+    def finish_reason(self) -> str:
+        """``"tool_calls"`` when the answer calls a tool, else ``"stop"``."""
+        return "tool_calls" if self.tool_calls else "stop"

@@ -26,14 +26,16 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Self
 
-from ._faults import MID_STREAM_KINDS, Fault, FaultKind
+from ._faults import MID_STREAM_KINDS, Answer, Fault, FaultKind
 
 __all__ = ["DEFAULT_MODELS", "FaultServer", "RecordedRequest", "Responder"]
 
 logger = logging.getLogger("fallbackchain.testing")
 
-Responder = Callable[[Sequence[Mapping[str, Any]], str], str]
-"""``responder(messages, model) -> answer text``; overrides the built-in answers."""
+Responder = Callable[[Sequence[Mapping[str, Any]], str], str | Answer]
+"""``responder(messages, model) -> answer``: text or an :class:`Answer` (tool calls, refusal).
+
+Overrides the built-in answers."""
 
 DEFAULT_MODELS: Final[tuple[str, ...]] = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini")
 
@@ -45,6 +47,7 @@ _MODELS_PATH: Final = "/v1/models"
 _CONSONANTS: Final = "bdfghklmnprstvz"
 _VOWELS: Final = "aeiou"
 _TOKEN_RE: Final = re.compile(r"\s*\S+")
+_ARGUMENT_PIECE: Final = 8  # characters of tool-call arguments per streamed chunk
 DEFAULT_MAX_RECORDED: Final = 1000
 """How many requests a :class:`FaultServer` keeps in :attr:`~FaultServer.requests` by default."""
 
@@ -148,17 +151,44 @@ class _Completion:
     completion_id: str
     created: int
     model: str
-    tokens: list[str]
+    deltas: list[dict[str, Any]]
+    """The deltas of the content chunks (text words, tool-call pieces, refusal words)."""
     finish_reason: str
     prompt_tokens: int
     include_usage: bool
 
-    @property
-    def text(self) -> str:
-        return "".join(self.tokens)
+    def role_delta(self) -> dict[str, Any]:
+        if any("content" in d for d in self.deltas) or not self.deltas:
+            return {"role": "assistant", "content": ""}
+        return {"role": "assistant", "content": None}
+
+    def message(self) -> dict[str, Any]:
+        """The whole message these deltas stream (so both forms always agree)."""
+        content: list[str] = []
+        refusal: list[str] = []
+        calls: dict[int, dict[str, Any]] = {}
+        for delta in self.deltas:
+            content.append(delta.get("content", ""))
+            refusal.append(delta.get("refusal", ""))
+            for call in delta.get("tool_calls", ()):
+                slot = calls.setdefault(
+                    call["index"],
+                    {"id": call.get("id"), "type": "function",
+                     "function": {"name": call["function"].get("name", ""), "arguments": ""}},
+                )
+                slot["function"]["arguments"] += call["function"].get("arguments", "")
+        text, refused = "".join(content), "".join(refusal)
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": text if text or not (calls or refused) else None,
+            "refusal": refused or None,
+        }
+        if calls:
+            message["tool_calls"] = [calls[i] for i in sorted(calls)]
+        return message
 
     def usage(self) -> dict[str, int]:
-        completion_tokens = len(self.tokens)
+        completion_tokens = len(self.deltas)
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion_tokens,
@@ -201,7 +231,7 @@ class _Completion:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": self.text, "refusal": None},
+                    "message": self.message(),
                     "logprobs": None,
                     "finish_reason": self.finish_reason,
                 }
@@ -271,6 +301,22 @@ def _split_tokens(text: str) -> list[str]:
         else:
             tokens.append(rest)
     return tokens
+
+
+def _deltas_of(answer: Answer) -> list[dict[str, Any]]:
+    """The content chunks' deltas of ``answer``, in the order OpenAI streams them."""
+    deltas: list[dict[str, Any]] = [{"content": t} for t in _split_tokens(answer.content)]
+    for index, call in enumerate(answer.tool_calls):
+        deltas.append(
+            {"tool_calls": [{"index": index, "id": call.id, "type": "function",
+                             "function": {"name": call.name, "arguments": ""}}]}
+        )
+        arguments = call.arguments
+        for start in range(0, len(arguments), _ARGUMENT_PIECE):
+            piece = arguments[start : start + _ARGUMENT_PIECE]
+            deltas.append({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+    deltas.extend({"refusal": t} for t in _split_tokens(answer.refusal))
+    return deltas
 
 
 def _format_seconds(value: float) -> str:
@@ -676,20 +722,34 @@ class FaultServer:
         with self._lock:
             return self._lock.wait_for(lambda: self._active == 0, timeout)
 
+    def reply_for(self, messages: Iterable[Mapping[str, Any]], model: str) -> Answer:
+        """The whole :class:`Answer` the server gives for ``messages`` and ``model``.
+
+        The built-in answer (see :meth:`answer_for`) is text only; a ``responder`` may
+        script tool calls or a refusal. Raises ``TypeError`` when the responder returns
+        neither a string nor an :class:`Answer`.
+        """
+        messages = list(messages)
+        if self._responder is None:
+            words = _pseudo_words(_last_user_text(messages), self._words)
+            return Answer(content=" ".join([f"Answer from {model}:", *words]))
+        reply = self._responder(messages, model)
+        if isinstance(reply, str):
+            return Answer(content=reply)
+        if isinstance(reply, Answer):
+            return reply
+        raise TypeError(f"a responder must return str or Answer, got {type(reply).__name__}")
+
     def answer_for(self, messages: Iterable[Mapping[str, Any]], model: str) -> str:
-        """The exact answer text the server gives for ``messages`` and ``model``.
+        """The exact answer text (``content``) the server gives for ``messages`` and ``model``.
 
         Built-in answers are ``"Answer from {model}:"`` followed by
         :attr:`words` pseudo-words derived from a hash of the last user
         message's text: the same prompt always gets the same answer, different
         prompts (almost surely) different ones. A ``responder`` given to the
-        constructor replaces this.
+        constructor replaces this (for an :class:`Answer`, this is its ``content``).
         """
-        messages = list(messages)
-        if self._responder is not None:
-            return self._responder(messages, model)
-        words = _pseudo_words(_last_user_text(messages), self._words)
-        return " ".join([f"Answer from {model}:", *words])
+        return self.reply_for(messages, model).content
 
     # -- thread / loop ------------------------------------------------------------
 
@@ -954,26 +1014,26 @@ class FaultServer:
             return False
 
         try:
-            text = self.answer_for(messages, model)
+            answer = self.reply_for(messages, model)
         except Exception as exc:
             logger.exception("FaultServer responder failed")
             body = _error_body(f"responder failed: {exc!r}", "server_error", None)
             return await self._send_json(
                 conn, 500, body, keep_alive=keep_alive, request_id=request_id
             )
-        tokens = _split_tokens(text)
-        finish_reason = "stop"
+        deltas = _deltas_of(answer)
+        finish_reason = answer.finish_reason
         if fault.kind == "finish":
             finish_reason = fault.finish_reason
             if finish_reason == "content_filter":
-                tokens = tokens[: len(tokens) // 2]
+                deltas = deltas[: len(deltas) // 2]
         stream_options = payload.get("stream_options")
         completion = _Completion(
             request_id=request_id,
             completion_id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
             created=int(time.time()),
             model=model,
-            tokens=tokens,
+            deltas=deltas,
             finish_reason=finish_reason,
             prompt_tokens=sum(
                 len(_text_of(m.get("content")).split()) + 3
@@ -1065,8 +1125,8 @@ class FaultServer:
         async def event(data: bytes) -> None:
             await conn.write(_http_chunk(data))
 
-        await event(_sse(completion.chunk({"role": "assistant", "content": ""})))
-        tokens = completion.tokens
+        await event(_sse(completion.chunk(completion.role_delta())))
+        tokens = completion.deltas
         trigger = min(fault.after_chunks, len(tokens)) if fault.kind in MID_STREAM_KINDS else -1
         for i in range(len(tokens) + 1):
             if i == trigger:
@@ -1091,7 +1151,7 @@ class FaultServer:
                     await conn.write(_LAST_CHUNK, last=True)
                     return keep_alive
             if i < len(tokens):
-                await event(_sse(completion.chunk({"content": tokens[i]})))
+                await event(_sse(completion.chunk(tokens[i])))
         await event(_sse(completion.chunk({}, completion.finish_reason)))
         if completion.include_usage:
             await event(_sse(completion.usage_chunk()))
