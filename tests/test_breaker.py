@@ -187,6 +187,7 @@ def test_concurrent_half_open_callers_get_one_probe(clock):
     assert sum(p is not None for p in granted) == 1
 
 
+@pytest.mark.slow
 def test_pybreaker_call_serialises_callers_which_is_why_the_gate_exists():
     """Documents the hazard: pybreaker's call() runs the protected call under its lock."""
     import pybreaker

@@ -69,6 +69,7 @@ def test_cli_clear_reports_the_rows_really_removed(
     assert "6 rows removed, 0 left" in captured.err
 
 
+@pytest.mark.slow
 def test_a_clear_blocked_by_a_locked_database_says_nothing_was_removed(
     tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
 ) -> None:

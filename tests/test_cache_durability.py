@@ -261,6 +261,7 @@ def test_a_corrupt_cache_file_is_bypassed_and_the_live_tiers_answer(
     client.close()
 
 
+@pytest.mark.slow
 def test_corrupting_the_cache_under_an_open_chain_never_fails_a_request(
     tmp_path: Path, server: FaultServer
 ) -> None:

@@ -265,6 +265,7 @@ def _stored_rows(draw: st.DrawFn) -> Any:
     return row
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(row=_stored_rows(), as_bytes=st.booleans())
 def test_a_stored_row_is_an_entry_or_a_cache_error_never_another_exception(

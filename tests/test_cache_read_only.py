@@ -238,6 +238,7 @@ def assert_cli_works_read_only(result: dict[str, Any], export_to: pathlib.Path) 
         assert "Traceback" not in cli[name]["err"]
 
 
+@pytest.mark.slow
 def test_a_read_only_cache_directory_serves_its_answers_and_skips_writes(
     read_only_cache: tuple[pathlib.Path, list[str]], tmp_path: pathlib.Path
 ) -> None:
@@ -250,6 +251,7 @@ def test_a_read_only_cache_directory_serves_its_answers_and_skips_writes(
     assert tree(directory) == before  # nothing was written
 
 
+@pytest.mark.slow
 def test_a_cache_on_a_full_disk_serves_its_answers_and_writes_again_when_space_returns(
     tmp_path: pathlib.Path,
 ) -> None:
@@ -330,6 +332,7 @@ def run_with_read_only(tmp_path: pathlib.Path, directory: pathlib.Path, argv: li
             path.chmod(0o700 if path.is_dir() else 0o600)
 
 
+@pytest.mark.slow
 def test_a_chain_serves_a_stored_answer_from_a_read_only_cache_in_an_outage(
     tmp_path: pathlib.Path, server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -358,6 +361,7 @@ print(json.dumps({"code": main(["warm", sys.argv[1], "--config", sys.argv[2]])})
 """
 
 
+@pytest.mark.slow
 def test_warm_refuses_a_read_only_cache_and_sends_nothing(
     tmp_path: pathlib.Path, server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -314,6 +314,7 @@ def test_a_different_answer_is_rewritten(open_cache: Any) -> None:
     assert text_at(open_cache(memory_items=0), key("k")) == "two"
 
 
+@pytest.mark.slow
 def test_an_answer_whose_disk_write_failed_is_written_again(
     open_cache: Any, directory: Path
 ) -> None:
@@ -356,6 +357,7 @@ def test_a_chain_flushes_a_cache_it_was_given_on_close(tmp_path: Path, server: F
     cache.close()
 
 
+@pytest.mark.slow
 def test_an_async_chains_answers_are_on_disk_after_aclose(
     tmp_path: Path, server: FaultServer
 ) -> None:
@@ -403,6 +405,7 @@ EXITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_clean_exit_without_close_writes_the_queue(open_cache: Any, directory: Path) -> None:
     subprocess.run([sys.executable, "-c", EXITER, str(directory), "200"], check=True, timeout=60)
     fresh = open_cache(memory_items=0)
@@ -488,6 +491,7 @@ LOCKER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_writes_its_own_answers_while_the_parents_writer_is_blocked(
     open_cache: Any, directory: Path
@@ -546,6 +550,7 @@ def test_put_with_rewrite_restamps_an_identical_answer(open_cache: Any) -> None:
     assert hit is not None and hit.age == 0.0
 
 
+@pytest.mark.slow
 def test_scans_and_exports_include_queued_answers(open_cache: Any, directory: Path) -> None:
     cache = open_cache()
     cache.put(key("seed"), completion("seed"))

@@ -444,6 +444,7 @@ def test_a_burst_into_an_outage_costs_at_most_fail_max_requests_per_tier(harness
     assert {h.chain.breakers[t].state for t in ("stream", "completion")} == {"open"}
 
 
+@pytest.mark.slow
 def test_a_burst_at_a_cold_start_waits_only_for_the_first_content(harness_factory, server):
     """Callers over the limit wait for a trial's first content, then all go: nobody fails."""
     h = harness_factory(breaker__fail_max=3)
@@ -462,6 +463,7 @@ def test_a_burst_at_a_cold_start_waits_only_for_the_first_content(harness_factor
     assert max(other_ends) < min(trial_ends)
 
 
+@pytest.mark.slow
 def test_a_burst_on_a_non_streamed_tier_waits_as_long_as_a_trial_may_take(harness_factory, server):
     """A non-streamed trial proves itself only by answering: waiters wait up to openai.timeout."""
     h = harness_factory(

@@ -22,6 +22,7 @@ from .conftest import Harness, make_config, text_after_last_reset, user
 FAST = {"openai__first_token_timeout": 0.3, "openai__idle_timeout": 0.3, "real_time": True}
 
 
+@pytest.mark.slow
 def test_a_silent_route_fails_over_at_once_without_retrying(harness_factory, server):
     h = harness_factory(**FAST)
     server.push(Fault.slow_first_byte(seconds=3.0), stream=True)
@@ -34,6 +35,7 @@ def test_a_silent_route_fails_over_at_once_without_retrying(harness_factory, ser
     assert took < 1.5
 
 
+@pytest.mark.slow
 def test_a_stall_mid_stream_moves_on_without_duplicating_text(harness_factory, server):
     h = harness_factory(**FAST)
     server.push(Fault.stall(after_chunks=4, seconds=3.0), stream=True)
@@ -46,6 +48,7 @@ def test_a_stall_mid_stream_moves_on_without_duplicating_text(harness_factory, s
     assert "".join(e.text for e in events) == response.text  # continued, nothing repeated
 
 
+@pytest.mark.slow
 def test_the_deadline_bounds_the_whole_request(harness_factory, server):
     h = harness_factory(
         retry__deadline=0.5,
@@ -117,6 +120,7 @@ def test_cancelling_an_async_consumer_is_neutral(server, clock, tmp_path):
         h.close()
 
 
+@pytest.mark.slow
 def test_while_the_one_half_open_probe_is_in_flight_others_skip_the_tier_at_once(
     server, clock, tmp_path
 ):
@@ -146,6 +150,7 @@ def test_while_the_one_half_open_probe_is_in_flight_others_skip_the_tier_at_once
         h.close()
 
 
+@pytest.mark.slow
 def test_the_idle_watchdog_follows_a_consumer_that_waits_from_new_tasks(tmp_path):
     """asyncio.wait_for runs each anext in a new task on 3.11: a stall must still be caught.
 
@@ -235,6 +240,7 @@ def test_the_idle_watchdog_follows_a_consumer_that_waits_from_new_tasks(tmp_path
     assert text_after_last_reset(events) == "w1 w2 w3 w4"
 
 
+@pytest.mark.slow
 def test_a_cancel_while_settling_a_shared_breaker_never_leaks_the_probe(server, clock, tmp_path):
     """With a store that awaits (Redis), cancelling the consumer mid-settle must still settle."""
     from fallbackchain._breaker import MemoryGateStore

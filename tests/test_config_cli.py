@@ -161,6 +161,7 @@ def test_every_problem_is_printed_at_once_without_a_traceback(cli, tmp_path):
     assert "Traceback" not in result.err
 
 
+@pytest.mark.slow
 def test_a_byte_order_mark_through_the_command_line(tmp_path):
     path = tmp_path / "bom.toml"
     path.write_bytes(b"\xef\xbb\xbf[retry]\nmax_attempts = 2\n")

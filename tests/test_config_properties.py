@@ -123,6 +123,7 @@ toml_lines = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(toml_lines, max_size=12), st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "latin-1"]))
 def test_any_file_gives_a_config_or_a_config_error(lines, encoding):

@@ -213,6 +213,7 @@ EVERY_FAULT = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("fault", "waits"), EVERY_FAULT)
 def test_the_unchanged_snippet_holds_through_every_fault_kind(harness_factory, server, fault, waits):
     short = {"openai__idle_timeout": 0.3, "openai__first_token_timeout": 0.3} if waits else {}

@@ -150,6 +150,7 @@ def test_a_different_replacement_answer_starts_with_a_reset(example, server):
         "stream", "stream", "completion", "completion", "backup"]
 
 
+@pytest.mark.slow
 def test_closing_the_client_early_stops_the_chain_and_leaves_the_breakers_at_zero(example, server):
     server.push(Fault.stall(after_chunks=3, seconds=10), stream=True)  # stays open mid-answer
     with example.client.stream("POST", "/chat", json={"messages": user(PROMPT)}) as response:

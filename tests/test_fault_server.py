@@ -309,6 +309,7 @@ def test_early_end_non_stream_answers_normally(server: FaultServer, client: open
     assert completion.choices[0].message.content == server.answer_for(MESSAGES, MODEL)
 
 
+@pytest.mark.slow
 def test_stall_with_short_read_timeout_raises_api_timeout_error(server: FaultServer) -> None:
     server.push(Fault.stall(after_chunks=2, seconds=30))
     received: list[Any] = []
@@ -325,6 +326,7 @@ def test_stall_with_short_read_timeout_raises_api_timeout_error(server: FaultSer
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.slow
 def test_stall_then_resumes_and_completes(server: FaultServer, client: openai.OpenAI) -> None:
     server.push(Fault.stall(after_chunks=1, seconds=0.3))
     started = time.monotonic()
@@ -352,6 +354,7 @@ def test_stall_does_not_block_other_connections(server: FaultServer) -> None:
             assert server.counts["active"] == 1
 
 
+@pytest.mark.slow
 def test_stall_non_stream_with_short_read_timeout_raises_api_timeout_error(
     server: FaultServer,
 ) -> None:
@@ -363,6 +366,7 @@ def test_stall_non_stream_with_short_read_timeout_raises_api_timeout_error(
         c.chat.completions.create(model=MODEL, messages=MESSAGES)
 
 
+@pytest.mark.slow
 def test_slow_first_byte_delays_headers_then_answers(
     server: FaultServer, client: openai.OpenAI
 ) -> None:
@@ -373,6 +377,7 @@ def test_slow_first_byte_delays_headers_then_answers(
     assert content_of(chunks) == server.answer_for(MESSAGES, MODEL)
 
 
+@pytest.mark.slow
 def test_slow_first_byte_with_short_read_timeout_raises_at_create(server: FaultServer) -> None:
     """The timeout fires in create() itself, before any stream object exists."""
     server.push(Fault.slow_first_byte(seconds=30))

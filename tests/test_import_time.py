@@ -61,6 +61,7 @@ def test_every_public_name_loads_neither_redis_nor_opentelemetry():
     assert loaded_after(code) == "-"
 
 
+@pytest.mark.slow
 def test_a_chain_on_memory_breakers_and_the_disk_cache_loads_neither(tmp_path):
     code = f"""
         import os
@@ -252,18 +253,21 @@ def _cycle_through(graph: dict[str, set[str]], start: str) -> list[str] | None:
     return None
 
 
+@pytest.mark.slow
 def test_errors_and_results_do_not_import_each_other():
     graph = _import_graph()
     assert "fallbackchain._results" not in graph["fallbackchain._errors"]
     assert _cycle_through(graph, "fallbackchain._errors") is None
 
 
+@pytest.mark.slow
 def test_no_module_of_the_package_is_part_of_an_import_cycle():
     graph = _import_graph()
     cycles = [c for name in sorted(graph) if (c := _cycle_through(graph, name))]
     assert not cycles, cycles[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", ["fallbackchain._errors", "fallbackchain._results"])
 def test_each_module_imports_first_in_a_fresh_interpreter(module):
     result = run_python(f"import {module}\nfrom {module} import *\n")

@@ -496,6 +496,7 @@ def test_state_lives_in_one_hash_without_expiry(rs, link, raw, namespace, clock)
     assert float(raw.hget(key, "probe_until")) > clock()
 
 
+@pytest.mark.slow
 def test_concurrent_failures_are_never_lost(rs, link, namespace, clock):
     """8 threads x 200 failures, each thread with its own store (as separate processes would)."""
     barrier = threading.Barrier(8, timeout=10)
@@ -684,6 +685,7 @@ def redis_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     ]
 
 
+@pytest.mark.slow
 def test_store_carries_on_locally_while_redis_is_down_and_returns_to_it(
     rs, namespace, clock, caplog
 ):
@@ -829,6 +831,7 @@ def test_cache_is_shared_between_instances(rs, namespace, link):
     assert b.stats().hits == 1
 
 
+@pytest.mark.slow
 def test_cache_expires_in_redis_after_ttl(rs, namespace, link, raw):
     cache = make_cache(rs, namespace, link=link)
     cache.put(KEY, completion())
@@ -1142,6 +1145,7 @@ def test_chain_survives_redis_hung_stopped_and_restarted(
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("redis_up", [True, False], ids=["redis-up", "redis-down"])
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_sync_and_async_redis_steps_leave_the_memory_store_trace(

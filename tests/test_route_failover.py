@@ -236,6 +236,7 @@ def test_a_fallback_has_its_own_retry_budget(chain, server, backup, clock):
     assert tiers == ["stream", "stream", "stream", "backup"]
 
 
+@pytest.mark.slow
 def test_a_fallback_may_wait_longer_for_its_first_token(
     mode: str, server: FaultServer, backup: FaultServer, tmp_path: Path
 ) -> None:
@@ -315,6 +316,7 @@ def test_a_silent_primary_is_hedged_and_the_fallback_answers_in_about_hedge_afte
             h.close()
 
 
+@pytest.mark.slow
 def test_a_primary_that_answers_first_wins_the_race_and_the_hedge_is_dropped(
     mode: str, server: FaultServer, backup: FaultServer, tmp_path: Path
 ) -> None:
@@ -336,6 +338,7 @@ def test_a_primary_that_answers_first_wins_the_race_and_the_hedge_is_dropped(
         h.close()
 
 
+@pytest.mark.slow
 def test_a_hedge_that_fails_leaves_the_primary_to_answer(
     mode: str, server: FaultServer, backup: FaultServer, tmp_path: Path
 ) -> None:
@@ -352,6 +355,7 @@ def test_a_hedge_that_fails_leaves_the_primary_to_answer(
         h.close()
 
 
+@pytest.mark.slow
 def test_without_another_route_nothing_is_hedged(
     mode: str, server: FaultServer, tmp_path: Path
 ) -> None:
@@ -375,6 +379,7 @@ def test_without_another_route_nothing_is_hedged(
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_per_call_timeout_bounds_each_attempt(harness_factory, server):
     h = harness_factory(real_time=True, openai__first_token_timeout=5.0, openai__timeout=5.0)
     server.default = Fault.slow_first_byte(seconds=3.0)
@@ -443,6 +448,7 @@ def test_an_sse_error_before_any_content_is_the_routes_fault(
     assert clock.sleeps == pytest.approx([0.005, 0.01])  # never under base_delay / 2
 
 
+@pytest.mark.slow
 def test_a_non_streaming_fallback_is_never_hedged_to(
     mode: str, server: FaultServer, backup: FaultServer, tmp_path: Path
 ) -> None:
@@ -465,6 +471,7 @@ def test_a_non_streaming_fallback_is_never_hedged_to(
         h.close()
 
 
+@pytest.mark.slow
 def test_a_hedge_never_goes_back_to_a_route_left_for_silence(
     mode: str, backup: FaultServer, tmp_path: Path
 ) -> None:

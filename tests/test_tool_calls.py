@@ -499,6 +499,7 @@ FAULTS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("fault", "waits"), FAULTS)
 def test_a_drop_in_tool_call_stream_through_every_fault_kind_is_whole_or_refused(
     harness_factory, server, fault, waits

@@ -462,6 +462,7 @@ def test_a_warm_never_overwrites_an_entry_when_the_answer_is_incomplete(chain, s
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_at_most_concurrency_requests_are_in_flight(chain, server):
     server.default = Fault.slow_first_byte(0.15)
     report = warm(chain, [{"prompt": f"q{i}"} for i in range(8)], concurrency=3)
@@ -857,6 +858,7 @@ def _assert_only_requests_and_line_errors(
     assert len(lines) == len(set(lines))  # one verdict per line
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None)
 @given(_lines)
 def test_property_parse_prompts_only_answers_with_requests_and_line_errors(lines):
@@ -864,6 +866,7 @@ def test_property_parse_prompts_only_answers_with_requests_and_line_errors(lines
     _assert_only_requests_and_line_errors(requests, errors, "p.jsonl", len(lines))
 
 
+@pytest.mark.slow
 @settings(max_examples=50, deadline=None)
 @given(
     st.lists(
