@@ -34,7 +34,6 @@ class CallOptions:
 
 def call_options(
     config: ChainConfig,
-    *,
     deadline: float | None,
     max_attempts: int | None,
     cache: str,

@@ -559,14 +559,8 @@ class FallbackChain(_ChainBase):
         ``max_attempts`` (every route's budget), ``cache`` (see :data:`CacheUse`) and
         ``fallbacks`` (``False``: the primary only; or the names of the fallbacks allowed).
         """
-        options = call_options(
-            self.config,
-            deadline=deadline,
-            max_attempts=max_attempts,
-            cache=cache,
-            fallbacks=fallbacks,
-        )
-        request = self._prepare(messages, model, params, options=options)
+        own = call_options(self.config, deadline, max_attempts, cache, fallbacks)
+        request = self._prepare(messages, model, params, options=own)
         outcome = _Outcome()
         return ChainStream(self._drive(request, outcome), outcome)
 
@@ -586,16 +580,8 @@ class FallbackChain(_ChainBase):
         Streaming first, unless ``openai.complete_streams`` is false: then each route's
         non-streaming tier comes before its streaming one (see that setting's trade-off).
         """
-        options = call_options(
-            self.config,
-            deadline=deadline,
-            max_attempts=max_attempts,
-            cache=cache,
-            fallbacks=fallbacks,
-        )
-        request = self._prepare(
-            messages, model, params, whole_first=self._whole_first, options=options
-        )
+        own = call_options(self.config, deadline, max_attempts, cache, fallbacks)
+        request = self._prepare(messages, model, params, whole_first=self._whole_first, options=own)
         outcome = _Outcome()
         with ChainStream(self._drive(request, outcome), outcome) as stream:
             for _ in stream:
@@ -1064,14 +1050,8 @@ class AsyncFallbackChain(_ChainBase):
         **params: Any,
     ) -> AsyncChainStream:
         """Stream an answer as events (``async for``); options as the sync chain's."""
-        options = call_options(
-            self.config,
-            deadline=deadline,
-            max_attempts=max_attempts,
-            cache=cache,
-            fallbacks=fallbacks,
-        )
-        request = self._prepare(messages, model, params, options=options)
+        own = call_options(self.config, deadline, max_attempts, cache, fallbacks)
+        request = self._prepare(messages, model, params, options=own)
         outcome = _Outcome()
         return AsyncChainStream(self._drive(request, outcome), outcome)
 
@@ -1087,16 +1067,8 @@ class AsyncFallbackChain(_ChainBase):
         **params: Any,
     ) -> ChainResponse:
         """The whole answer: the same chain as :meth:`stream` (see the sync chain's)."""
-        options = call_options(
-            self.config,
-            deadline=deadline,
-            max_attempts=max_attempts,
-            cache=cache,
-            fallbacks=fallbacks,
-        )
-        request = self._prepare(
-            messages, model, params, whole_first=self._whole_first, options=options
-        )
+        own = call_options(self.config, deadline, max_attempts, cache, fallbacks)
+        request = self._prepare(messages, model, params, whole_first=self._whole_first, options=own)
         outcome = _Outcome()
         async with AsyncChainStream(self._drive(request, outcome), outcome) as stream:
             async for _ in stream:
