@@ -32,10 +32,15 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Final, Literal, Protocol, Self, overload
+from typing import Any, Final, Literal, Protocol, Self, TypeVar, overload
 
 import openai
-from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
+from openai.types.chat import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionMessageParam,
+    ParsedChatCompletion,
+)
 
 from ._config import ChainConfig
 from ._errors import FallbackChainError
@@ -63,6 +68,7 @@ _DIVERGENCE: Final = ("raise", "buffer")
 _CHAIN_OPTIONS: Final = frozenset({"deadline", "max_attempts", "cache", "fallbacks"})
 """The chain's own per-call options: passed to the chain, never sent to a provider."""
 
+_Format = TypeVar("_Format")
 _TRACE: Final = "_fallbackchain_trace"  # where a returned completion keeps its ChainResponse
 
 
@@ -199,6 +205,41 @@ def _traced(response: ChainResponse) -> ChatCompletion:
     return completion
 
 
+def _parse_params(response_format: Any, tools: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``create()`` parameters for a ``parse()`` call, made by the SDK's own helpers.
+
+    They live in a private module of the SDK (``openai.lib._parsing``): using them keeps the
+    request and the parsing exactly the SDK's, which is the point of a drop-in.
+    """
+    from openai.lib._parsing import (  # noqa: PLC0415 - only parse() needs them
+        type_to_response_format_param,
+        validate_input_tools,
+    )
+
+    if kwargs.get("stream"):
+        raise TypeError("parse() does not stream; use create(stream=True)")
+    params = {k: v for k, v in kwargs.items() if k != "stream"}
+    if tools is not None:
+        validate_input_tools(tools)
+        params["tools"] = tools
+    if response_format is not None:
+        params["response_format"] = type_to_response_format_param(response_format)
+    return params
+
+
+def _parsed(response: ChainResponse, response_format: Any, tools: Any) -> ParsedChatCompletion[Any]:
+    from openai import omit  # noqa: PLC0415
+    from openai.lib._parsing import parse_chat_completion  # noqa: PLC0415
+
+    parsed: ParsedChatCompletion[Any] = parse_chat_completion(
+        response_format=omit if response_format is None else response_format,
+        input_tools=omit if tools is None else tools,
+        chat_completion=response.completion,
+    )
+    object.__setattr__(parsed, _TRACE, response)  # trace_of() finds it, as for create()
+    return parsed
+
+
 # --------------------------------------------------------------------------------------------
 # Events into chunks
 # --------------------------------------------------------------------------------------------
@@ -212,8 +253,18 @@ class _Chunker:
     answer will stand. ``trace_of(stream).completion`` has the upstream's own values.
     """
 
-    __slots__ = ("_buffer", "_calls", "_created", "_diverged", "_handed", "_id", "_model",
-                 "_shown", "_started", "_usage")
+    __slots__ = (
+        "_buffer",
+        "_calls",
+        "_created",
+        "_diverged",
+        "_handed",
+        "_id",
+        "_model",
+        "_shown",
+        "_started",
+        "_usage",
+    )
 
     def __init__(self, model: str, *, usage: bool, divergence: Divergence) -> None:
         self._id = f"chatcmpl-fc-{uuid.uuid4().hex}"
@@ -311,7 +362,9 @@ class _Chunker:
         for index, call in enumerate(message.tool_calls or ()):
             function = getattr(call, "function", None)  # custom (non-function) tools have none
             out += self._tool_call(
-                index, call.id, getattr(function, "name", None),
+                index,
+                call.id,
+                getattr(function, "name", None),
                 getattr(function, "arguments", "") or "",
             )
         if message.refusal:
@@ -515,6 +568,26 @@ class ChainCompletions:
             raise
         return dropin
 
+    def parse(
+        self,
+        *,
+        messages: Iterable[ChatCompletionMessageParam],
+        model: str | None = None,
+        response_format: type[_Format] | Any = None,
+        tools: Any = None,
+        **kwargs: Any,
+    ) -> ParsedChatCompletion[_Format]:
+        """The SDK's ``parse()`` through the chain; the answer parsed as the SDK does.
+
+        ``response_format``: a pydantic model (or a JSON-schema format); ``tools``: strict
+        function tools, as for the SDK. Never streamed; the chain's per-call options apply as
+        for :meth:`create`.
+        """
+        params = _parse_params(response_format, tools, kwargs)
+        _check_kwargs(params)
+        response = self._chain.complete(list(messages), model, **params)
+        return _parsed(response, response_format, tools)
+
 
 class AsyncChainCompletions:
     """``chain.chat.completions`` of an :class:`~fallbackchain.AsyncFallbackChain`."""
@@ -581,6 +654,21 @@ class AsyncChainCompletions:
             await events.aclose()
             raise
         return dropin
+
+    async def parse(
+        self,
+        *,
+        messages: Iterable[ChatCompletionMessageParam],
+        model: str | None = None,
+        response_format: type[_Format] | Any = None,
+        tools: Any = None,
+        **kwargs: Any,
+    ) -> ParsedChatCompletion[_Format]:
+        """As :meth:`ChainCompletions.parse`, awaited."""
+        params = _parse_params(response_format, tools, kwargs)
+        _check_kwargs(params)
+        response = await self._chain.complete(list(messages), model, **params)
+        return _parsed(response, response_format, tools)
 
 
 class ChainChat:
