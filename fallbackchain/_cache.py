@@ -96,17 +96,25 @@ from ._errors import (
     UnsafeCacheRowError,
 )
 
+# CacheBase, CacheFailure, HeldEntry, StoredAges, StoredRow and decode_row are shared with
+# the Redis cache (``_redis``), which keeps the same rows and memory layer.
 __all__ = [
+    "CacheBase",
+    "CacheFailure",
     "CacheStats",
     "CachedAnswer",
     "ExportRow",
+    "HeldEntry",
     "ImportOutcome",
     "ImportReport",
     "InputFileError",
     "LineError",
     "ResponseCache",
     "SafeJSONDisk",
+    "StoredAges",
+    "StoredRow",
     "cache_key",
+    "decode_row",
     "read_jsonl",
 ]
 
@@ -515,7 +523,7 @@ def _clamp_stored_at(now: float, stored_at: float | None, ttl: float) -> float |
     return None if _expired(at, now, ttl) else at
 
 
-class _Entry(NamedTuple):
+class HeldEntry(NamedTuple):
     completion: ChatCompletion
     stored_at: float
 
@@ -560,7 +568,7 @@ def _answer_part(body: Mapping[str, Any]) -> tuple[object, object]:
     return body.get("model"), body.get("choices")
 
 
-def _same_answer(held: _Entry | _Held, body: Mapping[str, Any]) -> bool:
+def _same_answer(held: HeldEntry | _Held, body: Mapping[str, Any]) -> bool:
     if isinstance(held, _Held):
         return _answer_part(held.body) == _answer_part(body)
     return _answer_part(held.completion.model_dump(mode="json")) == _answer_part(body)
@@ -579,7 +587,7 @@ class _Pending(NamedTuple):
     """The memory layer held nothing for the key: compare with the disk row before writing."""
 
 
-class _Row(NamedTuple):
+class StoredRow(NamedTuple):
     """A row ready to be written: its JSON text and the seconds it has left to live."""
 
     text: str
@@ -607,7 +615,7 @@ def _is_complete(completion: ChatCompletion) -> bool:
 
 
 def _encode_row(body: Mapping[str, Any], stored_at: float) -> str:
-    """The stored form of an answer (``body``: its JSON-mode dump), read by :func:`_decode_row`."""
+    """The stored form of an answer (``body``: its JSON-mode dump), read by :func:`decode_row`."""
     return json.dumps(
         {"format": ROW_FORMAT, "stored_at": stored_at, "completion": body},
         ensure_ascii=False,
@@ -615,7 +623,7 @@ def _encode_row(body: Mapping[str, Any], stored_at: float) -> str:
     )
 
 
-def _decode_row(raw: object) -> _Entry:
+def decode_row(raw: object) -> HeldEntry:
     """Parse one stored row: text, or UTF-8 bytes as Redis returns them. JSON only.
 
     Raises :class:`UnsafeCacheRowError` for a pickle (refused unread) and
@@ -652,7 +660,7 @@ def _decode_row(raw: object) -> _Entry:
         raise CacheCorruptError("cache row is not a valid chat completion") from exc
     if not _is_complete(completion):
         raise CacheCorruptError("cache row holds an incomplete answer")
-    return _Entry(completion, stored_at)
+    return HeldEntry(completion, stored_at)
 
 
 class _MemoryLayer:
@@ -664,7 +672,7 @@ class _MemoryLayer:
     def __init__(self, maxsize: int, ttl: float, clock: Callable[[], float]) -> None:
         self._ttl = ttl
         self._lock = threading.Lock()
-        self._items: cachetools.TTLCache[str, _Entry | _Held, float] | None = None
+        self._items: cachetools.TTLCache[str, HeldEntry | _Held, float] | None = None
         if maxsize > 0:
             self._items = cachetools.TTLCache(maxsize=maxsize, ttl=ttl, timer=clock)
 
@@ -683,7 +691,7 @@ class _MemoryLayer:
                 items.pop(key, None)
         return answer
 
-    def peek(self, key: str) -> _Entry | _Held | None:
+    def peek(self, key: str) -> HeldEntry | _Held | None:
         """What is held for ``key`` (perhaps expired), not counted as a lookup."""
         items = self._items
         if items is None:
@@ -691,7 +699,7 @@ class _MemoryLayer:
         with self._lock:
             return items.get(key)
 
-    def put(self, key: str, entry: _Entry | _Held) -> None:
+    def put(self, key: str, entry: HeldEntry | _Held) -> None:
         """Hold ``entry`` (an answer read from storage, or one being stored)."""
         if self._items is not None:
             with self._lock:
@@ -792,7 +800,7 @@ def _is_corruption(exc: BaseException) -> bool:
 
 
 @dataclass(slots=True)
-class _Ages:
+class StoredAges:
     """``stats(scan=True)``: oldest and newest ``stored_at`` of servable entries, and expired."""
 
     now: float
@@ -809,8 +817,8 @@ class _Ages:
         self.newest = stored_at if self.newest is None else max(self.newest, stored_at)
 
 
-class _Failure(NamedTuple):
-    """How a cache names one failure in its WARNING (see :meth:`_CacheBase._failure`)."""
+class CacheFailure(NamedTuple):
+    """How a cache names one failure in its WARNING (see :meth:`CacheBase._failure`)."""
 
     error: CacheError
     """The fallbackchain error class the log line names."""
@@ -820,7 +828,7 @@ class _Failure(NamedTuple):
     """With the operation, what one log line a minute is allowed for."""
 
 
-class _CacheBase:
+class CacheBase:
     """What every response cache shares (this disk cache, and the Redis one).
 
     The config, the clock and ttl, the memory layer, the counters, the rate-limited failure
@@ -853,11 +861,11 @@ class _CacheBase:
 
     # --- for the subclass ------------------------------------------------------------------
 
-    def _scan_entries(self, operation: str) -> Iterator[tuple[str, Any, _Entry]]:
+    def _scan_entries(self, operation: str) -> Iterator[tuple[str, Any, HeldEntry]]:
         """Every readable stored row as ``(key, raw value, entry)``; unreadable ones are logged."""
         raise NotImplementedError
 
-    def _describe_failure(self, exc: BaseException) -> _Failure | None:
+    def _describe_failure(self, exc: BaseException) -> CacheFailure | None:
         """How to name ``exc`` in the WARNING; None: counted but not logged here."""
         raise NotImplementedError
 
@@ -899,7 +907,7 @@ class _CacheBase:
         """The hit a stored row gives at ``now`` (None: no row, or expired); promoted to memory."""
         if raw is None:
             return None
-        entry = _decode_row(raw)
+        entry = decode_row(raw)
         answer = entry.answer(now, self._ttl)
         if answer is not None:
             self._memory.put(key, entry)
@@ -907,7 +915,7 @@ class _CacheBase:
 
     def _prepare_row(
         self, key: str, completion: ChatCompletion, stored_at: float | None
-    ) -> _Row | None:
+    ) -> StoredRow | None:
         """The row ``put`` writes, or None (incomplete, or too old); the memory layer is updated."""
         if type(key) is not str:
             raise TypeError(f"cache keys must be str, not {type(key).__name__}")
@@ -921,7 +929,7 @@ class _CacheBase:
         body = completion.model_dump(mode="json")  # a private copy: later changes cannot leak
         text = _encode_row(body, at)
         self._memory.put(key, _Held(body, at))
-        return _Row(text, self._ttl - (now - at))
+        return StoredRow(text, self._ttl - (now - at))
 
     def _take(
         self,
@@ -951,7 +959,7 @@ class _CacheBase:
         held = self._memory.peek(key)
         check = stored_at is None and not rewrite
         if check and held is not None and _fresh(held.stored_at, now, self._ttl):
-            known = isinstance(held, _Entry) or held.on_disk or pending
+            known = isinstance(held, HeldEntry) or held.on_disk or pending
             if known and _same_answer(held, body):
                 with self._lock:
                     self._unchanged += 1
@@ -1011,7 +1019,7 @@ class _CacheBase:
             if not _expired(entry.stored_at, now, self._ttl):
                 yield ExportRow(key, entry.stored_at, entry.completion)
 
-    def _prune_rows(self, now: float, delete: Callable[[str, Any, _Entry], int]) -> int:
+    def _prune_rows(self, now: float, delete: Callable[[str, Any, HeldEntry], int]) -> int:
         """Remove the stored rows expired at ``now`` with ``delete(key, raw, entry)``.
 
         ``delete`` returns how many rows it removed; the first failure stops pruning (logged).
@@ -1027,7 +1035,7 @@ class _CacheBase:
                 break
         return removed
 
-    def _stats(self, entries: int, size: int, ages: _Ages | None) -> CacheStats:
+    def _stats(self, entries: int, size: int, ages: StoredAges | None) -> CacheStats:
         memory_entries = self._memory.size()
         with self._lock:
             return CacheStats(
@@ -1087,7 +1095,7 @@ class _CacheBase:
         _log.warning(message, *args)
 
 
-class ResponseCache(_CacheBase):
+class ResponseCache(CacheBase):
     """The last good answer per request key: a TTL memory layer in front of a diskcache.
 
     See the module docstring for the guarantees. Thread-safe; open one per process and
@@ -1258,7 +1266,7 @@ class ResponseCache(_CacheBase):
                 entries = size = 0
         ages = None
         if scan:
-            ages = _Ages(self._clock(), self._ttl)
+            ages = StoredAges(self._clock(), self._ttl)
             for _key, _text, entry in self._scan_entries("stats"):
                 ages.add(entry.stored_at)
         return self._stats(entries, size, ages)
@@ -1366,7 +1374,7 @@ class ResponseCache(_CacheBase):
         except Exception as exc:  # noqa: BLE001 - the cache must never break a caller
             self._failure("prune", exc, "expired rows kept")
 
-        def delete_if_same(key: str, _text: object, entry: _Entry) -> int:
+        def delete_if_same(key: str, _text: object, entry: HeldEntry) -> int:
             with self._write_lock, disk.transact(retry=True):
                 current = self._peek(disk, key)
                 if current is not None and current.stored_at == entry.stored_at:
@@ -1715,15 +1723,15 @@ class ResponseCache(_CacheBase):
             return False
         return _answer_part(row["completion"]) == _answer_part(body)
 
-    def _peek(self, disk: Any, key: str) -> _Entry | None:
+    def _peek(self, disk: Any, key: str) -> HeldEntry | None:
         """The disk row for ``key`` (expired or not) without counting it; unreadable is None."""
         try:
             text = disk.get(key)
-            return None if text is None else _decode_row(text)
+            return None if text is None else decode_row(text)
         except CacheError:
             return None
 
-    def _scan_entries(self, operation: str) -> Iterator[tuple[str, Any, _Entry]]:
+    def _scan_entries(self, operation: str) -> Iterator[tuple[str, Any, HeldEntry]]:
         """Every readable disk row with its key and text; unreadable rows are logged, skipped."""
         disk = self._current_disk()
         if disk is None:
@@ -1733,7 +1741,7 @@ class ResponseCache(_CacheBase):
                 text = disk.get(key)
                 if text is None:
                     continue
-                entry = _decode_row(text)
+                entry = decode_row(text)
             except CacheError as exc:
                 self._skip_row(operation, exc)
                 continue
@@ -1890,10 +1898,11 @@ class ResponseCache(_CacheBase):
         with contextlib.suppress(Exception):  # already failing; the failure is logged
             disk.close()
 
-    def _describe_failure(self, exc: BaseException) -> _Failure | None:
+    def _describe_failure(self, exc: BaseException) -> CacheFailure | None:
         mapped = _as_cache_error(exc)
         cause = mapped.__cause__ if mapped.__cause__ is not None else mapped
-        return _Failure(mapped, _cause_detail(cause), (type(mapped).__name__, type(cause).__name__))
+        kinds = (type(mapped).__name__, type(cause).__name__)
+        return CacheFailure(mapped, _cause_detail(cause), kinds)
 
 
 _LIVE_WRITERS: weakref.WeakSet[ResponseCache] = weakref.WeakSet()

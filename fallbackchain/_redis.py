@@ -61,17 +61,17 @@ from redis.retry import Retry
 
 from ._breaker import BreakerState, Grant, MemoryGateStore, Transition
 from ._cache import (
+    CacheBase,
     CachedAnswer,
+    CacheFailure,
     CacheStats,
     ExportRow,
+    HeldEntry,
     ImportOutcome,
     ResponseCache,
-    _Ages,
-    _CacheBase,
-    _decode_row,
-    _Entry,
-    _Failure,
-    _Row,
+    StoredAges,
+    StoredRow,
+    decode_row,
 )
 from ._config import CacheConfig
 from ._errors import CacheError, FallbackChainError
@@ -1008,7 +1008,7 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def _px(row: _Row) -> int:
+def _px(row: StoredRow) -> int:
     """A row's time to live in Redis (``SET ... PX``): whole milliseconds, at least 1."""
     return max(1, math.ceil(row.ttl_left * 1000))
 
@@ -1035,7 +1035,7 @@ class RedisResponseCache(ResponseCache):
     ) -> None:
         # A ResponseCache to its callers, but only the shared parts are set up (memory layer,
         # counters, row rules, failure log): none of the disk machinery. Redis is the storage.
-        _CacheBase.__init__(self, config, clock)
+        CacheBase.__init__(self, config, clock)
         self._link = link if link is not None else shared_link(config.redis_url)
         self.namespace = namespace
         self.prefix = f"{namespace}:cache:"
@@ -1156,11 +1156,11 @@ class RedisResponseCache(ResponseCache):
 
     # put's write, apart from the client it goes through (a row that put refuses is not written)
 
-    def _set(self, key: str, row: _Row) -> bool:
+    def _set(self, key: str, row: StoredRow) -> bool:
         name, px = self.prefix + key, _px(row)
         return bool(self._link.call(lambda r: r.set(name, row.text, px=px)))
 
-    async def _aset(self, key: str, row: _Row) -> bool:
+    async def _aset(self, key: str, row: StoredRow) -> bool:
         name, px = self.prefix + key, _px(row)
         self._loops.add(asyncio.get_running_loop())
         return bool(await self._link.acall(lambda r: r.set(name, row.text, px=px)))
@@ -1172,7 +1172,7 @@ class RedisResponseCache(ResponseCache):
         every value to fill in ``oldest``, ``newest`` and ``expired``.
         """
         entries = size = 0
-        ages = _Ages(self._clock(), self._ttl) if scan else None
+        ages = StoredAges(self._clock(), self._ttl) if scan else None
         if self._usable():
             try:
                 if ages is None:
@@ -1190,7 +1190,7 @@ class RedisResponseCache(ResponseCache):
                 self._failure("stats", exc, "Redis sizes reported as 0")
                 entries = size = 0
                 if ages is not None:
-                    ages = _Ages(ages.now, self._ttl)
+                    ages = StoredAges(ages.now, self._ttl)
         return self._stats(entries, size, ages)
 
     def clear(self) -> int:
@@ -1230,7 +1230,7 @@ class RedisResponseCache(ResponseCache):
         now = self._clock()
         self._memory.prune(now)
 
-        def delete_if_same(key: str, raw: bytes, _entry: _Entry) -> int:
+        def delete_if_same(key: str, raw: bytes, _entry: HeldEntry) -> int:
             return int(self._link.call(self._delete_if_same_op(key, raw)))
 
         return self._prune_rows(now, delete_if_same)
@@ -1337,7 +1337,7 @@ class RedisResponseCache(ResponseCache):
 
         return [int(n) for n in self._link.call(op)]
 
-    def _values(self, operation: str) -> Iterator[tuple[str, bytes, _Entry | None]]:
+    def _values(self, operation: str) -> Iterator[tuple[str, bytes, HeldEntry | None]]:
         """Every value of the namespace with its key, decoded; raises on a Redis failure.
 
         The entry is None for an unreadable value (logged as a skipped row).
@@ -1346,15 +1346,15 @@ class RedisResponseCache(ResponseCache):
             for key, value in zip(batch, self._fetch(batch), strict=True):
                 if value is None:
                     continue
-                entry: _Entry | None
+                entry: HeldEntry | None
                 try:
-                    entry = _decode_row(value)
+                    entry = decode_row(value)
                 except CacheError as exc:
                     self._skip_row(operation, exc)
                     entry = None
                 yield key, value, entry
 
-    def _scan_entries(self, operation: str) -> Iterator[tuple[str, bytes, _Entry]]:
+    def _scan_entries(self, operation: str) -> Iterator[tuple[str, bytes, HeldEntry]]:
         """Every readable entry with its key and raw value; unreadable ones are logged."""
         if not self._usable():
             return
@@ -1365,7 +1365,7 @@ class RedisResponseCache(ResponseCache):
         except Exception as exc:  # noqa: BLE001 - the cache must never break a caller
             self._failure(operation, exc, "scan stopped")
 
-    def _describe_failure(self, exc: BaseException) -> _Failure | None:
+    def _describe_failure(self, exc: BaseException) -> CacheFailure | None:
         if isinstance(exc, RedisUnavailableError):
             return None  # the link logged it (once), and says when Redis is back
         mapped: CacheError
@@ -1375,4 +1375,4 @@ class RedisResponseCache(ResponseCache):
             mapped = RedisCacheError("unexpected error in the Redis cache")
             mapped.__cause__ = exc
         cause = mapped.__cause__ if mapped.__cause__ is not None else mapped
-        return _Failure(mapped, type(cause).__name__, (type(mapped).__name__,))
+        return CacheFailure(mapped, type(cause).__name__, (type(mapped).__name__,))

@@ -271,12 +271,12 @@ def _stored_rows(draw: st.DrawFn) -> Any:
 def test_a_stored_row_is_an_entry_or_a_cache_error_never_another_exception(
     row: Any, as_bytes: bool
 ) -> None:
-    from fallbackchain._cache import _decode_row
+    from fallbackchain._cache import decode_row
     from fallbackchain._errors import CacheError
 
     text = _dump(row)
     try:
-        entry = _decode_row(text.encode("utf-8", "surrogatepass") if as_bytes else text)
+        entry = decode_row(text.encode("utf-8", "surrogatepass") if as_bytes else text)
     except CacheError:
         return
     assert isinstance(entry.stored_at, float)
