@@ -913,10 +913,13 @@ class CacheBase:
             self._memory.put(key, entry)
         return answer
 
-    def _prepare_row(
+    def _snapshot(
         self, key: str, completion: ChatCompletion, stored_at: float | None
-    ) -> StoredRow | None:
-        """The row ``put`` writes, or None (incomplete, or too old); the memory layer is updated."""
+    ) -> tuple[dict[str, Any], float, float] | None:
+        """``(body, stored_at, now)`` of an answer being stored, or None (incomplete, too old).
+
+        ``body`` is a private copy: later changes to ``completion`` cannot leak into the cache.
+        """
         if type(key) is not str:
             raise TypeError(f"cache keys must be str, not {type(key).__name__}")
         if not _is_complete(completion):
@@ -926,7 +929,16 @@ class CacheBase:
         at = _clamp_stored_at(now, stored_at, self._ttl)
         if at is None:
             return None
-        body = completion.model_dump(mode="json")  # a private copy: later changes cannot leak
+        return completion.model_dump(mode="json"), at, now
+
+    def _prepare_row(
+        self, key: str, completion: ChatCompletion, stored_at: float | None
+    ) -> StoredRow | None:
+        """The row ``put`` writes, or None (incomplete, or too old); the memory layer is updated."""
+        snapshot = self._snapshot(key, completion, stored_at)
+        if snapshot is None:
+            return None
+        body, at, now = snapshot
         text = _encode_row(body, at)
         self._memory.put(key, _Held(body, at))
         return StoredRow(text, self._ttl - (now - at))
@@ -946,16 +958,10 @@ class CacheBase:
         holds the same answer, on disk or on its way there (``pending``), younger than
         :data:`UNCHANGED_FOR` of the ttl, and neither ``stored_at`` nor ``rewrite`` was given.
         """
-        if type(key) is not str:
-            raise TypeError(f"cache keys must be str, not {type(key).__name__}")
-        if not _is_complete(completion):
-            _log.debug("not caching an incomplete answer in %s", self.directory)
+        snapshot = self._snapshot(key, completion, stored_at)
+        if snapshot is None:
             return None
-        now = self._clock()
-        at = _clamp_stored_at(now, stored_at, self._ttl)
-        if at is None:
-            return None
-        body = completion.model_dump(mode="json")  # a private copy: later changes cannot leak
+        body, at, now = snapshot
         held = self._memory.peek(key)
         check = stored_at is None and not rewrite
         if check and held is not None and _fresh(held.stored_at, now, self._ttl):
