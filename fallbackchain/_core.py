@@ -36,6 +36,7 @@ from ._errors import (
     FirstTokenTimeoutError,
     IdleTimeoutError,
     QuotaExceededError,
+    RouteRejectedError,
     TierError,
     UpstreamStatusError,
     is_context_length_error,
@@ -339,12 +340,11 @@ class RequestRun:
         permit).
         """
         here = step.tier
-        if here.provider != self._tiers[0].provider:
-            rejected = map_rejection(exc)
-            if rejected is not None:
-                self._record(step, "failure", rejected, time_to_first_token=None)
-                self._move_on(here.name, rejected.message, "route")
-                return True
+        rejected = self._fallback_rejection(step, exc)
+        if rejected is not None:
+            self._record(step, "failure", rejected, time_to_first_token=None)
+            self._move_on(here.name, rejected.message, "route")
+            return True
         if not is_context_length_error(exc):
             return False
         for at in range(self._at + 1, len(self._plan)):
@@ -497,7 +497,7 @@ class RequestRun:
         """
         error = map_error(exc, content_seen=watch.content_seen, responded=watch.responded)
         if error is None:
-            rejected = map_rejection(exc) if step.tier.provider != self._tiers[0].provider else None
+            rejected = self._fallback_rejection(step, exc)
             if rejected is not None:
                 self._record(step, "failure", rejected, time_to_first_token=None)
                 self._drop_route(step.tier.provider)
@@ -549,6 +549,12 @@ class RequestRun:
         self._plan[self._at + 1 :] = [i for i in ahead if self._tiers[i].provider != route]
 
     # -- helpers -------------------------------------------------------------------------
+
+    def _fallback_rejection(self, step: TryTier, exc: BaseException) -> RouteRejectedError | None:
+        """A fallback route's rejection of what the primary accepts; the primary's is None."""
+        if step.tier.provider == self._tiers[0].provider:
+            return None
+        return map_rejection(exc)
 
     def _count_route_fault(self, tier: Tier) -> int:
         count = self._route_faults.get(tier.provider, 0) + 1
