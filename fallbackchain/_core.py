@@ -271,7 +271,7 @@ class RequestRun:
         if self.remaining() <= 0:
             self._at = len(self._plan)
             return UseCache()
-        hold = self._not_before.pop(tier.provider, 0.0) - self._clock()
+        hold = self._not_before.pop(tier.provider, 0.0) - self._clock() if self._not_before else 0
         if hold > 0:  # a Retry-After this route sent during a race
             if hold >= self.remaining():
                 self._move_on(tier.name, "retry-after beyond the deadline", "route")
