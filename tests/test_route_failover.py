@@ -504,3 +504,30 @@ def test_a_hedge_never_goes_back_to_a_route_left_for_silence(
             assert text_after_last_reset(events) == response.text
         finally:
             h.close()
+
+
+@pytest.mark.slow
+def test_a_retry_after_met_during_a_race_is_remembered(
+    mode: str, backup: FaultServer, tmp_path: Path
+) -> None:
+    with FaultServer(words=20) as primary:
+        primary.default = Fault.slow_first_byte(seconds=1.5)
+        backup.push(Fault.status(429, retry_after=60), stream=True)  # the hedge is told "60 s"
+        config = ChainConfig(
+            openai=OpenAIConfig(
+                base_url=primary.base_url, model="m", first_token_timeout=0.5, idle_timeout=0.5
+            ),
+            retry=RetryConfig(hedge_after=0.2),
+            cache=CacheConfig(directory=str(tmp_path / "cache")),
+            fallbacks=(FallbackConfig(name="backup", model="b", base_url="http://x/v1"),),
+        )
+        h = Harness(
+            mode, config, primary, FakeClock(), real_time=True, fallback_servers={"backup": backup}
+        )
+        try:
+            _, response = h.ask("hello")
+            # beyond max_retry_after (30 s): the route is dropped, not asked again at once
+            assert backup.counts["total"] == 1
+            assert response.source == "completion"  # the silent primary's last resort
+        finally:
+            h.close()
