@@ -9,8 +9,6 @@ The ``redis`` package is only imported when a Redis backend is configured.
 
 from __future__ import annotations
 
-from types import ModuleType
-
 from ._breaker import GateStore, MemoryGateStore
 from ._cache import ResponseCache
 from ._config import ChainConfig
@@ -20,8 +18,8 @@ from ._timing import Clock
 __all__ = ["gate_store", "response_cache"]
 
 
-def _redis_backend(config: ChainConfig, key: str) -> ModuleType:
-    """The Redis backend module; a ConfigError naming ``key`` if the client is missing."""
+def _require_redis(config: ChainConfig, key: str) -> None:
+    """A ConfigError naming ``key`` if the redis client package is missing."""
     try:
         import redis  # noqa: F401, PLC0415 - optional dependency, only for Redis backends
     except ImportError as exc:
@@ -31,9 +29,6 @@ def _redis_backend(config: ChainConfig, key: str) -> ModuleType:
             key=key,
             value="redis",
         ) from exc
-    from . import _redis  # noqa: PLC0415
-
-    return _redis
 
 
 def gate_store(config: ChainConfig, tier: str) -> GateStore:
@@ -41,8 +36,10 @@ def gate_store(config: ChainConfig, tier: str) -> GateStore:
     if config.breaker.storage == "memory":
         return MemoryGateStore()
     if config.breaker.storage == "redis":
-        backend = _redis_backend(config, "breaker.storage")
-        store: GateStore = backend.RedisGateStore(
+        _require_redis(config, "breaker.storage")
+        from ._redis_breaker import RedisGateStore  # noqa: PLC0415 - loads redis
+
+        store: GateStore = RedisGateStore(
             config.breaker.redis_url, namespace=config.breaker.namespace, name=tier
         )
         return store
@@ -56,8 +53,10 @@ def response_cache(config: ChainConfig, clock: Clock) -> ResponseCache:
     if config.cache.backend == "disk":
         return ResponseCache(config.cache, clock=clock)
     if config.cache.backend == "redis":
-        backend = _redis_backend(config, "cache.backend")
-        cache: ResponseCache = backend.RedisResponseCache(
+        _require_redis(config, "cache.backend")
+        from ._redis_cache import RedisResponseCache  # noqa: PLC0415 - loads redis
+
+        cache: ResponseCache = RedisResponseCache(
             config.cache, namespace=config.breaker.namespace, clock=clock
         )
         return cache

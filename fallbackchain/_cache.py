@@ -97,7 +97,7 @@ from ._errors import (
 )
 
 # CacheBase, CacheFailure, HeldEntry, StoredAges, StoredRow and decode_row are shared with
-# the Redis cache (``_redis``), which keeps the same rows and memory layer.
+# the Redis cache (``_redis_cache``), which keeps the same rows and memory layer.
 __all__ = [
     "CacheBase",
     "CacheFailure",

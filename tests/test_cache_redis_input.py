@@ -13,7 +13,8 @@ from .redis_server import RedisServer, require_redis_package
 require_redis_package()
 
 from fallbackchain._config import CacheConfig  # noqa: E402
-from fallbackchain._redis import RedisResponseCache, _RedisLink  # noqa: E402
+from fallbackchain._redis_cache import RedisResponseCache  # noqa: E402
+from fallbackchain._redis_link import RedisLink  # noqa: E402
 
 from .test_cache import T0, FakeClock, body, completion, real_key  # noqa: E402
 
@@ -28,7 +29,7 @@ def test_a_redis_row_with_a_400_digit_stored_at_is_skipped_and_the_rest_exported
     redis_server: RedisServer,
 ) -> None:
     namespace = f"t-{uuid.uuid4().hex[:12]}"
-    link = _RedisLink(redis_server.url)
+    link = RedisLink(redis_server.url)
     config = CacheConfig(ttl=100.0, memory_items=0, backend="redis", redis_url=redis_server.url)
     cache = RedisResponseCache(config, namespace=namespace, clock=FakeClock(T0), link=link)
     try:

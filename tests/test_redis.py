@@ -35,7 +35,7 @@ from .redis_server import RedisServer, require_redis_package
 require_redis_package()
 
 from fallbackchain import AllTiersFailedError, BreakerGate, ConfigError  # noqa: E402
-from fallbackchain import _redis as fc_redis  # noqa: E402
+from fallbackchain import _redis_link as fc_redis  # noqa: E402
 from fallbackchain._backends import gate_store, response_cache  # noqa: E402
 from fallbackchain._breaker import (  # noqa: E402
     BUSY,
@@ -45,7 +45,9 @@ from fallbackchain._breaker import (  # noqa: E402
 )
 from fallbackchain._cache import ResponseCache, cache_key  # noqa: E402
 from fallbackchain._config import CacheConfig  # noqa: E402
-from fallbackchain._redis import RedisGateStore, RedisResponseCache, _RedisLink  # noqa: E402
+from fallbackchain._redis_breaker import RedisGateStore  # noqa: E402
+from fallbackchain._redis_cache import RedisResponseCache  # noqa: E402
+from fallbackchain._redis_link import RedisLink  # noqa: E402
 from fallbackchain.testing import Fault  # noqa: E402
 
 from .conftest import FakeClock, make_config, user  # noqa: E402
@@ -82,7 +84,7 @@ def namespace() -> str:
 @pytest.fixture(autouse=True)
 def _fresh_shared_links(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Chains built from a config share links per URL: give every test its own registry."""
-    links: dict[str, _RedisLink] = {}
+    links: dict[str, RedisLink] = {}
     monkeypatch.setattr(fc_redis, "_links", links)
     yield
     for link in links.values():
@@ -90,8 +92,8 @@ def _fresh_shared_links(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.fixture
-def link(rs: RedisServer) -> Iterator[_RedisLink]:
-    lk = _RedisLink(rs.url)
+def link(rs: RedisServer) -> Iterator[RedisLink]:
+    lk = RedisLink(rs.url)
     yield lk
     lk.close()
 
@@ -111,7 +113,7 @@ def raw(rs: RedisServer) -> Iterator[Any]:
 class Stores:
     """Makes stores of one kind. ``shared()`` gives another handle on the same breaker."""
 
-    def __init__(self, kind: str, url: str | None, namespace: str, link: _RedisLink | None):
+    def __init__(self, kind: str, url: str | None, namespace: str, link: RedisLink | None):
         self.kind = kind
         self._url = url
         self._namespace = namespace
@@ -139,7 +141,7 @@ def stores(request: pytest.FixtureRequest, namespace: str) -> Stores:
     if request.param == "memory":
         return Stores("memory", None, namespace, None)
     rs: RedisServer = request.getfixturevalue("rs")
-    lk: _RedisLink = request.getfixturevalue("link")
+    lk: RedisLink = request.getfixturevalue("link")
     return Stores("redis", rs.url, namespace, lk)
 
 
@@ -173,7 +175,7 @@ class Driver:
         for _ in range(times):
             self.failure(self.acquire(g))
 
-    def close(self, links: list[_RedisLink]) -> None:
+    def close(self, links: list[RedisLink]) -> None:
         if self.loop is not None:
             for lk in links:
                 self.run(lk.aclose_loop_client())
@@ -523,7 +525,7 @@ def test_concurrent_failures_are_never_lost(rs, link, namespace, clock):
 
 def race_for_permits(rs: RedisServer, namespace: str, clock: FakeClock) -> list[Any]:
     """16 threads, each with its own store (as separate processes would), acquire at once."""
-    link = _RedisLink(rs.url, timeout=2.0)  # atomicity while Redis answers, not outages
+    link = RedisLink(rs.url, timeout=2.0)  # atomicity while Redis answers, not outages
     barrier = threading.Barrier(16, timeout=10)
     grants: list[Any] = []
 
@@ -564,7 +566,7 @@ def test_concurrent_callers_in_doubt_get_exactly_fail_max_trials(rs, namespace, 
 
 
 def test_the_local_store_carries_on_from_the_trust_seen_in_redis(rs, namespace, clock):
-    lk = _RedisLink(rs.url, backoff=60.0)
+    lk = RedisLink(rs.url, backoff=60.0)
     trusted = RedisGateStore(rs.url, namespace=namespace, name="a", link=lk)
     doubted = RedisGateStore(rs.url, namespace=namespace, name="b", link=lk)
     try:
@@ -590,7 +592,7 @@ def test_concurrent_async_callers_get_exactly_one_probe(rs, namespace, clock):
     # Atomicity while Redis answers: a generous timeout, so that 20 concurrent scripts on a
     # loaded 2-core machine are not mistaken for an outage (the degraded mode, where each
     # process decides locally, has its own tests).
-    link = _RedisLink(rs.url, timeout=2.0)
+    link = RedisLink(rs.url, timeout=2.0)
     stores = [RedisGateStore(rs.url, namespace=namespace, name="s", link=link) for _ in range(20)]
     for _ in range(3):
         stores[0].record_failure(clock(), 3, probe=False)
@@ -690,7 +692,7 @@ def test_store_carries_on_locally_while_redis_is_down_and_returns_to_it(
     rs, namespace, clock, caplog
 ):
     caplog.set_level(logging.INFO, logger="fallbackchain")
-    lk = _RedisLink(rs.url, backoff=0.3)
+    lk = RedisLink(rs.url, backoff=0.3)
     try:
         store = RedisGateStore(rs.url, namespace=namespace, name="stream", link=lk)
         g = gate(clock, store)
@@ -723,7 +725,7 @@ def test_store_carries_on_locally_while_redis_is_down_and_returns_to_it(
 
 
 def test_a_hung_redis_stalls_one_call_per_backoff_not_every_call(rs, namespace, clock, caplog):
-    lk = _RedisLink(rs.url, backoff=0.5)
+    lk = RedisLink(rs.url, backoff=0.5)
     store = RedisGateStore(rs.url, namespace=namespace, name="stream", link=lk)
     try:
         store.record_success(probe=False)  # connected, and the breaker is trusted
@@ -744,7 +746,7 @@ def test_a_hung_redis_stalls_one_call_per_backoff_not_every_call(rs, namespace, 
 
 
 def test_async_store_falls_back_too(rs, namespace, clock, caplog):
-    lk = _RedisLink(rs.url, backoff=60.0)
+    lk = RedisLink(rs.url, backoff=60.0)
     store = RedisGateStore(rs.url, namespace=namespace, name="stream", link=lk)
 
     async def go() -> list[float]:
@@ -770,7 +772,7 @@ def test_async_store_falls_back_too(rs, namespace, clock, caplog):
 
 
 def test_redis_errors_never_reach_callers(namespace, clock):
-    lk = _RedisLink("redis://127.0.0.1:9/0")  # nothing listens there
+    lk = RedisLink("redis://127.0.0.1:9/0")  # nothing listens there
     store = RedisGateStore(lk.url, namespace=namespace, name="stream", link=lk)
     g = gate(clock, store)
     for _ in range(3):
@@ -949,7 +951,7 @@ def test_redis_cache_mirrors_the_whole_response_cache_interface():
 
 
 def test_cache_memory_layer_serves_while_redis_is_down(rs, namespace, caplog):
-    lk = _RedisLink(rs.url, backoff=30.0)
+    lk = RedisLink(rs.url, backoff=30.0)
     cache = make_cache(rs, namespace, link=lk)
     try:
         cache.put(KEY, completion("Paris."))
@@ -1074,24 +1076,24 @@ def test_chain_survives_redis_hung_stopped_and_restarted(
     monkeypatch.setattr(fc_redis, "RECONNECT_BACKOFF", 0.5)
     # Time spent waiting on Redis, per chain call (every command goes through the link).
     in_redis: list[float] = []
-    call, acall = _RedisLink.call, _RedisLink.acall
+    call, acall = RedisLink.call, RedisLink.acall
 
-    def timed_call(self: _RedisLink, op: Any) -> Any:
+    def timed_call(self: RedisLink, op: Any) -> Any:
         t0 = time.perf_counter()
         try:
             return call(self, op)
         finally:
             in_redis.append(time.perf_counter() - t0)
 
-    async def timed_acall(self: _RedisLink, op: Any) -> Any:
+    async def timed_acall(self: RedisLink, op: Any) -> Any:
         t0 = time.perf_counter()
         try:
             return await acall(self, op)
         finally:
             in_redis.append(time.perf_counter() - t0)
 
-    monkeypatch.setattr(_RedisLink, "call", timed_call)
-    monkeypatch.setattr(_RedisLink, "acall", timed_acall)
+    monkeypatch.setattr(RedisLink, "call", timed_call)
+    monkeypatch.setattr(RedisLink, "acall", timed_acall)
     with RedisServer() as own:
         config = make_config(tmp_path, server.base_url, **redis_overrides(own.url, namespace))
         h = Harness(mode, config, server, FakeClock(), real_time=True)

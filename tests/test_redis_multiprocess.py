@@ -127,7 +127,8 @@ def shared_state_worker(
         from openai.types.chat import ChatCompletion
 
         from fallbackchain._config import CacheConfig
-        from fallbackchain._redis import RedisGateStore, RedisResponseCache
+        from fallbackchain._redis_breaker import RedisGateStore
+        from fallbackchain._redis_cache import RedisResponseCache
 
         store = RedisGateStore(url, namespace=namespace, name="stream")
         cache = RedisResponseCache(
@@ -232,7 +233,9 @@ def test_an_outage_is_detected_once_for_the_whole_fleet(server, rs, tmp_path: Pa
 
 def test_failures_probes_and_answers_are_shared_across_processes(rs):
     from fallbackchain._config import CacheConfig
-    from fallbackchain._redis import RedisGateStore, RedisResponseCache, _RedisLink
+    from fallbackchain._redis_breaker import RedisGateStore
+    from fallbackchain._redis_cache import RedisResponseCache
+    from fallbackchain._redis_link import RedisLink
 
     namespace = f"procs-{uuid.uuid4().hex[:8]}"
     ctx = mp_context()
@@ -244,7 +247,7 @@ def test_failures_probes_and_answers_are_shared_across_processes(rs):
     ]
     for p in procs:
         p.start()
-    link = _RedisLink(rs.url)
+    link = RedisLink(rs.url)
     try:
         barrier.wait()  # phase 1 starts
         barrier.wait()  # phase 1 done

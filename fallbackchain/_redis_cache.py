@@ -1,0 +1,464 @@
+"""The response cache shared through Redis by many processes and hosts (`cache.backend="redis"`).
+
+:class:`RedisResponseCache` offers the public interface of the disk cache's
+:class:`~fallbackchain._cache.ResponseCache` (plus ``aget``/``aput`` on ``redis.asyncio``).
+Keys are ``{namespace}:cache:{fc1-...}``; values are the same JSON rows the disk cache writes,
+stored with ``SET ... PX`` so Redis expires them after ``ttl``; only complete answers are
+stored; nothing read back is ever unpickled. A TTL memory layer sits in front. On any Redis
+failure the cache carries on with its memory layer (see ``_redis_link``); no Redis error ever
+reaches a caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from types import TracebackType
+from typing import Any, Final, cast
+
+import redis
+import redis.asyncio
+import redis.asyncio.retry
+import redis.exceptions
+from openai.types.chat import ChatCompletion
+
+from ._cache import (
+    CacheBase,
+    CachedAnswer,
+    CacheFailure,
+    CacheStats,
+    ExportRow,
+    HeldEntry,
+    ImportOutcome,
+    ResponseCache,
+    StoredAges,
+    StoredRow,
+    decode_row,
+)
+from ._config import CacheConfig
+from ._errors import CacheError
+from ._redis_link import (
+    RedisLink,
+    RedisScript,
+    RedisUnavailableError,
+    on_event_loop,
+    redis_number,
+    shared_link,
+)
+
+__all__ = ["RedisCacheError", "RedisResponseCache"]
+
+_SCAN_COUNT: Final = 500
+
+
+class RedisCacheError(CacheError):
+    """Internal: the Redis layer of the cache failed for one operation (logged, never raised)."""
+
+
+_IMPORT = RedisScript.of(
+    """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, row = pcall(cjson.decode, cur)
+  if ok and type(row) == 'table' and type(row['stored_at']) == 'number'
+     and row['stored_at'] >= tonumber(ARGV[1]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+)
+
+_DELETE_IF_SAME = RedisScript.of(
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+)
+
+
+# --------------------------------------------------------------------------------------------
+# The response cache
+# --------------------------------------------------------------------------------------------
+
+
+def _scan_op(cursor: int, pattern: str) -> Callable[[redis.Redis], Any]:
+    return lambda r: r.scan(cursor, match=pattern, count=_SCAN_COUNT)
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _px(row: StoredRow) -> int:
+    """A row's time to live in Redis (``SET ... PX``): whole milliseconds, at least 1."""
+    return max(1, math.ceil(row.ttl_left * 1000))
+
+
+class RedisResponseCache(ResponseCache):
+    """The last good answer per request key, in Redis, with a TTL memory layer in front.
+
+    Same public interface and guarantees as :class:`ResponseCache` (nothing raises from the
+    cache operations; only complete answers; JSON only; never serves an answer ``ttl`` old),
+    shared by every process and host using the same Redis and ``namespace``. ``aget`` and
+    ``aput`` use ``redis.asyncio`` on the running event loop. Entries expire in Redis after
+    ``ttl`` (``SET ... PX``). The memory layer is per process: an entry it holds is served
+    until it expires there, even after another process clears or replaces it in Redis (set
+    ``memory_items = 0`` to always read Redis).
+    """
+
+    def __init__(
+        self,
+        config: CacheConfig,
+        *,
+        namespace: str,
+        clock: Callable[[], float] = time.time,
+        link: RedisLink | None = None,
+    ) -> None:
+        # A ResponseCache to its callers, but only the shared parts are set up (memory layer,
+        # counters, row rules, failure log): none of the disk machinery. Redis is the storage.
+        CacheBase.__init__(self, config, clock)
+        self._link = link if link is not None else shared_link(config.redis_url)
+        self.namespace = namespace
+        self.prefix = f"{namespace}:cache:"
+        self._loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+    # --- public API ------------------------------------------------------------------------
+
+    @property
+    def directory(self) -> str:
+        """Where the entries live: the Redis URL (password masked) and the key pattern."""
+        return f"{self._link.display} {self.prefix}*"
+
+    @property
+    def disk_available(self) -> bool:
+        """True while Redis is usable (it plays the disk layer's part). Never raises.
+
+        Outside an event loop this asks Redis (one PING, bounded by the link's timeout)
+        unless it is already known to be down; on an event loop it reports what is known.
+        """
+        if not self._usable() or not self._link.available:
+            return False
+        if on_event_loop():
+            return True
+        try:
+            return bool(self._link.call(lambda r: r.ping()))
+        except RedisUnavailableError:
+            return False
+
+    @property
+    def read_only(self) -> bool:
+        """Always False: Redis is either usable for reads and writes, or unavailable."""
+        return False
+
+    @property
+    def link(self) -> RedisLink:
+        return self._link
+
+    def get(self, key: str) -> CachedAnswer | None:
+        """The stored answer for ``key``, or ``None``. Never raises; never serves expired."""
+        if not self._usable():
+            return None
+        try:
+            answer = self._memory.get(key, self._clock())
+            if answer is None:
+                raw = self._link.call(lambda r: r.get(self.prefix + key))
+                answer = self._from_row(key, raw, self._clock())
+        except Exception as exc:  # noqa: BLE001 - the cache must never break a request
+            self._failure("get", exc, "treated as a miss")
+            answer = None
+        return self._count_lookup(answer)
+
+    async def aget(self, key: str) -> CachedAnswer | None:
+        """:meth:`get` on ``redis.asyncio``: never blocks the event loop. Never raises."""
+        if not self._usable():
+            return None
+        try:
+            answer = self._memory.get(key, self._clock())
+            if answer is None:
+                self._loops.add(asyncio.get_running_loop())
+                raw = await self._link.acall(lambda r: r.get(self.prefix + key))
+                answer = self._from_row(key, raw, self._clock())
+        except Exception as exc:  # noqa: BLE001 - the cache must never break a request
+            self._failure("get", exc, "treated as a miss")
+            answer = None
+        return self._count_lookup(answer)
+
+    def put(
+        self,
+        key: str,
+        completion: ChatCompletion,
+        *,
+        stored_at: float | None = None,
+        rewrite: bool = False,
+    ) -> bool:
+        """Store a complete answer; True if it was written to Redis. Never raises.
+
+        As :meth:`ResponseCache.put`: incomplete answers are refused, the memory layer is
+        updated even when Redis is unavailable, and ``stored_at`` dates a restored answer.
+        Every put is written (a SET), so ``rewrite`` changes nothing here.
+        """
+        if not self._usable():
+            return False
+        try:
+            row = self._prepare_row(key, completion, stored_at)
+            stored = row is not None and self._set(key, row)
+        except Exception as exc:  # noqa: BLE001 - the cache must never break a request
+            self._failure("put", exc, "answer not stored")
+            return False
+        return self._count_store(stored)
+
+    def put_later(self, key: str, completion: ChatCompletion) -> bool:
+        """:meth:`put`, synchronously: Redis has no write-behind queue (a write is one SET).
+
+        Mirrors :meth:`ResponseCache.put_later` so a chain can use either cache.
+        """
+        return self.put(key, completion)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Nothing is ever queued: True at once."""
+        return True
+
+    def _queued(self) -> int:
+        return 0
+
+    async def aput(
+        self, key: str, completion: ChatCompletion, *, stored_at: float | None = None
+    ) -> bool:
+        """:meth:`put` on ``redis.asyncio``: never blocks the event loop. Never raises."""
+        if not self._usable():
+            return False
+        try:
+            row = self._prepare_row(key, completion, stored_at)
+            stored = row is not None and await self._aset(key, row)
+        except Exception as exc:  # noqa: BLE001 - the cache must never break a request
+            self._failure("put", exc, "answer not stored")
+            return False
+        return self._count_store(stored)
+
+    # put's write, apart from the client it goes through (a row that put refuses is not written)
+
+    def _set(self, key: str, row: StoredRow) -> bool:
+        name, px = self.prefix + key, _px(row)
+        return bool(self._link.call(lambda r: r.set(name, row.text, px=px)))
+
+    async def _aset(self, key: str, row: StoredRow) -> bool:
+        name, px = self.prefix + key, _px(row)
+        self._loops.add(asyncio.get_running_loop())
+        return bool(await self._link.acall(lambda r: r.set(name, row.text, px=px)))
+
+    def stats(self, *, scan: bool = False) -> CacheStats:
+        """Counters and sizes (``entries``/``bytes``: this namespace in Redis). Never raises.
+
+        ``entries`` and ``bytes`` walk the namespace's keys (SCAN); ``scan=True`` also reads
+        every value to fill in ``oldest``, ``newest`` and ``expired``.
+        """
+        entries = size = 0
+        ages = StoredAges(self._clock(), self._ttl) if scan else None
+        if self._usable():
+            try:
+                if ages is None:
+                    for batch in self._key_batches():
+                        lengths = self._lengths(batch)
+                        entries += sum(1 for n in lengths if n)
+                        size += sum(lengths)
+                else:
+                    for _key, value, entry in self._values("stats"):
+                        entries += 1
+                        size += len(value)
+                        if entry is not None:
+                            ages.add(entry.stored_at)
+            except Exception as exc:  # noqa: BLE001 - stats are best effort
+                self._failure("stats", exc, "Redis sizes reported as 0")
+                entries = size = 0
+                if ages is not None:
+                    ages = StoredAges(ages.now, self._ttl)
+        return self._stats(entries, size, ages)
+
+    def clear(self) -> int:
+        """Remove every entry of this namespace; returns the number of Redis keys removed.
+
+        When Redis is unavailable, the number of memory entries removed. Never raises.
+        Other processes' memory layers keep what they hold until it expires there.
+        """
+        memory_removed = self._memory.clear()
+        if not self._usable():
+            return memory_removed
+        removed = 0
+        try:
+            for batch in self._key_batches():
+                removed += int(self._link.call(self._unlink_op(batch)))
+        except Exception as exc:  # noqa: BLE001 - the cache must never break a caller
+            self._failure("clear", exc, "cache not (fully) cleared")
+            return removed or memory_removed
+        return removed
+
+    def iter_keys(self) -> Iterator[str]:
+        """Yield the key of every entry of this namespace in Redis (SCAN order). Never raises."""
+        if not self._usable():
+            return
+        try:
+            for batch in self._key_batches():
+                yield from batch
+        except Exception as exc:  # noqa: BLE001
+            self._failure("iter_keys", exc, "key listing stopped")
+
+    def prune(self) -> int:
+        """Remove every entry at least ``ttl`` old by the cache's clock. Never raises.
+
+        Redis already expires entries ``ttl`` after they were written; this also removes
+        those dated older by the cache's clock. A value rewritten meanwhile is never removed.
+        """
+        now = self._clock()
+        self._memory.prune(now)
+
+        def delete_if_same(key: str, raw: bytes, _entry: HeldEntry) -> int:
+            return int(self._link.call(self._delete_if_same_op(key, raw)))
+
+        return self._prune_rows(now, delete_if_same)
+
+    def export_rows(self) -> Iterator[ExportRow]:
+        """Yield every servable entry (unexpired, readable, complete), in Redis SCAN order.
+
+        Unreadable rows are logged and skipped; the memory layer is not listed. Does not count
+        as hits or misses. Never raises.
+        """
+        return self._export_rows()
+
+    def import_row(self, key: str, completion: ChatCompletion, stored_at: float) -> ImportOutcome:
+        """Store an exported answer unless Redis holds one for ``key`` as new or newer.
+
+        Validation and outcomes as :meth:`ResponseCache.import_row`; the comparison and the
+        write are one Lua script.
+        """
+
+        def write(at: float) -> ImportOutcome:
+            row = self._prepare_row(key, completion, at)
+            if row is None:
+                return "failed"
+            name, args = self.prefix + key, (redis_number(at), row.text, str(_px(row)))
+            written = self._link.call(lambda r: _IMPORT.run(r, (name,), args))
+            return "imported" if int(written) else "kept"
+
+        return self._import(key, completion, stored_at, write)
+
+    def close(self) -> None:
+        """Drop the memory layer; later calls miss. Idempotent.
+
+        Redis connections are shared by the process (see :func:`shared_link`); the idle
+        connections of the event loops this cache used are closed here, best effort.
+        """
+        if not self._mark_closed():
+            self._link.close_loop_clients(list(self._loops))
+
+    async def aclose(self) -> None:
+        """:meth:`close`, closing this event loop's async client properly."""
+        self._mark_closed()
+        await self._link.aclose_loop_client()
+
+    def __enter__(self) -> RedisResponseCache:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisResponseCache({self.directory!r}, {self._state('redis', self._link.available)})"
+        )
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _key_batches(self) -> Iterator[list[str]]:
+        """Yield the namespace's keys (prefix removed) in batches; raises on a Redis failure."""
+        pattern = _glob_escape(self.prefix) + "*"
+        cursor: int = 0
+        seen: set[str] = set()
+        start = len(self.prefix)
+        while True:
+            cursor, names = cast(
+                tuple[int, list[bytes]], self._link.call(_scan_op(cursor, pattern))
+            )
+            batch: list[str] = []
+            for name in names:
+                try:
+                    key = name.decode("utf-8")[start:]
+                except UnicodeDecodeError:
+                    continue
+                if key not in seen:
+                    seen.add(key)
+                    batch.append(key)
+            if batch:
+                yield batch
+            if int(cursor) == 0:
+                return
+
+    def _unlink_op(self, batch: Sequence[str]) -> Callable[[redis.Redis], Any]:
+        names = [self.prefix + k for k in batch]
+        return lambda r: r.unlink(*names)
+
+    def _delete_if_same_op(self, key: str, raw: bytes) -> Callable[[redis.Redis], Any]:
+        name = self.prefix + key
+        return lambda r: _DELETE_IF_SAME.run(r, (name,), (raw,))
+
+    def _fetch(self, batch: Sequence[str]) -> list[bytes | None]:
+        names = [self.prefix + k for k in batch]
+        return cast(list[bytes | None], self._link.call(lambda r: r.mget(names)))
+
+    def _lengths(self, batch: Sequence[str]) -> list[int]:
+        def op(r: redis.Redis) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            for k in batch:
+                pipe.strlen(self.prefix + k)
+            return pipe.execute()
+
+        return [int(n) for n in self._link.call(op)]
+
+    def _values(self, operation: str) -> Iterator[tuple[str, bytes, HeldEntry | None]]:
+        """Every value of the namespace with its key, decoded; raises on a Redis failure.
+
+        The entry is None for an unreadable value (logged as a skipped row).
+        """
+        for batch in self._key_batches():
+            for key, value in zip(batch, self._fetch(batch), strict=True):
+                if value is None:
+                    continue
+                entry: HeldEntry | None
+                try:
+                    entry = decode_row(value)
+                except CacheError as exc:
+                    self._skip_row(operation, exc)
+                    entry = None
+                yield key, value, entry
+
+    def _scan_entries(self, operation: str) -> Iterator[tuple[str, bytes, HeldEntry]]:
+        """Every readable entry with its key and raw value; unreadable ones are logged."""
+        if not self._usable():
+            return
+        try:
+            for key, value, entry in self._values(operation):
+                if entry is not None:
+                    yield key, value, entry
+        except Exception as exc:  # noqa: BLE001 - the cache must never break a caller
+            self._failure(operation, exc, "scan stopped")
+
+    def _describe_failure(self, exc: BaseException) -> CacheFailure | None:
+        if isinstance(exc, RedisUnavailableError):
+            return None  # the link logged it (once), and says when Redis is back
+        mapped: CacheError
+        if isinstance(exc, CacheError):
+            mapped = exc
+        else:
+            mapped = RedisCacheError("unexpected error in the Redis cache")
+            mapped.__cause__ = exc
+        cause = mapped.__cause__ if mapped.__cause__ is not None else mapped
+        return CacheFailure(mapped, type(cause).__name__, (type(mapped).__name__,))
