@@ -99,7 +99,7 @@ _LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
 
 # What `from fallbackchain import FallbackChain` imports (the package loads it lazily, through
 # importlib, which -X importtime does not report: name the modules directly).
-_CHAIN_IMPORT = "import fallbackchain._chain"
+_CHAIN_IMPORT = "import fallbackchain.chain._chain"
 
 
 def beyond_openai(scratch: Path, count: int = 8) -> list[tuple[str, float]]:

@@ -23,14 +23,8 @@ __version__ = "0.1.0"
 # chain, the cache and the breakers, but not `warm`'s machinery. Type checkers and IDEs read
 # the TYPE_CHECKING imports; tests/test_import_time.py checks that both lists agree.
 _EXPORTS: Final[dict[str, tuple[str, ...]]] = {
-    "_breaker": (
-        "BUSY",
-        "BreakerGate",
-        "BreakerState",
-        "Busy",
-        "Permit",
-    ),
-    "_cache": (
+    "breaker": ("BreakerState",),
+    "cache": (
         "CachedAnswer",
         "CacheStats",
         "ExportRow",
@@ -40,11 +34,19 @@ _EXPORTS: Final[dict[str, tuple[str, ...]]] = {
         "ResponseCache",
         "cache_key",
     ),
-    "_chain": (
+    "chain": (
         "AsyncChainStream",
         "AsyncFallbackChain",
         "ChainStream",
         "FallbackChain",
+        "AsyncChainChat",
+        "AsyncChainCompletions",
+        "AsyncDropInStream",
+        "ChainChat",
+        "ChainCompletions",
+        "DropInStream",
+        "StreamDivergedError",
+        "trace_of",
     ),
     "_config": (
         "BreakerConfig",
@@ -55,16 +57,6 @@ _EXPORTS: Final[dict[str, tuple[str, ...]]] = {
         "RetryConfig",
         "RouteConfig",
         "load_config",
-    ),
-    "_dropin": (
-        "AsyncChainChat",
-        "AsyncChainCompletions",
-        "AsyncDropInStream",
-        "ChainChat",
-        "ChainCompletions",
-        "DropInStream",
-        "StreamDivergedError",
-        "trace_of",
     ),
     "_errors": (
         "AllTiersFailedError",
@@ -122,30 +114,11 @@ _EXPORTS: Final[dict[str, tuple[str, ...]]] = {
     ),
 }
 
-_ALIASES: Final[dict[str, str]] = {"Cache": "ResponseCache"}
-
 _MODULE_OF: Final[dict[str, str]] = {
     name: module for module, names in _EXPORTS.items() for name in names
 }
 
 if TYPE_CHECKING:
-    from ._breaker import BUSY, BreakerGate, BreakerState, Busy, Permit
-    from ._cache import (
-        CachedAnswer,
-        CacheStats,
-        ExportRow,
-        ImportReport,
-        InputFileError,
-        LineError,
-        ResponseCache,
-        cache_key,
-    )
-    from ._chain import (
-        AsyncChainStream,
-        AsyncFallbackChain,
-        ChainStream,
-        FallbackChain,
-    )
     from ._config import (
         BreakerConfig,
         CacheConfig,
@@ -155,16 +128,6 @@ if TYPE_CHECKING:
         RetryConfig,
         RouteConfig,
         load_config,
-    )
-    from ._dropin import (
-        AsyncChainChat,
-        AsyncChainCompletions,
-        AsyncDropInStream,
-        ChainChat,
-        ChainCompletions,
-        DropInStream,
-        StreamDivergedError,
-        trace_of,
     )
     from ._errors import (
         AllTiersFailedError,
@@ -207,18 +170,39 @@ if TYPE_CHECKING:
     from ._results import Attempt, ChainEvent, ChainResponse
     from ._timing import is_testing, set_testing
     from ._warm import WarmProgress, WarmReport, WarmRequest, awarm, warm
-
-    Cache = ResponseCache
-    """The fallback cache (alias of ResponseCache): get/put, stats, clear, prune, export, import."""
+    from .breaker import BreakerState
+    from .cache import (
+        CachedAnswer,
+        CacheStats,
+        ExportRow,
+        ImportReport,
+        InputFileError,
+        LineError,
+        ResponseCache,
+        cache_key,
+    )
+    from .chain import (
+        AsyncChainChat,
+        AsyncChainCompletions,
+        AsyncChainStream,
+        AsyncDropInStream,
+        AsyncFallbackChain,
+        ChainChat,
+        ChainCompletions,
+        ChainStream,
+        DropInStream,
+        FallbackChain,
+        StreamDivergedError,
+        trace_of,
+    )
 
 
 def __getattr__(name: str) -> Any:
     """Import the module that defines ``name`` on first access, then keep the value here."""
-    target = _ALIASES.get(name, name)
-    module = _MODULE_OF.get(target)
+    module = _MODULE_OF.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f"{__name__}.{module}"), target)
+    value = getattr(import_module(f"{__name__}.{module}"), name)
     globals()[name] = value  # later lookups are plain attribute reads
     return value
 
@@ -228,7 +212,6 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "BUSY",
     "AllTiersFailedError",
     "AsyncChainChat",
     "AsyncChainCompletions",
@@ -241,11 +224,8 @@ __all__ = [
     "BreakerBusyError",
     "BreakerChanged",
     "BreakerConfig",
-    "BreakerGate",
     "BreakerOpenError",
     "BreakerState",
-    "Busy",
-    "Cache",
     "CacheConfig",
     "CacheCorruptError",
     "CacheError",
@@ -275,7 +255,6 @@ __all__ = [
     "LineError",
     "MalformedChunkError",
     "OpenAIConfig",
-    "Permit",
     "QuotaExceededError",
     "RateLimitedError",
     "RequestEnded",

@@ -9,11 +9,11 @@ The ``redis`` package is only imported when a Redis backend is configured.
 
 from __future__ import annotations
 
-from ._breaker import GateStore, MemoryGateStore
-from ._cache import ResponseCache
 from ._config import ChainConfig
 from ._errors import ConfigError
 from ._timing import Clock
+from .breaker import GateStore, MemoryGateStore
+from .cache import ResponseCache
 
 __all__ = ["gate_store", "response_cache"]
 
@@ -37,7 +37,7 @@ def gate_store(config: ChainConfig, tier: str) -> GateStore:
         return MemoryGateStore()
     if config.breaker.storage == "redis":
         _require_redis(config, "breaker.storage")
-        from ._redis_breaker import RedisGateStore  # noqa: PLC0415 - loads redis
+        from .breaker._redis_store import RedisGateStore  # noqa: PLC0415 - loads redis
 
         store: GateStore = RedisGateStore(
             config.breaker.redis_url, namespace=config.breaker.namespace, name=tier
@@ -54,7 +54,7 @@ def response_cache(config: ChainConfig, clock: Clock) -> ResponseCache:
         return ResponseCache(config.cache, clock=clock)
     if config.cache.backend == "redis":
         _require_redis(config, "cache.backend")
-        from ._redis_cache import RedisResponseCache  # noqa: PLC0415 - loads redis
+        from .cache._redis_cache import RedisResponseCache  # noqa: PLC0415 - loads redis
 
         cache: ResponseCache = RedisResponseCache(
             config.cache, namespace=config.breaker.namespace, clock=clock

@@ -62,8 +62,6 @@ from typing import Any, Final, TextIO
 import openai
 
 from ._backends import gate_store, response_cache
-from ._cache import InputFileError, ResponseCache
-from ._chain import FallbackChain
 from ._config import ChainConfig, load_config
 from ._errors import ConfigError
 from ._redact import mask_url
@@ -75,6 +73,8 @@ from ._templates import (
     template_names,
 )
 from ._warm import WARM_RECORD, WarmProgress, WarmReport, load_prompts, warm
+from .cache import InputFileError, ResponseCache
+from .chain import FallbackChain
 
 __all__ = ["main"]
 

@@ -27,7 +27,6 @@ from typing import Any, TextIO
 
 import openai
 
-from ._chain import FallbackChain
 from ._config import (
     BreakerConfig,
     CacheConfig,
@@ -38,6 +37,7 @@ from ._config import (
 )
 from ._errors import AllTiersFailedError
 from ._results import ChainResponse
+from .chain import FallbackChain
 from .testing import Fault, FaultServer
 
 __all__ = ["DemoResult", "run_demo"]

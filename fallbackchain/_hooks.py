@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from ._breaker import BreakerState
+from .breaker import BreakerState
 
 __all__ = [
     "AttemptEnded",

@@ -46,7 +46,6 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     ) from exc
 
 from . import __version__
-from ._breaker import BreakerState
 from ._hooks import (
     AttemptEnded,
     AttemptStarted,
@@ -57,6 +56,7 @@ from ._hooks import (
     RequestStarted,
     RetryScheduled,
 )
+from .breaker import BreakerState
 
 __all__ = ["OpenTelemetryListener"]
 

@@ -61,9 +61,6 @@ import openai
 from openai.resources.chat.completions import Completions
 from openai.types.chat import ChatCompletion
 
-from ._cache import CachedAnswer, InputFileError, LineError, read_jsonl
-from ._chain import AsyncFallbackChain, FallbackChain
-from ._core import Sleep
 from ._errors import (
     AllTiersFailedError,
     BreakerOpenError,
@@ -73,6 +70,8 @@ from ._errors import (
 )
 from ._results import Attempt, ChainResponse
 from ._timing import Clock, is_testing
+from .cache import CachedAnswer, InputFileError, LineError, read_jsonl
+from .chain import AsyncFallbackChain, FallbackChain, Sleep
 
 __all__ = [
     "ALLOWED_KEYS",

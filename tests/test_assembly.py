@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionChunk
 
 from fallbackchain import MalformedChunkError, TruncatedStreamError
-from fallbackchain._assembly import AttemptAssembler, Display
+from fallbackchain.chain._assembly import AttemptAssembler, Display
 
 
 def chunk(content=None, finish=None, *, role=None, index=0, tool_calls=None):

@@ -18,7 +18,7 @@ from fallbackchain import (
     TruncatedStreamError,
     UpstreamConnectionError,
 )
-from fallbackchain._backoff import decide, full_jitter, is_transport_fault
+from fallbackchain.chain._backoff import decide, full_jitter, is_transport_fault
 
 CFG = RetryConfig(
     max_attempts=3, base_delay=0.5, max_delay=8.0, max_retry_after=30.0, deadline=60.0

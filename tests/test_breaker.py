@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from fallbackchain import BreakerGate
-from fallbackchain._breaker import BUSY
+from fallbackchain.breaker import BreakerGate
+from fallbackchain.breaker._gate import BUSY
 
 
 def gate(clock, fail_max=3, reset_timeout=30.0, **kw):
@@ -226,7 +226,7 @@ def test_pybreakers_own_view_stays_true(clock):
 
 
 def test_two_gates_sharing_a_store_share_one_breaker(clock):
-    from fallbackchain._breaker import MemoryGateStore
+    from fallbackchain.breaker._gate import MemoryGateStore
 
     store = MemoryGateStore()
     a, b = gate(clock, store=store), gate(clock, store=store)

@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion
 
-from fallbackchain._cache import ResponseCache
 from fallbackchain._cli import main
 from fallbackchain._config import CacheConfig
+from fallbackchain.cache._cache import ResponseCache
 
 from .test_cache import T0, FakeClock, body, export_line, make_config, real_key
 
@@ -271,8 +271,8 @@ def _stored_rows(draw: st.DrawFn) -> Any:
 def test_a_stored_row_is_an_entry_or_a_cache_error_never_another_exception(
     row: Any, as_bytes: bool
 ) -> None:
-    from fallbackchain._cache import decode_row
     from fallbackchain._errors import CacheError
+    from fallbackchain.cache._cache import decode_row
 
     text = _dump(row)
     try:

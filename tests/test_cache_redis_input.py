@@ -13,8 +13,8 @@ from .redis_server import RedisServer, require_redis_package
 require_redis_package()
 
 from fallbackchain._config import CacheConfig  # noqa: E402
-from fallbackchain._redis_cache import RedisResponseCache  # noqa: E402
 from fallbackchain._redis_link import RedisLink  # noqa: E402
+from fallbackchain.cache._redis_cache import RedisResponseCache  # noqa: E402
 
 from .test_cache import T0, FakeClock, body, completion, real_key  # noqa: E402
 

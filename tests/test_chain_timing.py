@@ -243,7 +243,7 @@ def test_the_idle_watchdog_follows_a_consumer_that_waits_from_new_tasks(tmp_path
 @pytest.mark.slow
 def test_a_cancel_while_settling_a_shared_breaker_never_leaks_the_probe(server, clock, tmp_path):
     """With a store that awaits (Redis), cancelling the consumer mid-settle must still settle."""
-    from fallbackchain._breaker import MemoryGateStore
+    from fallbackchain.breaker._gate import MemoryGateStore
 
     class SlowStore(MemoryGateStore):
         async def atry_acquire(self, now, reset_timeout, probe_lease, **kw):

@@ -28,8 +28,8 @@ from fallbackchain import (
     TruncatedStreamError,
     UpstreamConnectionError,
 )
-from fallbackchain._breaker import BreakerGate
-from fallbackchain._core import Acquire, AwaitSlot, RequestRun, Sleep, Tier, TryTier, UseCache
+from fallbackchain.breaker._gate import BreakerGate
+from fallbackchain.chain._core import Acquire, AwaitSlot, RequestRun, Sleep, Tier, TryTier, UseCache
 
 from .conftest import FakeClock
 

@@ -95,7 +95,7 @@ def test_pybreaker_keeps_its_own_redis_storage_after_fallbackchain_hid_redis():
     with RedisServer() as server:
         code = f"""
             import sys
-            import fallbackchain._breaker
+            import fallbackchain.breaker._gate
             assert "redis" not in sys.modules
             import pybreaker
             import redis
@@ -129,7 +129,7 @@ def test_pybreaker_keeps_its_own_redis_storage_after_fallbackchain_hid_redis():
 def test_nothing_is_hidden_when_redis_is_already_imported():
     code = """
         import redis
-        import fallbackchain._breaker
+        import fallbackchain.breaker._gate
         import pybreaker
         assert pybreaker.HAS_REDIS_SUPPORT is True
         assert pybreaker.RedisError is redis.exceptions.RedisError
@@ -180,7 +180,7 @@ def test_the_lazy_table_and_the_type_checking_imports_agree():
     declared = _type_checking_imports()
     assert declared, "no TYPE_CHECKING imports found in fallbackchain/__init__.py"
     lazy = {name: module for module, names in fallbackchain._EXPORTS.items() for name in names}
-    assert lazy == {name: f"_{module.lstrip('_')}" for name, module in declared.items()}
+    assert lazy == {name: module.lstrip(".") for name, module in declared.items()}
 
 
 def test_every_exported_name_is_the_object_its_module_defines():
@@ -188,10 +188,8 @@ def test_every_exported_name_is_the_object_its_module_defines():
         if name == "__version__":
             continue
         value = getattr(fallbackchain, name)
-        target = fallbackchain._ALIASES.get(name, name)
-        module = importlib.import_module(f"fallbackchain.{fallbackchain._MODULE_OF[target]}")
-        assert value is getattr(module, target), name
-    assert fallbackchain.Cache is fallbackchain.ResponseCache
+        module = importlib.import_module(f"fallbackchain.{fallbackchain._MODULE_OF[name]}")
+        assert value is getattr(module, name), name
 
 
 def test_an_unknown_name_is_an_attribute_error():

@@ -14,12 +14,12 @@ import fallbackchain
 ROOT = Path(__file__).resolve().parent.parent
 
 EXPECTED = {
-    "BUSY", "Busy", "BreakerBusyError", "AllTiersFailedError", "AsyncChainStream", "AsyncFallbackChain", "Attempt", "BreakerConfig",
-    "BreakerGate", "BreakerOpenError", "BreakerState", "CacheConfig", "CacheCorruptError",
+    "BreakerBusyError", "AllTiersFailedError", "AsyncChainStream", "AsyncFallbackChain", "Attempt", "BreakerConfig",
+    "BreakerOpenError", "BreakerState", "CacheConfig", "CacheCorruptError",
     "CacheError", "CacheStats", "CachedAnswer", "ChainConfig", "ChainEvent", "ChainResponse",
     "ChainClosedError", "ChainStream", "ConfigError", "DeadlineExceededError", "FallbackChain", "FallbackChainError",
     "FallbackConfig",
-    "FirstTokenTimeoutError", "IdleTimeoutError", "MalformedChunkError", "OpenAIConfig", "Permit",
+    "FirstTokenTimeoutError", "IdleTimeoutError", "MalformedChunkError", "OpenAIConfig",
     "QuotaExceededError", "RateLimitedError", "ResponseCache", "RetryConfig", "RouteConfig",
     "RouteRejectedError", "ServerError",
     "StreamEventError", "StreamNotFinishedError", "StreamProtocolError", "TierError",
@@ -27,6 +27,12 @@ EXPECTED = {
     "UpstreamTimeoutError", "__version__", "cache_key", "is_testing", "load_config", "set_testing",
     "AsyncChainChat", "AsyncChainCompletions", "AsyncDropInStream", "ChainChat", "ChainCompletions",
     "DropInStream", "StreamDivergedError", "trace_of",
+    # listener events
+    "AttemptEnded", "AttemptStarted", "BreakerChanged", "CacheEvent", "ChainListener",
+    "FallbackTaken", "RequestEnded", "RequestStarted", "RetryScheduled",
+    # cache files and warming
+    "ExportRow", "ImportReport", "InputFileError", "LineError",
+    "WarmProgress", "WarmReport", "WarmRequest", "awarm", "warm",
 }
 
 
@@ -43,16 +49,33 @@ def test_the_issue_fixed_names_are_importable():
 
 
 def test_all_is_explicit_and_complete():
-    assert set(fallbackchain.__all__) >= EXPECTED
+    assert set(fallbackchain.__all__) == EXPECTED
+    assert len(fallbackchain.__all__) == len(EXPECTED)  # no name listed twice
     for name in fallbackchain.__all__:
         assert hasattr(fallbackchain, name), name
 
 
 def test_every_implementation_module_is_private():
-    names = [m.name for m in pkgutil.iter_modules(fallbackchain.__path__)]
-    assert names
+    top = {m.name: m.ispkg for m in pkgutil.iter_modules(fallbackchain.__path__)}
+    assert top
     public_modules = {"testing", "otel"}  # the test bed, and the optional OpenTelemetry listener
-    assert all(name.startswith("_") or name in public_modules for name in names), names
+    # The subpackages show the architecture; every module inside them is private.
+    layers = {"breaker", "cache", "chain"}
+    assert {name for name, is_pkg in top.items() if is_pkg} == layers | {"testing"}
+    assert all(n.startswith("_") or n in public_modules | layers for n in top), top
+    for layer in layers:
+        path = [str(ROOT / "fallbackchain" / layer)]
+        inner = [m.name for m in pkgutil.iter_modules(path)]
+        assert inner and all(name.startswith("_") for name in inner), (layer, inner)
+
+
+def test_gate_internals_live_in_their_own_layer_not_in_the_public_api():
+    from fallbackchain.breaker import BUSY, BreakerGate, Busy, Permit
+
+    for name in ("BUSY", "Busy", "Permit", "BreakerGate", "Cache"):
+        assert name not in fallbackchain.__all__
+        assert not hasattr(fallbackchain, name), name
+    assert BUSY is Busy.BUSY and BreakerGate.__name__ == "BreakerGate" and Permit
 
 
 def test_the_package_is_typed():

@@ -34,20 +34,21 @@ from .redis_server import RedisServer, require_redis_package
 
 require_redis_package()
 
-from fallbackchain import AllTiersFailedError, BreakerGate, ConfigError  # noqa: E402
+from fallbackchain import AllTiersFailedError, ConfigError  # noqa: E402
 from fallbackchain import _redis_link as fc_redis  # noqa: E402
 from fallbackchain._backends import gate_store, response_cache  # noqa: E402
-from fallbackchain._breaker import (  # noqa: E402
+from fallbackchain._config import CacheConfig  # noqa: E402
+from fallbackchain._redis_link import RedisLink  # noqa: E402
+from fallbackchain.breaker import BreakerGate  # noqa: E402
+from fallbackchain.breaker._gate import (  # noqa: E402
     BUSY,
     AsyncGateStore,
     GateStore,
     MemoryGateStore,
 )
-from fallbackchain._cache import ResponseCache, cache_key  # noqa: E402
-from fallbackchain._config import CacheConfig  # noqa: E402
-from fallbackchain._redis_breaker import RedisGateStore  # noqa: E402
-from fallbackchain._redis_cache import RedisResponseCache  # noqa: E402
-from fallbackchain._redis_link import RedisLink  # noqa: E402
+from fallbackchain.breaker._redis_store import RedisGateStore  # noqa: E402
+from fallbackchain.cache._cache import ResponseCache, cache_key  # noqa: E402
+from fallbackchain.cache._redis_cache import RedisResponseCache  # noqa: E402
 from fallbackchain.testing import Fault  # noqa: E402
 
 from .conftest import FakeClock, make_config, user  # noqa: E402

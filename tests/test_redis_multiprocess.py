@@ -127,8 +127,8 @@ def shared_state_worker(
         from openai.types.chat import ChatCompletion
 
         from fallbackchain._config import CacheConfig
-        from fallbackchain._redis_breaker import RedisGateStore
-        from fallbackchain._redis_cache import RedisResponseCache
+        from fallbackchain.breaker._redis_store import RedisGateStore
+        from fallbackchain.cache._redis_cache import RedisResponseCache
 
         store = RedisGateStore(url, namespace=namespace, name="stream")
         cache = RedisResponseCache(
@@ -233,9 +233,9 @@ def test_an_outage_is_detected_once_for_the_whole_fleet(server, rs, tmp_path: Pa
 
 def test_failures_probes_and_answers_are_shared_across_processes(rs):
     from fallbackchain._config import CacheConfig
-    from fallbackchain._redis_breaker import RedisGateStore
-    from fallbackchain._redis_cache import RedisResponseCache
     from fallbackchain._redis_link import RedisLink
+    from fallbackchain.breaker._redis_store import RedisGateStore
+    from fallbackchain.cache._redis_cache import RedisResponseCache
 
     namespace = f"procs-{uuid.uuid4().hex[:8]}"
     ctx = mp_context()

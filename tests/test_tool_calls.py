@@ -23,7 +23,7 @@ from fallbackchain import (
     UpstreamConnectionError,
     trace_of,
 )
-from fallbackchain._assembly import AttemptAssembler, Display
+from fallbackchain.chain._assembly import AttemptAssembler, Display
 from fallbackchain.testing import Answer, Fault, FaultServer, ToolCall
 
 from .conftest import user
@@ -530,7 +530,7 @@ def test_a_drop_in_tool_call_stream_through_every_fault_kind_is_whole_or_refused
 def test_a_name_sent_in_pieces_reaches_drop_in_chunks_as_the_sdk_would_send_it():
     """Upstreams may split a function's name too: events carry it as known so far, and the
     drop-in sends only what is new, so an SDK-style accumulation rebuilds it once."""
-    from fallbackchain._dropin import _Chunker
+    from fallbackchain.chain._dropin import _Chunker
 
     display = Display()
     header = {"tool_calls": [{"index": 0, "id": "call_9", "type": "function",

@@ -30,9 +30,7 @@ from fallbackchain import (
     RateLimitedError,
     set_testing,
 )
-from fallbackchain._cache import InputFileError, LineError
 from fallbackchain._cli import main
-from fallbackchain._core import Sleep
 from fallbackchain._warm import (
     ALLOWED_KEYS,
     WarmProgress,
@@ -48,6 +46,8 @@ from fallbackchain._warm import (
     parse_prompts,
     warm,
 )
+from fallbackchain.cache._cache import InputFileError, LineError
+from fallbackchain.chain._core import Sleep
 from fallbackchain.testing import Fault, FaultServer
 
 from .conftest import FakeClock, make_config, user

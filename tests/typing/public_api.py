@@ -5,11 +5,9 @@ from __future__ import annotations
 import openai
 
 from fallbackchain import (
-    BUSY,
     AllTiersFailedError,
     AsyncFallbackChain,
     Attempt,
-    BreakerGate,
     BreakerState,
     ChainConfig,
     ChainEvent,
@@ -18,6 +16,7 @@ from fallbackchain import (
     load_config,
     set_testing,
 )
+from fallbackchain.breaker import BUSY, BreakerGate
 
 
 def sync_use(path: str) -> str:

@@ -42,9 +42,9 @@ from openai.types.chat import (
     ParsedChatCompletion,
 )
 
-from ._config import ChainConfig
-from ._errors import FallbackChainError
-from ._results import ChainEvent, ChainResponse
+from .._config import ChainConfig
+from .._errors import FallbackChainError
+from .._results import ChainEvent, ChainResponse
 
 __all__ = [
     "AsyncChainChat",

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from ._config import RetryConfig
-from ._errors import (
+from .._config import RetryConfig
+from .._errors import (
     BreakerOpenError,
     DeadlineExceededError,
     FirstTokenTimeoutError,

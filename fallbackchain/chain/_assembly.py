@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 from openai.types.chat import ChatCompletion
 
-from ._errors import MalformedChunkError, TruncatedStreamError
-from ._results import ChainEvent
+from .._errors import MalformedChunkError, TruncatedStreamError
+from .._results import ChainEvent
 
 __all__ = ["COMPLETE_FINISH_REASONS", "AttemptAssembler", "Display", "Fragment", "Piece"]
 

@@ -25,11 +25,8 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from ._assembly import Display
-from ._backoff import decide, is_transport_fault
-from ._breaker import BreakerGate, Busy, Permit
-from ._config import PRIMARY_ROUTE, ChainConfig, RouteConfig
-from ._errors import (
+from .._config import PRIMARY_ROUTE, ChainConfig, RouteConfig
+from .._errors import (
     BreakerBusyError,
     BreakerOpenError,
     DeadlineExceededError,
@@ -43,8 +40,11 @@ from ._errors import (
     map_error,
     map_rejection,
 )
-from ._hooks import AttemptEnded, AttemptStarted, FallbackTaken, Hooks, RetryScheduled
-from ._results import Attempt
+from .._hooks import AttemptEnded, AttemptStarted, FallbackTaken, Hooks, RetryScheduled
+from .._results import Attempt
+from ..breaker import BreakerGate, Busy, Permit
+from ._assembly import Display
+from ._backoff import decide, is_transport_fault
 
 __all__ = [
     "Acquire",

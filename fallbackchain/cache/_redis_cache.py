@@ -25,6 +25,16 @@ import redis.asyncio.retry
 import redis.exceptions
 from openai.types.chat import ChatCompletion
 
+from .._config import CacheConfig
+from .._errors import CacheError
+from .._redis_link import (
+    RedisLink,
+    RedisScript,
+    RedisUnavailableError,
+    on_event_loop,
+    redis_number,
+    shared_link,
+)
 from ._cache import (
     CacheBase,
     CachedAnswer,
@@ -37,16 +47,6 @@ from ._cache import (
     StoredAges,
     StoredRow,
     decode_row,
-)
-from ._config import CacheConfig
-from ._errors import CacheError
-from ._redis_link import (
-    RedisLink,
-    RedisScript,
-    RedisUnavailableError,
-    on_event_loop,
-    redis_number,
-    shared_link,
 )
 
 __all__ = ["RedisCacheError", "RedisResponseCache"]

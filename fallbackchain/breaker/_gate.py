@@ -38,7 +38,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Final, Literal, Protocol, TypeVar, runtime_checkable
 
-from ._optional import pybreaker_without_redis
+from .._optional import pybreaker_without_redis
 
 # pybreaker would import the redis client (~160 ms, and OpenTelemetry with redis >= 8) for a
 # storage this module never uses; see _optional for how that is avoided and why it is safe.

@@ -87,8 +87,8 @@ import openai
 import pydantic
 from openai.types.chat import ChatCompletion
 
-from ._config import CacheConfig
-from ._errors import (
+from .._config import CacheConfig
+from .._errors import (
     CacheCorruptError,
     CacheError,
     ConfigError,

@@ -30,8 +30,7 @@ import redis.asyncio
 import redis.asyncio.retry
 import redis.exceptions
 
-from ._breaker import BreakerState, Grant, MemoryGateStore, Transition
-from ._redis_link import (
+from .._redis_link import (
     RedisLink,
     RedisScript,
     RedisUnavailableError,
@@ -39,6 +38,7 @@ from ._redis_link import (
     redis_number,
     shared_link,
 )
+from ._gate import BreakerState, Grant, MemoryGateStore, Transition
 
 __all__ = ["RedisGateStore"]
 

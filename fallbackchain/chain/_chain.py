@@ -41,15 +41,9 @@ import openai
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion
 
-from ._assembly import AttemptAssembler, Piece, check_completion, completion_text
-from ._backends import gate_store, response_cache
-from ._breaker import BreakerGate, BreakerState, Permit
-from ._cache import CachedAnswer, ResponseCache, cache_key
-from ._call_options import CacheUse, CallOptions, call_options, call_timeout
-from ._config import ChainConfig, OpenAIConfig, RouteConfig, load_config
-from ._core import AttemptWatch, AwaitSlot, RequestRun, Sleep, Tier, TryTier, UseCache
-from ._dropin import AsyncChainChat, ChainChat
-from ._errors import (
+from .._backends import gate_store, response_cache
+from .._config import ChainConfig, OpenAIConfig, RouteConfig, load_config
+from .._errors import (
     AllTiersFailedError,
     ChainClosedError,
     DeadlineExceededError,
@@ -57,7 +51,7 @@ from ._errors import (
     StreamNotFinishedError,
     TierError,
 )
-from ._hooks import (
+from .._hooks import (
     BreakerChanged,
     CacheEvent,
     Hooks,
@@ -65,9 +59,9 @@ from ._hooks import (
     RequestStarted,
     next_request_id,
 )
-from ._redact import mask_url
-from ._results import ChainEvent, ChainResponse
-from ._timing import (
+from .._redact import mask_url
+from .._results import ChainEvent, ChainResponse
+from .._timing import (
     AsyncSleep,
     Clock,
     TimeSource,
@@ -77,7 +71,13 @@ from ._timing import (
     sleep_unless_testing,
     time_source,
 )
-from ._timing import Sleep as SleepFunc
+from .._timing import Sleep as SleepFunc
+from ..breaker import BreakerGate, BreakerState, Permit
+from ..cache import CachedAnswer, ResponseCache, cache_key
+from ._assembly import AttemptAssembler, Piece, check_completion, completion_text
+from ._call_options import CacheUse, CallOptions, call_options, call_timeout
+from ._core import AttemptWatch, AwaitSlot, RequestRun, Sleep, Tier, TryTier, UseCache
+from ._dropin import AsyncChainChat, ChainChat
 
 __all__ = [
     "AsyncChainStream",

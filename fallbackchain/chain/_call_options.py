@@ -12,7 +12,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
-from ._config import PRIMARY_ROUTE, ChainConfig
+from .._config import PRIMARY_ROUTE, ChainConfig
 
 __all__ = ["CacheUse", "CallOptions", "call_options", "call_timeout"]
 

@@ -1,0 +1,71 @@
+"""The chain: the decision core, the sync and async drivers over it, and the drop-in surface.
+
+The modules here are private; other parts of fallbackchain import from this package.
+"""
+
+from __future__ import annotations
+
+from ._assembly import COMPLETE_FINISH_REASONS, AttemptAssembler, Display, Fragment, Piece
+from ._backoff import RetryDecision, decide, full_jitter, is_transport_fault
+from ._call_options import CacheUse, CallOptions, call_options, call_timeout
+from ._chain import AsyncChainStream, AsyncFallbackChain, ChainStream, FallbackChain
+from ._core import (
+    Acquire,
+    AttemptWatch,
+    AwaitSlot,
+    Neutral,
+    RequestRun,
+    Sleep,
+    Tier,
+    TryTier,
+    UseCache,
+)
+from ._dropin import (
+    AsyncChainChat,
+    AsyncChainCompletions,
+    AsyncDropInStream,
+    ChainChat,
+    ChainCompletions,
+    Divergence,
+    DropInStream,
+    StreamDivergedError,
+    trace_of,
+)
+
+__all__ = [
+    "COMPLETE_FINISH_REASONS",
+    "Acquire",
+    "AsyncChainChat",
+    "AsyncChainCompletions",
+    "AsyncChainStream",
+    "AsyncDropInStream",
+    "AsyncFallbackChain",
+    "AttemptAssembler",
+    "AttemptWatch",
+    "AwaitSlot",
+    "CacheUse",
+    "CallOptions",
+    "ChainChat",
+    "ChainCompletions",
+    "ChainStream",
+    "Display",
+    "Divergence",
+    "DropInStream",
+    "FallbackChain",
+    "Fragment",
+    "Neutral",
+    "Piece",
+    "RequestRun",
+    "RetryDecision",
+    "Sleep",
+    "StreamDivergedError",
+    "Tier",
+    "TryTier",
+    "UseCache",
+    "call_options",
+    "call_timeout",
+    "decide",
+    "full_jitter",
+    "is_transport_fault",
+    "trace_of",
+]
