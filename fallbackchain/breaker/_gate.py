@@ -47,11 +47,14 @@ from ._stores import (
     MemoryGateStore,
     Step,
     StepKind,
+    Transition,
 )
 
 __all__ = ["BreakerGate", "StateChangeCallback"]
 
 logger = logging.getLogger("fallbackchain.breaker")
+
+_UNTIMED: tuple[StepKind, ...] = ("success", "release", "first_content")
 
 
 class StateChangeCallback(Protocol):
@@ -90,6 +93,7 @@ class BreakerGate:
             probe_lease=probe_lease,
             limited_lease=limited_lease if limited_lease is not None else probe_lease,
         )
+        self._normal_steps = {k: Step(k, self._settings) for k in _UNTIMED}
         self._on_state_change = on_state_change
         self._token_prefix = secrets.token_hex(8)  # unique across processes sharing a store
         self._token_serial = itertools.count()  # next() is atomic: unique within this gate
@@ -149,11 +153,15 @@ class BreakerGate:
         return Step("ask", self._settings, self._clock(), token)
 
     def _permit_step(self, kind: StepKind, permit: Permit) -> Step:
-        now = self._clock() if kind == "failure" else None
-        return Step(kind, self._settings, now, permit.token, permit.probe)
+        if kind == "failure":
+            return Step(kind, self._settings, self._clock(), permit.token, permit.probe)
+        if permit.token is None:  # a normal permit's steps are the same every time
+            return self._normal_steps[kind]
+        return Step(kind, self._settings, None, permit.token, permit.probe)
 
     def _answer(self, ask: Step, decision: Decision) -> Permit | Busy | None:
-        self._notify(decision)
+        if decision.changed is not None:
+            self._notify(decision.changed)
         admission = decision.admission
         if admission is None:
             return None
@@ -167,9 +175,11 @@ class BreakerGate:
 
     def _after(self, decision: Decision) -> bool:
         """After a permit's step: report a transition, wake waiters; True if it opened."""
-        self._notify(decision)
         self._wake()
-        return decision.changed is not None and decision.changed[1] == "open"
+        if decision.changed is None:
+            return False
+        self._notify(decision.changed)
+        return decision.changed[1] == "open"
 
     # -- waiting while busy -----------------------------------------------------------------
 
@@ -229,10 +239,8 @@ class BreakerGate:
                 with contextlib.suppress(RuntimeError):  # that loop is closed: nothing waits
                     loop.call_soon_threadsafe(_resolve, waiter)
 
-    def _notify(self, decision: Decision) -> None:
-        if decision.changed is None:
-            return
-        old, new = decision.changed
+    def _notify(self, changed: Transition) -> None:
+        old, new = changed
         logger.info("breaker %s: %s -> %s", self.name, old, new)
         if self._on_state_change is None:
             return

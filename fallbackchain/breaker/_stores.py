@@ -36,7 +36,6 @@ __all__ = [
     "Step",
     "StepKind",
     "Transition",
-    "as_state",
 ]
 
 BreakerState = Literal["closed", "open", "half-open"]
@@ -60,8 +59,7 @@ class GateSettings:
     limited_lease: float  # and a limited attempt's slot, this long
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
+class Step(NamedTuple):
     """One atomic step on a breaker's state, apart from how it is sent.
 
     ``now`` is the gate's clock (only ``"ask"`` and ``"failure"`` read it); ``token`` names the
@@ -137,7 +135,7 @@ class _Transitions(pybreaker.CircuitBreakerListener):
         new_state: pybreaker.CircuitBreakerState,
     ) -> None:
         if old_state is not None:
-            self.seen.append((as_state(old_state.name), as_state(new_state.name)))
+            self.seen.append((_as_state(old_state.name), _as_state(new_state.name)))
 
     def take(self) -> Transition | None:
         """The step's transition (a step makes at most one), and forget it."""
@@ -149,9 +147,9 @@ class MemoryGateStore:
     """The in-process store: pybreaker's breaker and storage, plus probe and limited slots.
 
     ``breaker`` is the ``pybreaker.CircuitBreaker`` that holds this state: read it, or add a
-    ``pybreaker.CircuitBreakerListener`` to hear its transitions. Drive it only through a
-    gate: pybreaker's ``call()`` would bypass the slots. A short lock guards each step; it is
-    never held across a call.
+    ``pybreaker.CircuitBreakerListener`` to hear its transitions (one that raises breaks the
+    step: pybreaker does not catch it). Drive it only through a gate: pybreaker's ``call()``
+    would bypass the slots. A short lock guards each step; it is never held across a call.
     """
 
     def __init__(self) -> None:
@@ -166,7 +164,7 @@ class MemoryGateStore:
         self._proven = False
 
     def current_state(self) -> BreakerState:
-        return as_state(self._storage.state)
+        return _as_state(self._storage.state)
 
     def failures(self) -> int:
         return self._storage.counter
@@ -176,10 +174,9 @@ class MemoryGateStore:
 
     def apply(self, step: Step) -> Decision:
         with self._lock:
-            # The gate's settings may change between steps (a store shared by two gates).
-            self.breaker.fail_max = step.settings.fail_max
-            self.breaker.reset_timeout = step.settings.reset_timeout
             admission = _STEPS[step.kind](self, step)
+            if not self._transitions.seen:
+                return _DECIDED[admission]
             return Decision(admission, self._transitions.take())
 
     def restore(
@@ -188,10 +185,12 @@ class MemoryGateStore:
         """Continue from a state seen elsewhere, holding no slot (``opened_at``: gate's clock)."""
         with self._lock:
             self._storage.state = state
-            _ = self.breaker.state  # pybreaker notices a state set from outside and reports it
-            self._transitions.take()  # (not a transition of this store), then the counts:
+            # pybreaker notices a state set from outside and tells its listeners: not a
+            # transition of this store. Its closed state resets the count: counts come after.
+            _ = self.breaker.state
+            self._transitions.take()
             stamp = None if opened_at is None else datetime.fromtimestamp(opened_at, tz=UTC)
-            self._storage.restore(failures, stamp)  # (its closed state resets the count)
+            self._storage.restore(failures, stamp)
             self._probe, self._proven = None, proven
             self._limited.clear()
 
@@ -228,6 +227,8 @@ class MemoryGateStore:
 
     def _free_slot(self, step: Step) -> bool:
         """Free the permit's slot; True when it was the current probe (no token: any probe)."""
+        if step.token is None and not step.probe:
+            return False  # a normal permit holds no slot
         if step.token is not None:
             self._limited.pop(step.token, None)
         current = self._probe is not None and self._probe[0] == step.token
@@ -244,13 +245,15 @@ class MemoryGateStore:
         return None
 
     def _failure(self, step: Step) -> Admission:
+        # pybreaker's view of the limits: the gate's (a store shared by two gates takes each).
+        self.breaker.fail_max = step.settings.fail_max
+        self.breaker.reset_timeout = step.settings.reset_timeout
         self._storage.increment_counter()
         self._proven = False
         state = self.current_state()
+        at_max = state == "closed" and self._storage.counter >= self.breaker.fail_max
         current_probe = self._free_slot(step)
-        if state == "closed" and self._storage.counter >= self.breaker.fail_max:
-            current_probe = True
-        if current_probe and state != "open":
+        if (current_probe or at_max) and state != "open":
             self.breaker.open()
             # pybreaker stamps the wall clock; the gate's timers run on its injected clock.
             self._storage.opened_at = datetime.fromtimestamp(step.now or 0.0, tz=UTC)
@@ -277,10 +280,13 @@ _STEPS = {
 }
 
 
-def as_state(raw: object) -> BreakerState:
-    """A state name as pybreaker or Redis gives it; anything else is an error."""
+_DECIDED: dict[Admission, Decision] = {
+    admission: Decision(admission) for admission in ("normal", "limited", "probe", "busy", None)
+}
+
+
+def _as_state(raw: object) -> BreakerState:
+    """A state name as pybreaker gives it."""
     if raw in ("closed", "open", "half-open"):
         return raw
-    if isinstance(raw, bytes):
-        return as_state(raw.decode())
     raise ValueError(f"unknown breaker state {raw!r}")
