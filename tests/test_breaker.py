@@ -123,7 +123,7 @@ def test_permit_settles_only_once(clock):
 
 def test_straggler_success_does_not_close_an_open_breaker(clock):
     g = gate(clock)
-    g.acquire().success()  # trusted: any number of attempts may be in flight
+    g.acquire().success()  # proven: any number of attempts may be in flight
     early = g.acquire()
     fail(g, 3)
     early.success()
@@ -152,7 +152,7 @@ def test_state_changes_are_reported_and_a_failing_listener_is_contained(clock, c
 def test_gate_does_not_serialise_callers(clock):
     """Unlike pybreaker's call(), no lock is held while the protected work runs."""
     g = gate(clock)
-    g.acquire().success()  # trusted: in doubt, at most fail_max would be let in
+    g.acquire().success()  # proven: unproven, at most fail_max would be let in
     inside = threading.Barrier(8, timeout=5)
 
     def worker():

@@ -307,7 +307,7 @@ def test_a_stale_probe_releasing_late_does_not_free_the_current_probes_slot(stor
 
 def test_straggler_success_does_not_close_an_open_breaker(stores, drive, clock):
     g = gate(clock, stores.new())
-    drive.success(drive.acquire(g))  # trusted: any number of attempts may be in flight
+    drive.success(drive.acquire(g))  # proven: any number of attempts may be in flight
     early = drive.acquire(g)
     drive.fail(g, 3)
     drive.success(early)
@@ -317,7 +317,7 @@ def test_straggler_success_does_not_close_an_open_breaker(stores, drive, clock):
 def test_transitions_are_reported_once(stores, drive, clock):
     seen: list[tuple[str, str, str]] = []
     g = gate(clock, stores.new(), on_state_change=lambda *a: seen.append(a))
-    drive.success(drive.acquire(g))  # trusted: no transition, and no limit on attempts
+    drive.success(drive.acquire(g))  # proven: no transition, and no limit on attempts
     straggler = drive.acquire(g)
     drive.fail(g, 3)
     drive.failure(straggler)  # counted, but the breaker is already open: no second report
@@ -330,19 +330,19 @@ def test_transitions_are_reported_once(stores, drive, clock):
     ]
 
 
-# -- doubt: a breaker that has not seen the upstream answer limits attempts in flight ------
+# -- unproven: a breaker that has not seen the upstream answer limits attempts in flight ------
 
 
-def test_a_new_breaker_is_in_doubt_and_admits_fail_max_trials_at_once(stores, drive, clock):
+def test_a_new_breaker_is_unproven_and_admits_fail_max_limited_attempts_at_once(stores, drive, clock):
     g = gate(clock, stores.new())
-    trials = [drive.acquire(g) for _ in range(3)]
-    assert all(p.limited and not p.probe for p in trials)
+    limited = [drive.acquire(g) for _ in range(3)]
+    assert all(p.limited and not p.probe for p in limited)
     assert drive.acquire(g) is BUSY
-    drive.release(trials[0])  # a settled trial frees its slot
+    drive.release(limited[0])  # an ended attempt frees its slot
     assert drive.acquire(g).limited
 
 
-def test_failures_in_doubt_take_trial_slots(stores, drive, clock):
+def test_failures_of_an_unproven_breaker_take_slots(stores, drive, clock):
     g = gate(clock, stores.new())
     drive.fail(g, 1)
     held = [drive.acquire(g) for _ in range(2)]
@@ -351,43 +351,43 @@ def test_failures_in_doubt_take_trial_slots(stores, drive, clock):
     assert g.state == "closed"
 
 
-def test_a_success_trusts_the_breaker_and_lifts_the_limit(stores, drive, clock):
+def test_a_success_proves_the_breaker_and_lifts_the_limit(stores, drive, clock):
     g = gate(clock, stores.new())
     drive.success(drive.acquire(g))
     permits = [drive.acquire(g) for _ in range(10)]
     assert all(p is not BUSY and not p.limited and p.token is None for p in permits)
 
 
-def test_a_vouch_trusts_the_breaker_while_the_trial_is_still_running(stores, drive, clock):
+def test_first_content_proves_the_breaker_while_the_attempt_is_still_running(stores, drive, clock):
     g = gate(clock, stores.new())
-    trials = [drive.acquire(g) for _ in range(3)]
+    attempts = [drive.acquire(g) for _ in range(3)]
     assert drive.acquire(g) is BUSY
-    drive.first_content(trials[0])  # its first content arrived
+    drive.first_content(attempts[0])  # its first content arrived
     assert all(not drive.acquire(g).limited for _ in range(5))
-    drive.success(trials[0])
+    drive.success(attempts[0])
 
 
-def test_one_failure_brings_the_doubt_back(stores, drive, clock):
+def test_one_failure_makes_the_breaker_unproven_again(stores, drive, clock):
     g = gate(clock, stores.new())
     drive.success(drive.acquire(g))
     normal = [drive.acquire(g) for _ in range(4)]
     drive.failure(normal[0])
     assert [drive.acquire(g).limited for _ in range(2)] == [True, True]
-    assert drive.acquire(g) is BUSY  # 1 failure + 2 trials (the 3 older ones never counted)
+    assert drive.acquire(g) is BUSY  # 1 failure + 2 slots (the 3 older ones never counted)
 
 
-def test_a_trial_that_vouched_gives_its_slot_back(stores, drive, clock):
+def test_a_limited_attempt_gives_its_slot_back_at_its_first_content(stores, drive, clock):
     g = gate(clock, stores.new(), fail_max=2)
     streaming = drive.acquire(g)
     drive.first_content(streaming)  # healthy: it may stream for minutes yet
-    drive.failure(drive.acquire(g))  # one unrelated failure: in doubt again
+    drive.failure(drive.acquire(g))  # one unrelated failure: unproven again
     assert drive.acquire(g).limited  # 1 failure + 0 slots held: one more may try
     assert drive.acquire(g) is BUSY
-    drive.failure(streaming)  # a vouched trial that fails still counts
+    drive.failure(streaming)  # an attempt that showed content and then fails still counts
     assert g.state == "open"
 
 
-def test_a_trial_whose_holder_vanished_frees_its_slot_after_its_lease(stores, drive, clock):
+def test_a_slot_whose_holder_vanished_is_freed_after_its_lease(stores, drive, clock):
     g = gate(clock, stores.new(), probe_lease=100.0, limited_lease=10.0)
     for _ in range(3):
         assert drive.acquire(g).limited  # never settled: the process died
@@ -397,11 +397,11 @@ def test_a_trial_whose_holder_vanished_frees_its_slot_after_its_lease(stores, dr
     assert drive.acquire(g).limited
 
 
-def test_a_probe_closes_only_by_succeeding_and_leaves_the_breaker_trusted(stores, drive, clock):
+def test_a_probe_closes_only_by_succeeding_and_leaves_the_breaker_proven(stores, drive, clock):
     g = gate(clock, stores.new())
     late = drive.acquire(g)
     drive.fail(g, 2)
-    drive.failure(late)  # the third failure in doubt: open
+    drive.failure(late)  # the third failure while unproven: open
     assert g.state == "open"
     clock.advance(31)
     probe = drive.acquire(g)
@@ -413,12 +413,12 @@ def test_a_probe_closes_only_by_succeeding_and_leaves_the_breaker_trusted(stores
     assert not any(drive.acquire(g).limited for _ in range(5))
 
 
-def test_every_handle_sees_the_same_trial_slots(stores, drive, clock):
+def test_every_handle_sees_the_same_slots(stores, drive, clock):
     a = gate(clock, stores.new())
     b = gate(clock, stores.shared())
     held = [drive.acquire(a), drive.acquire(b), drive.acquire(a)]
     assert all(p.limited for p in held)
-    assert drive.acquire(b) is BUSY  # three processes' trials fill one shared breaker
+    assert drive.acquire(b) is BUSY  # three processes' attempts fill one shared breaker
     drive.first_content(held[1])
     assert not drive.acquire(a).limited
 
@@ -465,7 +465,7 @@ def test_the_store_is_the_one_source_of_state_and_counts(stores, clock):
     other = gate(clock, stores.shared())  # another handle (process) on the same breaker
     assert (g.state, other.state, other.fail_counter) == ("open", "open", 3)
     if stores.kind == "memory":  # pybreaker's breaker is the state (more in test_breaker)
-        assert (stores.new().breaker.current_state, g.store.breaker.fail_counter) == ("closed", 3)
+        assert (g.store.breaker.current_state, g.store.breaker.fail_counter) == ("open", 3)
 
 
 def test_stores_implement_the_protocol(stores):
@@ -553,27 +553,28 @@ def test_concurrent_half_open_callers_get_exactly_one_probe(rs, link, raw, names
     assert [c for _, c in grants if c] == [("open", "half-open")]
 
 
-def test_concurrent_callers_in_doubt_get_exactly_fail_max_trials(rs, namespace, clock):
+def test_concurrent_callers_of_an_unproven_breaker_get_exactly_fail_max_slots(rs, namespace, clock):
     grants = race_for_permits(rs, namespace, clock)
     assert sorted(g for g, _ in grants) == ["busy"] * 13 + ["limited"] * 3
 
 
-def test_the_local_store_carries_on_from_the_trust_seen_in_redis(rs, namespace, clock):
+def test_the_local_store_carries_on_from_the_proof_seen_in_redis(rs, namespace, clock):
     lk = RedisLink(rs.url, backoff=60.0)
-    trusted = RedisGateStore(rs.url, namespace=namespace, name="a", link=lk)
-    doubted = RedisGateStore(rs.url, namespace=namespace, name="b", link=lk)
+    proven = RedisGateStore(rs.url, namespace=namespace, name="a", link=lk)
+    unproven = RedisGateStore(rs.url, namespace=namespace, name="b", link=lk)
     try:
-        trusted.apply(step("success"))
-        doubted.apply(step("failure", clock()))
-        assert (trusted.current_state(), doubted.failures()) == ("closed", 1)  # plain reads
+        proven.apply(step("success"))
+        unproven.apply(step("failure", clock()))
+        assert (proven.current_state(), unproven.failures()) == ("closed", 1)  # plain reads
         rs.pause()
-        assert trusted.apply(step("ask", clock(), "x")) == ("normal", None)
+        assert proven.apply(step("ask", clock(), "x")) == ("normal", None)
         grants = [
-            doubted.apply(step("ask", clock(), f"t{i}"))[0]
+            unproven.apply(step("ask", clock(), f"t{i}"))[0]
             for i in range(3)
         ]
-        assert not trusted.using_redis and not doubted.using_redis
+        assert not proven.using_redis and not unproven.using_redis
         assert grants == ["limited", "limited", "busy"]  # 1 failure + 2 slots, counted locally
+        assert (unproven.current_state(), unproven.failures()) == ("closed", 1)  # seeded at once
     finally:
         rs.resume()
         lk.close()
