@@ -1161,11 +1161,11 @@ def test_sync_and_async_redis_steps_leave_the_memory_store_trace(
             traces[kind] = _run_script_sync(g, clock, SCRIPTS[script])
             continue
 
-        async def go(g=g, clock=clock, store=store):
+        async def go(g=g, clock=clock):
             try:
                 return await _run_script_async(g, clock, SCRIPTS[script])
             finally:
-                await store.aclose()
+                await link.aclose_loop_client()
 
         traces[kind] = asyncio.run(go())
     assert traces["sync"] == traces["memory"]

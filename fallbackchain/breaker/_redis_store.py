@@ -252,10 +252,6 @@ class RedisGateStore:
         """True when the last step was decided in Redis, False while on local state."""
         return self._on_redis
 
-    @property
-    def link(self) -> RedisLink:
-        return self._link
-
     def current_state(self) -> BreakerState:
         return self._read().state
 
@@ -279,10 +275,6 @@ class RedisGateStore:
             return self._decided(await self._link.acall(lambda r: self._arun(r, step)))
         except RedisUnavailableError:
             return self._fallback().apply(step)
-
-    async def aclose(self) -> None:
-        """Close this event loop's Redis client (shared with other users of the same URL)."""
-        await self._link.aclose_loop_client()
 
     # -- one step on a client -----------------------------------------------------------------
     # Stamps in the hash are on the Redis server's clock, so hosts whose own clocks disagree
