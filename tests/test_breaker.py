@@ -216,6 +216,21 @@ def test_pybreaker_call_serialises_callers_which_is_why_the_gate_exists():
     assert any(isinstance(e, threading.BrokenBarrierError) for e in errors)
 
 
+def test_pybreaker_call_counts_cancellation_as_a_failure_which_a_released_permit_does_not(clock):
+    """Why the gate never uses call(): a cancelled consumer says nothing about the upstream."""
+    cb = pybreaker.CircuitBreaker(fail_max=5)
+
+    def cancelled():
+        raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        cb.call(cancelled)
+    assert cb.fail_counter == 1
+    g = gate(clock)
+    g.acquire().release()
+    assert g.fail_counter == 0
+
+
 def test_pybreaker_is_the_state_machine_and_its_storage_holds_the_counts(clock):
     store = MemoryGateStore()
     g = gate(clock, store=store)
