@@ -136,15 +136,15 @@ class BreakerGate:
         ask = self._ask()
         return self._answer(ask, await self._store.aapply(ask))
 
-    def settle(self, kind: StepKind, permit: Permit) -> bool:
-        """Take ``permit``'s end (or first content) step; True when it opened the breaker.
+    def report(self, kind: StepKind, permit: Permit) -> bool:
+        """Report ``permit``'s end (or first content) to the store; True if the breaker opened.
 
         What :class:`Permit` calls; callers use the permit's methods.
         """
         return self._after(self._store.apply(self._permit_step(kind, permit)))
 
-    async def asettle(self, kind: StepKind, permit: Permit) -> bool:
-        """:meth:`settle` without blocking the event loop on a shared store."""
+    async def areport(self, kind: StepKind, permit: Permit) -> bool:
+        """:meth:`report` without blocking the event loop on a shared store."""
         return self._after(await self._store.aapply(self._permit_step(kind, permit)))
 
     def _ask(self) -> Step:

@@ -24,9 +24,9 @@ not refused for good, ask again shortly (the breaker may be proven, or open, by 
 class _Gate(Protocol):
     """What a permit needs from its gate: one step applied, sync or awaited."""
 
-    def settle(self, kind: StepKind, permit: Permit) -> bool: ...
+    def report(self, kind: StepKind, permit: Permit) -> bool: ...
 
-    async def asettle(self, kind: StepKind, permit: Permit) -> bool: ...
+    async def areport(self, kind: StepKind, permit: Permit) -> bool: ...
 
 
 class Permit:
@@ -59,33 +59,33 @@ class Permit:
         still counts).
         """
         if self._first(content=True):
-            self._gate.settle("first_content", self)
+            self._gate.report("first_content", self)
 
     async def afirst_content(self) -> None:
         """:meth:`first_content`, awaited."""
         if self._first(content=True):
-            await self._gate.asettle("first_content", self)
+            await self._gate.areport("first_content", self)
 
     def success(self) -> None:
         """The attempt succeeded: reset the failure count; a probe closes the breaker."""
         if self._first():
-            self._gate.settle("success", self)
+            self._gate.report("success", self)
 
     async def asuccess(self) -> None:
         """:meth:`success`, awaited."""
         if self._first():
-            await self._gate.asettle("success", self)
+            await self._gate.areport("success", self)
 
     def failure(self) -> bool:
         """The attempt failed: count it; at ``fail_max`` (or a failed probe) the breaker opens.
 
         Returns ``True`` when this failure opened the breaker.
         """
-        return self._first() and self._gate.settle("failure", self)
+        return self._first() and self._gate.report("failure", self)
 
     async def afailure(self) -> bool:
         """:meth:`failure`, awaited."""
-        return self._first() and await self._gate.asettle("failure", self)
+        return self._first() and await self._gate.areport("failure", self)
 
     def release(self) -> None:
         """Neither success nor failure: no breaker counts it.
@@ -94,12 +94,12 @@ class Permit:
         closed the stream early, or the request was the caller's own mistake.
         """
         if self._first():
-            self._gate.settle("release", self)
+            self._gate.report("release", self)
 
     async def arelease(self) -> None:
         """:meth:`release`, awaited."""
         if self._first():
-            await self._gate.asettle("release", self)
+            await self._gate.areport("release", self)
 
     def _first(self, *, content: bool = False) -> bool:
         """True the first time: this call ends the permit (``content``: its first content).
