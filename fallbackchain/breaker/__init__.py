@@ -30,9 +30,14 @@ Glossary:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._gate import BreakerGate, StateChangeCallback
 from ._permit import BUSY, Busy, Permit
 from ._stores import BreakerState, GateStore, MemoryGateStore
+
+if TYPE_CHECKING:
+    from ._redis_store import RedisGateStore
 
 __all__ = [
     "BUSY",
@@ -42,5 +47,15 @@ __all__ = [
     "GateStore",
     "MemoryGateStore",
     "Permit",
+    "RedisGateStore",
     "StateChangeCallback",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``RedisGateStore`` imports the redis client, so only on first use (PEP 562)."""
+    if name == "RedisGateStore":
+        from ._redis_store import RedisGateStore  # noqa: PLC0415 - loads redis
+
+        return RedisGateStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
