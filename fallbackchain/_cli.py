@@ -72,9 +72,9 @@ from ._templates import (
     render_config,
     template_names,
 )
-from ._warm import WARM_RECORD, WarmProgress, WarmReport, load_prompts, warm
 from .cache import InputFileError, ResponseCache
 from .chain import FallbackChain
+from .warming import WARM_RECORD, WarmProgress, WarmReport, load_prompts, warm
 
 __all__ = ["main"]
 

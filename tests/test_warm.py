@@ -6,6 +6,7 @@ breaker timers, backoff and warm's own pauses never really wait.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import inspect
 import io
@@ -22,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.resources.chat.completions import Completions
 
+import fallbackchain.warming
 from fallbackchain import (
     AllTiersFailedError,
     AsyncFallbackChain,
@@ -31,24 +33,22 @@ from fallbackchain import (
     set_testing,
 )
 from fallbackchain._cli import main
-from fallbackchain._warm import (
+from fallbackchain.cache import InputFileError, LineError
+from fallbackchain.chain import Sleep
+from fallbackchain.testing import Fault, FaultServer
+from fallbackchain.warming import (
     ALLOWED_KEYS,
+    WarmOptions,
     WarmProgress,
     WarmRequest,
-    _Collect,
-    _LookUp,
-    _Result,
-    _Send,
-    _start,
     awarm,
     load_prompts,
     parse_prompt,
     parse_prompts,
     warm,
 )
-from fallbackchain.cache._cache import InputFileError, LineError
-from fallbackchain.chain._core import Sleep
-from fallbackchain.testing import Fault, FaultServer
+from fallbackchain.warming._outcome import SendResult
+from fallbackchain.warming._run import Collect, LookUp, Send, WarmRun
 
 from .conftest import FakeClock, make_config, user
 
@@ -566,6 +566,33 @@ def test_max_wait_must_not_be_negative(chain):
         warm(chain, [{"prompt": "a"}], max_wait=-1)
 
 
+def test_an_unknown_option_is_a_type_error_before_anything_is_sent(chain, server):
+    with pytest.raises(TypeError, match="'concurency'"):
+        warm(chain, [{"prompt": "a"}], concurency=2)  # type: ignore[call-arg]
+    assert server.counts["total"] == 0
+
+
+def test_warm_and_awarm_take_the_same_options():
+    shared = {"concurrency", "refresh", "strict", "dry_run", "progress", "max_wait", "clock"}
+    assert WarmOptions.__optional_keys__ == shared
+    for driver in (warm, awarm):
+        parameters = inspect.signature(driver).parameters
+        assert list(parameters) == ["chain", "prompts", "sleep", "options"], driver
+
+
+def test_warming_uses_only_the_chains_public_surface():
+    """Issue #12: warming read the chain's private ``_clock`` and ``_sleep``; it asks in public."""
+    package = Path(fallbackchain.warming.__file__).parent
+    for module in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Attribute):
+                continue
+            owner = node.value  # `chain.x`, `self.chain.x`, `self._chain.x`
+            name = owner.id if isinstance(owner, ast.Name) else getattr(owner, "attr", "")
+            if name.endswith("chain"):
+                assert not node.attr.startswith("_"), f"{module.name}:{node.lineno}"
+
+
 # --------------------------------------------------------------------------------------------
 # asyncio
 # --------------------------------------------------------------------------------------------
@@ -918,15 +945,15 @@ def test_cli_progress_lines_escape_what_the_terminal_cannot_encode(
 class _Finished:
     """A finished request in flight, as the drivers' futures and tasks are."""
 
-    def __init__(self, value: _Result) -> None:
+    def __init__(self, value: SendResult) -> None:
         self.value = value
 
-    def result(self) -> _Result:
+    def result(self) -> SendResult:
         return self.value
 
 
-ANSWERED = _Result(True, tokens=1)
-RATE_LIMITED = _Result(
+ANSWERED = SendResult(True, tokens=1)
+RATE_LIMITED = SendResult(
     False,
     message="429",
     attempts=(
@@ -946,38 +973,27 @@ def _trace_steps(
     chain: FallbackChain,
     clock: FakeClock,
     prompts: list[str],
-    results: list[_Result],
+    results: list[SendResult],
     **settings: Any,
 ) -> tuple[list[str], Any]:
     """Drive the core by hand: the n-th send finishes with ``results[n]`` (else answered)."""
     requests, errors = parse_prompts(json.dumps({"prompt": p}) for p in prompts)
-    run = _start(
-        chain,
-        requests,
-        errors,
-        strict=False,
-        concurrency=settings.get("concurrency", 2),
-        refresh=settings.get("refresh", False),
-        dry_run=settings.get("dry_run", False),
-        progress=None,
-        clock=None,
-        max_wait=None,
-    )
+    run = WarmRun(chain, requests, errors, {"concurrency": 2, **settings})
     outcomes = iter(results)
     trace: list[str] = []
     in_flight: dict[_Finished, Any] = {}
     while (step := run.next_step(len(in_flight))) is not None:
         match step:
-            case _LookUp(item):
+            case LookUp(item):
                 trace.append(f"look {item.request.line}")
                 run.looked_up(item, chain.cache.get(item.key or ""))
-            case _Send(item):
+            case Send(item):
                 trace.append(f"send {item.request.line}")
                 in_flight[_Finished(next(outcomes, ANSWERED))] = item
             case Sleep(seconds):
                 trace.append(f"pause {seconds:g}")
                 clock.advance(seconds)
-            case _Collect(timeout):
+            case Collect(timeout):
                 trace.append(f"collect {timeout}")
                 run.collect(in_flight, {next(iter(in_flight))})
     return trace, run.report()
