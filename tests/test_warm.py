@@ -32,9 +32,9 @@ from fallbackchain import (
     RateLimitedError,
     set_testing,
 )
-from fallbackchain._cli import main
 from fallbackchain.cache import InputFileError, LineError
 from fallbackchain.chain import Sleep
+from fallbackchain.cli import main
 from fallbackchain.testing import Fault, FaultServer
 from fallbackchain.warming import (
     ALLOWED_KEYS,
