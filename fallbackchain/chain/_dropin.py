@@ -30,14 +30,14 @@ chunks, ``_dropin_stream`` holds the streams, ``_dropin_errors`` the SDK's error
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any, Literal, NoReturn, Protocol, TypeVar, overload
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol, TypeVar, overload
 
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam, ParsedChatCompletion
 
 from .._config import ChainConfig
 from .._results import ChainResponse
-from ._dropin_args import DropInCall, parsed, plan_create, plan_parse
+from ._dropin_args import DropInCall, plan_create, plan_parse
 from ._dropin_chunks import Divergence, StreamDivergedError
 from ._dropin_raw import AsyncRawCompletions, RawCompletions, no_streaming_response
 from ._dropin_stream import (
@@ -62,101 +62,73 @@ __all__ = [
 ]
 
 _Format = TypeVar("_Format")
+_Messages = Iterable[ChatCompletionMessageParam]
+_Whole_co = TypeVar("_Whole_co", covariant=True)
+_Stream_co = TypeVar("_Stream_co", covariant=True)
+_Either_co = TypeVar("_Either_co", covariant=True)
+
+
+class _Create(Protocol[_Whole_co, _Stream_co, _Either_co]):
+    """The SDK's ``create()`` overloads, declared once for the sync and the async surface.
+
+    ``stream=True`` gives ``_Stream_co``; ``stream=False`` or no ``stream``, ``_Whole_co``; a plain
+    ``bool``, ``_Either_co`` (the async surface's are awaitables of those). The other
+    keyword arguments are the implementation's (``model``, ``on_divergence``, the SDK's).
+    """
+
+    @overload
+    def __call__(
+        self, *, messages: _Messages, stream: Literal[False] | None = ..., **kwargs: Any
+    ) -> _Whole_co: ...
+    @overload
+    def __call__(self, *, messages: _Messages, stream: Literal[True], **kw: Any) -> _Stream_co: ...
+    @overload
+    def __call__(self, *, messages: _Messages, stream: bool, **kwargs: Any) -> _Either_co: ...
 
 
 # The chains as this module uses them (their public API): structural types, so that _chain
-# can import this module for its ``chat`` property without an import cycle.
+# can import this module for its ``chat`` property without an import cycle. ``complete``
+# gives a ChainResponse (sync) or an awaitable of one (async); ``stream``, its event stream.
 
 
-class _Chain(Protocol):
-    """A ``FallbackChain``."""
-
+class _Chain(Protocol[_Whole_co, _Stream_co]):
     config: ChainConfig
 
-    def stream(
-        self, messages: Sequence[Any], model: str | None = None, **params: Any
-    ) -> ChainEvents: ...
-    def complete(
-        self, messages: Sequence[Any], model: str | None = None, **params: Any
-    ) -> ChainResponse: ...
+    def stream(self, messages: Sequence[Any], model: str | None = ..., **p: Any) -> _Stream_co: ...
+    def complete(self, messages: Sequence[Any], model: str | None = ..., **p: Any) -> _Whole_co: ...
 
 
-class _AsyncChain(Protocol):
-    """An ``AsyncFallbackChain``."""
-
-    config: ChainConfig
-
-    def stream(
-        self, messages: Sequence[Any], model: str | None = None, **params: Any
-    ) -> AsyncChainEvents: ...
-    async def complete(
-        self, messages: Sequence[Any], model: str | None = None, **params: Any
-    ) -> ChainResponse: ...
-
-
-class _Planner:
-    """What both completions classes share: planning a call (no I/O)."""
+class _Completions:
+    """What both completions classes share: planning a call (no I/O), the SDK's extras."""
 
     def __init__(self, config: ChainConfig) -> None:
         self._config = config
 
-    def _plan(
-        self, kwargs: dict[str, Any], messages: Iterable[Any], model: str | None, **how: Any
-    ) -> DropInCall:
-        if "response_format" in how:
-            return plan_parse(self._config, kwargs, messages=messages, model=model, **how)
-        return plan_create(self._config, kwargs, messages=messages, model=model, **how)
+    def _plan(self, kwargs: dict[str, Any], *response_format: Any) -> DropInCall:
+        """``create()``'s call, or ``parse()``'s when given its ``response_format``."""
+        if response_format:
+            return plan_parse(self._config, kwargs, response_format[0])
+        return plan_create(self._config, kwargs)
+
+    @property
+    def with_streaming_response(self) -> NoReturn:
+        """Not supported: raises ``NotImplementedError`` (there is no single HTTP response)."""
+        no_streaming_response()
 
 
-class ChainCompletions(_Planner):
+class ChainCompletions(_Completions):
     """``chain.chat.completions`` of a :class:`~fallbackchain.FallbackChain`."""
 
-    def __init__(self, chain: _Chain) -> None:
+    def __init__(self, chain: _Chain[ChainResponse, ChainEvents]) -> None:
         super().__init__(chain.config)
         self._chain = chain
 
-    @overload
-    def create(
-        self,
-        *,
-        messages: Iterable[ChatCompletionMessageParam],
-        model: str | None = ...,
-        stream: Literal[False] | None = ...,
-        on_divergence: Divergence = ...,
-        **kwargs: Any,
-    ) -> ChatCompletion: ...
+    @property
+    def with_raw_response(self) -> RawCompletions:
+        """``create()``/``parse()`` giving ``.parse()``, not HTTP parts (see ``_dropin_raw``)."""
+        return RawCompletions(self)
 
-    @overload
-    def create(
-        self,
-        *,
-        messages: Iterable[ChatCompletionMessageParam],
-        model: str | None = ...,
-        stream: Literal[True],
-        on_divergence: Divergence = ...,
-        **kwargs: Any,
-    ) -> DropInStream: ...
-
-    @overload
-    def create(
-        self,
-        *,
-        messages: Iterable[ChatCompletionMessageParam],
-        model: str | None = ...,
-        stream: bool,
-        on_divergence: Divergence = ...,
-        **kwargs: Any,
-    ) -> ChatCompletion | DropInStream: ...
-
-    def create(
-        self,
-        *,
-        messages: Iterable[ChatCompletionMessageParam],
-        model: str | None = None,
-        stream: bool | None = None,
-        on_divergence: Divergence = "raise",
-        **kwargs: Any,
-    ) -> ChatCompletion | DropInStream:
+    def _create(self, **kwargs: Any) -> ChatCompletion | DropInStream:
         """The SDK's ``create()`` through the chain; ``kwargs`` are the SDK's other options.
 
         ``model`` defaults to the configured one. ``timeout`` (seconds) bounds each attempt, as
@@ -165,20 +137,19 @@ class ChainCompletions(_Planner):
         ``max_attempts``, ``cache``, ``fallbacks``) apply, never sent. ``n > 1`` is refused
         with ``stream=True`` (``ValueError``: a stream carries one choice).
         """
-        call = self._plan(kwargs, messages, model, stream=stream, on_divergence=on_divergence)
+        call = self._plan(kwargs)
         with call.errors:
             if call.feed is None:
                 return traced(self._chain.complete(*call.args, **call.params))
             return DropInStream(self._chain.stream(*call.args, **call.params), call.feed).started()
 
+    if TYPE_CHECKING:  # the SDK's overloads; the body above is checked as _create
+        create: _Create[ChatCompletion, DropInStream, ChatCompletion | DropInStream]
+    else:
+        create = _create
+
     def parse(
-        self,
-        *,
-        messages: Iterable[ChatCompletionMessageParam],
-        model: str | None = None,
-        response_format: type[_Format] | Any = None,
-        tools: Any = None,
-        **kwargs: Any,
+        self, *, response_format: type[_Format] | Any = None, **kwargs: Any
     ) -> ParsedChatCompletion[_Format]:
         """The SDK's ``parse()`` through the chain; the answer parsed as the SDK does.
 
@@ -186,114 +157,65 @@ class ChainCompletions(_Planner):
         function tools, as for the SDK. Never streamed; the chain's per-call options apply as
         for :meth:`create`.
         """
-        call = self._plan(kwargs, messages, model, response_format=response_format, tools=tools)
+        call = self._plan(kwargs, response_format)
         with call.errors:
             response = self._chain.complete(*call.args, **call.params)
-        return parsed(response, response_format, tools)
-
-    @property
-    def with_raw_response(self) -> RawCompletions:
-        """``create()``/``parse()`` giving ``.parse()``, not HTTP parts (see ``_dropin_raw``)."""
-        return RawCompletions(self)
-
-    @property
-    def with_streaming_response(self) -> NoReturn:
-        """Not supported: raises ``NotImplementedError`` (there is no single HTTP response)."""
-        no_streaming_response()
+        return call.parsed(response)
 
 
-class AsyncChainCompletions(_Planner):
+_T = TypeVar("_T")
+_Awaited = Coroutine[Any, Any, _T]
+
+
+class AsyncChainCompletions(_Completions):
     """``chain.chat.completions`` of an :class:`~fallbackchain.AsyncFallbackChain`."""
 
-    def __init__(self, chain: _AsyncChain) -> None:
+    def __init__(self, chain: _Chain[_Awaited[ChainResponse], AsyncChainEvents]) -> None:
         super().__init__(chain.config)
         self._chain = chain
-
-    @overload
-    async def create(
-        self,
-        *,
-        messages: Iterable[ChatCompletionMessageParam],
-        model: str | None = ...,
-        stream: Literal[False] | None = ...,
-        on_divergence: Divergence = ...,
-        **kwargs: Any,
-    ) -> ChatCompletion: ...
-
-    @overload
-    async def create(
-        self,
-        *,
-        messages: Iterable[ChatCompletionMessageParam],
-        model: str | None = ...,
-        stream: Literal[True],
-        on_divergence: Divergence = ...,
-        **kwargs: Any,
-    ) -> AsyncDropInStream: ...
-
-    @overload
-    async def create(
-        self,
-        *,
-        messages: Iterable[ChatCompletionMessageParam],
-        model: str | None = ...,
-        stream: bool,
-        on_divergence: Divergence = ...,
-        **kwargs: Any,
-    ) -> ChatCompletion | AsyncDropInStream: ...
-
-    async def create(
-        self,
-        *,
-        messages: Iterable[ChatCompletionMessageParam],
-        model: str | None = None,
-        stream: bool | None = None,
-        on_divergence: Divergence = "raise",
-        **kwargs: Any,
-    ) -> ChatCompletion | AsyncDropInStream:
-        """As :meth:`ChainCompletions.create`, awaited; a stream is an AsyncDropInStream."""
-        call = self._plan(kwargs, messages, model, stream=stream, on_divergence=on_divergence)
-        with call.errors:
-            if call.feed is None:
-                return traced(await self._chain.complete(*call.args, **call.params))
-            events = self._chain.stream(*call.args, **call.params)
-            return await AsyncDropInStream(events, call.feed).started()
-
-    async def parse(
-        self,
-        *,
-        messages: Iterable[ChatCompletionMessageParam],
-        model: str | None = None,
-        response_format: type[_Format] | Any = None,
-        tools: Any = None,
-        **kwargs: Any,
-    ) -> ParsedChatCompletion[_Format]:
-        """As :meth:`ChainCompletions.parse`, awaited."""
-        call = self._plan(kwargs, messages, model, response_format=response_format, tools=tools)
-        with call.errors:
-            response = await self._chain.complete(*call.args, **call.params)
-        return parsed(response, response_format, tools)
 
     @property
     def with_raw_response(self) -> AsyncRawCompletions:
         """As :attr:`ChainCompletions.with_raw_response`, awaited."""
         return AsyncRawCompletions(self)
 
-    @property
-    def with_streaming_response(self) -> NoReturn:
-        """Not supported: raises ``NotImplementedError`` (there is no single HTTP response)."""
-        no_streaming_response()
+    async def _create(self, **kwargs: Any) -> ChatCompletion | AsyncDropInStream:
+        """As :meth:`ChainCompletions.create`, awaited; a stream is an AsyncDropInStream."""
+        call = self._plan(kwargs)
+        with call.errors:
+            if call.feed is None:
+                return traced(await self._chain.complete(*call.args, **call.params))
+            events = self._chain.stream(*call.args, **call.params)
+            return await AsyncDropInStream(events, call.feed).started()
+
+    if TYPE_CHECKING:  # the SDK's overloads, awaited
+        create: _Create[
+            _Awaited[ChatCompletion],
+            _Awaited[AsyncDropInStream],
+            _Awaited[ChatCompletion | AsyncDropInStream],
+        ]
+    else:
+        create = _create
+
+    async def parse(
+        self, *, response_format: type[_Format] | Any = None, **kwargs: Any
+    ) -> ParsedChatCompletion[_Format]:
+        """As :meth:`ChainCompletions.parse`, awaited."""
+        call = self._plan(kwargs, response_format)
+        with call.errors:
+            response = await self._chain.complete(*call.args, **call.params)
+        return call.parsed(response)
 
 
 class ChainChat:
     """``chain.chat``: holds ``completions``, as the SDK's ``client.chat`` does."""
 
-    def __init__(self, chain: _Chain) -> None:
+    def __init__(self, chain: _Chain[ChainResponse, ChainEvents]) -> None:
         self.completions = ChainCompletions(chain)
 
 
 class AsyncChainChat:
     """``chain.chat`` of an :class:`~fallbackchain.AsyncFallbackChain`."""
 
-    def __init__(self, chain: _AsyncChain) -> None:
+    def __init__(self, chain: _Chain[_Awaited[ChainResponse], AsyncChainEvents]) -> None:
         self.completions = AsyncChainCompletions(chain)
