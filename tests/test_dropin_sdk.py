@@ -39,14 +39,12 @@ def call(h: Any, completions: Any, **kwargs: Any) -> Any:
 @pytest.fixture
 def plain(harness: Any, server: FaultServer) -> Iterator[Any]:
     """``chat.completions`` of a plain openai client (the harness's mode, no retries)."""
-    if harness.mode == "sync":
-        client: Any = openai.OpenAI(base_url=server.base_url, api_key="sk-plain", max_retries=0)
-        yield client.chat.completions
-        client.close()
-    else:
-        client = openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-plain", max_retries=0)
-        yield client.chat.completions
-        harness.loop.run_until_complete(client.close())
+    kind: Any = openai.OpenAI if harness.mode == "sync" else openai.AsyncOpenAI
+    client = kind(base_url=server.base_url, api_key="sk-plain", max_retries=0)
+    yield client.chat.completions
+    closing = client.close()  # a coroutine for the async client
+    if harness.mode == "async":
+        harness.loop.run_until_complete(closing)
 
 
 # -- errors: what code written against the SDK catches ------------------------------------------
