@@ -94,9 +94,9 @@ def plan_create(config: ChainConfig, kwargs: dict[str, Any]) -> DropInCall:
     _check_kwargs(kwargs)
     # The chain asks each streaming tier for usage itself; a whole completion must not get it.
     wants_usage = kwargs.pop("stream_options", None)
-    base_url = str(config.openai.base_url)
+    errors = SdkErrors(str(config.openai.base_url))
     if not stream:
-        return DropInCall(args, kwargs, None, SdkErrors(base_url))
+        return DropInCall(args, kwargs, None, errors)
     n = kwargs.get("n")
     if n is not None and n != 1:
         raise ValueError(
@@ -105,7 +105,7 @@ def plan_create(config: ChainConfig, kwargs: dict[str, Any]) -> DropInCall:
         )
     usage = isinstance(wants_usage, Mapping) and wants_usage.get("include_usage") is True
     chunker = Chunker(args[1] or config.openai.model, usage=usage, divergence=divergence)
-    return DropInCall(args, kwargs, ChunkFeed(chunker, base_url), SdkErrors(base_url))
+    return DropInCall(args, kwargs, ChunkFeed(chunker, errors), errors)
 
 
 def plan_parse(config: ChainConfig, kwargs: dict[str, Any], response_format: Any) -> DropInCall:

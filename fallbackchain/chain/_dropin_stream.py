@@ -29,7 +29,8 @@ __all__ = [
 ]
 
 TRACE: Final = "_fallbackchain_trace"  # where a returned completion keeps its ChainResponse
-_END: Final = object()  # what next()/anext() give at the end of the chain's events
+# What next()/anext() give at the end of the chain's events: compared by identity only.
+_END: Final = ChainEvent("reset", "", "end of the chain's events")
 
 _NO_RESPONSE = (
     "a drop-in stream has no single HTTP response: its answer may be assembled from several "
@@ -76,11 +77,11 @@ class ChunkFeed:
 
     __slots__ = ("_chunker", "_done", "_errors", "_pending")
 
-    def __init__(self, chunker: Chunker, base_url: str) -> None:
+    def __init__(self, chunker: Chunker, errors: SdkErrors) -> None:
         self._chunker = chunker
         self._pending: deque[ChatCompletionChunk] = deque()
         self._done = False
-        self._errors = SdkErrors(base_url)
+        self._errors = errors
 
     def pop(self, stop: type[Exception]) -> ChatCompletionChunk | None:
         """The next chunk; ``None`` when another event is needed; raises ``stop`` at the end."""
@@ -90,13 +91,13 @@ class ChunkFeed:
             raise stop
         return None
 
-    def take(self, event: object, events: ChainEvents | AsyncChainEvents) -> None:
+    def take(self, event: ChainEvent, events: ChainEvents | AsyncChainEvents) -> None:
         """Take the next event, or ``_END`` (the chain's ``response`` is then final)."""
         if event is _END:
             self._done = True
             self._pending.extend(self._chunker.end(events.response))
         else:
-            self._pending.extend(self._chunker.event(event))  # type: ignore[arg-type]
+            self._pending.extend(self._chunker.event(event))
 
     def failed(self) -> SdkErrors:
         """The pull failed: the stream is over; errors are raised as the SDK's too."""
