@@ -149,7 +149,7 @@ class ChainCompletions(_Completions):
         create = _create
 
     def parse(
-        self, *, response_format: type[_Format] | Any = None, **kwargs: Any
+        self, *, messages: _Messages, response_format: type[_Format] | Any = None, **kwargs: Any
     ) -> ParsedChatCompletion[_Format]:
         """The SDK's ``parse()`` through the chain; the answer parsed as the SDK does.
 
@@ -157,7 +157,7 @@ class ChainCompletions(_Completions):
         function tools, as for the SDK. Never streamed; the chain's per-call options apply as
         for :meth:`create`.
         """
-        call = self._plan(kwargs, response_format)
+        call = self._plan(dict(kwargs, messages=messages), response_format)
         with call.errors:
             response = self._chain.complete(*call.args, **call.params)
         return call.parsed(response)
@@ -198,10 +198,10 @@ class AsyncChainCompletions(_Completions):
         create = _create
 
     async def parse(
-        self, *, response_format: type[_Format] | Any = None, **kwargs: Any
+        self, *, messages: _Messages, response_format: type[_Format] | Any = None, **kwargs: Any
     ) -> ParsedChatCompletion[_Format]:
         """As :meth:`ChainCompletions.parse`, awaited."""
-        call = self._plan(kwargs, response_format)
+        call = self._plan(dict(kwargs, messages=messages), response_format)
         with call.errors:
             response = await self._chain.complete(*call.args, **call.params)
         return call.parsed(response)
