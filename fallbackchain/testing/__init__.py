@@ -17,10 +17,13 @@ script exactly how each request goes wrong::
 
 What you can rely on:
 
-* **Standard library only.** The server is an asyncio HTTP/1.1 server running
-  its own event loop in a daemon thread; it serves sync and async clients
-  alike, holds thousands of concurrent streams, and supports keep-alive,
-  ``Connection: close`` and ``Content-Length`` (or chunked) request bodies.
+* **No framework.** The server is an asyncio HTTP/1.1 server running its own
+  event loop in a daemon thread, with ``h11`` (already installed with the
+  ``openai`` SDK's transport) parsing requests and framing responses; it serves
+  sync and async clients alike, holds thousands of concurrent streams, and
+  supports keep-alive, ``Connection: close`` and ``Content-Length`` (or chunked)
+  request bodies. Faults still own the bytes: a reset, a half body or a stream
+  without its last chunk is sent exactly as scripted.
 * **Routes.** ``POST /v1/chat/completions`` (``"stream": true`` or not, with
   ``stream_options.include_usage`` honoured), ``POST /v1/responses``,
   ``GET /v1/responses/{id}`` (``?stream=true&starting_after=N``) and
