@@ -54,11 +54,7 @@ def imports_of_the_test_bed(source: str, module: Path) -> list[Hit]:
                 targets = [(f"{target}.{name}", ()) for name in names]
         else:
             continue
-        hits.extend(
-            (where, name, names)
-            for name, names in targets
-            if _is_test_bed(name)
-        )
+        hits.extend((where, name, names) for name, names in targets if _is_test_bed(name))
     return hits
 
 

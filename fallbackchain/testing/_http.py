@@ -207,7 +207,6 @@ class Connection:
         return self._h11.send(event) or b""
 
 
-
 def _request(head: h11.Request, body: bytes) -> HttpRequest:
     headers: dict[str, str] = {}
     for name, value in head.headers:

@@ -196,4 +196,3 @@ class Rulebook:
     def wait_idle(self, timeout: float) -> bool:
         with self._lock:
             return self._lock.wait_for(lambda: self._active == 0, timeout)
-
