@@ -22,7 +22,15 @@ import h11
 
 from ._text import dumps
 
-__all__ = ["BadRequestError", "Connection", "HttpRequest", "error_body", "reason"]
+__all__ = [
+    "HEAD_LIMIT",
+    "MAX_BODY",
+    "BadRequestError",
+    "Connection",
+    "HttpRequest",
+    "error_body",
+    "reason",
+]
 
 MAX_BODY: Final = 32 * 1024 * 1024
 HEAD_LIMIT: Final = 64 * 1024

@@ -267,19 +267,15 @@ class Routes:
     ) -> None:
         stream, starting_after, problem = _starting_after(request)
         script = self._stored.get(response_id)
+        status = 400
         if problem is None and script is None:
             message = f"Response with id '{response_id}' not found."
-            await conn.send_json(404, error_body(message, "invalid_request_error", None))
-            return
-        if problem is None and stream and script is not None and not script.background:
-            problem = error_body(
-                "Only background responses (background=true) can be streamed again.",
-                "invalid_request_error",
-                None,
-                "stream",
-            )
-        if problem is not None or script is None:
-            await conn.send_json(400, problem or b"")
+            status, problem = 404, error_body(message, "invalid_request_error", None)
+        elif problem is None and stream and script is not None and not script.background:
+            message = "Only background responses (background=true) can be streamed again."
+            problem = error_body(message, "invalid_request_error", None, "stream")
+        if problem is not None or script is None:  # (no script always came with a problem)
+            await conn.send_json(status, problem or b"")
             return
         body = {"response_id": response_id, "stream": stream, "starting_after": starting_after}
         fault, request_id = self._admit(conn, request, body, stream, "responses.retrieve")
