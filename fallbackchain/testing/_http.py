@@ -96,6 +96,7 @@ class Connection:
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_LIMIT)
         self._aborted = False
         self._keep_alive = False
+        self._bodiless = False  # a HEAD request: the response has a head only
 
     # -- reading ------------------------------------------------------------------
 
@@ -122,6 +123,7 @@ class Connection:
             elif isinstance(event, h11.EndOfMessage) and head is not None:
                 request = _request(head, bytes(body))
                 self._keep_alive = request.keep_alive
+                self._bodiless = request.method == "HEAD"
                 return request
             else:  # ConnectionClosed (or PAUSED, which a fresh cycle never is)
                 return None
@@ -176,6 +178,8 @@ class Connection:
 
     def chunk(self, data: bytes) -> bytes:
         """``data`` framed as one piece of the body (one HTTP chunk when chunked)."""
+        if self._bodiless or not data:
+            return b""
         return self._frame(h11.Data(data=data))
 
     async def send(self, data: bytes, *, last: bool = False) -> None:
