@@ -228,3 +228,15 @@ def test_a_head_request_gets_a_head_and_the_connection_goes_on(server: FaultServ
         head, body = read_response(sock)
     assert head.startswith(b"HTTP/1.1 200 ")
     assert json.loads(body)["object"] == "list"
+
+
+def test_expect_100_continue_is_answered_before_the_body(server: FaultServer) -> None:
+    request = chat(stream=False)
+    head, _, body = request.partition(b"\r\n\r\n")
+    with connect(server) as sock:
+        sock.sendall(head + b"\r\nExpect: 100-continue\r\n\r\n")
+        assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        head, body = read_response(sock)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert json.loads(body)["object"] == "chat.completion"

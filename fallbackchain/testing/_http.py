@@ -36,6 +36,7 @@ MAX_BODY: Final = 32 * 1024 * 1024
 HEAD_LIMIT: Final = 64 * 1024
 _READ_SIZE: Final = 64 * 1024
 _POLL_SECONDS: Final = 0.05
+_CONTINUE: Final = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
 
 
 def reason(status: int) -> str:
@@ -113,6 +114,8 @@ class Connection:
             except h11.RemoteProtocolError as exc:
                 raise BadRequestError(exc.error_status_hint, str(exc)) from None
             if event is h11.NEED_DATA:
+                if self._h11.they_are_waiting_for_100_continue:  # curl, for big bodies
+                    self.writer.write(self._frame(_CONTINUE))
                 self._h11.receive_data(await self.reader.read(_READ_SIZE))
             elif isinstance(event, h11.Request):
                 head = event
