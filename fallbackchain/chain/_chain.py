@@ -98,7 +98,8 @@ class ChainBase(Generic[StreamT, ClientT, SleepT, AnswerT]):
         self._random = random or _random.random
 
         def gate(name: str, route: RouteConfig) -> BreakerGate:
-            # A trial holds its slot until its first content (or its end): what it may take.
+            # A limited permit holds its slot until its first content (or its end): what that
+            # may take.
             longest = max(route.first_token_timeout, route.idle_timeout, route.timeout)
             return BreakerGate(
                 name,

@@ -62,11 +62,11 @@ logger = logging.getLogger("fallbackchain")
 
 BUSY_POLL_FIRST = 0.025
 BUSY_POLL_MAX = 0.2
-"""Between two asks of a busy breaker (in doubt, every trial slot taken) a request waits on
+"""Between two asks of a busy breaker (unproven, every limited slot taken) a request waits on
 the gate (an ``AwaitSlot`` step) :data:`BUSY_POLL_FIRST` seconds, doubling up to
-:data:`BUSY_POLL_MAX`; an attempt at that gate ending, or a trial's first content, in this
-process wakes it at once. The whole wait at one tier lasts at most what a
-trial may take to prove itself: ``first_token_timeout`` for a streaming tier,
+:data:`BUSY_POLL_MAX`; an attempt at that gate ending, or a limited attempt's first content,
+in this process wakes it at once. The whole wait at one tier lasts at most what a limited
+attempt may take to prove the route: ``first_token_timeout`` for a streaming tier,
 ``openai.timeout`` for a non-streaming one; and never past the deadline (run's clock)."""
 
 
@@ -218,7 +218,7 @@ class RequestRun:
         """The gate's answer to ``step``: the attempt to make, or ``None`` (no attempt now).
 
         Refused (``None``): recorded, and the run moves on to the next tier. Busy (the
-        breaker is in doubt and ``fail_max`` trials are in flight): the next step is an
+        breaker is unproven and ``fail_max`` limited attempts are in flight): the next step is an
         ``AwaitSlot`` (see :data:`BUSY_POLL_FIRST`), then the same ``Acquire``, for at most
         ``first_token_timeout`` and the deadline; then it moves on as if refused.
         """
@@ -233,7 +233,7 @@ class RequestRun:
             return None
         self._number += 1
         delay, self._slept = self._slept, 0.0
-        if self._busy_since is not None:  # waiting for a trial slot counts as delay too
+        if self._busy_since is not None:  # waiting for a limited slot counts as delay too
             delay += self._clock() - self._busy_since
             self._busy_since = None
         if self.attempts:
@@ -499,7 +499,7 @@ class RequestRun:
             return
         why = "until the request's deadline" if remaining <= 0 else f"for {waited:.3g}s"
         error = BreakerBusyError(
-            f"{tier.name} breaker is in doubt and its trial slots stayed full {why}"
+            f"{tier.name} breaker is unproven and its limited slots stayed full {why}"
         )
         self.attempts.append(Attempt(tier.name, error.message, waited, exception=error))
         self._leave_tier(tier.name, "breaker busy", "tier")

@@ -51,8 +51,8 @@ class StreamAssembly(Protocol[Answer_co]):
 
     ``content_seen`` must turn ``True`` with the first item that shows the consumer anything
     (text, a tool-call piece, a refusal, or whatever the API counts as output): the
-    first-token timeout stops there, a breaker's trial is vouched for, and a hedge race is won.
-    Items before it (a role, a "created" event) are read but not content.
+    first-token timeout stops there, a limited breaker permit reports its first content, and
+    a hedge race is won. Items before it (a role, a "created" event) are read but not content.
     """
 
     content_seen: bool
