@@ -6,14 +6,21 @@ wait may last and whether the one that ended went over; the watch never reads a 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .._errors import DeadlineExceededError, FirstTokenTimeoutError, IdleTimeoutError, TierError
 
-if TYPE_CHECKING:
-    from ._core import RequestRun
+__all__ = ["AttemptWatch", "RunTime"]
 
-__all__ = ["AttemptWatch"]
+
+class RunTime(Protocol):
+    """The request's time as a watch reads it (its ``RequestRun``): deadline and pauses."""
+
+    deadline: float
+    started: float
+    paused: float
+
+    def remaining(self, now: float | None = None) -> float: ...
 
 
 class AttemptWatch:
@@ -35,7 +42,7 @@ class AttemptWatch:
         "responded",
     )
 
-    def __init__(self, run: RequestRun, *, started: float, first_token: float, idle: float) -> None:
+    def __init__(self, run: RunTime, *, started: float, first_token: float, idle: float) -> None:
         self._run = run
         self._started = started
         self._first_token = first_token
