@@ -6,8 +6,8 @@ state: :meth:`RequestRun.next_step` says what comes next (``Sleep``, ``AwaitSlot
 an attempt, and the attempt's end is reported (:meth:`~RequestRun.succeeded`,
 :meth:`~RequestRun.failed`, :meth:`~RequestRun.abandoned`, or for an error not yet judged
 :meth:`~RequestRun.classify`). All policy (tier order, breakers, retry, backoff, deadline,
-hedging) lives here, in ``_backoff`` and in ``_race``; ``_flow`` strings these calls into
-the steps a driver performs (see ``_steps``).
+hedging) lives here and in ``_plan`` (the tier order), ``_backoff`` and ``_race``; ``_flow``
+strings these calls into the steps a driver performs (see ``_steps``).
 
 Time spent by the *consumer* between events (a slow reader of the stream) is not the
 upstream's fault: the driver reports it with :meth:`RequestRun.pause` and it is excluded from
@@ -41,6 +41,7 @@ from .._results import Attempt
 from ..breaker import Busy, Permit
 from ._assembly import Display
 from ._backoff import decide, is_transport_fault
+from ._plan import Move, TierPlan
 from ._steps import Acquire, AwaitSlot, Neutral, Sleep, Tier, TryTier, UseCache
 from ._watch import AttemptWatch
 
@@ -94,7 +95,6 @@ class RequestRun:
         and ``max_attempts`` (every route's budget) replace the configured ones; ``routes``
         names the routes it may use (``None``: all).
         """
-        self._tiers = tiers
         self.deadline = config.retry.deadline if deadline is None else deadline
         self._max_attempts = max_attempts
         self._hooks = hooks or Hooks()
@@ -106,21 +106,12 @@ class RequestRun:
         self.started = clock()
         self.paused = 0.0
         self.attempts: list[Attempt] = []
-        self._plan = [i for i, t in enumerate(tiers) if routes is None or t.provider in routes]
-        if whole_first:  # routes keep their order; within one, non-streaming tiers first
-            first: dict[str, int] = {}
-            for index, tier in enumerate(tiers):
-                first.setdefault(tier.provider, index)
-            self._plan.sort(key=lambda i: (first[tiers[i].provider], tiers[i].streaming))
-        """Indexes into ``tiers``, in the order this request will try them (routes deferred
-        after a silence move to the end)."""
-        self._at = 0  # position in _plan of the current tier
+        self._plan = TierPlan(tiers, whole_first=whole_first, routes=routes)
         self._number = 0  # attempts at the current tier
         self._route_faults: dict[str, int] = {}
         """Attempts per route, whichever tier, that failed for the route's own reasons (a
         stream's transport faults have the tier's own budget instead)."""
         self._hedged = False  # at most one hedge per request
-        self._deferred: set[str] = set()  # routes left for silence in this request
         self._not_before: dict[str, float] = {}  # a route's Retry-After met during a race
         self._pending_sleep: float | None = None
         self._slept = 0.0
@@ -130,9 +121,6 @@ class RequestRun:
         self._busy_polls = 0
         self.display = Display()
         """What the consumer has been shown; every attempt after the first is matched to it."""
-
-    def _current(self) -> Tier | None:
-        return self._tiers[self._plan[self._at]] if self._at < len(self._plan) else None
 
     # -- time ------------------------------------------------------------------------------
 
@@ -191,7 +179,7 @@ class RequestRun:
         again. ``Acquire``: get a permit from the tier's gate (sync or awaited) and hand it to
         :meth:`start_attempt`. ``UseCache``: no live tier is left.
         """
-        tier = self._current()
+        tier = self._plan.current
         if tier is None:
             return UseCache()
         if self._pending_wait is not None:
@@ -202,7 +190,7 @@ class RequestRun:
             self._slept += delay
             return Sleep(delay)
         if self.remaining() <= 0:
-            self._at = len(self._plan)
+            self._plan.end()
             return UseCache()
         hold = self._not_before.pop(tier.provider, 0.0) - self._clock() if self._not_before else 0
         if hold > 0:  # a Retry-After this route sent during a race
@@ -281,15 +269,13 @@ class RequestRun:
             return True
         if not is_context_length_error(exc):
             return False
-        for at in range(self._at + 1, len(self._plan)):
-            tier = self._tiers[self._plan[at]]
-            same_model = (tier.provider, tier.model) == (here.provider, here.model)
-            if not same_model and tier.route.context_window > here.route.context_window:
-                why = "context length exceeded"
-                self._record(step, "abandoned", None, time_to_first_token=None, text=why)
-                self._leave_tier(here.name, "context length exceeded", "tier", to=at)
-                return True
-        return False
+        larger = self._plan.larger_model(here)
+        if larger is None:
+            return False
+        why = "context length exceeded"
+        self._record(step, "abandoned", None, time_to_first_token=None, text=why)
+        self._leave_tier(here.name, why, "tier", to=larger)
+        return True
 
     def succeeded(self, step: TryTier, *, time_to_first_token: float | None) -> Attempt:
         """The attempt answered completely (its permit has been reported as a success)."""
@@ -363,12 +349,7 @@ class RequestRun:
             self._leave_tier(tier.name, why, "defer")
         elif isinstance(error, QuotaExceededError):  # one account's: others may answer
             account = (tier.route.base_url, tier.route.api_key_env)
-            ahead = self._plan[self._at + 1 :]
-            self._plan[self._at + 1 :] = [
-                i
-                for i in ahead
-                if (self._tiers[i].route.base_url, self._tiers[i].route.api_key_env) != account
-            ]
+            self._plan.drop_ahead(lambda t: (t.route.base_url, t.route.api_key_env) == account)
             self._leave_tier(tier.name, why, "route")
         else:
             self._leave_tier(tier.name, why, "live")
@@ -388,13 +369,13 @@ class RequestRun:
         after = step.tier.route.hedge_after
         if self._hedged or not after or not step.tier.streaming:
             return None
-        return after if self._hedge_target(step.tier) is not None else None
+        return after if self._plan.hedge_target(step.tier) is not None else None
 
     def hedge(self, step: TryTier) -> Acquire | None:
         """Hedge ``step`` now: the tier to ask (get its permit, then :meth:`start_hedge`)."""
         self._hedged = True
-        at = self._hedge_target(step.tier)
-        return None if at is None else Acquire(self._tiers[self._plan[at]])
+        target = self._plan.hedge_target(step.tier)
+        return None if target is None else Acquire(target)
 
     def start_hedge(self, step: Acquire, permit: Permit | Busy | None) -> TryTier | None:
         """The hedge's attempt, or ``None`` when its breaker refused (the attempt goes on alone)."""
@@ -454,28 +435,15 @@ class RequestRun:
         self._leave_tier(hedged.tier.name, "hedge took over", "defer")
         self._number = hedge.number
 
-    def _hedge_target(self, here: Tier) -> int | None:
-        """The next streaming tier of another route not left for silence in this request."""
-        for at in range(self._at + 1, len(self._plan)):
-            tier = self._tiers[self._plan[at]]
-            if (
-                tier.provider != here.provider
-                and tier.streaming
-                and tier.provider not in self._deferred
-            ):
-                return at
-        return None
-
     def _drop_route(self, route: str) -> None:
         """Take ``route``'s tiers after the current one out of this request's plan."""
-        ahead = self._plan[self._at + 1 :]
-        self._plan[self._at + 1 :] = [i for i in ahead if self._tiers[i].provider != route]
+        self._plan.drop_ahead(lambda tier: tier.provider == route)
 
     # -- helpers -------------------------------------------------------------------------
 
     def _fallback_rejection(self, step: TryTier, exc: BaseException) -> RouteRejectedError | None:
         """A fallback route's rejection of what the primary accepts; the primary's is None."""
-        if step.tier.provider == self._tiers[0].provider:
+        if step.tier.provider == self._plan.primary:
             return None
         return map_rejection(exc)
 
@@ -559,37 +527,25 @@ class RequestRun:
         self,
         from_tier: str,
         reason: str,
-        how: Literal["tier", "route", "defer", "live"],
+        how: Move,
         *,
-        to: int | None = None,
+        to: Tier | None = None,
     ) -> bool:
-        """Leave the current tier; ``True`` if the next one is on the same route.
+        """Leave the current tier (see :data:`Move`; ``to``: the tier ahead to go to).
 
-        ``"tier"``: the next tier in the plan (or position ``to``). ``"route"``: past this
-        route's remaining tiers, for this request. ``"defer"``: this route's remaining tiers
-        move behind every other route's. ``"live"``: straight to the cache.
+        Returns ``True`` if the next tier is on the same route. Says so in the log and to
+        listeners (``FallbackTaken``).
         """
-        here = self._tiers[self._plan[self._at]].provider
-        rest = self._plan[self._at + 1 :]
-        if how == "live":
-            rest = []
-        elif how in ("route", "defer"):
-            others = [i for i in rest if self._tiers[i].provider != here]
-            if how == "defer":
-                self._deferred.add(here)
-                others += [i for i in rest if self._tiers[i].provider == here]
-            rest = others
-        elif to is not None:
-            rest = self._plan[to:]
-        self._plan[self._at + 1 :] = rest
-        self._at += 1
+        here = self._plan.current
+        assert here is not None  # only an attempt's (or a tier's) end leaves a tier
+        self._plan.move_on(how, to=to)
         self._number = 0
         self._slept = 0.0
         self._busy_since = None
         self._pending_sleep = None
-        following = self._current()
+        following = self._plan.current
         to_tier = following.name if following is not None else "cache"
         logger.info("fallback: %s -> %s (%s)", from_tier, to_tier, reason)
         if self._hooks:
             self._hooks.emit(FallbackTaken(self.request_id, from_tier, to_tier, reason))
-        return following is not None and following.provider == here
+        return following is not None and following.provider == here.provider
