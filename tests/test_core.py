@@ -30,6 +30,7 @@ from fallbackchain import (
 )
 from fallbackchain.breaker._gate import BreakerGate
 from fallbackchain.chain._core import Acquire, AwaitSlot, RequestRun, Sleep, Tier, TryTier, UseCache
+from fallbackchain.chain._plan import TierPlan
 
 from .conftest import FakeClock
 
@@ -313,3 +314,52 @@ def test_quota_skips_every_route_on_the_same_account() -> None:
         )
     )
     assert play(config, {"stream": [QUOTA]}) == ["stream", "elsewhere"]
+
+
+# -- the tier plan -------------------------------------------------------------------------
+
+OTHER = FallbackConfig(name="other", model="other-model", base_url="http://127.0.0.1:2/v1")
+TWO_FALLBACKS = ChainConfig(fallbacks=(BACKUP, OTHER))
+
+
+def _names(plan: TierPlan) -> list[str]:
+    current = plan.current
+    return ([current.name] if current else []) + [t.name for t in plan.ahead()]
+
+
+@pytest.mark.parametrize(
+    ("whole_first", "routes", "moves", "expected"),
+    [
+        (False, None, [], ["stream", "completion", "backup", "other"]),
+        (True, None, [], ["completion", "stream", "backup", "other"]),
+        (False, {"primary", "other"}, [], ["stream", "completion", "other"]),
+        (False, None, ["tier"], ["completion", "backup", "other"]),
+        (False, None, ["route"], ["backup", "other"]),
+        (False, None, ["defer"], ["backup", "other", "completion"]),
+        (False, None, ["live"], []),
+        (False, None, ["defer", "route"], ["other", "completion"]),
+    ],
+)
+def test_the_tier_plan_moves_on(
+    whole_first: bool, routes: set[str] | None, moves: list[Any], expected: list[str]
+) -> None:
+    plan = TierPlan(make_tiers(TWO_FALLBACKS, FakeClock()), whole_first=whole_first, routes=routes)
+    for how in moves:
+        plan.move_on(how)
+    assert _names(plan) == expected
+
+
+def test_the_tier_plan_jumps_drops_and_finds() -> None:
+    tiers = make_tiers(TWO_FALLBACKS, FakeClock())
+    plan = TierPlan(tiers, whole_first=False, routes=None)
+    stream, completion, backup, other = tiers
+    assert plan.hedge_target(stream) is backup
+    plan.move_on("defer")  # the primary's completion tier goes behind the fallbacks
+    assert plan.hedge_target(backup) is other
+    plan.drop_ahead(lambda tier: tier is other)
+    assert _names(plan) == ["backup", "completion"]
+    assert plan.hedge_target(backup) is None  # the primary was left for silence
+    plan.move_on("tier", to=completion)
+    assert plan.current is completion
+    plan.end()
+    assert plan.current is None
