@@ -73,7 +73,7 @@ from ._templates import (
     template_names,
 )
 from ._warm import WARM_RECORD, WarmProgress, WarmReport, load_prompts, warm
-from .cache import InputFileError, ResponseCache
+from .cache import Cache, InputFileError
 from .chain import FallbackChain
 
 __all__ = ["main"]
@@ -388,20 +388,20 @@ def _dry_run(
 # --------------------------------------------------------------------------------------------
 
 
-def _open_cache(config: ChainConfig) -> ResponseCache:
+def _open_cache(config: ChainConfig) -> Cache:
     if not config.cache.enabled:
         raise _UsageError(f"{config.source}: key 'cache.enabled': the cache is disabled")
     return response_cache(config, time.time)  # the same backend a chain would use
 
 
-def _require_readable(cache: ResponseCache) -> None:
+def _require_readable(cache: Cache) -> None:
     if not cache.disk_available:
         raise _UsageError(
             f"the cache at {cache.directory} cannot be opened (see the warning above)"
         )
 
 
-def _require_disk(cache: ResponseCache) -> None:
+def _require_disk(cache: Cache) -> None:
     """The cache must be open for writing (warming a read-only cache would store nothing)."""
     _require_readable(cache)
     if cache.read_only:
@@ -411,7 +411,7 @@ def _require_disk(cache: ResponseCache) -> None:
         )
 
 
-def _read_only(cache: ResponseCache, nothing_done: str) -> bool:
+def _read_only(cache: Cache, nothing_done: str) -> bool:
     """True (and one line on stderr) when the cache could only be opened for reading."""
     if not cache.read_only:
         return False
@@ -422,7 +422,7 @@ def _read_only(cache: ResponseCache, nothing_done: str) -> bool:
     return True
 
 
-def _skipped_rows(cache: ResponseCache) -> int:
+def _skipped_rows(cache: Cache) -> int:
     """Rows this command's scans could not read (each logged above); prints a line if any."""
     skipped = cache.stats().skipped
     if skipped:

@@ -1,4 +1,4 @@
-"""Tests for fallbackchain.cache._cache: keys, the two layers, expiry, failures and the safe Disk."""
+"""Tests for the disk cache: keys, the two layers, expiry, failures and the safe Disk."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionMessage
 
 from fallbackchain._config import CacheConfig
 from fallbackchain._errors import CacheCorruptError, UnsafeCacheRowError
-from fallbackchain.cache._cache import (
+from fallbackchain.cache import (
     CachedAnswer,
     CacheStats,
     ResponseCache,
@@ -1176,7 +1176,7 @@ def test_import_refuses_a_pickle_and_never_runs_it(open_cache: Any, tmp_path: pa
 def test_import_of_a_missing_file_is_an_input_file_error(
     open_cache: Any, tmp_path: pathlib.Path
 ) -> None:
-    from fallbackchain.cache._cache import InputFileError
+    from fallbackchain.cache import InputFileError
 
     missing = tmp_path / "nope.jsonl"
     with pytest.raises(InputFileError, match=re.escape(f"{missing}: file not found")):

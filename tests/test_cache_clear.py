@@ -10,7 +10,7 @@ import pytest
 
 from fallbackchain._cli import main
 from fallbackchain._config import CacheConfig
-from fallbackchain.cache._cache import ResponseCache
+from fallbackchain.cache import ResponseCache
 
 from .test_cache import LOGGER, cache_warnings, completion, plant_row, real_key
 

@@ -12,7 +12,7 @@ import pytest
 
 from fallbackchain._cli import main
 from fallbackchain._errors import ConfigError
-from fallbackchain.cache._cache import ResponseCache
+from fallbackchain.cache import ResponseCache
 
 from .test_cache import LOGGER, FakeClock, cache_warnings, completion, make_config, real_key
 

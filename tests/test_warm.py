@@ -46,7 +46,7 @@ from fallbackchain._warm import (
     parse_prompts,
     warm,
 )
-from fallbackchain.cache._cache import InputFileError, LineError
+from fallbackchain.cache import InputFileError, LineError
 from fallbackchain.chain._core import Sleep
 from fallbackchain.testing import Fault, FaultServer
 
