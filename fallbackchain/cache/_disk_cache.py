@@ -16,7 +16,8 @@ What a caller can rely on:
 * :meth:`~ResponseCache.put` is synchronous: when it returns True the disk holds the answer.
   :meth:`~ResponseCache.put_later` (what a chain uses) costs the caller a snapshot and an
   enqueue: the answer is served at once (memory layer, or the queue itself), and one writer
-  thread per cache writes the queue to disk, up to 32 answers per SQLite transaction. The queue
+  thread per cache writes the queue to disk, up to 32 answers per SQLite transaction (it waits
+  up to 50 ms for more before it writes, unless a flush or close asks). The queue
   is written by :meth:`~ResponseCache.flush`, :meth:`~ResponseCache.close` and at interpreter
   exit; a ``kill -9`` loses what is queued, never a row (SQLite rolls back). A full queue drops
   its oldest write, counted and logged.
@@ -432,7 +433,7 @@ class ResponseCache(Cache):
             if taken == "unchanged":
                 return taken
             writes.supersede(key)  # older than this one: never written now
-            return self._write(key, taken)
+            return self._write_alone(key, taken)
 
     def _dropped_one(self) -> None:
         """The write queue was full and dropped its oldest answer: counted, and logged."""
@@ -467,6 +468,8 @@ class ResponseCache(Cache):
             with contextlib.suppress(Exception):  # rolled back: each is tried (and logged) alone
                 with disk.transact(retry=True):
                     outcomes = [self._write(key, item) for key, item in batch]
+                    if "stored" in outcomes:
+                        disk.cull()  # once a transaction, not once a row (see _open_writable)
                 committed = True
             if committed:
                 self._common.count_stores(outcomes.count("stored"))
@@ -478,12 +481,34 @@ class ResponseCache(Cache):
         """:meth:`_write`, never raising: failures are logged (caller holds the write lock)."""
         common = self._common
         outcome = common.guarded(
-            "put", "answer not stored", lambda: self._write(key, item), "skipped"
+            "put", "answer not stored", lambda: self._write_alone(key, item), "skipped"
         )
         common.count_store(outcome == "stored")
 
+    def _write_alone(self, key: str, item: QueuedWrite) -> _Written:
+        """:meth:`_write` in a transaction of its own, with the eviction a write is due.
+
+        The caller holds the write lock. Inside another transaction (``import_row``), this one
+        is part of it.
+        """
+        disk = self._handle.current()
+        if disk is None or self._handle.read_only:
+            return "skipped"
+        try:
+            with disk.transact():  # not retried: a locked database fails the write (logged)
+                written = self._write(key, item)
+                if written == "stored":
+                    disk.cull()  # once a transaction, not once a row (see _open_writable)
+        except Exception as exc:
+            item.held.on_disk = False  # rolled back
+            self._handle.drop_if_corrupt(disk, exc)
+            raise
+        return written
+
     def _write(self, key: str, item: QueuedWrite) -> _Written:
         """Write one answer to disk (caller holds the write lock); the caller counts a store.
+
+        Inside a transaction: the caller commits, and evicts (``disk.cull()``).
 
         ``skipped``: no writable disk, or the answer expired while it waited. ``unchanged``
         (counted here): the disk row already holds it.

@@ -158,11 +158,14 @@ class DiskHandle:
     def _open_writable(self) -> Any:
         settings: dict[str, Any] = dict(diskcache.DEFAULT_SETTINGS)
         # Pin every setting, so values planted in the Settings table are overwritten.
+        # cull_limit=0: diskcache would evict after every row it writes (three SQL statements
+        # a row); the cache calls ``cull()`` once per write transaction instead (#14).
         settings.update(
             eviction_policy="least-recently-stored",
             size_limit=self._common.config.size_limit,
             statistics=0,
             tag_index=0,
+            cull_limit=0,
         )
         database = os.path.join(self.directory, DB_NAME)
         create_private(database)  # SQLite gives its -wal and -shm files the database's mode

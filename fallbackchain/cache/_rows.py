@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 import pydantic
+import pydantic_core
 from openai.types.chat import ChatCompletion
 
 from .._errors import CacheCorruptError, UnsafeCacheRowError
@@ -166,12 +167,18 @@ def is_complete(completion: ChatCompletion) -> bool:
 
 
 def encode_row(body: Mapping[str, Any], stored_at: float) -> str:
-    """The stored form of an answer (``body``: its JSON-mode dump), read by :func:`decode_row`."""
-    return json.dumps(
-        {"format": ROW_FORMAT, "stored_at": stored_at, "completion": body},
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    """The stored form of an answer (``body``: its JSON-mode dump), read by :func:`decode_row`.
+
+    Compact JSON with non-ASCII kept as is, as ``json.dumps(..., ensure_ascii=False,
+    separators=(",", ":"))`` writes it (a number may be spelled differently, ``0.00001`` for
+    ``1e-05``: it reads back the same), by pydantic's serializer: about a quarter of the CPU.
+    """
+    row = {"format": ROW_FORMAT, "stored_at": stored_at, "completion": body}
+    try:
+        return pydantic_core.to_json(row).decode("utf-8")
+    except pydantic_core.PydanticSerializationError:  # e.g. a lone surrogate: not UTF-8
+        # The same text as before, which fails where it always did: at the write (logged).
+        return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
 
 
 def decode_row(raw: object) -> HeldEntry:

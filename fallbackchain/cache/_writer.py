@@ -22,6 +22,10 @@ from ._rows import LocalAnswer
 __all__ = ["WRITE_QUEUE_SIZE", "QueuedWrite", "WriteBehind"]
 
 _WRITE_BATCH: Final = 32  # answers the writer writes in one disk transaction
+_LINGER: Final = 0.05
+"""Seconds the writer waits for more answers before it writes (unless the batch is full, or
+a flush or close asks): one transaction then carries several answers, and the writer wakes
+once for them rather than once an answer. Nothing waits for it but the disk (#14)."""
 WRITE_QUEUE_SIZE: Final = 1024
 """Default bound of :meth:`ResponseCache.put_later`'s queue (distinct keys waiting)."""
 
@@ -63,6 +67,7 @@ class WriteBehind:
         self._on_drop = on_drop
         self._on_thread_end = on_thread_end
         self._stopping = False
+        self._hurry = False  # a flush waits: write without lingering until the queue is empty
         self._generation = 0  # bumped by cancel(): a write taken before it is not done
         self._forget_parent()
         _ALL_WRITERS.add(self)
@@ -107,7 +112,8 @@ class WriteBehind:
                     dropped = True
                 self._pending[key] = item
                 self._start()
-                self._queue.notify()
+                if len(self._pending) in (1, _WRITE_BATCH):  # wake it: work, or a full batch
+                    self._queue.notify_all()
         if inline:
             with self.lock:
                 self._write_one(key, item)
@@ -131,6 +137,9 @@ class WriteBehind:
         """Wait until everything queued is written (or failed); False if ``timeout`` passed."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._queue:
+            if self._pending:
+                self._hurry = True
+                self._queue.notify_all()
             while self._pending or self._inflight:
                 thread = self._thread
                 if thread is None or not thread.is_alive():
@@ -168,9 +177,11 @@ class WriteBehind:
         while True:
             with self._queue:
                 while not self._pending and not self._stopping:
+                    self._hurry = False
                     self._queue.wait()
                 if not self._pending:
                     break
+                self._linger()
                 batch: Batch = []
                 while self._pending and len(batch) < _WRITE_BATCH:
                     key = next(iter(self._pending))
@@ -188,6 +199,15 @@ class WriteBehind:
                             del self._inflight[key]
                     self._queue.notify_all()
         self._on_thread_end()
+
+    def _linger(self) -> None:
+        """Wait (caller holds ``_queue``) up to :data:`_LINGER` for a batch to fill."""
+        deadline = time.monotonic() + _LINGER
+        while len(self._pending) < _WRITE_BATCH and not (self._stopping or self._hurry):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._queue.wait(left)
 
     def _drain_inline(self) -> None:
         """Write whatever is queued in this thread (no live writer: after a fork, at exit)."""
