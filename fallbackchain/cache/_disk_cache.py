@@ -55,11 +55,10 @@ What a caller can rely on:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Final, Literal
+from collections.abc import Callable, Iterator
+from typing import Any, Final
 
 import diskcache
 from openai.types.chat import ChatCompletion
@@ -68,21 +67,20 @@ from .._config import CacheConfig
 from .._errors import CacheError
 from ._common import CacheCommon, Entries
 from ._disk_handle import DiskHandle
+from ._disk_writes import DiskWrites, Written, peek
 from ._failures import describe_disk_failure
 from ._jsonl import ExportRow, ImportOutcome
 from ._protocol import Cache
 from ._read_only import connect_read_only
-from ._rows import CachedAnswer, HeldEntry, answer_part, decode_row, encode_row, fresh, seconds
+from ._rows import CachedAnswer, HeldEntry, decode_row
 from ._safe_disk import SafeJSONDisk
 from ._stats import CacheStats
-from ._writer import WRITE_QUEUE_SIZE, QueuedWrite, WriteBehind
+from ._writer import WRITE_QUEUE_SIZE, WriteBehind
 
 __all__ = ["ResponseCache"]
 
 _ITER_BATCH: Final = 100
 _CLEAR_ATTEMPTS: Final = 10  # a failed clear that made progress is retried, this many times in all
-
-_Written = Literal["stored", "unchanged", "skipped"]
 
 
 class ResponseCache(Cache):
@@ -100,19 +98,20 @@ class ResponseCache(Cache):
         clock: Callable[[], float] = time.time,
         write_queue: int = WRITE_QUEUE_SIZE,
     ) -> None:
-        # put_later's queue; one writer thread drains it.
-        self._writes = WriteBehind(
-            write_queue,
-            write_batch=self._write_batch,
-            write_one=self._write_counted,
-            on_drop=self._dropped_one,
-            on_thread_end=self._writer_ended,
-        )
         self._directory = os.path.abspath(os.path.expandvars(os.path.expanduser(config.directory)))
         self._common = CacheCommon(
             config, clock, where=self._directory, describe=describe_disk_failure
         )
         self._handle = DiskHandle(self._common, self._directory)
+        self._rows = DiskWrites(self._common, self._handle)
+        # put_later's queue; one writer thread drains it.
+        self._writes = WriteBehind(
+            write_queue,
+            write_batch=self._rows.write_batch,
+            write_one=self._rows.write_counted,
+            on_drop=self._dropped_one,
+            on_thread_end=self._writer_ended,
+        )
         if config.enabled:
             self._handle.open_first()
 
@@ -334,7 +333,7 @@ class ResponseCache(Cache):
 
         def delete_if_same(key: str, _text: object, entry: HeldEntry) -> int:
             with self._writes.lock, disk.transact(retry=True):
-                current = _peek(disk, key)
+                current = peek(disk, key)
                 if current is not None and current.stored_at == entry.stored_at:
                     return int(bool(disk.delete(key)))
             return 0
@@ -365,7 +364,7 @@ class ResponseCache(Cache):
             if disk is None or self._handle.read_only:
                 return "failed"
             with self._writes.lock, disk.transact(retry=True):
-                current = _peek(disk, key)
+                current = peek(disk, key)
                 if current is not None and current.stored_at >= at:
                     return "kept"
                 return "imported" if self._put(key, completion, at, False) == "stored" else "failed"
@@ -423,7 +422,7 @@ class ResponseCache(Cache):
 
     def _put(
         self, key: str, completion: ChatCompletion, at: float | None, rewrite: bool
-    ) -> _Written:
+    ) -> Written:
         """put(): write now, superseding a queued answer for the key; the caller counts."""
         writes = self._writes
         with writes.lock:
@@ -433,7 +432,7 @@ class ResponseCache(Cache):
             if taken == "unchanged":
                 return taken
             writes.supersede(key)  # older than this one: never written now
-            return self._write_alone(key, taken)
+            return self._rows.write_alone(key, taken)
 
     def _dropped_one(self) -> None:
         """The write queue was full and dropped its oldest answer: counted, and logged."""
@@ -455,101 +454,6 @@ class ResponseCache(Cache):
             with contextlib.suppress(Exception):
                 disk.close()
 
-    def _write_batch(self, batch: list[tuple[str, QueuedWrite]]) -> None:
-        """Write ``batch`` in one disk transaction (one commit); one by one if that fails.
-
-        The caller holds the write lock. A ``kill -9`` during the transaction loses the
-        batch, never a row: SQLite rolls it back.
-        """
-        disk = self._handle.current()
-        if len(batch) > 1 and isinstance(disk, diskcache.Cache) and not self._handle.read_only:
-            outcomes: list[str] = []
-            committed = False
-            with contextlib.suppress(Exception):  # rolled back: each is tried (and logged) alone
-                with disk.transact(retry=True):
-                    outcomes = [self._write(key, item) for key, item in batch]
-                    if "stored" in outcomes:
-                        disk.cull()  # once a transaction, not once a row (see _open_writable)
-                committed = True
-            if committed:
-                self._common.count_stores(outcomes.count("stored"))
-                return
-        for key, item in batch:
-            self._write_counted(key, item)
-
-    def _write_counted(self, key: str, item: QueuedWrite) -> None:
-        """:meth:`_write`, never raising: failures are logged (caller holds the write lock)."""
-        common = self._common
-        outcome = common.guarded(
-            "put", "answer not stored", lambda: self._write_alone(key, item), "skipped"
-        )
-        common.count_store(outcome == "stored")
-
-    def _write_alone(self, key: str, item: QueuedWrite) -> _Written:
-        """:meth:`_write` in a transaction of its own, with the eviction a write is due.
-
-        The caller holds the write lock. Inside another transaction (``import_row``), this one
-        is part of it.
-        """
-        disk = self._handle.current()
-        if disk is None or self._handle.read_only:
-            return "skipped"
-        try:
-            with disk.transact():  # not retried: a locked database fails the write (logged)
-                written = self._write(key, item)
-                if written == "stored":
-                    disk.cull()  # once a transaction, not once a row (see _open_writable)
-        except Exception as exc:
-            item.held.on_disk = False  # rolled back
-            self._handle.drop_if_corrupt(disk, exc)
-            raise
-        return written
-
-    def _write(self, key: str, item: QueuedWrite) -> _Written:
-        """Write one answer to disk (caller holds the write lock); the caller counts a store.
-
-        Inside a transaction: the caller commits, and evicts (``disk.cull()``).
-
-        ``skipped``: no writable disk, or the answer expired while it waited. ``unchanged``
-        (counted here): the disk row already holds it.
-        """
-        disk = self._handle.current()
-        if disk is None or self._handle.read_only:
-            return "skipped"
-        held = item.held
-        now = self._common.clock()
-        ttl_left = self._common.ttl - (now - held.stored_at)
-        if ttl_left <= 0:
-            return "skipped"
-        try:
-            if item.check_disk and self._unchanged_on_disk(disk, key, held.body, now):
-                self._common.count_unchanged()
-                held.on_disk = True
-                return "unchanged"
-            stored = bool(disk.set(key, encode_row(held.body, held.stored_at), expire=ttl_left))
-        except Exception as exc:
-            self._handle.drop_if_corrupt(disk, exc)
-            raise
-        held.on_disk = stored
-        return "stored" if stored else "skipped"
-
-    def _unchanged_on_disk(self, disk: Any, key: str, body: Mapping[str, Any], now: float) -> bool:
-        """True when the disk row for ``key`` holds the same answer and is young enough.
-
-        Reads the row's JSON only (no validation); an unreadable row is False (overwritten).
-        """
-        try:
-            text = disk.get(key)
-            row = json.loads(text) if isinstance(text, str) else None
-        except (CacheError, ValueError, RecursionError):
-            return False
-        if not isinstance(row, dict) or not isinstance(row.get("completion"), dict):
-            return False
-        at = seconds(row.get("stored_at"))
-        if at is None or not fresh(at, now, self._common.ttl):
-            return False
-        return answer_part(row["completion"]) == answer_part(body)
-
     def _scan_entries(self, operation: str) -> Entries:
         """Every readable disk row with its key and text; unreadable rows are logged, skipped."""
         disk = self._handle.current()
@@ -569,15 +473,6 @@ class ResponseCache(Cache):
                 self._common.failure(operation, exc, "scan stopped")
                 return
             yield key, text, entry
-
-
-def _peek(disk: Any, key: str) -> HeldEntry | None:
-    """The disk row for ``key`` (expired or not) without counting it; unreadable is None."""
-    try:
-        text = disk.get(key)
-        return None if text is None else decode_row(text)
-    except CacheError:
-        return None
 
 
 def _row_count(disk: Any) -> int | None:
