@@ -58,7 +58,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Final
+from typing import Any, Final, Unpack
 
 import diskcache
 from openai.types.chat import ChatCompletion
@@ -70,7 +70,7 @@ from ._disk_handle import DiskHandle
 from ._disk_writes import DiskWrites, Written, peek
 from ._failures import describe_disk_failure
 from ._jsonl import ExportRow, ImportOutcome
-from ._protocol import Cache
+from ._protocol import Cache, PutOptions
 from ._read_only import connect_read_only
 from ._rows import CachedAnswer, HeldEntry, decode_row
 from ._safe_disk import SafeJSONDisk
@@ -150,14 +150,7 @@ class ResponseCache(Cache):
         """
         return self._common.get_held(key)
 
-    def put(
-        self,
-        key: str,
-        completion: ChatCompletion,
-        *,
-        stored_at: float | None = None,
-        rewrite: bool = False,
-    ) -> bool:
+    def put(self, key: str, completion: ChatCompletion, **options: Unpack[PutOptions]) -> bool:
         """Store a complete answer now, synchronously; True if the disk holds it. Never raises.
 
         True when it was written, or when the key already holds the same answer (on disk or
@@ -176,6 +169,7 @@ class ResponseCache(Cache):
         common = self._common
         if not common.usable():
             return False
+        stored_at, rewrite = options.get("stored_at"), options.get("rewrite", False)
         outcome = common.guarded(
             "put",
             "answer not stored",

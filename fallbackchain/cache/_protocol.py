@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from types import TracebackType
-from typing import IO, Protocol, Self, runtime_checkable
+from typing import IO, Protocol, Self, TypedDict, Unpack, runtime_checkable
 
 from openai.types.chat import ChatCompletion
 
@@ -26,6 +25,15 @@ from ._rows import CachedAnswer
 from ._stats import CacheStats
 
 __all__ = ["Cache"]
+
+
+class PutOptions(TypedDict, total=False):
+    """How :meth:`Cache.put` stores an answer; both are optional keywords."""
+
+    stored_at: float | None
+    """When the answer was made (default: now), to restore an entry with its original age."""
+    rewrite: bool
+    """Write and restamp even an answer the key already holds (a refresh); default False."""
 
 
 @runtime_checkable
@@ -55,14 +63,7 @@ class Cache(Protocol):
         """The answer the memory layer holds for ``key``, without I/O; None is not a miss."""
         ...
 
-    def put(
-        self,
-        key: str,
-        completion: ChatCompletion,
-        *,
-        stored_at: float | None = None,
-        rewrite: bool = False,
-    ) -> bool:
+    def put(self, key: str, completion: ChatCompletion, **options: Unpack[PutOptions]) -> bool:
         """Store a complete answer now; True if the storage holds it."""
         ...
 
@@ -128,10 +129,5 @@ class Cache(Protocol):
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()

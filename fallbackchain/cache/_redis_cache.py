@@ -18,7 +18,7 @@ import math
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Final, cast
+from typing import Any, Final, Unpack, cast
 
 import redis
 import redis.asyncio
@@ -26,20 +26,13 @@ import redis.asyncio.retry
 import redis.exceptions
 from openai.types.chat import ChatCompletion
 
+from .. import _redis_link as redis_link
 from .._config import CacheConfig
 from .._errors import CacheError
-from .._redis_link import (
-    RedisLink,
-    RedisScript,
-    RedisUnavailableError,
-    on_event_loop,
-    redis_number,
-    shared_link,
-)
 from ._common import CacheCommon
 from ._failures import CacheFailure
 from ._jsonl import ExportRow, ImportOutcome
-from ._protocol import Cache
+from ._protocol import Cache, PutOptions
 from ._rows import CachedAnswer, HeldEntry, StoredRow, decode_row
 from ._stats import CacheStats, StoredAges
 
@@ -52,7 +45,7 @@ class RedisCacheError(CacheError):
     """Internal: the Redis layer of the cache failed for one operation (logged, never raised)."""
 
 
-_IMPORT = RedisScript.of(
+_IMPORT = redis_link.RedisScript.of(
     """
 local cur = redis.call('GET', KEYS[1])
 if cur then
@@ -67,7 +60,7 @@ return 1
 """
 )
 
-_DELETE_IF_SAME = RedisScript.of(
+_DELETE_IF_SAME = redis_link.RedisScript.of(
     """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -111,9 +104,9 @@ class RedisResponseCache(Cache):
         *,
         namespace: str,
         clock: Callable[[], float] = time.time,
-        link: RedisLink | None = None,
+        link: redis_link.RedisLink | None = None,
     ) -> None:
-        self._link = link if link is not None else shared_link(config.redis_url)
+        self._link = link if link is not None else redis_link.shared_link(config.redis_url)
         self.namespace = namespace
         self.prefix = f"{namespace}:cache:"
         # The memory layer, row rules, counters and failure log; Redis is the storage.
@@ -138,11 +131,11 @@ class RedisResponseCache(Cache):
         """
         if not self._common.usable() or not self._link.available:
             return False
-        if on_event_loop():
+        if redis_link.on_event_loop():
             return True
         try:
             return bool(self._link.call(lambda r: r.ping()))
-        except RedisUnavailableError:
+        except redis_link.RedisUnavailableError:
             return False
 
     @property
@@ -151,7 +144,7 @@ class RedisResponseCache(Cache):
         return False
 
     @property
-    def link(self) -> RedisLink:
+    def link(self) -> redis_link.RedisLink:
         return self._link
 
     def get(self, key: str) -> CachedAnswer | None:
@@ -180,14 +173,7 @@ class RedisResponseCache(Cache):
                 common.failure("get", exc, "treated as a miss")
         return common.count_lookup(answer)
 
-    def put(
-        self,
-        key: str,
-        completion: ChatCompletion,
-        *,
-        stored_at: float | None = None,
-        rewrite: bool = False,
-    ) -> bool:
+    def put(self, key: str, completion: ChatCompletion, **options: Unpack[PutOptions]) -> bool:
         """Store a complete answer; True if it was written to Redis. Never raises.
 
         As :meth:`ResponseCache.put`: incomplete answers are refused, the memory layer is
@@ -197,6 +183,7 @@ class RedisResponseCache(Cache):
         common = self._common
         if not common.usable():
             return False
+        stored_at = options.get("stored_at")  # every put is a SET: ``rewrite`` changes nothing
         stored = common.guarded(
             "put", "answer not stored", lambda: self._set(key, completion, stored_at), False
         )
@@ -332,7 +319,7 @@ class RedisResponseCache(Cache):
             row = self._common.prepare_row(key, completion, at)
             if row is None:
                 return "failed"
-            name, args = self.prefix + key, (redis_number(at), row.text, str(_px(row)))
+            name, args = self.prefix + key, (redis_link.redis_number(at), row.text, str(_px(row)))
             written = self._link.call(lambda r: _IMPORT.run(r, (name,), args))
             return "imported" if int(written) else "kept"
 
@@ -341,7 +328,7 @@ class RedisResponseCache(Cache):
     def close(self) -> None:
         """Drop the memory layer; later calls miss. Idempotent.
 
-        Redis connections are shared by the process (see :func:`shared_link`); the idle
+        Redis connections are shared by the process (see :func:`redis_link.shared_link`); the idle
         connections of the event loops this cache used are closed here, best effort.
         """
         if not self._common.mark_closed():
@@ -439,7 +426,7 @@ class RedisResponseCache(Cache):
 
 def _describe(exc: BaseException) -> CacheFailure | None:
     """How the Redis cache names ``exc`` in its WARNING; None when the link logged it."""
-    if isinstance(exc, RedisUnavailableError):
+    if isinstance(exc, redis_link.RedisUnavailableError):
         return None  # the link logged it (once), and says when Redis is back
     mapped: CacheError
     if isinstance(exc, CacheError):
