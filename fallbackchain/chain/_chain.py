@@ -29,7 +29,7 @@ from .._hooks import BreakerChanged, Hooks, RequestStarted, next_request_id
 from .._redact import mask_url
 from .._timing import Clock, TimeSource, time_source
 from ..breaker import BreakerGate, BreakerState
-from ..cache import CachedAnswer, ResponseCache
+from ..cache import Cache, CachedAnswer
 from ._assembly import Piece
 from ._call_options import CacheUse, CallKeywords, CallOptions, call_options
 from ._core import RequestRun
@@ -76,7 +76,7 @@ class ChainBase(Generic[StreamT, ClientT, SleepT, AnswerT]):
         *,
         client: ClientT | None = None,
         fallback_clients: Mapping[str, ClientT] | None = None,
-        cache: ResponseCache | None = None,
+        cache: Cache | None = None,
         clock: TimeSource | Clock | None = None,
         sleep: SleepT | None = None,
         random: Callable[[], float] | None = None,
