@@ -70,7 +70,15 @@ OUT = Path(__file__).resolve().parent / "peers.md"
 
 def missing_peers() -> list[str]:
     """The packages of the ``peers`` extra that are not installed."""
-    return [name for name in PEERS if importlib.util.find_spec(name) is None]
+    missing = []
+    for name in PEERS:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ValueError:  # sys.modules[name] is None: an import of it is blocked
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
 
 
 BACKUP_MODEL = "gpt-4o"  # the backup answers "Answer from gpt-4o: ...", so who answered shows
@@ -424,6 +432,7 @@ def _outage_one(name: str, scratch: Path, duration: float, quick: bool) -> dict[
                 upstream.append(primary.counts["total"] + backup.counts["total"] - before)
                 primary.default = backup.default = Fault.ok()
 
+            cpu = time.process_time()
             restorer = threading.Thread(target=recover, name="outage-end")
             restorer.start()
             with ThreadPoolExecutor(max_workers=700, thread_name_prefix="peers") as pool:
@@ -435,6 +444,7 @@ def _outage_one(name: str, scratch: Path, duration: float, quick: bool) -> dict[
                     pool.submit(one, index, outcome)
                     index += 1
             restorer.join()
+            cpu = time.process_time() - cpu
         finally:
             contender.close()
     latencies = [o.done - o.due for o in outcomes]
@@ -445,6 +455,7 @@ def _outage_one(name: str, scratch: Path, duration: float, quick: bool) -> dict[
         "answered": sum(o.answered for o in outcomes),
         "p50": percentile(latencies, 50),
         "p99": percentile(latencies, 99),
+        "cpu": cpu,
     }
 
 
@@ -456,40 +467,50 @@ def outage(results: Results, scratch: Path) -> None:
         results.outage[name] = _outage_one(name, scratch / name, duration, results.quick)
 
 
+SILENCES = {
+    "silent": Fault.slow_first_byte(seconds=600.0),  # not even the response headers
+    "silent after headers": Fault.stall(after_chunks=0, seconds=600.0),  # 200, then nothing
+}
+
+
 def silent(results: Results, scratch: Path) -> None:
-    """All four at once, each with its own servers: the waits are timeouts, not CPU."""
-    runs: dict[str, Any] = {}
+    """Both kinds of silence, all four contenders at once, each with its own servers: the
+    waits are timeouts, not CPU. The primary's warm-up request is not counted."""
+    runs: dict[tuple[str, str], tuple[Seen, str, str]] = {}
 
-    def one(name: str, primary: FaultServer, backup: FaultServer, contender: Contender) -> None:
-        runs[name] = ask_once(contender, "silent prompt", primary, backup)
+    def one(key: tuple[str, str], primary: FaultServer, backup: FaultServer, c: Contender) -> None:
+        runs[key] = ask_once(c, "silent prompt", primary, backup)
 
-    started: list[tuple[str, FaultServer, FaultServer, Contender, threading.Thread]] = []
-    for name in CONTENDERS:
-        primary = FaultServer(words=WORDS).start()
-        backup = FaultServer(words=WORDS).start()
-        contender = make(name, primary.base_url, backup.base_url, scratch / f"silent-{name}")
-        contender.ask("silent warm-up", lambda _: None)
-        primary.default = Fault.stall(after_chunks=0, seconds=600.0)
-        thread = threading.Thread(
-            target=one, args=(name, primary, backup, contender), daemon=True, name=name
-        )
-        started.append((name, primary, backup, contender, thread))
+    started: list[tuple[tuple[str, str], FaultServer, FaultServer, Contender, threading.Thread]]
+    started = []
+    for kind, fault in SILENCES.items():
+        for name in CONTENDERS:
+            primary = FaultServer(words=WORDS).start()
+            backup = FaultServer(words=WORDS).start()
+            directory = scratch / f"{kind}-{name}"
+            contender = make(name, primary.base_url, backup.base_url, directory)
+            contender.ask("silent warm-up", lambda _: None)
+            primary.default = fault
+            key = (kind, name)
+            thread = threading.Thread(
+                target=one, args=(key, primary, backup, contender), daemon=True, name=name
+            )
+            started.append((key, primary, backup, contender, thread))
     start = time.perf_counter()
     for *_, thread in started:
         thread.start()
-    for name, primary, _backup, _contender, thread in started:
+    for key, primary, _backup, _contender, thread in started:
         thread.join(max(0.0, start + SILENT_CAP - time.perf_counter()))
-        if name not in runs:
+        if key not in runs:
             seen = Seen(SILENT_CAP, error="cut off")
             seen.primary_requests = primary.counts["total"] - 1
-            expected = (primary.answer_for(user("x"), MODEL), "")
-            runs[name] = (seen, *expected)
-    for name, primary, backup, contender, _ in started:
+            runs[key] = (seen, "", "")
+    for key, primary, backup, contender, _ in started:
         primary.stop()
         backup.stop()
         contender.close()
-        seen, expected_p, expected_b = runs[name]
-        _record(results, "silent", name, seen, (expected_p, expected_b))
+        seen, expected_p, expected_b = runs[key]
+        _record(results, key[0], key[1], seen, (expected_p, expected_b))
 
 
 # --------------------------------------------------------------------------------------------
@@ -504,7 +525,8 @@ def _med(values: list[float]) -> float:
 def _ratio(value: float, raw: float) -> str:
     if raw == 0 or value != value or raw != raw:
         return ""
-    return f" ({value / raw:.2f}x)"
+    ratio = value / raw
+    return f" ({ratio:.2f}x)" if ratio >= 0.1 else f" ({ratio:.2g}x)"
 
 
 def _fmt_s(seconds: float) -> str:
@@ -551,6 +573,10 @@ def table(results: Results) -> list[str]:
         row(
             f"{title}: complete answers",
             {k: f"{sum(ok[k])} of {len(ok[k])}" for k in CONTENDERS},
+        )
+        row(
+            f"{title}: what the caller got",
+            {k: ", ".join(sorted({s.error or "an answer" for s in seen[k]})) for k in CONTENDERS},
         )
         row(
             f"{title}: characters shown twice (per request)",
@@ -618,25 +644,40 @@ def table(results: Results) -> list[str]:
                 for k in CONTENDERS
             },
         )
+        row(
+            "outage: client CPU, outage start to the last request's end (ratio to raw)",
+            {k: f"{out[k]['cpu']:.1f} s{_ratio(out[k]['cpu'], raw['cpu'])}" for k in CONTENDERS},
+        )
         for q in ("p50", "p99"):
             row(
                 f"outage: time to answer or error, {q} (ratio to raw)",
                 {k: f"{_fmt_s(out[k][q])}{_ratio(out[k][q], raw[q])}" for k in CONTENDERS},
             )
-    if "silent" in results.faults:
-        seen = results.faults["silent"]
-        raw_t = seen["raw SDK"][0].seconds
+    for kind, title in (
+        ("silent", "silent primary (no response headers): time to an answer"),
+        (
+            "silent after headers",
+            "silent primary (200 and headers, then nothing): time to an answer",
+        ),
+    ):
+        if kind not in results.faults:
+            continue
+        silence = results.faults[kind]
+        raw_s = silence["raw SDK"][0].seconds
 
-        def silent_cell(k: str) -> str:
-            s = seen[k][0]
-            what = s.answered_by() if s.error != "cut off" else f"> {SILENT_CAP:.0f} s"
-            when = _fmt_s(s.seconds) if s.error != "cut off" else "cut off"
-            return f"{when} ({what}, {s.primary_requests} to primary){_ratio(s.seconds, raw_t)}"
+        def silent_cell(
+            k: str, silence: dict[str, list[Seen]] = silence, raw_s: float = raw_s
+        ) -> str:
+            s = silence[k][0]
+            if s.error == "cut off":
+                return f"> {SILENT_CAP:.0f} s (no answer yet; {s.primary_requests} to primary)"
+            what = s.answered_by() if s.text is not None else s.error
+            return (
+                f"{_fmt_s(s.seconds)}{_ratio(s.seconds, raw_s)}: {what}; "
+                f"{s.primary_requests} to primary"
+            )
 
-        row(
-            "silent primary (headers, then nothing): time to an answer",
-            {k: silent_cell(k) for k in CONTENDERS},
-        )
+        row(title, {k: silent_cell(k) for k in CONTENDERS})
     return lines
 
 
@@ -696,8 +737,9 @@ def write(results: Results, versions: dict[str, str]) -> str:
         "(so fallbackchain's cache holds them; nobody else keeps answers). Contenders one after "
         "another, each with its own servers."
         + (" Compressed to 6 s (fallbackchain's reset_timeout 3 s)." if results.quick else ""),
-        f"- Silent primary: headers, then no byte for 600 s; the four contenders at once, each "
-        f"with its own servers; cut off at {SILENT_CAP:.0f} s.",
+        "- Silent primary: no byte for 600 s (not even the headers), or the headers and then "
+        "nothing; all eight runs at once, each with its own servers; cut off at "
+        f"{SILENT_CAP:.0f} s.",
         "- Real time throughout: no peer runs on a fake clock.",
         *results.notes,
         "",
@@ -719,7 +761,10 @@ SCENARIOS: dict[str, Callable[[Results, Path], None]] = {
 def main(argv: list[str] | None = None) -> int:
     missing = missing_peers()
     if missing:
-        print(f"benchmarks/peers.py: skipped, not installed: {', '.join(missing)}")
+        print(
+            f"benchmarks/peers.py: skipped, not installed: {', '.join(missing)} "
+            "(the optional extra: .venv/bin/pip install -e '.[peers]')"
+        )
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else "")
     parser.add_argument("--quick", action="store_true", help="fewer rounds, a 6-s outage")
