@@ -31,8 +31,8 @@ Everything runs in real time (no peer sees a fake clock). Results are also given
 raw SDK; ``benchmarks/peers.md`` gets the markdown table. Needs the optional extra
 ``pip install -e '.[peers]'``; without it this prints what is missing and exits 0.
 
-    .venv/bin/python benchmarks/peers.py            # ~8 minutes
-    .venv/bin/python benchmarks/peers.py --quick    # ~2 minutes, outage compressed to 6 s
+    .venv/bin/python benchmarks/peers.py            # ~10-13 minutes
+    .venv/bin/python benchmarks/peers.py --quick    # ~6 minutes, outage compressed to 6 s
 """
 
 from __future__ import annotations
