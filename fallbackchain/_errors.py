@@ -31,7 +31,7 @@ retrying or falling back cannot fix them:
     │   ├── DeadlineExceededError        the request's overall live deadline ran out
     │   ├── RouteRejectedError           a fallback route refused a request (400/401/403/404/422)
     │   ├── BreakerOpenError             the tier's circuit breaker refused the attempt
-    │   │   └── BreakerBusyError         in doubt, its trial slots stayed full while we waited
+    │   │   └── BreakerBusyError         unproven, its limited slots stayed full while we waited
     │   └── StreamProtocolError          the stream itself was bad
     │       ├── TruncatedStreamError     ended cleanly but without finish_reason (silent truncation)
     │       ├── StreamEventError         the server sent an SSE ``error`` event mid-stream
@@ -246,8 +246,8 @@ class BreakerOpenError(TierError):
 class BreakerBusyError(BreakerOpenError):
     """The tier's breaker stayed busy for as long as this request could wait.
 
-    In doubt, a breaker admits at most ``fail_max`` attempts failed or in flight (see
-    :data:`fallbackchain.BUSY`).
+    Unproven, a breaker admits at most ``fail_max`` attempts failed or in flight (see
+    ``fallbackchain.breaker.BUSY``).
     """
 
 

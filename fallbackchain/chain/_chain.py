@@ -183,7 +183,7 @@ class _ChainBase:
                 clock=self._clock,
                 store=gate_store(config, name),
                 probe_lease=config.retry.deadline + route.timeout,
-                trial_lease=longest + 1.0,
+                limited_lease=longest + 1.0,
                 on_state_change=self._breaker_changed,
             )
 
@@ -721,8 +721,8 @@ class FallbackChain(_ChainBase):
                 watch.after_wait(before, opened.after, got_content=opened.assembler.content_seen)
                 if text:
                     texts.append(text)
-            if opened.assembler.content_seen and step.permit.trial:
-                step.permit.vouch()  # a trial's first content lets waiting callers in
+            if opened.assembler.content_seen and step.permit.limited:
+                step.permit.first_content()  # its first content lets waiting callers in
         except BaseException:
             stream.close()
             raise
@@ -749,7 +749,7 @@ class FallbackChain(_ChainBase):
             if not opened.ended:
                 chunks = opened.chunks
                 after = opened.after
-                unvouched = step.permit.trial and not assembler.content_seen
+                unvouched = step.permit.limited and not assembler.content_seen
                 while True:
                     before = clock()
                     # Between two waits the consumer held the stream: not the upstream's time.
@@ -763,7 +763,7 @@ class FallbackChain(_ChainBase):
                     check(before, after, got_content=assembler.content_seen)
                     if unvouched and assembler.content_seen:
                         unvouched = False
-                        step.permit.vouch()
+                        step.permit.first_content()
                     if text:
                         yield from delta(text, source)
         return assembler.finish(model=request.model)
@@ -1268,8 +1268,8 @@ class AsyncFallbackChain(_ChainBase):
                 watch.after_wait(before, opened.after, got_content=opened.assembler.content_seen)
                 if text:
                     texts.append(text)
-            if opened.assembler.content_seen and step.permit.trial:
-                await step.permit.avouch()  # a trial's first content lets waiting callers in
+            if opened.assembler.content_seen and step.permit.limited:
+                await step.permit.afirst_content()  # its first content lets waiting callers in
         except BaseException:
             await stream.close()
             raise
@@ -1299,7 +1299,7 @@ class AsyncFallbackChain(_ChainBase):
             if not opened.ended:
                 chunks = opened.chunks
                 after = opened.after
-                unvouched = step.permit.trial and not assembler.content_seen
+                unvouched = step.permit.limited and not assembler.content_seen
                 watchdog = _Watchdog(asyncio.get_running_loop())
                 try:
                     while True:
@@ -1320,7 +1320,7 @@ class AsyncFallbackChain(_ChainBase):
                         check(before, after, got_content=assembler.content_seen)
                         if unvouched and assembler.content_seen:
                             unvouched = False
-                            await step.permit.avouch()
+                            await step.permit.afirst_content()
                         if text:
                             for event in delta(text, source):
                                 yield event
