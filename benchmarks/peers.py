@@ -4,9 +4,11 @@ Four contenders, each configured as its own documentation advises:
 
 * **raw SDK**: ``openai.OpenAI(max_retries=2, timeout=30)`` (the SDK's retries, its default count;
   the default 600-s timeout shortened to 30 s, as ``failover.py`` does). No fallback, no cache.
-* **tenacity**: the retry-with-backoff code the OpenAI cookbook gives, around a client with the
-  SDK's retries off: ``@retry(wait=wait_random_exponential(min=1, max=60),
-  stop=stop_after_attempt(6))`` (any exception retried), ``timeout=30``. No fallback, no cache.
+* **tenacity**: the OpenAI cookbook's retry decorator, ``@retry(wait=wait_random_exponential(min=1,
+  max=60), stop=stop_after_attempt(6))`` (any exception retried), on a function that makes the
+  streamed call and reads it to the end, with a client whose own retries are off
+  (``max_retries=0, timeout=30``). (The cookbook wraps ``create()`` alone; for a stream that
+  would leave a mid-stream drop unretried, exactly as with the raw SDK.) No fallback, no cache.
 * **LiteLLM Router**: a ``primary`` and a ``backup`` model group (one deployment each, two
   servers), ``fallbacks=[{"primary": ["backup"]}]``, ``num_retries=2``, ``timeout=30``,
   ``stream_timeout=10``; cooldowns, allowed fails and mid-stream continuation left at their
@@ -137,7 +139,9 @@ def tenacity_client(primary: str) -> Contender:
 
     client = openai.OpenAI(base_url=primary, api_key=API_KEY, max_retries=0, timeout=SDK_TIMEOUT)
 
-    # The OpenAI cookbook's "How to handle rate limits", as written there.
+    # The OpenAI cookbook's decorator ("How to handle rate limits"). The cookbook wraps create()
+    # alone; for a stream that retries nothing once the headers came, so the whole read is
+    # wrapped, as a user who wants a dropped stream retried writes it.
     @retry(wait=wait_random_exponential(min=1, max=60), stop=stop_after_attempt(6))
     def ask(prompt: str, on_text: OnText) -> str:
         stream = client.chat.completions.create(model=MODEL, messages=user(prompt), stream=True)  # type: ignore[arg-type]
@@ -685,7 +689,9 @@ CONFIGS = {
     "raw SDK": "`openai.OpenAI(max_retries=2, timeout=30)`; no fallback, no cache",
     "tenacity": (
         "the OpenAI cookbook's `@retry(wait=wait_random_exponential(min=1, max=60), "
-        "stop=stop_after_attempt(6))` around `openai.OpenAI(max_retries=0, timeout=30)`; "
+        "stop=stop_after_attempt(6))` on a function that makes the streamed call and reads it "
+        "to the end (the cookbook wraps `create()` alone, which for a stream would leave a "
+        "mid-stream drop unretried), with `openai.OpenAI(max_retries=0, timeout=30)`; "
         "no fallback, no cache"
     ),
     "LiteLLM Router": (
