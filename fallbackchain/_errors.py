@@ -92,7 +92,23 @@ __all__ = [
 
 
 class FallbackChainError(Exception):
-    """Root of every error fallbackchain raises."""
+    """Root of every error fallbackchain raises.
+
+    Every one pickles and unpickles to an equal error (same class, message and attributes),
+    so it crosses process boundaries (``multiprocessing``, ``concurrent.futures``) intact.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The subclasses' __init__ take other arguments than ``args``: rebuild without it.
+        # The state goes third, so pickle restores it after memoising the error: a ConfigError
+        # lists itself in ``errors``.
+        return (_rebuild, (type(self), self.args), self.__dict__)
+
+
+def _rebuild(cls: type[FallbackChainError], args: tuple[Any, ...]) -> Any:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    return error
 
 
 class ConfigError(FallbackChainError, ValueError):
