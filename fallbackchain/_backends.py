@@ -13,7 +13,7 @@ from ._config import ChainConfig
 from ._errors import ConfigError
 from ._timing import Clock
 from .breaker import GateStore, MemoryGateStore
-from .cache import ResponseCache
+from .cache import Cache, ResponseCache
 
 __all__ = ["gate_store", "response_cache"]
 
@@ -48,18 +48,15 @@ def gate_store(config: ChainConfig, tier: str) -> GateStore:
     )
 
 
-def response_cache(config: ChainConfig, clock: Clock) -> ResponseCache:
-    """The fallback cache for a chain."""
+def response_cache(config: ChainConfig, clock: Clock) -> Cache:
+    """The fallback cache for a chain: on disk, or in Redis (``cache.backend``)."""
     if config.cache.backend == "disk":
         return ResponseCache(config.cache, clock=clock)
     if config.cache.backend == "redis":
         _require_redis(config, "cache.backend")
         from .cache._redis_cache import RedisResponseCache  # noqa: PLC0415 - loads redis
 
-        cache: ResponseCache = RedisResponseCache(
-            config.cache, namespace=config.breaker.namespace, clock=clock
-        )
-        return cache
+        return RedisResponseCache(config.cache, namespace=config.breaker.namespace, clock=clock)
     raise ConfigError(
         "must be one of 'disk', 'redis'", key="cache.backend", value=config.cache.backend
     )

@@ -1,4 +1,4 @@
-"""Tests for fallbackchain.cache._cache: keys, the two layers, expiry, failures and the safe Disk."""
+"""Tests for the disk cache: keys, the two layers, expiry, failures and the safe Disk."""
 
 from __future__ import annotations
 
@@ -26,13 +26,14 @@ from openai.types.chat import ChatCompletion, ChatCompletionMessage
 
 from fallbackchain._config import CacheConfig
 from fallbackchain._errors import CacheCorruptError, UnsafeCacheRowError
-from fallbackchain.cache._cache import (
+from fallbackchain.cache import (
     CachedAnswer,
     CacheStats,
     ResponseCache,
     SafeJSONDisk,
     cache_key,
 )
+from fallbackchain.cache._rows import encode_row
 
 LOGGER = "fallbackchain.cache"
 T0 = 1_000_000.0
@@ -395,6 +396,43 @@ def test_row_is_versioned_json(open_cache: Any, key: str, cache_dir: pathlib.Pat
     assert row["stored_at"] == T0
     assert row["completion"]["choices"][0]["message"]["content"] == "Paris."
     assert expire_time == pytest.approx(time.time() + TTL, abs=30)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@pytest.mark.slow  # a property test: a few seconds
+@settings(max_examples=200, deadline=None)
+@given(body=st.dictionaries(st.text(), _JSON, max_size=6), stored_at=st.floats())
+def test_a_row_reads_back_as_json_dumps_wrote_it(body: dict[str, Any], stored_at: float) -> None:
+    """The fast encoder (#14) keeps the format: compact JSON that reads back to the same values.
+
+    (It may spell a number differently, ``1e-05`` as ``0.00001``; NaN is compared by its dump.)
+    """
+    row = {"format": 1, "stored_at": stored_at, "completion": body}
+
+    def dump(value: Any) -> str:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+    text = encode_row(body, stored_at)
+    assert dump(json.loads(text)) == dump(row)
+
+
+def test_a_row_with_a_lone_surrogate_is_encoded_as_before_and_fails_at_the_write(
+    open_cache: Any, key: str
+) -> None:
+    body = {"choices": [{"message": {"content": "bad \ud800"}}]}
+    assert encode_row(body, T0) == json.dumps(
+        {"format": 1, "stored_at": T0, "completion": body}, ensure_ascii=False, separators=(",", ":")
+    )
+    rc = open_cache()
+    assert rc.put(key, completion("bad \ud800")) is False  # SQLite cannot store it: logged
+    assert text_of(rc.get(key)) == "bad \ud800"  # the memory layer still holds it
+    assert rc.stats().errors == 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -1176,7 +1214,7 @@ def test_import_refuses_a_pickle_and_never_runs_it(open_cache: Any, tmp_path: pa
 def test_import_of_a_missing_file_is_an_input_file_error(
     open_cache: Any, tmp_path: pathlib.Path
 ) -> None:
-    from fallbackchain.cache._cache import InputFileError
+    from fallbackchain.cache import InputFileError
 
     missing = tmp_path / "nope.jsonl"
     with pytest.raises(InputFileError, match=re.escape(f"{missing}: file not found")):

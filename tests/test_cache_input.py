@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion
 
 from fallbackchain._config import CacheConfig
-from fallbackchain.cache._cache import ResponseCache
+from fallbackchain.cache import ResponseCache
 from fallbackchain.cli import main
 
 from .test_cache import T0, FakeClock, body, export_line, make_config, real_key
@@ -272,7 +272,7 @@ def test_a_stored_row_is_an_entry_or_a_cache_error_never_another_exception(
     row: Any, as_bytes: bool
 ) -> None:
     from fallbackchain._errors import CacheError
-    from fallbackchain.cache._cache import decode_row
+    from fallbackchain.cache import decode_row
 
     text = _dump(row)
     try:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from fallbackchain._config import CacheConfig
-from fallbackchain.cache._cache import ResponseCache
+from fallbackchain.cache import ResponseCache
 
 from .test_cache import completion, real_key
 
@@ -35,7 +35,7 @@ import contextlib, io, json, logging, os, sys, time
 
 from openai.types.chat import ChatCompletion
 
-from fallbackchain.cache._cache import ResponseCache, cache_key
+from fallbackchain.cache import ResponseCache, cache_key
 from fallbackchain.cli import main
 from fallbackchain._config import CacheConfig
 

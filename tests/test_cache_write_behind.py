@@ -24,6 +24,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +35,8 @@ import pytest
 from openai.types.chat import ChatCompletion
 
 from fallbackchain import AsyncFallbackChain, CacheConfig, FallbackChain, ResponseCache
+from fallbackchain.cache._rows import LocalAnswer
+from fallbackchain.cache._writer import QueuedWrite, WriteBehind
 from fallbackchain.testing import FaultServer
 
 from .conftest import make_config, user
@@ -133,6 +136,36 @@ def test_everything_put_later_is_on_disk_after_close(open_cache: Any) -> None:
     fresh = open_cache(memory_items=0)
     assert [text_at(fresh, key(i)) for i in range(300)] == [f"answer {i}" for i in range(300)]
     assert fresh.stats().entries == 300
+
+
+def test_the_writer_waits_briefly_so_one_transaction_carries_several_answers() -> None:
+    """Sequential requests: the writer lingers before a write rather than waking per answer."""
+    batches: list[tuple[float, list[str]]] = []
+    written = threading.Event()
+
+    def write_batch(batch: list[tuple[str, QueuedWrite]]) -> None:
+        batches.append((time.monotonic(), [key for key, _ in batch]))
+        written.set()
+
+    writes = WriteBehind(
+        8,
+        write_batch=write_batch,
+        write_one=lambda key, item: None,
+        on_drop=lambda: None,
+        on_thread_end=lambda: None,
+    )
+    item = QueuedWrite(LocalAnswer({}, 0.0), check_disk=False)
+    start = time.monotonic()
+    writes.enqueue("a", item)
+    writes.enqueue("b", item)
+    assert written.wait(10)
+    ((at, keys),) = batches
+    assert at - start >= 0.04  # it waited for more (0.05 s) before writing
+    assert sorted(keys) == ["a", "b"]
+    writes.enqueue("c", item)
+    assert writes.flush(timeout=10)  # a flush does not wait for the linger
+    assert [keys for _, keys in batches] == [["a", "b"], ["c"]]
+    writes.stop()
 
 
 def test_flush_writes_the_queue_and_the_cache_stays_open(open_cache: Any) -> None:

@@ -42,7 +42,7 @@ from fallbackchain._redis_link import RedisLink  # noqa: E402
 from fallbackchain.breaker import BUSY, BreakerGate, GateStore, MemoryGateStore  # noqa: E402
 from fallbackchain.breaker._redis_store import RedisGateStore  # noqa: E402
 from fallbackchain.breaker._stores import GateSettings, Step  # noqa: E402
-from fallbackchain.cache._cache import ResponseCache, cache_key  # noqa: E402
+from fallbackchain.cache import Cache, ResponseCache, cache_key  # noqa: E402
 from fallbackchain.cache._redis_cache import RedisResponseCache  # noqa: E402
 from fallbackchain.testing import Fault  # noqa: E402
 
@@ -648,12 +648,14 @@ def test_config_selects_the_redis_store_and_cache(rs, tmp_path, namespace):
     assert store.key == f"{namespace}:breaker:stream"
     cache = response_cache(config, time.time)
     assert isinstance(cache, RedisResponseCache)
+    assert isinstance(cache, Cache)
     assert cache.prefix == f"{namespace}:cache:"
     cache.close()
     default = make_config(tmp_path)
     assert isinstance(gate_store(default, "stream"), MemoryGateStore)
     disk = response_cache(default, time.time)
     assert type(disk) is ResponseCache
+    assert isinstance(disk, Cache)
     disk.close()
 
 
@@ -935,12 +937,16 @@ def test_import_keeps_the_newer_answer(rs, namespace, link):
 
 
 def test_redis_cache_mirrors_the_whole_response_cache_interface():
-    """Every public member of ResponseCache is implemented (or tested as inherited) here."""
-    # written on export_rows / import_row; the memory layer both share
-    inherited_ok = {"export_jsonl", "import_jsonl", "get_held"}
+    """Every public member of ResponseCache is implemented here, or shared through Cache."""
+    # written in the Cache protocol on export_rows / import_row / close, for both caches
+    shared = {"export_jsonl", "import_jsonl", "__enter__", "__exit__"}
+    assert all(getattr(RedisResponseCache, n) is getattr(Cache, n) for n in shared)
     public = {n for n in dir(ResponseCache) if not n.startswith("_")} | {"__enter__", "__exit__"}
-    missing = {n for n in public if n not in vars(RedisResponseCache)} - inherited_ok
+    missing = {n for n in public if n not in vars(RedisResponseCache)} - shared
     assert not missing, f"RedisResponseCache must implement {sorted(missing)}"
+    protocol = {n for n in dir(Cache) if not n.startswith("_")} | {"__enter__", "__exit__"}
+    assert protocol <= public  # the protocol asks nothing the disk cache lacks
+    assert not issubclass(RedisResponseCache, ResponseCache)  # composition, not inheritance
 
 
 def test_cache_memory_layer_serves_while_redis_is_down(rs, namespace, caplog):

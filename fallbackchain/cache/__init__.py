@@ -1,33 +1,29 @@
 """The fallback cache: the last good answer per request, on disk or in Redis, memory in front.
 
-The modules here are private; other parts of fallbackchain import from this package.
+The modules here are private; other parts of fallbackchain import from this package. A chain,
+``warm`` and the CLI ask for a :class:`Cache` (the protocol); :class:`ResponseCache` is the
+disk one, ``_redis_cache.RedisResponseCache`` (loaded only when configured) the Redis one.
 """
 
 from __future__ import annotations
 
-from ._cache import (
-    CacheBase,
-    CachedAnswer,
-    CacheFailure,
-    CacheStats,
+from ._disk_cache import ResponseCache
+from ._jsonl import (
     ExportRow,
-    HeldEntry,
     ImportOutcome,
     ImportReport,
     InputFileError,
     LineError,
-    ResponseCache,
-    SafeJSONDisk,
-    StoredAges,
-    StoredRow,
-    cache_key,
-    decode_row,
     read_jsonl,
 )
+from ._keys import cache_key
+from ._protocol import Cache
+from ._rows import CachedAnswer, HeldEntry, StoredRow, decode_row
+from ._safe_disk import SafeJSONDisk
+from ._stats import CacheStats, StoredAges
 
 __all__ = [
-    "CacheBase",
-    "CacheFailure",
+    "Cache",
     "CacheStats",
     "CachedAnswer",
     "ExportRow",

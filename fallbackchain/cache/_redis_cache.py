@@ -1,7 +1,9 @@
 """The response cache shared through Redis by many processes and hosts (`cache.backend="redis"`).
 
-:class:`RedisResponseCache` offers the public interface of the disk cache's
-:class:`~fallbackchain._cache.ResponseCache` (plus ``aget``/``aput`` on ``redis.asyncio``).
+:class:`RedisResponseCache` satisfies the :class:`~fallbackchain.cache.Cache` protocol, as the
+disk cache :class:`~fallbackchain.cache.ResponseCache` does (plus ``aget``/``aput`` on
+``redis.asyncio``); it shares the memory layer, the row format and the counters with it by
+composition (:class:`CacheCommon`), not by inheritance.
 Keys are ``{namespace}:cache:{fc1-...}``; values are the same JSON rows the disk cache writes,
 stored with ``SET ... PX`` so Redis expires them after ``ttl``; only complete answers are
 stored; nothing read back is ever unpickled. A TTL memory layer sits in front. On any Redis
@@ -16,8 +18,7 @@ import math
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from types import TracebackType
-from typing import Any, Final, cast
+from typing import Any, Final, Unpack, cast
 
 import redis
 import redis.asyncio
@@ -25,29 +26,15 @@ import redis.asyncio.retry
 import redis.exceptions
 from openai.types.chat import ChatCompletion
 
+from .. import _redis_link as redis_link
 from .._config import CacheConfig
 from .._errors import CacheError
-from .._redis_link import (
-    RedisLink,
-    RedisScript,
-    RedisUnavailableError,
-    on_event_loop,
-    redis_number,
-    shared_link,
-)
-from ._cache import (
-    CacheBase,
-    CachedAnswer,
-    CacheFailure,
-    CacheStats,
-    ExportRow,
-    HeldEntry,
-    ImportOutcome,
-    ResponseCache,
-    StoredAges,
-    StoredRow,
-    decode_row,
-)
+from ._common import CacheCommon
+from ._failures import CacheFailure
+from ._jsonl import ExportRow, ImportOutcome
+from ._protocol import Cache, PutOptions
+from ._rows import CachedAnswer, HeldEntry, StoredRow, decode_row
+from ._stats import CacheStats, StoredAges
 
 __all__ = ["RedisCacheError", "RedisResponseCache"]
 
@@ -58,7 +45,7 @@ class RedisCacheError(CacheError):
     """Internal: the Redis layer of the cache failed for one operation (logged, never raised)."""
 
 
-_IMPORT = RedisScript.of(
+_IMPORT = redis_link.RedisScript.of(
     """
 local cur = redis.call('GET', KEYS[1])
 if cur then
@@ -73,7 +60,7 @@ return 1
 """
 )
 
-_DELETE_IF_SAME = RedisScript.of(
+_DELETE_IF_SAME = redis_link.RedisScript.of(
     """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -99,10 +86,10 @@ def _px(row: StoredRow) -> int:
     return max(1, math.ceil(row.ttl_left * 1000))
 
 
-class RedisResponseCache(ResponseCache):
+class RedisResponseCache(Cache):
     """The last good answer per request key, in Redis, with a TTL memory layer in front.
 
-    Same public interface and guarantees as :class:`ResponseCache` (nothing raises from the
+    The :class:`Cache` protocol's interface and guarantees (nothing raises from the
     cache operations; only complete answers; JSON only; never serves an answer ``ttl`` old),
     shared by every process and host using the same Redis and ``namespace``. ``aget`` and
     ``aput`` use ``redis.asyncio`` on the running event loop. Entries expire in Redis after
@@ -117,14 +104,15 @@ class RedisResponseCache(ResponseCache):
         *,
         namespace: str,
         clock: Callable[[], float] = time.time,
-        link: RedisLink | None = None,
+        link: redis_link.RedisLink | None = None,
     ) -> None:
-        # A ResponseCache to its callers, but only the shared parts are set up (memory layer,
-        # counters, row rules, failure log): none of the disk machinery. Redis is the storage.
-        CacheBase.__init__(self, config, clock)
-        self._link = link if link is not None else shared_link(config.redis_url)
+        self._link = link if link is not None else redis_link.shared_link(config.redis_url)
         self.namespace = namespace
         self.prefix = f"{namespace}:cache:"
+        # The memory layer, row rules, counters and failure log; Redis is the storage.
+        self._common = CacheCommon(
+            config, clock, where=f"{self._link.display} {self.prefix}*", describe=_describe
+        )
         self._loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 
     # --- public API ------------------------------------------------------------------------
@@ -132,7 +120,7 @@ class RedisResponseCache(ResponseCache):
     @property
     def directory(self) -> str:
         """Where the entries live: the Redis URL (password masked) and the key pattern."""
-        return f"{self._link.display} {self.prefix}*"
+        return self._common.where
 
     @property
     def disk_available(self) -> bool:
@@ -141,13 +129,13 @@ class RedisResponseCache(ResponseCache):
         Outside an event loop this asks Redis (one PING, bounded by the link's timeout)
         unless it is already known to be down; on an event loop it reports what is known.
         """
-        if not self._usable() or not self._link.available:
+        if not self._common.usable() or not self._link.available:
             return False
-        if on_event_loop():
+        if redis_link.on_event_loop():
             return True
         try:
             return bool(self._link.call(lambda r: r.ping()))
-        except RedisUnavailableError:
+        except redis_link.RedisUnavailableError:
             return False
 
     @property
@@ -156,61 +144,50 @@ class RedisResponseCache(ResponseCache):
         return False
 
     @property
-    def link(self) -> RedisLink:
+    def link(self) -> redis_link.RedisLink:
         return self._link
 
     def get(self, key: str) -> CachedAnswer | None:
         """The stored answer for ``key``, or ``None``. Never raises; never serves expired."""
-        if not self._usable():
-            return None
-        try:
-            answer = self._memory.get(key, self._clock())
-            if answer is None:
-                raw = self._link.call(lambda r: r.get(self.prefix + key))
-                answer = self._from_row(key, raw, self._clock())
-        except Exception as exc:  # noqa: BLE001 - the cache must never break a request
-            self._failure("get", exc, "treated as a miss")
-            answer = None
-        return self._count_lookup(answer)
+        return self._common.lookup(key, self._read)
+
+    def get_held(self, key: str) -> CachedAnswer | None:
+        """The answer for ``key`` if the memory layer holds it, else ``None`` (not a miss).
+
+        No Redis I/O and no wait beyond an in-process lock. A hit counts as one.
+        """
+        return self._common.get_held(key)
 
     async def aget(self, key: str) -> CachedAnswer | None:
         """:meth:`get` on ``redis.asyncio``: never blocks the event loop. Never raises."""
-        if not self._usable():
+        common = self._common
+        if not common.usable():
             return None
-        try:
-            answer = self._memory.get(key, self._clock())
-            if answer is None:
+        answer = common.memory.get(key, common.clock())
+        if answer is None:
+            try:
                 self._loops.add(asyncio.get_running_loop())
                 raw = await self._link.acall(lambda r: r.get(self.prefix + key))
-                answer = self._from_row(key, raw, self._clock())
-        except Exception as exc:  # noqa: BLE001 - the cache must never break a request
-            self._failure("get", exc, "treated as a miss")
-            answer = None
-        return self._count_lookup(answer)
+                answer = common.from_row(key, raw, common.clock())
+            except Exception as exc:  # noqa: BLE001 - the cache must never break a request
+                common.failure("get", exc, "treated as a miss")
+        return common.count_lookup(answer)
 
-    def put(
-        self,
-        key: str,
-        completion: ChatCompletion,
-        *,
-        stored_at: float | None = None,
-        rewrite: bool = False,
-    ) -> bool:
+    def put(self, key: str, completion: ChatCompletion, **options: Unpack[PutOptions]) -> bool:
         """Store a complete answer; True if it was written to Redis. Never raises.
 
         As :meth:`ResponseCache.put`: incomplete answers are refused, the memory layer is
         updated even when Redis is unavailable, and ``stored_at`` dates a restored answer.
         Every put is written (a SET), so ``rewrite`` changes nothing here.
         """
-        if not self._usable():
+        common = self._common
+        if not common.usable():
             return False
-        try:
-            row = self._prepare_row(key, completion, stored_at)
-            stored = row is not None and self._set(key, row)
-        except Exception as exc:  # noqa: BLE001 - the cache must never break a request
-            self._failure("put", exc, "answer not stored")
-            return False
-        return self._count_store(stored)
+        stored_at = options.get("stored_at")  # every put is a SET: ``rewrite`` changes nothing
+        stored = common.guarded(
+            "put", "answer not stored", lambda: self._set(key, completion, stored_at), False
+        )
+        return common.count_store(stored)
 
     def put_later(self, key: str, completion: ChatCompletion) -> bool:
         """:meth:`put`, synchronously: Redis has no write-behind queue (a write is one SET).
@@ -223,26 +200,27 @@ class RedisResponseCache(ResponseCache):
         """Nothing is ever queued: True at once."""
         return True
 
-    def _queued(self) -> int:
-        return 0
-
     async def aput(
         self, key: str, completion: ChatCompletion, *, stored_at: float | None = None
     ) -> bool:
         """:meth:`put` on ``redis.asyncio``: never blocks the event loop. Never raises."""
-        if not self._usable():
+        common = self._common
+        if not common.usable():
             return False
         try:
-            row = self._prepare_row(key, completion, stored_at)
+            row = common.prepare_row(key, completion, stored_at)
             stored = row is not None and await self._aset(key, row)
         except Exception as exc:  # noqa: BLE001 - the cache must never break a request
-            self._failure("put", exc, "answer not stored")
+            common.failure("put", exc, "answer not stored")
             return False
-        return self._count_store(stored)
+        return common.count_store(stored)
 
     # put's write, apart from the client it goes through (a row that put refuses is not written)
 
-    def _set(self, key: str, row: StoredRow) -> bool:
+    def _set(self, key: str, completion: ChatCompletion, stored_at: float | None) -> bool:
+        row = self._common.prepare_row(key, completion, stored_at)
+        if row is None:
+            return False
         name, px = self.prefix + key, _px(row)
         return bool(self._link.call(lambda r: r.set(name, row.text, px=px)))
 
@@ -257,9 +235,10 @@ class RedisResponseCache(ResponseCache):
         ``entries`` and ``bytes`` walk the namespace's keys (SCAN); ``scan=True`` also reads
         every value to fill in ``oldest``, ``newest`` and ``expired``.
         """
+        common = self._common
         entries = size = 0
-        ages = StoredAges(self._clock(), self._ttl) if scan else None
-        if self._usable():
+        ages = StoredAges(common.clock(), common.ttl) if scan else None
+        if common.usable():
             try:
                 if ages is None:
                     for batch in self._key_batches():
@@ -273,11 +252,11 @@ class RedisResponseCache(ResponseCache):
                         if entry is not None:
                             ages.add(entry.stored_at)
             except Exception as exc:  # noqa: BLE001 - stats are best effort
-                self._failure("stats", exc, "Redis sizes reported as 0")
+                common.failure("stats", exc, "Redis sizes reported as 0")
                 entries = size = 0
                 if ages is not None:
-                    ages = StoredAges(ages.now, self._ttl)
-        return self._stats(entries, size, ages)
+                    ages = StoredAges(ages.now, common.ttl)
+        return common.stats(entries, size, ages, 0)
 
     def clear(self) -> int:
         """Remove every entry of this namespace; returns the number of Redis keys removed.
@@ -285,27 +264,27 @@ class RedisResponseCache(ResponseCache):
         When Redis is unavailable, the number of memory entries removed. Never raises.
         Other processes' memory layers keep what they hold until it expires there.
         """
-        memory_removed = self._memory.clear()
-        if not self._usable():
+        memory_removed = self._common.memory.clear()
+        if not self._common.usable():
             return memory_removed
         removed = 0
         try:
             for batch in self._key_batches():
                 removed += int(self._link.call(self._unlink_op(batch)))
         except Exception as exc:  # noqa: BLE001 - the cache must never break a caller
-            self._failure("clear", exc, "cache not (fully) cleared")
+            self._common.failure("clear", exc, "cache not (fully) cleared")
             return removed or memory_removed
         return removed
 
     def iter_keys(self) -> Iterator[str]:
         """Yield the key of every entry of this namespace in Redis (SCAN order). Never raises."""
-        if not self._usable():
+        if not self._common.usable():
             return
         try:
             for batch in self._key_batches():
                 yield from batch
         except Exception as exc:  # noqa: BLE001
-            self._failure("iter_keys", exc, "key listing stopped")
+            self._common.failure("iter_keys", exc, "key listing stopped")
 
     def prune(self) -> int:
         """Remove every entry at least ``ttl`` old by the cache's clock. Never raises.
@@ -313,13 +292,13 @@ class RedisResponseCache(ResponseCache):
         Redis already expires entries ``ttl`` after they were written; this also removes
         those dated older by the cache's clock. A value rewritten meanwhile is never removed.
         """
-        now = self._clock()
-        self._memory.prune(now)
+        now = self._common.clock()
+        self._common.memory.prune(now)
 
         def delete_if_same(key: str, raw: bytes, _entry: HeldEntry) -> int:
             return int(self._link.call(self._delete_if_same_op(key, raw)))
 
-        return self._prune_rows(now, delete_if_same)
+        return self._common.prune_rows(now, self._scan_entries("prune"), delete_if_same)
 
     def export_rows(self) -> Iterator[ExportRow]:
         """Yield every servable entry (unexpired, readable, complete), in Redis SCAN order.
@@ -327,7 +306,7 @@ class RedisResponseCache(ResponseCache):
         Unreadable rows are logged and skipped; the memory layer is not listed. Does not count
         as hits or misses. Never raises.
         """
-        return self._export_rows()
+        return self._common.export_rows(self._scan_entries("export"))
 
     def import_row(self, key: str, completion: ChatCompletion, stored_at: float) -> ImportOutcome:
         """Store an exported answer unless Redis holds one for ``key`` as new or newer.
@@ -337,46 +316,39 @@ class RedisResponseCache(ResponseCache):
         """
 
         def write(at: float) -> ImportOutcome:
-            row = self._prepare_row(key, completion, at)
+            row = self._common.prepare_row(key, completion, at)
             if row is None:
                 return "failed"
-            name, args = self.prefix + key, (redis_number(at), row.text, str(_px(row)))
+            name, args = self.prefix + key, (redis_link.redis_number(at), row.text, str(_px(row)))
             written = self._link.call(lambda r: _IMPORT.run(r, (name,), args))
             return "imported" if int(written) else "kept"
 
-        return self._import(key, completion, stored_at, write)
+        return self._common.import_row(key, completion, stored_at, write)
 
     def close(self) -> None:
         """Drop the memory layer; later calls miss. Idempotent.
 
-        Redis connections are shared by the process (see :func:`shared_link`); the idle
+        Redis connections are shared by the process (see :func:`redis_link.shared_link`); the idle
         connections of the event loops this cache used are closed here, best effort.
         """
-        if not self._mark_closed():
+        if not self._common.mark_closed():
             self._link.close_loop_clients(list(self._loops))
 
     async def aclose(self) -> None:
         """:meth:`close`, closing this event loop's async client properly."""
-        self._mark_closed()
+        self._common.mark_closed()
         await self._link.aclose_loop_client()
 
-    def __enter__(self) -> RedisResponseCache:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
-        return (
-            f"RedisResponseCache({self.directory!r}, {self._state('redis', self._link.available)})"
-        )
+        state = self._common.state("redis", self._link.available)
+        return f"RedisResponseCache({self.directory!r}, {state})"
 
     # --- internals -------------------------------------------------------------------------
+
+    def _read(self, key: str, _now: float) -> CachedAnswer | None:
+        """get() after a memory miss: the Redis row."""
+        raw = self._link.call(lambda r: r.get(self.prefix + key))
+        return self._common.from_row(key, raw, self._common.clock())
 
     def _key_batches(self) -> Iterator[list[str]]:
         """Yield the namespace's keys (prefix removed) in batches; raises on a Redis failure."""
@@ -436,29 +408,31 @@ class RedisResponseCache(ResponseCache):
                 try:
                     entry = decode_row(value)
                 except CacheError as exc:
-                    self._skip_row(operation, exc)
+                    self._common.skip_row(operation, exc)
                     entry = None
                 yield key, value, entry
 
     def _scan_entries(self, operation: str) -> Iterator[tuple[str, bytes, HeldEntry]]:
         """Every readable entry with its key and raw value; unreadable ones are logged."""
-        if not self._usable():
+        if not self._common.usable():
             return
         try:
             for key, value, entry in self._values(operation):
                 if entry is not None:
                     yield key, value, entry
         except Exception as exc:  # noqa: BLE001 - the cache must never break a caller
-            self._failure(operation, exc, "scan stopped")
+            self._common.failure(operation, exc, "scan stopped")
 
-    def _describe_failure(self, exc: BaseException) -> CacheFailure | None:
-        if isinstance(exc, RedisUnavailableError):
-            return None  # the link logged it (once), and says when Redis is back
-        mapped: CacheError
-        if isinstance(exc, CacheError):
-            mapped = exc
-        else:
-            mapped = RedisCacheError("unexpected error in the Redis cache")
-            mapped.__cause__ = exc
-        cause = mapped.__cause__ if mapped.__cause__ is not None else mapped
-        return CacheFailure(mapped, type(cause).__name__, (type(mapped).__name__,))
+
+def _describe(exc: BaseException) -> CacheFailure | None:
+    """How the Redis cache names ``exc`` in its WARNING; None when the link logged it."""
+    if isinstance(exc, redis_link.RedisUnavailableError):
+        return None  # the link logged it (once), and says when Redis is back
+    mapped: CacheError
+    if isinstance(exc, CacheError):
+        mapped = exc
+    else:
+        mapped = RedisCacheError("unexpected error in the Redis cache")
+        mapped.__cause__ = exc
+    cause = mapped.__cause__ if mapped.__cause__ is not None else mapped
+    return CacheFailure(mapped, type(cause).__name__, (type(mapped).__name__,))

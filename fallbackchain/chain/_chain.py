@@ -73,7 +73,7 @@ from .._timing import (
 )
 from .._timing import Sleep as SleepFunc
 from ..breaker import BreakerGate, BreakerState, Permit
-from ..cache import CachedAnswer, ResponseCache, cache_key
+from ..cache import Cache, CachedAnswer, cache_key
 from ._assembly import AttemptAssembler, Piece, check_completion, completion_text
 from ._call_options import CacheUse, CallOptions, call_options, call_timeout
 from ._core import AttemptWatch, AwaitSlot, RequestRun, Sleep, Tier, TryTier, UseCache
@@ -164,7 +164,7 @@ class _ChainBase:
         *,
         clock: TimeSource | Clock | None,
         random: Callable[[], float] | None,
-        cache: ResponseCache | None,
+        cache: Cache | None,
         listeners: Sequence[object] = (),
     ) -> None:
         self.config = config
@@ -514,7 +514,7 @@ class FallbackChain(_ChainBase):
         *,
         client: openai.OpenAI | None = None,
         fallback_clients: Mapping[str, openai.OpenAI] | None = None,
-        cache: ResponseCache | None = None,
+        cache: Cache | None = None,
         clock: TimeSource | Clock | None = None,
         sleep: SleepFunc | None = None,
         random: Callable[[], float] | None = None,
@@ -1010,7 +1010,7 @@ class AsyncFallbackChain(_ChainBase):
         *,
         client: openai.AsyncOpenAI | None = None,
         fallback_clients: Mapping[str, openai.AsyncOpenAI] | None = None,
-        cache: ResponseCache | None = None,
+        cache: Cache | None = None,
         clock: TimeSource | Clock | None = None,
         sleep: AsyncSleep | None = None,
         random: Callable[[], float] | None = None,

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 from .._backends import response_cache
 from .._config import ChainConfig, load_config
-from ..cache import ResponseCache
+from ..cache import Cache
 from ._output import PROG, ExitCode, UsageError, duration, err, out, showing_warnings, timestamp
 
 __all__ = [
@@ -33,20 +33,20 @@ __all__ = [
 ]
 
 
-def open_cache(config: ChainConfig) -> ResponseCache:
+def open_cache(config: ChainConfig) -> Cache:
     """The cache ``config`` uses (the backend a chain would); :class:`UsageError` if disabled."""
     if not config.cache.enabled:
         raise UsageError(f"{config.source}: key 'cache.enabled': the cache is disabled")
     return response_cache(config, time.time)  # the same backend a chain would use
 
 
-def require_readable(cache: ResponseCache) -> None:
+def require_readable(cache: Cache) -> None:
     """The cache must be open (else :class:`UsageError`: see the warning it logged)."""
     if not cache.disk_available:
         raise UsageError(f"the cache at {cache.directory} cannot be opened (see the warning above)")
 
 
-def require_writable(cache: ResponseCache) -> None:
+def require_writable(cache: Cache) -> None:
     """The cache must be open for writing (warming a read-only cache would store nothing)."""
     require_readable(cache)
     if cache.read_only:
@@ -57,14 +57,14 @@ def require_writable(cache: ResponseCache) -> None:
 
 
 @contextlib.contextmanager
-def _readable_cache(config: ChainConfig) -> Iterator[ResponseCache]:
+def _readable_cache(config: ChainConfig) -> Iterator[Cache]:
     """The cache ``config`` uses, open and readable (else :class:`UsageError`), warnings shown."""
     with showing_warnings(), open_cache(config) as cache:
         require_readable(cache)
         yield cache
 
 
-def _read_only(cache: ResponseCache, nothing_done: str) -> bool:
+def _read_only(cache: Cache, nothing_done: str) -> bool:
     """True (and one line on stderr) when the cache could only be opened for reading."""
     if not cache.read_only:
         return False
@@ -75,7 +75,7 @@ def _read_only(cache: ResponseCache, nothing_done: str) -> bool:
     return True
 
 
-def _skipped_rows(cache: ResponseCache) -> int:
+def _skipped_rows(cache: Cache) -> int:
     """Rows this command's scans could not read (each logged above); prints a line if any."""
     skipped = cache.stats().skipped
     if skipped:
