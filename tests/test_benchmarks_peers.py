@@ -1,4 +1,8 @@
-"""``benchmarks/peers.py``: skips cleanly without the extra; with it, the mid-stream scenario runs."""
+"""``benchmarks/peers.py`` skips cleanly without its optional extra.
+
+CI installs only ``.[dev]`` (LiteLLM alone brings half a gigabyte), so a test of the peers'
+measurements would only ever skip there; the benchmark itself checks what it measures.
+"""
 
 from __future__ import annotations
 
@@ -30,26 +34,3 @@ def test_without_the_extra_it_says_what_is_missing_and_exits_0(
     assert "skipped, not installed: litellm" in out
     assert "'.[peers]'" in out
     assert (peers.OUT.read_text(encoding="utf-8") if peers.OUT.exists() else None) == written
-
-
-@pytest.mark.slow  # imports litellm (~3 s) and streams 16 answers of 300 words
-def test_mid_stream_faults_are_measured_for_every_contender(
-    peers: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    pytest.importorskip("tenacity")
-    pytest.importorskip("litellm")
-    monkeypatch.setenv(peers.KEY_ENV, "sk-test-not-a-real-key")
-    results = peers.Results(quick=True)
-
-    peers.mid_stream(results, tmp_path)
-
-    for label in ("drop", "early end"):
-        ok = results.expected_ok[label]
-        assert set(ok) == set(peers.CONTENDERS)
-        assert all(ok["fallbackchain"])  # complete every time
-        assert set(results.duplicated[label]["fallbackchain"]) == {0}  # nothing shown twice
-    assert not any(results.expected_ok["drop"]["raw SDK"])  # the SDK alone raises
-    assert any(results.duplicated["drop"]["tenacity"])  # a whole-call retry replays the text
-    lines = peers.table(results)
-    assert len(lines) > 2
-    assert all(line.count("|") == len(peers.CONTENDERS) + 2 for line in lines)
