@@ -42,7 +42,8 @@ from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion
 
 from .._backends import gate_store, response_cache
-from .._config import ChainConfig, OpenAIConfig, RouteConfig, load_config
+from .._config import ChainConfig, OpenAIConfig, RouteConfig
+from .._config_file import load_config
 from .._errors import (
     AllTiersFailedError,
     ChainClosedError,
