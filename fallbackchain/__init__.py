@@ -27,6 +27,7 @@ __version__ = "0.1.0"
 _HOMES: Final = (
     "_errors",
     "_config",
+    "_config_file",
     "_results",
     "_timing",
     "_hooks",
@@ -45,8 +46,8 @@ if TYPE_CHECKING:
         OpenAIConfig,
         RetryConfig,
         RouteConfig,
-        load_config,
     )
+    from ._config_file import load_config
     from ._errors import (
         AllTiersFailedError,
         BreakerBusyError,

@@ -1,12 +1,13 @@
-"""Configuration: frozen dataclasses, a strict TOML loader, and the resolved plan of routes.
+"""Configuration: frozen dataclasses, each field checked, and the resolved plan of routes.
 
 A :class:`ChainConfig` can be built in code (every field has the production default) or loaded
-with :func:`load_config`. Each field declares its type and limits beside it (``Annotated``
-constraints, ``Literal`` choices); pydantic checks them all in one pass, whether the config
-came from a file or from code, and every problem found becomes one line of a single
-:class:`~fallbackchain.ConfigError` naming the file, the line where known, the key and the
-value (credentials masked). Unknown sections and keys are refused with a "did you mean".
-The API key itself is never in the file: ``api_key_env`` names the environment variable.
+with :func:`~fallbackchain.load_config` (``_config_file``). Each field declares its type and
+limits beside it (``Annotated`` constraints, ``Literal`` choices); pydantic checks them all in
+one pass, whether the config came from a file or from code, and every problem found becomes
+one line of a single :class:`~fallbackchain.ConfigError` naming the file, the line where
+known, the key and the value (credentials masked; see ``_config_messages``). Unknown
+sections and keys are refused with a "did you mean". The API key itself is never in the
+file: ``api_key_env`` names the environment variable.
 
 :meth:`ChainConfig.routes` is the one place that resolves which routes (provider + model) a
 chain tries, in order, and with which settings.
@@ -14,29 +15,24 @@ chain tries, in order, and with which settings.
 
 from __future__ import annotations
 
-import codecs
 import contextvars
 import dataclasses
-import difflib
 import functools
 import os
-import re
-import tomllib
-import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any, Final, Literal, TypeVar
 
-import annotated_types
 from pydantic import AfterValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
 
+from ._config_messages import problem
 from ._errors import ConfigError
 from ._redact import MASK, is_env_var_name, redact
 
 __all__ = [
     "PRIMARY_ROUTE",
+    "SECTIONS",
     "BreakerConfig",
     "CacheConfig",
     "ChainConfig",
@@ -44,8 +40,7 @@ __all__ = [
     "OpenAIConfig",
     "RetryConfig",
     "RouteConfig",
-    "config_from_mapping",
-    "load_config",
+    "check_config",
 ]
 
 PRIMARY_ROUTE: Final = "primary"
@@ -359,7 +354,7 @@ class ChainConfig:
     def __post_init__(self) -> None:
         if _BUILDING.get():
             return  # pydantic is building this instance from values it has checked
-        checked = _check(self, file=self.source)
+        checked = check_config(self, file=self.source)
         for item in dataclasses.fields(self):  # the checked values (a list becomes a tuple)
             object.__setattr__(self, item.name, getattr(checked, item.name))
 
@@ -407,7 +402,7 @@ class ChainConfig:
         return tuple(plan)
 
 
-_SECTIONS: Final[dict[str, type[Any]]] = {
+SECTIONS: Final[dict[str, type[Any]]] = {
     "openai": OpenAIConfig,
     "retry": RetryConfig,
     "breaker": BreakerConfig,
@@ -416,7 +411,7 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
 }
 
 
-# -- validation, and pydantic's errors as ConfigErrors ----------------------------------------
+# -- validation ------------------------------------------------------------------------------
 
 
 @functools.cache
@@ -424,7 +419,7 @@ def _adapter() -> TypeAdapter[ChainConfig]:
     return TypeAdapter(ChainConfig)
 
 
-def _check(
+def check_config(
     data: object, *, file: str | None, lines: Mapping[str, int] | None = None
 ) -> ChainConfig:
     """``data`` (a mapping of sections, or a ChainConfig) checked: a new ChainConfig.
@@ -435,281 +430,10 @@ def _check(
     try:
         return _adapter().validate_python(data)
     except ValidationError as exc:
-        problems = [_problem(error, file, lines or {}) for error in exc.errors(include_url=False)]
+        errors = exc.errors(include_url=False)
+        problems = [problem(error, file, lines or {}, SECTIONS) for error in errors]
     except RecursionError:  # pydantic guards its own recursion; this is belt and braces
         problems = [ConfigError("values are nested too deeply", file=file)]
     finally:
         _BUILDING.reset(token)
     raise ConfigError.combine(problems) from None  # the cause would show unmasked values
-
-
-def _dotted(loc: Sequence[str | int]) -> str:
-    """``("fallbacks", 0, "name")`` -> ``"fallbacks[0].name"``."""
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else str(part)
-    return text
-
-
-def _section_of(loc: Sequence[str | int]) -> type[Any] | None:
-    return _SECTIONS.get(str(loc[0])) if loc else None
-
-
-def _type_name(value: object) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string"}
-    for kind, name in names.items():
-        if type(value) is kind:
-            return name
-    if isinstance(value, list | tuple):
-        return "an array"
-    if isinstance(value, Mapping):
-        return "a table"
-    return f"a {type(value).__name__}"
-
-
-def _limits(section: type[Any] | None, name: str) -> str | None:
-    """``"> 0 and <= 3600"`` from the field's declared bounds (None if it has none)."""
-    if section is None:
-        return None
-    hint = typing.get_type_hints(section, include_extras=True).get(name)
-    bounds = []
-    for metadata in _metadata(hint):
-        for kind, attribute, symbol in (
-            (annotated_types.Gt, "gt", ">"),
-            (annotated_types.Ge, "ge", ">="),
-            (annotated_types.Lt, "lt", "<"),
-            (annotated_types.Le, "le", "<="),
-        ):
-            if isinstance(metadata, kind):
-                bounds.append(f"{symbol} {getattr(metadata, attribute):g}")
-    return " and ".join(bounds) or None
-
-
-def _metadata(hint: object) -> list[object]:
-    """Every constraint object in ``hint`` (through ``Annotated``, ``X | None`` and FieldInfo)."""
-    found: list[object] = []
-    for arg in typing.get_args(hint):
-        found.extend(_metadata(arg))
-    for extra in getattr(hint, "__metadata__", ()):
-        found.extend(getattr(extra, "metadata", [extra]))
-    return found
-
-
-def _message(kind: str, loc: Sequence[str | int], value: object, error: Any) -> str:
-    ctx = error.get("ctx") or {}
-    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
-        return _unknown(loc)
-    if kind == "missing":
-        return "is required"
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        name = str(loc[-1])
-        limits = _limits(_section_of(loc), name) if len(loc) >= 2 else None
-        return f"must be {limits}" if limits else str(error["msg"]).replace("Input should", "must")
-    if kind == "float_type" and type(value) is int:
-        return "is too large a number"
-    if kind in ("int_type", "int_from_float"):
-        return f"must be a whole number, not {_type_name(value)}"
-    if kind == "float_type":
-        return f"must be a number, not {_type_name(value)}"
-    if kind == "string_type":
-        return f"must be a string, not {_type_name(value)}"
-    if kind == "bool_type":
-        return f"must be true or false, not {_type_name(value)}"
-    if kind == "finite_number":
-        return "must be a finite number"
-    if kind == "literal_error":
-        return f"must be one of {ctx.get('expected', '')}"
-    if kind in ("tuple_type", "list_type"):
-        return "must be an array of tables ([[fallbacks]])"
-    if kind in ("dataclass_type", "dataclass_exact_type", "dict_type", "model_type"):
-        return "must be a table"
-    return str(error["msg"])
-
-
-def _unknown(loc: Sequence[str | int]) -> str:
-    name = str(loc[-1])
-    if len(loc) == 1:
-        known = sorted(_SECTIONS)
-        hint = difflib.get_close_matches(name, known, n=1)
-        guess = f"; did you mean [{hint[0]}]?" if hint else ""
-        return f"unknown section [{name}] (known: {', '.join(known)}){guess}"
-    section = _section_of(loc)
-    known = sorted(f.name for f in dataclasses.fields(section)) if section else []
-    label = "[[fallbacks]]" if loc[0] == "fallbacks" else f"[{loc[0]}]"
-    hint = difflib.get_close_matches(name, known, n=1)
-    guess = f"; did you mean {hint[0]!r}?" if hint else ""
-    return f"unknown key{guess} (known in {label}: {', '.join(known)})"
-
-
-def _problem(error: Any, file: str | None, lines: Mapping[str, int]) -> ConfigError:
-    loc: list[str | int] = list(error["loc"])
-    kind = str(error["type"])
-    value: object = error.get("input")
-    if kind == "cross_field":
-        loc += list(error["ctx"]["where"])
-        value = error["ctx"]["value"]
-    elif kind == "env_name":
-        value = MASK
-    elif kind == "missing" or (len(loc) == 1 and kind != "tuple_type"):
-        value = None  # a whole section is not worth repeating
-    key = _dotted(loc)
-    return ConfigError(
-        _message(kind, loc, value, error), file=file, key=key, value=value, line=_line(lines, loc)
-    )
-
-
-def _line(lines: Mapping[str, int], loc: Sequence[str | int]) -> int | None:
-    """The line of the key, else of the nearest enclosing table that is in the file."""
-    for end in range(len(loc), 0, -1):
-        line = lines.get(_dotted(loc[:end]))
-        if line is not None:
-            return line
-    return None
-
-
-# -- reading a file ---------------------------------------------------------------------------
-
-_BARE_OR_QUOTED = r"(?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*')"
-_DOTTED = rf"{_BARE_OR_QUOTED}(?:\s*\.\s*{_BARE_OR_QUOTED})*"
-_HEADER_LINE: Final = re.compile(rf"\s*(\[\[?)\s*({_DOTTED})\s*\]\]?\s*(?:#.*)?$")
-_KEY_LINE: Final = re.compile(rf"\s*({_DOTTED})\s*=")
-_KEY_PART: Final = re.compile(_BARE_OR_QUOTED)
-
-
-def _key_name(dotted: str) -> str:
-    return ".".join(part.strip("\"'") for part in _KEY_PART.findall(dotted))
-
-
-def _key_lines(text: str) -> dict[str, int]:
-    """Where each table and key is written: ``{"retry.max_attempts": 12, "fallbacks[1]": 20}``.
-
-    A best-effort scan for messages only (the parser is ``tomllib``): keys written in inline
-    tables are not found, and then the enclosing table's line is used.
-    """
-    lines: dict[str, int] = {}
-    table = ""
-    counts: dict[str, int] = {}
-    open_quote: str | None = None
-    for number, line in enumerate(text.splitlines(), 1):
-        if open_quote is not None:  # inside a multi-line string
-            if open_quote in line:
-                open_quote = None
-            continue
-        header = _HEADER_LINE.match(line)
-        if header:
-            name = _key_name(header.group(2))
-            if header.group(1) == "[[":
-                index = counts.get(name, 0)
-                counts[name] = index + 1
-                name = f"{name}[{index}]"
-            table = name
-            lines.setdefault(table, number)
-            continue
-        key = _KEY_LINE.match(line)
-        if key:
-            name = _key_name(key.group(1))
-            lines.setdefault(f"{table}.{name}" if table else name, number)
-            rest = line[key.end() :]
-            open_quote = next((q for q in ('"""', "'''") if rest.count(q) == 1), None)
-    return lines
-
-
-def _read(path: str | os.PathLike[str], file: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ConfigError("config file not found", file=file) from None
-    except IsADirectoryError:
-        raise ConfigError(
-            "cannot read config file: it is a directory (give the path of a .toml file)",
-            file=file,
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file: {exc.strerror or exc}", file=file) from None
-    except ValueError:  # a path with a NUL byte
-        raise ConfigError("cannot read config file: not a valid file name", file=file) from None
-
-
-def _decode(raw: bytes, file: str) -> str:
-    if raw.startswith(codecs.BOM_UTF8):
-        raise ConfigError(
-            "the file starts with a UTF-8 byte-order mark (BOM), which TOML does not allow; "
-            "save it as UTF-8 without a BOM (the editor's 'UTF-8' encoding, not 'UTF-8 with "
-            "BOM'), or remove the first 3 bytes",
-            file=file,
-            line=1,
-        )
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise ConfigError(
-            "the file is UTF-16 text (it starts with a UTF-16 byte-order mark); save it as UTF-8",
-            file=file,
-            line=1,
-        )
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(
-            f"is not UTF-8 text (byte 0x{raw[exc.start]:02x} cannot be read); save it as UTF-8",
-            file=file,
-            line=line,
-        ) from None
-
-
-def _parse(text: str, file: str) -> dict[str, Any]:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        found = re.search(r"at line (\d+)", str(exc))
-        line = int(found.group(1)) if found else None
-        raise ConfigError(f"invalid TOML: {exc}", file=file, line=line) from None
-    except RecursionError:
-        raise ConfigError(
-            "invalid TOML: arrays or inline tables are nested too deeply", file=file
-        ) from None
-    except ValueError:  # an integer beyond the interpreter's digit limit
-        long_number = re.search(r"\d{4000}", text)
-        line = text.count("\n", 0, long_number.start()) + 1 if long_number else None
-        message = "invalid TOML: a number has too many digits"
-        raise ConfigError(message, file=file, line=line) from None
-
-
-def load_config(path: str | os.PathLike[str]) -> ChainConfig:
-    """Load and check a TOML config file.
-
-    Missing sections and keys take their defaults. Raises one :class:`ConfigError` (naming
-    the file, and the line, key and value where one is at fault; ``.errors`` lists every
-    problem found) for a missing or unreadable file, one that is not UTF-8 TOML, an unknown
-    section or key, a wrong type or an out-of-range value. Never any other exception.
-    """
-    file = os.fspath(path) if isinstance(path, os.PathLike) else str(path)
-    text = _decode(_read(path, file), file)
-    return config_from_mapping(_parse(text, file), file=file, lines=_key_lines(text))
-
-
-def config_from_mapping(
-    data: Mapping[str, Any], *, file: str | None = None, lines: Mapping[str, int] | None = None
-) -> ChainConfig:
-    """Build a :class:`ChainConfig` from parsed TOML (a mapping of sections), checking it.
-
-    ``lines`` maps dotted keys to the line they are written on, for messages.
-    """
-    if not isinstance(data, Mapping):
-        raise ConfigError("must be a table of sections", file=file, value=data)
-    sections = dict(data)
-    problems = []
-    if "source" in sections:  # a ChainConfig field, but not a section a file may set
-        del sections["source"]
-        problems.append(ConfigError(_unknown(["source"]), file=file, key="source"))
-    sections["source"] = file
-    try:
-        config = _check(sections, file=file, lines=lines)
-    except ConfigError as exc:
-        problems.extend(exc.errors)
-    if problems:  # in file order; those without a known line last
-        problems.sort(key=lambda problem: problem.line or len(problems) + 1 << 32)
-        raise ConfigError.combine(problems)
-    return config

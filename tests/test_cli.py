@@ -282,7 +282,7 @@ def test_an_outage_with_max_wait_zero_gives_up_without_hammering(cli, config, tm
 
 
 def test_expired_entries_are_pruned_before_warming(cli, config, prompts, tmp_path, server):
-    from fallbackchain._config import load_config
+    from fallbackchain._config_file import load_config
     from fallbackchain.cache import ResponseCache
 
     with ResponseCache(load_config(config).cache, clock=lambda: time.time() - 7200) as cache:

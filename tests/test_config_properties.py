@@ -24,7 +24,7 @@ from fallbackchain import (
     RetryConfig,
     load_config,
 )
-from fallbackchain._config import config_from_mapping
+from fallbackchain._config_file import config_from_mapping
 
 SECRET = "sk-proj-Zq9xPLANTEDsecret0123456789"
 FILE = "generated.toml"

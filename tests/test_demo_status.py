@@ -9,7 +9,7 @@ import time
 import pytest
 
 from fallbackchain._backends import gate_store
-from fallbackchain._config import load_config
+from fallbackchain._config_file import load_config
 from fallbackchain.breaker import BreakerGate
 from fallbackchain.cli import main
 from fallbackchain.testing import run_demo

@@ -23,7 +23,8 @@ from typing import Any, Generic, Self, TypeVar, Unpack
 import openai
 
 from .._backends import gate_store, response_cache
-from .._config import ChainConfig, OpenAIConfig, RouteConfig, load_config
+from .._config import ChainConfig, OpenAIConfig, RouteConfig
+from .._config_file import load_config
 from .._errors import ChainClosedError
 from .._hooks import BreakerChanged, Hooks, RequestStarted, next_request_id
 from .._redact import mask_url

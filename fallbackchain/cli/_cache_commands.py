@@ -17,7 +17,8 @@ import time
 from collections.abc import Iterator
 
 from .._backends import response_cache
-from .._config import ChainConfig, load_config
+from .._config import ChainConfig
+from .._config_file import load_config
 from ..cache import Cache
 from ._output import PROG, ExitCode, UsageError, duration, err, out, showing_warnings, timestamp
 

@@ -18,7 +18,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from .._config import ChainConfig, load_config
+from .._config import ChainConfig
+from .._config_file import load_config
 from .._errors import ConfigError
 from .._redact import mask_url
 from .._templates import render_config

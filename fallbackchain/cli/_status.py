@@ -11,7 +11,8 @@ import argparse
 import time
 
 from .._backends import gate_store
-from .._config import ChainConfig, load_config
+from .._config import ChainConfig
+from .._config_file import load_config
 from .._redact import mask_url
 from ._cache_commands import open_cache
 from ._config_commands import print_config

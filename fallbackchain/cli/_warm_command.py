@@ -22,7 +22,8 @@ from typing import Any, Final, TextIO
 
 import openai
 
-from .._config import ChainConfig, load_config
+from .._config import ChainConfig
+from .._config_file import load_config
 from ..chain import FallbackChain
 from ..warming import WarmProgress, WarmReport, load_prompts, warm
 from ._cache_commands import require_writable
