@@ -31,8 +31,10 @@ from ._dropin import (
     StreamDivergedError,
     trace_of,
 )
+from ._endpoint import CHAT, ChatEndpoint, Endpoint, StreamAssembly
 
 __all__ = [
+    "CHAT",
     "COMPLETE_FINISH_REASONS",
     "Acquire",
     "AsyncChainChat",
@@ -48,9 +50,11 @@ __all__ = [
     "ChainChat",
     "ChainCompletions",
     "ChainStream",
+    "ChatEndpoint",
     "Display",
     "Divergence",
     "DropInStream",
+    "Endpoint",
     "FallbackChain",
     "Fragment",
     "Neutral",
@@ -58,6 +62,7 @@ __all__ = [
     "RequestRun",
     "RetryDecision",
     "Sleep",
+    "StreamAssembly",
     "StreamDivergedError",
     "Tier",
     "TryTier",

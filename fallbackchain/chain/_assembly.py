@@ -26,7 +26,17 @@ from openai.types.chat import ChatCompletion
 from .._errors import MalformedChunkError, TruncatedStreamError
 from .._results import ChainEvent
 
-__all__ = ["COMPLETE_FINISH_REASONS", "AttemptAssembler", "Display", "Fragment", "Piece"]
+__all__ = [
+    "COMPLETE_FINISH_REASONS",
+    "AttemptAssembler",
+    "Display",
+    "Fragment",
+    "Piece",
+    "Shown",
+    "check_completion",
+    "completion_text",
+    "whole_fragments",
+]
 
 COMPLETE_FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "function_call"})
 """Finish reasons of a whole answer, which may be cached (``content_filter`` may not)."""
@@ -273,18 +283,27 @@ def check_completion(completion: object) -> ChatCompletion:
 
 _Message = tuple[str, str, list[tuple[str | None, str, str]]]
 
+Shown = ChatCompletion | str | tuple[Fragment, ...]
+"""A whole answer as :class:`Display` takes it: a chat completion (its choice 0), text only,
+or any API's answer as its fragments (see ``Endpoint.fragments``)."""
 
-def _message(completion: ChatCompletion | str) -> _Message:
+
+def _message(completion: Shown) -> _Message:
     """Choice 0's text, refusal and tool calls ``(id, name, arguments)``, for comparison.
 
-    A string is an answer of text only.
+    A string is an answer of text only; fragments are read as :func:`whole_fragments` gives.
     """
-    if isinstance(completion, str):
-        return completion, "", []
-    if not completion.choices:
-        return "", "", []
-    message = completion.choices[0].message
     calls: list[tuple[str | None, str, str]] = []
+    if isinstance(completion, str):
+        return completion, "", calls
+    if isinstance(completion, tuple):
+        text = "".join(f.text for f in completion if f.kind == "content")
+        refusal = "".join(f.text for f in completion if f.kind == "refusal")
+        calls.extend((f.id, f.name or "", f.text) for f in completion if f.kind == "tool_call")
+        return text, refusal, calls
+    if not completion.choices:
+        return "", "", calls
+    message = completion.choices[0].message
     for call in message.tool_calls or ():
         function = getattr(call, "function", None)  # custom (non-function) tools have none
         name = getattr(function, "name", "") or ""
@@ -292,8 +311,10 @@ def _message(completion: ChatCompletion | str) -> _Message:
     return message.content or "", message.refusal or "", calls
 
 
-def _whole_fragments(completion: ChatCompletion | str) -> tuple[Fragment, ...]:
+def whole_fragments(completion: Shown) -> tuple[Fragment, ...]:
     """All of choice 0's message as fragments: text, each tool call whole, refusal."""
+    if isinstance(completion, tuple):
+        return completion
     text, refusal, calls = _message(completion)
     fragments = [Fragment("content", text)] if text else []
     fragments.extend(
@@ -430,7 +451,7 @@ class Display:
         )
         return (*lead, event)
 
-    def settle(self, completion: ChatCompletion | str, source: str) -> tuple[ChainEvent, ...]:
+    def settle(self, completion: Shown, source: str) -> tuple[ChainEvent, ...]:
         """The current attempt succeeded with ``completion`` (or this text): close any gap.
 
         When the events since the last reset do not rebuild its choice 0 exactly, this
@@ -441,9 +462,9 @@ class Display:
             return self._replace_whole(completion, source)
         return _NO_EVENTS
 
-    def whole(self, completion: ChatCompletion | str, source: str) -> tuple[ChainEvent, ...]:
+    def whole(self, completion: Shown, source: str) -> tuple[ChainEvent, ...]:
         """A non-streamed answer (completion or cache): the events that show it honestly."""
-        return self.delta(_whole_fragments(completion), source) + self.settle(completion, source)
+        return self.delta(whole_fragments(completion), source) + self.settle(completion, source)
 
     def _rebuilt(self) -> _Message:
         """What the events since the last reset rebuild, in :func:`_message`'s form."""
@@ -463,8 +484,6 @@ class Display:
         reset = ChainEvent("reset", "", source)
         return (reset, ChainEvent("delta", text, source)) if text else (reset,)
 
-    def _replace_whole(
-        self, completion: ChatCompletion | str, source: str
-    ) -> tuple[ChainEvent, ...]:
+    def _replace_whole(self, completion: Shown, source: str) -> tuple[ChainEvent, ...]:
         events = self._replace("", source)
-        return events + self.delta(_whole_fragments(completion), source)
+        return events + self.delta(whole_fragments(completion), source)

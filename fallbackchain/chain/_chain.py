@@ -38,8 +38,6 @@ from typing import Any, Literal, Self, TypeVar
 
 import httpx2
 import openai
-from openai.types import CompletionUsage
-from openai.types.chat import ChatCompletion
 
 from .._backends import gate_store, response_cache
 from .._config import ChainConfig, OpenAIConfig, RouteConfig, load_config
@@ -73,11 +71,12 @@ from .._timing import (
 )
 from .._timing import Sleep as SleepFunc
 from ..breaker import BreakerGate, BreakerState, Permit
-from ..cache import CachedAnswer, ResponseCache, cache_key
-from ._assembly import AttemptAssembler, Piece, check_completion, completion_text
+from ..cache import CachedAnswer, ResponseCache
+from ._assembly import Piece
 from ._call_options import CacheUse, CallOptions, call_options, call_timeout
 from ._core import AttemptWatch, AwaitSlot, RequestRun, Sleep, Tier, TryTier, UseCache
 from ._dropin import AsyncChainChat, ChainChat
+from ._endpoint import CHAT, Endpoint, StreamAssembly
 
 __all__ = [
     "AsyncChainStream",
@@ -88,7 +87,7 @@ __all__ = [
 
 logger = logging.getLogger("fallbackchain")
 
-_RESERVED = frozenset({"stream", "messages", "model"})
+_RESERVED = frozenset({"stream", "messages", "model"})  # stream()'s own arguments
 
 
 @dataclass(slots=True)
@@ -97,13 +96,10 @@ class _OpenStream:
 
     stream: Any  # the SDK's Stream or AsyncStream, entered
     chunks: Any  # its chunk iterator (sync or async)
-    assembler: AttemptAssembler
+    assembler: StreamAssembly[Any]
     after: float  # when the last read ended
     texts: list[Piece] = field(default_factory=list)  # read, not shown yet
     ended: bool = False  # the stream ended before any content
-
-
-_NOTHING_BILLED = CompletionUsage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
 
 
 def _unwrap(raced: _OpenStream | BaseException) -> _OpenStream:
@@ -128,9 +124,10 @@ def _settle_when_done(future: Future[_OpenStream], permit: Permit | None) -> Non
 
 @dataclass(frozen=True, slots=True)
 class _Request:
+    endpoint: Endpoint[Any]
+    body: Mapping[str, Any]
+    """The caller's request as the endpoint takes it: ``model`` set, no ``timeout``."""
     model: str
-    messages: Sequence[Any]
-    params: Mapping[str, Any]
     key: str | None
     timeout: float | None = None
     """A per-call ``timeout=``: bounds each attempt's connect and every wait for data."""
@@ -148,10 +145,16 @@ class _Request:
         return self.options is None or self.options.cache != "off"
 
 
-class _Outcome:
-    __slots__ = ("response",)
+class ResponseSlot:
+    """Where a request's driver leaves its :class:`ChainResponse` once it has one.
 
-    def __init__(self) -> None:
+    The stream object reads it (``response``); ``endpoint`` is the API the request is for.
+    """
+
+    __slots__ = ("endpoint", "response")
+
+    def __init__(self, endpoint: Endpoint[Any]) -> None:
+        self.endpoint = endpoint
         self.response: ChainResponse | None = None
 
 
@@ -222,26 +225,20 @@ class _ChainBase:
             self._hooks.emit(RequestStarted(run.request_id, request.key, request.model, True))
         return run
 
-    def _ended(self, run: RequestRun, out: _Outcome, failure: BaseException | None) -> None:
+    def _ended(self, run: RequestRun, out: ResponseSlot, failure: BaseException | None) -> None:
         if not self._hooks:
             return
         response = out.response
-        usage = None
+        tokens: tuple[int | None, int | None] = (None, None)
         if response is not None:
             source, error = response.source, None
-            usage = response.completion.usage
+            tokens = out.endpoint.tokens(response.completion)
         else:
             source = None
             error = type(failure).__name__ if failure is not None else "closed early"
         self._hooks.emit(
             RequestEnded(
-                run.request_id,
-                source,
-                error,
-                run.elapsed(),
-                len(run.attempts),
-                None if usage is None else usage.prompt_tokens,
-                None if usage is None else usage.completion_tokens,
+                run.request_id, source, error, run.elapsed(), len(run.attempts), *tokens
             )
         )
 
@@ -264,6 +261,10 @@ class _ChainBase:
         The same key whichever tier answers; transport-only options do not change it.
         """
         return self._prepare(messages, model, params).key
+
+    def request_key(self, endpoint: Endpoint[Any], request: Mapping[str, Any]) -> str | None:
+        """The cache key of ``request`` (an ``endpoint`` request; ``model`` may be left out)."""
+        return self._prepare_request(endpoint, request).key
 
     @property
     def clock(self) -> Clock:
@@ -290,30 +291,40 @@ class _ChainBase:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(bad))}")
         if not messages:
             raise ValueError("messages must not be empty")
-        model = model or self.config.openai.model
+        body = {"model": model, "messages": messages, **params}
+        return self._prepare_request(CHAT, body, whole_first=whole_first, options=options)
+
+    def _prepare_request(
+        self,
+        endpoint: Endpoint[Any],
+        request: Mapping[str, Any],
+        *,
+        whole_first: bool = False,
+        options: CallOptions | None = None,
+    ) -> _Request:
+        self._check_open()
+        body = dict(request)
+        body["model"] = model = body.get("model") or self.config.openai.model
+        timeout = call_timeout(body.pop("timeout", None))
+        endpoint.validate(body)
         try:
-            key: str | None = cache_key(model, messages, params)
+            key: str | None = endpoint.cache_key(body)
         except TypeError:  # a value with no JSON form: answer live, never cache it
             logger.warning("request cannot be cached: a parameter has no JSON form")
             key = None
-        timeout = call_timeout(params.get("timeout"))
-        if "timeout" in params:
-            params = {k: v for k, v in params.items() if k != "timeout"}
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("request %s model=%s messages=%r", (key or "-")[:16], model, messages)
-        return _Request(model, messages, params, key, timeout, whole_first, options)
+            logger.debug("request %s %s %r", endpoint.name, (key or "-")[:16], body)
+        return _Request(endpoint, body, model, key, timeout, whole_first, options)
 
     def _kwargs(
         self, request: _Request, tier: Tier, *, streaming: bool, read: float
     ) -> dict[str, Any]:
-        kwargs = dict(request.params)
-        kwargs["model"] = tier.model or request.model
-        kwargs["messages"] = request.messages
-        kwargs["stream"] = streaming
-        if not streaming:  # a stream-only option: the API refuses it on a whole completion
-            kwargs.pop("stream_options", None)
-        elif tier.stream_usage and "stream_options" not in kwargs:
-            kwargs["stream_options"] = {"include_usage": True}
+        kwargs = request.endpoint.kwargs(
+            request.body,
+            model=tier.model or request.model,
+            streaming=streaming,
+            stream_usage=tier.stream_usage,
+        )
         # connect, write and pool waits: no longer than a read may wait (so never past the
         # deadline either), nor than the route's timeout or the call's own
         read = max(read, 0.001)
@@ -346,22 +357,26 @@ class _ChainBase:
         run: RequestRun,
         step: TryTier,
         watch: AttemptWatch,
-        completion: ChatCompletion,
-        out: _Outcome,
+        completion: Any,
+        out: ResponseSlot,
     ) -> tuple[ChainEvent, ...]:
         """Record a live answer; return the events that finish showing it."""
         run.succeeded(step, time_to_first_token=watch.time_to_first_token())
-        text = completion_text(completion)
+        endpoint = out.endpoint
         source = step.tier.name
         out.response = ChainResponse(
-            text=text, source=source, completion=completion, attempts=tuple(run.attempts)
+            text=endpoint.text(completion),
+            source=source,
+            completion=completion,
+            attempts=tuple(run.attempts),
         )
+        shown = endpoint.fragments(completion)
         if step.tier.streaming:
-            return run.display.settle(completion, source)
-        return run.display.whole(completion, source)
+            return run.display.settle(shown, source)
+        return run.display.whole(shown, source)
 
     def _from_cache(
-        self, run: RequestRun, cached: CachedAnswer | None, out: _Outcome, consulted: bool
+        self, run: RequestRun, cached: CachedAnswer | None, out: ResponseSlot, consulted: bool
     ) -> tuple[ChainEvent, ...]:
         """Answer from the cache (the events that show it), or raise AllTiersFailedError.
 
@@ -375,25 +390,27 @@ class _ChainBase:
             logger.info("all tiers failed and the cache has no answer")
             raise AllTiersFailedError(run.attempts)
         logger.info("fallback: answered from cache (age %.0fs)", cached.age)
-        stored = cached.completion.usage
+        endpoint = out.endpoint
+        answer = endpoint.decode(cached.completion)
+        # nothing was billed for this answer: a copy that says so (the stored one is kept)
+        unbilled, stored = endpoint.unbilled(answer)
         response = ChainResponse(
-            text=completion_text(cached.completion),
+            text=endpoint.text(answer),
             source="cache",
-            # nothing was billed for this answer: a copy that says so (the stored one is kept)
-            completion=cached.completion.model_copy(update={"usage": _NOTHING_BILLED}),
+            completion=unbilled,
             attempts=tuple(run.attempts),
             cache_age=cached.age,
             stored_usage=stored,
         )
         out.response = response
         run.display.new_attempt()
-        return run.display.whole(response.completion, "cache")
+        return run.display.whole(endpoint.fragments(unbilled), "cache")
 
-    def _store(self, request: _Request, completion: ChatCompletion, run: RequestRun) -> None:
+    def _store(self, request: _Request, completion: Any, run: RequestRun) -> None:
         if request.key is None:
             return
         try:  # memory at once, the disk write behind (flushed by close)
-            stored = self.cache.put_later(request.key, completion)
+            stored = self.cache.put_later(request.key, request.endpoint.encode(completion))
         except Exception:  # the cache must never break a request
             logger.exception("cache write failed (ignored)")
             return
@@ -470,7 +487,7 @@ class ChainStream:
     ``close()`` (or leaving the ``with`` block) stops early; that is never counted as a failure.
     """
 
-    def __init__(self, events: Iterator[ChainEvent], outcome: _Outcome) -> None:
+    def __init__(self, events: Iterator[ChainEvent], outcome: ResponseSlot) -> None:
         self._events = events
         self._outcome = outcome
 
@@ -561,7 +578,7 @@ class FallbackChain(_ChainBase):
         """
         own = call_options(self.config, deadline, max_attempts, cache, fallbacks)
         request = self._prepare(messages, model, params, options=own)
-        outcome = _Outcome()
+        outcome = ResponseSlot(request.endpoint)
         return ChainStream(self._drive(request, outcome), outcome)
 
     def complete(
@@ -582,8 +599,49 @@ class FallbackChain(_ChainBase):
         """
         own = call_options(self.config, deadline, max_attempts, cache, fallbacks)
         request = self._prepare(messages, model, params, whole_first=self._whole_first, options=own)
-        outcome = _Outcome()
-        with ChainStream(self._drive(request, outcome), outcome) as stream:
+        return self._complete(request)
+
+    def stream_request(
+        self,
+        endpoint: Endpoint[Any],
+        request: Mapping[str, Any],
+        *,
+        deadline: float | None = None,
+        max_attempts: int | None = None,
+        cache: CacheUse = "use",
+        fallbacks: bool | Collection[str] = True,
+    ) -> ChainStream:
+        """:meth:`stream` for another API: ``request`` as ``endpoint``'s ``create`` takes it.
+
+        ``model`` may be left out (the config's); ``timeout`` is the call's own, as in
+        :meth:`stream`. ``response.completion`` is then ``endpoint``'s answer type.
+        """
+        own = call_options(self.config, deadline, max_attempts, cache, fallbacks)
+        prepared = self._prepare_request(endpoint, request, options=own)
+        slot = ResponseSlot(endpoint)
+        return ChainStream(self._drive(prepared, slot), slot)
+
+    def complete_request(
+        self,
+        endpoint: Endpoint[Any],
+        request: Mapping[str, Any],
+        *,
+        deadline: float | None = None,
+        max_attempts: int | None = None,
+        cache: CacheUse = "use",
+        fallbacks: bool | Collection[str] = True,
+    ) -> ChainResponse:
+        """:meth:`complete` for another API (see :meth:`stream_request`)."""
+        own = call_options(self.config, deadline, max_attempts, cache, fallbacks)
+        return self._complete(
+            self._prepare_request(
+                endpoint, request, whole_first=self._whole_first, options=own
+            )
+        )
+
+    def _complete(self, request: _Request) -> ChainResponse:
+        slot = ResponseSlot(request.endpoint)
+        with ChainStream(self._drive(request, slot), slot) as stream:
             for _ in stream:
                 pass
             return stream.response
@@ -619,7 +677,7 @@ class FallbackChain(_ChainBase):
             yield event
             run.pause(clock() - handed)
 
-    def _drive(self, request: _Request, out: _Outcome) -> Iterator[ChainEvent]:
+    def _drive(self, request: _Request, out: ResponseSlot) -> Iterator[ChainEvent]:
         run = self._new_run(request)
         failure: BaseException | None = None
         since: int | None = None
@@ -702,12 +760,12 @@ class FallbackChain(_ChainBase):
             streaming=True,
             read=self._read_budget(run, step.tier, before, request.timeout),
         )
-        stream = self._clients[step.tier.provider].chat.completions.create(**kwargs)
+        stream = request.endpoint.create(self._clients[step.tier.provider], kwargs)
         watch.responded = True
         try:
             after = clock()
             watch.after_wait(before, after, got_content=False)
-            opened = _OpenStream(stream, iter(stream), AttemptAssembler(), after)
+            opened = _OpenStream(stream, iter(stream), request.endpoint.assembler(), after)
             texts = opened.texts
             while not opened.assembler.content_seen:
                 before = clock()
@@ -735,7 +793,7 @@ class FallbackChain(_ChainBase):
         step: TryTier,
         watch: AttemptWatch,
         opened: _OpenStream,
-    ) -> Generator[ChainEvent, None, ChatCompletion]:
+    ) -> Generator[ChainEvent, None, Any]:
         """Show what :meth:`_open_stream` read, then the rest of the stream."""
         clock = self._clock
         with opened.stream:
@@ -858,14 +916,14 @@ class FallbackChain(_ChainBase):
 
     def _complete_once(
         self, request: _Request, run: RequestRun, step: TryTier, watch: AttemptWatch
-    ) -> ChatCompletion:
+    ) -> Any:
         before = self._clock()
         budget = self._read_budget(run, step.tier, before, request.timeout)
         kwargs = self._kwargs(request, step.tier, streaming=False, read=budget)
-        completion = self._clients[step.tier.provider].chat.completions.create(**kwargs)
+        completion = request.endpoint.create(self._clients[step.tier.provider], kwargs)
         watch.responded = watch.content_seen = True
         watch.first_token_at = self._clock()
-        return check_completion(completion)
+        return request.endpoint.check(completion)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -968,7 +1026,7 @@ class AsyncChainStream:
     Cancelling the consuming task is neutral for the breakers.
     """
 
-    def __init__(self, events: AsyncIterator[ChainEvent], outcome: _Outcome) -> None:
+    def __init__(self, events: AsyncIterator[ChainEvent], outcome: ResponseSlot) -> None:
         self._events = events
         self._outcome = outcome
 
@@ -1052,7 +1110,7 @@ class AsyncFallbackChain(_ChainBase):
         """Stream an answer as events (``async for``); options as the sync chain's."""
         own = call_options(self.config, deadline, max_attempts, cache, fallbacks)
         request = self._prepare(messages, model, params, options=own)
-        outcome = _Outcome()
+        outcome = ResponseSlot(request.endpoint)
         return AsyncChainStream(self._drive(request, outcome), outcome)
 
     async def complete(
@@ -1069,8 +1127,45 @@ class AsyncFallbackChain(_ChainBase):
         """The whole answer: the same chain as :meth:`stream` (see the sync chain's)."""
         own = call_options(self.config, deadline, max_attempts, cache, fallbacks)
         request = self._prepare(messages, model, params, whole_first=self._whole_first, options=own)
-        outcome = _Outcome()
-        async with AsyncChainStream(self._drive(request, outcome), outcome) as stream:
+        return await self._complete(request)
+
+    def stream_request(
+        self,
+        endpoint: Endpoint[Any],
+        request: Mapping[str, Any],
+        *,
+        deadline: float | None = None,
+        max_attempts: int | None = None,
+        cache: CacheUse = "use",
+        fallbacks: bool | Collection[str] = True,
+    ) -> AsyncChainStream:
+        """:meth:`stream` for another API (see the sync chain's ``stream_request``)."""
+        own = call_options(self.config, deadline, max_attempts, cache, fallbacks)
+        prepared = self._prepare_request(endpoint, request, options=own)
+        slot = ResponseSlot(endpoint)
+        return AsyncChainStream(self._drive(prepared, slot), slot)
+
+    async def complete_request(
+        self,
+        endpoint: Endpoint[Any],
+        request: Mapping[str, Any],
+        *,
+        deadline: float | None = None,
+        max_attempts: int | None = None,
+        cache: CacheUse = "use",
+        fallbacks: bool | Collection[str] = True,
+    ) -> ChainResponse:
+        """:meth:`complete` for another API (see the sync chain's ``stream_request``)."""
+        own = call_options(self.config, deadline, max_attempts, cache, fallbacks)
+        return await self._complete(
+            self._prepare_request(
+                endpoint, request, whole_first=self._whole_first, options=own
+            )
+        )
+
+    async def _complete(self, request: _Request) -> ChainResponse:
+        slot = ResponseSlot(request.endpoint)
+        async with AsyncChainStream(self._drive(request, slot), slot) as stream:
             async for _ in stream:
                 pass
             return stream.response
@@ -1103,7 +1198,7 @@ class AsyncFallbackChain(_ChainBase):
 
     # -- driver -------------------------------------------------------------------------------
 
-    async def _drive(self, request: _Request, out: _Outcome) -> AsyncIterator[ChainEvent]:
+    async def _drive(self, request: _Request, out: ResponseSlot) -> AsyncIterator[ChainEvent]:
         run = self._new_run(request)
         failure: BaseException | None = None
         since: int | None = None
@@ -1204,7 +1299,7 @@ class AsyncFallbackChain(_ChainBase):
             return None
         return result
 
-    async def _astore(self, request: _Request, completion: ChatCompletion, run: RequestRun) -> None:
+    async def _astore(self, request: _Request, completion: Any, run: RequestRun) -> None:
         """Cache write: the cache's own ``aput`` if it has one, else ``put_later`` on the loop.
 
         ``put_later`` does no I/O (a snapshot and an enqueue; a writer thread writes the
@@ -1215,7 +1310,7 @@ class AsyncFallbackChain(_ChainBase):
             self._store(request, completion, run)
             return
         try:
-            stored = await aput(request.key, completion)
+            stored = await aput(request.key, request.endpoint.encode(completion))
         except Exception:
             logger.exception("cache write failed (ignored)")
             return
@@ -1240,7 +1335,7 @@ class AsyncFallbackChain(_ChainBase):
         )
         try:
             async with asyncio.timeout(budget):
-                stream = await self._clients[step.tier.provider].chat.completions.create(**kwargs)
+                stream = await request.endpoint.acreate(self._clients[step.tier.provider], kwargs)
         except TimeoutError:
             raise watch.expired(before) from None
         watch.responded = True
@@ -1248,7 +1343,7 @@ class AsyncFallbackChain(_ChainBase):
         try:
             after = clock()
             watch.after_wait(before, after, got_content=False)
-            opened = _OpenStream(stream, aiter(stream), AttemptAssembler(), after)
+            opened = _OpenStream(stream, aiter(stream), request.endpoint.assembler(), after)
             texts = opened.texts
             while not opened.assembler.content_seen:
                 before = clock()
@@ -1284,7 +1379,7 @@ class AsyncFallbackChain(_ChainBase):
         step: TryTier,
         watch: AttemptWatch,
         opened: _OpenStream,
-    ) -> AsyncGenerator[ChainEvent | ChatCompletion, None]:
+    ) -> AsyncGenerator[Any, None]:
         """Show what :meth:`_open_stream` read, then the rest of the stream; last, the answer."""
         clock = self._clock
         async with opened.stream:
@@ -1426,14 +1521,14 @@ class AsyncFallbackChain(_ChainBase):
 
     async def _complete_once(
         self, request: _Request, run: RequestRun, step: TryTier, watch: AttemptWatch
-    ) -> ChatCompletion:
+    ) -> Any:
         before = self._clock()
         budget = self._read_budget(run, step.tier, before, request.timeout)
         kwargs = self._kwargs(request, step.tier, streaming=False, read=budget)
         try:
             async with asyncio.timeout(budget):
-                completion = await self._clients[step.tier.provider].chat.completions.create(
-                    **kwargs
+                completion = await request.endpoint.acreate(
+                    self._clients[step.tier.provider], kwargs
                 )
         except TimeoutError:
             if run.remaining(before) <= budget:
@@ -1444,4 +1539,4 @@ class AsyncFallbackChain(_ChainBase):
             raise FirstTokenTimeoutError(f"no answer within {budget:g}s") from None
         watch.responded = watch.content_seen = True
         watch.first_token_at = self._clock()
-        return check_completion(completion)
+        return request.endpoint.check(completion)
