@@ -21,6 +21,7 @@ from ._core import (
     UseCache,
 )
 from ._dropin import (
+    TRACE_ATTRIBUTE,
     AsyncChainChat,
     AsyncChainCompletions,
     AsyncDropInStream,
@@ -36,6 +37,7 @@ from ._endpoint import CHAT, ChatEndpoint, Endpoint, StreamAssembly
 __all__ = [
     "CHAT",
     "COMPLETE_FINISH_REASONS",
+    "TRACE_ATTRIBUTE",
     "Acquire",
     "AsyncChainChat",
     "AsyncChainCompletions",

@@ -34,7 +34,7 @@ from concurrent.futures import wait as wait_futures
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from os import PathLike
-from typing import Any, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 import httpx2
 import openai
@@ -77,6 +77,9 @@ from ._call_options import CacheUse, CallOptions, call_options, call_timeout
 from ._core import AttemptWatch, AwaitSlot, RequestRun, Sleep, Tier, TryTier, UseCache
 from ._dropin import AsyncChainChat, ChainChat
 from ._endpoint import CHAT, Endpoint, StreamAssembly
+
+if TYPE_CHECKING:
+    from ..responses import AsyncChainResponses, ChainResponses
 
 __all__ = [
     "AsyncChainStream",
@@ -553,6 +556,13 @@ class FallbackChain(_ChainBase):
     def chat(self) -> ChainChat:
         """The openai SDK's shape: ``chain.chat.completions.create(...)`` (see ``_dropin``)."""
         return ChainChat(self)
+
+    @property
+    def responses(self) -> ChainResponses:
+        """The openai SDK's shape: ``chain.responses.create(...)`` (see ``responses``)."""
+        from ..responses import ChainResponses  # noqa: PLC0415 - it imports this package
+
+        return ChainResponses(self, self.config.openai.model)
 
     @classmethod
     def from_config(cls, path: str | PathLike[str], **kwargs: Any) -> Self:
@@ -1090,6 +1100,13 @@ class AsyncFallbackChain(_ChainBase):
     def chat(self) -> AsyncChainChat:
         """The openai SDK's shape: ``await chain.chat.completions.create(...)``."""
         return AsyncChainChat(self)
+
+    @property
+    def responses(self) -> AsyncChainResponses:
+        """The openai SDK's shape: ``await chain.responses.create(...)``."""
+        from ..responses import AsyncChainResponses  # noqa: PLC0415 - it imports this package
+
+        return AsyncChainResponses(self, self.config.openai.model)
 
     @classmethod
     def from_config(cls, path: str | PathLike[str], **kwargs: Any) -> Self:

@@ -47,6 +47,7 @@ from .._errors import FallbackChainError
 from .._results import ChainEvent, ChainResponse
 
 __all__ = [
+    "TRACE_ATTRIBUTE",
     "AsyncChainChat",
     "AsyncChainCompletions",
     "AsyncDropInStream",
@@ -70,6 +71,9 @@ _CHAIN_OPTIONS: Final = frozenset({"deadline", "max_attempts", "cache", "fallbac
 
 _Format = TypeVar("_Format")
 _TRACE: Final = "_fallbackchain_trace"  # where a returned completion keeps its ChainResponse
+TRACE_ATTRIBUTE: Final = _TRACE
+"""The attribute where a drop-in answer (of any API, or a finished drop-in stream) keeps the
+:class:`ChainResponse` that :func:`trace_of` returns."""
 
 
 # The chains as this module uses them (their public API): structural types, so that _chain
@@ -148,7 +152,7 @@ def trace_of(answer: object) -> ChainResponse | None:
     """
     if isinstance(answer, DropInStream | AsyncDropInStream):
         return answer._events.response
-    trace = getattr(answer, _TRACE, None) if isinstance(answer, ChatCompletion) else None
+    trace = getattr(answer, _TRACE, None)  # also a Responses drop-in answer or stream
     return trace if isinstance(trace, ChainResponse) else None
 
 

@@ -8,9 +8,11 @@ starting_after=N)``, the events of every later connection to the same response.
 What a caller can rely on:
 
 * **Each event once.** :meth:`ResponseAssembler.seen` is true for an event whose
-  ``sequence_number`` is at or below the last one taken: a resumed connection that replays
-  part of the stream shows nothing twice. :attr:`ResponseAssembler.last_sequence` is the
-  ``starting_after`` to resume from.
+  ``sequence_number`` is at or below the last one taken; :meth:`ResponseAssembler.add`
+  ignores such an event (``None``): a resumed connection that replays part of the stream
+  shows nothing twice. :attr:`ResponseAssembler.last_sequence` is the ``starting_after`` to
+  resume from. A :class:`~fallbackchain.responses.Resumed` marker (put in the stream by the
+  resuming stream, see ``_resume``) is recorded in :attr:`ResponseAssembler.resumptions`.
 * **What each event shows.** :meth:`ResponseAssembler.add` returns what an event adds to the
   answer in the chat assembly's terms (:data:`~fallbackchain.chain.Piece`): the text of an
   ``output_text`` delta as a ``str``; a function call's start (its ``call_id`` and name) and
@@ -39,8 +41,9 @@ from openai.types.responses import Response
 
 from .._errors import MalformedChunkError, StreamEventError, TruncatedStreamError
 from ..chain import Fragment, Piece
+from ._resume import Resumed, mark_resumptions
 
-__all__ = ["RETRYABLE_INCOMPLETE", "ResponseAssembler", "ResponseIncompleteError"]
+__all__ = ["RETRYABLE_INCOMPLETE", "ResponseAssembler", "ResponseIncompleteError", "error_code"]
 
 RETRYABLE_INCOMPLETE: Final = frozenset({"steered"})
 """Incomplete reasons another attempt may fix. ``max_output_tokens``, ``max_messages`` and
@@ -70,16 +73,17 @@ class ResponseIncompleteError(TruncatedStreamError):
     that would cut the same request again (see :data:`RETRYABLE_INCOMPLETE`).
     """
 
-    def __init__(self, reason: str | None, response: Response | None, *, events: int) -> None:
-        super().__init__(
-            f"response incomplete: {reason or 'no reason given'} after {events} event(s)"
-        )
+    def __init__(
+        self, reason: str | None, response: Response | None, *, events: int | None = None
+    ) -> None:
+        after = "" if events is None else f" after {events} event(s)"
+        super().__init__(f"response incomplete: {reason or 'no reason given'}{after}")
         self.reason = reason
         self.response = response
         self.retryable = reason is None or reason in RETRYABLE_INCOMPLETE
 
 
-def _code(value: object) -> str:
+def error_code(value: object) -> str:
     """A short, content-free code: a word of letters, digits, ``_``, ``-``, ``.``; else ``"?"``."""
     if (
         isinstance(value, str)
@@ -103,6 +107,7 @@ class ResponseAssembler:
         "events",
         "last_sequence",
         "response_id",
+        "resumptions",
         "text_chars",
     )
 
@@ -114,6 +119,7 @@ class ResponseAssembler:
         self._final: Response | None = None
         self.last_sequence: int | None = None
         self.response_id: str | None = None
+        self.resumptions: list[Resumed] = []
         self.events = 0
         self.text_chars = 0
         self.content_seen = False
@@ -145,6 +151,11 @@ class ResponseAssembler:
         Raises the chain's error for a terminal event other than ``response.completed`` and
         :class:`MalformedChunkError` for an event that is not what its type says.
         """
+        if isinstance(event, Resumed):
+            self.resumptions.append(event)
+            return None
+        if self.seen(event):
+            return None  # a resumed connection replayed it: shown once already
         try:
             kind = event.type
             sequence = getattr(event, "sequence_number", None)
@@ -203,16 +214,16 @@ class ResponseAssembler:
             details = getattr(response, "incomplete_details", None)
             reason = getattr(details, "reason", None)
             raise ResponseIncompleteError(
-                _code(reason) if reason is not None else None,
+                error_code(reason) if reason is not None else None,
                 self._rebuilt(response),
                 events=self.events,
             )
         if kind == "response.failed":
             response = self._lifecycle(event.response)
             error = getattr(response, "error", None)
-            raise StreamEventError(f"response.failed: {_code(getattr(error, 'code', None))}")
+            raise StreamEventError(f"response.failed: {error_code(getattr(error, 'code', None))}")
         if kind == "error":
-            raise StreamEventError(f"SSE error event: {_code(getattr(event, 'code', None))}")
+            raise StreamEventError(f"SSE error event: {error_code(getattr(event, 'code', None))}")
         return None
 
     def _part(self, output_index: int, content_index: int, field: str, delta: str) -> None:
@@ -264,7 +275,7 @@ class ResponseAssembler:
         self._lifecycle(response)
         status = getattr(response, "status", None)
         if status not in (None, "completed"):
-            raise MalformedChunkError(f"response.completed with status {_code(status)}")
+            raise MalformedChunkError(f"response.completed with status {error_code(status)}")
         rebuilt = self._rebuilt(response)
         if not isinstance(rebuilt, Response):
             raise MalformedChunkError("response.completed did not carry a response")
@@ -290,11 +301,15 @@ class ResponseAssembler:
 
     # --- the end -----------------------------------------------------------------------------
 
-    def finish(self) -> Response:
-        """The final ``Response``; :class:`TruncatedStreamError` when it did not complete."""
+    def finish(self, *, model: str | None = None) -> Response:
+        """The final ``Response``; :class:`TruncatedStreamError` when it did not complete.
+
+        ``model`` (the request's) is unused: a ``Response`` always names its model.
+        """
         if self._final is None:
             raise TruncatedStreamError(
                 f"stream ended without response.completed after {self.events} event(s), "
                 f"{self.text_chars} character(s)"
             )
+        mark_resumptions(self._final, self.resumptions)
         return self._final
