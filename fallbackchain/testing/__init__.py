@@ -1,4 +1,4 @@
-"""An OpenAI-compatible chat-completions server that misbehaves on cue.
+"""An OpenAI-compatible server (chat completions and Responses) that misbehaves on cue.
 
 :class:`FaultServer` speaks enough of the OpenAI HTTP API for the real
 ``openai`` client (``openai.OpenAI`` / ``openai.AsyncOpenAI`` with
@@ -22,9 +22,11 @@ What you can rely on:
   alike, holds thousands of concurrent streams, and supports keep-alive,
   ``Connection: close`` and ``Content-Length`` (or chunked) request bodies.
 * **Routes.** ``POST /v1/chat/completions`` (``"stream": true`` or not, with
-  ``stream_options.include_usage`` honoured) and ``GET /v1/models``. Any other
-  route gets a 404 and an unparsable body a 400, both with OpenAI-shaped JSON
-  error bodies. Every response carries an ``x-request-id`` header.
+  ``stream_options.include_usage`` honoured), ``POST /v1/responses``,
+  ``GET /v1/responses/{id}`` (``?stream=true&starting_after=N``) and
+  ``GET /v1/models``. Any other route gets a 404 and an unparsable body a 400,
+  both with OpenAI-shaped JSON error bodies. Every response carries an
+  ``x-request-id`` header.
 * **Deterministic answers.** The answer is ``"Answer from {model}:"`` followed
   by ``words`` pseudo-words derived from a hash of the last user message, so
   the same prompt always gets the same text; :meth:`FaultServer.answer_for`
@@ -36,15 +38,49 @@ What you can rely on:
   chunk, an optional usage chunk, then ``data: [DONE]``; each SSE event is its
   own HTTP chunk. Sampling parameters such as ``max_tokens`` or ``n`` are
   accepted and ignored.
+* **The Responses API.** ``client.responses.create(...)`` gets the same answer
+  as chat for the same prompt (``instructions`` count as a system message,
+  ``input`` as the user's). Not streamed: a ``Response``. Streamed: typed events
+  framed ``event: TYPE`` / ``data: JSON``, numbered by ``sequence_number`` from
+  0: ``response.created``, ``response.in_progress``, then per output item
+  ``response.output_item.added``, for the message's text
+  ``response.content_part.added``, one ``response.output_text.delta`` per word,
+  ``response.output_text.done``, ``response.content_part.done`` (a refusal the
+  same with ``response.refusal.delta``/``.done``), for each tool call a
+  ``function_call`` item with ``response.function_call_arguments.delta``/``.done``,
+  then ``response.output_item.done``; last ``response.completed``. No
+  ``[DONE]``. Every response not created with ``store=False`` is kept (the newest
+  1,000) for ``client.responses.retrieve(id)``. ``background=True`` makes a
+  non-streamed create answer ``status: "queued"`` at once, the whole response
+  being retrievable right after; a background response can also be streamed
+  again, whole or with ``starting_after=N`` (the events after sequence number
+  ``N``, identical to the first time), which is how a dropped stream resumes.
+  Streaming retrieval of a response that is not a background one is a 400.
 * **Scripted faults.** :class:`Fault` values (``ok``, ``status``, ``drop``,
   ``early_end``, ``stall``, ``slow_first_byte``, ``sse_error``, ``malformed``,
-  ``reset``, ``finish``) are queued with :meth:`FaultServer.push` and matched
-  in FIFO order, filtered on streaming vs. non-streaming;
-  :attr:`FaultServer.default` applies when no rule matches.
-* **Observation.** :attr:`FaultServer.requests` records the newest chat
-  requests (1,000 by default, ``max_recorded``) with the fault each got;
-  :attr:`FaultServer.counts` and :attr:`FaultServer.fault_counts` count every
-  one exactly, in constant memory. Scripting and observation are thread-safe.
+  ``reset``, ``finish``, ``failed``, ``incomplete``) are queued with
+  :meth:`FaultServer.push` and matched in FIFO order, filtered on streaming vs.
+  non-streaming and on the API (``api="chat"`` or ``"responses"``);
+  :attr:`FaultServer.default` applies when no rule matches. Every Responses
+  request (creation or retrieval) takes a rule like a chat request does, and a
+  fault means the same there: ``status`` an HTTP error (``Retry-After``
+  included), ``drop``/``stall``/``early_end``/``malformed`` cut, pause, end
+  early or corrupt the stream after ``after_chunks`` content events (text,
+  refusal and arguments deltas), ``sse_error`` sends an ``error`` event
+  (``ResponseErrorEvent``) and ends, ``failed`` ends with ``response.failed``
+  (``error`` set), ``incomplete`` with ``response.incomplete``
+  (``incomplete_details.reason``), ``finish("length")``/``("content_filter")``
+  make it incomplete too. ``failed``/``incomplete`` shape the response itself,
+  so a retrieval shows them; the other faults touch only the one HTTP response,
+  so a background response dropped mid-stream is still whole when retrieved.
+  A ``status`` or ``reset`` fault on a create stores nothing. On chat,
+  ``failed`` acts as ``sse_error`` and ``incomplete`` cuts the answer with
+  ``finish_reason`` ``"length"`` (or ``"content_filter"``).
+* **Observation.** :attr:`FaultServer.requests` records the newest requests
+  that took a rule (1,000 by default, ``max_recorded``) with the fault each got
+  and its ``route``; :attr:`FaultServer.counts`, :attr:`FaultServer.fault_counts`
+  and :attr:`FaultServer.route_counts` count every one exactly, in constant
+  memory. Scripting and observation are thread-safe.
 * **Clean shutdown.** :meth:`FaultServer.stop` is idempotent, aborts open
   connections (stalled ones included) and joins the thread.
 

@@ -22,10 +22,18 @@ FaultKind = Literal[
     "malformed",
     "reset",
     "finish",
+    "failed",
+    "incomplete",
 ]
 """The names of the behaviours a :class:`Fault` can describe."""
 
 _KINDS: frozenset[str] = frozenset(get_args(FaultKind))
+
+# Why a Responses answer can stop short, and the chat ``finish_reason`` each becomes.
+INCOMPLETE_REASONS: Mapping[str, str] = {
+    "max_output_tokens": "length",
+    "content_filter": "content_filter",
+}
 
 # Kinds whose effect happens after ``after_chunks`` content chunks of a stream.
 MID_STREAM_KINDS: frozenset[str] = frozenset(
@@ -86,6 +94,10 @@ class Fault:
             _check_seconds("retry_after_ms", self.retry_after_ms)
         if not self.finish_reason:
             raise ValueError("finish_reason must be a non-empty string")
+        if self.kind == "incomplete" and self.finish_reason not in INCOMPLETE_REASONS:
+            raise ValueError(
+                f"reason must be one of {sorted(INCOMPLETE_REASONS)}, got {self.finish_reason!r}"
+            )
 
     def __repr__(self) -> str:
         changed = [
@@ -218,6 +230,36 @@ class Fault:
         full answer text.
         """
         return cls(kind="finish", finish_reason=reason)
+
+    @classmethod
+    def failed(
+        cls,
+        after_chunks: int = 0,
+        message: str = "The model failed to generate a response.",
+        code: str = "server_error",
+    ) -> Fault:
+        """The answer fails after ``after_chunks`` content chunks.
+
+        Responses API: the stream ends with a ``response.failed`` event whose
+        response has ``status: "failed"`` and ``error: {code, message}``
+        (non-streamed: that ``Response`` with HTTP 200, as a retrieval shows it).
+        Chat completions have no such state: there it acts as :meth:`sse_error`.
+        """
+        return cls(kind="failed", after_chunks=after_chunks, message=message, error_code=code)
+
+    @classmethod
+    def incomplete(cls, after_chunks: int = 0, reason: str = "max_output_tokens") -> Fault:
+        """The answer stops after ``after_chunks`` content chunks, for ``reason``.
+
+        ``reason`` is ``"max_output_tokens"`` or ``"content_filter"``. Responses
+        API: the open content part and output item are closed with status
+        ``"incomplete"`` and the stream ends with ``response.incomplete``
+        (``incomplete_details.reason``); non-streamed, the ``Response`` has
+        ``status: "incomplete"``. Chat completions: the answer is cut the same
+        way and its ``finish_reason`` is ``"length"`` (or ``"content_filter"``).
+        When ``after_chunks`` exceeds the answer, nothing is cut.
+        """
+        return cls(kind="incomplete", after_chunks=after_chunks, finish_reason=reason)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,25 +8,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.utils
-import hashlib
 import http
 import ipaddress
 import json
 import logging
-import re
 import socket
 import threading
 import time
+import urllib.parse
 import uuid
 import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Literal, Self
 
-from ._faults import MID_STREAM_KINDS, Answer, Fault, FaultKind
+from ._faults import INCOMPLETE_REASONS, MID_STREAM_KINDS, Answer, Fault, FaultKind
+from ._responses import (
+    RESPONSE_SHAPING_KINDS,
+    Rendered,
+    ResponseScript,
+    ResponseStore,
+    error_event,
+    input_messages,
+    queued,
+    render,
+    sse_event,
+)
+from ._text import (
+    argument_pieces,
+    dumps,
+    last_user_text,
+    prompt_tokens,
+    pseudo_words,
+    split_tokens,
+)
 
 __all__ = ["DEFAULT_MODELS", "FaultServer", "RecordedRequest", "Responder"]
 
@@ -44,10 +63,8 @@ _HEAD_LIMIT: Final = 64 * 1024
 _POLL_SECONDS: Final = 0.05
 _CHAT_PATH: Final = "/v1/chat/completions"
 _MODELS_PATH: Final = "/v1/models"
-_CONSONANTS: Final = "bdfghklmnprstvz"
-_VOWELS: Final = "aeiou"
-_TOKEN_RE: Final = re.compile(r"\s*\S+")
-_ARGUMENT_PIECE: Final = 8  # characters of tool-call arguments per streamed chunk
+_RESPONSES_PATH: Final = "/v1/responses"
+_APIS: Final = (None, "chat", "responses")
 DEFAULT_MAX_RECORDED: Final = 1000
 """How many requests a :class:`FaultServer` keeps in :attr:`~FaultServer.requests` by default."""
 
@@ -74,6 +91,8 @@ class RecordedRequest:
     """The ``x-request-id`` the response carried."""
     received_at: float = field(default_factory=time.time)
     """Wall-clock time (``time.time()``) the request was read."""
+    route: str = "chat.completions"
+    """``"chat.completions"``, ``"responses.create"`` or ``"responses.retrieve"``."""
 
 
 @dataclass(slots=True)
@@ -81,6 +100,7 @@ class _Rule:
     fault: Fault
     stream: bool | None
     remaining: int | None
+    api: str | None = None
 
 
 @dataclass(slots=True)
@@ -118,6 +138,8 @@ class _Connection:
     writer: asyncio.StreamWriter
     on_request_done: Callable[[], None] | None = None
     """Called once, just before the current request's last byte (or abort)."""
+    reusable: bool = True
+    """Whether the connection may serve another request after a fault ended this one."""
 
     def request_done(self) -> None:
         callback, self.on_request_done = self.on_request_done, None
@@ -243,80 +265,37 @@ class _Completion:
 # -- helpers ------------------------------------------------------------------------
 
 
-def _dumps(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _text_of(content: object) -> str:
-    """The text of a message ``content``: a string or a list of content parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if isinstance(part, str):
-                parts.append(part)
-            elif isinstance(part, Mapping) and isinstance(part.get("text"), str):
-                parts.append(part["text"])
-        return " ".join(parts)
-    return ""
-
-
-def _last_user_text(messages: Iterable[Mapping[str, Any]]) -> str:
-    text = ""
-    for message in messages:
-        if isinstance(message, Mapping) and message.get("role") == "user":
-            text = _text_of(message.get("content"))
-    return text
-
-
-def _pseudo_words(prompt: str, count: int) -> list[str]:
-    """``count`` pronounceable pseudo-words derived from a hash of ``prompt``."""
-    words = []
-    seed = prompt.encode("utf-8", "surrogatepass")
-    for i in range(count):
-        digest = hashlib.sha256(i.to_bytes(4, "big") + seed).digest()
-        syllables = 1 + digest[0] % 3
-        word = "".join(
-            _CONSONANTS[digest[1 + 2 * s] % len(_CONSONANTS)]
-            + _VOWELS[digest[2 + 2 * s] % len(_VOWELS)]
-            for s in range(syllables)
-        )
-        if digest[8] % 4 == 0:
-            word += _CONSONANTS[digest[9] % len(_CONSONANTS)]
-        words.append(word)
-    return words
-
-
-def _split_tokens(text: str) -> list[str]:
-    """Split ``text`` into stream pieces, one per word with its leading whitespace.
-
-    ``"".join(_split_tokens(text)) == text`` always holds.
-    """
-    tokens = _TOKEN_RE.findall(text)
-    rest = text[sum(map(len, tokens)) :]
-    if rest:
-        if tokens:
-            tokens[-1] += rest
-        else:
-            tokens.append(rest)
-    return tokens
-
-
 def _deltas_of(answer: Answer) -> list[dict[str, Any]]:
     """The content chunks' deltas of ``answer``, in the order OpenAI streams them."""
-    deltas: list[dict[str, Any]] = [{"content": t} for t in _split_tokens(answer.content)]
+    deltas: list[dict[str, Any]] = [{"content": t} for t in split_tokens(answer.content)]
     for index, call in enumerate(answer.tool_calls):
         deltas.append(
             {"tool_calls": [{"index": index, "id": call.id, "type": "function",
                              "function": {"name": call.name, "arguments": ""}}]}
         )
-        arguments = call.arguments
-        for start in range(0, len(arguments), _ARGUMENT_PIECE):
-            piece = arguments[start : start + _ARGUMENT_PIECE]
+        for piece in argument_pieces(call.arguments):
             deltas.append({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
-    deltas.extend({"refusal": t} for t in _split_tokens(answer.refusal))
+    deltas.extend({"refusal": t} for t in split_tokens(answer.refusal))
     return deltas
+
+
+def _trigger(content: Sequence[bool], after: int) -> int:
+    """Where a mid-stream fault strikes: before content frame ``after``, else after the last."""
+    positions = [i for i, is_content in enumerate(content) if is_content]
+    if after < len(positions):
+        return positions[after]
+    if positions:
+        return positions[-1] + 1
+    return min(1, len(content))
+
+
+def _missing(param: str) -> bytes:
+    return _error_body(
+        f"Missing required parameter: '{param}'.",
+        "invalid_request_error",
+        "missing_required_parameter",
+        param,
+    )
 
 
 def _format_seconds(value: float) -> str:
@@ -344,11 +323,11 @@ def _default_error(status: int) -> tuple[str, str | None]:
 
 
 def _error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
-    return _dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
+    return dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
 
 
 def _sse(obj: object) -> bytes:
-    return b"data: " + _dumps(obj) + b"\n\n"
+    return b"data: " + dumps(obj) + b"\n\n"
 
 
 def _http_chunk(data: bytes) -> bytes:
@@ -494,6 +473,8 @@ class FaultServer:
         self._max_recorded = max_recorded
         self._requests: deque[RecordedRequest] = deque(maxlen=max_recorded)
         self._fault_counts: Counter[FaultKind] = Counter()
+        self._route_counts: Counter[str] = Counter()
+        self._stored = ResponseStore()
         self._total = 0
         self._stream = 0
         self._completion = 0
@@ -606,11 +587,20 @@ class FaultServer:
 
     # -- scripting ------------------------------------------------------------------
 
-    def push(self, fault: Fault, *, stream: bool | None = None, times: int | None = 1) -> None:
+    def push(
+        self,
+        fault: Fault,
+        *,
+        stream: bool | None = None,
+        times: int | None = 1,
+        api: Literal["chat", "responses"] | None = None,
+    ) -> None:
         """Append a rule: apply ``fault`` to the next ``times`` matching requests.
 
         ``stream=True`` matches only streaming requests, ``False`` only
-        non-streaming ones, ``None`` both. ``times=None`` keeps the rule until
+        non-streaming ones, ``None`` both. ``api="chat"`` matches only chat
+        completions, ``"responses"`` only Responses requests (creations and
+        retrievals alike), ``None`` both. ``times=None`` keeps the rule until
         :meth:`clear`. A rule that never matches (say ``stream=True`` while
         only non-streaming requests arrive) stays queued but does not block
         later rules for other requests.
@@ -619,8 +609,10 @@ class FaultServer:
             raise TypeError(f"expected a Fault, got {fault!r}")
         if times is not None and times < 1:
             raise ValueError(f"times must be >= 1 or None, got {times!r}")
+        if api not in _APIS:
+            raise ValueError(f"api must be 'chat', 'responses' or None, got {api!r}")
         with self._lock:
-            self._rules.append(_Rule(fault, stream, times))
+            self._rules.append(_Rule(fault, stream, times, api))
 
     @property
     def default(self) -> Fault:
@@ -701,6 +693,16 @@ class FaultServer:
                 "max_active": self._max_active,
             }
 
+    @property
+    def route_counts(self) -> Counter[str]:
+        """A snapshot: requests per route since the last :meth:`reset_counts`.
+
+        Keys: ``"chat.completions"``, ``"responses.create"``, ``"responses.retrieve"``
+        (a route never asked reads as ``0``). Their sum is ``counts["total"]``.
+        """
+        with self._lock:
+            return Counter(self._route_counts)
+
     def reset_counts(self) -> None:
         """Zero the counters (:attr:`fault_counts` too) and forget recorded requests.
 
@@ -710,6 +712,7 @@ class FaultServer:
         with self._lock:
             self._requests.clear()
             self._fault_counts.clear()
+            self._route_counts.clear()
             self._total = self._stream = self._completion = 0
             self._max_active = self._active
 
@@ -731,7 +734,7 @@ class FaultServer:
         """
         messages = list(messages)
         if self._responder is None:
-            words = _pseudo_words(_last_user_text(messages), self._words)
+            words = pseudo_words(last_user_text(messages), self._words)
             return Answer(content=" ".join([f"Answer from {model}:", *words]))
         reply = self._responder(messages, model)
         if isinstance(reply, str):
@@ -883,45 +886,51 @@ class FaultServer:
         path = request.path.rstrip("/") or "/"
         if request.method == "POST" and path == _CHAT_PATH:
             return await self._chat(conn, request, keep_alive=keep_alive)
+        if request.method == "POST" and path == _RESPONSES_PATH:
+            return await self._responses_create(conn, request, keep_alive=keep_alive)
+        response_id = path.removeprefix(_RESPONSES_PATH + "/")
+        if request.method == "GET" and response_id != path and "/" not in response_id:
+            return await self._responses_retrieve(conn, request, response_id, keep_alive)
         if request.method == "GET" and path == _MODELS_PATH:
             created = int(time.time())
             data = [
                 {"id": model, "object": "model", "created": created, "owned_by": "fallbackchain"}
                 for model in self._models
             ]
-            body = _dumps({"object": "list", "data": data})
+            body = dumps({"object": "list", "data": data})
             return await self._send_json(conn, 200, body, keep_alive=keep_alive)
         message = f"Invalid URL ({request.method} {request.path})"
         body = _error_body(message, "invalid_request_error", "unknown_url")
         return await self._send_json(conn, 404, body, keep_alive=keep_alive)
 
-    async def _chat(self, conn: _Connection, request: _HttpRequest, *, keep_alive: bool) -> bool:
+    @staticmethod
+    def _json_object(request: _HttpRequest) -> dict[str, Any] | bytes:
+        """The request's JSON object body, or the error body of the 400 to answer."""
         try:
             payload = json.loads(request.body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             message = f"We could not parse the JSON body of your request. ({exc})"
-            body = _error_body(message, "invalid_request_error", None)
-            return await self._send_json(conn, 400, body, keep_alive=keep_alive)
+            return _error_body(message, "invalid_request_error", None)
         if not isinstance(payload, dict):
-            body = _error_body(
+            return _error_body(
                 "The request body must be a JSON object.", "invalid_request_error", None
             )
-            return await self._send_json(conn, 400, body, keep_alive=keep_alive)
+        return payload
+
+    async def _chat(self, conn: _Connection, request: _HttpRequest, *, keep_alive: bool) -> bool:
+        payload = self._json_object(request)
+        if isinstance(payload, bytes):
+            return await self._send_json(conn, 400, payload, keep_alive=keep_alive)
         model = payload.get("model")
         messages = payload.get("messages")
         if not isinstance(model, str) or not isinstance(messages, list):
             param = "model" if not isinstance(model, str) else "messages"
-            body = _error_body(
-                f"Missing required parameter: '{param}'.",
-                "invalid_request_error",
-                "missing_required_parameter",
-                param,
-            )
+            body = _missing(param)
             return await self._send_json(conn, 400, body, keep_alive=keep_alive)
 
         stream = payload.get("stream") is True
         request_id = f"req_{uuid.uuid4().hex}"
-        fault = self._admit(request, payload, stream, request_id)
+        fault = self._admit(request, payload, stream, request_id, "chat.completions")
         conn.on_request_done = self._request_done
         try:
             return await self._respond(
@@ -937,6 +946,119 @@ class FaultServer:
         finally:
             conn.request_done()
 
+    async def _responses_create(
+        self, conn: _Connection, request: _HttpRequest, *, keep_alive: bool
+    ) -> bool:
+        payload = self._json_object(request)
+        if isinstance(payload, bytes):
+            return await self._send_json(conn, 400, payload, keep_alive=keep_alive)
+        model = payload.get("model")
+        given = payload.get("input")
+        body = None
+        if not isinstance(model, str):
+            body = _missing("model")
+        elif given is not None and not isinstance(given, str | list):
+            body = _error_body(
+                "Invalid type for 'input': expected a string or an array of input items.",
+                "invalid_request_error", "invalid_type", "input",
+            )
+        elif payload.get("background") is True and payload.get("store") is False:
+            body = _error_body(
+                "Background responses must be stored: set store=true (the default).",
+                "invalid_request_error", None, "store",
+            )
+        if body is not None:
+            return await self._send_json(conn, 400, body, keep_alive=keep_alive)
+        assert isinstance(model, str)
+        stream = payload.get("stream") is True
+        request_id = f"req_{uuid.uuid4().hex}"
+        fault = self._admit(request, payload, stream, request_id, "responses.create")
+        conn.on_request_done = self._request_done
+        try:
+            if not await self._before_answer(conn, fault, request_id, stream, keep_alive):
+                return conn.reusable
+            messages = input_messages(payload)
+            answer = await self._reply(conn, messages, model, request_id, keep_alive)
+            if answer is None:
+                return conn.reusable
+            script = ResponseScript(
+                response_id=f"resp_{uuid.uuid4().hex}",
+                created_at=int(time.time()),
+                model=model,
+                answer=answer,
+                request=payload,
+                prompt_tokens=prompt_tokens(messages),
+                ending=fault if fault.kind in RESPONSE_SHAPING_KINDS else Fault.ok(),
+            )
+            if payload.get("store") is not False:
+                # Stored before a byte is sent: a background response goes on being
+                # generated (here: exists whole) whatever happens to this connection.
+                self._stored.put(script)
+            rendered = render(script)
+            if stream:
+                return await self._send_response_events(
+                    conn, fault=fault, rendered=rendered, first=0, request_id=request_id,
+                    keep_alive=keep_alive,
+                )
+            whole = queued(script) if script.background else rendered.final
+            return await self._send_body(conn, fault, dumps(whole), request_id, keep_alive)
+        finally:
+            conn.request_done()
+
+    async def _responses_retrieve(
+        self, conn: _Connection, request: _HttpRequest, response_id: str, keep_alive: bool
+    ) -> bool:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.target).query)
+        stream = query.get("stream", [""])[-1].lower() == "true"
+        after_text = query.get("starting_after", [""])[-1]
+        starting_after: int | None = None
+        body = None
+        if after_text:
+            try:
+                starting_after = int(after_text)
+            except ValueError:
+                starting_after = -1
+            if starting_after < 0:
+                body = _error_body(
+                    f"Invalid 'starting_after': expected an integer >= 0, got {after_text!r}.",
+                    "invalid_request_error", "invalid_value", "starting_after",
+                )
+        script = self._stored.get(response_id)
+        if body is not None:
+            return await self._send_json(conn, 400, body, keep_alive=keep_alive)
+        if script is None:
+            body = _error_body(
+                f"Response with id '{response_id}' not found.", "invalid_request_error", None
+            )
+            return await self._send_json(conn, 404, body, keep_alive=keep_alive)
+        if stream and not script.background:
+            body = _error_body(
+                "Only background responses (background=true) can be streamed again.",
+                "invalid_request_error", None, "stream",
+            )
+            return await self._send_json(conn, 400, body, keep_alive=keep_alive)
+        record = {"response_id": response_id, "stream": stream, "starting_after": starting_after}
+        request_id = f"req_{uuid.uuid4().hex}"
+        fault = self._admit(request, record, stream, request_id, "responses.retrieve")
+        conn.on_request_done = self._request_done
+        try:
+            if not await self._before_answer(conn, fault, request_id, stream, keep_alive):
+                return conn.reusable
+            if fault.kind in RESPONSE_SHAPING_KINDS:
+                script = dataclasses.replace(script, ending=fault)
+            rendered = render(script)
+            if stream:
+                first = 0 if starting_after is None else starting_after + 1
+                return await self._send_response_events(
+                    conn, fault=fault, rendered=rendered, first=first, request_id=request_id,
+                    keep_alive=keep_alive,
+                )
+            return await self._send_body(
+                conn, fault, dumps(rendered.final), request_id, keep_alive
+            )
+        finally:
+            conn.request_done()
+
     def _request_done(self) -> None:
         with self._lock:
             self._active -= 1
@@ -944,13 +1066,21 @@ class FaultServer:
                 self._lock.notify_all()
 
     def _admit(
-        self, request: _HttpRequest, payload: dict[str, Any], stream: bool, request_id: str
+        self,
+        request: _HttpRequest,
+        payload: dict[str, Any],
+        stream: bool,
+        request_id: str,
+        route: str,
     ) -> Fault:
         """Pick the fault for a request and record it, all under the lock."""
+        api = route.split(".", 1)[0]
         with self._lock:
             fault = self._default
             for rule in self._rules:
                 if rule.stream is not None and rule.stream != stream:
+                    continue
+                if rule.api is not None and rule.api != api:
                     continue
                 fault = rule.fault
                 if rule.remaining is not None:
@@ -968,9 +1098,11 @@ class FaultServer:
                         stream=stream,
                         fault=fault,
                         request_id=request_id,
+                        route=route,
                     )
                 )
             self._fault_counts[fault.kind] += 1
+            self._route_counts[route] += 1
             self._total += 1
             if stream:
                 self._stream += 1
@@ -992,6 +1124,42 @@ class FaultServer:
                 return True
             await asyncio.sleep(min(remaining, _POLL_SECONDS))
 
+    async def _before_answer(
+        self, conn: _Connection, fault: Fault, request_id: str, stream: bool, keep_alive: bool
+    ) -> bool:
+        """Play the faults that come before any answer; ``False`` when the request is done."""
+        if fault.kind == "reset":
+            conn.abort()
+            conn.reusable = False
+            return False
+        if fault.kind == "status":
+            conn.reusable = await self._send_status(conn, fault, request_id, keep_alive)
+            return False
+        waits = fault.kind == "slow_first_byte" or (fault.kind == "stall" and not stream)
+        if waits and not await self._pause(conn, fault.seconds):
+            conn.reusable = False
+            return False
+        return True
+
+    async def _reply(
+        self,
+        conn: _Connection,
+        messages: list[Any],
+        model: str,
+        request_id: str,
+        keep_alive: bool,
+    ) -> Answer | None:
+        """The answer to give; ``None`` when the responder failed (a 500 was sent)."""
+        try:
+            return self.reply_for(messages, model)
+        except Exception as exc:
+            logger.exception("FaultServer responder failed")
+            body = _error_body(f"responder failed: {exc!r}", "server_error", None)
+            conn.reusable = await self._send_json(
+                conn, 500, body, keep_alive=keep_alive, request_id=request_id
+            )
+            return None
+
     async def _respond(
         self,
         conn: _Connection,
@@ -1004,29 +1172,24 @@ class FaultServer:
         request_id: str,
         keep_alive: bool,
     ) -> bool:
-        if fault.kind == "reset":
-            conn.abort()
-            return False
-        if fault.kind == "status":
-            return await self._send_status(conn, fault, request_id, keep_alive)
-        waits = fault.kind == "slow_first_byte" or (fault.kind == "stall" and not stream)
-        if waits and not await self._pause(conn, fault.seconds):
-            return False
-
-        try:
-            answer = self.reply_for(messages, model)
-        except Exception as exc:
-            logger.exception("FaultServer responder failed")
-            body = _error_body(f"responder failed: {exc!r}", "server_error", None)
-            return await self._send_json(
-                conn, 500, body, keep_alive=keep_alive, request_id=request_id
+        if fault.kind == "failed":  # chat has no failed state: an error mid-stream
+            fault = Fault.sse_error(
+                fault.after_chunks, fault.message or "", fault.error_code or "server_error"
             )
+        if not await self._before_answer(conn, fault, request_id, stream, keep_alive):
+            return conn.reusable
+        answer = await self._reply(conn, messages, model, request_id, keep_alive)
+        if answer is None:
+            return conn.reusable
         deltas = _deltas_of(answer)
         finish_reason = answer.finish_reason
         if fault.kind == "finish":
             finish_reason = fault.finish_reason
             if finish_reason == "content_filter":
                 deltas = deltas[: len(deltas) // 2]
+        if fault.kind == "incomplete" and fault.after_chunks < len(deltas):
+            deltas = deltas[: fault.after_chunks]
+            finish_reason = INCOMPLETE_REASONS[fault.finish_reason]
         stream_options = payload.get("stream_options")
         completion = _Completion(
             request_id=request_id,
@@ -1035,17 +1198,15 @@ class FaultServer:
             model=model,
             deltas=deltas,
             finish_reason=finish_reason,
-            prompt_tokens=sum(
-                len(_text_of(m.get("content")).split()) + 3
-                for m in messages
-                if isinstance(m, Mapping)
-            ),
+            prompt_tokens=prompt_tokens(messages),
             include_usage=isinstance(stream_options, dict)
             and stream_options.get("include_usage") is True,
         )
         if stream:
-            return await self._send_stream(conn, fault, completion, keep_alive)
-        return await self._send_completion(conn, fault, completion, keep_alive)
+            return await self._send_chat_stream(conn, fault, completion, keep_alive)
+        return await self._send_body(
+            conn, fault, dumps(completion.full()), request_id, keep_alive
+        )
 
     async def _send_status(
         self, conn: _Connection, fault: Fault, request_id: str, keep_alive: bool
@@ -1074,10 +1235,10 @@ class FaultServer:
             conn, status, body, keep_alive=keep_alive, request_id=request_id, extra=extra
         )
 
-    async def _send_completion(
-        self, conn: _Connection, fault: Fault, completion: _Completion, keep_alive: bool
+    async def _send_body(
+        self, conn: _Connection, fault: Fault, body: bytes, request_id: str, keep_alive: bool
     ) -> bool:
-        request_id = completion.request_id
+        """Send a whole JSON answer, or what ``fault`` makes of it."""
         if fault.kind == "sse_error":
             body = _error_body(
                 fault.message or "upstream overloaded",
@@ -1091,7 +1252,6 @@ class FaultServer:
             return await self._send_json(
                 conn, 200, b"{this is not json", keep_alive=keep_alive, request_id=request_id
             )
-        body = _dumps(completion.full())
         if fault.kind == "drop":
             head = _response_head(
                 200,
@@ -1107,28 +1267,88 @@ class FaultServer:
             return False
         return await self._send_json(conn, 200, body, keep_alive=keep_alive, request_id=request_id)
 
-    async def _send_stream(
+    async def _send_chat_stream(
         self, conn: _Connection, fault: Fault, completion: _Completion, keep_alive: bool
     ) -> bool:
+        frames = [_sse(completion.chunk(completion.role_delta()))]
+        frames.extend(_sse(completion.chunk(delta)) for delta in completion.deltas)
+        frames.append(_sse(completion.chunk({}, completion.finish_reason)))
+        if completion.include_usage:
+            frames.append(_sse(completion.usage_chunk()))
+        frames.append(b"data: [DONE]\n\n")
+        content = [False, *(True for _ in completion.deltas)]
+        content.extend(False for _ in frames[len(content) :])
+
+        def interrupt(index: int) -> bytes:
+            if fault.kind == "malformed":
+                return b"data: {this is not json\n\n"
+            error = {
+                "message": fault.message,
+                "type": fault.error_type or "server_error",
+                "param": None,
+                "code": fault.error_code,
+            }
+            return _sse({"error": error})
+
+        return await self._send_sse(
+            conn, fault=fault, frames=frames, content=content, interrupt=interrupt,
+            request_id=completion.request_id, keep_alive=keep_alive,
+        )
+
+    async def _send_response_events(
+        self,
+        conn: _Connection,
+        *,
+        fault: Fault,
+        rendered: Rendered,
+        first: int,
+        request_id: str,
+        keep_alive: bool,
+    ) -> bool:
+        """Stream the rendered events from sequence number ``first`` on."""
+        frames = [sse_event(event) for event in rendered.events[first:]]
+
+        def interrupt(index: int) -> bytes:
+            if fault.kind == "malformed":
+                return b"event: response.output_text.delta\ndata: {this is not json\n\n"
+            message = fault.message or "upstream overloaded"
+            return error_event(first + index, message, fault.error_code)
+
+        return await self._send_sse(
+            conn, fault=fault, frames=frames, content=rendered.content[first:],
+            interrupt=interrupt, request_id=request_id, keep_alive=keep_alive,
+        )
+
+    async def _send_sse(
+        self,
+        conn: _Connection,
+        *,
+        fault: Fault,
+        frames: Sequence[bytes],
+        content: Sequence[bool],
+        interrupt: Callable[[int], bytes],
+        request_id: str,
+        keep_alive: bool,
+    ) -> bool:
+        """Stream ``frames`` as SSE, one HTTP chunk each, with ``fault`` played mid-stream.
+
+        The fault happens before the content frame numbered ``after_chunks`` (or right
+        after the last content frame); ``interrupt(index)`` is the frame an ``sse_error``
+        or ``malformed`` fault sends there.
+        """
         head = _response_head(
             200,
             [
                 ("content-type", "text/event-stream; charset=utf-8"),
                 ("cache-control", "no-cache"),
                 ("transfer-encoding", "chunked"),
-                ("x-request-id", completion.request_id),
+                ("x-request-id", request_id),
             ],
             keep_alive=keep_alive,
         )
         await conn.write(head)
-
-        async def event(data: bytes) -> None:
-            await conn.write(_http_chunk(data))
-
-        await event(_sse(completion.chunk(completion.role_delta())))
-        tokens = completion.deltas
-        trigger = min(fault.after_chunks, len(tokens)) if fault.kind in MID_STREAM_KINDS else -1
-        for i in range(len(tokens) + 1):
+        trigger = _trigger(content, fault.after_chunks) if fault.kind in MID_STREAM_KINDS else -1
+        for i in range(len(frames) + 1):
             if i == trigger:
                 if fault.kind == "drop":
                     conn.abort()
@@ -1137,24 +1357,12 @@ class FaultServer:
                     if not await self._pause(conn, fault.seconds):
                         return False
                 else:
-                    if fault.kind == "sse_error":
-                        error = {
-                            "message": fault.message,
-                            "type": fault.error_type or "server_error",
-                            "param": None,
-                            "code": fault.error_code,
-                        }
-                        await event(_sse({"error": error}))
-                    elif fault.kind == "malformed":
-                        await event(b"data: {this is not json\n\n")
+                    if fault.kind in ("sse_error", "malformed"):
+                        await conn.write(_http_chunk(interrupt(i)))
                     # early_end, sse_error and malformed all end the body cleanly.
                     await conn.write(_LAST_CHUNK, last=True)
                     return keep_alive
-            if i < len(tokens):
-                await event(_sse(completion.chunk(tokens[i])))
-        await event(_sse(completion.chunk({}, completion.finish_reason)))
-        if completion.include_usage:
-            await event(_sse(completion.usage_chunk()))
-        await event(b"data: [DONE]\n\n")
+            if i < len(frames):
+                await conn.write(_http_chunk(frames[i]))
         await conn.write(_LAST_CHUNK, last=True)
         return keep_alive
