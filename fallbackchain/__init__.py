@@ -48,6 +48,13 @@ _EXPORTS: Final[dict[str, tuple[str, ...]]] = {
         "StreamDivergedError",
         "trace_of",
     ),
+    "responses": (
+        "AsyncChainResponses",
+        "AsyncResponsesDropInStream",
+        "ChainResponses",
+        "ResponseIncompleteError",
+        "ResponsesDropInStream",
+    ),
     "_config": (
         "BreakerConfig",
         "CacheConfig",
@@ -195,6 +202,13 @@ if TYPE_CHECKING:
         StreamDivergedError,
         trace_of,
     )
+    from .responses import (
+        AsyncChainResponses,
+        AsyncResponsesDropInStream,
+        ChainResponses,
+        ResponseIncompleteError,
+        ResponsesDropInStream,
+    )
 
 
 def __getattr__(name: str) -> Any:
@@ -215,9 +229,11 @@ __all__ = [
     "AllTiersFailedError",
     "AsyncChainChat",
     "AsyncChainCompletions",
+    "AsyncChainResponses",
     "AsyncChainStream",
     "AsyncDropInStream",
     "AsyncFallbackChain",
+    "AsyncResponsesDropInStream",
     "Attempt",
     "AttemptEnded",
     "AttemptStarted",
@@ -239,6 +255,7 @@ __all__ = [
     "ChainEvent",
     "ChainListener",
     "ChainResponse",
+    "ChainResponses",
     "ChainStream",
     "ConfigError",
     "DeadlineExceededError",
@@ -260,6 +277,8 @@ __all__ = [
     "RequestEnded",
     "RequestStarted",
     "ResponseCache",
+    "ResponseIncompleteError",
+    "ResponsesDropInStream",
     "RetryConfig",
     "RetryScheduled",
     "RouteConfig",

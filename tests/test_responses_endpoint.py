@@ -229,7 +229,9 @@ class Scripted:
 def _drop() -> openai.APIConnectionError:
     import httpx2
 
-    return openai.APIConnectionError(request=httpx2.Request("POST", "http://127.0.0.1/v1/responses"))
+    return openai.APIConnectionError(
+        request=httpx2.Request("POST", "http://127.0.0.1/v1/responses")
+    )
 
 
 def test_a_dropped_background_stream_resumes_after_the_last_event() -> None:

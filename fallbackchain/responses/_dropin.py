@@ -45,7 +45,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 from typing import Any, Final, Literal, Protocol, Self, overload
 
-import openai
 from openai.types.responses import (
     Response,
     ResponseCompletedEvent,
@@ -154,7 +153,9 @@ class _AsyncChain(Protocol):
 @functools.cache
 def _sdk_params() -> frozenset[str]:
     """The keyword arguments the installed SDK's ``responses.create`` takes."""
-    signature = inspect.signature(openai.resources.responses.Responses.create)
+    from openai.resources.responses import Responses  # noqa: PLC0415 - loaded on first use
+
+    signature = inspect.signature(Responses.create)
     return frozenset(signature.parameters) - {"self"}
 
 
