@@ -433,3 +433,51 @@ def test_closing_a_stream_early_is_neutral(harness: Any, server: Any) -> None:
         harness.run(go)
     assert all(state == "closed" for state in harness.chain.breaker_states().values())
     assert create(harness).output_text == answer(harness)
+
+
+def test_a_stream_dropped_twice_is_resumed_twice(harness: Any, server: Any) -> None:
+    server.push(Fault.drop(after_chunks=3), stream=True, api="responses")  # the create
+    server.push(Fault.drop(after_chunks=3), stream=True, api="responses")  # the first retrieve
+    events, trace = stream(harness, background=True)
+    assert check_stream_shape(events).output_text == answer(harness)
+    assert server.route_counts == Counter({"responses.create": 1, "responses.retrieve": 2})
+    notes = [a.error for a in trace.attempts[:-1]]
+    assert len(notes) == 2
+    assert all("resumed after event" in (note or "") for note in notes)
+    first, second = (int(note.split("resumed after event ")[1].split(" ")[0]) for note in notes)
+    assert 0 < first < second
+
+
+def test_a_stalled_background_stream_is_left_after_the_idle_timeout(
+    harness_factory: Any, server: Any
+) -> None:
+    h = harness_factory(real_time=True, openai__idle_timeout=0.2)
+    server.push(Fault.stall(after_chunks=2, seconds=5), stream=True, api="responses")
+    events, trace = stream(h, background=True)
+    assert check_stream_shape(events).output_text == answer(h)
+    assert trace.attempts[0].error_type == "IdleTimeoutError"
+    assert server.route_counts == Counter({"responses.create": 2})  # no retrieve after a stall
+
+
+def test_listeners_see_a_responses_request_like_a_chat_one(make_chain: Any, server: Any) -> None:
+    seen: list[Any] = []
+
+    class Recorder:
+        def __getattr__(self, name: str) -> Any:
+            if name.startswith("on_"):
+                return seen.append
+            raise AttributeError(name)
+
+    chain = make_chain(Recorder())
+    server.push(Fault.status(503), stream=True, api="responses")
+    chain.responses.create(input=PROMPT)
+    kinds = [type(e).__name__ for e in seen]
+    assert kinds == [
+        "RequestStarted", "AttemptStarted", "AttemptEnded", "RetryScheduled",
+        "AttemptStarted", "AttemptEnded", "CacheEvent", "RequestEnded",
+    ]  # fmt: skip
+    end = seen[-1]
+    assert end.source == "stream"
+    assert end.input_tokens is not None
+    assert end.output_tokens is not None
+    assert end.output_tokens > 0

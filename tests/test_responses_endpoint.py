@@ -321,3 +321,14 @@ def _response(status: int) -> Any:
     import httpx2
 
     return httpx2.Response(status, request=httpx2.Request("GET", "http://127.0.0.1/v1/responses/x"))
+
+
+def test_a_read_timeout_is_not_resumed() -> None:
+    import httpx2
+
+    events = text_stream(["one ", "two"], background=True)
+    timeout = openai.APITimeoutError(
+        request=httpx2.Request("POST", "http://127.0.0.1/v1/responses")
+    )
+    with pytest.raises(openai.APITimeoutError):
+        list(ResumingStream(Scripted(events[:6], timeout), lambda *_: pytest.fail("resumed")))

@@ -5,8 +5,8 @@ stream drops; ``responses.retrieve(id, stream=True, starting_after=N)`` streams 
 after sequence number ``N``. :class:`ResumingStream` (sync) and :class:`AsyncResumingStream`
 wrap the SDK's stream of such a request and do exactly that:
 
-* when the connection drops (a connection error or a read timeout) or the stream ends
-  without a terminal event (``response.completed``, ``response.incomplete``,
+* when the connection drops (refused, reset, cut mid-body) or the stream ends without a
+  terminal event (``response.completed``, ``response.incomplete``,
   ``response.failed``, ``error``) after ``response.created`` named the response, they call
   ``retrieve`` with the last sequence number seen and go on reading: no new generation, no
   second bill;
@@ -14,6 +14,8 @@ wrap the SDK's stream of such a request and do exactly that:
   already yielded are skipped;
 * before the first event of a resumed connection they yield a :class:`Resumed` marker (the
   assembler records it; nothing is shown), so the trace can say what happened;
+* a read that timed out is not resumed: it already used the chain's ``idle_timeout``, so
+  the chain ends the attempt for it (and falls back, as for chat);
 * when the provider cannot resume (``retrieve`` fails, or :data:`MAX_RESUMES` resumptions in
   a row bring nothing new), the original failure is raised: the chain then treats the attempt
   as failed and falls back to a fresh request, as for any dropped stream.
@@ -27,7 +29,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Self
 
-from .._errors import TierError, TruncatedStreamError, UpstreamConnectionError, map_error
+from .._errors import (
+    TierError,
+    TruncatedStreamError,
+    UpstreamConnectionError,
+    UpstreamTimeoutError,
+    map_error,
+)
 
 __all__ = [
     "MAX_RESUMES",
@@ -115,6 +123,10 @@ class _Progress:
                 f"stream ended without a terminal event after sequence number {self.last}"
             )
         mapped = map_error(failure, content_seen=True)
+        # A read that timed out already took the chain's whole idle allowance: the chain ends
+        # the attempt for it whatever comes next, so a resumption would be a wasted request.
+        if isinstance(mapped, UpstreamTimeoutError):
+            return None
         return mapped if isinstance(mapped, UpstreamConnectionError) else None
 
     def resumed(self, error: TierError) -> Resumed:
