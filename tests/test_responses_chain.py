@@ -185,6 +185,7 @@ def test_a_fault_mid_answer_is_repaired_without_repeating_text(
     assert server.route_counts["responses.create"] == 2
 
 
+@pytest.mark.slow  # real time: waits out a timeout
 def test_a_stall_moves_on_after_the_idle_timeout(harness_factory: Any, server: Any) -> None:
     h = harness_factory(real_time=True, openai__idle_timeout=0.2, openai__first_token_timeout=0.5)
     server.push(Fault.stall(after_chunks=2, seconds=5), stream=True, api="responses")
@@ -193,6 +194,7 @@ def test_a_stall_moves_on_after_the_idle_timeout(harness_factory: Any, server: A
     assert trace.attempts[0].error_type == "IdleTimeoutError"
 
 
+@pytest.mark.slow  # real time: waits out a timeout
 def test_a_silent_model_is_left_after_the_first_token_timeout(
     harness_factory: Any, server: Any
 ) -> None:
@@ -448,6 +450,7 @@ def test_a_stream_dropped_twice_is_resumed_twice(harness: Any, server: Any) -> N
     assert 0 < first < second
 
 
+@pytest.mark.slow  # real time: waits out a timeout
 def test_a_stalled_background_stream_is_left_after_the_idle_timeout(
     harness_factory: Any, server: Any
 ) -> None:
