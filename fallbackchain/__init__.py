@@ -18,112 +18,24 @@ from typing import TYPE_CHECKING, Any, Final
 
 __version__ = "0.1.0"
 
-# The names below load their module on first use (PEP 562), so `import fallbackchain` costs
+# The public names load their module on first use (PEP 562), so `import fallbackchain` costs
 # next to nothing and an app pays only for the parts it touches: `FallbackChain` needs the
-# chain, the cache and the breakers, but not `warm`'s machinery. Type checkers and IDEs read
-# the TYPE_CHECKING imports; tests/test_import_time.py checks that both lists agree.
-_EXPORTS: Final[dict[str, tuple[str, ...]]] = {
-    "breaker": ("BreakerState",),
-    "cache": (
-        "CachedAnswer",
-        "CacheStats",
-        "ExportRow",
-        "ImportReport",
-        "InputFileError",
-        "LineError",
-        "ResponseCache",
-        "cache_key",
-    ),
-    "chain": (
-        "AsyncChainStream",
-        "AsyncFallbackChain",
-        "ChainStream",
-        "FallbackChain",
-        "AsyncChainChat",
-        "AsyncChainCompletions",
-        "AsyncDropInStream",
-        "ChainChat",
-        "ChainCompletions",
-        "DropInStream",
-        "StreamDivergedError",
-        "trace_of",
-    ),
-    "responses": (
-        "AsyncChainResponses",
-        "AsyncResponsesDropInStream",
-        "ChainResponses",
-        "ResponseIncompleteError",
-        "ResponsesDropInStream",
-    ),
-    "_config": (
-        "BreakerConfig",
-        "CacheConfig",
-        "ChainConfig",
-        "FallbackConfig",
-        "OpenAIConfig",
-        "RetryConfig",
-        "RouteConfig",
-        "load_config",
-    ),
-    "_errors": (
-        "AllTiersFailedError",
-        "BreakerBusyError",
-        "BreakerOpenError",
-        "CacheCorruptError",
-        "CacheError",
-        "ChainClosedError",
-        "ConfigError",
-        "DeadlineExceededError",
-        "FallbackChainError",
-        "FirstTokenTimeoutError",
-        "IdleTimeoutError",
-        "MalformedChunkError",
-        "QuotaExceededError",
-        "RateLimitedError",
-        "RouteRejectedError",
-        "ServerError",
-        "StreamEventError",
-        "StreamNotFinishedError",
-        "StreamProtocolError",
-        "TierError",
-        "TruncatedStreamError",
-        "UnsafeCacheRowError",
-        "UpstreamConnectionError",
-        "UpstreamStatusError",
-        "UpstreamTimeoutError",
-    ),
-    "_hooks": (
-        "AttemptEnded",
-        "AttemptStarted",
-        "BreakerChanged",
-        "CacheEvent",
-        "ChainListener",
-        "FallbackTaken",
-        "RequestEnded",
-        "RequestStarted",
-        "RetryScheduled",
-    ),
-    "_results": (
-        "Attempt",
-        "ChainEvent",
-        "ChainResponse",
-    ),
-    "_timing": (
-        "is_testing",
-        "set_testing",
-    ),
-    "_warm": (
-        "WarmProgress",
-        "WarmReport",
-        "WarmRequest",
-        "awarm",
-        "warm",
-    ),
-}
-
-_MODULE_OF: Final[dict[str, str]] = {
-    name: module for module, names in _EXPORTS.items() for name in names
-}
+# chain, the cache and the breakers, but not `warm`'s machinery. A name listed in `__all__` is
+# looked up in these modules' own `__all__`, cheapest first, importing each only when the ones
+# before it do not define the name. Type checkers and IDEs read the TYPE_CHECKING imports;
+# tests/test_import_time.py checks that both resolve every name to the same object.
+_HOMES: Final = (
+    "_errors",
+    "_config",
+    "_results",
+    "_timing",
+    "_hooks",
+    "breaker",
+    "cache",
+    "chain",
+    "responses",
+    "_warm",
+)
 
 if TYPE_CHECKING:
     from ._config import (
@@ -213,12 +125,14 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     """Import the module that defines ``name`` on first access, then keep the value here."""
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # later lookups are plain attribute reads
-    return value
+    if name in __all__:
+        for home in _HOMES:
+            module = import_module(f"{__name__}.{home}")
+            if name in module.__all__:
+                value = getattr(module, name)
+                globals()[name] = value  # later lookups are plain attribute reads
+                return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

@@ -75,6 +75,17 @@ _SECONDS_BUCKETS: Final = (
 Attributes = dict[str, AttributeValue]
 
 
+# The counters an OTelListener records: (name after "fallbackchain.", unit, description).
+_COUNTERS: Final = (
+    ("requests", "{request}", "Requests, by how they ended"),
+    ("attempts", "{attempt}", "Attempts at live tiers"),
+    ("retries", "{retry}", "Retries scheduled on a tier"),
+    ("fallbacks", "{fallback}", "Requests moved from one tier to the next (or to the cache)"),
+    ("cache", "{operation}", "Cache hits, misses and stores"),
+    ("breaker.changes", "{change}", "Circuit breaker state changes"),
+)
+
+
 @dataclass(slots=True)
 class _OpenRequest:
     span: Span
@@ -107,28 +118,16 @@ class OpenTelemetryListener:
         self._open: OrderedDict[int, _OpenRequest] = OrderedDict()
         self._breakers: dict[str, BreakerState] = {}
 
-        self._requests = meter.create_counter(
-            "fallbackchain.requests", unit="{request}", description="Requests, by how they ended"
-        )
-        self._attempts = meter.create_counter(
-            "fallbackchain.attempts", unit="{attempt}", description="Attempts at live tiers"
-        )
-        self._retries = meter.create_counter(
-            "fallbackchain.retries", unit="{retry}", description="Retries scheduled on a tier"
-        )
-        self._fallbacks = meter.create_counter(
-            "fallbackchain.fallbacks",
-            unit="{fallback}",
-            description="Requests moved from one tier to the next (or to the cache)",
-        )
-        self._cache = meter.create_counter(
-            "fallbackchain.cache", unit="{operation}", description="Cache hits, misses and stores"
-        )
-        self._breaker_changes = meter.create_counter(
-            "fallbackchain.breaker.changes",
-            unit="{change}",
-            description="Circuit breaker state changes",
-        )
+        made = {
+            name: meter.create_counter(f"fallbackchain.{name}", unit=unit, description=text)
+            for name, unit, text in _COUNTERS
+        }
+        self._requests = made["requests"]
+        self._attempts = made["attempts"]
+        self._retries = made["retries"]
+        self._fallbacks = made["fallbacks"]
+        self._cache = made["cache"]
+        self._breaker_changes = made["breaker.changes"]
         meter.create_observable_gauge(
             "fallbackchain.breaker.open",
             callbacks=[self._observe_breakers],

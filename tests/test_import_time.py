@@ -176,20 +176,21 @@ def _type_checking_imports() -> dict[str, str]:
     return names
 
 
-def test_the_lazy_table_and_the_type_checking_imports_agree():
+def test_the_lazy_lookup_and_the_type_checking_imports_agree():
     declared = _type_checking_imports()
     assert declared, "no TYPE_CHECKING imports found in fallbackchain/__init__.py"
-    lazy = {name: module for module, names in fallbackchain._EXPORTS.items() for name in names}
-    assert lazy == {name: module.lstrip(".") for name, module in declared.items()}
+    assert set(declared) == set(fallbackchain.__all__) - {"__version__"}
+    for name, module in declared.items():
+        home = importlib.import_module(f"fallbackchain.{module.lstrip('.')}")
+        assert getattr(fallbackchain, name) is getattr(home, name), name
+        # every home that offers the name offers the same object, so the order cannot matter
+        offered = [_offered(home, name) for home in fallbackchain._HOMES]
+        assert {id(value) for value in offered if value is not None} == {id(getattr(home, name))}
 
 
-def test_every_exported_name_is_the_object_its_module_defines():
-    for name in fallbackchain.__all__:
-        if name == "__version__":
-            continue
-        value = getattr(fallbackchain, name)
-        module = importlib.import_module(f"fallbackchain.{fallbackchain._MODULE_OF[name]}")
-        assert value is getattr(module, name), name
+def _offered(home: str, name: str) -> object | None:
+    module = importlib.import_module(f"fallbackchain.{home}")
+    return getattr(module, name) if name in getattr(module, "__all__", ()) else None
 
 
 def test_an_unknown_name_is_an_attribute_error():
