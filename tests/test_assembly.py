@@ -107,7 +107,7 @@ def test_retry_repeating_shown_text_emits_only_what_is_new():
     shown = d.delta("Hello wo", "stream")
     d.new_attempt()
     again = d.delta("Hello", "stream") + d.delta(" wor", "stream") + d.delta("ld!", "stream")
-    again += d.settle("Hello world!", "stream")
+    again += d.answered("Hello world!", "stream")
     assert [e.text for e in again] == ["r", "ld!"]
     assert joined_after_last_reset(shown + again) == "Hello world!"
 
@@ -125,7 +125,7 @@ def test_a_shorter_replacement_resets_at_settle():
     d = Display()
     d.delta("Hello world", "stream")
     d.new_attempt()
-    events = d.delta("Hello", "completion") + d.settle("Hello", "completion")
+    events = d.delta("Hello", "completion") + d.answered("Hello", "completion")
     assert [e.type for e in events] == ["reset", "delta"]
     assert joined_after_last_reset(events) == "Hello"
 
@@ -153,7 +153,7 @@ def test_deltas_after_the_last_reset_always_equal_the_final_text(first, second, 
         events += d.delta(second[pos : pos + size], "stream")
         pos += size
     events += d.delta(second[pos:], "stream")
-    events += d.settle(second, "stream")
+    events += d.answered(second, "stream")
     assert joined_after_last_reset(events) == second
     # and no text ever shown twice: without a reset, the total shown is exactly the answer
     if not any(e.type == "reset" for e in events):

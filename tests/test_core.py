@@ -91,7 +91,7 @@ def _steps(run: RequestRun, script: dict[str, list[Any]], clock: FakeClock) -> I
             continue
         assert not isinstance(step, AwaitSlot)
         assert isinstance(step, Acquire)
-        attempt = run.granted(step, step.tier.gate.acquire())
+        attempt = run.start_attempt(step, step.tier.gate.acquire())
         if attempt is None:
             yield f"{step.tier.name}!"
             continue
@@ -274,12 +274,12 @@ def test_a_hedge_goes_to_the_next_route_once() -> None:
     run = RequestRun(tiers, config, clock=clock, random=lambda: 0.5)
     step = run.next_step()
     assert isinstance(step, Acquire)
-    attempt = run.granted(step, step.tier.gate.acquire())
+    attempt = run.start_attempt(step, step.tier.gate.acquire())
     assert attempt is not None and run.hedge_delay(attempt) == 1.0
     target = run.hedge(attempt)
     assert target is not None and target.tier.name == "backup"
     assert run.hedge_delay(attempt) is None  # at most one hedge per request
-    hedge = run.hedge_granted(target, target.tier.gate.acquire())
+    hedge = run.start_hedge(target, target.tier.gate.acquire())
     assert hedge is not None
     run.lost_race(attempt)
     attempt.permit.release()

@@ -355,7 +355,7 @@ def test_a_retry_whose_text_stops_short_of_the_shown_text_resets_before_its_tool
     )
     assert types(events) == ["reset", "delta", "tool_call"]
     done = assembler.finish(model="m")
-    assert display.settle(done, "s") == ()
+    assert display.answered(done, "s") == ()
     assert rebuilt(shown + events) == final(done) == ("Let me ", "", [("call_1", "f", "{}")])
 
 
@@ -364,11 +364,11 @@ def test_settling_restores_the_invariant_if_the_events_fell_short():
     _, assembler = _show(display, [_chunk(_call("{", header=True)), _chunk(_call("}"))])
     assembler.add(_chunk({}, "tool_calls"))
     done = assembler.finish(model="m")
-    assert display.settle(done, "s") == ()
+    assert display.answered(done, "s") == ()
     # an answer the events never showed (say the last fragment was lost): reset, then whole
     other = done.model_copy(deep=True)
     other.choices[0].message.tool_calls[0].function.arguments = '{"a": 1}'
-    events = list(display.settle(other, "s"))
+    events = list(display.answered(other, "s"))
     assert types(events) == ["reset", "tool_call"]
     assert rebuilt(events) == final(other)
 

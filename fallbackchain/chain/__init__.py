@@ -6,20 +6,10 @@ The modules here are private; other parts of fallbackchain import from this pack
 from __future__ import annotations
 
 from ._assembly import COMPLETE_FINISH_REASONS, AttemptAssembler, Display, Fragment, Piece
+from ._async import AsyncChainStream, AsyncFallbackChain
 from ._backoff import RetryDecision, decide, full_jitter, is_transport_fault
 from ._call_options import CacheUse, CallOptions, call_options, call_timeout
-from ._chain import AsyncChainStream, AsyncFallbackChain, ChainStream, FallbackChain
-from ._core import (
-    Acquire,
-    AttemptWatch,
-    AwaitSlot,
-    Neutral,
-    RequestRun,
-    Sleep,
-    Tier,
-    TryTier,
-    UseCache,
-)
+from ._core import RequestRun
 from ._dropin import (
     TRACE_ATTRIBUTE,
     AsyncChainChat,
@@ -33,6 +23,9 @@ from ._dropin import (
     trace_of,
 )
 from ._endpoint import CHAT, ChatEndpoint, Endpoint, StreamAssembly
+from ._steps import Acquire, AwaitSlot, Neutral, Sleep, Tier, TryTier, UseCache
+from ._sync import ChainStream, FallbackChain
+from ._watch import AttemptWatch
 
 __all__ = [
     "CHAT",

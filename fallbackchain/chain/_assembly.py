@@ -12,7 +12,7 @@ Two pure objects, shared by the sync and async drivers:
   if it diverges it emits ``reset`` and the replacement. Tool calls and refusals stream as
   their own events and are never matched: an attempt after one that showed any of them starts
   with ``reset``. Invariant: the events after the last reset rebuild the final message (text,
-  refusal, tool calls); it is checked when the answer settles, and restored with a reset if
+  refusal, tool calls); it is checked when the attempt has answered, and restored with a reset if
   anything differs.
 """
 
@@ -451,7 +451,7 @@ class Display:
         )
         return (*lead, event)
 
-    def settle(self, completion: Shown, source: str) -> tuple[ChainEvent, ...]:
+    def answered(self, completion: Shown, source: str) -> tuple[ChainEvent, ...]:
         """The current attempt succeeded with ``completion`` (or this text): close any gap.
 
         When the events since the last reset do not rebuild its choice 0 exactly, this
@@ -464,7 +464,7 @@ class Display:
 
     def whole(self, completion: Shown, source: str) -> tuple[ChainEvent, ...]:
         """A non-streamed answer (completion or cache): the events that show it honestly."""
-        return self.delta(whole_fragments(completion), source) + self.settle(completion, source)
+        return self.delta(whole_fragments(completion), source) + self.answered(completion, source)
 
     def _rebuilt(self) -> _Message:
         """What the events since the last reset rebuild, in :func:`_message`'s form."""

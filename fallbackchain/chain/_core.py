@@ -1,15 +1,13 @@
-"""The decision core shared by the sync and async chains.
+"""The decision core shared by the sync and async chains: one request's state across tiers.
 
-:class:`RequestRun` is a state machine for one request, in the manner of tenacity's
-``iter()``: the driver asks :meth:`RequestRun.next_step` what to do (``Sleep``, ``TryTier`` or
-``UseCache``), does it (the only I/O, in the driver), and reports the outcome
-(:meth:`~RequestRun.succeeded`, :meth:`~RequestRun.failed` or :meth:`~RequestRun.abandoned`).
-All policy (tier order, breakers, retry, backoff, deadline) lives here and in ``_backoff``;
-the drivers only loop, and do the I/O the steps name: sleeping, asking a breaker for a permit
-and settling it (a shared breaker store is I/O too, awaited in the async driver).
-
-:class:`AttemptWatch` holds one attempt's timing rules (first token, idle gap, deadline) as
-pure checks on clock readings.
+:class:`RequestRun` is a state machine for one request, in the manner of tenacity's retry
+state: :meth:`RequestRun.next_step` says what comes next (``Sleep``, ``AwaitSlot``,
+``Acquire`` or ``UseCache``), :meth:`~RequestRun.start_attempt` turns a breaker's answer into
+an attempt, and the attempt's end is reported (:meth:`~RequestRun.succeeded`,
+:meth:`~RequestRun.failed`, :meth:`~RequestRun.abandoned`, or for an error not yet judged
+:meth:`~RequestRun.classify`). All policy (tier order, breakers, retry, backoff, deadline,
+hedging) lives here, in ``_backoff`` and in ``_race``; ``_flow`` strings these calls into
+the steps a driver performs (see ``_steps``).
 
 Time spent by the *consumer* between events (a slow reader of the stream) is not the
 upstream's fault: the driver reports it with :meth:`RequestRun.pause` and it is excluded from
@@ -22,16 +20,14 @@ import dataclasses
 import logging
 import random as _random
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
 from typing import Literal
 
-from .._config import PRIMARY_ROUTE, ChainConfig, RouteConfig
+from .._config import ChainConfig
 from .._errors import (
     BreakerBusyError,
     BreakerOpenError,
     DeadlineExceededError,
     FirstTokenTimeoutError,
-    IdleTimeoutError,
     QuotaExceededError,
     RouteRejectedError,
     TierError,
@@ -42,11 +38,15 @@ from .._errors import (
 )
 from .._hooks import AttemptEnded, AttemptStarted, FallbackTaken, Hooks, RetryScheduled
 from .._results import Attempt
-from ..breaker import BreakerGate, Busy, Permit
+from ..breaker import Busy, Permit
 from ._assembly import Display
 from ._backoff import decide, is_transport_fault
+from ._steps import Acquire, AwaitSlot, Neutral, Sleep, Tier, TryTier, UseCache
+from ._watch import AttemptWatch
 
 __all__ = [
+    "BUSY_POLL_FIRST",
+    "BUSY_POLL_MAX",
     "Acquire",
     "AttemptWatch",
     "AwaitSlot",
@@ -62,113 +62,12 @@ logger = logging.getLogger("fallbackchain")
 
 BUSY_POLL_FIRST = 0.025
 BUSY_POLL_MAX = 0.2
-"""Between two asks of a busy breaker (in doubt, every trial slot taken) a request waits
-:data:`BUSY_POLL_FIRST` seconds, doubling up to :data:`BUSY_POLL_MAX`; a settle or first
-content in this process wakes it at once. The whole wait at one tier lasts at most what a
+"""Between two asks of a busy breaker (in doubt, every trial slot taken) a request waits on
+the gate (an ``AwaitSlot`` step) :data:`BUSY_POLL_FIRST` seconds, doubling up to
+:data:`BUSY_POLL_MAX`; an attempt at that gate ending, or a trial's first content, in this
+process wakes it at once. The whole wait at one tier lasts at most what a
 trial may take to prove itself: ``first_token_timeout`` for a streaming tier,
 ``openai.timeout`` for a non-streaming one; and never past the deadline (run's clock)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Tier:
-    """One live tier: its name (the response's ``source``), whether it streams, its breaker.
-
-    ``route`` is the route it belongs to: a provider and model with its resolved settings
-    (see :class:`~fallbackchain.RouteConfig`). The primary route has a stream and a completion
-    tier; a fallback's route has one.
-    """
-
-    name: str
-    streaming: bool
-    gate: BreakerGate
-    route: RouteConfig
-
-    @property
-    def provider(self) -> str:
-        """The route's name (``"primary"`` or a fallback's), also its client's key."""
-        return self.route.name
-
-    @property
-    def model(self) -> str | None:
-        """The model a fallback asks for; ``None`` for the primary (the request's model)."""
-        return None if self.route.name == PRIMARY_ROUTE else self.route.model
-
-    @property
-    def context_window(self) -> int:
-        return self.route.context_window
-
-    @property
-    def timeout(self) -> float:
-        return self.route.timeout
-
-    @property
-    def first_token_timeout(self) -> float:
-        return self.route.first_token_timeout
-
-    @property
-    def idle_timeout(self) -> float:
-        return self.route.idle_timeout
-
-    @property
-    def max_attempts(self) -> int:
-        """The route's retry budget per request."""
-        return self.route.max_attempts
-
-    @property
-    def stream_usage(self) -> bool:
-        return self.route.stream_usage
-
-    @property
-    def hedge_after(self) -> float | None:
-        return self.route.hedge_after
-
-
-@dataclass(frozen=True, slots=True)
-class Sleep:
-    """Wait this many seconds, then ask again."""
-
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class AwaitSlot:
-    """``tier``'s breaker is busy: wait on its gate, then ask again.
-
-    The wait ends when one of the gate's attempts settles in this process, or after
-    ``seconds`` (see :meth:`BreakerGate.wait`).
-    """
-
-    tier: Tier
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Acquire:
-    """Ask ``tier``'s breaker for a permit, then report it with :meth:`RequestRun.granted`."""
-
-    tier: Tier
-
-
-@dataclass(frozen=True, slots=True)
-class TryTier:
-    """Make one attempt at ``tier`` under ``permit``; ``number`` is 1-based within the tier."""
-
-    tier: Tier
-    permit: Permit
-    number: int
-    delay_before: float
-    started: float
-
-
-Neutral = Literal["reroute", "raise", "closed"]
-"""An attempt's error that no breaker counts (the driver releases the permit). ``"reroute"``:
-carry on at the tier :meth:`RequestRun.rerouted` chose; ``"raise"``: the caller's own mistake,
-re-raised unchanged; ``"closed"``: the chain was closed meanwhile (raise ``ChainClosedError``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class UseCache:
-    """No live tier is left: answer from the cache, or fail with every attempt listed."""
 
 
 class RequestRun:
@@ -226,6 +125,7 @@ class RequestRun:
         self._pending_sleep: float | None = None
         self._slept = 0.0
         self._pending_wait: float | None = None
+        self._since: int | None = None  # the gate's generation at the last Acquire
         self._busy_since: float | None = None
         self._busy_polls = 0
         self.display = Display()
@@ -249,6 +149,39 @@ class RequestRun:
         if seconds > 0:
             self.paused += seconds
 
+    def read_budget(self, tier: Tier, now: float, call_timeout: float | None = None) -> float:
+        """How long one read of an attempt at ``tier`` may wait, from ``now`` (>= 0).
+
+        A stream's read waits for the first token or the next chunk; a whole completion's
+        for the whole answer. Never more than a call's own ``timeout`` nor the deadline.
+        """
+        route = tier.route
+        if tier.streaming:
+            per_read = max(route.first_token_timeout, route.idle_timeout)
+        else:
+            per_read = route.timeout
+        if call_timeout is not None:
+            per_read = min(per_read, call_timeout)
+        return min(per_read, max(self.remaining(now), 0.0))
+
+    def whole_timed_out(self, before: float, budget: float) -> TierError:
+        """The error for a whole completion asked at ``before`` that took all its ``budget``.
+
+        The deadline's, if that is what bounded the wait; else a silent route's (the class
+        the sync driver gets from the SDK's read timeout).
+        """
+        if self.remaining(before) <= budget:
+            return DeadlineExceededError("request deadline reached while waiting for upstream")
+        return FirstTokenTimeoutError(f"no answer within {budget:g}s")
+
+    def watch(self, step: TryTier, call_timeout: float | None = None) -> AttemptWatch:
+        """The timing rules of the attempt ``step`` (a call's ``timeout`` tightens them)."""
+        route = step.tier.route
+        first_token, idle = route.first_token_timeout, route.idle_timeout
+        if call_timeout is not None:
+            first_token, idle = min(first_token, call_timeout), min(idle, call_timeout)
+        return AttemptWatch(self, started=step.started, first_token=first_token, idle=idle)
+
     # -- steps ---------------------------------------------------------------------------
 
     def next_step(self) -> Sleep | AwaitSlot | Acquire | UseCache:
@@ -256,14 +189,14 @@ class RequestRun:
 
         ``Sleep``: wait, then ask again. ``AwaitSlot``: wait on the tier's gate, then ask
         again. ``Acquire``: get a permit from the tier's gate (sync or awaited) and hand it to
-        :meth:`granted`. ``UseCache``: no live tier is left.
+        :meth:`start_attempt`. ``UseCache``: no live tier is left.
         """
         tier = self._current()
         if tier is None:
             return UseCache()
         if self._pending_wait is not None:
             seconds, self._pending_wait = self._pending_wait, None
-            return AwaitSlot(tier, seconds)
+            return AwaitSlot(tier, seconds, self._since)
         if self._pending_sleep is not None:
             delay, self._pending_sleep = self._pending_sleep, None
             self._slept += delay
@@ -274,19 +207,20 @@ class RequestRun:
         hold = self._not_before.pop(tier.provider, 0.0) - self._clock() if self._not_before else 0
         if hold > 0:  # a Retry-After this route sent during a race
             if hold >= self.remaining():
-                self._move_on(tier.name, "retry-after beyond the deadline", "route")
+                self._leave_tier(tier.name, "retry-after beyond the deadline", "route")
                 return self.next_step()
             self._slept += hold
             return Sleep(hold)
+        self._since = tier.gate.generation  # a change from here on ends a busy wait
         return Acquire(tier)
 
-    def granted(self, step: Acquire, permit: Permit | Busy | None) -> TryTier | None:
+    def start_attempt(self, step: Acquire, permit: Permit | Busy | None) -> TryTier | None:
         """The gate's answer to ``step``: the attempt to make, or ``None`` (no attempt now).
 
         Refused (``None``): recorded, and the run moves on to the next tier. Busy (the
-        breaker is in doubt and ``fail_max`` trials are in flight): the run sleeps
-        :data:`BUSY_POLL` and asks again, for at most ``first_token_timeout`` and the
-        deadline; then it moves on as if refused.
+        breaker is in doubt and ``fail_max`` trials are in flight): the next step is an
+        ``AwaitSlot`` (see :data:`BUSY_POLL_FIRST`), then the same ``Acquire``, for at most
+        ``first_token_timeout`` and the deadline; then it moves on as if refused.
         """
         tier = step.tier
         if isinstance(permit, Busy):
@@ -295,7 +229,7 @@ class RequestRun:
         if permit is None:
             error = BreakerOpenError(f"{tier.name} breaker is open")
             self.attempts.append(Attempt(tier.name, error.message, 0.0, exception=error))
-            self._move_on(tier.name, "breaker open", "tier")
+            self._leave_tier(tier.name, "breaker open", "tier")
             return None
         self._number += 1
         delay, self._slept = self._slept, 0.0
@@ -316,8 +250,8 @@ class RequestRun:
     ) -> TierError | Neutral:
         """What ``exc``, raised by the attempt at ``step``, means: a failure or a neutral end.
 
-        A :class:`TierError` (mapped, ``from exc``): the upstream failed; the driver settles the
-        permit as a failure and reports :meth:`failed`. Otherwise the permit is released and
+        A :class:`TierError` (mapped, ``from exc``): the upstream failed; the permit is
+        reported as a failure, then :meth:`failed`. Otherwise the permit is released and
         nothing is counted: ``"closed"`` once the chain is closed (the close caused it);
         ``"reroute"`` for a client error :meth:`rerouted` moved on from; ``"raise"`` for the
         caller's own mistake (a client error, or an error before anything was sent).
@@ -343,22 +277,22 @@ class RequestRun:
         rejected = self._fallback_rejection(step, exc)
         if rejected is not None:
             self._record(step, "failure", rejected, time_to_first_token=None)
-            self._move_on(here.name, rejected.message, "route")
+            self._leave_tier(here.name, rejected.message, "route")
             return True
         if not is_context_length_error(exc):
             return False
         for at in range(self._at + 1, len(self._plan)):
             tier = self._tiers[self._plan[at]]
             same_model = (tier.provider, tier.model) == (here.provider, here.model)
-            if not same_model and tier.context_window > here.context_window:
+            if not same_model and tier.route.context_window > here.route.context_window:
                 why = "context length exceeded"
                 self._record(step, "abandoned", None, time_to_first_token=None, text=why)
-                self._move_on(here.name, "context length exceeded", "tier", to=at)
+                self._leave_tier(here.name, "context length exceeded", "tier", to=at)
                 return True
         return False
 
     def succeeded(self, step: TryTier, *, time_to_first_token: float | None) -> Attempt:
-        """The attempt answered completely (the driver has settled its permit as a success)."""
+        """The attempt answered completely (its permit has been reported as a success)."""
         return self._record(step, "success", None, time_to_first_token=time_to_first_token)
 
     def abandoned(self, step: TryTier) -> None:
@@ -388,7 +322,7 @@ class RequestRun:
         breaker_opened: bool = False,
         time_to_first_token: float | None = None,
     ) -> None:
-        """The attempt failed with ``error`` (mapped; the driver settled its permit as a failure).
+        """The attempt failed with ``error`` (mapped; its permit was reported as a failure).
 
         Records it and plans what follows. ``breaker_opened`` (what settling the permit
         returned) moves on at once: no backoff sleep is spent before a try the breaker refuses.
@@ -397,7 +331,7 @@ class RequestRun:
         tier = step.tier
         transport = is_transport_fault(error, content_seen=time_to_first_token is not None)
         if breaker_opened and transport:
-            self._move_on(tier.name, f"{type(error).__name__}: breaker opened", "tier")
+            self._leave_tier(tier.name, f"{type(error).__name__}: breaker opened", "tier")
             return
         decision = decide(
             error,
@@ -406,7 +340,7 @@ class RequestRun:
             config=self._retry,
             random=self._random,
             transport=transport,
-            max_attempts=self._max_attempts or tier.max_attempts,
+            max_attempts=self._max_attempts or tier.route.max_attempts,
         )
         logger.debug(
             "attempt %s #%d failed: %s -> %s (%s)",
@@ -420,7 +354,7 @@ class RequestRun:
         if decision.action == "retry":
             # the breaker just opened: the route's next tier takes the retry, after the same wait
             opened = f"{type(error).__name__}: breaker opened"
-            if breaker_opened and not self._move_on(tier.name, opened, "tier"):
+            if breaker_opened and not self._leave_tier(tier.name, opened, "tier"):
                 return
             self._pending_sleep = decision.delay
             if self._hooks:
@@ -433,11 +367,11 @@ class RequestRun:
                     )
                 )
         elif decision.action == "next_tier":
-            self._move_on(tier.name, why, "tier")
+            self._leave_tier(tier.name, why, "tier")
         elif decision.action == "next_route":
-            self._move_on(tier.name, why, "route")
+            self._leave_tier(tier.name, why, "route")
         elif decision.action == "defer_route":
-            self._move_on(tier.name, why, "defer")
+            self._leave_tier(tier.name, why, "defer")
         elif isinstance(error, QuotaExceededError):  # one account's: others may answer
             account = (tier.route.base_url, tier.route.api_key_env)
             ahead = self._plan[self._at + 1 :]
@@ -446,9 +380,9 @@ class RequestRun:
                 for i in ahead
                 if (self._tiers[i].route.base_url, self._tiers[i].route.api_key_env) != account
             ]
-            self._move_on(tier.name, why, "route")
+            self._leave_tier(tier.name, why, "route")
         else:
-            self._move_on(tier.name, why, "live")
+            self._leave_tier(tier.name, why, "live")
 
     # -- hedging -------------------------------------------------------------------------
     #
@@ -462,18 +396,18 @@ class RequestRun:
         Only a streaming attempt, on a route with ``hedge_after``, once per request, when a
         tier of another route is still ahead in the plan.
         """
-        after = step.tier.hedge_after
+        after = step.tier.route.hedge_after
         if self._hedged or not after or not step.tier.streaming:
             return None
         return after if self._hedge_target(step.tier) is not None else None
 
     def hedge(self, step: TryTier) -> Acquire | None:
-        """Hedge ``step`` now: the tier to ask (get its permit, then :meth:`hedge_granted`)."""
+        """Hedge ``step`` now: the tier to ask (get its permit, then :meth:`start_hedge`)."""
         self._hedged = True
         at = self._hedge_target(step.tier)
         return None if at is None else Acquire(self._tiers[self._plan[at]])
 
-    def hedge_granted(self, step: Acquire, permit: Permit | Busy | None) -> TryTier | None:
+    def start_hedge(self, step: Acquire, permit: Permit | Busy | None) -> TryTier | None:
         """The hedge's attempt, or ``None`` when its breaker refused (the attempt goes on alone)."""
         if not isinstance(permit, Permit):
             return None
@@ -488,10 +422,10 @@ class RequestRun:
     ) -> TierError | Literal["neutral", "end"]:
         """``step`` failed while another attempt of a race is still running.
 
-        Recorded at once. A :class:`TierError`: the driver settles the permit as a failure;
+        Recorded at once. A :class:`TierError`: the permit is reported as a failure;
         it counts toward the route's budget, and a ``Retry-After`` holds the route back (or,
-        beyond ``max_retry_after``, drops it for this request). ``"neutral"``: the driver
-        releases the permit and the race goes on (a fallback's rejection, which also drops
+        beyond ``max_retry_after``, drops it for this request). ``"neutral"``: the permit is
+        released and the race goes on (a fallback's rejection, which also drops
         that route; or what the hedge's provider alone refused). ``"end"``: the caller's own
         mistake met by the hedged attempt: the race ends and it is raised, as without a race.
         """
@@ -528,7 +462,7 @@ class RequestRun:
 
         The rest of ``hedged``'s route moves behind every other route, as for a silent route.
         """
-        self._move_on(hedged.tier.name, "hedge took over", "defer")
+        self._leave_tier(hedged.tier.name, "hedge took over", "defer")
         self._number = hedge.number
 
     def _hedge_target(self, here: Tier) -> int | None:
@@ -568,7 +502,7 @@ class RequestRun:
             self._busy_since, self._busy_polls = now, 0
         waited = now - self._busy_since
         remaining = self.remaining(now)
-        limit = tier.first_token_timeout if tier.streaming else tier.timeout
+        limit = tier.route.first_token_timeout if tier.streaming else tier.route.timeout
         if waited < limit and remaining > 0:
             poll = BUSY_POLL_FIRST * 2 ** min(self._busy_polls, 8)
             self._pending_wait = min(poll, BUSY_POLL_MAX, limit - waited, remaining)
@@ -579,7 +513,7 @@ class RequestRun:
             f"{tier.name} breaker is in doubt and its trial slots stayed full {why}"
         )
         self.attempts.append(Attempt(tier.name, error.message, waited, exception=error))
-        self._move_on(tier.name, "breaker busy", "tier")
+        self._leave_tier(tier.name, "breaker busy", "tier")
 
     def _record(
         self,
@@ -620,7 +554,7 @@ class RequestRun:
             )
         return attempt
 
-    def _move_on(
+    def _leave_tier(
         self,
         from_tier: str,
         reason: str,
@@ -658,89 +592,3 @@ class RequestRun:
         if self._hooks:
             self._hooks.emit(FallbackTaken(self.request_id, from_tier, to_tier, reason))
         return following is not None and following.provider == here
-
-
-class AttemptWatch:
-    """Timing rules for one attempt, as pure checks.
-
-    Before the first content the limit is ``first_token_timeout`` counted from the attempt's
-    start; after it, ``idle_timeout`` per wait for the next chunk; always, the request's
-    remaining deadline. :meth:`budget` says how long the next wait may last;
-    :meth:`after_wait` raises the right error if a wait went over it.
-    """
-
-    __slots__ = (
-        "_first_token",
-        "_idle",
-        "_run",
-        "_started",
-        "content_seen",
-        "first_token_at",
-        "responded",
-    )
-
-    def __init__(self, run: RequestRun, *, started: float, first_token: float, idle: float) -> None:
-        self._run = run
-        self._started = started
-        self._first_token = first_token
-        self._idle = idle
-        self.content_seen = False
-        self.responded = False
-        """Set by the driver once the SDK call returned: a response has begun."""
-        self.first_token_at: float | None = None
-
-    def _limit(self, now: float) -> tuple[float, type[TierError]]:
-        kind: type[TierError]
-        if self.content_seen:
-            limit, kind = self._idle, IdleTimeoutError
-        else:
-            # No event reaches the consumer before the first content, so no pause to subtract.
-            limit = self._first_token - (now - self._started)
-            kind = FirstTokenTimeoutError
-        remaining = self._run.remaining(now)
-        if remaining < limit:
-            return remaining, DeadlineExceededError
-        return limit, kind
-
-    def budget(self, now: float) -> float:
-        """How long the next wait (for headers or a chunk) may last, in seconds (>= 0).
-
-        The same limits as :meth:`_limit`, computed flat: it runs once per chunk.
-        """
-        run = self._run
-        remaining = run.deadline - (now - run.started - run.paused)
-        limit = self._idle if self.content_seen else self._first_token - (now - self._started)
-        return max(0.0, min(limit, remaining))
-
-    def expired(self, before: float) -> TierError:
-        """The error for a wait that began at ``before`` and ran out of budget."""
-        _, kind = self._limit(before)
-        if kind is DeadlineExceededError:
-            return DeadlineExceededError("request deadline reached while waiting for upstream")
-        if kind is IdleTimeoutError:
-            return IdleTimeoutError(f"no chunk for {self._idle:g}s (idle_timeout)")
-        return FirstTokenTimeoutError(f"no content within {self._first_token:g}s")
-
-    def after_wait(self, before: float, after: float, *, got_content: bool) -> None:
-        """Check a finished wait; raise its timeout error if it took longer than allowed.
-
-        Called once per chunk, so the common case is two comparisons: the wait against the
-        phase's limit (first token: absolute from the attempt's start; then the idle gap),
-        and ``after`` against the request's absolute deadline.
-        """
-        run = self._run
-        if self.content_seen:
-            over = after - before > self._idle
-        else:
-            over = after - self._started > self._first_token
-        if over or after - run.started - run.paused > run.deadline:
-            raise self.expired(before)
-        if got_content and not self.content_seen:
-            self.content_seen = True
-            self.first_token_at = after
-
-    def time_to_first_token(self) -> float | None:
-        """Seconds from the attempt's start to its first content, if any arrived."""
-        if self.first_token_at is None:
-            return None
-        return self.first_token_at - self._started

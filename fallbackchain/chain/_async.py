@@ -1,0 +1,562 @@
+""":class:`AsyncFallbackChain`: the chain for asyncio, a driver that performs the core's steps.
+
+The asyncio twin of ``_sync``: every decision is the core's; this module awaits what a step
+names. A wait for data is bounded by a :class:`_Watchdog` timer re-armed per chunk (cheaper
+than an ``asyncio.timeout`` rescheduled twice per chunk), a whole completion by
+``asyncio.timeout``. Reporting a permit is shielded: a cancel meanwhile cannot leave a
+breaker slot taken or an outcome unrecorded. Disk cache I/O runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from os import PathLike
+from typing import TYPE_CHECKING, Any, Self
+
+import openai
+
+from .._config import ChainConfig, load_config
+from .._errors import StreamNotFinishedError
+from .._results import ChainEvent, ChainResponse
+from .._timing import AsyncSleep, Clock, TimeSource, async_sleep_unless_testing, default_async_sleep
+from ..breaker import Permit
+from ..cache import CachedAnswer, ResponseCache
+from ._call_options import CacheUse, call_options
+from ._chain import ChainBase, OpenedStream, make_clients
+from ._core import RequestRun
+from ._dropin import AsyncChainChat
+from ._endpoint import Endpoint
+from ._race import Dismissal, Entrant, Race
+from ._request import Request, ResponseSlot
+from ._steps import (
+    Acquire,
+    AwaitSlot,
+    FetchWhole,
+    Opened,
+    OpenStream,
+    ReadCache,
+    ReadStream,
+    Report,
+    Show,
+    Sleep,
+    Step,
+    TryTier,
+    WriteCache,
+)
+from ._watch import AttemptWatch
+
+if TYPE_CHECKING:
+    from ..responses import AsyncChainResponses
+
+__all__ = ["AsyncChainStream", "AsyncFallbackChain"]
+
+logger = logging.getLogger("fallbackchain")
+
+
+class AsyncChainStream:
+    """A chain's answer as an async iterator of :class:`~fallbackchain.ChainEvent`.
+
+    The asyncio twin of :class:`ChainStream`: ``async for``, ``async with``, ``aclose()``.
+    Cancelling the consuming task is neutral for the breakers.
+    """
+
+    def __init__(self, events: AsyncIterator[ChainEvent], slot: ResponseSlot) -> None:
+        self._events = events
+        self._slot = slot
+
+    def __aiter__(self) -> AsyncIterator[ChainEvent]:
+        return self._events  # iterate the driver directly: one coroutine less per event
+
+    async def __anext__(self) -> ChainEvent:
+        return await anext(self._events)
+
+    @property
+    def response(self) -> ChainResponse:
+        """The whole answer; raises :class:`StreamNotFinishedError` before the end."""
+        if self._slot.response is None:
+            raise StreamNotFinishedError("iterate the stream to its end before reading .response")
+        return self._slot.response
+
+    async def aclose(self) -> None:
+        """Stop early, release the connection; neutral for the breakers."""
+        aclose = getattr(self._events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class AsyncFallbackChain(ChainBase[AsyncChainStream]):
+    """The asyncio twin of :class:`FallbackChain` (same config, tiers, breakers and cache).
+
+    Disk cache I/O runs in a worker thread, never on the event loop.
+    """
+
+    def __init__(
+        self,
+        config: ChainConfig | None = None,
+        *,
+        client: openai.AsyncOpenAI | None = None,
+        fallback_clients: Mapping[str, openai.AsyncOpenAI] | None = None,
+        cache: ResponseCache | None = None,
+        clock: TimeSource | Clock | None = None,
+        sleep: AsyncSleep | None = None,
+        random: Callable[[], float] | None = None,
+        listeners: Sequence[object] = (),
+    ) -> None:
+        config = config or ChainConfig()
+        super().__init__(config, clock=clock, random=random, cache=cache, listeners=listeners)
+        self._clients, self._owned_clients = make_clients(
+            config, openai.AsyncOpenAI, client, fallback_clients
+        )
+        self._sleep = sleep or default_async_sleep
+
+    @property
+    def sleep(self) -> AsyncSleep:
+        """The sleep this chain waits with between attempts (injected, or ``asyncio.sleep``)."""
+        return self._sleep
+
+    @property
+    def chat(self) -> AsyncChainChat:
+        """The openai SDK's shape: ``await chain.chat.completions.create(...)``."""
+        return AsyncChainChat(self)
+
+    @property
+    def responses(self) -> AsyncChainResponses:
+        """The openai SDK's shape: ``await chain.responses.create(...)``."""
+        from ..responses import AsyncChainResponses  # noqa: PLC0415 - it imports this package
+
+        return AsyncChainResponses(self, self.config.openai.model)
+
+    @classmethod
+    def from_config(cls, path: str | PathLike[str], **kwargs: Any) -> Self:
+        """Load ``path`` (TOML) and build a chain with its own AsyncOpenAI client."""
+        return cls(load_config(path), **kwargs)
+
+    async def complete(
+        self,
+        messages: Sequence[Any],
+        model: str | None = None,
+        *,
+        deadline: float | None = None,
+        max_attempts: int | None = None,
+        cache: CacheUse = "use",
+        fallbacks: bool | Collection[str] = True,
+        **params: Any,
+    ) -> ChainResponse:
+        """The whole answer: the same chain as :meth:`stream` (see the sync chain's)."""
+        own = call_options(self.config, deadline, max_attempts, cache, fallbacks)
+        request = self._prepare(messages, model, params, whole_first=self._whole_first, options=own)
+        return await self._complete(request)
+
+    async def complete_request(
+        self,
+        endpoint: Endpoint[Any],
+        request: Mapping[str, Any],
+        *,
+        deadline: float | None = None,
+        max_attempts: int | None = None,
+        cache: CacheUse = "use",
+        fallbacks: bool | Collection[str] = True,
+    ) -> ChainResponse:
+        """:meth:`complete` for another API (see :meth:`stream_request`)."""
+        options = call_options(self.config, deadline, max_attempts, cache, fallbacks)
+        prepared = self._prepare_request(
+            endpoint, request, whole_first=self._whole_first, options=options
+        )
+        return await self._complete(prepared)
+
+    async def _complete(self, request: Request) -> ChainResponse:
+        async with self._stream(request) as stream:
+            async for _ in stream:
+                pass
+            return stream.response
+
+    def _stream(self, request: Request) -> AsyncChainStream:
+        slot = ResponseSlot(request.endpoint)
+        return AsyncChainStream(self._drive(request, slot), slot)
+
+    async def aclose(self) -> None:
+        """Close the client (if the chain made it) and the cache (if the chain opened it).
+
+        Afterwards every call raises :class:`~fallbackchain.ChainClosedError` at once, and a
+        request still running ends with it, counted by no breaker.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for client in self._owned_clients:
+            await client.close()
+        if self._owns_cache:
+            aclose = getattr(self.cache, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            else:
+                await asyncio.to_thread(self.cache.close)  # writes what put_later queued
+        else:
+            await asyncio.to_thread(self.cache.flush)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- driver -------------------------------------------------------------------------------
+
+    async def _drive(self, request: Request, slot: ResponseSlot) -> AsyncIterator[ChainEvent]:
+        """Perform the steps of ``request``'s flow (see ``_flow`` for the protocol).
+
+        A stream is read here, inline: each event is yielded straight to the consumer, with
+        no generator in between.
+        """
+        run, flow = self._start(request, slot)
+        reply: Any = None
+        send: Callable[[Any], Step] = flow.send
+        clock = self._clock
+        while True:
+            try:
+                step = send(reply)
+            except StopIteration:
+                return
+            try:
+                if not isinstance(step, ReadStream):
+                    if isinstance(step, Show):
+                        for event in step.events:
+                            yield event
+                        reply = None
+                    else:
+                        reply = await self._perform(request, run, step)
+                    send = flow.send
+                    continue
+                opened: OpenedStream = step.opened
+                attempt, watch = step.attempt, step.watch
+                async with opened.stream:
+                    assembler = opened.assembler
+                    delta = run.display.delta
+                    source = attempt.tier.name
+                    for read in opened.pieces:
+                        for event in delta(read, source):
+                            yield event
+                    if not opened.ended:
+                        items, add, check = opened.items, assembler.add, watch.after_wait
+                        trial = attempt.permit.trial
+                        after = opened.after
+                        watchdog = _Watchdog(asyncio.get_running_loop())
+                        try:
+                            while True:
+                                before = clock()
+                                run.pause(before - after)  # the consumer held the stream
+                                watchdog.arm(watch.budget(before))
+                                try:
+                                    item = await anext(items)
+                                except StopAsyncIteration:
+                                    break
+                                except asyncio.CancelledError:
+                                    if watchdog.expired():
+                                        raise watch.expired(before) from None
+                                    raise
+                                watchdog.disarm()
+                                after = clock()
+                                piece = add(item)
+                                first = check(before, after, got_content=assembler.content_seen)
+                                if first and trial:
+                                    await attempt.permit.avouch()
+                                if piece:
+                                    for event in delta(piece, source):
+                                        yield event
+                        finally:
+                            watchdog.close()
+                reply, send = assembler.finish(model=request.model), flow.send
+            except BaseException as exc:  # noqa: BLE001 - back into the flow, which decides
+                reply, send = exc, flow.throw
+
+    async def _perform(self, request: Request, run: RequestRun, step: Step) -> Any:
+        """Do what ``step`` names (every step but ``ReadStream`` and ``Show``)."""
+        if isinstance(step, Report):
+            return await asyncio.shield(_report(step.permit, step.outcome))
+        if isinstance(step, OpenStream):
+            if step.hedge_after is not None:
+                return await self._race(request, run, step)
+            return await self._open_stream(request, run, step.attempt, step.watch)
+        if isinstance(step, Acquire):
+            return await step.tier.gate.aacquire()
+        if isinstance(step, FetchWhole):
+            return await self._fetch_whole(request, run, step)
+        if isinstance(step, ReadCache):
+            return await self._read_cache(step.key)
+        if isinstance(step, WriteCache):
+            return await self._write_cache(step.key, step.stored)
+        if isinstance(step, Sleep):
+            return await async_sleep_unless_testing(self._sleep, step.seconds)
+        if isinstance(step, AwaitSlot):
+            return await step.tier.gate.await_change(step.seconds, since=step.since)
+        raise TypeError(f"not a step for this driver: {step!r}")
+
+    async def _read_cache(self, key: str) -> CachedAnswer | None:
+        """Cache read off the event loop: the cache's own ``aget`` if it has one, else a thread.
+
+        An answer the memory layer holds is served on the loop, with no thread hop (an
+        outage's hot path: a hop costs far more than the lookup under concurrency).
+        """
+        held = getattr(self.cache, "get_held", None)
+        if held is not None:
+            try:
+                answer: CachedAnswer | None = held(key)
+            except Exception:
+                logger.exception("cache read failed (ignored)")
+                answer = None
+            if answer is not None:
+                return answer
+        aget = getattr(self.cache, "aget", None)
+        if aget is None:
+            return await asyncio.to_thread(self._lookup, key)
+        try:
+            result: CachedAnswer | None = await aget(key)
+        except Exception:
+            logger.exception("cache read failed (ignored)")
+            return None
+        return result
+
+    async def _write_cache(self, key: str, stored: Any) -> bool:
+        """Cache write: the cache's own ``aput`` if it has one, else ``put_later`` on the loop.
+
+        ``put_later`` does no I/O (a snapshot and an enqueue; a writer thread writes the
+        disk), so it costs less on the loop than a hop to a thread would.
+        """
+        aput = getattr(self.cache, "aput", None)
+        if aput is None:
+            return self._store(key, stored)
+        try:
+            return bool(await aput(key, stored))
+        except Exception:
+            logger.exception("cache write failed (ignored)")
+            return False
+
+    async def _open_stream(
+        self, request: Request, run: RequestRun, attempt: TryTier, watch: AttemptWatch
+    ) -> OpenedStream:
+        """Send the attempt and read until its first content (or its end); nothing is shown.
+
+        May run in a task of its own (a hedge race): it reads the run, never changes it.
+        """
+        clock = self._clock
+        tier = attempt.tier
+        before = clock()
+        budget = watch.budget(before)
+        kwargs = request.kwargs(
+            tier, streaming=True, read=run.read_budget(tier, before, request.timeout)
+        )
+        try:
+            async with asyncio.timeout(budget):
+                stream = await request.endpoint.acreate(self._clients[tier.provider], kwargs)
+        except TimeoutError:
+            raise watch.expired(before) from None
+        watch.responded = True
+        watchdog = _Watchdog(asyncio.get_running_loop())
+        try:
+            opened = OpenedStream(stream, aiter(stream), request.endpoint.assembler(), clock())
+            watch.after_wait(before, opened.after, got_content=False)
+            assembler = opened.assembler
+            while not assembler.content_seen:
+                before = clock()
+                watchdog.arm(watch.budget(before))
+                try:
+                    item = await anext(opened.items)
+                except StopAsyncIteration:
+                    opened.ended = True
+                    break
+                except asyncio.CancelledError:
+                    if watchdog.expired():
+                        raise watch.expired(before) from None
+                    raise
+                watchdog.disarm()
+                opened.after = clock()
+                piece = assembler.add(item)
+                first = watch.after_wait(before, opened.after, got_content=assembler.content_seen)
+                if first and attempt.permit.trial:
+                    await attempt.permit.avouch()  # a trial's first content lets waiting callers in
+                if piece:
+                    opened.pieces.append(piece)
+        except BaseException:
+            await stream.close()
+            raise
+        finally:
+            watchdog.close()
+        return opened
+
+    async def _race(self, request: Request, run: RequestRun, step: OpenStream) -> Opened:
+        """Open ``step``'s attempt in a task, hedge it when silent; the race's end.
+
+        As the sync chain's ``_race``, but a loser is cancelled at once: its request closed
+        and its permit released (shielded: a cancel meanwhile cannot leave a slot taken).
+        """
+        race = Race(run, step.attempt, step.watch)
+        tasks: dict[asyncio.Task[OpenedStream], Entrant] = {}
+        end: Opened | None = None  # the race's end, until returned
+
+        def enter(entrant: Entrant) -> None:
+            opening = self._open_stream(request, run, entrant.attempt, entrant.watch)
+            tasks[asyncio.create_task(opening)] = entrant
+
+        try:
+            enter(race.first)
+            done, _ = await asyncio.wait(tasks, timeout=step.hedge_after)
+            acquire = race.hedge() if not done else None
+            if acquire is not None:
+                permit = await acquire.tier.gate.aacquire()
+                hedge = race.start_hedge(acquire, permit, request.timeout)
+                if hedge is not None:
+                    enter(hedge)
+            while end is None:
+                if not done:
+                    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                verdict = race.judge(
+                    [(tasks.pop(task), _task_outcome(task)) for task in done],
+                    tuple(tasks.values()),
+                )
+                done = set()
+                end = verdict.end
+                for dismissal in verdict.dismissed:
+                    await asyncio.shield(_dismiss(dismissal))
+            losers = [_drop(task, entrant.attempt.permit) for task, entrant in tasks.items()]
+            tasks.clear()
+            if losers:
+                await asyncio.shield(asyncio.gather(*losers))
+            return end  # noqa: TRY300 - the except below cleans up after any await here
+        except BaseException:
+            # the caller reports the first attempt; a hedge, and an opened winner, are here
+            cleanup = [
+                _drop(task, None if entrant is race.first else entrant.attempt.permit)
+                for task, entrant in tasks.items()
+            ]
+            if end is not None and isinstance(end.stream, OpenedStream):
+                permit = None if end.attempt is race.first.attempt else end.attempt.permit
+                cleanup.append(_close_and_release(end.stream, permit))
+            if cleanup:
+                await asyncio.shield(asyncio.gather(*cleanup, return_exceptions=True))
+            raise
+
+    async def _fetch_whole(self, request: Request, run: RequestRun, step: FetchWhole) -> Any:
+        tier = step.attempt.tier
+        before = self._clock()
+        budget = run.read_budget(tier, before, request.timeout)
+        kwargs = request.kwargs(tier, streaming=False, read=budget)
+        try:
+            async with asyncio.timeout(budget):
+                answer = await request.endpoint.acreate(self._clients[tier.provider], kwargs)
+        except TimeoutError:
+            raise run.whole_timed_out(before, budget) from None
+        step.watch.answered_whole(self._clock())
+        return request.endpoint.check(answer)
+
+
+class _Watchdog:
+    """Cancels the current task when a wait outlives its budget.
+
+    Cheaper per chunk than rescheduling an ``asyncio.timeout`` twice: arming stores a float,
+    and the one timer only fires once per budget period, re-arming itself if the deadline
+    moved on meanwhile. :meth:`expired` tells a cancellation it caused from any other one.
+    """
+
+    __slots__ = ("_deadline", "_fired", "_handle", "_loop", "_task")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._task = asyncio.current_task()
+        self._handle: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
+        self._fired = False
+
+    def arm(self, seconds: float) -> None:
+        # The task waiting now: a consumer may iterate from another task (wait_for does).
+        self._task = asyncio.current_task()
+        self._fired = False
+        when = self._deadline = self._loop.time() + seconds
+        handle = self._handle
+        if handle is None or when < handle.when():
+            if handle is not None:
+                handle.cancel()
+            self._handle = self._loop.call_at(when, self._fire)
+
+    def disarm(self) -> None:
+        self._deadline = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        deadline = self._deadline
+        if deadline is None or self._task is None:
+            return
+        if self._loop.time() >= deadline:
+            self._fired = True
+            self._task.cancel()
+        else:
+            self._handle = self._loop.call_at(deadline, self._fire)
+
+    def expired(self) -> bool:
+        """True if the cancellation being handled is this watchdog's own (and undo it)."""
+        if not self._fired or self._task is None:
+            return False
+        self._fired = False
+        return self._task.uncancel() == 0  # another cancel pending: let it through
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._deadline = None
+        if self._fired and self._task is not None:  # our cancel was swallowed somewhere below
+            self._fired = False
+            self._task.uncancel()
+
+
+async def _report(permit: Permit, outcome: str) -> bool | None:
+    if outcome == "failure":
+        return await permit.afailure()
+    if outcome == "success":
+        await permit.asuccess()
+    else:
+        await permit.arelease()
+    return None
+
+
+def _task_outcome(task: asyncio.Task[OpenedStream]) -> object:
+    """What a race entrant ended with: its opened stream, or the exception it raised."""
+    if task.cancelled():
+        return asyncio.CancelledError()
+    return task.exception() or task.result()
+
+
+async def _dismiss(dismissal: Dismissal) -> None:
+    """Close a race entrant that does not go on (if it opened), report its permit."""
+    try:
+        if dismissal.opened is not None:
+            await dismissal.opened.stream.close()
+    finally:
+        await _report(dismissal.entrant.attempt.permit, dismissal.outcome)
+
+
+async def _drop(task: asyncio.Task[OpenedStream], permit: Permit | None) -> None:
+    """Cancel a race entrant nobody waits for: its request closed, ``permit`` released."""
+    try:
+        task.cancel()
+        await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is None:
+            await task.result().stream.close()
+    finally:
+        if permit is not None:
+            await permit.arelease()
+
+
+async def _close_and_release(opened: OpenedStream, permit: Permit | None) -> None:
+    try:
+        await opened.stream.close()
+    finally:
+        if permit is not None:
+            await permit.arelease()

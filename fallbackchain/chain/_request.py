@@ -1,0 +1,103 @@
+"""One request, prepared once before anything is sent: its endpoint, body, cache key and options.
+
+Shared by both drivers and the core. :func:`prepare` checks the caller's arguments (the
+endpoint refuses what its API cannot take) and computes the cache key; :meth:`Request.kwargs`
+gives one attempt's arguments for the SDK; :class:`ResponseSlot` is where the answer lands.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+
+from .._results import ChainResponse
+from ._call_options import CallOptions, call_timeout
+from ._endpoint import Endpoint
+from ._steps import Tier
+
+__all__ = ["Request", "ResponseSlot", "prepare"]
+
+logger = logging.getLogger("fallbackchain")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A request as the chain runs it (immutable; one per ``stream()`` / ``complete()``)."""
+
+    endpoint: Endpoint[Any]
+    body: Mapping[str, Any]
+    """The caller's request as the endpoint takes it: ``model`` set, no ``timeout``."""
+    model: str
+    key: str | None
+    """The cache key (``None``: the request cannot be cached)."""
+    timeout: float | None = None
+    """A per-call ``timeout=``: bounds each attempt's connect and every wait for data."""
+    whole_first: bool = False
+    """``complete()`` with ``openai.complete_streams = false``: whole completions first."""
+    options: CallOptions | None = None
+    """This call's own deadline, budget, cache use and routes (``None``: the config's)."""
+
+    @property
+    def reads_cache(self) -> bool:
+        return self.options is None or self.options.cache == "use"
+
+    @property
+    def writes_cache(self) -> bool:
+        return self.options is None or self.options.cache != "off"
+
+    def kwargs(self, tier: Tier, *, streaming: bool, read: float) -> dict[str, Any]:
+        """The SDK arguments of one attempt at ``tier``; ``read``: how long a read may wait."""
+        kwargs = self.endpoint.kwargs(
+            self.body,
+            model=tier.model or self.model,
+            streaming=streaming,
+            stream_usage=tier.route.stream_usage,
+        )
+        # connect, write and pool waits: no longer than a read may wait (so never past the
+        # deadline either), nor than the route's timeout or the call's own
+        read = max(read, 0.001)
+        bound = tier.route.timeout
+        if self.timeout is not None:
+            bound = min(bound, self.timeout)
+        kwargs["timeout"] = httpx2.Timeout(min(bound, read), read=read)
+        return kwargs
+
+
+def prepare(
+    endpoint: Endpoint[Any],
+    request: Mapping[str, Any],
+    *,
+    default_model: str,
+    whole_first: bool = False,
+    options: CallOptions | None = None,
+) -> Request:
+    """Check ``request`` and prepare it; raises what :meth:`Endpoint.validate` raises."""
+    body = dict(request)
+    body["model"] = model = body.get("model") or default_model
+    timeout = call_timeout(body.pop("timeout", None))
+    endpoint.validate(body)
+    try:
+        key: str | None = endpoint.cache_key(body)
+    except TypeError:  # a value with no JSON form: answer live, never cache it
+        logger.warning("request cannot be cached: a parameter has no JSON form")
+        key = None
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("request %s %s %r", endpoint.name, (key or "-")[:16], body)
+    return Request(endpoint, body, model, key, timeout, whole_first, options)
+
+
+class ResponseSlot:
+    """Where a request's flow leaves its :class:`ChainResponse` once it has one.
+
+    The stream object reads it (``response``); ``endpoint`` is the API the request is for.
+    """
+
+    __slots__ = ("endpoint", "response")
+
+    def __init__(self, endpoint: Endpoint[Any]) -> None:
+        self.endpoint = endpoint
+        self.response: ChainResponse | None = None

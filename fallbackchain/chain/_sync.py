@@ -1,0 +1,427 @@
+""":class:`FallbackChain`: the chain for threads, a driver that performs the core's steps.
+
+Every decision is the core's (``_flow``, ``_core``, ``_race``); this module only does what a
+step names, blocking: sleeping, asking a gate, sending an attempt and reading its stream,
+reporting a permit, reading and writing the cache, and handing events to the consumer. A
+wait is bounded by the SDK's per-read timeout, and each read is checked by the attempt's
+:class:`~fallbackchain.chain._watch.AttemptWatch` when it ends.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Collection, Generator, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from os import PathLike
+from typing import TYPE_CHECKING, Any, Self
+
+import openai
+
+from .._config import ChainConfig, load_config
+from .._errors import StreamNotFinishedError
+from .._results import ChainEvent, ChainResponse
+from .._timing import Clock, TimeSource, default_sleep, sleep_unless_testing
+from .._timing import Sleep as SleepFunc
+from ..breaker import Permit
+from ..cache import ResponseCache
+from ._call_options import CacheUse, call_options
+from ._chain import ChainBase, OpenedStream, make_clients
+from ._core import RequestRun
+from ._dropin import ChainChat
+from ._endpoint import Endpoint
+from ._race import Dismissal, Entrant, Race
+from ._request import Request, ResponseSlot
+from ._steps import (
+    Acquire,
+    AwaitSlot,
+    FetchWhole,
+    Opened,
+    OpenStream,
+    ReadCache,
+    ReadStream,
+    Report,
+    Show,
+    Sleep,
+    Step,
+    TryTier,
+    WriteCache,
+)
+from ._watch import AttemptWatch
+
+if TYPE_CHECKING:
+    from ..responses import ChainResponses
+
+__all__ = ["ChainStream", "FallbackChain"]
+
+
+class ChainStream:
+    """A chain's answer as an iterator of :class:`~fallbackchain.ChainEvent`.
+
+    Nothing is sent until the first ``next()``. ``response`` is available once iteration ends.
+    ``close()`` (or leaving the ``with`` block) stops early; that is never counted as a failure.
+    """
+
+    def __init__(self, events: Iterator[ChainEvent], slot: ResponseSlot) -> None:
+        self._events = events
+        self._slot = slot
+
+    def __iter__(self) -> Iterator[ChainEvent]:
+        return self._events  # iterate the driver directly: one call less per event
+
+    def __next__(self) -> ChainEvent:
+        return next(self._events)
+
+    @property
+    def response(self) -> ChainResponse:
+        """The whole answer; raises :class:`StreamNotFinishedError` before the end."""
+        if self._slot.response is None:
+            raise StreamNotFinishedError("iterate the stream to its end before reading .response")
+        return self._slot.response
+
+    def close(self) -> None:
+        """Stop early, release the connection; neutral for the breakers."""
+        close = getattr(self._events, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class FallbackChain(ChainBase[ChainStream]):
+    """A resilient chat-completions caller for threads. Thread-safe; share one per app.
+
+    ``client`` may be your own ``openai.OpenAI``; the chain uses a copy with the SDK's own
+    retries switched off (stacked retries multiply) and never closes yours. ``clock``,
+    ``sleep`` and ``random`` are injectable for tests.
+    """
+
+    def __init__(
+        self,
+        config: ChainConfig | None = None,
+        *,
+        client: openai.OpenAI | None = None,
+        fallback_clients: Mapping[str, openai.OpenAI] | None = None,
+        cache: ResponseCache | None = None,
+        clock: TimeSource | Clock | None = None,
+        sleep: SleepFunc | None = None,
+        random: Callable[[], float] | None = None,
+        listeners: Sequence[object] = (),
+    ) -> None:
+        config = config or ChainConfig()
+        super().__init__(config, clock=clock, random=random, cache=cache, listeners=listeners)
+        self._clients, self._owned_clients = make_clients(
+            config, openai.OpenAI, client, fallback_clients
+        )
+        self._sleep = sleep or default_sleep
+
+    @property
+    def sleep(self) -> SleepFunc:
+        """The sleep this chain waits with between attempts (injected, or ``time.sleep``)."""
+        return self._sleep
+
+    @property
+    def chat(self) -> ChainChat:
+        """The openai SDK's shape: ``chain.chat.completions.create(...)`` (see ``_dropin``)."""
+        return ChainChat(self)
+
+    @property
+    def responses(self) -> ChainResponses:
+        """The openai SDK's shape: ``chain.responses.create(...)`` (see ``responses``)."""
+        from ..responses import ChainResponses  # noqa: PLC0415 - it imports this package
+
+        return ChainResponses(self, self.config.openai.model)
+
+    @classmethod
+    def from_config(cls, path: str | PathLike[str], **kwargs: Any) -> Self:
+        """Load ``path`` (TOML) and build a chain with its own OpenAI client."""
+        return cls(load_config(path), **kwargs)
+
+    def complete(
+        self,
+        messages: Sequence[Any],
+        model: str | None = None,
+        *,
+        deadline: float | None = None,
+        max_attempts: int | None = None,
+        cache: CacheUse = "use",
+        fallbacks: bool | Collection[str] = True,
+        **params: Any,
+    ) -> ChainResponse:
+        """The whole answer: the same chain and options as :meth:`stream`.
+
+        Streaming first, unless ``openai.complete_streams`` is false: then each route's
+        non-streaming tier comes before its streaming one (see that setting's trade-off).
+        """
+        own = call_options(self.config, deadline, max_attempts, cache, fallbacks)
+        request = self._prepare(messages, model, params, whole_first=self._whole_first, options=own)
+        return self._complete(request)
+
+    def complete_request(
+        self,
+        endpoint: Endpoint[Any],
+        request: Mapping[str, Any],
+        *,
+        deadline: float | None = None,
+        max_attempts: int | None = None,
+        cache: CacheUse = "use",
+        fallbacks: bool | Collection[str] = True,
+    ) -> ChainResponse:
+        """:meth:`complete` for another API (see :meth:`stream_request`)."""
+        own = call_options(self.config, deadline, max_attempts, cache, fallbacks)
+        whole_first = self._whole_first
+        return self._complete(
+            self._prepare_request(endpoint, request, whole_first=whole_first, options=own)
+        )
+
+    def _complete(self, request: Request) -> ChainResponse:
+        with self._stream(request) as stream:
+            for _ in stream:
+                pass
+            return stream.response
+
+    def _stream(self, request: Request) -> ChainStream:
+        slot = ResponseSlot(request.endpoint)
+        return ChainStream(self._drive(request, slot), slot)
+
+    def close(self) -> None:
+        """Close the client (if the chain made it) and the cache (if the chain opened it).
+
+        Afterwards every call raises :class:`~fallbackchain.ChainClosedError` at once, and a
+        request still running ends with it, counted by no breaker.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for client in self._owned_clients:
+            client.close()
+        if self._owns_cache:
+            self.cache.close()  # writes what put_later queued
+        else:
+            self.cache.flush()  # the answers this chain handed over are on disk when we return
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- driver -------------------------------------------------------------------------------
+
+    def _drive(self, request: Request, slot: ResponseSlot) -> Iterator[ChainEvent]:
+        """Perform the steps of ``request``'s flow (see ``_flow`` for the protocol)."""
+        run, flow = self._start(request, slot)
+        reply: Any = None
+        send: Callable[[Any], Step] = flow.send
+        while True:
+            try:
+                step = send(reply)
+            except StopIteration:
+                return
+            try:
+                if isinstance(step, ReadStream):
+                    reply = yield from self._read_stream(request, run, step)
+                elif isinstance(step, Show):
+                    yield from self._show(step.events, run)
+                    reply = None
+                else:
+                    reply = self._perform(request, run, step)
+                send = flow.send
+            except BaseException as exc:  # noqa: BLE001 - back into the flow, which decides
+                reply, send = exc, flow.throw
+
+    def _perform(self, request: Request, run: RequestRun, step: Step) -> Any:
+        """Do what ``step`` names (every step but ``ReadStream`` and ``Show``)."""
+        if isinstance(step, Report):
+            return _report(step.permit, step.outcome)
+        if isinstance(step, Acquire):
+            return step.tier.gate.acquire()
+        if isinstance(step, OpenStream):
+            if step.hedge_after is None:
+                return self._open_stream(request, run, step.attempt, step.watch)
+            return self._race(request, run, step)
+        if isinstance(step, FetchWhole):
+            return self._fetch_whole(request, run, step)
+        if isinstance(step, Sleep):
+            return sleep_unless_testing(self._sleep, step.seconds)
+        if isinstance(step, AwaitSlot):
+            return step.tier.gate.wait(step.seconds, since=step.since)
+        if isinstance(step, ReadCache):
+            return self._lookup(step.key)
+        if isinstance(step, WriteCache):
+            return self._store(step.key, step.stored)
+        raise TypeError(f"not a step for this driver: {step!r}")
+
+    def _show(self, events: Sequence[ChainEvent], run: RequestRun) -> Iterator[ChainEvent]:
+        clock = self._clock
+        for event in events:
+            handed = clock()
+            yield event
+            run.pause(clock() - handed)  # the consumer held the stream: not upstream time
+
+    def _open_stream(
+        self, request: Request, run: RequestRun, attempt: TryTier, watch: AttemptWatch
+    ) -> OpenedStream:
+        """Send the attempt and read until its first content (or its end); nothing is shown.
+
+        Safe to run off the caller's thread (a hedge race): it reads the run, never changes it.
+        """
+        clock = self._clock
+        tier = attempt.tier
+        before = clock()
+        read = run.read_budget(tier, before, request.timeout)
+        kwargs = request.kwargs(tier, streaming=True, read=read)
+        stream = request.endpoint.create(self._clients[tier.provider], kwargs)
+        watch.responded = True
+        try:
+            after = clock()
+            watch.after_wait(before, after, got_content=False)
+            opened = OpenedStream(stream, iter(stream), request.endpoint.assembler(), after)
+            assembler = opened.assembler
+            while not assembler.content_seen:
+                before = clock()
+                try:
+                    item = next(opened.items)
+                except StopIteration:
+                    opened.ended = True
+                    break
+                opened.after = clock()
+                piece = assembler.add(item)
+                first = watch.after_wait(before, opened.after, got_content=assembler.content_seen)
+                if first and attempt.permit.trial:
+                    attempt.permit.vouch()  # a trial's first content lets waiting callers in
+                if piece:
+                    opened.pieces.append(piece)
+        except BaseException:
+            stream.close()
+            raise
+        return opened
+
+    def _read_stream(
+        self, request: Request, run: RequestRun, step: ReadStream
+    ) -> Generator[ChainEvent, None, Any]:
+        """Show what :meth:`_open_stream` read, then the rest of the stream; return the answer."""
+        clock = self._clock
+        opened: OpenedStream = step.opened
+        attempt = step.attempt
+        with opened.stream:
+            assembler = opened.assembler
+            add = assembler.add
+            check = step.watch.after_wait
+            delta = run.display.delta
+            source = attempt.tier.name
+            for read in opened.pieces:
+                yield from delta(read, source)
+            if not opened.ended:
+                items = opened.items
+                after = opened.after
+                trial = attempt.permit.trial
+                while True:
+                    before = clock()
+                    # Between two waits the consumer held the stream: not the upstream's time.
+                    run.pause(before - after)
+                    try:
+                        item = next(items)
+                    except StopIteration:
+                        break
+                    after = clock()
+                    piece = add(item)
+                    if check(before, after, got_content=assembler.content_seen) and trial:
+                        attempt.permit.vouch()
+                    if piece:
+                        yield from delta(piece, source)
+        return assembler.finish(model=request.model)
+
+    def _race(self, request: Request, run: RequestRun, step: OpenStream) -> Opened:
+        """Open ``step``'s attempt in a thread, hedge it when silent; the race's end.
+
+        The rules are :class:`Race`'s; here entrants run, and the ones that do not go on are
+        closed and released (a loser still running: whenever it ends; neutral).
+        """
+        race = Race(run, step.attempt, step.watch)
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fallbackchain-hedge")
+        running: dict[Future[OpenedStream], Entrant] = {}
+
+        def enter(entrant: Entrant) -> None:
+            context = contextvars.copy_context()  # the caller's tracing context, in the thread
+            future = pool.submit(
+                context.run, self._open_stream, request, run, entrant.attempt, entrant.watch
+            )
+            running[future] = entrant
+
+        try:
+            enter(race.first)
+            done, _ = wait_futures(running, timeout=step.hedge_after)
+            acquire = None if done else race.hedge()
+            if acquire is not None:
+                hedge = race.start_hedge(acquire, acquire.tier.gate.acquire(), request.timeout)
+                if hedge is not None:
+                    enter(hedge)
+            while True:
+                if not done:
+                    done, _ = wait_futures(running, return_when=FIRST_COMPLETED)
+                ended = [(running.pop(future), _outcome(future)) for future in done]
+                done = set()
+                verdict = race.judge(ended, tuple(running.values()))
+                for dismissal in verdict.dismissed:
+                    _dismiss(dismissal)
+                if verdict.end is not None:
+                    for future, entrant in running.items():
+                        _close_when_done(future, entrant.attempt.permit)
+                    running.clear()
+                    return verdict.end
+        except BaseException:
+            for future, entrant in running.items():  # the caller reports the first attempt
+                _close_when_done(future, None if entrant is race.first else entrant.attempt.permit)
+            raise
+        finally:
+            pool.shutdown(wait=False)
+
+    def _fetch_whole(self, request: Request, run: RequestRun, step: FetchWhole) -> Any:
+        tier = step.attempt.tier
+        read = run.read_budget(tier, self._clock(), request.timeout)
+        kwargs = request.kwargs(tier, streaming=False, read=read)
+        answer = request.endpoint.create(self._clients[tier.provider], kwargs)
+        step.watch.answered_whole(self._clock())
+        return request.endpoint.check(answer)
+
+
+def _report(permit: Permit, outcome: str) -> bool | None:
+    if outcome == "success":
+        permit.success()
+    elif outcome == "failure":
+        return permit.failure()
+    else:
+        permit.release()
+    return None
+
+
+def _outcome(future: Future[OpenedStream]) -> object:
+    """What a race entrant ended with: its opened stream, or the exception it raised."""
+    return future.exception() or future.result()
+
+
+def _dismiss(dismissal: Dismissal) -> None:
+    try:
+        if dismissal.opened is not None:
+            dismissal.opened.stream.close()
+    finally:
+        _report(dismissal.entrant.attempt.permit, dismissal.outcome)
+
+
+def _close_when_done(future: Future[OpenedStream], permit: Permit | None) -> None:
+    """Once a race entrant nobody waits for ends: close its stream, release ``permit``."""
+
+    def close(done: Future[OpenedStream]) -> None:
+        try:
+            if not done.cancelled() and done.exception() is None:
+                done.result().stream.close()
+        finally:
+            if permit is not None:
+                permit.release()
+
+    future.add_done_callback(close)
