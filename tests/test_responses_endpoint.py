@@ -98,7 +98,7 @@ def test_what_a_stream_shows_is_what_the_whole_answer_shows() -> None:
             if piece:
                 shown += display.delta(piece, "stream")
         final = assembler.finish(model="m")
-        assert display.settle(RESPONSES.fragments(final), "stream") == ()
+        assert display.answered(RESPONSES.fragments(final), "stream") == ()
         assert all(e.type != "reset" for e in shown)
 
 
