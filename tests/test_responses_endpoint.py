@@ -8,7 +8,12 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion
 
-from fallbackchain import MalformedChunkError, StreamEventError, TruncatedStreamError
+from fallbackchain import (
+    MalformedChunkError,
+    StreamEventError,
+    TruncatedStreamError,
+    UpstreamConnectionError,
+)
 from fallbackchain.cache import ResponseCache
 from fallbackchain.chain import Display
 from fallbackchain.responses import (
@@ -267,9 +272,10 @@ def test_a_stream_that_cannot_be_resumed_raises_the_drop() -> None:
     def reopen(response_id: str, after: int) -> Scripted:
         raise openai.NotFoundError("gone", response=_response(404), body=None)
 
-    with pytest.raises(openai.APIConnectionError) as info:
+    with pytest.raises(UpstreamConnectionError, match=r"could not resume \(HTTP 404\)") as info:
         list(ResumingStream(Scripted(events[:6], drop), reopen))
-    assert info.value is drop
+    assert info.value.__cause__ is drop
+    assert "gone" not in str(info.value)  # never the server's message
 
 
 def test_a_drop_before_the_response_is_named_is_not_resumed() -> None:
@@ -332,3 +338,13 @@ def test_a_read_timeout_is_not_resumed() -> None:
     )
     with pytest.raises(openai.APITimeoutError):
         list(ResumingStream(Scripted(events[:6], timeout), lambda *_: pytest.fail("resumed")))
+
+
+def test_an_early_end_that_cannot_be_resumed_is_truncated_and_says_so() -> None:
+    events = text_stream(["a", "b"], background=True)
+
+    def reopen(response_id: str, after: int) -> Scripted:
+        raise _drop()
+
+    with pytest.raises(TruncatedStreamError, match="could not resume"):
+        list(ResumingStream(Scripted(events[:5]), reopen))

@@ -16,9 +16,11 @@ wrap the SDK's stream of such a request and do exactly that:
   assembler records it; nothing is shown), so the trace can say what happened;
 * a read that timed out is not resumed: it already used the chain's ``idle_timeout``, so
   the chain ends the attempt for it (and falls back, as for chat);
-* when the provider cannot resume (``retrieve`` fails, or :data:`MAX_RESUMES` resumptions in
-  a row bring nothing new), the original failure is raised: the chain then treats the attempt
-  as failed and falls back to a fresh request, as for any dropped stream.
+* when the provider cannot resume (``retrieve`` fails), the drop is raised as the chain's
+  error saying so (``"...; could not resume (HTTP 404)"``); when :data:`MAX_RESUMES`
+  resumptions in a row bring nothing new, the last failure is raised as it came. Either way
+  the chain treats the attempt as failed and falls back to a fresh request, as for any
+  dropped stream.
 
 Closing the wrapper closes the stream being read and stops any resumption.
 """
@@ -28,6 +30,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Self
+
+import openai
 
 from .._errors import (
     TierError,
@@ -44,6 +48,7 @@ __all__ = [
     "Resumed",
     "ResumingStream",
     "mark_resumptions",
+    "not_resumed",
     "resumptions_of",
 ]
 
@@ -82,6 +87,23 @@ def mark_resumptions(answer: object, resumptions: list[Resumed]) -> None:
     """Record ``resumptions`` on ``answer`` (for :func:`resumptions_of`); a no-op when none."""
     if resumptions:
         object.__setattr__(answer, _RESUMED, tuple(resumptions))
+
+
+def not_resumed(error: TierError, exc: BaseException) -> TierError:
+    """``error`` (why a stream was to be resumed), saying that resuming it failed with ``exc``.
+
+    The chain then ends the attempt with it and falls back to a fresh request; its text says
+    both, by status code or error class (never a server's message).
+    """
+    if isinstance(exc, openai.APIStatusError):
+        why = f"HTTP {exc.status_code}"
+    else:
+        mapped = map_error(exc, content_seen=True)
+        why = mapped.message if mapped is not None else type(exc).__name__
+    text = f"{error.message}; could not resume ({why})"
+    if isinstance(error, UpstreamConnectionError):
+        return UpstreamConnectionError(text)
+    return TruncatedStreamError(text)
 
 
 class _Progress:
@@ -171,10 +193,8 @@ class ResumingStream:
             self._stream.close()
             try:
                 self._stream = self._reopen(marker.response_id, marker.after)
-            except Exception:  # noqa: BLE001 - the provider cannot resume: the drop stands
-                if failure is not None:
-                    raise failure from None
-                return
+            except Exception as exc:  # noqa: BLE001 - the provider cannot resume: the drop stands
+                raise not_resumed(marker.error, exc) from (failure or exc)
             yield marker
 
     def close(self) -> None:
@@ -222,10 +242,8 @@ class AsyncResumingStream:
             await self._stream.close()
             try:
                 self._stream = await self._reopen(marker.response_id, marker.after)
-            except Exception:  # noqa: BLE001 - the provider cannot resume: the drop stands
-                if failure is not None:
-                    raise failure from None
-                return
+            except Exception as exc:  # noqa: BLE001 - the provider cannot resume: the drop stands
+                raise not_resumed(marker.error, exc) from (failure or exc)
             yield marker
 
     async def close(self) -> None:
