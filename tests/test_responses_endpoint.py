@@ -348,3 +348,25 @@ def test_an_early_end_that_cannot_be_resumed_is_truncated_and_says_so() -> None:
 
     with pytest.raises(TruncatedStreamError, match="could not resume"):
         list(ResumingStream(Scripted(events[:5]), reopen))
+
+
+def test_a_cached_response_survives_export_and_import(tmp_path: Any, config_factory: Any) -> None:
+    import dataclasses
+
+    config = config_factory()
+    source = ResponseCache(config.cache, clock=lambda: 1_000_000.0)
+    other = dataclasses.replace(config.cache, directory=str(tmp_path / "other"))
+    target = ResponseCache(other, clock=lambda: 1_000_000.0)
+    try:
+        done = answer()
+        key = RESPONSES.cache_key({"model": "m", "input": "hi"})
+        assert key is not None
+        assert source.put(key, RESPONSES.encode(done))
+        assert source.export_jsonl(tmp_path / "rows.jsonl") == 1
+        assert target.import_jsonl(tmp_path / "rows.jsonl").ok
+        moved = target.get(key)
+        assert moved is not None
+        assert RESPONSES.decode(moved.completion) == done
+    finally:
+        source.close()
+        target.close()
