@@ -33,7 +33,6 @@ _HOMES: Final = (
     "breaker",
     "cache",
     "chain",
-    "responses",
     "_warm",
 )
 
@@ -103,23 +102,21 @@ if TYPE_CHECKING:
     from .chain import (
         AsyncChainChat,
         AsyncChainCompletions,
+        AsyncChainResponses,
         AsyncChainStream,
         AsyncDropInStream,
         AsyncFallbackChain,
+        AsyncResponsesDropInStream,
         ChainChat,
         ChainCompletions,
+        ChainResponses,
         ChainStream,
         DropInStream,
         FallbackChain,
-        StreamDivergedError,
-        trace_of,
-    )
-    from .responses import (
-        AsyncChainResponses,
-        AsyncResponsesDropInStream,
-        ChainResponses,
         ResponseIncompleteError,
         ResponsesDropInStream,
+        StreamDivergedError,
+        trace_of,
     )
 
 

@@ -25,8 +25,7 @@ from openai.types.responses import (
 )
 
 from fallbackchain import MalformedChunkError, StreamEventError, TruncatedStreamError
-from fallbackchain.chain import Fragment
-from fallbackchain.responses import ResponseAssembler, ResponseIncompleteError
+from fallbackchain.chain import Fragment, ResponseAssembler, ResponseIncompleteError
 
 RESP_ID = "resp_abc123"
 SECRET = "my secret prompt text"

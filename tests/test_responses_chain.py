@@ -22,7 +22,7 @@ from fallbackchain import (
     TruncatedStreamError,
     trace_of,
 )
-from fallbackchain.responses import ResponseIncompleteError
+from fallbackchain.chain import ResponseIncompleteError
 from fallbackchain.testing import Answer, Fault, FaultServer, ToolCall
 
 from .conftest import user

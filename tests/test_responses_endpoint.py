@@ -15,11 +15,11 @@ from fallbackchain import (
     UpstreamConnectionError,
 )
 from fallbackchain.cache import ResponseCache
-from fallbackchain.chain import Display
-from fallbackchain.responses import (
+from fallbackchain.chain import (
     ENVELOPE_FIELD,
     MAX_RESUMES,
     RESPONSES,
+    Display,
     ResponseAssembler,
     ResponseIncompleteError,
     Resumed,

@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from fallbackchain.cache import cache_key
-from fallbackchain.responses import responses_cache_key
+from fallbackchain.chain import responses_cache_key
 
 BASE: dict[str, Any] = {"input": "Summarise our refund policy.", "instructions": "Be brief."}
 

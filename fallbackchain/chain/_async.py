@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from os import PathLike
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 import openai
 
@@ -30,6 +30,7 @@ from ._dropin import AsyncChainChat
 from ._endpoint import Endpoint
 from ._race import Dismissal, Entrant, Race
 from ._request import Request, ResponseSlot
+from ._responses_dropin import AsyncChainResponses
 from ._steps import (
     Acquire,
     AwaitSlot,
@@ -46,9 +47,6 @@ from ._steps import (
     WriteCache,
 )
 from ._watch import AttemptWatch
-
-if TYPE_CHECKING:
-    from ..responses import AsyncChainResponses
 
 __all__ = ["AsyncChainStream", "AsyncFallbackChain"]
 
@@ -130,8 +128,6 @@ class AsyncFallbackChain(ChainBase[AsyncChainStream]):
     @property
     def responses(self) -> AsyncChainResponses:
         """The openai SDK's shape: ``await chain.responses.create(...)``."""
-        from ..responses import AsyncChainResponses  # noqa: PLC0415 - it imports this package
-
         return AsyncChainResponses(self, self.config.openai.model)
 
     @classmethod

@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Generator, Iterator, Mapping, 
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from os import PathLike
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 import openai
 
@@ -32,6 +32,7 @@ from ._dropin import ChainChat
 from ._endpoint import Endpoint
 from ._race import Dismissal, Entrant, Race
 from ._request import Request, ResponseSlot
+from ._responses_dropin import ChainResponses
 from ._steps import (
     Acquire,
     AwaitSlot,
@@ -48,9 +49,6 @@ from ._steps import (
     WriteCache,
 )
 from ._watch import AttemptWatch
-
-if TYPE_CHECKING:
-    from ..responses import ChainResponses
 
 __all__ = ["ChainStream", "FallbackChain"]
 
@@ -131,9 +129,7 @@ class FallbackChain(ChainBase[ChainStream]):
 
     @property
     def responses(self) -> ChainResponses:
-        """The openai SDK's shape: ``chain.responses.create(...)`` (see ``responses``)."""
-        from ..responses import ChainResponses  # noqa: PLC0415 - it imports this package
-
+        """The openai SDK's shape: ``chain.responses.create(...)`` (see ``_responses_dropin``)."""
         return ChainResponses(self, self.config.openai.model)
 
     @classmethod

@@ -1,7 +1,7 @@
 """``chain.responses.create(...)``: the openai SDK's Responses shape over a chain (drop-in).
 
 Built on the chains' ``stream_request`` / ``complete_request`` with
-:data:`~fallbackchain.responses.RESPONSES`, the same chain as chat (stream with retries →
+:data:`~fallbackchain.chain.RESPONSES`, the same chain as chat (stream with retries →
 non-streamed → fallbacks → cache), the same per-call options (``deadline``,
 ``max_attempts``, ``cache``, ``fallbacks``, ``timeout``: never sent) and the same divergence
 rule as the chat drop-in:
@@ -65,9 +65,11 @@ from openai.types.responses import (
 
 from .._errors import Attempt
 from .._results import ChainEvent, ChainResponse
-from ..chain import TRACE_ATTRIBUTE, CacheUse, Divergence, Endpoint, StreamDivergedError
-from ._endpoint import RESPONSES
-from ._resume import resumptions_of
+from ._call_options import CacheUse
+from ._dropin import TRACE_ATTRIBUTE, Divergence, StreamDivergedError
+from ._endpoint import Endpoint
+from ._responses_endpoint import RESPONSES
+from ._responses_resume import resumptions_of
 
 __all__ = [
     "AsyncChainResponses",

@@ -11,8 +11,8 @@ What a caller can rely on:
   ``sequence_number`` is at or below the last one taken; :meth:`ResponseAssembler.add`
   ignores such an event (``None``): a resumed connection that replays part of the stream
   shows nothing twice. :attr:`ResponseAssembler.last_sequence` is the ``starting_after`` to
-  resume from. A :class:`~fallbackchain.responses.Resumed` marker (put in the stream by the
-  resuming stream, see ``_resume``) is recorded in :attr:`ResponseAssembler.resumptions`.
+  resume from. A :class:`~fallbackchain.chain.Resumed` marker (put in the stream by the
+  resuming stream, see ``_responses_resume``) is recorded in :attr:`ResponseAssembler.resumptions`.
 * **What each event shows.** :meth:`ResponseAssembler.add` returns what an event adds to the
   answer in the chat assembly's terms (:data:`~fallbackchain.chain.Piece`): the text of an
   ``output_text`` delta as a ``str``; a function call's start (its ``call_id`` and name) and
@@ -40,8 +40,8 @@ from typing import Any, Final
 from openai.types.responses import Response
 
 from .._errors import MalformedChunkError, StreamEventError, TruncatedStreamError
-from ..chain import Fragment, Piece
-from ._resume import Resumed, mark_resumptions
+from ._assembly import Fragment, Piece
+from ._responses_resume import Resumed, mark_resumptions
 
 __all__ = ["RETRYABLE_INCOMPLETE", "ResponseAssembler", "ResponseIncompleteError", "error_code"]
 
@@ -103,6 +103,7 @@ class ResponseAssembler:
         "_done",
         "_final",
         "_items",
+        "_pieces",
         "content_seen",
         "events",
         "last_sequence",
@@ -115,6 +116,8 @@ class ResponseAssembler:
         self._base: Any = None  # the latest lifecycle snapshot (created / in_progress / ...)
         self._items: dict[int, dict[str, Any]] = {}  # output items as assembled from deltas
         self._done: dict[int, Any] = {}  # output items as their ``done`` event gave them
+        # text, refusal and arguments deltas by (output_index, content_index or -1, field)
+        self._pieces: dict[tuple[int, int, str], list[str]] = {}
         self._calls: dict[int, int] = {}  # output_index -> position among the function calls
         self._final: Response | None = None
         self.last_sequence: int | None = None
@@ -179,9 +182,9 @@ class ResponseAssembler:
 
     def _add_other(self, kind: str, event: Any) -> Piece | None:
         if kind == "response.function_call_arguments.delta":
-            item = self._items[event.output_index]
-            item["arguments"] = (item.get("arguments") or "") + event.delta
-            return (self._call_fragment(event.output_index, event.delta),)
+            fragment = self._call_fragment(event.output_index, event.delta)  # KeyError: no item
+            self._piece(event.output_index, -1, "arguments").append(event.delta)
+            return (fragment,)
         if kind == "response.refusal.delta":
             self._part(event.output_index, event.content_index, "refusal", event.delta)
             return (Fragment("refusal", event.delta),)
@@ -226,18 +229,37 @@ class ResponseAssembler:
             raise StreamEventError(f"SSE error event: {error_code(getattr(event, 'code', None))}")
         return None
 
+    def _piece(self, output_index: int, content_index: int, field: str) -> list[str]:
+        """Where the deltas of one field go (joined once, when the output is rebuilt)."""
+        key = (output_index, content_index, field)
+        pieces = self._pieces.get(key)
+        if pieces is None:
+            pieces = self._pieces[key] = []
+        return pieces
+
     def _part(self, output_index: int, content_index: int, field: str, delta: str) -> None:
+        pieces = self._pieces.get((output_index, content_index, field))
+        if pieces is not None:  # the common case: the part exists and has text already
+            pieces.append(delta)
+            return
         content = self._items[output_index].setdefault("content", [])
         while len(content) <= content_index:
             content.append(None)
-        part = content[content_index]
-        if part is None:  # a delta without its content_part.added: start the part here
+        if content[content_index] is None:  # a delta without content_part.added: start it
             kind = "output_text" if field == "text" else "refusal"
-            part = {"type": kind, field: ""}
+            part: dict[str, Any] = {"type": kind, field: ""}
             if kind == "output_text":
                 part["annotations"] = []
             content[content_index] = part
-        part[field] = (part.get(field) or "") + delta
+        self._piece(output_index, content_index, field).append(delta)
+
+    def _join_pieces(self) -> None:
+        """Put the deltas gathered so far into the assembled items."""
+        for (output_index, content_index, field), pieces in self._pieces.items():
+            item = self._items[output_index]
+            target = item if content_index < 0 else item["content"][content_index]
+            target[field] = (target.get(field) or "") + "".join(pieces)
+        self._pieces.clear()
 
     def _item_added(self, output_index: int, item: Any) -> Piece | None:
         data = item.model_dump(mode="json")
@@ -288,6 +310,7 @@ class ResponseAssembler:
         output = getattr(response, "output", None)
         if output or not (self._done or self._items):
             return response
+        self._join_pieces()
         items: list[Any] = []
         for index in sorted(self._done.keys() | self._items.keys()):
             done = self._done.get(index)

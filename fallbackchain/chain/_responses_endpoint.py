@@ -6,19 +6,19 @@ fallbacks, the cache), exactly as for chat. What is particular to this API:
 
 * **Sending.** A streamed attempt is ``responses.create(stream=True)``; for a background
   request (``background=True``, not ``store=False``) the SDK's stream is wrapped in a
-  :class:`~fallbackchain.responses.ResumingStream`, which resumes a dropped stream with
+  :class:`~fallbackchain.chain.ResumingStream`, which resumes a dropped stream with
   ``responses.retrieve(id, stream=True, starting_after=N)`` instead of generating again. A
   non-streamed attempt is sent in the foreground (``background`` and ``stream_options`` are
   left out): the chain returns finished answers, never a queued one.
 * **Completeness.** Only ``status == "completed"`` is a whole answer (see
-  :class:`~fallbackchain.responses.ResponseAssembler` for a stream): ``incomplete`` is a
-  :class:`~fallbackchain.responses.ResponseIncompleteError`, ``failed`` a
+  :class:`~fallbackchain.chain.ResponseAssembler` for a stream): ``incomplete`` is a
+  :class:`~fallbackchain.chain.ResponseIncompleteError`, ``failed`` a
   :class:`~fallbackchain.StreamEventError`, ``queued``/``in_progress``/``cancelled`` a
   :class:`~fallbackchain.TruncatedStreamError`. None is ever cached.
 * **Showing.** The text is ``Response.output_text``; each ``function_call`` item is a tool
   call (its ``call_id``, ``name``, ``arguments``); refusal parts are refusal text.
   Reasoning items and other output items are in the ``Response`` but not in the events.
-* **Caching.** Keys: :func:`~fallbackchain.responses.responses_cache_key`
+* **Caching.** Keys: :func:`~fallbackchain.chain.responses_cache_key`
   (``conversation`` requests are not cached). The cache stores chat completions, so a
   ``Response`` is stored in an envelope: a ``ChatCompletion`` whose message is the
   response's text (so ``cache export`` stays readable) with the whole ``Response`` under
@@ -36,10 +36,11 @@ from openai.types.chat import ChatCompletion
 from openai.types.responses import Response, ResponseUsage
 
 from .._errors import MalformedChunkError, StreamEventError, TruncatedStreamError
-from ..chain import Endpoint, Fragment
-from ._assembly import ResponseAssembler, ResponseIncompleteError, error_code
-from ._keys import responses_cache_key
-from ._resume import AsyncResumingStream, ResumingStream
+from ._assembly import Fragment
+from ._endpoint import Endpoint
+from ._responses_assembly import ResponseAssembler, ResponseIncompleteError, error_code
+from ._responses_keys import responses_cache_key
+from ._responses_resume import AsyncResumingStream, ResumingStream
 
 __all__ = ["ENVELOPE_FIELD", "RESPONSES", "ResponsesEndpoint", "resumable"]
 
