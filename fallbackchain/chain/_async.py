@@ -11,41 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
-from os import PathLike
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Self
 
 import openai
 
-from .._config import ChainConfig, load_config
 from .._errors import StreamNotFinishedError
 from .._results import ChainEvent, ChainResponse
-from .._timing import AsyncSleep, Clock, TimeSource, async_sleep_unless_testing, default_async_sleep
+from .._timing import AsyncSleep, async_sleep_unless_testing, default_async_sleep
 from ..breaker import Permit
-from ..cache import CachedAnswer, ResponseCache
-from ._call_options import CacheUse, call_options
-from ._chain import ChainBase, OpenedStream, make_clients
+from ..cache import CachedAnswer
+from . import _steps as kind
+from ._chain import ChainBase, OpenedStream
 from ._core import RequestRun
 from ._dropin import AsyncChainChat
-from ._endpoint import Endpoint
 from ._race import Dismissal, Entrant, Race
 from ._request import Request, ResponseSlot
 from ._responses_dropin import AsyncChainResponses
-from ._steps import (
-    Acquire,
-    AwaitSlot,
-    FetchWhole,
-    Opened,
-    OpenStream,
-    ReadCache,
-    ReadStream,
-    Report,
-    Show,
-    Sleep,
-    Step,
-    TryTier,
-    WriteCache,
-)
 from ._watch import AttemptWatch
 
 __all__ = ["AsyncChainStream", "AsyncFallbackChain"]
@@ -90,35 +72,18 @@ class AsyncChainStream:
         await self.aclose()
 
 
-class AsyncFallbackChain(ChainBase[AsyncChainStream]):
+class AsyncFallbackChain(
+    ChainBase[
+        AsyncChainStream,
+        openai.AsyncOpenAI,
+        AsyncSleep,
+        Coroutine[Any, Any, ChainResponse],
+    ]
+):
     """The asyncio twin of :class:`FallbackChain` (same config, tiers, breakers and cache).
 
     Disk cache I/O runs in a worker thread, never on the event loop.
     """
-
-    def __init__(
-        self,
-        config: ChainConfig | None = None,
-        *,
-        client: openai.AsyncOpenAI | None = None,
-        fallback_clients: Mapping[str, openai.AsyncOpenAI] | None = None,
-        cache: ResponseCache | None = None,
-        clock: TimeSource | Clock | None = None,
-        sleep: AsyncSleep | None = None,
-        random: Callable[[], float] | None = None,
-        listeners: Sequence[object] = (),
-    ) -> None:
-        config = config or ChainConfig()
-        super().__init__(config, clock=clock, random=random, cache=cache, listeners=listeners)
-        self._clients, self._owned_clients = make_clients(
-            config, openai.AsyncOpenAI, client, fallback_clients
-        )
-        self._sleep = sleep or default_async_sleep
-
-    @property
-    def sleep(self) -> AsyncSleep:
-        """The sleep this chain waits with between attempts (injected, or ``asyncio.sleep``)."""
-        return self._sleep
 
     @property
     def chat(self) -> AsyncChainChat:
@@ -130,46 +95,14 @@ class AsyncFallbackChain(ChainBase[AsyncChainStream]):
         """The openai SDK's shape: ``await chain.responses.create(...)``."""
         return AsyncChainResponses(self, self.config.openai.model)
 
-    @classmethod
-    def from_config(cls, path: str | PathLike[str], **kwargs: Any) -> Self:
-        """Load ``path`` (TOML) and build a chain with its own AsyncOpenAI client."""
-        return cls(load_config(path), **kwargs)
+    def _client_type(self) -> type[openai.AsyncOpenAI]:
+        return openai.AsyncOpenAI
 
-    async def complete(
-        self,
-        messages: Sequence[Any],
-        model: str | None = None,
-        *,
-        deadline: float | None = None,
-        max_attempts: int | None = None,
-        cache: CacheUse = "use",
-        fallbacks: bool | Collection[str] = True,
-        **params: Any,
-    ) -> ChainResponse:
-        """The whole answer: the same chain as :meth:`stream` (see the sync chain's)."""
-        own = call_options(self.config, deadline, max_attempts, cache, fallbacks)
-        request = self._prepare(messages, model, params, whole_first=self._whole_first, options=own)
-        return await self._complete(request)
+    def _default_sleep(self) -> AsyncSleep:
+        return default_async_sleep
 
-    async def complete_request(
-        self,
-        endpoint: Endpoint[Any],
-        request: Mapping[str, Any],
-        *,
-        deadline: float | None = None,
-        max_attempts: int | None = None,
-        cache: CacheUse = "use",
-        fallbacks: bool | Collection[str] = True,
-    ) -> ChainResponse:
-        """:meth:`complete` for another API (see :meth:`stream_request`)."""
-        options = call_options(self.config, deadline, max_attempts, cache, fallbacks)
-        prepared = self._prepare_request(
-            endpoint, request, whole_first=self._whole_first, options=options
-        )
-        return await self._complete(prepared)
-
-    async def _complete(self, request: Request) -> ChainResponse:
-        async with self._stream(request) as stream:
+    async def _answer(self, prepare: Callable[[], Request]) -> ChainResponse:
+        async with self._stream(prepare()) as stream:
             async for _ in stream:
                 pass
             return stream.response
@@ -179,14 +112,13 @@ class AsyncFallbackChain(ChainBase[AsyncChainStream]):
         return AsyncChainStream(self._drive(request, slot), slot)
 
     async def aclose(self) -> None:
-        """Close the client (if the chain made it) and the cache (if the chain opened it).
+        """As the sync chain's ``close()``: the chain's own clients and cache are closed.
 
-        Afterwards every call raises :class:`~fallbackchain.ChainClosedError` at once, and a
-        request still running ends with it, counted by no breaker.
+        Cache I/O runs in a worker thread unless the cache has an async ``aclose``.
         """
         if self._closed:
             return
-        self._closed = True
+        self._closed = True  # from here every call raises ChainClosedError
         for client in self._owned_clients:
             await client.close()
         if self._owns_cache:
@@ -212,24 +144,17 @@ class AsyncFallbackChain(ChainBase[AsyncChainStream]):
         A stream is read here, inline: each event is yielded straight to the consumer, with
         no generator in between.
         """
-        run, flow = self._start(request, slot)
-        reply: Any = None
-        send: Callable[[Any], Step] = flow.send
+        run, steps = self._start(request, slot)
         clock = self._clock
-        while True:
+        for step in steps:
             try:
-                step = send(reply)
-            except StopIteration:
-                return
-            try:
-                if not isinstance(step, ReadStream):
-                    if isinstance(step, Show):
+                if not isinstance(step, kind.ReadStream):
+                    if isinstance(step, kind.Show):
                         for event in step.events:
                             yield event
-                        reply = None
+                        steps.done()
                     else:
-                        reply = await self._perform(request, run, step)
-                    send = flow.send
+                        steps.done(await self._perform(request, run, step))
                     continue
                 opened: OpenedStream = step.opened
                 attempt, watch = step.attempt, step.watch
@@ -255,8 +180,7 @@ class AsyncFallbackChain(ChainBase[AsyncChainStream]):
                                 except StopAsyncIteration:
                                     break
                                 except asyncio.CancelledError:
-                                    if watchdog.expired():
-                                        raise watch.expired(before) from None
+                                    watchdog.raise_if_expired(watch, before)
                                     raise
                                 watchdog.disarm()
                                 after = clock()
@@ -269,29 +193,29 @@ class AsyncFallbackChain(ChainBase[AsyncChainStream]):
                                         yield event
                         finally:
                             watchdog.close()
-                reply, send = assembler.finish(model=request.model), flow.send
+                steps.done(assembler.finish(model=request.model))
             except BaseException as exc:  # noqa: BLE001 - back into the flow, which decides
-                reply, send = exc, flow.throw
+                steps.failed(exc)
 
-    async def _perform(self, request: Request, run: RequestRun, step: Step) -> Any:
+    async def _perform(self, request: Request, run: RequestRun, step: kind.Step) -> Any:
         """Do what ``step`` names (every step but ``ReadStream`` and ``Show``)."""
-        if isinstance(step, Report):
+        if isinstance(step, kind.Report):
             return await asyncio.shield(_report(step.permit, step.outcome))
-        if isinstance(step, OpenStream):
+        if isinstance(step, kind.OpenStream):
             if step.hedge_after is not None:
                 return await self._race(request, run, step)
             return await self._open_stream(request, run, step.attempt, step.watch)
-        if isinstance(step, Acquire):
+        if isinstance(step, kind.Acquire):
             return await step.tier.gate.aacquire()
-        if isinstance(step, FetchWhole):
+        if isinstance(step, kind.FetchWhole):
             return await self._fetch_whole(request, run, step)
-        if isinstance(step, ReadCache):
+        if isinstance(step, kind.ReadCache):
             return await self._read_cache(step.key)
-        if isinstance(step, WriteCache):
+        if isinstance(step, kind.WriteCache):
             return await self._write_cache(step.key, step.stored)
-        if isinstance(step, Sleep):
+        if isinstance(step, kind.Sleep):
             return await async_sleep_unless_testing(self._sleep, step.seconds)
-        if isinstance(step, AwaitSlot):
+        if isinstance(step, kind.AwaitSlot):
             return await step.tier.gate.await_change(step.seconds, since=step.since)
         raise TypeError(f"not a step for this driver: {step!r}")
 
@@ -336,7 +260,7 @@ class AsyncFallbackChain(ChainBase[AsyncChainStream]):
             return False
 
     async def _open_stream(
-        self, request: Request, run: RequestRun, attempt: TryTier, watch: AttemptWatch
+        self, request: Request, run: RequestRun, attempt: kind.TryTier, watch: AttemptWatch
     ) -> OpenedStream:
         """Send the attempt and read until its first content (or its end); nothing is shown.
 
@@ -369,8 +293,7 @@ class AsyncFallbackChain(ChainBase[AsyncChainStream]):
                     opened.ended = True
                     break
                 except asyncio.CancelledError:
-                    if watchdog.expired():
-                        raise watch.expired(before) from None
+                    watchdog.raise_if_expired(watch, before)
                     raise
                 watchdog.disarm()
                 opened.after = clock()
@@ -387,7 +310,7 @@ class AsyncFallbackChain(ChainBase[AsyncChainStream]):
             watchdog.close()
         return opened
 
-    async def _race(self, request: Request, run: RequestRun, step: OpenStream) -> Opened:
+    async def _race(self, request: Request, run: RequestRun, step: kind.OpenStream) -> kind.Opened:
         """Open ``step``'s attempt in a task, hedge it when silent; the race's end.
 
         As the sync chain's ``_race``, but a loser is cancelled at once: its request closed
@@ -395,7 +318,7 @@ class AsyncFallbackChain(ChainBase[AsyncChainStream]):
         """
         race = Race(run, step.attempt, step.watch)
         tasks: dict[asyncio.Task[OpenedStream], Entrant] = {}
-        end: Opened | None = None  # the race's end, until returned
+        end: kind.Opened | None = None  # the race's end, until returned
 
         def enter(entrant: Entrant) -> None:
             opening = self._open_stream(request, run, entrant.attempt, entrant.watch)
@@ -439,7 +362,7 @@ class AsyncFallbackChain(ChainBase[AsyncChainStream]):
                 await asyncio.shield(asyncio.gather(*cleanup, return_exceptions=True))
             raise
 
-    async def _fetch_whole(self, request: Request, run: RequestRun, step: FetchWhole) -> Any:
+    async def _fetch_whole(self, request: Request, run: RequestRun, step: kind.FetchWhole) -> Any:
         tier = step.attempt.tier
         before = self._clock()
         budget = run.read_budget(tier, before, request.timeout)
@@ -501,6 +424,15 @@ class _Watchdog:
             return False
         self._fired = False
         return self._task.uncancel() == 0  # another cancel pending: let it through
+
+    def raise_if_expired(self, watch: AttemptWatch, before: float) -> None:
+        """In a cancellation's handler: if it is this watchdog's own, raise the timeout.
+
+        The error is ``watch``'s for a wait that began at ``before``; any other cancellation
+        is left to go on (the caller re-raises it).
+        """
+        if self.expired():
+            raise watch.expired(before) from None
 
     def close(self) -> None:
         if self._handle is not None:

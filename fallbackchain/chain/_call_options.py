@@ -10,16 +10,25 @@ from __future__ import annotations
 import math
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypedDict
 
 from .._config import PRIMARY_ROUTE, ChainConfig
 
-__all__ = ["CacheUse", "CallOptions", "call_options", "call_timeout"]
+__all__ = ["CacheUse", "CallKeywords", "CallOptions", "call_options", "call_timeout"]
 
 
 CacheUse = Literal["use", "refresh", "off"]
 """How one call uses the cache: ``"use"`` (answer from it when the live tiers fail, store a
 live answer), ``"refresh"`` (never answer from it, store a live answer), ``"off"`` (neither)."""
+
+
+class CallKeywords(TypedDict, total=False):
+    """A call's own options as keywords (see :meth:`FallbackChain.stream` for each one)."""
+
+    deadline: float | None
+    max_attempts: int | None
+    cache: CacheUse
+    fallbacks: bool | Collection[str]
 
 
 @dataclass(frozen=True, slots=True)

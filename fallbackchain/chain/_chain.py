@@ -17,12 +17,13 @@ import logging
 import random as _random
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from os import PathLike
+from typing import Any, Generic, Self, TypeVar, Unpack
 
 import openai
 
 from .._backends import gate_store, response_cache
-from .._config import ChainConfig, OpenAIConfig, RouteConfig
+from .._config import ChainConfig, OpenAIConfig, RouteConfig, load_config
 from .._errors import ChainClosedError
 from .._hooks import BreakerChanged, Hooks, RequestStarted, next_request_id
 from .._redact import mask_url
@@ -30,10 +31,10 @@ from .._timing import Clock, TimeSource, time_source
 from ..breaker import BreakerGate, BreakerState
 from ..cache import CachedAnswer, ResponseCache
 from ._assembly import Piece
-from ._call_options import CacheUse, CallOptions, call_options
+from ._call_options import CacheUse, CallKeywords, CallOptions, call_options
 from ._core import RequestRun
 from ._endpoint import CHAT, Endpoint, StreamAssembly
-from ._flow import Flow, request_flow
+from ._flow import Steps, request_flow
 from ._request import Request, ResponseSlot, prepare
 from ._steps import Tier
 
@@ -44,6 +45,9 @@ logger = logging.getLogger("fallbackchain")
 _RESERVED = frozenset({"stream", "messages", "model"})  # stream()'s own arguments
 
 StreamT = TypeVar("StreamT")
+ClientT = TypeVar("ClientT", openai.OpenAI, openai.AsyncOpenAI)
+SleepT = TypeVar("SleepT")
+AnswerT = TypeVar("AnswerT")
 
 
 @dataclass(slots=True)
@@ -58,18 +62,35 @@ class OpenedStream:
     ended: bool = False  # the stream ended before any content
 
 
-class ChainBase(Generic[StreamT]):
-    """Set-up and surface shared by both chains; ``StreamT`` is the chain's stream type."""
+class ChainBase(Generic[StreamT, ClientT, SleepT, AnswerT]):
+    """Set-up and surface shared by both chains.
+
+    A driver names its stream type (``StreamT``), its SDK client type (``ClientT``), its
+    sleep (``SleepT``) and what ``complete()`` returns (``AnswerT``: the response, or a
+    coroutine of it), and implements :meth:`_stream` and :meth:`_answer`.
+    """
 
     def __init__(
         self,
-        config: ChainConfig,
+        config: ChainConfig | None = None,
         *,
-        clock: TimeSource | Clock | None,
-        random: Callable[[], float] | None,
-        cache: ResponseCache | None,
+        client: ClientT | None = None,
+        fallback_clients: Mapping[str, ClientT] | None = None,
+        cache: ResponseCache | None = None,
+        clock: TimeSource | Clock | None = None,
+        sleep: SleepT | None = None,
+        random: Callable[[], float] | None = None,
         listeners: Sequence[object] = (),
     ) -> None:
+        """A chain over ``config`` (``None``: the defaults).
+
+        ``client`` may be your own SDK client; the chain uses a copy with the SDK's own
+        retries switched off (stacked retries multiply) and never closes yours.
+        ``fallback_clients``: a client per fallback name. ``cache``: a cache to use instead
+        of the one the config describes (then the chain never closes it). ``clock``,
+        ``sleep`` and ``random`` are injectable for tests; ``listeners`` get the hooks' events.
+        """
+        config = config or ChainConfig()
         self.config = config
         self._hooks = Hooks(listeners)
         self._time = time_source(clock)
@@ -100,11 +121,25 @@ class ChainBase(Generic[StreamT]):
         self.cache = cache if cache is not None else response_cache(config, self._time.wall)
         self._owns_cache = cache is None
         self._closed = False
+        clients, owned = make_clients(config, self._client_type(), client, fallback_clients)
+        self._clients: dict[str, ClientT] = clients
+        self._owned_clients: list[ClientT] = owned
+        self._sleep: SleepT = sleep or self._default_sleep()
 
     # -- what a driver implements -----------------------------------------------------------
 
+    def _client_type(self) -> type[ClientT]:
+        raise NotImplementedError
+
+    def _default_sleep(self) -> SleepT:
+        raise NotImplementedError
+
     def _stream(self, request: Request) -> StreamT:
         """The stream object that drives ``request`` when iterated."""
+        raise NotImplementedError
+
+    def _answer(self, prepare: Callable[[], Request]) -> AnswerT:
+        """The whole answer to the request ``prepare`` gives (prepared when the call runs)."""
         raise NotImplementedError
 
     # -- shared --------------------------------------------------------------------------------
@@ -119,8 +154,8 @@ class ChainBase(Generic[StreamT]):
     def _breaker_changed(self, name: str, old: BreakerState, new: BreakerState) -> None:
         self._hooks.emit(BreakerChanged(name, old, new))
 
-    def _start(self, request: Request, slot: ResponseSlot) -> tuple[RequestRun, Flow]:
-        """A new run of ``request`` (its clock starts now) and the flow of its steps."""
+    def _start(self, request: Request, slot: ResponseSlot) -> tuple[RequestRun, Steps]:
+        """A new run of ``request`` (its clock starts now) and the steps of its flow."""
         options = request.options
         run = RequestRun(
             self._tiers,
@@ -144,7 +179,7 @@ class ChainBase(Generic[StreamT]):
             closed=self._is_closed,
             check_open=self._check_open,
         )
-        return run, flow
+        return run, Steps(flow)
 
     def __repr__(self) -> str:
         cfg = self.config.openai
@@ -169,6 +204,16 @@ class ChainBase(Generic[StreamT]):
     def request_key(self, endpoint: Endpoint[Any], request: Mapping[str, Any]) -> str | None:
         """The cache key of ``request`` (an ``endpoint`` request; ``model`` may be left out)."""
         return self._prepare_request(endpoint, request).key
+
+    @classmethod
+    def from_config(cls, path: str | PathLike[str], **kwargs: Any) -> Self:
+        """Load ``path`` (TOML) and build a chain with its own SDK client."""
+        return cls(load_config(path), **kwargs)
+
+    @property
+    def sleep(self) -> SleepT:
+        """The sleep this chain waits with between attempts (injected, or the default)."""
+        return self._sleep
 
     @property
     def clock(self) -> Clock:
@@ -201,23 +246,53 @@ class ChainBase(Generic[StreamT]):
         own = call_options(self.config, deadline, max_attempts, cache, fallbacks)
         return self._stream(self._prepare(messages, model, params, options=own))
 
-    def stream_request(
+    def complete(
         self,
-        endpoint: Endpoint[Any],
-        request: Mapping[str, Any],
+        messages: Sequence[Any],
+        model: str | None = None,
         *,
         deadline: float | None = None,
         max_attempts: int | None = None,
         cache: CacheUse = "use",
         fallbacks: bool | Collection[str] = True,
+        **params: Any,
+    ) -> AnswerT:
+        """The whole answer: the same chain and options as :meth:`stream` (asyncio: awaited).
+
+        Streaming first, unless ``openai.complete_streams`` is false: then each route's
+        non-streaming tier comes before its streaming one (see that setting's trade-off).
+        """
+
+        def prepare() -> Request:
+            own = call_options(self.config, deadline, max_attempts, cache, fallbacks)
+            whole_first = self._whole_first
+            return self._prepare(messages, model, params, whole_first=whole_first, options=own)
+
+        return self._answer(prepare)
+
+    def stream_request(
+        self, endpoint: Endpoint[Any], request: Mapping[str, Any], **options: Unpack[CallKeywords]
     ) -> StreamT:
         """:meth:`stream` for another API: ``request`` as ``endpoint``'s ``create`` takes it.
 
         ``model`` may be left out (the config's); ``timeout`` is the call's own, as in
-        :meth:`stream`. ``response.completion`` is then ``endpoint``'s answer type.
+        :meth:`stream`; ``options`` as :meth:`stream`'s. ``response.completion`` is then
+        ``endpoint``'s answer type.
         """
-        own = call_options(self.config, deadline, max_attempts, cache, fallbacks)
+        own = _own_options(self.config, options)
         return self._stream(self._prepare_request(endpoint, request, options=own))
+
+    def complete_request(
+        self, endpoint: Endpoint[Any], request: Mapping[str, Any], **options: Unpack[CallKeywords]
+    ) -> AnswerT:
+        """:meth:`complete` for another API (see :meth:`stream_request`)."""
+
+        def prepare() -> Request:
+            own = _own_options(self.config, options)
+            whole_first = self._whole_first
+            return self._prepare_request(endpoint, request, whole_first=whole_first, options=own)
+
+        return self._answer(prepare)
 
     def _prepare(
         self,
@@ -270,24 +345,33 @@ class ChainBase(Generic[StreamT]):
             return None
 
 
-_Client = TypeVar("_Client", openai.OpenAI, openai.AsyncOpenAI)
+
+
+def _own_options(config: ChainConfig, options: CallKeywords) -> CallOptions | None:
+    return call_options(
+        config,
+        options.get("deadline"),
+        options.get("max_attempts"),
+        options.get("cache", "use"),
+        options.get("fallbacks", True),
+    )
 
 
 def make_clients(
     config: ChainConfig,
-    factory: type[_Client],
-    client: _Client | None,
-    fallback_clients: Mapping[str, _Client] | None,
-) -> tuple[dict[str, _Client], list[_Client]]:
+    factory: type[ClientT],
+    client: ClientT | None,
+    fallback_clients: Mapping[str, ClientT] | None,
+) -> tuple[dict[str, ClientT], list[ClientT]]:
     """One SDK client per provider (``"primary"`` and each fallback), SDK retries off.
 
     Injected clients are used through ``with_options(max_retries=0)`` copies and never closed;
     a fallback with the primary's ``base_url`` and ``api_key_env`` shares the primary's client.
     Returns the clients by provider and the ones the chain created (and must close).
     """
-    owned: list[_Client] = []
+    owned: list[ClientT] = []
 
-    def make(cfg: OpenAIConfig) -> _Client:
+    def make(cfg: OpenAIConfig) -> ClientT:
         created = factory(
             base_url=cfg.base_url,
             api_key=cfg.api_key(file=config.source),

@@ -301,18 +301,7 @@ class RequestRun:
         Not added to ``attempts`` (nothing failed); listeners still see it end.
         """
         if self._hooks:
-            self._hooks.emit(
-                AttemptEnded(
-                    self.request_id,
-                    step.tier.name,
-                    step.number,
-                    "abandoned",
-                    None,
-                    None,
-                    self._clock() - step.started,
-                    None,
-                )
-            )
+            self._emit_ended(step, "abandoned", duration=self._clock() - step.started)
 
     def failed(
         self,
@@ -540,19 +529,31 @@ class RequestRun:
         )
         self.attempts.append(attempt)
         if self._hooks:
-            self._hooks.emit(
-                AttemptEnded(
-                    self.request_id,
-                    step.tier.name,
-                    step.number,
-                    outcome,
-                    type(error).__name__ if error is not None else None,
-                    status,
-                    duration,
-                    time_to_first_token,
-                )
+            self._emit_ended(
+                step,
+                outcome,
+                error=type(error).__name__ if error is not None else None,
+                status=status,
+                duration=duration,
+                time_to_first_token=time_to_first_token,
             )
         return attempt
+
+    def _emit_ended(
+        self,
+        step: TryTier,
+        outcome: Literal["success", "failure", "abandoned"],
+        *,
+        duration: float,
+        error: str | None = None,
+        status: int | None = None,
+        time_to_first_token: float | None = None,
+    ) -> None:
+        name, number = step.tier.name, step.number
+        ended = AttemptEnded(
+            self.request_id, name, number, outcome, error, status, duration, time_to_first_token
+        )
+        self._hooks.emit(ended)
 
     def _leave_tier(
         self,

@@ -7,16 +7,14 @@ reported, when to hedge, what the consumer is shown, when the cache is read and 
 and the listener events. A driver is a loop that performs steps (tenacity's
 ``Retrying``/``AsyncRetrying`` split: one decision core, a loop per way of waiting).
 
-The protocol a driver follows::
+A driver follows it through :class:`Steps`::
 
-    flow = request_flow(...)
-    reply, send = None, flow.send
-    while True:
-        step = send(reply)            # StopIteration: the request is over
+    steps = Steps(request_flow(...))
+    for step in steps:                # ends when the request is over
         try:
-            reply, send = perform(step), flow.send
+            steps.done(perform(step))
         except BaseException as exc:  # including GeneratorExit and CancelledError
-            reply, send = exc, flow.throw
+            steps.failed(exc)
 
 Every exception a step raised goes back into the flow, which reports the attempt's permit
 (further ``Report`` steps; no events are shown after an error) and raises what the caller
@@ -51,12 +49,45 @@ from ._steps import (
 )
 from ._watch import AttemptWatch
 
-__all__ = ["Flow", "request_flow"]
+__all__ = ["Flow", "Steps", "request_flow"]
 
 logger = logging.getLogger("fallbackchain")
 
 Flow = Generator[Step, Any, None]
 """A request's flow: yields steps, is sent their results (see the module docstring)."""
+
+
+class Steps:
+    """A flow's steps, one at a time: tell it what each step gave, or the error it met.
+
+    Iterating asks the flow for the next step, handing it the last reply; iteration ends
+    with the request. An error handed back is raised inside the flow, which decides: it
+    may report the attempt (more steps) and raises what the caller must see, from
+    ``next()``.
+    """
+
+    __slots__ = ("_flow", "_reply", "_send")
+
+    def __init__(self, flow: Flow) -> None:
+        self._flow = flow
+        self._send: Callable[[Any], Step] = flow.send
+        self._reply: Any = None
+
+    def __iter__(self) -> Steps:
+        return self
+
+    def __next__(self) -> Step:
+        return self._send(self._reply)
+
+    def done(self, reply: Any = None) -> None:
+        """The step was done; ``reply`` is what it gave (see ``_steps``)."""
+        self._reply = reply
+        self._send = self._flow.send
+
+    def failed(self, error: BaseException) -> None:
+        """The step raised ``error``: the flow gets it next."""
+        self._reply = error
+        self._send = self._flow.throw
 
 
 def request_flow(

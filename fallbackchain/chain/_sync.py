@@ -10,44 +10,25 @@ wait is bounded by the SDK's per-read timeout, and each read is checked by the a
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable, Collection, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from os import PathLike
 from typing import Any, Self
 
 import openai
 
-from .._config import ChainConfig, load_config
 from .._errors import StreamNotFinishedError
 from .._results import ChainEvent, ChainResponse
-from .._timing import Clock, TimeSource, default_sleep, sleep_unless_testing
 from .._timing import Sleep as SleepFunc
+from .._timing import default_sleep, sleep_unless_testing
 from ..breaker import Permit
-from ..cache import ResponseCache
-from ._call_options import CacheUse, call_options
-from ._chain import ChainBase, OpenedStream, make_clients
+from . import _steps as kind
+from ._chain import ChainBase, OpenedStream
 from ._core import RequestRun
 from ._dropin import ChainChat
-from ._endpoint import Endpoint
 from ._race import Dismissal, Entrant, Race
 from ._request import Request, ResponseSlot
 from ._responses_dropin import ChainResponses
-from ._steps import (
-    Acquire,
-    AwaitSlot,
-    FetchWhole,
-    Opened,
-    OpenStream,
-    ReadCache,
-    ReadStream,
-    Report,
-    Show,
-    Sleep,
-    Step,
-    TryTier,
-    WriteCache,
-)
 from ._watch import AttemptWatch
 
 __all__ = ["ChainStream", "FallbackChain"]
@@ -90,37 +71,19 @@ class ChainStream:
         self.close()
 
 
-class FallbackChain(ChainBase[ChainStream]):
+class FallbackChain(ChainBase[ChainStream, openai.OpenAI, SleepFunc, ChainResponse]):
     """A resilient chat-completions caller for threads. Thread-safe; share one per app.
 
     ``client`` may be your own ``openai.OpenAI``; the chain uses a copy with the SDK's own
     retries switched off (stacked retries multiply) and never closes yours. ``clock``,
-    ``sleep`` and ``random`` are injectable for tests.
+    ``sleep`` (``time.sleep`` by default) and ``random`` are injectable for tests.
     """
 
-    def __init__(
-        self,
-        config: ChainConfig | None = None,
-        *,
-        client: openai.OpenAI | None = None,
-        fallback_clients: Mapping[str, openai.OpenAI] | None = None,
-        cache: ResponseCache | None = None,
-        clock: TimeSource | Clock | None = None,
-        sleep: SleepFunc | None = None,
-        random: Callable[[], float] | None = None,
-        listeners: Sequence[object] = (),
-    ) -> None:
-        config = config or ChainConfig()
-        super().__init__(config, clock=clock, random=random, cache=cache, listeners=listeners)
-        self._clients, self._owned_clients = make_clients(
-            config, openai.OpenAI, client, fallback_clients
-        )
-        self._sleep = sleep or default_sleep
+    def _client_type(self) -> type[openai.OpenAI]:
+        return openai.OpenAI
 
-    @property
-    def sleep(self) -> SleepFunc:
-        """The sleep this chain waits with between attempts (injected, or ``time.sleep``)."""
-        return self._sleep
+    def _default_sleep(self) -> SleepFunc:
+        return default_sleep
 
     @property
     def chat(self) -> ChainChat:
@@ -132,50 +95,8 @@ class FallbackChain(ChainBase[ChainStream]):
         """The openai SDK's shape: ``chain.responses.create(...)`` (see ``_responses_dropin``)."""
         return ChainResponses(self, self.config.openai.model)
 
-    @classmethod
-    def from_config(cls, path: str | PathLike[str], **kwargs: Any) -> Self:
-        """Load ``path`` (TOML) and build a chain with its own OpenAI client."""
-        return cls(load_config(path), **kwargs)
-
-    def complete(
-        self,
-        messages: Sequence[Any],
-        model: str | None = None,
-        *,
-        deadline: float | None = None,
-        max_attempts: int | None = None,
-        cache: CacheUse = "use",
-        fallbacks: bool | Collection[str] = True,
-        **params: Any,
-    ) -> ChainResponse:
-        """The whole answer: the same chain and options as :meth:`stream`.
-
-        Streaming first, unless ``openai.complete_streams`` is false: then each route's
-        non-streaming tier comes before its streaming one (see that setting's trade-off).
-        """
-        own = call_options(self.config, deadline, max_attempts, cache, fallbacks)
-        request = self._prepare(messages, model, params, whole_first=self._whole_first, options=own)
-        return self._complete(request)
-
-    def complete_request(
-        self,
-        endpoint: Endpoint[Any],
-        request: Mapping[str, Any],
-        *,
-        deadline: float | None = None,
-        max_attempts: int | None = None,
-        cache: CacheUse = "use",
-        fallbacks: bool | Collection[str] = True,
-    ) -> ChainResponse:
-        """:meth:`complete` for another API (see :meth:`stream_request`)."""
-        own = call_options(self.config, deadline, max_attempts, cache, fallbacks)
-        whole_first = self._whole_first
-        return self._complete(
-            self._prepare_request(endpoint, request, whole_first=whole_first, options=own)
-        )
-
-    def _complete(self, request: Request) -> ChainResponse:
-        with self._stream(request) as stream:
+    def _answer(self, prepare: Callable[[], Request]) -> ChainResponse:
+        with self._stream(prepare()) as stream:
             for _ in stream:
                 pass
             return stream.response
@@ -210,45 +131,38 @@ class FallbackChain(ChainBase[ChainStream]):
 
     def _drive(self, request: Request, slot: ResponseSlot) -> Iterator[ChainEvent]:
         """Perform the steps of ``request``'s flow (see ``_flow`` for the protocol)."""
-        run, flow = self._start(request, slot)
-        reply: Any = None
-        send: Callable[[Any], Step] = flow.send
-        while True:
+        run, steps = self._start(request, slot)
+        for step in steps:
             try:
-                step = send(reply)
-            except StopIteration:
-                return
-            try:
-                if isinstance(step, ReadStream):
-                    reply = yield from self._read_stream(request, run, step)
-                elif isinstance(step, Show):
+                if isinstance(step, kind.ReadStream):
+                    steps.done((yield from self._read_stream(request, run, step)))
+                elif isinstance(step, kind.Show):
                     yield from self._show(step.events, run)
-                    reply = None
+                    steps.done()
                 else:
-                    reply = self._perform(request, run, step)
-                send = flow.send
+                    steps.done(self._perform(request, run, step))
             except BaseException as exc:  # noqa: BLE001 - back into the flow, which decides
-                reply, send = exc, flow.throw
+                steps.failed(exc)
 
-    def _perform(self, request: Request, run: RequestRun, step: Step) -> Any:
+    def _perform(self, request: Request, run: RequestRun, step: kind.Step) -> Any:
         """Do what ``step`` names (every step but ``ReadStream`` and ``Show``)."""
-        if isinstance(step, Report):
+        if isinstance(step, kind.Report):
             return _report(step.permit, step.outcome)
-        if isinstance(step, Acquire):
+        if isinstance(step, kind.Acquire):
             return step.tier.gate.acquire()
-        if isinstance(step, OpenStream):
+        if isinstance(step, kind.OpenStream):
             if step.hedge_after is None:
                 return self._open_stream(request, run, step.attempt, step.watch)
             return self._race(request, run, step)
-        if isinstance(step, FetchWhole):
+        if isinstance(step, kind.FetchWhole):
             return self._fetch_whole(request, run, step)
-        if isinstance(step, Sleep):
+        if isinstance(step, kind.Sleep):
             return sleep_unless_testing(self._sleep, step.seconds)
-        if isinstance(step, AwaitSlot):
+        if isinstance(step, kind.AwaitSlot):
             return step.tier.gate.wait(step.seconds, since=step.since)
-        if isinstance(step, ReadCache):
+        if isinstance(step, kind.ReadCache):
             return self._lookup(step.key)
-        if isinstance(step, WriteCache):
+        if isinstance(step, kind.WriteCache):
             return self._store(step.key, step.stored)
         raise TypeError(f"not a step for this driver: {step!r}")
 
@@ -260,7 +174,7 @@ class FallbackChain(ChainBase[ChainStream]):
             run.pause(clock() - handed)  # the consumer held the stream: not upstream time
 
     def _open_stream(
-        self, request: Request, run: RequestRun, attempt: TryTier, watch: AttemptWatch
+        self, request: Request, run: RequestRun, attempt: kind.TryTier, watch: AttemptWatch
     ) -> OpenedStream:
         """Send the attempt and read until its first content (or its end); nothing is shown.
 
@@ -298,7 +212,7 @@ class FallbackChain(ChainBase[ChainStream]):
         return opened
 
     def _read_stream(
-        self, request: Request, run: RequestRun, step: ReadStream
+        self, request: Request, run: RequestRun, step: kind.ReadStream
     ) -> Generator[ChainEvent, None, Any]:
         """Show what :meth:`_open_stream` read, then the rest of the stream; return the answer."""
         clock = self._clock
@@ -332,7 +246,7 @@ class FallbackChain(ChainBase[ChainStream]):
                         yield from delta(piece, source)
         return assembler.finish(model=request.model)
 
-    def _race(self, request: Request, run: RequestRun, step: OpenStream) -> Opened:
+    def _race(self, request: Request, run: RequestRun, step: kind.OpenStream) -> kind.Opened:
         """Open ``step``'s attempt in a thread, hedge it when silent; the race's end.
 
         The rules are :class:`Race`'s; here entrants run, and the ones that do not go on are
@@ -377,7 +291,7 @@ class FallbackChain(ChainBase[ChainStream]):
         finally:
             pool.shutdown(wait=False)
 
-    def _fetch_whole(self, request: Request, run: RequestRun, step: FetchWhole) -> Any:
+    def _fetch_whole(self, request: Request, run: RequestRun, step: kind.FetchWhole) -> Any:
         tier = step.attempt.tier
         read = run.read_budget(tier, self._clock(), request.timeout)
         kwargs = request.kwargs(tier, streaming=False, read=read)
