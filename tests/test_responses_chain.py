@@ -484,3 +484,22 @@ def test_listeners_see_a_responses_request_like_a_chat_one(make_chain: Any, serv
     assert end.input_tokens is not None
     assert end.output_tokens is not None
     assert end.output_tokens > 0
+
+
+def test_a_fallback_without_the_responses_api_is_skipped(
+    harness_factory: Any, server: Any, backup: Any
+) -> None:
+    h = harness_factory(
+        fallbacks=(FallbackConfig(name="backup", model="backup-model"),),
+        fallback_servers={"backup": backup},
+    )
+    server.default = Fault.status(503)
+    backup.push(Fault.status(404), api="responses", times=None)  # e.g. a chat-only server
+    with pytest.raises(AllTiersFailedError) as info:
+        create(h)
+    rejected = [a for a in info.value.attempts if a.tier == "backup"]
+    assert len(rejected) == 1
+    assert rejected[0].error_type == "RouteRejectedError"
+    assert all(
+        state == "closed" for name, state in h.chain.breaker_states().items() if "backup" in name
+    )
