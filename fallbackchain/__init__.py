@@ -33,7 +33,7 @@ _HOMES: Final = (
     "breaker",
     "cache",
     "chain",
-    "_warm",
+    "warming",
 )
 
 if TYPE_CHECKING:
@@ -87,7 +87,6 @@ if TYPE_CHECKING:
     )
     from ._results import Attempt, ChainEvent, ChainResponse
     from ._timing import is_testing, set_testing
-    from ._warm import WarmProgress, WarmReport, WarmRequest, awarm, warm
     from .breaker import BreakerState
     from .cache import (
         CachedAnswer,
@@ -118,6 +117,7 @@ if TYPE_CHECKING:
         StreamDivergedError,
         trace_of,
     )
+    from .warming import WarmProgress, WarmReport, WarmRequest, awarm, warm
 
 
 def __getattr__(name: str) -> Any:

@@ -37,7 +37,7 @@ def gate_store(config: ChainConfig, tier: str) -> GateStore:
         return MemoryGateStore()
     if config.breaker.storage == "redis":
         _require_redis(config, "breaker.storage")
-        from .breaker._redis_store import RedisGateStore  # noqa: PLC0415 - loads redis
+        from .breaker import RedisGateStore  # noqa: PLC0415 - loads redis
 
         store: GateStore = RedisGateStore(
             config.breaker.redis_url, namespace=config.breaker.namespace, name=tier

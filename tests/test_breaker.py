@@ -6,10 +6,10 @@ import asyncio
 import threading
 import time
 
+import pybreaker
 import pytest
 
-from fallbackchain.breaker import BreakerGate
-from fallbackchain.breaker._gate import BUSY
+from fallbackchain.breaker import BUSY, BreakerGate, MemoryGateStore
 
 
 def gate(clock, fail_max=3, reset_timeout=30.0, **kw):
@@ -123,7 +123,7 @@ def test_permit_settles_only_once(clock):
 
 def test_straggler_success_does_not_close_an_open_breaker(clock):
     g = gate(clock)
-    g.acquire().success()  # trusted: any number of attempts may be in flight
+    g.acquire().success()  # proven: any number of attempts may be in flight
     early = g.acquire()
     fail(g, 3)
     early.success()
@@ -152,7 +152,7 @@ def test_state_changes_are_reported_and_a_failing_listener_is_contained(clock, c
 def test_gate_does_not_serialise_callers(clock):
     """Unlike pybreaker's call(), no lock is held while the protected work runs."""
     g = gate(clock)
-    g.acquire().success()  # trusted: in doubt, at most fail_max would be let in
+    g.acquire().success()  # proven: unproven, at most fail_max would be let in
     inside = threading.Barrier(8, timeout=5)
 
     def worker():
@@ -216,18 +216,84 @@ def test_pybreaker_call_serialises_callers_which_is_why_the_gate_exists():
     assert any(isinstance(e, threading.BrokenBarrierError) for e in errors)
 
 
-def test_pybreakers_own_view_stays_true(clock):
+def test_pybreaker_call_counts_cancellation_as_a_failure_which_a_released_permit_does_not(clock):
+    """Why the gate never uses call(): a cancelled consumer says nothing about the upstream."""
+    cb = pybreaker.CircuitBreaker(fail_max=5)
+
+    def cancelled():
+        raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        cb.call(cancelled)
+    assert cb.fail_counter == 1
     g = gate(clock)
+    g.acquire().release()
+    assert g.fail_counter == 0
+
+
+def test_pybreaker_is_the_state_machine_and_its_storage_holds_the_counts(clock):
+    store = MemoryGateStore()
+    g = gate(clock, store=store)
     fail(g, 2)
-    assert g.breaker.fail_counter == 2
+    assert (store.breaker.fail_counter, store.breaker.current_state) == (2, "closed")
     fail(g, 1)
-    assert g.breaker.current_state == "open"
-    assert g.breaker.fail_max == 3
+    assert store.breaker.current_state == "open"
+    assert store.breaker.fail_max == 3 and store.breaker.reset_timeout == 30.0
+    storage = store.breaker._state_storage
+    assert storage.counter == g.fail_counter == 3  # the one source of the count
+    assert storage.opened_at.timestamp() == pytest.approx(clock())  # on the gate's clock
+    clock.advance(31)
+    g.acquire().success()
+    assert (store.breaker.current_state, storage.counter) == ("closed", 0)
+
+
+class Heard(pybreaker.CircuitBreakerListener):
+    def __init__(self):
+        self.changes = []
+
+    def state_change(self, cb, old_state, new_state):
+        self.changes.append((cb.name, old_state.name, new_state.name))
+
+
+def test_a_pybreaker_listener_hears_every_transition(clock):
+    store = MemoryGateStore()
+    heard = Heard()
+    store.breaker.add_listener(heard)
+    store.breaker.name = "stream"
+    g = gate(clock, store=store)
+    fail(g, 3)
+    clock.advance(31)
+    probe = g.acquire()
+    probe.failure()
+    clock.advance(31)
+    g.acquire().success()
+    assert heard.changes == [
+        ("stream", "closed", "open"),
+        ("stream", "open", "half-open"),
+        ("stream", "half-open", "open"),
+        ("stream", "open", "half-open"),
+        ("stream", "half-open", "closed"),
+    ]
+
+
+def test_a_restore_continues_from_a_state_seen_elsewhere_without_a_transition(clock):
+    """What a Redis store's local fallback does when Redis goes away (seeded, O(1))."""
+    seen = []
+    store = MemoryGateStore()
+    g = gate(clock, store=store, on_state_change=lambda *a: seen.append(a))
+    g.acquire().success()  # proven, so the restore below must take that back too
+    store.restore("open", 10**6, clock() - 20.0, proven=False)
+    assert (g.state, g.fail_counter) == ("open", 10**6)
+    assert g.acquire() is None
+    clock.advance(10.1)
+    assert g.acquire().probe  # opened 30 s ago on the gate's clock
+    store.restore("closed", 2, None, proven=False)
+    assert (g.state, g.fail_counter) == ("closed", 2)  # pybreaker's closing kept the count
+    assert g.acquire().limited and g.acquire() is BUSY  # 2 failures + 1 slot = fail_max
+    assert seen == [("stream", "open", "half-open")]  # the restores were not transitions
 
 
 def test_two_gates_sharing_a_store_share_one_breaker(clock):
-    from fallbackchain.breaker._gate import MemoryGateStore
-
     store = MemoryGateStore()
     a, b = gate(clock, store=store), gate(clock, store=store)
     fail(a, 2)
@@ -263,7 +329,7 @@ def test_a_busy_caller_waits_until_an_attempt_settles_not_the_whole_timeout(cloc
     started = time.monotonic()
     g.wait(30.0)
     assert time.monotonic() - started < 10.0  # woken by the release, long before 30 s
-    assert g.acquire().trial
+    assert g.acquire().limited
 
 
 def test_a_busy_task_is_woken_from_another_thread_and_the_loop_keeps_running(clock):
@@ -307,7 +373,7 @@ def test_a_settle_between_busy_and_wait_is_not_missed(clock):
     started = time.monotonic()
     g.wait(30.0, since=since)
     assert time.monotonic() - started < 1.0
-    assert g.acquire().trial
+    assert g.acquire().limited
 
 
 def test_an_async_settle_between_busy_and_wait_is_not_missed(clock):
@@ -347,8 +413,8 @@ SCRIPTS = {
         "fail",
         "acquire",
     ],
-    "a vouch frees the trial slot, its later failure still counts": [
-        "vouch-then-fail",
+    "first content frees the limited slot, a later failure still counts": [
+        "content-then-fail",
         "acquire",
         "fail",
         "fail",
@@ -364,7 +430,7 @@ def _kind(permit):
         return "refused"
     if permit is BUSY:
         return "busy"
-    return "probe" if permit.probe else ("trial" if permit.trial else "normal")
+    return "probe" if permit.probe else ("limited" if permit.limited else "normal")
 
 
 def _run_script_sync(g, clock, script):
@@ -377,9 +443,9 @@ def _run_script_sync(g, clock, script):
         trace.append(_kind(permit))
         if permit is None or permit is BUSY:
             continue
-        if step.startswith("vouch"):
-            permit.vouch()
-            permit.vouch()
+        if step.startswith("content"):
+            permit.first_content()
+            permit.first_content()
         if step.endswith("fail") or step == "fail-twice":
             trace.append(permit.failure())
         if step == "fail-twice":
@@ -404,9 +470,9 @@ async def _run_script_async(g, clock, script):
         trace.append(_kind(permit))
         if permit is None or permit is BUSY:
             continue
-        if step.startswith("vouch"):
-            await permit.avouch()
-            await permit.avouch()
+        if step.startswith("content"):
+            await permit.afirst_content()
+            await permit.afirst_content()
         if step.endswith("fail") or step == "fail-twice":
             trace.append(await permit.afailure())
         if step == "fail-twice":

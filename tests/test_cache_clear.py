@@ -8,9 +8,9 @@ import pathlib
 import diskcache.core
 import pytest
 
-from fallbackchain._cli import main
 from fallbackchain._config import CacheConfig
 from fallbackchain.cache._cache import ResponseCache
+from fallbackchain.cli import main
 
 from .test_cache import LOGGER, cache_warnings, completion, plant_row, real_key
 

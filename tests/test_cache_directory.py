@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from fallbackchain._cli import main
 from fallbackchain._errors import ConfigError
 from fallbackchain.cache._cache import ResponseCache
+from fallbackchain.cli import main
 
 from .test_cache import LOGGER, FakeClock, cache_warnings, completion, make_config, real_key
 

@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion
 
-from fallbackchain._cli import main
 from fallbackchain._config import CacheConfig
 from fallbackchain.cache._cache import ResponseCache
+from fallbackchain.cli import main
 
 from .test_cache import T0, FakeClock, body, export_line, make_config, real_key
 

@@ -36,7 +36,7 @@ import contextlib, io, json, logging, os, sys, time
 from openai.types.chat import ChatCompletion
 
 from fallbackchain.cache._cache import ResponseCache, cache_key
-from fallbackchain._cli import main
+from fallbackchain.cli import main
 from fallbackchain._config import CacheConfig
 
 directory, export_to, scenario = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -355,7 +355,7 @@ def test_a_chain_serves_a_stored_answer_from_a_read_only_cache_in_an_outage(
 WARM_CHILD = r"""
 import json, sys
 
-from fallbackchain._cli import main
+from fallbackchain.cli import main
 
 print(json.dumps({"code": main(["warm", sys.argv[1], "--config", sys.argv[2]])}))
 """

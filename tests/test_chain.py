@@ -484,7 +484,7 @@ def test_a_busy_wait_ends_when_a_trial_could_have_proved_itself(harness_factory,
     h = harness_factory(breaker__fail_max=2, retry__max_attempts=1)
     gate = h.chain.breakers["stream"]
     held = [gate.acquire(), gate.acquire()]  # two trials in flight, as if in other threads
-    assert all(p.trial for p in held)
+    assert all(p.limited for p in held)
     waits: list[float] = []
 
     def wait(seconds: float, *, since: int | None = None) -> None:

@@ -243,28 +243,17 @@ def test_the_idle_watchdog_follows_a_consumer_that_waits_from_new_tasks(tmp_path
 @pytest.mark.slow
 def test_a_cancel_while_settling_a_shared_breaker_never_leaks_the_probe(server, clock, tmp_path):
     """With a store that awaits (Redis), cancelling the consumer mid-settle must still settle."""
-    from fallbackchain.breaker._gate import MemoryGateStore
+    from fallbackchain.breaker import MemoryGateStore
 
     class SlowStore(MemoryGateStore):
-        async def atry_acquire(self, now, reset_timeout, probe_lease, **kw):
-            return self.try_acquire(now, reset_timeout, probe_lease, **kw)
-
-        async def arecord_success(self, *, probe, token=None):
-            await asyncio.sleep(0.2)
-            return self.record_success(probe=probe, token=token)
-
-        async def arecord_failure(self, now, fail_max, *, probe, token=None):
-            return self.record_failure(now, fail_max, probe=probe, token=token)
-
-        async def arecord_release(self, *, probe, token=None):
-            self.record_release(probe=probe, token=token)
-
-        async def arecord_vouch(self, *, token):
-            self.record_vouch(token=token)
+        async def aapply(self, step):
+            if step.kind == "success":
+                await asyncio.sleep(0.2)
+            return self.apply(step)
 
     h = Harness("async", make_config(tmp_path, server.base_url), server, clock)
     gate = h.chain.breakers["stream"]
-    gate._store = gate._astore = SlowStore()
+    gate._store = SlowStore()
     for _ in range(5):
         gate.acquire().failure()
     clock.advance(h.chain.config.breaker.reset_timeout + 1)

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from fallbackchain import FallbackChain, __version__
-from fallbackchain._cli import main
+from fallbackchain.cli import main
 from fallbackchain.testing import Fault
 
 from .conftest import ROOT, user

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from fallbackchain import FallbackChain, load_config
-from fallbackchain._cli import main
+from fallbackchain.cli import main
 
 from .conftest import ROOT, user
 from .redis_server import RedisServer, free_port, require_redis_package, require_redis_server
@@ -88,7 +88,7 @@ def test_an_installed_package_has_the_templates_and_init_uses_them(tmp_path):
     env["PYTHONPATH"] = str(build)
     done = subprocess.run(
         [sys.executable, "-c",
-         "import sys, fallbackchain, fallbackchain._cli as c; print(fallbackchain.__file__); "
+         "import sys, fallbackchain, fallbackchain.cli as c; print(fallbackchain.__file__); "
          "sys.exit(c.main(['init', '--template', 'multi-provider']))"],
         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120, check=False,
     )

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from fallbackchain._cli import main
+from fallbackchain.cli import main
 
 from .conftest import ROOT
 from .redis_server import free_port

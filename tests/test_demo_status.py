@@ -9,10 +9,10 @@ import time
 import pytest
 
 from fallbackchain._backends import gate_store
-from fallbackchain._cli import main
 from fallbackchain._config import load_config
 from fallbackchain._demo import run_demo
 from fallbackchain.breaker import BreakerGate
+from fallbackchain.cli import main
 
 from .redis_server import RedisServer, require_redis_package, require_redis_server
 

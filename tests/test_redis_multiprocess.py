@@ -128,9 +128,11 @@ def shared_state_worker(
 
         from fallbackchain._config import CacheConfig
         from fallbackchain.breaker._redis_store import RedisGateStore
+        from fallbackchain.breaker._stores import GateSettings, Step
         from fallbackchain.cache._redis_cache import RedisResponseCache
 
         store = RedisGateStore(url, namespace=namespace, name="stream")
+        settings = GateSettings(fail_max=10**9, reset_timeout=30.0, probe_lease=600.0, limited_lease=600.0)
         cache = RedisResponseCache(
             CacheConfig(backend="redis", redis_url=url, ttl=600.0), namespace=namespace
         )
@@ -152,12 +154,10 @@ def shared_state_worker(
         stored = cache.put(f"fc1-{index:064x}", completion)
         barrier.wait()
         for _ in range(failures):
-            store.record_failure(1000.0, 10**9, probe=False)
+            store.apply(Step("failure", settings, 1000.0))
         barrier.wait()  # the parent checks the count and opens the breaker
         barrier.wait()
-        grant, _ = store.try_acquire(
-            time.time(), 30.0, 600.0, fail_max=10**9, token=f"worker-{index}", trial_lease=600.0
-        )
+        grant, _ = store.apply(Step("ask", settings, time.time(), f"worker-{index}"))
         results.put({"grant": grant, "stored": stored, "on_redis": store.using_redis})
     except BaseException as exc:
         results.put({"error": repr(exc)})

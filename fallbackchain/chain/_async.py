@@ -167,7 +167,7 @@ class AsyncFallbackChain(
                             yield event
                     if not opened.ended:
                         items, add, check = opened.items, assembler.add, watch.after_wait
-                        trial = attempt.permit.trial
+                        trial = attempt.permit.limited
                         after = opened.after
                         watchdog = _Watchdog(asyncio.get_running_loop())
                         try:
@@ -187,7 +187,7 @@ class AsyncFallbackChain(
                                 piece = add(item)
                                 first = check(before, after, got_content=assembler.content_seen)
                                 if first and trial:
-                                    await attempt.permit.avouch()
+                                    await attempt.permit.afirst_content()
                                 if piece:
                                     for event in delta(piece, source):
                                         yield event
@@ -299,8 +299,8 @@ class AsyncFallbackChain(
                 opened.after = clock()
                 piece = assembler.add(item)
                 first = watch.after_wait(before, opened.after, got_content=assembler.content_seen)
-                if first and attempt.permit.trial:
-                    await attempt.permit.avouch()  # a trial's first content lets waiting callers in
+                if first and attempt.permit.limited:
+                    await attempt.permit.afirst_content()  # lets waiting callers in
                 if piece:
                     opened.pieces.append(piece)
         except BaseException:

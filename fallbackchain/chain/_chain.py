@@ -107,7 +107,7 @@ class ChainBase(Generic[StreamT, ClientT, SleepT, AnswerT]):
                 clock=self._clock,
                 store=gate_store(config, name),
                 probe_lease=config.retry.deadline + route.timeout,
-                trial_lease=longest + 1.0,
+                limited_lease=longest + 1.0,
                 on_state_change=self._breaker_changed,
             )
 

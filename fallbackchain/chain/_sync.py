@@ -202,8 +202,8 @@ class FallbackChain(ChainBase[ChainStream, openai.OpenAI, SleepFunc, ChainRespon
                 opened.after = clock()
                 piece = assembler.add(item)
                 first = watch.after_wait(before, opened.after, got_content=assembler.content_seen)
-                if first and attempt.permit.trial:
-                    attempt.permit.vouch()  # a trial's first content lets waiting callers in
+                if first and attempt.permit.limited:
+                    attempt.permit.first_content()  # its first content lets waiting callers in
                 if piece:
                     opened.pieces.append(piece)
         except BaseException:
@@ -229,7 +229,7 @@ class FallbackChain(ChainBase[ChainStream, openai.OpenAI, SleepFunc, ChainRespon
             if not opened.ended:
                 items = opened.items
                 after = opened.after
-                trial = attempt.permit.trial
+                trial = attempt.permit.limited
                 while True:
                     before = clock()
                     # Between two waits the consumer held the stream: not the upstream's time.
@@ -241,7 +241,7 @@ class FallbackChain(ChainBase[ChainStream, openai.OpenAI, SleepFunc, ChainRespon
                     after = clock()
                     piece = add(item)
                     if check(before, after, got_content=assembler.content_seen) and trial:
-                        attempt.permit.vouch()
+                        attempt.permit.first_content()
                     if piece:
                         yield from delta(piece, source)
         return assembler.finish(model=request.model)

@@ -56,7 +56,7 @@ def guarded(gate: BreakerGate) -> bool:
     permit = gate.acquire()
     if permit is None or permit is BUSY:
         return False
-    trial: bool = permit.trial
-    permit.vouch()
+    limited: bool = permit.limited
+    permit.first_content()
     permit.success()
-    return trial
+    return limited
