@@ -10,9 +10,9 @@ import pytest
 
 from fallbackchain._backends import gate_store
 from fallbackchain._config import load_config
-from fallbackchain._demo import run_demo
 from fallbackchain.breaker import BreakerGate
 from fallbackchain.cli import main
+from fallbackchain.testing import run_demo
 
 from .redis_server import RedisServer, require_redis_package, require_redis_server
 
@@ -137,3 +137,11 @@ def test_status_on_a_bad_config_is_one_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "retry.max_attempts" in err and str(path) in err
     assert "Traceback" not in err
+
+
+@pytest.mark.slow  # the whole demo
+def test_the_test_bed_runs_the_demo_too(capsys):
+    from fallbackchain.testing.__main__ import main as testing_main
+
+    assert testing_main(["demo"]) == 0
+    assert "Everything down" in capsys.readouterr().out

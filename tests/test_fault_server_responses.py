@@ -348,6 +348,7 @@ def test_drop_mid_stream_and_mid_body(server: FaultServer, client: openai.OpenAI
         client.responses.create(model=MODEL, input=PROMPT)
 
 
+@pytest.mark.slow  # waits out a 0.3 s read timeout
 def test_stall_with_a_short_read_timeout_times_out(server: FaultServer) -> None:
     server.push(Fault.stall(after_chunks=2, seconds=5.0))
     client = make_client(server, timeout=httpx2.Timeout(5.0, read=0.3))
@@ -360,6 +361,7 @@ def test_stall_with_a_short_read_timeout_times_out(server: FaultServer) -> None:
     assert server.wait_idle()
 
 
+@pytest.mark.slow  # a real 0.2 s stall
 def test_stall_then_resumes_and_completes(server: FaultServer, client: openai.OpenAI) -> None:
     server.push(Fault.stall(after_chunks=1, seconds=0.2))
     started = time.monotonic()

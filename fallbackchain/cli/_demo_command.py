@@ -1,6 +1,7 @@
 """``fallbackchain demo``: the resilience story against local fault servers (no API key).
 
-A thin command: the story itself loads only when the command runs.
+A thin command: the story lives in the test bed (``fallbackchain.testing``) and loads
+only when the command runs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ __all__ = ["cmd_demo"]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .._demo import run_demo  # noqa: PLC0415 - only the demo needs the story's imports
+    # The library's one import of its test bed, lazy: the demo lives there (#12).
+    from ..testing import run_demo  # noqa: PLC0415
 
     color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     record = Path(args.record) if args.record else None

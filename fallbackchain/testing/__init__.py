@@ -17,10 +17,13 @@ script exactly how each request goes wrong::
 
 What you can rely on:
 
-* **Standard library only.** The server is an asyncio HTTP/1.1 server running
-  its own event loop in a daemon thread; it serves sync and async clients
-  alike, holds thousands of concurrent streams, and supports keep-alive,
-  ``Connection: close`` and ``Content-Length`` (or chunked) request bodies.
+* **No framework.** The server is an asyncio HTTP/1.1 server running its own
+  event loop in a daemon thread, with ``h11`` (already installed with the
+  ``openai`` SDK's transport) parsing requests and framing responses; it serves
+  sync and async clients alike, holds thousands of concurrent streams, and
+  supports keep-alive, ``Connection: close`` and ``Content-Length`` (or chunked)
+  request bodies. Faults still own the bytes: a reset, a half body or a stream
+  without its last chunk is sent exactly as scripted.
 * **Routes.** ``POST /v1/chat/completions`` (``"stream": true`` or not, with
   ``stream_options.include_usage`` honoured), ``POST /v1/responses``,
   ``GET /v1/responses/{id}`` (``?stream=true&starting_after=N``) and
@@ -84,19 +87,40 @@ What you can rely on:
 * **Clean shutdown.** :meth:`FaultServer.stop` is idempotent, aborts open
   connections (stalled ones included) and joins the thread.
 
-Run ``python -m fallbackchain.testing --port 8000`` for a standalone server.
+Run ``python -m fallbackchain.testing --port 8000`` for a standalone server, and
+``python -m fallbackchain.testing demo`` (the same as ``fallbackchain demo``) for
+the resilience story: :func:`run_demo` drives a real chain against two fault
+servers and returns a :class:`DemoResult` (both load on first use).
 """
+
+from typing import TYPE_CHECKING, Any
 
 from ._faults import Answer, Fault, FaultKind, ToolCall
 from ._server import DEFAULT_MODELS, FaultServer, RecordedRequest, Responder
 
+if TYPE_CHECKING:
+    from ._demo import DemoResult, run_demo
+
 __all__ = [
     "DEFAULT_MODELS",
     "Answer",
+    "DemoResult",
     "Fault",
     "FaultKind",
     "FaultServer",
     "RecordedRequest",
     "Responder",
     "ToolCall",
+    "run_demo",
 ]
+
+_DEMO_NAMES = frozenset({"DemoResult", "run_demo"})
+
+
+def __getattr__(name: str) -> Any:
+    # The demo drives a whole chain: load it (and the chain) only when asked (PEP 562).
+    if name in _DEMO_NAMES:
+        from . import _demo  # noqa: PLC0415
+
+        return getattr(_demo, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,11 +1,17 @@
-"""Run a standalone :class:`~fallbackchain.testing.FaultServer` until Ctrl-C."""
+"""Run a standalone :class:`~fallbackchain.testing.FaultServer` until Ctrl-C, or the demo.
+
+``python -m fallbackchain.testing demo [--record FILE]`` tells the resilience story
+(the same as ``fallbackchain demo``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from ._server import FaultServer
 
@@ -21,7 +27,9 @@ def _parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Example: python -m fallbackchain.testing --port 8000, then point a client at "
-            "the printed base URL with any API key."
+            "the printed base URL with any API key. "
+            "'python -m fallbackchain.testing demo [--record FILE]' runs the resilience "
+            "story instead (the same as 'fallbackchain demo')."
         ),
     )
     parser.add_argument(
@@ -43,8 +51,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _demo(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fallbackchain.testing demo",
+        description="The resilience story against local fault servers (no API key).",
+    )
+    parser.add_argument("--record", metavar="FILE", help="write every event as JSON Lines to FILE")
+    args = parser.parse_args(argv)
+    from ._demo import run_demo  # noqa: PLC0415 - the story loads the whole chain
+
+    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    record = Path(args.record) if args.record else None
+    result = run_demo(sys.stdout, color=color, record=record)
+    return 0 if result.upstream_during_open_breakers == 0 else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv``, serve until interrupted and return the exit status."""
+    """Parse ``argv``, serve until interrupted (or run the demo) and return the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:
+        return _demo(argv[1:])
     args = _parser().parse_args(argv)
     if args.words < 0:
         _parser().error("--words must be >= 0")

@@ -7,7 +7,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 __all__ = ["Answer", "Fault", "FaultKind", "ToolCall"]
 
@@ -34,6 +34,9 @@ INCOMPLETE_REASONS: Mapping[str, str] = {
     "max_output_tokens": "length",
     "content_filter": "content_filter",
 }
+
+_FAILED: Final = "The model failed to generate a response."
+_CODE: Final = "server_error"
 
 # Kinds whose effect happens after ``after_chunks`` content chunks of a stream.
 MID_STREAM_KINDS: frozenset[str] = frozenset(
@@ -232,13 +235,11 @@ class Fault:
         return cls(kind="finish", finish_reason=reason)
 
     @classmethod
-    def failed(
-        cls,
-        after_chunks: int = 0,
-        message: str = "The model failed to generate a response.",
-        code: str = "server_error",
-    ) -> Fault:
+    def failed(cls, after_chunks: int = 0, message: str = _FAILED, code: str = _CODE) -> Fault:
         """The answer fails after ``after_chunks`` content chunks.
+
+        ``message`` defaults to ``"The model failed to generate a response."``,
+        ``code`` to ``"server_error"``.
 
         Responses API: the stream ends with a ``response.failed`` event whose
         response has ``status: "failed"`` and ``error: {code, message}``

@@ -11,6 +11,8 @@ always renders the same events, which is what lets a retrieval with
 from __future__ import annotations
 
 import hashlib
+import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -76,8 +78,6 @@ def sse_event(event: Mapping[str, Any]) -> bytes:
 class ResponseScript:
     """Everything one response is made of; rendering it is deterministic."""
 
-    response_id: str
-    created_at: int
     model: str
     answer: Answer
     request: Mapping[str, Any]
@@ -85,6 +85,8 @@ class ResponseScript:
     prompt_tokens: int
     ending: Fault = field(default_factory=Fault.ok)
     """The fault that shapes the answer (``failed``, ``incomplete``, ``finish``), else ok."""
+    response_id: str = field(default_factory=lambda: f"resp_{uuid.uuid4().hex}")
+    created_at: int = field(default_factory=lambda: int(time.time()))
 
     @property
     def background(self) -> bool:

@@ -1,5 +1,8 @@
 """``fallbackchain demo``: the whole resilience story against local fault servers, no API key.
 
+It lives in the test bed, not in the library: ``fallbackchain demo`` (and
+``python -m fallbackchain.testing demo``) import it only when asked.
+
 Two :class:`~fallbackchain.testing.FaultServer` instances on loopback play the primary provider
 and a backup model. A real :class:`~fallbackchain.FallbackChain` drives a scripted story, printed
 live: healthy streaming → a mid-stream drop recovered without duplicated text → a rate limit with
@@ -27,18 +30,20 @@ from typing import Any, TextIO
 
 import openai
 
-from ._config import (
+# The demo is an app of the library: it uses the public API only.
+from .. import (
+    AllTiersFailedError,
     BreakerConfig,
     CacheConfig,
     ChainConfig,
+    ChainResponse,
+    FallbackChain,
     FallbackConfig,
     OpenAIConfig,
     RetryConfig,
 )
-from ._errors import AllTiersFailedError
-from ._results import ChainResponse
-from .chain import FallbackChain
-from .testing import Fault, FaultServer
+from ._faults import Fault
+from ._server import FaultServer
 
 __all__ = ["DemoResult", "run_demo"]
 
