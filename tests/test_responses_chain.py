@@ -503,3 +503,25 @@ def test_a_fallback_without_the_responses_api_is_skipped(
     assert all(
         state == "closed" for name, state in h.chain.breaker_states().items() if "backup" in name
     )
+
+
+@pytest.mark.slow  # real time: a hedge race
+def test_a_silent_primary_is_hedged_to_a_fallback(
+    harness_factory: Any, server: Any, backup: Any
+) -> None:
+    h = harness_factory(
+        real_time=True,
+        retry__hedge_after=0.2,
+        openai__first_token_timeout=3.0,
+        fallbacks=(FallbackConfig(name="backup", model="backup-model"),),
+        fallback_servers={"backup": backup},
+    )
+    server.push(Fault.slow_first_byte(2.0), stream=True, api="responses")
+    events, trace = stream(h, background=True)
+    final = check_stream_shape(events)
+    assert trace.source == "backup"
+    assert final.output_text == backup.answer_for(user(PROMPT), "backup-model")
+    assert [(a.tier, a.error) for a in trace.attempts] == [
+        ("stream", "lost a hedge race"),
+        ("backup", None),
+    ]
