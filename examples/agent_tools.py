@@ -14,9 +14,13 @@ with a ``reset``: the loop drops what it had gathered and never runs a call made
 attempts' fragments. Repeated text is matched instead: the second drop shows no reset and no
 text twice.
 
-With the openai SDK's own shape (``chain.chat.completions.create(stream=True)``), pass
-``on_divergence="buffer"`` to get tool calls that survive a drop in the middle of their
-arguments; the default raises ``StreamDivergedError`` rather than hand out a glued call.
+Then the same agent again, written as plain openai-SDK code (``completions.create(...,
+tools=TOOLS, stream=True)``, chunks put together from ``delta.tool_calls``) with the chain's
+``chat.completions`` in the client's place, through the same two drops, with the defaults.
+An SDK consumer has no ``reset``: the drop-in holds the retry back while it repeats what was
+yielded and then yields only the rest, so the loop sees one whole call with the first
+attempt's id, and never a call made of two different answers (one would raise
+``StreamDivergedError``).
 """
 
 from __future__ import annotations
@@ -65,7 +69,10 @@ def model(messages: Sequence[Mapping[str, Any]], name: str) -> str | Answer:
     return Answer.calling(ToolCall("get_weather", {"city": "Oslo", "unit": "celsius"}))
 
 
-def ask(chain: FallbackChain, messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+Turn = tuple[str, list[dict[str, Any]]]  # a model turn's text and tool calls
+
+
+def ask(chain: FallbackChain, messages: list[dict[str, Any]]) -> Turn:
     """One model turn, streamed: its text and its tool calls, rebuilt from the events."""
     text: list[str] = []
     calls: dict[int, dict[str, Any]] = {}
@@ -99,15 +106,42 @@ def ask(chain: FallbackChain, messages: list[dict[str, Any]]) -> tuple[str, list
     return "".join(text), rebuilt
 
 
+def ask_as_sdk_code(completions: Any, messages: list[dict[str, Any]]) -> Turn:
+    """One model turn as plain openai-SDK code streams it (a client's or a chain's completions)."""
+    text = ""
+    calls: dict[int, dict[str, Any]] = {}
+    stream = completions.create(model="demo-model", messages=messages, tools=TOOLS, stream=True)
+    with stream:
+        for chunk in stream:
+            if not chunk.choices:
+                continue
+            delta = chunk.choices[0].delta
+            if delta.content:
+                text += delta.content
+                print(delta.content, end="", flush=True)
+            for piece in delta.tool_calls or ():
+                call = calls.setdefault(piece.index, {"id": piece.id, "name": "", "arguments": ""})
+                if piece.function and piece.function.name:
+                    call["name"] += piece.function.name
+                    print(f"   tool call {piece.function.name} ", end="", flush=True)
+                if piece.function and piece.function.arguments:
+                    call["arguments"] += piece.function.arguments
+                    print(piece.function.arguments, end="", flush=True)
+    print()
+    return text, [calls[i] for i in sorted(calls)]
+
+
 def agent(
-    chain: FallbackChain, question: str, before_turn: Callable[[int], None] = lambda turn: None
+    ask_model: Callable[[list[dict[str, Any]]], Turn],
+    question: str,
+    before_turn: Callable[[int], None] = lambda turn: None,
 ) -> str:
     """Ask, run every tool the model calls, send the results back, until it answers."""
     messages: list[dict[str, Any]] = [{"role": "user", "content": question}]
     for turn in range(1, 5):
         print(f"\n== turn {turn}")
         before_turn(turn)
-        text, calls = ask(chain, messages)
+        text, calls = ask_model(messages)
         if not calls:
             return text
         messages.append(
@@ -148,11 +182,21 @@ def main() -> None:
             server.push(Fault.drop(after_chunks=3 if turn == 1 else 6), stream=True)
 
         client = openai.OpenAI(base_url=server.base_url, api_key="no-key-needed")
+        question = "What is the weather in Oslo?"
         with FallbackChain(config, client=client) as chain:
-            answer = agent(chain, "What is the weather in Oslo?", break_the_stream)
+            print("### with the chain's events")
+            answer = agent(lambda messages: ask(chain, messages), question, break_the_stream)
+            print(f"\nfinal answer: {answer}")
+            print(f"upstream requests: {server.counts['total']} (2 dropped, each retried once)")
+            server.reset_counts()
+            print("\n### as plain openai-SDK code, the chain in the client's place")
+            completions = chain.chat.completions  # was: openai.OpenAI().chat.completions
+            answer = agent(
+                lambda messages: ask_as_sdk_code(completions, messages), question, break_the_stream
+            )
+            print(f"\nfinal answer: {answer}")
+            print(f"upstream requests: {server.counts['total']} (2 dropped, each retried once)")
         client.close()
-        print(f"\nfinal answer: {answer}")
-        print(f"upstream requests: {server.counts['total']} (2 dropped, each retried once)")
 
 
 if __name__ == "__main__":

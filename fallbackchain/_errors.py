@@ -31,7 +31,7 @@ retrying or falling back cannot fix them:
     │   ├── DeadlineExceededError        the request's overall live deadline ran out
     │   ├── RouteRejectedError           a fallback route refused a request (400/401/403/404/422)
     │   ├── BreakerOpenError             the tier's circuit breaker refused the attempt
-    │   │   └── BreakerBusyError         in doubt, its trial slots stayed full while we waited
+    │   │   └── BreakerBusyError         unproven, its limited slots stayed full while we waited
     │   └── StreamProtocolError          the stream itself was bad
     │       ├── TruncatedStreamError     ended cleanly but without finish_reason (silent truncation)
     │       ├── StreamEventError         the server sent an SSE ``error`` event mid-stream
@@ -92,7 +92,23 @@ __all__ = [
 
 
 class FallbackChainError(Exception):
-    """Root of every error fallbackchain raises."""
+    """Root of every error fallbackchain raises.
+
+    Every one pickles and unpickles to an equal error (same class, message and attributes),
+    so it crosses process boundaries (``multiprocessing``, ``concurrent.futures``) intact.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The subclasses' __init__ take other arguments than ``args``: rebuild without it.
+        # The state goes third, so pickle restores it after memoising the error: a ConfigError
+        # lists itself in ``errors``.
+        return (_rebuild, (type(self), self.args), self.__dict__)
+
+
+def _rebuild(cls: type[FallbackChainError], args: tuple[Any, ...]) -> Any:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    return error
 
 
 class ConfigError(FallbackChainError, ValueError):
@@ -246,8 +262,8 @@ class BreakerOpenError(TierError):
 class BreakerBusyError(BreakerOpenError):
     """The tier's breaker stayed busy for as long as this request could wait.
 
-    In doubt, a breaker admits at most ``fail_max`` attempts failed or in flight (see
-    :data:`fallbackchain.BUSY`).
+    Unproven, a breaker admits at most ``fail_max`` attempts failed or in flight (see
+    ``fallbackchain.breaker.BUSY``).
     """
 
 

@@ -135,3 +135,37 @@ def test_all_public_errors_derive_from_the_root():
 def test_timeouts_are_connection_errors():
     assert issubclass(FirstTokenTimeoutError, UpstreamTimeoutError)
     assert issubclass(UpstreamTimeoutError, UpstreamConnectionError)
+
+
+def _round_trip(error: BaseException) -> BaseException:
+    import pickle
+
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is type(error) and str(again) == str(error) and again.args == error.args
+    return again
+
+
+def test_errors_cross_process_boundaries_intact(tmp_path):
+    """Every error pickles (multiprocessing, concurrent.futures): the subclasses' __init__
+    take other arguments than ``args``, which broke unpickling before."""
+    from fallbackchain import AllTiersFailedError, Attempt, ConfigError, load_config
+
+    limited = map_error(status_error(429, headers={"retry-after": "7"}))
+    assert isinstance(limited, RateLimitedError)
+    again = _round_trip(limited)
+    assert (again.status_code, again.retry_after, again.retryable) == (429, 7.0, True)
+
+    failed = AllTiersFailedError(
+        [Attempt("primary", "rate limited", 0.1, exception=limited, status_code=429)]
+    )
+    again = _round_trip(failed)
+    assert again.attempts[0].tier == "primary" and again.attempts[0].status_code == 429
+    assert isinstance(again.attempts[0].exception, RateLimitedError)
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[retry]\nmax_attempts = -1\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    again = _round_trip(info.value)
+    assert (again.file, again.key, again.line) == (info.value.file, info.value.key, 2)
+    assert again.errors == [again]

@@ -66,7 +66,8 @@ from openai.types.responses import (
 from .._errors import Attempt
 from .._results import ChainEvent, ChainResponse
 from ._call_options import CacheUse
-from ._dropin import TRACE_ATTRIBUTE, Divergence, StreamDivergedError
+from ._dropin_chunks import Divergence, StreamDivergedError
+from ._dropin_stream import TRACE
 from ._endpoint import Endpoint
 from ._responses_endpoint import RESPONSES
 from ._responses_resume import resumptions_of
@@ -213,7 +214,7 @@ def _traced(response: ChainResponse) -> Response:
     """A copy of the answer that ``trace_of`` finds ``response`` on."""
     answer: Response = response.completion.model_copy()  # type: ignore[assignment]
     # A plain attribute: not a field, so dumps, equality and the SDK shape are unchanged.
-    object.__setattr__(answer, TRACE_ATTRIBUTE, _with_resumptions(response))
+    object.__setattr__(answer, TRACE, _with_resumptions(response))
     return answer
 
 
@@ -534,7 +535,7 @@ class ResponsesDropInStream:
         self._done = False
 
     @property
-    def _fallbackchain_trace(self) -> ChainResponse:
+    def _fallbackchain_trace(self) -> ChainResponse:  # the name is TRACE: trace_of reads it
         """What ``trace_of`` gives (``StreamNotFinishedError`` before the end)."""
         return _with_resumptions(self._events.response)
 
@@ -584,7 +585,7 @@ class AsyncResponsesDropInStream:
         self._done = False
 
     @property
-    def _fallbackchain_trace(self) -> ChainResponse:
+    def _fallbackchain_trace(self) -> ChainResponse:  # the name is TRACE: trace_of reads it
         """What ``trace_of`` gives (``StreamNotFinishedError`` before the end)."""
         return _with_resumptions(self._events.response)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import assert_type
 
+import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
 
 from fallbackchain import (
@@ -39,6 +40,13 @@ def sync_use(chain: FallbackChain, flag: bool) -> str:
     assert_type(completions.create(messages=MESSAGES, stream=flag), ChatCompletion | DropInStream)
     trace = trace_of(completion)
     assert_type(trace, ChainResponse | None)
+    raw = completions.with_raw_response.create(messages=MESSAGES)
+    assert isinstance(raw.parse(), ChatCompletion)
+    try:
+        completions.create(messages=MESSAGES, n=2)
+    except openai.RateLimitError as limited:  # the drop-in's AllTiersFailedError is one too
+        status: int = limited.status_code
+        return str(status)
     try:
         pass
     except StreamDivergedError as exc:
@@ -55,4 +63,6 @@ async def async_use(chain: AsyncFallbackChain) -> list[ChatCompletionChunk]:
     async with stream:
         chunks = [chunk async for chunk in stream]
     await stream.close()
+    raw = await completions.with_raw_response.create(messages=MESSAGES, stream=True)
+    assert isinstance(raw.parse(), AsyncDropInStream)
     return chunks
