@@ -331,19 +331,40 @@ def test_a_tool_call_streams_as_the_sdk_streams_it(harness: Any, server: Any) ->
     assert call.call_id == "call_w"
 
 
-def test_a_drop_in_a_tool_call_diverges_unless_buffered(harness: Any, server: Any) -> None:
+def test_a_drop_in_a_tool_call_is_continued_not_repeated(harness: Any, server: Any) -> None:
     server.push(Fault.drop(after_chunks=2), stream=True, api="responses")
-    with pytest.raises(StreamDivergedError) as info:
-        stream(harness, input=WEATHER)
-    assert info.value.response.completion.output[0].arguments == CALL.arguments
-    server.push(Fault.drop(after_chunks=2), stream=True, api="responses")
-    events, _ = stream(harness, input=WEATHER, on_divergence="buffer")
+    events, trace = stream(harness, input=WEATHER)
     final = check_stream_shape(events)
-    assert final.output[0].arguments == CALL.arguments
+    assert trace.attempts[0].error is not None  # the drop happened, mid-arguments
+    added = [e for e in events if e.type == "response.output_item.added"]
+    assert len(added) == 1  # one call, handed out once
     arguments = "".join(
         e.delta for e in events if e.type == "response.function_call_arguments.delta"
     )
-    assert arguments == CALL.arguments  # shown once, whole
+    assert arguments == CALL.arguments  # each piece once
+    assert final.output[0].arguments == CALL.arguments
+
+
+def test_a_replacement_that_differs_diverges_unless_buffered(
+    harness_factory: Any, server: Any, backup: Any
+) -> None:
+    h = harness_factory(
+        fallbacks=(FallbackConfig(name="backup", model="backup-model"),),
+        fallback_servers={"backup": backup},
+    )
+    other = backup.answer_for(user(PROMPT), "backup-model")
+    server.push(Fault.drop(after_chunks=3), stream=True, api="responses")
+    server.default = Fault.status(503)  # the rest of the primary's attempts
+    with pytest.raises(StreamDivergedError) as info:
+        stream(h)
+    assert info.value.response.text == other
+    assert info.value.response.source == "backup"
+    server.clear()
+    server.push(Fault.drop(after_chunks=3), stream=True, api="responses")
+    server.default = Fault.status(503)
+    events, trace = stream(h, on_divergence="buffer")
+    assert check_stream_shape(events).output_text == other  # never glued to the first
+    assert trace.source == "backup"
 
 
 def test_a_refusal_streams_as_refusal_deltas(harness: Any, server: Any) -> None:

@@ -27,11 +27,15 @@ upstream answer will stand. ``response.completed``'s ``response`` is the upstrea
 Sequence numbers count from 0 with no gap, whatever the chain did underneath (a resumed
 background stream, a retry, a fallback).
 
-Divergence: as for chat, the chain's ``reset`` has no SDK event and events handed out
-cannot be taken back. ``on_divergence="raise"`` (default) lets the chain finish, then raises
-:class:`~fallbackchain.StreamDivergedError` carrying the replacement; ``"buffer"`` yields
-nothing but ``response.created`` / ``response.in_progress`` until the answer is final.
-A resumed background stream never diverges: it is the same generation, each event once.
+A fault in the middle of a stream: as for chat (see ``_dropin_chunks``), events handed out
+cannot be taken back, so a replacement is held back while it repeats what was handed out
+(text, refusal, each function call's name and arguments); once it has repeated all of it,
+only what it adds is yielded (the items already handed out keep their ids). A replacement
+that says something else diverges: ``on_divergence="raise"`` (default) yields nothing more
+and raises :class:`~fallbackchain.StreamDivergedError` carrying it once the chain has
+finished; ``"buffer"`` yields nothing but ``response.created`` / ``response.in_progress``
+until the answer is final. A resumed background stream is the same generation: nothing is
+held back, each event comes once.
 """
 
 from __future__ import annotations
@@ -42,8 +46,8 @@ import inspect
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Collection, Iterator, Mapping
-from typing import Any, Final, Literal, Protocol, Self, overload
+from collections.abc import AsyncIterator, Collection, Coroutine, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, Protocol, Self, TypeVar, overload
 
 from openai.types.responses import (
     Response,
@@ -66,7 +70,13 @@ from openai.types.responses import (
 from .._errors import Attempt
 from .._results import ChainEvent, ChainResponse
 from ._call_options import CacheUse
-from ._dropin_chunks import Divergence, StreamDivergedError
+from ._dropin_chunks import (
+    Divergence,
+    ShownMessage,
+    StreamDivergedError,
+    check_divergence,
+    compare_shown,
+)
 from ._dropin_stream import TRACE
 from ._endpoint import Endpoint
 from ._responses_endpoint import RESPONSES
@@ -79,30 +89,39 @@ __all__ = [
     "ResponsesDropInStream",
 ]
 
-_DIVERGENCE: Final = ("raise", "buffer")
 _CHAIN_OPTIONS: Final = frozenset({"deadline", "max_attempts", "cache", "fallbacks"})
 """The chain's own per-call options: passed to the chain, never sent to a provider."""
 
-
-# The chains as this module uses them (their public API): structural types, so that the
-# chain modules can hand themselves over without an import cycle.
-
-
-class _Events(Protocol):
-    @property
-    def response(self) -> ChainResponse: ...
-    def __next__(self) -> ChainEvent: ...
-    def close(self) -> None: ...
+_Whole_co = TypeVar("_Whole_co", covariant=True)
+_Stream_co = TypeVar("_Stream_co", covariant=True)
+_Either_co = TypeVar("_Either_co", covariant=True)
+_Events = TypeVar("_Events")
 
 
-class _AsyncEvents(Protocol):
-    @property
-    def response(self) -> ChainResponse: ...
-    async def __anext__(self) -> ChainEvent: ...
-    async def aclose(self) -> None: ...
+class _Create(Protocol[_Whole_co, _Stream_co, _Either_co]):
+    """The SDK's ``responses.create()`` overloads, declared once for the sync and async surface.
+
+    ``stream=True`` gives ``_Stream_co``; ``stream=False`` or no ``stream``, ``_Whole_co``; a
+    plain ``bool``, ``_Either_co`` (the async surface's are awaitables of those). The other
+    keyword arguments are the SDK's (``input``, ``model``, ...), ``on_divergence`` and the
+    chain's per-call options.
+    """
+
+    @overload
+    def __call__(self, *, stream: Literal[False] | None = ..., **kwargs: Any) -> _Whole_co: ...
+    @overload
+    def __call__(self, *, stream: Literal[True], **kwargs: Any) -> _Stream_co: ...
+    @overload
+    def __call__(self, *, stream: bool, **kwargs: Any) -> _Either_co: ...
 
 
-class _Chain(Protocol):
+class _Chain(Protocol[_Whole_co, _Stream_co]):
+    """A chain as this module uses it (its public API): structural, so no import cycle.
+
+    ``complete_request`` gives a ChainResponse (sync) or an awaitable of one (async);
+    ``stream_request``, its event stream.
+    """
+
     def stream_request(
         self,
         endpoint: Endpoint[Any],
@@ -112,7 +131,7 @@ class _Chain(Protocol):
         max_attempts: int | None = ...,
         cache: CacheUse = ...,
         fallbacks: bool | Collection[str] = ...,
-    ) -> _Events: ...
+    ) -> _Stream_co: ...
     def complete_request(
         self,
         endpoint: Endpoint[Any],
@@ -122,30 +141,25 @@ class _Chain(Protocol):
         max_attempts: int | None = ...,
         cache: CacheUse = ...,
         fallbacks: bool | Collection[str] = ...,
-    ) -> ChainResponse: ...
+    ) -> _Whole_co: ...
 
 
-class _AsyncChain(Protocol):
-    def stream_request(
-        self,
-        endpoint: Endpoint[Any],
-        request: Mapping[str, Any],
-        *,
-        deadline: float | None = ...,
-        max_attempts: int | None = ...,
-        cache: CacheUse = ...,
-        fallbacks: bool | Collection[str] = ...,
-    ) -> _AsyncEvents: ...
-    async def complete_request(
-        self,
-        endpoint: Endpoint[Any],
-        request: Mapping[str, Any],
-        *,
-        deadline: float | None = ...,
-        max_attempts: int | None = ...,
-        cache: CacheUse = ...,
-        fallbacks: bool | Collection[str] = ...,
-    ) -> ChainResponse: ...
+class _SyncEvents(Protocol):
+    """A ``ChainStream``."""
+
+    @property
+    def response(self) -> ChainResponse: ...
+    def __next__(self) -> ChainEvent: ...
+    def close(self) -> None: ...
+
+
+class _AsyncEvents(Protocol):
+    """An ``AsyncChainStream``."""
+
+    @property
+    def response(self) -> ChainResponse: ...
+    async def __anext__(self) -> ChainEvent: ...
+    async def aclose(self) -> None: ...
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,21 +184,6 @@ def _split(kwargs: dict[str, Any]) -> dict[str, Any]:
             f"create() got unexpected keyword argument(s): {', '.join(map(repr, unknown))}"
         )
     return {name: kwargs.pop(name) for name in _CHAIN_OPTIONS if name in kwargs}
-
-
-def _check_divergence(on_divergence: object) -> Divergence:
-    if on_divergence == "raise":
-        return "raise"
-    if on_divergence == "buffer":
-        return "buffer"
-    raise ValueError(f"on_divergence must be one of {_DIVERGENCE}, got {on_divergence!r}")
-
-
-def _request(model: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-    request = dict(kwargs)
-    if model is not None:
-        request["model"] = model
-    return request
 
 
 def _with_resumptions(response: ChainResponse) -> ChainResponse:
@@ -224,12 +223,17 @@ def _traced(response: ChainResponse) -> Response:
 
 
 class _Eventer:
-    """Turns one request's chain events into Responses stream events; applies divergence."""
+    """Turns one request's chain events into Responses stream events; applies divergence.
+
+    The continuation rule is the chat drop-in's (``_dropin_chunks``): the same
+    :class:`ShownMessage` of what was handed out, the same :func:`compare_shown`.
+    """
 
     __slots__ = (
         "_buffer",
         "_calls",
         "_created",
+        "_current",
         "_diverged",
         "_handed",
         "_id",
@@ -250,7 +254,10 @@ class _Eventer:
         self._seq = 0
         self._started = False
         self._diverged = False
-        self._handed = False  # any output was yielded
+        self._handed = ShownMessage()  # what the consumer has been given
+        # The events since the chain's last reset, held back while they repeat what was
+        # handed out; None when they are the ones handed out (the common case).
+        self._current: ShownMessage | None = None
         self._shown = 0  # characters yielded: text, refusal, arguments
         self._items: list[dict[str, Any]] = []  # the yielded output items, by output_index
         self._message: int | None = None  # output_index of the message being written
@@ -341,7 +348,7 @@ class _Eventer:
         item = self._items[self._message]
         index = self._parts[kind]
         self._shown += len(text)
-        self._handed = True
+        self._handed.add(ChainEvent("delta" if kind == "text" else "refusal", text, ""))
         if kind == "text":
             item["content"][index]["text"] += text
             out.append(
@@ -386,7 +393,7 @@ class _Eventer:
             }
             out.append(self._added(item))
             at = self._calls[index] = len(self._items) - 1
-            self._handed = True
+        self._handed.add(ChainEvent("tool_call", arguments, "", index=index, id=call_id, name=name))
         if arguments:
             item = self._items[at]
             item["arguments"] += arguments
@@ -402,20 +409,44 @@ class _Eventer:
             )
         return out
 
+    def _hand(self, event: ChainEvent) -> list[Any]:
+        if event.type == "tool_call":
+            return self._tool_call(event.index, event.id, event.name, event.text)
+        return self._text(event.text, "refusal" if event.type == "refusal" else "text")
+
     def event(self, event: ChainEvent) -> list[Any]:
-        """The events to yield for one chain event (none while buffering or diverged)."""
+        """The events to yield for one chain event (none while buffering, held or diverged)."""
         out = self.open()
         if self._buffer or self._diverged:
             return out
+        current = self._current
         if event.type == "reset":
             # Nothing handed out yet: the replacement simply streams instead.
-            self._diverged = self._handed
+            handed = self._handed
+            if handed.content or handed.refusal or handed.calls:
+                self._current = ShownMessage()
             return out
-        if event.type == "tool_call":
-            return out + self._tool_call(event.index, event.id, event.name, event.text)
-        if event.type == "refusal":
-            return out + self._text(event.text, "refusal")
-        return out + self._text(event.text, "text")
+        if current is None:
+            return out + self._hand(event)
+        current.add(event)
+        verdict = compare_shown(self._handed, current)
+        if verdict == "diverged":
+            self._diverged = True
+        if verdict != "caught":
+            return out
+        self._current = None  # the replacement repeated all: hand out what it adds
+        return out + self._extend(current)
+
+    def _extend(self, current: ShownMessage) -> list[Any]:
+        """What ``current`` has beyond the handed message (of which it holds all)."""
+        handed = self._handed
+        out = self._text("".join(current.content)[sum(map(len, handed.content)) :], "text")
+        for index, call in sorted(current.calls.items()):
+            sent = handed.calls.get(index)
+            shown = sum(map(len, sent.arguments)) if sent is not None else 0
+            out += self._tool_call(index, call.id, call.name, "".join(call.arguments)[shown:])
+        refusal = "".join(current.refusal)[sum(map(len, handed.refusal)) :]
+        return out + self._text(refusal, "refusal")
 
     def _whole(self, answer: Response) -> list[Any]:
         out: list[Any] = []
@@ -489,7 +520,9 @@ class _Eventer:
 
     def end(self, response: ChainResponse) -> list[Any]:
         """The events that finish the stream; raises :class:`StreamDivergedError` instead."""
-        if self._diverged:
+        if self._diverged or self._current is not None:
+            # held back to the end: the replacement never repeated all, it is shorter
+            self._diverged = True
             raise StreamDivergedError(response, self._shown)
         answer: Response = response.completion  # type: ignore[assignment]
         out = self.open()
@@ -519,7 +552,52 @@ class _Eventer:
 # --------------------------------------------------------------------------------------------
 
 
-class ResponsesDropInStream:
+class _Feed:
+    """The events waiting to be yielded, and the end of the stream (sans I/O)."""
+
+    __slots__ = ("_done", "_eventer", "_pending")
+
+    def __init__(self, eventer: _Eventer) -> None:
+        self._eventer = eventer
+        self._pending: deque[ResponseStreamEvent] = deque()
+        self._done = False
+
+    def ready(self) -> ResponseStreamEvent | None:
+        """The next event to yield, if one is waiting; raises ``StopIteration`` at the end."""
+        if self._pending:
+            return self._pending.popleft()
+        if self._done:
+            raise StopIteration
+        return None
+
+    def take(self, event: ChainEvent) -> None:
+        self._pending.extend(self._eventer.event(event))
+
+    def end(self, response: ChainResponse) -> None:
+        """The chain's events ended: what finishes the stream (or its divergence)."""
+        self._done = True
+        self._pending.extend(self._eventer.end(response))
+
+    def stop(self) -> None:
+        """Nothing more: a failure, or the consumer closed the stream."""
+        self._done = True
+        self._pending.clear()
+
+
+class _Stream(Generic[_Events]):
+    """What both drop-in streams share: the chain's events, the feed, the trace."""
+
+    def __init__(self, events: _Events, eventer: _Eventer) -> None:
+        self._events = events
+        self._feed = _Feed(eventer)
+
+    @property
+    def _fallbackchain_trace(self) -> ChainResponse:  # the name is TRACE: trace_of reads it
+        """What ``trace_of`` gives (``StreamNotFinishedError`` before the end)."""
+        return _with_resumptions(self._events.response)  # type: ignore[attr-defined]
+
+
+class ResponsesDropInStream(_Stream[_SyncEvents]):
     """What ``responses.create(stream=True)`` returns: iterate it for the SDK's typed events.
 
     Behaves like the SDK's ``Stream[ResponseStreamEvent]``: iteration, ``close()``, ``with``.
@@ -528,44 +606,37 @@ class ResponsesDropInStream:
     any error the chain raises, such as :class:`~fallbackchain.AllTiersFailedError`.
     """
 
-    def __init__(self, events: _Events, eventer: _Eventer) -> None:
-        self._events = events
-        self._eventer = eventer
-        self._pending: deque[ResponseStreamEvent] = deque()
-        self._done = False
-
-    @property
-    def _fallbackchain_trace(self) -> ChainResponse:  # the name is TRACE: trace_of reads it
-        """What ``trace_of`` gives (``StreamNotFinishedError`` before the end)."""
-        return _with_resumptions(self._events.response)
+    def started(self) -> Self:
+        """Send now, as the SDK does: an up-front failure raises here (and closes)."""
+        try:
+            self._pull()
+        except BaseException:
+            self._events.close()
+            raise
+        return self
 
     def _pull(self) -> None:
         try:
             event = next(self._events)
         except StopIteration:
-            self._done = True
-            self._pending.extend(self._eventer.end(self._events.response))
+            self._feed.end(self._events.response)
             return
         except BaseException:
-            self._done = True
+            self._feed.stop()
             raise
-        self._pending.extend(self._eventer.event(event))
+        self._feed.take(event)
 
     def __iter__(self) -> Iterator[ResponseStreamEvent]:
         return self
 
     def __next__(self) -> ResponseStreamEvent:
-        pending = self._pending
-        while not pending:
-            if self._done:
-                raise StopIteration
+        while (event := self._feed.ready()) is None:
             self._pull()
-        return pending.popleft()
+        return event
 
     def close(self) -> None:
         """Stop early and release the connection; neutral for the breakers."""
-        self._done = True
-        self._pending.clear()
+        self._feed.stop()
         self._events.close()
 
     def __enter__(self) -> Self:
@@ -575,47 +646,43 @@ class ResponsesDropInStream:
         self.close()
 
 
-class AsyncResponsesDropInStream:
+class AsyncResponsesDropInStream(_Stream[_AsyncEvents]):
     """The asyncio twin of :class:`ResponsesDropInStream` (``async for``, ``await close()``)."""
 
-    def __init__(self, events: _AsyncEvents, eventer: _Eventer) -> None:
-        self._events = events
-        self._eventer = eventer
-        self._pending: deque[ResponseStreamEvent] = deque()
-        self._done = False
-
-    @property
-    def _fallbackchain_trace(self) -> ChainResponse:  # the name is TRACE: trace_of reads it
-        """What ``trace_of`` gives (``StreamNotFinishedError`` before the end)."""
-        return _with_resumptions(self._events.response)
+    async def started(self) -> Self:
+        """As :meth:`ResponsesDropInStream.started`, awaited."""
+        try:
+            await self._pull()
+        except BaseException:
+            await self._events.aclose()
+            raise
+        return self
 
     async def _pull(self) -> None:
         try:
             event = await anext(self._events)
         except StopAsyncIteration:
-            self._done = True
-            self._pending.extend(self._eventer.end(self._events.response))
+            self._feed.end(self._events.response)
             return
         except BaseException:
-            self._done = True
+            self._feed.stop()
             raise
-        self._pending.extend(self._eventer.event(event))
+        self._feed.take(event)
 
     def __aiter__(self) -> AsyncIterator[ResponseStreamEvent]:
         return self
 
     async def __anext__(self) -> ResponseStreamEvent:
-        pending = self._pending
-        while not pending:
-            if self._done:
-                raise StopAsyncIteration
-            await self._pull()
-        return pending.popleft()
+        try:
+            while (event := self._feed.ready()) is None:
+                await self._pull()
+        except StopIteration:
+            raise StopAsyncIteration from None
+        return event
 
     async def close(self) -> None:
         """Stop early and release the connection; neutral for the breakers."""
-        self._done = True
-        self._pending.clear()
+        self._feed.stop()
         await self._events.aclose()
 
     aclose = close
@@ -632,51 +699,41 @@ class AsyncResponsesDropInStream:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Call:
+    """One ``create()`` call, planned before anything is sent (no I/O)."""
+
+    request: dict[str, Any]
+    options: dict[str, Any]
+    eventer: _Eventer | None  # None: not streamed
+
+
+def _plan(default_model: str, kwargs: dict[str, Any]) -> _Call:
+    """Check ``create()``'s arguments and split them: the request, the chain's options."""
+    divergence = check_divergence(kwargs.pop("on_divergence", "raise"))
+    stream = kwargs.pop("stream", None)
+    options = _split(kwargs)
+    request = dict(kwargs)
+    if request.get("model") is None:
+        request.pop("model", None)
+    if not stream:
+        return _Call(request, options, None)
+    model = request.get("model") or default_model
+    return _Call(request, options, _Eventer(model, divergence=divergence))
+
+
+_T = TypeVar("_T")
+_Awaited = Coroutine[Any, Any, _T]
+
+
 class ChainResponses:
     """``chain.responses`` of a :class:`~fallbackchain.FallbackChain`."""
 
-    def __init__(self, chain: _Chain, model: str) -> None:
+    def __init__(self, chain: _Chain[ChainResponse, _SyncEvents], model: str) -> None:
         self._chain = chain
         self._model = model
 
-    @overload
-    def create(
-        self,
-        *,
-        model: str | None = ...,
-        stream: Literal[False] | None = ...,
-        on_divergence: Divergence = ...,
-        **kwargs: Any,
-    ) -> Response: ...
-
-    @overload
-    def create(
-        self,
-        *,
-        model: str | None = ...,
-        stream: Literal[True],
-        on_divergence: Divergence = ...,
-        **kwargs: Any,
-    ) -> ResponsesDropInStream: ...
-
-    @overload
-    def create(
-        self,
-        *,
-        model: str | None = ...,
-        stream: bool,
-        on_divergence: Divergence = ...,
-        **kwargs: Any,
-    ) -> Response | ResponsesDropInStream: ...
-
-    def create(
-        self,
-        *,
-        model: str | None = None,
-        stream: bool | None = None,
-        on_divergence: Divergence = "raise",
-        **kwargs: Any,
-    ) -> Response | ResponsesDropInStream:
+    def _create(self, **kwargs: Any) -> Response | ResponsesDropInStream:
         """The SDK's ``responses.create()`` through the chain; ``kwargs`` are its options.
 
         ``model`` defaults to the configured one. ``timeout`` (seconds) bounds each attempt.
@@ -684,82 +741,39 @@ class ChainResponses:
         The chain's per-call options (``deadline``, ``max_attempts``, ``cache``,
         ``fallbacks``) apply, never sent.
         """
-        divergence = _check_divergence(on_divergence)
-        options = _split(kwargs)
-        request = _request(model, kwargs)
-        chain = self._chain
-        if not stream:
-            return _traced(chain.complete_request(RESPONSES, request, **options))
-        events = chain.stream_request(RESPONSES, request, **options)
-        dropin = ResponsesDropInStream(
-            events, _Eventer(model or self._model, divergence=divergence)
-        )
-        try:
-            dropin._pull()  # send now, as the SDK does: an up-front failure raises here
-        except BaseException:
-            events.close()
-            raise
-        return dropin
+        call = _plan(self._model, kwargs)
+        if call.eventer is None:
+            return _traced(self._chain.complete_request(RESPONSES, call.request, **call.options))
+        events = self._chain.stream_request(RESPONSES, call.request, **call.options)
+        return ResponsesDropInStream(events, call.eventer).started()
+
+    if TYPE_CHECKING:  # the SDK's overloads; the body above is checked as _create
+        create: _Create[Response, ResponsesDropInStream, Response | ResponsesDropInStream]
+    else:
+        create = _create
 
 
 class AsyncChainResponses:
     """``chain.responses`` of an :class:`~fallbackchain.AsyncFallbackChain`."""
 
-    def __init__(self, chain: _AsyncChain, model: str) -> None:
+    def __init__(self, chain: _Chain[_Awaited[ChainResponse], _AsyncEvents], model: str) -> None:
         self._chain = chain
         self._model = model
 
-    @overload
-    async def create(
-        self,
-        *,
-        model: str | None = ...,
-        stream: Literal[False] | None = ...,
-        on_divergence: Divergence = ...,
-        **kwargs: Any,
-    ) -> Response: ...
-
-    @overload
-    async def create(
-        self,
-        *,
-        model: str | None = ...,
-        stream: Literal[True],
-        on_divergence: Divergence = ...,
-        **kwargs: Any,
-    ) -> AsyncResponsesDropInStream: ...
-
-    @overload
-    async def create(
-        self,
-        *,
-        model: str | None = ...,
-        stream: bool,
-        on_divergence: Divergence = ...,
-        **kwargs: Any,
-    ) -> Response | AsyncResponsesDropInStream: ...
-
-    async def create(
-        self,
-        *,
-        model: str | None = None,
-        stream: bool | None = None,
-        on_divergence: Divergence = "raise",
-        **kwargs: Any,
-    ) -> Response | AsyncResponsesDropInStream:
+    async def _create(self, **kwargs: Any) -> Response | AsyncResponsesDropInStream:
         """As :meth:`ChainResponses.create`, awaited; a stream is an async one."""
-        divergence = _check_divergence(on_divergence)
-        options = _split(kwargs)
-        request = _request(model, kwargs)
-        chain = self._chain
-        if not stream:
-            return _traced(await chain.complete_request(RESPONSES, request, **options))
-        events = chain.stream_request(RESPONSES, request, **options)
-        eventer = _Eventer(model or self._model, divergence=divergence)
-        dropin = AsyncResponsesDropInStream(events, eventer)
-        try:
-            await dropin._pull()  # send now, as the SDK does: an up-front failure raises here
-        except BaseException:
-            await events.aclose()
-            raise
-        return dropin
+        call = _plan(self._model, kwargs)
+        if call.eventer is None:
+            answer = await self._chain.complete_request(RESPONSES, call.request, **call.options)
+            return _traced(answer)
+        events = self._chain.stream_request(RESPONSES, call.request, **call.options)
+        return await AsyncResponsesDropInStream(events, call.eventer).started()
+
+    if TYPE_CHECKING:  # the SDK's overloads, awaited
+        create: _Create[
+            _Awaited[Response],
+            _Awaited[AsyncResponsesDropInStream],
+            _Awaited[Response | AsyncResponsesDropInStream],
+        ]
+    else:
+        create = _create
