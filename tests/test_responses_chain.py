@@ -546,3 +546,14 @@ def test_a_silent_primary_is_hedged_to_a_fallback(
         ("stream", "lost a hedge race"),
         ("backup", None),
     ]
+
+
+def test_when_nothing_answers_the_error_is_the_sdks_too(harness: Any, server: Any) -> None:
+    server.default = Fault.status(503)
+    with pytest.raises(openai.InternalServerError) as info:
+        create(harness, input="never asked before")
+    assert isinstance(info.value, AllTiersFailedError)
+    assert info.value.status_code == 503
+    with pytest.raises(openai.APIError) as streamed:
+        stream(harness, input="never asked before either")
+    assert isinstance(streamed.value, AllTiersFailedError)

@@ -93,7 +93,7 @@ class AsyncFallbackChain(
     @property
     def responses(self) -> AsyncChainResponses:
         """The openai SDK's shape: ``await chain.responses.create(...)``."""
-        return AsyncChainResponses(self, self.config.openai.model)
+        return AsyncChainResponses(self, self.config)
 
     def _client_type(self) -> type[openai.AsyncOpenAI]:
         return openai.AsyncOpenAI

@@ -20,6 +20,10 @@ rule as the chat drop-in:
   output item of the answer (reasoning, ...) as ``output_item.added`` / ``output_item.done``;
   and last ``response.completed`` carrying the answer's real ``Response``.
 
+When no tier answers, the :class:`~fallbackchain.AllTiersFailedError` raised (at
+``create()`` or mid-stream) is also the SDK's class for the last attempt that reached a
+provider, as for chat (``_dropin_errors``): ``except openai.APIError`` keeps working.
+
 Every event before ``response.completed`` carries one ``resp_fc…`` response id and the
 requested model, and ``fc…`` item ids: they are handed out before the chain knows which
 upstream answer will stand. ``response.completed``'s ``response`` is the upstream's own
@@ -67,6 +71,7 @@ from openai.types.responses import (
     ResponseTextDoneEvent,
 )
 
+from .._config import ChainConfig
 from .._errors import Attempt
 from .._results import ChainEvent, ChainResponse
 from ._call_options import CacheUse
@@ -77,6 +82,7 @@ from ._dropin_chunks import (
     check_divergence,
     compare_shown,
 )
+from ._dropin_errors import SdkErrors
 from ._dropin_stream import TRACE
 from ._endpoint import Endpoint
 from ._responses_endpoint import RESPONSES
@@ -553,12 +559,16 @@ class _Eventer:
 
 
 class _Feed:
-    """The events waiting to be yielded, and the end of the stream (sans I/O)."""
+    """The events waiting to be yielded, and the end of the stream (sans I/O).
 
-    __slots__ = ("_done", "_eventer", "_pending")
+    ``errors`` wraps every pull: an ``AllTiersFailedError`` is raised as the SDK's too.
+    """
 
-    def __init__(self, eventer: _Eventer) -> None:
+    __slots__ = ("_done", "_eventer", "_pending", "errors")
+
+    def __init__(self, eventer: _Eventer, errors: SdkErrors) -> None:
         self._eventer = eventer
+        self.errors = errors
         self._pending: deque[ResponseStreamEvent] = deque()
         self._done = False
 
@@ -587,9 +597,9 @@ class _Feed:
 class _Stream(Generic[_Events]):
     """What both drop-in streams share: the chain's events, the feed, the trace."""
 
-    def __init__(self, events: _Events, eventer: _Eventer) -> None:
+    def __init__(self, events: _Events, feed: _Feed) -> None:
         self._events = events
-        self._feed = _Feed(eventer)
+        self._feed = feed
 
     @property
     def _fallbackchain_trace(self) -> ChainResponse:  # the name is TRACE: trace_of reads it
@@ -616,15 +626,16 @@ class ResponsesDropInStream(_Stream[_SyncEvents]):
         return self
 
     def _pull(self) -> None:
-        try:
-            event = next(self._events)
-        except StopIteration:
-            self._feed.end(self._events.response)
-            return
-        except BaseException:
-            self._feed.stop()
-            raise
-        self._feed.take(event)
+        with self._feed.errors:
+            try:
+                event = next(self._events)
+            except StopIteration:
+                self._feed.end(self._events.response)
+                return
+            except BaseException:
+                self._feed.stop()
+                raise
+            self._feed.take(event)
 
     def __iter__(self) -> Iterator[ResponseStreamEvent]:
         return self
@@ -659,15 +670,16 @@ class AsyncResponsesDropInStream(_Stream[_AsyncEvents]):
         return self
 
     async def _pull(self) -> None:
-        try:
-            event = await anext(self._events)
-        except StopAsyncIteration:
-            self._feed.end(self._events.response)
-            return
-        except BaseException:
-            self._feed.stop()
-            raise
-        self._feed.take(event)
+        with self._feed.errors:
+            try:
+                event = await anext(self._events)
+            except StopAsyncIteration:
+                self._feed.end(self._events.response)
+                return
+            except BaseException:
+                self._feed.stop()
+                raise
+            self._feed.take(event)
 
     def __aiter__(self) -> AsyncIterator[ResponseStreamEvent]:
         return self
@@ -705,10 +717,11 @@ class _Call:
 
     request: dict[str, Any]
     options: dict[str, Any]
-    eventer: _Eventer | None  # None: not streamed
+    errors: SdkErrors
+    feed: _Feed | None  # None: not streamed
 
 
-def _plan(default_model: str, kwargs: dict[str, Any]) -> _Call:
+def _plan(config: ChainConfig, kwargs: dict[str, Any]) -> _Call:
     """Check ``create()``'s arguments and split them: the request, the chain's options."""
     divergence = check_divergence(kwargs.pop("on_divergence", "raise"))
     stream = kwargs.pop("stream", None)
@@ -716,10 +729,11 @@ def _plan(default_model: str, kwargs: dict[str, Any]) -> _Call:
     request = dict(kwargs)
     if request.get("model") is None:
         request.pop("model", None)
+    errors = SdkErrors(str(config.openai.base_url))
     if not stream:
-        return _Call(request, options, None)
-    model = request.get("model") or default_model
-    return _Call(request, options, _Eventer(model, divergence=divergence))
+        return _Call(request, options, errors, None)
+    eventer = _Eventer(request.get("model") or config.openai.model, divergence=divergence)
+    return _Call(request, options, errors, _Feed(eventer, errors))
 
 
 _T = TypeVar("_T")
@@ -729,9 +743,9 @@ _Awaited = Coroutine[Any, Any, _T]
 class ChainResponses:
     """``chain.responses`` of a :class:`~fallbackchain.FallbackChain`."""
 
-    def __init__(self, chain: _Chain[ChainResponse, _SyncEvents], model: str) -> None:
+    def __init__(self, chain: _Chain[ChainResponse, _SyncEvents], config: ChainConfig) -> None:
         self._chain = chain
-        self._model = model
+        self._config = config
 
     def _create(self, **kwargs: Any) -> Response | ResponsesDropInStream:
         """The SDK's ``responses.create()`` through the chain; ``kwargs`` are its options.
@@ -741,11 +755,13 @@ class ChainResponses:
         The chain's per-call options (``deadline``, ``max_attempts``, ``cache``,
         ``fallbacks``) apply, never sent.
         """
-        call = _plan(self._model, kwargs)
-        if call.eventer is None:
-            return _traced(self._chain.complete_request(RESPONSES, call.request, **call.options))
-        events = self._chain.stream_request(RESPONSES, call.request, **call.options)
-        return ResponsesDropInStream(events, call.eventer).started()
+        call = _plan(self._config, kwargs)
+        with call.errors:
+            if call.feed is None:
+                answer = self._chain.complete_request(RESPONSES, call.request, **call.options)
+                return _traced(answer)
+            events = self._chain.stream_request(RESPONSES, call.request, **call.options)
+            return ResponsesDropInStream(events, call.feed).started()
 
     if TYPE_CHECKING:  # the SDK's overloads; the body above is checked as _create
         create: _Create[Response, ResponsesDropInStream, Response | ResponsesDropInStream]
@@ -756,18 +772,21 @@ class ChainResponses:
 class AsyncChainResponses:
     """``chain.responses`` of an :class:`~fallbackchain.AsyncFallbackChain`."""
 
-    def __init__(self, chain: _Chain[_Awaited[ChainResponse], _AsyncEvents], model: str) -> None:
+    def __init__(
+        self, chain: _Chain[_Awaited[ChainResponse], _AsyncEvents], config: ChainConfig
+    ) -> None:
         self._chain = chain
-        self._model = model
+        self._config = config
 
     async def _create(self, **kwargs: Any) -> Response | AsyncResponsesDropInStream:
         """As :meth:`ChainResponses.create`, awaited; a stream is an async one."""
-        call = _plan(self._model, kwargs)
-        if call.eventer is None:
-            answer = await self._chain.complete_request(RESPONSES, call.request, **call.options)
-            return _traced(answer)
-        events = self._chain.stream_request(RESPONSES, call.request, **call.options)
-        return await AsyncResponsesDropInStream(events, call.eventer).started()
+        call = _plan(self._config, kwargs)
+        with call.errors:
+            if call.feed is None:
+                answer = await self._chain.complete_request(RESPONSES, call.request, **call.options)
+                return _traced(answer)
+            events = self._chain.stream_request(RESPONSES, call.request, **call.options)
+            return await AsyncResponsesDropInStream(events, call.feed).started()
 
     if TYPE_CHECKING:  # the SDK's overloads, awaited
         create: _Create[

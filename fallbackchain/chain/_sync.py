@@ -93,7 +93,7 @@ class FallbackChain(ChainBase[ChainStream, openai.OpenAI, SleepFunc, ChainRespon
     @property
     def responses(self) -> ChainResponses:
         """The openai SDK's shape: ``chain.responses.create(...)`` (see ``_responses_dropin``)."""
-        return ChainResponses(self, self.config.openai.model)
+        return ChainResponses(self, self.config)
 
     def _answer(self, prepare: Callable[[], Request]) -> ChainResponse:
         with self._stream(prepare()) as stream:
