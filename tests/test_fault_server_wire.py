@@ -215,3 +215,28 @@ def test_http_1_0_gets_a_close_delimited_stream(server: FaultServer) -> None:
     assert header(head, "connection") == "close"
     assert b"transfer-encoding" not in head.lower()
     assert body.endswith(b"data: [DONE]\n\n")
+
+
+def test_a_head_request_gets_a_head_and_the_connection_goes_on(server: FaultServer) -> None:
+    with connect(server) as sock:
+        sock.sendall(b"HEAD /v1/models HTTP/1.1\r\nHost: t\r\n\r\n")
+        data = b""
+        while not data.endswith(b"\r\n\r\n"):
+            data += sock.recv(65536)
+        assert data.startswith(b"HTTP/1.1 404 ")
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: t\r\n\r\n")
+        head, body = read_response(sock)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert json.loads(body)["object"] == "list"
+
+
+def test_expect_100_continue_is_answered_before_the_body(server: FaultServer) -> None:
+    request = chat(stream=False)
+    head, _, body = request.partition(b"\r\n\r\n")
+    with connect(server) as sock:
+        sock.sendall(head + b"\r\nExpect: 100-continue\r\n\r\n")
+        assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        head, body = read_response(sock)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert json.loads(body)["object"] == "chat.completion"

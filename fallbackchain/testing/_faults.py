@@ -67,6 +67,13 @@ class Fault:
     ``{"role": "assistant"}`` chunk is not counted.
     When ``after_chunks`` exceeds the number of words, the fault happens right
     after the last word (before the ``finish_reason`` chunk).
+
+    The same faults apply to the Responses API, where the content chunks are the
+    ``response.output_text.delta``, ``response.refusal.delta`` and
+    ``response.function_call_arguments.delta`` events (past the last one, the
+    fault happens before the ``.done`` event that follows it), an ``sse_error``
+    is an ``error`` event, and ``failed`` and ``incomplete`` end the response
+    with ``response.failed`` and ``response.incomplete``.
     """
 
     kind: FaultKind = "ok"

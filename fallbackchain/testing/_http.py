@@ -36,6 +36,7 @@ MAX_BODY: Final = 32 * 1024 * 1024
 HEAD_LIMIT: Final = 64 * 1024
 _READ_SIZE: Final = 64 * 1024
 _POLL_SECONDS: Final = 0.05
+_CONTINUE: Final = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
 
 
 def reason(status: int) -> str:
@@ -96,6 +97,7 @@ class Connection:
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_LIMIT)
         self._aborted = False
         self._keep_alive = False
+        self._bodiless = False  # a HEAD request: the response has a head only
 
     # -- reading ------------------------------------------------------------------
 
@@ -112,6 +114,8 @@ class Connection:
             except h11.RemoteProtocolError as exc:
                 raise BadRequestError(exc.error_status_hint, str(exc)) from None
             if event is h11.NEED_DATA:
+                if self._h11.they_are_waiting_for_100_continue:  # curl, for big bodies
+                    self.writer.write(self._frame(_CONTINUE))
                 self._h11.receive_data(await self.reader.read(_READ_SIZE))
             elif isinstance(event, h11.Request):
                 head = event
@@ -122,6 +126,7 @@ class Connection:
             elif isinstance(event, h11.EndOfMessage) and head is not None:
                 request = _request(head, bytes(body))
                 self._keep_alive = request.keep_alive
+                self._bodiless = request.method == "HEAD"
                 return request
             else:  # ConnectionClosed (or PAUSED, which a fresh cycle never is)
                 return None
@@ -176,6 +181,8 @@ class Connection:
 
     def chunk(self, data: bytes) -> bytes:
         """``data`` framed as one piece of the body (one HTTP chunk when chunked)."""
+        if self._bodiless or not data:
+            return b""
         return self._frame(h11.Data(data=data))
 
     async def send(self, data: bytes, *, last: bool = False) -> None:
