@@ -167,7 +167,7 @@ class AsyncFallbackChain(
                             yield event
                     if not opened.ended:
                         items, add, check = opened.items, assembler.add, watch.after_wait
-                        trial = attempt.permit.limited
+                        limited = attempt.permit.limited
                         after = opened.after
                         watchdog = _Watchdog(asyncio.get_running_loop())
                         try:
@@ -186,7 +186,7 @@ class AsyncFallbackChain(
                                 after = clock()
                                 piece = add(item)
                                 first = check(before, after, got_content=assembler.content_seen)
-                                if first and trial:
+                                if first and limited:
                                     await attempt.permit.afirst_content()
                                 if piece:
                                     for event in delta(piece, source):

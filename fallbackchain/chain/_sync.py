@@ -229,7 +229,7 @@ class FallbackChain(ChainBase[ChainStream, openai.OpenAI, SleepFunc, ChainRespon
             if not opened.ended:
                 items = opened.items
                 after = opened.after
-                trial = attempt.permit.limited
+                limited = attempt.permit.limited
                 while True:
                     before = clock()
                     # Between two waits the consumer held the stream: not the upstream's time.
@@ -240,7 +240,7 @@ class FallbackChain(ChainBase[ChainStream, openai.OpenAI, SleepFunc, ChainRespon
                         break
                     after = clock()
                     piece = add(item)
-                    if check(before, after, got_content=assembler.content_seen) and trial:
+                    if check(before, after, got_content=assembler.content_seen) and limited:
                         attempt.permit.first_content()
                     if piece:
                         yield from delta(piece, source)
