@@ -81,7 +81,7 @@ class AttemptWatch:
         """Check a finished wait; raise its timeout error if it took longer than allowed.
 
         Returns ``True`` once: for the wait that brought the attempt's first content (a
-        breaker's trial is vouched for then). Called once per chunk, so the common case is
+        limited breaker permit reports it then). Called once per chunk, so the common case is
         two comparisons: the wait against the phase's limit (first token: absolute from the
         attempt's start; then the idle gap), and ``after`` against the request's deadline.
         """
