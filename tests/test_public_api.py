@@ -27,6 +27,9 @@ EXPECTED = {
     "UpstreamTimeoutError", "__version__", "cache_key", "is_testing", "load_config", "set_testing",
     "AsyncChainChat", "AsyncChainCompletions", "AsyncDropInStream", "ChainChat", "ChainCompletions",
     "DropInStream", "StreamDivergedError", "trace_of",
+    # the Responses API drop-in
+    "AsyncChainResponses", "AsyncResponsesDropInStream", "ChainResponses", "ResponseIncompleteError",
+    "ResponsesDropInStream",
     # listener events
     "AttemptEnded", "AttemptStarted", "BreakerChanged", "CacheEvent", "ChainListener",
     "FallbackTaken", "RequestEnded", "RequestStarted", "RetryScheduled",

@@ -22,6 +22,22 @@ from ._dropin import (
     trace_of,
 )
 from ._endpoint import CHAT, ChatEndpoint, Endpoint, StreamAssembly
+from ._responses_assembly import ResponseAssembler, ResponseIncompleteError
+from ._responses_dropin import (
+    AsyncChainResponses,
+    AsyncResponsesDropInStream,
+    ChainResponses,
+    ResponsesDropInStream,
+)
+from ._responses_endpoint import ENVELOPE_FIELD, RESPONSES, ResponsesEndpoint, resumable
+from ._responses_keys import responses_cache_key
+from ._responses_resume import (
+    MAX_RESUMES,
+    AsyncResumingStream,
+    Resumed,
+    ResumingStream,
+    resumptions_of,
+)
 from ._steps import Acquire, AwaitSlot, Neutral, Sleep, Tier, TryTier, UseCache
 from ._sync import ChainStream, FallbackChain
 from ._watch import AttemptWatch
@@ -29,12 +45,18 @@ from ._watch import AttemptWatch
 __all__ = [
     "CHAT",
     "COMPLETE_FINISH_REASONS",
+    "ENVELOPE_FIELD",
+    "MAX_RESUMES",
+    "RESPONSES",
     "Acquire",
     "AsyncChainChat",
     "AsyncChainCompletions",
+    "AsyncChainResponses",
     "AsyncChainStream",
     "AsyncDropInStream",
     "AsyncFallbackChain",
+    "AsyncResponsesDropInStream",
+    "AsyncResumingStream",
     "AttemptAssembler",
     "AttemptWatch",
     "AwaitSlot",
@@ -42,6 +64,7 @@ __all__ = [
     "CallOptions",
     "ChainChat",
     "ChainCompletions",
+    "ChainResponses",
     "ChainStream",
     "ChatEndpoint",
     "Display",
@@ -53,6 +76,12 @@ __all__ = [
     "Neutral",
     "Piece",
     "RequestRun",
+    "ResponseAssembler",
+    "ResponseIncompleteError",
+    "ResponsesDropInStream",
+    "ResponsesEndpoint",
+    "Resumed",
+    "ResumingStream",
     "RetryDecision",
     "Sleep",
     "StreamAssembly",
@@ -65,5 +94,8 @@ __all__ = [
     "decide",
     "full_jitter",
     "is_transport_fault",
+    "responses_cache_key",
+    "resumable",
+    "resumptions_of",
     "trace_of",
 ]

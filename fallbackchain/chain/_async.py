@@ -27,6 +27,7 @@ from ._core import RequestRun
 from ._dropin import AsyncChainChat
 from ._race import Dismissal, Entrant, Race
 from ._request import Request, ResponseSlot
+from ._responses_dropin import AsyncChainResponses
 from ._watch import AttemptWatch
 
 __all__ = ["AsyncChainStream", "AsyncFallbackChain"]
@@ -88,6 +89,11 @@ class AsyncFallbackChain(
     def chat(self) -> AsyncChainChat:
         """The openai SDK's shape: ``await chain.chat.completions.create(...)``."""
         return AsyncChainChat(self)
+
+    @property
+    def responses(self) -> AsyncChainResponses:
+        """The openai SDK's shape: ``await chain.responses.create(...)``."""
+        return AsyncChainResponses(self, self.config)
 
     def _client_type(self) -> type[openai.AsyncOpenAI]:
         return openai.AsyncOpenAI

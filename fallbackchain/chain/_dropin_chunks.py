@@ -30,7 +30,16 @@ from openai.types.chat import ChatCompletionChunk
 from .._errors import FallbackChainError
 from .._results import ChainEvent, ChainResponse
 
-__all__ = ["DIVERGENCE_MODES", "Chunker", "Divergence", "StreamDivergedError", "check_divergence"]
+__all__ = [
+    "DIVERGENCE_MODES",
+    "Chunker",
+    "Divergence",
+    "ShownMessage",
+    "StreamDivergedError",
+    "Verdict",
+    "check_divergence",
+    "compare_shown",
+]
 
 Divergence = Literal["raise", "buffer"]
 """What a drop-in stream does when the chain replaces an answer it already yielded a part of."""
@@ -75,7 +84,7 @@ class _Call:
 
 
 @dataclass(slots=True)
-class _Message:
+class ShownMessage:
     """Choice 0's message as a sequence of events builds it."""
 
     content: list[str] = field(default_factory=list)
@@ -104,7 +113,10 @@ class _Message:
         return out
 
 
-def _compare(handed: _Message, current: _Message) -> Literal["behind", "caught", "diverged"]:
+Verdict = Literal["behind", "caught", "diverged"]
+
+
+def compare_shown(handed: ShownMessage, current: ShownMessage) -> Verdict:
     """Whether ``current`` (a replacement so far) repeats or continues ``handed``.
 
     ``"caught"``: every field handed out is a prefix of the replacement's; ``"behind"``: none
@@ -152,10 +164,10 @@ class Chunker:
         self._buffer = divergence == "buffer"
         self._started = False  # the role chunk was yielded
         self._shown = 0  # characters yielded: content, refusal, tool-call arguments
-        self._handed = _Message()  # what the consumer has been given
+        self._handed = ShownMessage()  # what the consumer has been given
         # The events since the chain's last reset, held back while they repeat what was
         # handed out; None when they are the ones handed out (the common case).
-        self._current: _Message | None = None
+        self._current: ShownMessage | None = None
         self._diverged = False
 
     def _chunk(self, choices: list[dict[str, Any]], usage: Any = None) -> ChatCompletionChunk:
@@ -234,12 +246,12 @@ class Chunker:
             # Nothing handed out yet: the replacement simply streams instead.
             handed = self._handed
             if handed.content or handed.refusal or handed.calls:
-                self._current = _Message()
+                self._current = ShownMessage()
             return []
         if current is None:
             return self._hand(event)
         current.add(event)
-        verdict = _compare(self._handed, current)
+        verdict = compare_shown(self._handed, current)
         if verdict == "diverged":
             self._diverged = True
         if verdict != "caught":
@@ -247,7 +259,7 @@ class Chunker:
         self._current = None  # the replacement repeated all: hand out what it adds
         return self._extend(current)
 
-    def _extend(self, current: _Message) -> list[ChatCompletionChunk]:
+    def _extend(self, current: ShownMessage) -> list[ChatCompletionChunk]:
         """What ``current`` has beyond the handed message (of which it holds all)."""
         handed = self._handed
         out = self._text("".join(current.content)[sum(map(len, handed.content)) :])

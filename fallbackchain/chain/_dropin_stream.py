@@ -216,11 +216,12 @@ def trace_of(answer: object) -> ChainResponse | None:
     """The :class:`ChainResponse` behind a drop-in answer, or ``None`` for anything else.
 
     ``answer`` is a ``ChatCompletion`` that ``chain.chat.completions.create()`` (or
-    ``parse()``) returned, or a drop-in stream iterated to its end (before the end this raises
-    :class:`~fallbackchain.StreamNotFinishedError`). A completion from a plain openai client
+    ``parse()``) returned, a ``Response`` that ``chain.responses.create()`` returned, or a
+    drop-in stream of either iterated to its end (before the end this raises
+    :class:`~fallbackchain.StreamNotFinishedError`). An answer from a plain openai client
     gives ``None``.
     """
     if isinstance(answer, DropInStream | AsyncDropInStream):
         return answer._events.response
-    trace = getattr(answer, TRACE, None) if isinstance(answer, ChatCompletion) else None
+    trace = getattr(answer, TRACE, None)  # also a Responses drop-in answer or stream
     return trace if isinstance(trace, ChainResponse) else None

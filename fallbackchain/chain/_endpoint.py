@@ -102,8 +102,10 @@ class Endpoint(Protocol[Answer]):
         """
         ...
 
-    def cache_key(self, request: Mapping[str, Any]) -> str:
+    def cache_key(self, request: Mapping[str, Any]) -> str | None:
         """The cache key of ``request``: every answer-shaping argument counts, none other.
+
+        ``None`` for a request the API says must never be cached (neither read nor written).
 
         The same key whichever route answers (a fallback's model does not change it).
         Raises ``TypeError`` when a value has no JSON form: the request is answered live

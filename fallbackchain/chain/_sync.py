@@ -28,6 +28,7 @@ from ._core import RequestRun
 from ._dropin import ChainChat
 from ._race import Dismissal, Entrant, Race
 from ._request import Request, ResponseSlot
+from ._responses_dropin import ChainResponses
 from ._watch import AttemptWatch
 
 __all__ = ["ChainStream", "FallbackChain"]
@@ -88,6 +89,11 @@ class FallbackChain(ChainBase[ChainStream, openai.OpenAI, SleepFunc, ChainRespon
     def chat(self) -> ChainChat:
         """The openai SDK's shape: ``chain.chat.completions.create(...)`` (see ``_dropin``)."""
         return ChainChat(self)
+
+    @property
+    def responses(self) -> ChainResponses:
+        """The openai SDK's shape: ``chain.responses.create(...)`` (see ``_responses_dropin``)."""
+        return ChainResponses(self, self.config)
 
     def _answer(self, prepare: Callable[[], Request]) -> ChainResponse:
         with self._stream(prepare()) as stream:

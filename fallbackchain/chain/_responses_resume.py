@@ -1,0 +1,258 @@
+"""Resumption: a dropped background response stream goes on where it stopped.
+
+A background response (``background=True``, stored) keeps running on the provider when its
+stream drops; ``responses.retrieve(id, stream=True, starting_after=N)`` streams its events
+after sequence number ``N``. :class:`ResumingStream` (sync) and :class:`AsyncResumingStream`
+wrap the SDK's stream of such a request and do exactly that:
+
+* when the connection drops (refused, reset, cut mid-body) or the stream ends without a
+  terminal event (``response.completed``, ``response.incomplete``,
+  ``response.failed``, ``error``) after ``response.created`` named the response, they call
+  ``retrieve`` with the last sequence number seen and go on reading: no new generation, no
+  second bill;
+* each event is yielded once: a resumed stream's events at or below the last sequence number
+  already yielded are skipped;
+* before the first event of a resumed connection they yield a :class:`Resumed` marker (the
+  assembler records it; nothing is shown), so the trace can say what happened;
+* a read that timed out is not resumed: it already used the chain's ``idle_timeout``, so
+  the chain ends the attempt for it (and falls back, as for chat);
+* when the provider cannot resume (``retrieve`` fails), the drop is raised as the chain's
+  error saying so (``"...; could not resume (HTTP 404)"``); when :data:`MAX_RESUMES`
+  resumptions in a row bring nothing new, the last failure is raised as it came. Either way
+  the chain treats the attempt as failed and falls back to a fresh request, as for any
+  dropped stream.
+
+Closing the wrapper closes the stream being read and stops any resumption.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final, Self
+
+import openai
+
+from .._errors import (
+    TierError,
+    TruncatedStreamError,
+    UpstreamConnectionError,
+    UpstreamTimeoutError,
+    map_error,
+)
+
+__all__ = [
+    "MAX_RESUMES",
+    "TERMINAL_EVENTS",
+    "AsyncResumingStream",
+    "Resumed",
+    "ResumingStream",
+    "mark_resumptions",
+    "not_resumed",
+    "resumptions_of",
+]
+
+MAX_RESUMES: Final = 3
+"""Resumptions in a row that bring no new event before the stream is given up."""
+
+TERMINAL_EVENTS: Final = frozenset(
+    {"response.completed", "response.incomplete", "response.failed", "error"}
+)
+"""The event types that end a Responses stream."""
+
+_RESUMED: Final = "_fallbackchain_resumed"  # where a final Response keeps its resumptions
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """One resumption of a background response's stream.
+
+    ``response_id`` and ``after`` (the ``starting_after`` sent) name what was resumed;
+    ``error`` is why the stream had to be resumed (the drop, mapped into the chain's tree;
+    a :class:`~fallbackchain.TruncatedStreamError` for a stream that ended early).
+    """
+
+    response_id: str
+    after: int
+    error: TierError
+
+
+def resumptions_of(answer: object) -> tuple[Resumed, ...]:
+    """The resumptions behind a streamed ``Response`` (empty when there was none)."""
+    found = getattr(answer, _RESUMED, ())
+    return found if isinstance(found, tuple) else ()
+
+
+def mark_resumptions(answer: object, resumptions: list[Resumed]) -> None:
+    """Record ``resumptions`` on ``answer`` (for :func:`resumptions_of`); a no-op when none."""
+    if resumptions:
+        object.__setattr__(answer, _RESUMED, tuple(resumptions))
+
+
+def not_resumed(error: TierError, exc: BaseException) -> TierError:
+    """``error`` (why a stream was to be resumed), saying that resuming it failed with ``exc``.
+
+    The chain then ends the attempt with it and falls back to a fresh request; its text says
+    both, by status code or error class (never a server's message).
+    """
+    if isinstance(exc, openai.APIStatusError):
+        why = f"HTTP {exc.status_code}"
+    else:
+        mapped = map_error(exc, content_seen=True)
+        why = mapped.message if mapped is not None else type(exc).__name__
+    text = f"{error.message}; could not resume ({why})"
+    if isinstance(error, UpstreamConnectionError):
+        return UpstreamConnectionError(text)
+    return TruncatedStreamError(text)
+
+
+class _Progress:
+    """What both wrappers track: the response, the last sequence number, the resumptions."""
+
+    __slots__ = ("closed", "last", "response_id", "stalled")
+
+    def __init__(self) -> None:
+        self.response_id: str | None = None
+        self.last: int | None = None
+        self.stalled = 0  # resumptions in a row that brought nothing new
+        self.closed = False
+
+    def take(self, event: Any) -> bool:
+        """True when ``event`` is new (to be yielded); tracks the response id and sequence."""
+        sequence = getattr(event, "sequence_number", None)
+        if isinstance(sequence, int):
+            if self.last is not None and sequence <= self.last:
+                return False
+            self.last = sequence
+        if getattr(event, "type", None) == "response.created":
+            self.response_id = getattr(getattr(event, "response", None), "id", None)
+        self.stalled = 0
+        return True
+
+    def why(self, failure: BaseException | None) -> TierError | None:
+        """The reason to resume after ``failure`` (``None``: a clean early end), or ``None``.
+
+        ``None`` when the stream cannot or must not be resumed: closed by the consumer, no
+        response id or sequence number yet, too many fruitless resumptions, or a failure that
+        is not a dropped connection (a malformed event, an error of our own).
+        """
+        if self.closed or self.response_id is None or self.last is None:
+            return None
+        if self.stalled >= MAX_RESUMES:
+            return None
+        if failure is None:
+            return TruncatedStreamError(
+                f"stream ended without a terminal event after sequence number {self.last}"
+            )
+        mapped = map_error(failure, content_seen=True)
+        # A read that timed out already took the chain's whole idle allowance: the chain ends
+        # the attempt for it whatever comes next, so a resumption would be a wasted request.
+        if isinstance(mapped, UpstreamTimeoutError):
+            return None
+        return mapped if isinstance(mapped, UpstreamConnectionError) else None
+
+    def resumed(self, error: TierError) -> Resumed:
+        """Count one resumption (after :meth:`why` allowed it) and describe it."""
+        response_id, last = self.response_id, self.last
+        if response_id is None or last is None:  # why() refuses this case
+            raise error
+        self.stalled += 1
+        return Resumed(response_id, last, error)
+
+
+class ResumingStream:
+    """The SDK's ``Stream`` of a background response, resumed after a drop (sync)."""
+
+    def __init__(self, stream: Any, reopen: Callable[[str, int], Any]) -> None:
+        """``reopen(response_id, starting_after)`` returns the SDK's stream of the rest."""
+        self._stream = stream
+        self._reopen = reopen
+        self._progress = _Progress()
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._events()
+
+    def _events(self) -> Iterator[Any]:
+        progress = self._progress
+        while True:
+            failure: BaseException | None = None
+            try:
+                for event in self._stream:
+                    if progress.take(event):
+                        yield event
+                        if getattr(event, "type", None) in TERMINAL_EVENTS:
+                            return
+            except Exception as exc:  # noqa: BLE001 - mapped; anything else is re-raised
+                failure = exc
+            why = progress.why(failure)
+            if why is None:
+                if failure is not None:
+                    raise failure
+                return
+            marker = progress.resumed(why)
+            self._stream.close()
+            try:
+                self._stream = self._reopen(marker.response_id, marker.after)
+            except Exception as exc:  # noqa: BLE001 - the provider cannot resume: the drop stands
+                raise not_resumed(marker.error, exc) from (failure or exc)
+            yield marker
+
+    def close(self) -> None:
+        """Close the stream being read; no resumption after this."""
+        self._progress.closed = True
+        self._stream.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AsyncResumingStream:
+    """The SDK's ``AsyncStream`` of a background response, resumed after a drop."""
+
+    def __init__(self, stream: Any, reopen: Callable[[str, int], Awaitable[Any]]) -> None:
+        """``await reopen(response_id, starting_after)`` returns the SDK's stream of the rest."""
+        self._stream = stream
+        self._reopen = reopen
+        self._progress = _Progress()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[Any]:
+        progress = self._progress
+        while True:
+            failure: BaseException | None = None
+            try:
+                async for event in self._stream:
+                    if progress.take(event):
+                        yield event
+                        if getattr(event, "type", None) in TERMINAL_EVENTS:
+                            return
+            except Exception as exc:  # noqa: BLE001 - mapped; anything else is re-raised
+                failure = exc
+            why = progress.why(failure)
+            if why is None:
+                if failure is not None:
+                    raise failure
+                return
+            marker = progress.resumed(why)
+            await self._stream.close()
+            try:
+                self._stream = await self._reopen(marker.response_id, marker.after)
+            except Exception as exc:  # noqa: BLE001 - the provider cannot resume: the drop stands
+                raise not_resumed(marker.error, exc) from (failure or exc)
+            yield marker
+
+    async def close(self) -> None:
+        """Close the stream being read; no resumption after this."""
+        self._progress.closed = True
+        await self._stream.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
