@@ -342,14 +342,21 @@ class Display:
         "_matching",
         "_pos",
         "_refusal",
-        "_shown",
         "_shown_parts",
         "_stale",
+        "plain",
+        "record_text",
     )
 
     def __init__(self) -> None:
+        # Text shown since the last reset, in pieces; joined (in place) when read. The list
+        # is never replaced, so ``record_text`` (its bound ``append``) stays valid.
         self._shown_parts: list[str] = []
-        self._shown: str | None = ""
+        self.record_text = self._shown_parts.append
+        """In :attr:`plain` mode, a driver may record shown text with this and build the
+        ``delta`` event itself: exactly what :meth:`delta` does for a ``str`` piece then."""
+        self.plain = True
+        """New text goes straight to the consumer (no earlier answer to match, nothing stale)."""
         self._matching = False
         self._pos = 0
         self._buffer: list[str] = []
@@ -360,10 +367,12 @@ class Display:
     @property
     def shown(self) -> str:
         """All text shown since the last reset."""
-        if self._shown is None:
-            self._shown = "".join(self._shown_parts)
-            self._shown_parts = [self._shown]
-        return self._shown
+        parts = self._shown_parts
+        if len(parts) == 1:
+            return parts[0]
+        text = "".join(parts)
+        parts[:] = [text]
+        return text
 
     def new_attempt(self) -> None:
         """A new attempt begins after a failure; its text is first matched to the shown text.
@@ -378,17 +387,17 @@ class Display:
             self._matching = False
         else:
             self._matching = bool(self.shown)
+        self.plain = not (self._matching or self._stale)
 
     def delta(self, piece: Piece, source: str) -> tuple[ChainEvent, ...]:
         """Offer what a chunk of the current attempt added; return the events to show."""
         if not piece:
             return _NO_EVENTS
         if isinstance(piece, str):
-            if self._matching or self._stale:
+            if not self.plain:
                 return self._text(piece, source)
             # The common case, inline: new text of the first attempt, shown as it comes.
             self._shown_parts.append(piece)
-            self._shown = None
             return (ChainEvent("delta", piece, source),)
         events: list[ChainEvent] = []
         for fragment in piece:
@@ -405,7 +414,6 @@ class Display:
             return self._replace(text, source)
         if not self._matching:
             self._shown_parts.append(text)
-            self._shown = None
             return (ChainEvent("delta", text, source),)
         shown = self.shown
         pos = self._pos
@@ -418,8 +426,8 @@ class Display:
         elif text.startswith(shown[pos:]):
             new = text[len(shown) - pos :]
             self._matching = False
+            self.plain = True  # not stale either: checked first
             self._shown_parts.append(new)
-            self._shown = None
             return (ChainEvent("delta", new, source),)
         return self._replace("".join(self._buffer) + text, source)
 
@@ -430,6 +438,7 @@ class Display:
             lead = self._replace("", source)
         elif self._matching:
             self._matching = False
+            self.plain = True
             if self._pos < len(self.shown):  # this answer's text is shorter: it diverged
                 lead = self._replace("".join(self._buffer), source)
         if fragment.kind == "refusal":
@@ -458,6 +467,7 @@ class Display:
         returns a reset and the whole answer.
         """
         self._matching = False
+        self.plain = not self._stale
         if self._stale or self._rebuilt() != _message(completion):
             return self._replace_whole(completion, source)
         return _NO_EVENTS
@@ -477,10 +487,10 @@ class Display:
     def _replace(self, text: str, source: str) -> tuple[ChainEvent, ...]:
         self._matching = False
         self._stale = False
+        self.plain = True
         self._calls = {}
         self._refusal = []
-        self._shown_parts = [text]
-        self._shown = text
+        self._shown_parts[:] = [text]
         reset = ChainEvent("reset", "", source)
         return (reset, ChainEvent("delta", text, source)) if text else (reset,)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import random as _random
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
@@ -28,7 +29,7 @@ from .._config_file import load_config
 from .._errors import ChainClosedError
 from .._hooks import BreakerChanged, Hooks, RequestStarted, next_request_id
 from .._redact import mask_url
-from .._timing import Clock, TimeSource, time_source
+from .._timing import Clock, SystemClock, TimeSource, time_source
 from ..breaker import BreakerGate, BreakerState
 from ..cache import Cache, CachedAnswer
 from ._assembly import Piece
@@ -95,7 +96,11 @@ class ChainBase(Generic[StreamT, ClientT, SleepT, AnswerT]):
         self.config = config
         self._hooks = Hooks(listeners)
         self._time = time_source(clock)
-        self._clock = self._time.monotonic  # every interval; stored stamps use the wall clock
+        # every interval; stored stamps use the wall clock. The system's is read per chunk:
+        # bound straight to time.monotonic (SystemClock's method only wraps it).
+        self._clock: Clock = (
+            time.monotonic if type(self._time) is SystemClock else self._time.monotonic
+        )
         self._random = random or _random.random
 
         def gate(name: str, route: RouteConfig) -> BreakerGate:

@@ -63,7 +63,9 @@ class Request:
         bound = tier.route.timeout
         if self.timeout is not None:
             bound = min(bound, self.timeout)
-        kwargs["timeout"] = httpx2.Timeout(min(bound, read), read=read)
+        # all four given: httpx's other branch checks a runtime Protocol (~4 µs per request)
+        other = min(bound, read)
+        kwargs["timeout"] = httpx2.Timeout(connect=other, read=read, write=other, pool=other)
         return kwargs
 
 

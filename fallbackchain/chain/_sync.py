@@ -10,7 +10,7 @@ wait is bounded by the SDK's per-read timeout, and each read is checked by the a
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any, Self
@@ -130,17 +130,70 @@ class FallbackChain(ChainBase[ChainStream, openai.OpenAI, SleepFunc, ChainRespon
     # -- driver -------------------------------------------------------------------------------
 
     def _drive(self, request: Request, slot: ResponseSlot) -> Iterator[ChainEvent]:
-        """Perform the steps of ``request``'s flow (see ``_flow`` for the protocol)."""
+        """Perform the steps of ``request``'s flow (see ``_flow`` for the protocol).
+
+        A stream (``ReadStream``: what :meth:`_open_stream` read, then the rest) is read
+        here, inline: each event is yielded straight to the consumer, with no generator in
+        between.
+        """
         run, steps = self._start(request, slot)
+        clock = self._clock
         for step in steps:
             try:
-                if isinstance(step, kind.ReadStream):
-                    steps.done((yield from self._read_stream(request, run, step)))
-                elif isinstance(step, kind.Show):
-                    yield from self._show(step.events, run)
-                    steps.done()
-                else:
-                    steps.done(self._perform(request, run, step))
+                if not isinstance(step, kind.ReadStream):
+                    if isinstance(step, kind.Show):
+                        yield from self._show(step.events, run)
+                        steps.done()
+                    else:
+                        steps.done(self._perform(request, run, step))
+                    continue
+                opened: OpenedStream = step.opened
+                attempt = step.attempt
+                with opened.stream:
+                    assembler = opened.assembler
+                    add = assembler.add
+                    check = step.watch.after_wait
+                    delta = run.display.delta
+                    source = attempt.tier.name
+                    for read in opened.pieces:
+                        yield from delta(read, source)
+                    if not opened.ended:
+                        items = opened.items
+                        after = opened.after
+                        limited = attempt.permit.limited
+                        watch = step.watch
+                        display = run.display
+                        record = display.record_text
+                        while True:
+                            before = clock()
+                            # Between two waits the consumer held the stream: not upstream time.
+                            gap = before - after
+                            if gap > 0:
+                                run.paused += gap
+                            try:
+                                item = next(items)
+                            except StopIteration:
+                                break
+                            after = clock()
+                            piece = add(item)
+                            if watch.content_seen:  # watch.after_wait's checks, inline
+                                if after - before > watch.idle or (
+                                    after - run.started - run.paused > run.deadline
+                                ):
+                                    raise watch.expired(before)  # noqa: TRY301
+                            elif (
+                                check(before, after, got_content=assembler.content_seen)
+                                and limited
+                            ):
+                                attempt.permit.first_content()
+                            if piece:
+                                if piece.__class__ is str and display.plain:
+                                    record(piece)  # display.delta's common case, inline
+                                    yield ChainEvent("delta", piece, source)
+                                else:
+                                    yield from delta(piece, source)
+                    answer = assembler.finish(model=request.model)
+                steps.done(answer)
             except BaseException as exc:  # noqa: BLE001 - back into the flow, which decides
                 steps.failed(exc)
 
@@ -210,41 +263,6 @@ class FallbackChain(ChainBase[ChainStream, openai.OpenAI, SleepFunc, ChainRespon
             stream.close()
             raise
         return opened
-
-    def _read_stream(
-        self, request: Request, run: RequestRun, step: kind.ReadStream
-    ) -> Generator[ChainEvent, None, Any]:
-        """Show what :meth:`_open_stream` read, then the rest of the stream; return the answer."""
-        clock = self._clock
-        opened: OpenedStream = step.opened
-        attempt = step.attempt
-        with opened.stream:
-            assembler = opened.assembler
-            add = assembler.add
-            check = step.watch.after_wait
-            delta = run.display.delta
-            source = attempt.tier.name
-            for read in opened.pieces:
-                yield from delta(read, source)
-            if not opened.ended:
-                items = opened.items
-                after = opened.after
-                limited = attempt.permit.limited
-                while True:
-                    before = clock()
-                    # Between two waits the consumer held the stream: not the upstream's time.
-                    run.pause(before - after)
-                    try:
-                        item = next(items)
-                    except StopIteration:
-                        break
-                    after = clock()
-                    piece = add(item)
-                    if check(before, after, got_content=assembler.content_seen) and limited:
-                        attempt.permit.first_content()
-                    if piece:
-                        yield from delta(piece, source)
-        return assembler.finish(model=request.model)
 
     def _race(self, request: Request, run: RequestRun, step: kind.OpenStream) -> kind.Opened:
         """Open ``step``'s attempt in a thread, hedge it when silent; the race's end.

@@ -34,11 +34,11 @@ class AttemptWatch:
 
     __slots__ = (
         "_first_token",
-        "_idle",
         "_run",
         "_started",
         "content_seen",
         "first_token_at",
+        "idle",
         "responded",
     )
 
@@ -46,7 +46,8 @@ class AttemptWatch:
         self._run = run
         self._started = started
         self._first_token = first_token
-        self._idle = idle
+        self.idle = idle
+        """The longest wait for a chunk once content began (a driver's per-chunk check)."""
         self.content_seen = False
         self.responded = False
         """Set by the driver once the SDK call returned: a response has begun."""
@@ -55,7 +56,7 @@ class AttemptWatch:
     def _limit(self, now: float) -> tuple[float, type[TierError]]:
         kind: type[TierError]
         if self.content_seen:
-            limit, kind = self._idle, IdleTimeoutError
+            limit, kind = self.idle, IdleTimeoutError
         else:
             # No event reaches the consumer before the first content, so no pause to subtract.
             limit = self._first_token - (now - self._started)
@@ -72,7 +73,7 @@ class AttemptWatch:
         """
         run = self._run
         remaining = run.deadline - (now - run.started - run.paused)
-        limit = self._idle if self.content_seen else self._first_token - (now - self._started)
+        limit = self.idle if self.content_seen else self._first_token - (now - self._started)
         return max(0.0, min(limit, remaining))
 
     def expired(self, before: float) -> TierError:
@@ -81,7 +82,7 @@ class AttemptWatch:
         if kind is DeadlineExceededError:
             return DeadlineExceededError("request deadline reached while waiting for upstream")
         if kind is IdleTimeoutError:
-            return IdleTimeoutError(f"no chunk for {self._idle:g}s (idle_timeout)")
+            return IdleTimeoutError(f"no chunk for {self.idle:g}s (idle_timeout)")
         return FirstTokenTimeoutError(f"no content within {self._first_token:g}s")
 
     def after_wait(self, before: float, after: float, *, got_content: bool) -> bool:
@@ -94,7 +95,7 @@ class AttemptWatch:
         """
         run = self._run
         if self.content_seen:
-            over = after - before > self._idle
+            over = after - before > self.idle
         else:
             over = after - self._started > self._first_token
         if over or after - run.started - run.paused > run.deadline:
