@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Self
 
@@ -33,6 +34,7 @@ from ._watch import AttemptWatch
 __all__ = ["AsyncChainStream", "AsyncFallbackChain"]
 
 logger = logging.getLogger("fallbackchain")
+_current_task = asyncio.current_task
 
 
 class AsyncChainStream:
@@ -166,31 +168,52 @@ class AsyncFallbackChain(
                         for event in delta(read, source):
                             yield event
                     if not opened.ended:
-                        items, add, check = opened.items, assembler.add, watch.after_wait
+                        next_item = opened.items.__anext__
+                        add, check = assembler.add, watch.after_wait
                         limited = attempt.permit.limited
                         after = opened.after
+                        display = run.display
+                        record = display.record_text
                         watchdog = _Watchdog(asyncio.get_running_loop())
+                        arm = watchdog.arm
                         try:
                             while True:
                                 before = clock()
-                                run.pause(before - after)  # the consumer held the stream
-                                watchdog.arm(watch.budget(before))
+                                gap = before - after
+                                if gap > 0:  # the consumer held the stream: not upstream time
+                                    run.paused += gap
+                                if watch.content_seen:  # watch.budget, inline: once per chunk
+                                    left = run.deadline - (before - run.started - run.paused)
+                                    arm(watch.idle if watch.idle < left else max(left, 0.0))
+                                else:
+                                    arm(watch.budget(before))
                                 try:
-                                    item = await anext(items)
+                                    item = await next_item()
                                 except StopAsyncIteration:
                                     break
                                 except asyncio.CancelledError:
                                     watchdog.raise_if_expired(watch, before)
                                     raise
-                                watchdog.disarm()
+                                watchdog.deadline = None  # disarmed
                                 after = clock()
                                 piece = add(item)
-                                first = check(before, after, got_content=assembler.content_seen)
-                                if first and limited:
+                                if watch.content_seen:  # watch.after_wait's checks, inline
+                                    if after - before > watch.idle or (
+                                        after - run.started - run.paused > run.deadline
+                                    ):
+                                        raise watch.expired(before)
+                                elif (
+                                    check(before, after, got_content=assembler.content_seen)
+                                    and limited
+                                ):
                                     await attempt.permit.afirst_content()
                                 if piece:
-                                    for event in delta(piece, source):
-                                        yield event
+                                    if piece.__class__ is str and display.plain:
+                                        record(piece)  # display.delta's common case, inline
+                                        yield ChainEvent("delta", piece, source)
+                                    else:
+                                        for event in delta(piece, source):
+                                            yield event
                         finally:
                             watchdog.close()
                 steps.done(assembler.finish(model=request.model))
@@ -295,7 +318,7 @@ class AsyncFallbackChain(
                 except asyncio.CancelledError:
                     watchdog.raise_if_expired(watch, before)
                     raise
-                watchdog.disarm()
+                watchdog.deadline = None  # disarmed
                 opened.after = clock()
                 piece = assembler.add(item)
                 first = watch.after_wait(before, opened.after, got_content=assembler.content_seen)
@@ -384,39 +407,42 @@ class _Watchdog:
     moved on meanwhile. :meth:`expired` tells a cancellation it caused from any other one.
     """
 
-    __slots__ = ("_deadline", "_fired", "_handle", "_loop", "_task")
+    __slots__ = ("_fired", "_handle", "_handle_when", "_loop", "_task", "_time", "deadline")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._time = loop.time
         self._task = asyncio.current_task()
         self._handle: asyncio.TimerHandle | None = None
-        self._deadline: float | None = None
+        self._handle_when = math.inf  # when the handle fires (inf: no handle)
+        self.deadline: float | None = None
+        """The loop time the current wait ends at; ``None`` (set by the driver): disarmed."""
         self._fired = False
 
     def arm(self, seconds: float) -> None:
+        """Bound the wait that starts now to ``seconds``; once per chunk, so kept flat."""
         # The task waiting now: a consumer may iterate from another task (wait_for does).
-        self._task = asyncio.current_task()
+        self._task = _current_task()
         self._fired = False
-        when = self._deadline = self._loop.time() + seconds
-        handle = self._handle
-        if handle is None or when < handle.when():
-            if handle is not None:
-                handle.cancel()
+        when = self.deadline = self._time() + seconds
+        if when < self._handle_when:  # the timer is only ever moved earlier, never per chunk
+            if self._handle is not None:
+                self._handle.cancel()
             self._handle = self._loop.call_at(when, self._fire)
-
-    def disarm(self) -> None:
-        self._deadline = None
+            self._handle_when = when
 
     def _fire(self) -> None:
         self._handle = None
-        deadline = self._deadline
+        self._handle_when = math.inf
+        deadline = self.deadline
         if deadline is None or self._task is None:
             return
-        if self._loop.time() >= deadline:
+        if self._time() >= deadline:
             self._fired = True
             self._task.cancel()
         else:
             self._handle = self._loop.call_at(deadline, self._fire)
+            self._handle_when = deadline
 
     def expired(self) -> bool:
         """True if the cancellation being handled is this watchdog's own (and undo it)."""
@@ -438,7 +464,8 @@ class _Watchdog:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        self._deadline = None
+            self._handle_when = math.inf
+        self.deadline = None
         if self._fired and self._task is not None:  # our cancel was swallowed somewhere below
             self._fired = False
             self._task.uncancel()
