@@ -112,6 +112,27 @@ def chain_sync(chain: FallbackChain, prompt: str) -> tuple[float, int, str]:
     return first - start, len(parts), "".join(parts)
 
 
+def dropin_sync(chain: FallbackChain, prompt: str) -> tuple[float, int, str]:
+    """The drop-in: the raw SDK's loop, unchanged, over ``chain.chat.completions.create``."""
+    start = time.perf_counter()
+    first = 0.0
+    parts: list[str] = []
+    with chain.chat.completions.create(
+        model=MODEL,
+        messages=user(prompt),  # type: ignore[arg-type]
+        stream=True,
+        stream_options={"include_usage": True},
+    ) as stream:
+        for chunk in stream:
+            if chunk.choices:
+                content = chunk.choices[0].delta.content
+                if content:
+                    if not parts:
+                        first = time.perf_counter()
+                    parts.append(content)
+    return first - start, len(parts), "".join(parts)
+
+
 async def raw_async(client: openai.AsyncOpenAI, prompt: str) -> tuple[float, int, str]:
     start = time.perf_counter()
     first = 0.0
@@ -230,8 +251,8 @@ def _rows(label: str, batches: dict[str, list[Batch]], chain: str) -> list[Row]:
             f"{ch.throughput:,.0f}",
             f"{raw.throughput:,.0f}",
             f"{ratio:.3f}",
-            "ratio ≥ 0.95",
-            ratio >= 0.95,
+            "ratio ≥ 0.97",
+            ratio >= 0.97,
             f"median of {len(ratios)} paired rounds; "
             f"range {min(ratios):.3f} … {max(ratios):.3f}",
         ),
@@ -251,8 +272,8 @@ def _rows(label: str, batches: dict[str, list[Batch]], chain: str) -> list[Row]:
             fmt_time(ch.cpu / ch.chunks),
             fmt_time(raw.cpu / raw.chunks),
             f"{added_cpu * 1e6:+.2f} µs",
-            "added ≤ 3 µs",
-            added_cpu <= 3e-6,
+            "(end to end: the fixed cost per request / 60 included; see isolated)",
+            None,
             f"median of {len(cpu_diffs)} paired rounds ({spread}); "
             f"{ch.requests} requests x {WORDS} chunks",
         ),
@@ -283,6 +304,7 @@ def run_sync(settings: Settings, base_url: str) -> tuple[list[Row], dict[str, An
         # sanity: the same answers both ways
         for prompt in PROMPTS[:3]:
             assert raw_sync(client, prompt)[2] == chain_sync(chain, prompt)[2]
+            assert raw_sync(client, prompt)[2] == dropin_sync(bare, prompt)[2]
         for _ in range(2):  # warm-up: connections, pydantic schemas, sqlite pages
             sync_batch(lambda p: raw_sync(client, p), 20, 0)
             sync_batch(lambda p: chain_sync(chain, p), 20, 0)
@@ -292,6 +314,7 @@ def run_sync(settings: Settings, base_url: str) -> tuple[list[Row], dict[str, An
                 "raw": lambda r: sync_batch(lambda p: raw_sync(client, p), n, r * n),
                 "chain": lambda r: sync_batch(lambda p: chain_sync(chain, p), n, r * n),
                 "chain-nocache": lambda r: sync_batch(lambda p: chain_sync(bare, p), n, r * n),
+                "dropin": lambda r: sync_batch(lambda p: dropin_sync(chain, p), n, r * n),
             },
             rounds,
         )
@@ -301,10 +324,11 @@ def run_sync(settings: Settings, base_url: str) -> tuple[list[Row], dict[str, An
         client.close()
     rows = _rows("sync, sequential", batches, "chain")
     diag = _rows("sync, cache disabled (diagnostic)", batches, "chain-nocache")
-    for row in diag:
+    dropin = _rows("sync, drop-in stream (`chat.completions.create`)", batches, "dropin")
+    for row in diag + dropin:
         row.met = None
         row.target = "(diagnostic)"
-    return rows + diag, _chart(batches)
+    return rows + diag + dropin, _chart(batches)
 
 
 def run_async(settings: Settings, base_url: str) -> tuple[list[Row], dict[str, Any]]:
@@ -490,63 +514,137 @@ class _StandInClient:
         return made()
 
 
+def _consume(stream: Any) -> int:
+    """The raw SDK's loop over a stand-in stream (the baseline of the isolated rows)."""
+    parts = []
+    for chunk in stream:
+        if chunk.choices:
+            content = chunk.choices[0].delta.content
+            if content:
+                parts.append(content)
+    return len(parts)
+
+
+async def _aconsume(stream: Any) -> int:
+    parts = []
+    async for chunk in stream:
+        if chunk.choices:
+            content = chunk.choices[0].delta.content
+            if content:
+                parts.append(content)
+    return len(parts)
+
+
 def run_isolated(settings: Settings, base_url: str) -> tuple[list[Row], dict[str, Any]]:
-    """CPU per content chunk of the chain alone: no SDK parsing, no socket, no server."""
+    """The chain's own CPU per content chunk and per request: no SDK parsing, no socket.
+
+    A stand-in client hands out pre-built SDK chunks; each way runs answers of 10 and of
+    300 content chunks: the slope between the two is the CPU per chunk, the intercept the
+    fixed cost per request (both minus the same loop over the stand-in alone).
+    """
     chunks = _prebuilt_chunks(base_url)
-    content = sum(1 for c in chunks if c.choices and c.choices[0].delta.content)
-    n = 200 if settings.quick else 500
-    rounds = 3 if settings.quick else 9
-    results: dict[str, float] = {}
-    for label, enabled in (("cache on", True), ("cache off", False)):
-        cache_dir = settings.scratch / f"happy-isolated-{label.replace(' ', '-')}"
-        shutil.rmtree(cache_dir, ignore_errors=True)
-        config = production_config(base_url, cache_dir)
-        config = dataclasses.replace(
-            config, cache=dataclasses.replace(config.cache, enabled=enabled)
-        )
-        stand_in: Any = _StandInClient(chunks, is_async=False)
-        sync_chain = FallbackChain(config, client=stand_in)
-        per_round = []
-        for r in range(rounds + 1):
+    at = [i for i, c in enumerate(chunks) if c.choices and c.choices[0].delta.content]
+    head, body, tail = chunks[: at[0]], chunks[at[0] : at[-1] + 1], chunks[at[-1] + 1 :]
+    lengths = {10: head + body[:10] + tail, 300: head + (body * 5)[:300] + tail}
+    n = 100 if settings.quick else 300
+    rounds = 3 if settings.quick else 7
+    cache_dir = settings.scratch / "happy-isolated"
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    config = production_config(base_url, cache_dir)
+
+    def per_request(one: Callable[[int], object]) -> float:
+        for i in range(min(n, 50)):  # warm-up
+            one(i)
+        cpus = []
+        for _ in range(rounds):
             cpu0 = time.process_time()
             for i in range(n):
-                chain_sync(sync_chain, PROMPTS[i % 20])
-            if r:  # the first round warms up
-                per_round.append((time.process_time() - cpu0) / (n * content))
-        sync_chain.close()
-        results[f"sync, {label}"] = median(per_round)
+                one(i)
+            cpus.append((time.process_time() - cpu0) / n)
+        return median(cpus)
 
-        async def go(config: Any = config) -> float:
-            stand_in: Any = _StandInClient(chunks, is_async=True)
+    async def aper_request(one: Callable[[int], Any]) -> float:
+        await asyncio.gather(*(one(i) for i in range(100)))  # warm-up
+        cpus = []
+        for _ in range(rounds):
+            cpu0 = time.process_time()
+            for start in range(0, n, 100):  # 100 concurrent streams at a time
+                await asyncio.gather(*(one(i) for i in range(start, start + 100)))
+            cpus.append((time.process_time() - cpu0) / n)
+        return median(cpus)
+
+    cost: dict[tuple[str, int], float] = {}
+    for length, stream in lengths.items():
+        stand_in: Any = _StandInClient(stream, is_async=False)
+        chain = FallbackChain(config, client=stand_in)
+        ways: dict[str, Callable[[int], object]] = {
+            "raw sync": lambda _, s=stand_in: _consume(s.create()),
+            "sync": lambda i, c=chain: chain_sync(c, PROMPTS[i % 20]),
+            "drop-in sync": lambda i, c=chain: dropin_sync(c, PROMPTS[i % 20]),
+        }
+        for name, one in ways.items():
+            cost[name, length] = per_request(one)
+        chain.close()
+
+        async def go(stream: list[Any] = stream, length: int = length) -> None:
+            stand_in: Any = _StandInClient(stream, is_async=True)
+
+            async def raw(_: int) -> None:
+                await _aconsume(await stand_in.create())
+
+            cost["raw async", length] = await aper_request(raw)
             chain = AsyncFallbackChain(config, client=stand_in)
-            per: list[float] = []
-            for r in range(rounds + 1):
-                cpu0 = time.process_time()
-                for start in range(0, n, 100):
-                    await asyncio.gather(
-                        *(chain_async(chain, PROMPTS[i % 20]) for i in range(start, start + 100))
-                    )
-                if r:
-                    per.append((time.process_time() - cpu0) / (n * content))
+            cost["async", length] = await aper_request(
+                lambda i: chain_async(chain, PROMPTS[i % 20])
+            )
             await chain.aclose()
-            return median(per)
 
-        results[f"async, {label}"] = asyncio.run(go())
-    rows = [
-        Row(
-            "happy path",
-            f"chain's own CPU per content chunk, {label} (isolated)",
-            fmt_time(value),
-            "0 (no SDK, no socket)",
-            f"{value * 1e6:+.2f} µs",
-            "(diagnostic) added ≤ 3 µs",
-            None,
-            "a stand-in client hands out pre-built SDK chunk objects: what is left is the "
-            "chain's own work (and the consumer loop's, ~0.2 µs)",
+        asyncio.run(go())
+
+    def split(name: str) -> tuple[float, float]:
+        per_chunk = (cost[name, 300] - cost[name, 10]) / 290
+        return per_chunk, cost[name, 10] - 10 * per_chunk
+
+    results: dict[str, float] = {}
+    rows = []
+    for name, raw, chunk_target in (
+        ("sync", "raw sync", 1.5e-6),
+        ("async", "raw async", 3e-6),
+        ("drop-in sync", "raw sync", None),
+    ):
+        (chunk, fixed), (raw_chunk, raw_fixed) = split(name), split(raw)
+        own_chunk, own_fixed = chunk - raw_chunk, fixed - raw_fixed
+        results[f"{name}: per chunk"] = own_chunk
+        results[f"{name}: per request"] = own_fixed
+        label = "drop-in stream, sync" if name.startswith("drop-in") else name
+        rows.append(
+            Row(
+                "happy path",
+                f"chain's own CPU per content chunk, {label}, cache on (isolated)",
+                fmt_time(chunk),
+                fmt_time(raw_chunk),
+                f"{own_chunk * 1e6:+.2f} µs",
+                "(diagnostic)" if chunk_target is None else f"≤ {chunk_target * 1e6:g} µs",
+                None if chunk_target is None else own_chunk <= chunk_target,
+                "a stand-in client hands out pre-built SDK chunk objects (no SDK parsing, no "
+                "socket); slope between answers of 10 and 300 content chunks, minus the same "
+                f"loop over the stand-in alone; median of {rounds} rounds of {n} requests",
+            )
         )
-        for label, value in results.items()
-    ]
-    return rows, dict(results)
+        rows.append(
+            Row(
+                "happy path",
+                f"chain's own fixed CPU per request, {label}, cache on (isolated)",
+                fmt_time(fixed),
+                fmt_time(raw_fixed),
+                f"{own_fixed * 1e6:+.1f} µs",
+                "(diagnostic)" if chunk_target is None else "≤ 100 µs",
+                None if chunk_target is None else own_fixed <= 100e-6,
+                "intercept of the same two lengths: the key, the plan, the breaker, the "
+                "answer's assembly and its hand-over to the cache writer",
+            )
+        )
+    return rows, results
 
 
 def run(settings: Settings) -> Section:

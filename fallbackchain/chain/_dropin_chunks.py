@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from openai.types.chat import ChatCompletionChunk
+from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta
 
 from .._errors import FallbackChainError
 from .._results import ChainEvent, ChainResponse
@@ -134,6 +135,30 @@ def compare_shown(handed: ShownMessage, current: ShownMessage) -> Verdict:
     return verdict
 
 
+_new = object.__new__
+_set = object.__setattr__
+# Every field of each model, unset (None: all of these default to None).
+_CHUNK_FIELDS: Final = dict.fromkeys(ChatCompletionChunk.model_fields)
+_CHOICE_FIELDS: Final = dict.fromkeys(Choice.model_fields)
+_DELTA_FIELDS: Final = dict.fromkeys(ChoiceDelta.model_fields)
+_CHUNK_SET: Final = frozenset(("id", "object", "created", "model", "choices", "usage"))
+_CHOICE_SET: Final = frozenset(("index", "delta", "finish_reason", "logprobs"))
+
+
+def _built(cls: type[Any], fields: dict[str, Any], fields_set: frozenset[str]) -> Any:
+    """An instance of the SDK model ``cls`` from already-valid ``fields``, not re-validated.
+
+    What pydantic's ``model_construct`` does, flat: the same ``__dict__``, fields set, extras
+    (none: the SDK's models allow extras) and private state as ``model_validate`` gives.
+    """
+    model = _new(cls)
+    _set(model, "__dict__", fields)
+    _set(model, "__pydantic_extra__", {})
+    _set(model, "__pydantic_fields_set__", set(fields_set))
+    _set(model, "__pydantic_private__", None)
+    return model
+
+
 class Chunker:
     """Turns one request's chain events into SDK chunks, and applies ``on_divergence``.
 
@@ -196,12 +221,31 @@ class Chunker:
         self._started = True
         return [self._delta({"role": "assistant", "content": ""})]
 
+    def _text_chunk(self, kind: str, text: str) -> ChatCompletionChunk:
+        """``self._delta({kind: text})``, built without validation: one per chunk of text.
+
+        Every value is already of its field's type (a str, an int, the ids made here), so
+        the chunk equals the validated one (tests/test_dropin_chunks.py checks it).
+        """
+        delta = _built(ChoiceDelta, {**_DELTA_FIELDS, kind: text}, frozenset((kind,)))
+        choice = _built(Choice, {**_CHOICE_FIELDS, "index": 0, "delta": delta}, _CHOICE_SET)
+        fields = {
+            **_CHUNK_FIELDS,
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": self._model,
+            "choices": [choice],
+        }
+        chunk: ChatCompletionChunk = _built(ChatCompletionChunk, fields, _CHUNK_SET)
+        return chunk
+
     def _text(self, text: str, kind: str = "content") -> list[ChatCompletionChunk]:
         out = self._open()
         if text:
             self._shown += len(text)
             (self._handed.content if kind == "content" else self._handed.refusal).append(text)
-            out.append(self._delta({kind: text}))
+            out.append(self._text_chunk(kind, text))
         return out
 
     def _tool_call(
