@@ -296,39 +296,46 @@ class AsyncFallbackChain(
         kwargs = request.kwargs(
             tier, streaming=True, read=run.read_budget(tier, before, request.timeout)
         )
-        try:
-            async with asyncio.timeout(budget):
-                stream = await request.endpoint.acreate(self._clients[tier.provider], kwargs)
-        except TimeoutError:
-            raise watch.expired(before) from None
-        watch.responded = True
+        # One watchdog bounds the wait for headers and then each chunk's (cheaper than an
+        # asyncio.timeout, which schedules and cancels a timer of its own).
         watchdog = _Watchdog(asyncio.get_running_loop())
         try:
-            opened = OpenedStream(stream, aiter(stream), request.endpoint.assembler(), clock())
-            watch.after_wait(before, opened.after, got_content=False)
-            assembler = opened.assembler
-            while not assembler.content_seen:
-                before = clock()
-                watchdog.arm(watch.budget(before))
-                try:
-                    item = await anext(opened.items)
-                except StopAsyncIteration:
-                    opened.ended = True
-                    break
-                except asyncio.CancelledError:
-                    watchdog.raise_if_expired(watch, before)
-                    raise
-                watchdog.deadline = None  # disarmed
-                opened.after = clock()
-                piece = assembler.add(item)
-                first = watch.after_wait(before, opened.after, got_content=assembler.content_seen)
-                if first and attempt.permit.limited:
-                    await attempt.permit.afirst_content()  # lets waiting callers in
-                if piece:
-                    opened.pieces.append(piece)
-        except BaseException:
-            await stream.close()
-            raise
+            watchdog.arm(budget)
+            try:
+                stream = await request.endpoint.acreate(self._clients[tier.provider], kwargs)
+            except asyncio.CancelledError:
+                watchdog.raise_if_expired(watch, before)
+                raise
+            watchdog.deadline = None  # disarmed
+            watch.responded = True
+            try:
+                opened = OpenedStream(stream, aiter(stream), request.endpoint.assembler(), clock())
+                watch.after_wait(before, opened.after, got_content=False)
+                assembler = opened.assembler
+                while not assembler.content_seen:
+                    before = clock()
+                    watchdog.arm(watch.budget(before))
+                    try:
+                        item = await anext(opened.items)
+                    except StopAsyncIteration:
+                        opened.ended = True
+                        break
+                    except asyncio.CancelledError:
+                        watchdog.raise_if_expired(watch, before)
+                        raise
+                    watchdog.deadline = None  # disarmed
+                    opened.after = clock()
+                    piece = assembler.add(item)
+                    first = watch.after_wait(
+                        before, opened.after, got_content=assembler.content_seen
+                    )
+                    if first and attempt.permit.limited:
+                        await attempt.permit.afirst_content()  # lets waiting callers in
+                    if piece:
+                        opened.pieces.append(piece)
+            except BaseException:
+                await stream.close()
+                raise
         finally:
             watchdog.close()
         return opened
