@@ -207,23 +207,49 @@ def test_a_silent_model_is_left_after_the_first_token_timeout(
     assert trace.source == "completion"  # the same route's whole tier: no other route lives
 
 
-def test_an_incomplete_response_is_never_accepted(harness: Any, server: Any) -> None:
+def test_an_incomplete_response_is_never_accepted(
+    harness_factory: Any, server: Any, backup: Any
+) -> None:
+    h = harness_factory(
+        fallbacks=(FallbackConfig(name="backup", model="backup-model"),),
+        fallback_servers={"backup": backup},
+    )
     server.push(Fault.incomplete(after_chunks=2), stream=True, api="responses")
-    events, trace = stream(harness)
+    events, trace = stream(h)
     assert check_stream_shape(events).status == "completed"
     first = trace.attempts[0]
     assert isinstance(first.exception, ResponseIncompleteError)
     assert first.exception.reason == "max_output_tokens"
-    # cut at the same limit again on this route: not retried there, the next tier answers
-    assert trace.source == "completion"
+    # cut at the same limit again on this route: its model is not asked again (not even by
+    # its whole tier), the next route answers at once
+    assert trace.source == "backup"
+    assert [a.tier for a in trace.attempts] == ["stream", "backup"]
+    assert server.route_counts == Counter({"responses.create": 1})
 
 
-def test_a_content_filtered_response_is_never_accepted(harness: Any, server: Any) -> None:
+def test_a_content_filtered_response_is_never_accepted(
+    harness_factory: Any, server: Any, backup: Any
+) -> None:
+    h = harness_factory(
+        fallbacks=(FallbackConfig(name="backup", model="backup-model"),),
+        fallback_servers={"backup": backup},
+    )
     server.push(Fault.finish("content_filter"), stream=True, api="responses")
-    response = create(harness)
+    response = create(h)
     first = trace_of(response).attempts[0]
     assert isinstance(first.exception, ResponseIncompleteError)
     assert first.exception.reason == "content_filter"
+    assert trace_of(response).source == "backup"
+    assert server.route_counts == Counter({"responses.create": 1})
+
+
+def test_an_incomplete_answer_costs_one_call_when_no_other_route_lives(
+    harness: Any, server: Any
+) -> None:
+    server.push(Fault.incomplete(after_chunks=2), stream=True, api="responses")
+    with pytest.raises(openai.APIError):
+        create(harness)
+    assert server.route_counts == Counter({"responses.create": 1})  # no second bill
 
 
 def test_a_failed_response_is_a_stream_event_error(harness: Any, server: Any) -> None:
@@ -241,17 +267,24 @@ def test_the_primarys_own_rejection_propagates_unchanged(harness: Any, server: A
     assert server.counts["total"] == 1
 
 
-def test_a_whole_tier_answer_is_checked_too(harness_factory: Any, server: Any) -> None:
-    h = harness_factory(openai__complete_streams=False)  # whole answers first
+def test_a_whole_tier_answer_is_checked_too(
+    harness_factory: Any, server: Any, backup: Any
+) -> None:
+    h = harness_factory(  # whole answers first
+        openai__complete_streams=False,
+        fallbacks=(FallbackConfig(name="backup", model="backup-model"),),
+        fallback_servers={"backup": backup},
+    )
     server.push(Fault.incomplete(), stream=False, api="responses")
     response = create(h)
-    assert response.output_text == answer(h)
+    assert response.output_text == backup.answer_for(user(PROMPT), "backup-model")
     first, answered = trace_of(response).attempts
     assert first.tier == "completion"
     assert isinstance(first.exception, ResponseIncompleteError)
     assert isinstance(first.exception, TruncatedStreamError)
-    assert answered.tier == "stream"
+    assert answered.tier == "backup"  # cut again on this model: not asked again
     assert server.requests[0].body["stream"] is False
+    assert server.counts["total"] == 1
 
 
 # -- fallbacks and the cache --------------------------------------------------------------------
