@@ -533,6 +533,7 @@ def test_listeners_see_a_responses_request_like_a_chat_one(make_chain: Any, serv
         "RequestStarted", "AttemptStarted", "AttemptEnded", "RetryScheduled",
         "AttemptStarted", "AttemptEnded", "CacheEvent", "RequestEnded",
     ]  # fmt: skip
+    assert seen[0].api == "responses"
     end = seen[-1]
     assert end.source == "stream"
     assert end.input_tokens is not None
