@@ -9,7 +9,8 @@ Spans (instrumentation scope ``fallbackchain``):
   span is current when the request starts (say, a web framework's server span). Attributes
   ``gen_ai.operation.name``, ``gen_ai.request.model``, ``fallbackchain.api`` (``"chat"`` or
   ``"responses"``: the provider API), ``fallbackchain.request_id``, ``fallbackchain.streaming``;
-  at the end ``fallbackchain.source`` (the tier that answered, or ``"cache"``), ``fallbackchain.attempts``, ``fallbackchain.outcome`` (``success``, ``failure``,
+  at the end ``fallbackchain.source`` (the tier that answered, or ``"cache"``),
+  ``fallbackchain.attempts``, ``fallbackchain.outcome`` (``success``, ``failure``,
   ``abandoned``) and ``error.type`` when nothing answered. A failure sets the ERROR status; an
   abandoned request (closed early, cancelled) does not, as it is neutral for the breakers too.
   Retries, fallbacks and cache reads are span events on it.
