@@ -100,6 +100,9 @@ def test_status_with_memory_breakers_says_they_are_per_process(tmp_path, capsys)
     out = capsys.readouterr().out
     assert "stream: kept in each process" in out
     assert "0 entries" in out
+    # true for both APIs: the same breakers, one cache holding both kinds of answer
+    assert "chat and Responses requests share them" in out
+    assert "chat completions and Responses answers" in out
     assert "[openai]" in out and "FC_STATUS_KEY" in out
 
 
