@@ -109,25 +109,45 @@ def not_resumed(error: TierError, exc: BaseException) -> TierError:
 class _Progress:
     """What both wrappers track: the response, the last sequence number, the resumptions."""
 
-    __slots__ = ("closed", "last", "response_id", "stalled")
+    __slots__ = ("closed", "ended", "last", "response_id", "stalled")
 
     def __init__(self) -> None:
         self.response_id: str | None = None
         self.last: int | None = None
         self.stalled = 0  # resumptions in a row that brought nothing new
         self.closed = False
+        self.ended = False  # a terminal event was yielded, or the stream cannot go on
 
-    def take(self, event: Any) -> bool:
-        """True when ``event`` is new (to be yielded); tracks the response id and sequence."""
+    def take(self, event: Any) -> tuple[Any, ...]:
+        """What to yield of ``event``: itself when new, nothing when already yielded.
+
+        Tracks the response id and the sequence; a terminal event sets :attr:`ended`.
+        """
         sequence = getattr(event, "sequence_number", None)
         if isinstance(sequence, int):
             if self.last is not None and sequence <= self.last:
-                return False
+                return ()
             self.last = sequence
-        if getattr(event, "type", None) == "response.created":
+        kind = getattr(event, "type", None)
+        if kind == "response.created":
             self.response_id = getattr(getattr(event, "response", None), "id", None)
+        self.ended = kind in TERMINAL_EVENTS
         self.stalled = 0
-        return True
+        return (event,)
+
+    def after(self, failure: Exception | None) -> Resumed | None:
+        """The stream being read stopped: the resumption to make, or ``None`` for the end.
+
+        ``failure``: what stopped it (``None``: it ended, perhaps without a terminal event).
+        Raises ``failure`` when it cannot be resumed; after ``None`` :attr:`ended` is set.
+        """
+        why = None if self.ended else self.why(failure)
+        if why is None:
+            self.ended = True
+            if failure is not None:
+                raise failure
+            return None
+        return self.resumed(why)
 
     def why(self, failure: BaseException | None) -> TierError | None:
         """The reason to resume after ``failure`` (``None``: a clean early end), or ``None``.
@@ -174,28 +194,25 @@ class ResumingStream:
 
     def _events(self) -> Iterator[Any]:
         progress = self._progress
-        while True:
-            failure: BaseException | None = None
+        while not progress.ended:
+            failure: Exception | None = None
             try:
                 for event in self._stream:
-                    if progress.take(event):
-                        yield event
-                        if getattr(event, "type", None) in TERMINAL_EVENTS:
-                            return
+                    yield from progress.take(event)
+                    if progress.ended:
+                        break
             except Exception as exc:  # noqa: BLE001 - mapped; anything else is re-raised
                 failure = exc
-            why = progress.why(failure)
-            if why is None:
-                if failure is not None:
-                    raise failure
-                return
-            marker = progress.resumed(why)
-            self._stream.close()
-            try:
-                self._stream = self._reopen(marker.response_id, marker.after)
-            except Exception as exc:  # noqa: BLE001 - the provider cannot resume: the drop stands
-                raise not_resumed(marker.error, exc) from (failure or exc)
-            yield marker
+            if (marker := progress.after(failure)) is not None:
+                self._stream.close()
+                self._stream = self._resume(marker, failure)
+                yield marker
+
+    def _resume(self, marker: Resumed, failure: Exception | None) -> Any:
+        try:
+            return self._reopen(marker.response_id, marker.after)
+        except Exception as exc:  # noqa: BLE001 - the provider cannot resume: the drop stands
+            raise not_resumed(marker.error, exc) from (failure or exc)
 
     def close(self) -> None:
         """Close the stream being read; no resumption after this."""
@@ -223,28 +240,26 @@ class AsyncResumingStream:
 
     async def _events(self) -> AsyncIterator[Any]:
         progress = self._progress
-        while True:
-            failure: BaseException | None = None
+        while not progress.ended:
+            failure: Exception | None = None
             try:
                 async for event in self._stream:
-                    if progress.take(event):
-                        yield event
-                        if getattr(event, "type", None) in TERMINAL_EVENTS:
-                            return
+                    for new in progress.take(event):
+                        yield new
+                    if progress.ended:
+                        break
             except Exception as exc:  # noqa: BLE001 - mapped; anything else is re-raised
                 failure = exc
-            why = progress.why(failure)
-            if why is None:
-                if failure is not None:
-                    raise failure
-                return
-            marker = progress.resumed(why)
-            await self._stream.close()
-            try:
-                self._stream = await self._reopen(marker.response_id, marker.after)
-            except Exception as exc:  # noqa: BLE001 - the provider cannot resume: the drop stands
-                raise not_resumed(marker.error, exc) from (failure or exc)
-            yield marker
+            if (marker := progress.after(failure)) is not None:
+                await self._stream.close()
+                self._stream = await self._resume(marker, failure)
+                yield marker
+
+    async def _resume(self, marker: Resumed, failure: Exception | None) -> Any:
+        try:
+            return await self._reopen(marker.response_id, marker.after)
+        except Exception as exc:  # noqa: BLE001 - the provider cannot resume: the drop stands
+            raise not_resumed(marker.error, exc) from (failure or exc)
 
     async def close(self) -> None:
         """Close the stream being read; no resumption after this."""
