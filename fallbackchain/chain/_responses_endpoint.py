@@ -37,7 +37,7 @@ from openai.types.responses import Response, ResponseUsage
 
 from .._errors import MalformedChunkError, StreamEventError, TruncatedStreamError
 from ._assembly import Fragment
-from ._endpoint import Endpoint
+from ._endpoint import Endpoint, attempt_kwargs, check_request, usage_tokens
 from ._responses_assembly import ResponseAssembler, ResponseIncompleteError, error_code
 from ._responses_keys import responses_cache_key
 from ._responses_resume import AsyncResumingStream, ResumingStream
@@ -78,10 +78,7 @@ class ResponsesEndpoint:
     name = "responses"
 
     def validate(self, request: Mapping[str, Any]) -> None:
-        if "stream" in request:
-            raise TypeError("unexpected keyword argument(s): stream")
-        if not any(request.get(name) for name in _INPUTS):
-            raise ValueError("input must not be empty")
+        check_request(request, _INPUTS, "input must not be empty")
 
     def cache_key(self, request: Mapping[str, Any]) -> str | None:
         params = {k: v for k, v in request.items() if k not in _OWN}
@@ -91,13 +88,7 @@ class ResponsesEndpoint:
         self, request: Mapping[str, Any], *, model: str, streaming: bool, stream_usage: bool
     ) -> dict[str, Any]:
         # stream_usage: a Responses stream always reports usage in response.completed
-        kwargs = dict(request)
-        kwargs["model"] = model
-        kwargs["stream"] = streaming
-        if not streaming:
-            for name in _STREAM_ONLY:
-                kwargs.pop(name, None)
-        return kwargs
+        return attempt_kwargs(request, model=model, streaming=streaming, stream_only=_STREAM_ONLY)
 
     def create(self, client: openai.OpenAI, kwargs: dict[str, Any]) -> Any:
         stream = client.responses.create(**kwargs)
@@ -160,10 +151,7 @@ class ResponsesEndpoint:
         return tuple(shown)
 
     def tokens(self, answer: Response) -> tuple[int | None, int | None]:
-        usage = answer.usage
-        if usage is None:
-            return None, None
-        return usage.input_tokens, usage.output_tokens
+        return usage_tokens(answer.usage, "input_tokens", "output_tokens")
 
     def unbilled(self, answer: Response) -> tuple[Response, Any]:
         return answer.model_copy(update={"usage": _NOTHING_BILLED}), answer.usage
