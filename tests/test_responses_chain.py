@@ -52,6 +52,15 @@ def _session_server() -> Iterator[FaultServer]:
         yield server
 
 
+def with_backup(harness_factory: Any, backup: Any, **overrides: Any) -> Any:
+    """A harness whose chain has a second route: the ``backup`` server's ``backup-model``."""
+    return harness_factory(
+        fallbacks=(FallbackConfig(name="backup", model="backup-model"),),
+        fallback_servers={"backup": backup},
+        **overrides,
+    )
+
+
 def create(h: Any, **kwargs: Any) -> Response:
     """A non-streamed ``responses.create`` (sync or async)."""
     kwargs.setdefault("input", PROMPT)
@@ -210,10 +219,7 @@ def test_a_silent_model_is_left_after_the_first_token_timeout(
 def test_an_incomplete_response_is_never_accepted(
     harness_factory: Any, server: Any, backup: Any
 ) -> None:
-    h = harness_factory(
-        fallbacks=(FallbackConfig(name="backup", model="backup-model"),),
-        fallback_servers={"backup": backup},
-    )
+    h = with_backup(harness_factory, backup)
     server.push(Fault.incomplete(after_chunks=2), stream=True, api="responses")
     events, trace = stream(h)
     assert check_stream_shape(events).status == "completed"
@@ -230,10 +236,7 @@ def test_an_incomplete_response_is_never_accepted(
 def test_a_content_filtered_response_is_never_accepted(
     harness_factory: Any, server: Any, backup: Any
 ) -> None:
-    h = harness_factory(
-        fallbacks=(FallbackConfig(name="backup", model="backup-model"),),
-        fallback_servers={"backup": backup},
-    )
+    h = with_backup(harness_factory, backup)
     server.push(Fault.finish("content_filter"), stream=True, api="responses")
     response = create(h)
     first = trace_of(response).attempts[0]
@@ -270,11 +273,7 @@ def test_the_primarys_own_rejection_propagates_unchanged(harness: Any, server: A
 def test_a_whole_tier_answer_is_checked_too(
     harness_factory: Any, server: Any, backup: Any
 ) -> None:
-    h = harness_factory(  # whole answers first
-        openai__complete_streams=False,
-        fallbacks=(FallbackConfig(name="backup", model="backup-model"),),
-        fallback_servers={"backup": backup},
-    )
+    h = with_backup(harness_factory, backup, openai__complete_streams=False)  # whole first
     server.push(Fault.incomplete(), stream=False, api="responses")
     response = create(h)
     assert response.output_text == backup.answer_for(user(PROMPT), "backup-model")
