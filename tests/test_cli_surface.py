@@ -258,6 +258,7 @@ def test_every_command_reads_config_then_the_variable_then_the_default(
     monkeypatch.setenv(CONFIG_ENV, str(env))
     assert_read(cli(*argv), env)
     assert_read(cli(*argv, "--config", flag), flag)
+    assert_read(cli("--config", flag, *argv), flag)  # before the command, too
 
 
 @pytest.mark.parametrize("argv", COMMANDS, ids=" ".join)
@@ -293,6 +294,14 @@ def test_check_config_keeps_its_positional_path_as_an_alias(cli, tmp_path, monke
         f"fallbackchain: error: two config files given: {path} and --config "
         f"{tmp_path / 'env.toml'}; pass one"
     ]
+
+
+def test_two_different_configs_before_and_after_the_command_are_refused(cli, tmp_path):
+    first, second = bad_config(tmp_path / "a.toml"), bad_config(tmp_path / "b.toml")
+    result = cli("--config", first, "status", "--config", second)
+    assert (result.code, result.err_lines) == (
+        2, [f"fallbackchain: error: two config files given: --config {first} and --config {second}"]
+    )
 
 
 # --------------------------------------------------------------------------------------------

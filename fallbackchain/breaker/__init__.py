@@ -17,7 +17,7 @@ Glossary:
   its failure opens it again.
 * **proven / unproven**: a closed breaker is proven once an attempt succeeded (or produced
   content) since the last failure. A new breaker, and one whose last attempt failed, is
-  unproven (the README's "trusted" and "in doubt"; the Redis hash keeps the field ``trusted``).
+  unproven (the Redis hash keeps the earlier name, the field ``trusted``).
 * **limited permit**: what an unproven breaker admits, at most ``fail_max`` at a time
   counting the failures; each holds a **slot** until it ends or produces content.
 * **busy** (:data:`BUSY`): unproven, every slot taken: ask again shortly.

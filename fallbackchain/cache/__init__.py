@@ -2,10 +2,12 @@
 
 The modules here are private; other parts of fallbackchain import from this package. A chain,
 ``warm`` and the CLI ask for a :class:`Cache` (the protocol); :class:`ResponseCache` is the
-disk one, ``_redis_cache.RedisResponseCache`` (loaded only when configured) the Redis one.
+disk one, :class:`RedisResponseCache` (loaded on first use: it imports redis) the Redis one.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from ._disk_cache import ResponseCache
 from ._jsonl import (
@@ -22,6 +24,9 @@ from ._rows import CachedAnswer, HeldEntry, StoredRow, decode_row
 from ._safe_disk import SafeJSONDisk
 from ._stats import CacheStats, StoredAges
 
+if TYPE_CHECKING:
+    from ._redis_cache import RedisResponseCache
+
 __all__ = [
     "Cache",
     "CacheStats",
@@ -32,6 +37,7 @@ __all__ = [
     "ImportReport",
     "InputFileError",
     "LineError",
+    "RedisResponseCache",
     "ResponseCache",
     "SafeJSONDisk",
     "StoredAges",
@@ -40,3 +46,12 @@ __all__ = [
     "decode_row",
     "read_jsonl",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``RedisResponseCache`` imports the redis client, so only on first use (PEP 562)."""
+    if name == "RedisResponseCache":
+        from ._redis_cache import RedisResponseCache  # noqa: PLC0415 - loads redis
+
+        return RedisResponseCache
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
