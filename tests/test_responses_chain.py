@@ -590,3 +590,19 @@ def test_when_nothing_answers_the_error_is_the_sdks_too(harness: Any, server: An
     with pytest.raises(openai.APIError) as streamed:
         stream(harness, input="never asked before either")
     assert isinstance(streamed.value, AllTiersFailedError)
+
+
+def test_an_error_no_provider_answered_names_the_responses_endpoint(
+    harness: Any, server: Any
+) -> None:
+    server.default = Fault.status(503)
+    for _ in range(10):
+        if set(harness.chain.breaker_states().values()) == {"open"}:
+            break
+        with pytest.raises(openai.APIError):
+            create(harness, input="open the breakers")
+    total = server.counts["total"]
+    with pytest.raises(openai.APIConnectionError) as info:
+        create(harness, input="while open")
+    assert server.counts["total"] == total  # nothing was sent
+    assert str(info.value.request.url).endswith("/responses")

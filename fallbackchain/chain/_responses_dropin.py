@@ -152,7 +152,7 @@ def _plan(config: ChainConfig, kwargs: dict[str, Any]) -> _Call:
     request = dict(kwargs)
     if request.get("model") is None:
         request.pop("model", None)
-    errors = SdkErrors(str(config.openai.base_url))
+    errors = SdkErrors(str(config.openai.base_url), "responses")
     if not stream:
         return _Call(request, options, errors, None)
     eventer = ResponsesEventer(request.get("model") or config.openai.model, divergence=divergence)
