@@ -216,43 +216,52 @@ def test_a_silent_model_is_left_after_the_first_token_timeout(
     assert trace.source == "completion"  # the same route's whole tier: no other route lives
 
 
-def test_an_incomplete_response_is_never_accepted(
+def test_an_answer_cut_at_the_requests_limit_is_returned_as_the_sdk_returns_it(
     harness_factory: Any, server: Any, backup: Any
 ) -> None:
+    """As chat's ``finish_reason="length"``: the answer, once; never failed over, and a
+    caller's small limit never counts against a breaker (it would open every route's)."""
     h = with_backup(harness_factory, backup)
-    server.push(Fault.incomplete(after_chunks=2), stream=True, api="responses")
-    events, trace = stream(h)
-    assert check_stream_shape(events).status == "completed"
-    first = trace.attempts[0]
-    assert isinstance(first.exception, ResponseIncompleteError)
-    assert first.exception.reason == "max_output_tokens"
-    # cut at the same limit again on this route: its model is not asked again (not even by
-    # its whole tier), the next route answers at once
-    assert trace.source == "backup"
-    assert [a.tier for a in trace.attempts] == ["stream", "backup"]
-    assert server.route_counts == Counter({"responses.create": 1})
+    for turn in range(7):  # more than fail_max
+        server.push(Fault.incomplete(after_chunks=2), stream=True, api="responses")
+        events, trace = stream(h, input=f"{PROMPT} {turn}")
+        assert [e.sequence_number for e in events] == list(range(len(events)))
+        assert events[-1].type == "response.incomplete"
+        final = events[-1].response
+        assert final.status == "incomplete" and final.incomplete_details.reason == "max_output_tokens"
+        assert trace.source == "stream" and [a.error for a in trace.attempts] == [None]
+    assert set(h.chain.breaker_states().values()) == {"closed"}
+    assert server.route_counts == Counter({"responses.create": 7})
+    assert backup.counts["total"] == 0
 
 
-def test_a_content_filtered_response_is_never_accepted(
-    harness_factory: Any, server: Any, backup: Any
-) -> None:
-    h = with_backup(harness_factory, backup)
-    server.push(Fault.finish("content_filter"), stream=True, api="responses")
-    response = create(h)
-    first = trace_of(response).attempts[0]
-    assert isinstance(first.exception, ResponseIncompleteError)
-    assert first.exception.reason == "content_filter"
-    assert trace_of(response).source == "backup"
-    assert server.route_counts == Counter({"responses.create": 1})
-
-
-def test_an_incomplete_answer_costs_one_call_when_no_other_route_lives(
+def test_an_answer_cut_at_the_limit_is_cached_and_a_content_filtered_one_is_not(
     harness: Any, server: Any
 ) -> None:
     server.push(Fault.incomplete(after_chunks=2), stream=True, api="responses")
+    cut = create(harness, input="long")
+    server.push(Fault.incomplete(after_chunks=2, reason="content_filter"), stream=True, api="responses")
+    filtered = create(harness, input="filtered")
+    assert (cut.status, filtered.status) == ("incomplete", "incomplete")
+    assert filtered.incomplete_details is not None
+    assert filtered.incomplete_details.reason == "content_filter"
+    assert server.route_counts == Counter({"responses.create": 2})  # one call each
+    server.default = Fault.status(503)
+    again = create(harness, input="long")  # the same request, cut the same way: its answer
+    assert trace_of(again).source == "cache" and again.output_text == cut.output_text
     with pytest.raises(openai.APIError):
-        create(harness)
-    assert server.route_counts == Counter({"responses.create": 1})  # no second bill
+        create(harness, input="filtered")  # chat's rule: a filtered answer is never cached
+
+
+def test_an_incomplete_answer_without_a_reason_moves_to_the_next_route(
+    harness_factory: Any, server: Any, backup: Any
+) -> None:
+    h = with_backup(harness_factory, backup)
+    server.push(Fault.incomplete(after_chunks=2, reason="unstated"), stream=True, api="responses")
+    events, trace = stream(h)
+    assert check_stream_shape(events).status == "completed"
+    first = trace.attempts[0]
+    assert isinstance(first.exception, ResponseIncompleteError) and first.exception.retryable
 
 
 def test_a_failed_response_is_a_stream_event_error(harness: Any, server: Any) -> None:
@@ -274,15 +283,22 @@ def test_a_whole_tier_answer_is_checked_too(
     harness_factory: Any, server: Any, backup: Any
 ) -> None:
     h = with_backup(harness_factory, backup, openai__complete_streams=False)  # whole first
-    server.push(Fault.incomplete(), stream=False, api="responses")
+    server.push(Fault.incomplete(reason="unstated"), stream=False, api="responses")
     response = create(h)
-    assert response.output_text == backup.answer_for(user(PROMPT), "backup-model")
-    first, answered = trace_of(response).attempts
+    first = trace_of(response).attempts[0]
     assert first.tier == "completion"
     assert isinstance(first.exception, ResponseIncompleteError)
     assert isinstance(first.exception, TruncatedStreamError)
-    assert answered.tier == "backup"  # cut again on this model: not asked again
     assert server.requests[0].body["stream"] is False
+    assert response.status == "completed"
+
+
+def test_a_whole_answer_cut_at_the_limit_is_returned(harness_factory: Any, server: Any) -> None:
+    h = harness_factory(openai__complete_streams=False)
+    server.push(Fault.incomplete(), stream=False, api="responses")
+    response = create(h)
+    assert response.status == "incomplete"
+    assert [a.tier for a in trace_of(response).attempts] == ["completion"]
     assert server.counts["total"] == 1
 
 

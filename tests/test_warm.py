@@ -867,8 +867,7 @@ def test_a_warmed_response_is_skipped_next_time_and_refreshed_on_request(chain, 
 
 
 def test_a_responses_request_cut_short_is_never_warmed(chain, server):
-    server.push(Fault.incomplete(after_chunks=2), api="responses")
-    server.push(Fault.incomplete(), api="responses")
+    server.default = Fault.incomplete(after_chunks=2, reason="unstated")  # every attempt
     report = warm(chain, [{"input": "long"}])
     assert (report.warmed, report.failed) == (0, 1)
     assert chain.request_key(RESPONSES, {"input": "long"}) is not None

@@ -38,7 +38,12 @@ from openai.types.responses import Response, ResponseUsage
 from .._errors import MalformedChunkError, StreamEventError, TruncatedStreamError
 from ._assembly import Fragment
 from ._endpoint import Endpoint, attempt_kwargs, check_request, usage_tokens
-from ._responses_assembly import ResponseAssembler, ResponseIncompleteError, error_code
+from ._responses_assembly import (
+    ANSWERED_INCOMPLETE,
+    ResponseAssembler,
+    ResponseIncompleteError,
+    error_code,
+)
 from ._responses_keys import responses_cache_key
 from ._responses_resume import AsyncResumingStream, ResumingStream
 
@@ -126,6 +131,8 @@ class ResponsesEndpoint:
         if status == "incomplete":
             details = answer.incomplete_details
             reason = details.reason if details is not None else None
+            if reason in ANSWERED_INCOMPLETE:
+                return answer  # cut where the request asked: its answer (see the constant)
             raise ResponseIncompleteError(reason, answer)
         if status == "failed":
             code = answer.error.code if answer.error is not None else None
@@ -167,7 +174,7 @@ class ResponsesEndpoint:
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": answer.output_text},
-                    "finish_reason": "stop",
+                    "finish_reason": _finish_reason(answer),
                 }
             ],
             ENVELOPE_FIELD: answer.model_dump(mode="json", exclude_unset=True),
@@ -187,6 +194,14 @@ class ResponsesEndpoint:
             raise TypeError("not a cached Response")
         return Response.model_validate(body)
 
+
+
+def _finish_reason(answer: Response) -> str:
+    """The envelope's finish reason: the cache keeps what chat's would (not content_filter)."""
+    details = answer.incomplete_details if answer.status == "incomplete" else None
+    if details is None:
+        return "stop"
+    return "content_filter" if details.reason == "content_filter" else "length"
 
 RESPONSES: Endpoint[Response] = ResponsesEndpoint()
 """The Responses endpoint (``chain.responses.create``)."""

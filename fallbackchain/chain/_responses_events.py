@@ -8,7 +8,8 @@ the events ``responses.create(stream=True)`` yields: ``response.created`` and
 ``response.output_item.added`` (its ``call_id`` and ``name``) then
 ``response.function_call_arguments.delta``; then each item's ``done`` events; every other
 output item of the answer (reasoning, ...) as ``output_item.added`` / ``output_item.done``;
-and last ``response.completed`` carrying the answer's real ``Response``.
+and last ``response.completed`` carrying the answer's real ``Response`` (``response.incomplete``
+for an answer cut where the request asked, as the SDK's stream ends).
 
 Every event before ``response.completed`` carries one ``resp_fc…`` response id and the
 requested model, and ``fc…`` item ids: they are handed out before the chain knows which
@@ -37,6 +38,7 @@ from openai.types.responses import (
     ResponseCreatedEvent,
     ResponseFunctionCallArgumentsDeltaEvent,
     ResponseFunctionCallArgumentsDoneEvent,
+    ResponseIncompleteEvent,
     ResponseInProgressEvent,
     ResponseOutputItemAddedEvent,
     ResponseOutputItemDoneEvent,
@@ -336,5 +338,7 @@ class ResponsesEventer:
                     item=data,
                 )
             )
-        out.append(self._event(ResponseCompletedEvent, response=answer))
+        # the answer's own end: ``incomplete`` when it was cut where the request asked
+        last = ResponseIncompleteEvent if answer.status == "incomplete" else ResponseCompletedEvent
+        out.append(self._event(last, response=answer))
         return out

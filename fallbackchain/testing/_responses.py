@@ -187,7 +187,8 @@ def _ending(script: ResponseScript, total_units: int) -> tuple[int | None, str, 
         return fault.after_chunks, "failed", None
     if fault.kind == "incomplete":
         cut = fault.after_chunks < total_units
-        return fault.after_chunks, "incomplete" if cut else "completed", fault.finish_reason
+        reason = None if fault.finish_reason == "unstated" else fault.finish_reason
+        return fault.after_chunks, "incomplete" if cut else "completed", reason
     if fault.kind == "finish" and fault.finish_reason == "content_filter":
         return total_units // 2, "incomplete", "content_filter"
     if fault.kind == "finish" and fault.finish_reason == "length":
