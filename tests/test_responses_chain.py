@@ -451,9 +451,39 @@ def test_a_background_stream_that_cannot_be_resumed_is_generated_again(
     server.push(Fault.status(500), stream=True, api="responses")  # the retrieval fails
     events, trace = stream(harness, background=True)
     assert check_stream_shape(events).output_text == answer(harness)
-    assert server.route_counts == Counter({"responses.create": 2, "responses.retrieve": 1})
+    # the abandoned response is cancelled: it would go on generating, and billing, for nobody
+    assert server.route_counts == Counter(
+        {"responses.create": 2, "responses.retrieve": 1, "responses.cancel": 1}
+    )
+    [cancelled] = [r.body["response_id"] for r in server.requests if r.route == "responses.cancel"]
+    [retried] = [r.body["response_id"] for r in server.requests if r.route == "responses.retrieve"]
+    assert cancelled == retried  # the first generation, not the answer that stands
     assert [a.error is None for a in trace.attempts] == [False, True]
     assert "could not resume (HTTP 500)" in (trace.attempts[0].error or "")
+
+
+def test_a_background_stream_the_consumer_leaves_is_cancelled(harness: Any, server: Any) -> None:
+    """Nobody will read the rest: the provider is asked to stop generating (and billing)."""
+    kwargs = {"input": PROMPT, "background": True, "stream": True}
+    if harness.mode == "sync":
+        with harness.chain.responses.create(**kwargs) as events:
+            taken = [next(iter(events)) for _ in range(5)]
+    else:
+
+        async def go() -> list[Any]:
+            async with await harness.chain.responses.create(**kwargs) as events:
+                it = aiter(events)
+                return [await anext(it) for _ in range(5)]
+
+        taken = harness.run(go)
+    assert len(taken) == 5
+    assert server.route_counts == Counter({"responses.create": 1, "responses.cancel": 1})
+
+
+def test_a_finished_background_stream_is_not_cancelled(harness: Any, server: Any) -> None:
+    events, _ = stream(harness, background=True)
+    assert check_stream_shape(events).output_text == answer(harness)
+    assert server.route_counts == Counter({"responses.create": 1})
 
 
 def test_a_foreground_stream_is_never_resumed(harness: Any, server: Any) -> None:
@@ -528,7 +558,8 @@ def test_a_stalled_background_stream_is_left_after_the_idle_timeout(
     events, trace = stream(h, background=True)
     assert check_stream_shape(events).output_text == answer(h)
     assert trace.attempts[0].error_type == "IdleTimeoutError"
-    assert server.route_counts == Counter({"responses.create": 2})  # no retrieve after a stall
+    # no retrieve after a stall; the stalled generation is cancelled
+    assert server.route_counts == Counter({"responses.create": 2, "responses.cancel": 1})
 
 
 def test_listeners_see_a_responses_request_like_a_chat_one(make_chain: Any, server: Any) -> None:

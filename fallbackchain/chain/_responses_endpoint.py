@@ -45,7 +45,7 @@ from ._responses_assembly import (
     error_code,
 )
 from ._responses_keys import responses_cache_key
-from ._responses_resume import AsyncResumingStream, ResumingStream
+from ._responses_resume import CANCEL_TIMEOUT, AsyncResumingStream, ResumingStream
 
 __all__ = ["ENVELOPE_FIELD", "RESPONSES", "ResponsesEndpoint", "resumable"]
 
@@ -104,7 +104,10 @@ class ResponsesEndpoint:
         def reopen(response_id: str, after: int) -> Any:
             return client.responses.retrieve(response_id, stream=True, starting_after=after, **more)
 
-        return ResumingStream(stream, reopen)
+        def cancel(response_id: str) -> object:
+            return client.responses.cancel(response_id, timeout=CANCEL_TIMEOUT)
+
+        return ResumingStream(stream, reopen, cancel)
 
     async def acreate(self, client: openai.AsyncOpenAI, kwargs: dict[str, Any]) -> Any:
         stream = await client.responses.create(**kwargs)
@@ -117,7 +120,10 @@ class ResponsesEndpoint:
                 response_id, stream=True, starting_after=after, **more
             )
 
-        return AsyncResumingStream(stream, reopen)
+        async def cancel(response_id: str) -> object:
+            return await client.responses.cancel(response_id, timeout=CANCEL_TIMEOUT)
+
+        return AsyncResumingStream(stream, reopen, cancel)
 
     def assembler(self) -> ResponseAssembler:
         return ResponseAssembler()

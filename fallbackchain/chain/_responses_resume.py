@@ -22,11 +22,16 @@ wrap the SDK's stream of such a request and do exactly that:
   the chain treats the attempt as failed and falls back to a fresh request, as for any
   dropped stream.
 
-Closing the wrapper closes the stream being read and stops any resumption.
+Closing the wrapper closes the stream being read and stops any resumption. Closing it before a
+terminal event (the chain abandoned the attempt: a failure it could not resume, a stall, a lost
+hedge race, a consumer who stopped reading) also cancels the background response with
+``responses.cancel(id)``, best effort and bounded by :data:`CANCEL_TIMEOUT`: a background
+response left running would go on generating, and billing, for nobody.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Self
@@ -42,6 +47,7 @@ from .._errors import (
 )
 
 __all__ = [
+    "CANCEL_TIMEOUT",
     "MAX_RESUMES",
     "TERMINAL_EVENTS",
     "AsyncResumingStream",
@@ -51,6 +57,9 @@ __all__ = [
     "not_resumed",
     "resumptions_of",
 ]
+
+CANCEL_TIMEOUT: Final = 2.0
+"""Seconds a ``responses.cancel`` of an abandoned background response may take."""
 
 MAX_RESUMES: Final = 3
 """Resumptions in a row that bring no new event before the stream is given up."""
@@ -109,7 +118,7 @@ def not_resumed(error: TierError, exc: BaseException) -> TierError:
 class _Progress:
     """What both wrappers track: the response, the last sequence number, the resumptions."""
 
-    __slots__ = ("closed", "ended", "last", "response_id", "stalled")
+    __slots__ = ("closed", "ended", "last", "response_id", "stalled", "terminal")
 
     def __init__(self) -> None:
         self.response_id: str | None = None
@@ -117,6 +126,7 @@ class _Progress:
         self.stalled = 0  # resumptions in a row that brought nothing new
         self.closed = False
         self.ended = False  # a terminal event was yielded, or the stream cannot go on
+        self.terminal = False  # a terminal event was yielded: the response is over upstream
 
     def take(self, event: Any) -> tuple[Any, ...]:
         """What to yield of ``event``: itself when new, nothing when already yielded.
@@ -131,7 +141,7 @@ class _Progress:
         kind = getattr(event, "type", None)
         if kind == "response.created":
             self.response_id = getattr(getattr(event, "response", None), "id", None)
-        self.ended = kind in TERMINAL_EVENTS
+        self.ended = self.terminal = kind in TERMINAL_EVENTS
         self.stalled = 0
         return (event,)
 
@@ -171,6 +181,12 @@ class _Progress:
             return None
         return mapped if isinstance(mapped, UpstreamConnectionError) else None
 
+    def abandoned(self) -> str | None:
+        """On close: the id of the response to cancel (it was not over), once; else ``None``."""
+        response_id = None if self.terminal or self.closed else self.response_id
+        self.closed = True
+        return response_id
+
     def resumed(self, error: TierError) -> Resumed:
         """Count one resumption (after :meth:`why` allowed it) and describe it."""
         response_id, last = self.response_id, self.last
@@ -183,10 +199,16 @@ class _Progress:
 class ResumingStream:
     """The SDK's ``Stream`` of a background response, resumed after a drop (sync)."""
 
-    def __init__(self, stream: Any, reopen: Callable[[str, int], Any]) -> None:
-        """``reopen(response_id, starting_after)`` returns the SDK's stream of the rest."""
+    def __init__(
+        self,
+        stream: Any,
+        reopen: Callable[[str, int], Any],
+        cancel: Callable[[str], object] | None = None,
+    ) -> None:
+        """Wrap ``stream``: ``reopen(id, after)`` streams the rest, ``cancel(id)`` ends it."""
         self._stream = stream
         self._reopen = reopen
+        self._cancel = cancel
         self._progress = _Progress()
 
     def __iter__(self) -> Iterator[Any]:
@@ -215,9 +237,12 @@ class ResumingStream:
             raise not_resumed(marker.error, exc) from (failure or exc)
 
     def close(self) -> None:
-        """Close the stream being read; no resumption after this."""
-        self._progress.closed = True
+        """Close the stream being read; no resumption after this; cancel an abandoned one."""
+        response_id = self._progress.abandoned()
         self._stream.close()
+        if response_id is not None and self._cancel is not None:
+            with contextlib.suppress(Exception):  # best effort: the answer is not waited for
+                self._cancel(response_id)
 
     def __enter__(self) -> Self:
         return self
@@ -229,10 +254,16 @@ class ResumingStream:
 class AsyncResumingStream:
     """The SDK's ``AsyncStream`` of a background response, resumed after a drop."""
 
-    def __init__(self, stream: Any, reopen: Callable[[str, int], Awaitable[Any]]) -> None:
-        """``await reopen(response_id, starting_after)`` returns the SDK's stream of the rest."""
+    def __init__(
+        self,
+        stream: Any,
+        reopen: Callable[[str, int], Awaitable[Any]],
+        cancel: Callable[[str], Awaitable[object]] | None = None,
+    ) -> None:
+        """As :class:`ResumingStream`, with ``reopen`` and ``cancel`` awaited."""
         self._stream = stream
         self._reopen = reopen
+        self._cancel = cancel
         self._progress = _Progress()
 
     def __aiter__(self) -> AsyncIterator[Any]:
@@ -262,9 +293,12 @@ class AsyncResumingStream:
             raise not_resumed(marker.error, exc) from (failure or exc)
 
     async def close(self) -> None:
-        """Close the stream being read; no resumption after this."""
-        self._progress.closed = True
+        """Close the stream being read; no resumption after this; cancel an abandoned one."""
+        response_id = self._progress.abandoned()
         await self._stream.close()
+        if response_id is not None and self._cancel is not None:
+            with contextlib.suppress(Exception):  # best effort: the answer is not waited for
+                await self._cancel(response_id)
 
     async def __aenter__(self) -> Self:
         return self

@@ -349,6 +349,7 @@ class ResponseStore:
     def __init__(self, limit: int = 1000) -> None:
         self._limit = limit
         self._scripts: OrderedDict[str, ResponseScript] = OrderedDict()
+        self.cancelled: list[str] = []
 
     def put(self, script: ResponseScript) -> None:
         self._scripts[script.response_id] = script
@@ -357,6 +358,11 @@ class ResponseStore:
 
     def get(self, response_id: str) -> ResponseScript | None:
         return self._scripts.get(response_id)
+
+    def cancel(self, response_id: str) -> None:
+        """Mark a stored response cancelled (:attr:`cancelled` lists them, in order)."""
+        if response_id not in self.cancelled:
+            self.cancelled.append(response_id)
 
     def __len__(self) -> int:
         return len(self._scripts)
