@@ -17,7 +17,7 @@ from .._backends import gate_store
 from .._config import ChainConfig
 from .._config_file import load_config
 from .._redact import mask_url
-from ._cache_commands import open_cache
+from ._cache_commands import missing_directory, open_cache
 from ._config_commands import print_config
 from ._output import PROG, ExitCode, duration, err, out, showing_warnings
 
@@ -56,7 +56,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     for line in lines:
         out(line)
     out("cache (chat completions and Responses answers, under distinct keys):")
-    if config.cache.enabled:
+    if config.cache.enabled and (directory := missing_directory(config)) is not None:
+        out(f"  {directory}: no cache yet (nothing stored there)")
+    elif config.cache.enabled:
         with showing_warnings(), open_cache(config) as cache:
             stats = cache.stats(scan=True) if cache.disk_available else None
         if stats is None:
