@@ -129,6 +129,14 @@ def test_init_writes_a_commented_config_from_the_flags_that_passes_check_config(
     assert tomllib.loads(checked.out)["openai"]["model"] == "gpt-4.1-mini"
 
 
+def test_init_keeps_a_space_before_a_comment_after_a_long_value(cli, tmp_path):
+    path = tmp_path / "app.toml"
+    url = "https://a-rather-long-hostname.llm.example.test/v1/openai-compatible"
+    assert cli("init", path, "--fallback", f"far=m1@{url}").code == 0
+    [line] = [x for x in path.read_text(encoding="utf-8").splitlines() if url in x]
+    assert line.startswith(f'base_url = "{url}" # ')
+
+
 def test_init_without_flags_is_the_production_template_with_a_header(cli, tmp_path):
     assert cli("init").code == 0
     text = (tmp_path / "fallbackchain.toml").read_text(encoding="utf-8")
