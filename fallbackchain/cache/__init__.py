@@ -7,8 +7,9 @@ disk one, :class:`RedisResponseCache` (loaded on first use: it imports redis) th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._optional import loaded_on_first_use
 from ._disk_cache import ResponseCache
 from ._jsonl import (
     ExportRow,
@@ -47,11 +48,5 @@ __all__ = [
     "read_jsonl",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    """``RedisResponseCache`` imports the redis client, so only on first use (PEP 562)."""
-    if name == "RedisResponseCache":
-        from ._redis_cache import RedisResponseCache  # noqa: PLC0415 - loads redis
-
-        return RedisResponseCache
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# RedisResponseCache imports the redis client: loaded only when first asked for.
+__getattr__ = loaded_on_first_use(__name__, {"RedisResponseCache": "._redis_cache"})

@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final, Self
+from typing import Any, Final, Generic, Self, TypeVar
 
 import openai
 
@@ -196,20 +196,22 @@ class _Progress:
         return Resumed(response_id, last, error)
 
 
-class ResumingStream:
-    """The SDK's ``Stream`` of a background response, resumed after a drop (sync)."""
+_Call = TypeVar("_Call", bound=Callable[..., Any])
 
-    def __init__(
-        self,
-        stream: Any,
-        reopen: Callable[[str, int], Any],
-        cancel: Callable[[str], object] | None = None,
-    ) -> None:
+
+class _Wrapper(Generic[_Call]):
+    """What both wrappers hold: the stream being read, how to resume and cancel, progress."""
+
+    def __init__(self, stream: Any, reopen: _Call, cancel: _Call | None = None) -> None:
         """Wrap ``stream``: ``reopen(id, after)`` streams the rest, ``cancel(id)`` ends it."""
         self._stream = stream
         self._reopen = reopen
         self._cancel = cancel
         self._progress = _Progress()
+
+
+class ResumingStream(_Wrapper[Callable[..., Any]]):
+    """The SDK's ``Stream`` of a background response, resumed after a drop (sync)."""
 
     def __iter__(self) -> Iterator[Any]:
         return self._events()
@@ -251,20 +253,11 @@ class ResumingStream:
         self.close()
 
 
-class AsyncResumingStream:
-    """The SDK's ``AsyncStream`` of a background response, resumed after a drop."""
+class AsyncResumingStream(_Wrapper[Callable[..., Awaitable[Any]]]):
+    """The SDK's ``AsyncStream`` of a background response, resumed after a drop.
 
-    def __init__(
-        self,
-        stream: Any,
-        reopen: Callable[[str, int], Awaitable[Any]],
-        cancel: Callable[[str], Awaitable[object]] | None = None,
-    ) -> None:
-        """As :class:`ResumingStream`, with ``reopen`` and ``cancel`` awaited."""
-        self._stream = stream
-        self._reopen = reopen
-        self._cancel = cancel
-        self._progress = _Progress()
+    As :class:`ResumingStream`, with ``reopen`` and ``cancel`` awaited.
+    """
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._events()
