@@ -54,7 +54,7 @@ def response_cache(config: ChainConfig, clock: Clock) -> Cache:
         return ResponseCache(config.cache, clock=clock)
     if config.cache.backend == "redis":
         _require_redis(config, "cache.backend")
-        from .cache._redis_cache import RedisResponseCache  # noqa: PLC0415 - loads redis
+        from .cache import RedisResponseCache  # noqa: PLC0415 - loads redis
 
         return RedisResponseCache(config.cache, namespace=config.breaker.namespace, clock=clock)
     raise ConfigError(

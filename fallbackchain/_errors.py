@@ -19,6 +19,8 @@ retrying or falling back cannot fix them:
     ├── ChainClosedError                 the chain was used after close() (also a RuntimeError)
     ├── AllTiersFailedError              no tier and no cache answered; .attempts lists each
     ├── StreamNotFinishedError           stream.response read before the stream ended
+    ├── StreamDivergedError *            a drop-in stream's replacement said something else
+    ├── InputFileError *                 a bad line in a prompts or import file (a ValueError)
     ├── TierError                        one attempt at one live tier failed (found in .attempts)
     │   ├── UpstreamStatusError          HTTP 408/409/429/5xx; .status_code, .retry_after
     │   │   ├── RateLimitedError         429
@@ -34,11 +36,15 @@ retrying or falling back cannot fix them:
     │   │   └── BreakerBusyError         unproven, its limited slots stayed full while we waited
     │   └── StreamProtocolError          the stream itself was bad
     │       ├── TruncatedStreamError     ended cleanly but without finish_reason (silent truncation)
+    │       │   └── ResponseIncompleteError *  a Responses stream ended ``incomplete``
     │       ├── StreamEventError         the server sent an SSE ``error`` event mid-stream
     │       └── MalformedChunkError      a chunk was not valid JSON / not a chunk
     └── CacheError                       the fallback cache could not be used (logged, bypassed)
         ├── CacheCorruptError            unreadable database or row
         └── UnsafeCacheRowError          a row asked to be unpickled: refused
+
+``*``: defined beside the code that raises it (``chain`` for the drop-in and the Responses API,
+``cache`` for JSON Lines files) and exported from ``fallbackchain`` like every other.
 
 :class:`Attempt`, the record of one try that ``AllTiersFailedError.attempts`` (and a response's
 ``attempts``) lists, is defined here too, beside the errors it carries, so that no module of

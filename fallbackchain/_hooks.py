@@ -42,12 +42,18 @@ logger = logging.getLogger("fallbackchain.hooks")
 
 @dataclass(frozen=True, slots=True)
 class RequestStarted:
-    """A request began. ``model`` is the primary model asked for."""
+    """A request began. ``model`` is the primary model asked for.
+
+    ``api``: the provider API it goes through, ``"chat"`` (chat completions: ``stream()``,
+    ``complete()``, ``chain.chat``) or ``"responses"`` (``chain.responses``); the name of the
+    request's :class:`~fallbackchain.chain.Endpoint`.
+    """
 
     request_id: int
     key: str | None
     model: str
     streaming: bool
+    api: str = "chat"
 
 
 @dataclass(frozen=True, slots=True)

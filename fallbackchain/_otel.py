@@ -7,9 +7,10 @@ Spans (instrumentation scope ``fallbackchain``):
 
 * ``fallbackchain.request``, from ``RequestStarted`` to ``RequestEnded``: a child of whatever
   span is current when the request starts (say, a web framework's server span). Attributes
-  ``gen_ai.operation.name``, ``gen_ai.request.model``, ``fallbackchain.request_id``,
-  ``fallbackchain.streaming``; at the end ``fallbackchain.source`` (the tier that answered, or
-  ``"cache"``), ``fallbackchain.attempts``, ``fallbackchain.outcome`` (``success``, ``failure``,
+  ``gen_ai.operation.name``, ``gen_ai.request.model``, ``fallbackchain.api`` (``"chat"`` or
+  ``"responses"``: the provider API), ``fallbackchain.request_id``, ``fallbackchain.streaming``;
+  at the end ``fallbackchain.source`` (the tier that answered, or ``"cache"``),
+  ``fallbackchain.attempts``, ``fallbackchain.outcome`` (``success``, ``failure``,
   ``abandoned``) and ``error.type`` when nothing answered. A failure sets the ERROR status; an
   abandoned request (closed early, cancelled) does not, as it is neutral for the breakers too.
   Retries, fallbacks and cache reads are span events on it.
@@ -61,6 +62,11 @@ from .breaker import BreakerState
 __all__ = ["OpenTelemetryListener"]
 
 _SCOPE: Final = "fallbackchain"
+
+# gen_ai.operation.name per the GenAI semantic conventions: a well-known value MUST be used when
+# one applies, and both the chat-completions and the Responses API are "chat" operations (a
+# model answering a conversation). Which API it was is fallbackchain.api.
+_OPERATION: Final = {"chat": "chat", "responses": "chat"}
 
 # RequestEnded.error values that mean the caller stopped the request (neutral, not a failure).
 _ABANDONED: Final = frozenset(
@@ -166,8 +172,9 @@ class OpenTelemetryListener:
             "fallbackchain.request",
             kind=SpanKind.INTERNAL,
             attributes={
-                "gen_ai.operation.name": "chat",
+                "gen_ai.operation.name": _OPERATION.get(event.api, event.api),
                 "gen_ai.request.model": event.model,
+                "fallbackchain.api": event.api,
                 "fallbackchain.request_id": event.request_id,
                 "fallbackchain.streaming": event.streaming,
             },

@@ -119,16 +119,23 @@ def _set_key(lines: list[str], section: str, key: str, value: str) -> None:
         lines.insert(last_in_section + 1, f"{key} = {value}")
 
 
+def _commented(assignment: str, comment: str) -> str:
+    """``assignment`` with ``comment`` at column 42, or one space after a longer assignment."""
+    return assignment + " " * max(1, 41 - len(assignment)) + comment
+
+
 def _fallback_block(spec: FallbackSpec) -> list[str]:
     url = _toml_string(spec.base_url)
     return [
         "",
         "[[fallbacks]]                            # tried after the primary's live tiers, in order",
-        f"name = {_toml_string(spec.name)}".ljust(41) + "# the answer's source, and its breaker",
+        _commented(f"name = {_toml_string(spec.name)}", "# the answer's source, and its breaker"),
         f"model = {_toml_string(spec.model)}",
-        f"base_url = {url}".ljust(41) + '# any OpenAI-compatible endpoint; "" = the primary\'s',
-        '# api_key_env = "FALLBACK_API_KEY"'.ljust(41) + "# the NAME of its key variable; "
-        "default: the primary's",
+        _commented(f"base_url = {url}", '# any OpenAI-compatible endpoint; "" = the primary\'s'),
+        _commented(
+            '# api_key_env = "FALLBACK_API_KEY"',
+            "# the NAME of its key variable; default: the primary's",
+        ),
         "stream = true                            # false: one non-streamed completion per attempt",
     ]
 

@@ -4,7 +4,7 @@ A chain reads time from one injected :class:`TimeSource`: ``monotonic()`` for ev
 (deadlines, timeouts, backoff, in-process breaker timers), which a stepped wall clock cannot
 move, and ``wall()`` only for stamps that are stored or shared (a cache row's ``stored_at``).
 Breakers shared through Redis take their stamps from the Redis server's clock (see
-``_redis_breaker``), so one host's skewed clock cannot hold a cluster's breaker open. Backoff
+``breaker/_redis_store``), so one host's skewed clock cannot hold a cluster's breaker open. Backoff
 and busy waits go through an injected ``sleep`` (sync) or ``async_sleep``, so tests run them
 without waiting.
 

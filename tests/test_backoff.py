@@ -18,6 +18,7 @@ from fallbackchain import (
     TruncatedStreamError,
     UpstreamConnectionError,
 )
+from fallbackchain.chain import ResponseIncompleteError
 from fallbackchain.chain._backoff import decide, full_jitter, is_transport_fault
 
 CFG = RetryConfig(
@@ -177,3 +178,11 @@ def test_truncated_stream_is_retried():
 )
 def test_faults_belong_to_the_route_or_to_one_streams_transport(error, content_seen, transport):
     assert is_transport_fault(error, content_seen=content_seen) is transport
+
+
+def test_a_cut_that_would_recur_is_a_route_fault_even_after_content():
+    cut = ResponseIncompleteError("max_output_tokens", None)
+    assert is_transport_fault(cut, content_seen=True) is False
+    assert decide(cut, attempt=1, elapsed=0.0, config=CFG).action == "next_route"
+    steered = ResponseIncompleteError("steered", None)  # another attempt may fix it
+    assert is_transport_fault(steered, content_seen=True) is True

@@ -221,6 +221,35 @@ def test_writing_past_the_size_limit_evicts_the_oldest_and_never_fails(
     assert not [r for r in caplog.records if r.name.startswith("fallbackchain.cache")]
 
 
+@pytest.mark.slow  # fills a cache past its size limit, then imports it into another
+def test_importing_past_the_size_limit_keeps_the_newest_rows(
+    tmp_path: Path, big_server: FaultServer
+) -> None:
+    """An import over the size limit evicts the oldest rows as writes do, never all of them."""
+    limit = 1 << 20
+    source = make_config(tmp_path / "a", big_server.base_url, cache__size_limit=8 * limit)
+    prompts = [f"big {i}" for i in range(120)]  # ~2.4 MB of answers, over twice the limit
+    client = openai.OpenAI(base_url=big_server.base_url, api_key="sk-test")
+    with FallbackChain(source, client=client) as chain:
+        for prompt in prompts:
+            chain.complete(user(prompt))
+        assert chain.cache.flush(timeout=30)
+        exported = tmp_path / "answers.jsonl"
+        with exported.open("w", encoding="utf-8") as out:
+            chain.cache.export_jsonl(out)
+        keys = [chain.cache_key(user(p)) for p in prompts]
+    client.close()
+    target = dataclasses.replace(source.cache, directory=str(tmp_path / "b"), size_limit=limit)
+    with ResponseCache(target) as cache:
+        with exported.open(encoding="utf-8") as rows:
+            report = cache.import_jsonl(rows)
+        assert report.imported == len(prompts), report
+        stats = cache.stats()
+        assert stats.bytes <= limit * 1.25, stats
+        assert 0 < stats.entries < len(prompts) / 2, stats
+        assert cache.get(keys[-1]) is not None  # the newest rows stayed
+
+
 # --------------------------------------------------------------------------------------------
 # a corrupted database: the live tiers keep answering
 # --------------------------------------------------------------------------------------------

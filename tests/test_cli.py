@@ -426,10 +426,36 @@ def test_cache_stats_as_text(cli, config, prompts, tmp_path):
     assert lines[6].startswith("hits/misses: not known here")
 
 
+def _empty_cache(config: Path) -> Path:
+    """Create the config's cache, empty; its directory."""
+    from fallbackchain import ResponseCache, load_config
+
+    settings = load_config(config).cache
+    ResponseCache(settings).close()
+    return Path(settings.directory)
+
+
 def test_cache_stats_of_an_empty_cache(cli, config):
+    _empty_cache(config)
     lines = cli("cache", "stats", "--config", config).out.splitlines()
     assert "entries:   0" in lines
     assert "oldest:    -" in lines
+
+
+@pytest.mark.parametrize("command", [["stats"], ["stats", "--json"], ["clear"], ["prune"], ["export", "-"]])
+def test_commands_that_read_never_create_a_cache(cli, config, command):
+    """Run anywhere, a read (or a removal) must not leave a cache directory behind."""
+    from fallbackchain import load_config
+
+    directory = Path(load_config(config).cache.directory)
+    assert not directory.exists()
+    result = cli("cache", *command, "--config", config)
+    assert result.code == 0, result.err
+    if "--json" in command:
+        assert json.loads(result.out)["entries"] == 0
+    else:
+        assert result.out.startswith(f"no cache at {directory} yet")
+    assert not directory.exists()
 
 
 def test_cache_clear_asks_first_and_keeps_everything_on_no(cli, config, prompts, monkeypatch):
@@ -538,6 +564,7 @@ def test_a_cache_that_cannot_be_opened_is_one_clear_error(cli, config, tmp_path)
 
 
 def test_export_to_an_unwritable_place(cli, config, tmp_path):
+    _empty_cache(config)
     target = tmp_path / "no-such-dir" / "out.jsonl"
     result = cli("cache", "export", target, "--config", config)
     assert result.code == 2

@@ -129,6 +129,14 @@ def test_init_writes_a_commented_config_from_the_flags_that_passes_check_config(
     assert tomllib.loads(checked.out)["openai"]["model"] == "gpt-4.1-mini"
 
 
+def test_init_keeps_a_space_before_a_comment_after_a_long_value(cli, tmp_path):
+    path = tmp_path / "app.toml"
+    url = "https://a-rather-long-hostname.llm.example.test/v1/openai-compatible"
+    assert cli("init", path, "--fallback", f"far=m1@{url}").code == 0
+    [line] = [x for x in path.read_text(encoding="utf-8").splitlines() if url in x]
+    assert line.startswith(f'base_url = "{url}" # ')
+
+
 def test_init_without_flags_is_the_production_template_with_a_header(cli, tmp_path):
     assert cli("init").code == 0
     text = (tmp_path / "fallbackchain.toml").read_text(encoding="utf-8")
@@ -258,6 +266,7 @@ def test_every_command_reads_config_then_the_variable_then_the_default(
     monkeypatch.setenv(CONFIG_ENV, str(env))
     assert_read(cli(*argv), env)
     assert_read(cli(*argv, "--config", flag), flag)
+    assert_read(cli("--config", flag, *argv), flag)  # before the command, too
 
 
 @pytest.mark.parametrize("argv", COMMANDS, ids=" ".join)
@@ -293,6 +302,14 @@ def test_check_config_keeps_its_positional_path_as_an_alias(cli, tmp_path, monke
         f"fallbackchain: error: two config files given: {path} and --config "
         f"{tmp_path / 'env.toml'}; pass one"
     ]
+
+
+def test_two_different_configs_before_and_after_the_command_are_refused(cli, tmp_path):
+    first, second = bad_config(tmp_path / "a.toml"), bad_config(tmp_path / "b.toml")
+    result = cli("--config", first, "status", "--config", second)
+    assert (result.code, result.err_lines) == (
+        2, [f"fallbackchain: error: two config files given: --config {first} and --config {second}"]
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -64,6 +64,24 @@ def test_the_replayed_tutorial_loop_does_worse_on_the_same_faults(story):
 
 
 @pytest.mark.slow  # the whole demo (the story fixture)
+def test_a_dropped_background_responses_stream_is_resumed_not_generated_again(story):
+    result, out = story[0], story[1]
+    assert "== Responses API: a background stream dropped mid-answer is resumed" in out
+    # one generation (one POST, billed once), resumed by one GET where it stopped
+    assert (result.resumed_posts, result.resumed_retrievals) == (1, 1)
+    assert result.resumed_repeated == 0  # each event shown once
+    assert "resumed after event" in result.resumed_after
+    assert "no new request" in result.resumed_after
+    # the tutorial loop, on the same drop, asks again from the start and shows it twice
+    assert result.naive_resumed_posts == 2
+    assert result.naive_resumed_repeated > 0
+    assert "Responses stream dropped mid-answer: generations billed" in out
+    rows = [json.loads(line) for line in story[2].read_text().splitlines()]
+    [started] = [r for r in rows if r["phase"] == "resumed" and r["event"] == "RequestStarted"]
+    assert started["api"] == "responses"
+
+
+@pytest.mark.slow  # the whole demo (the story fixture)
 def test_the_summary_table_is_printed_without_colour_off_a_terminal(story):
     out = story[1]
     assert "== Summary" in out
@@ -99,7 +117,11 @@ def test_status_with_memory_breakers_says_they_are_per_process(tmp_path, capsys)
     assert main(["status", "--config", str(write_config(tmp_path))]) == 0
     out = capsys.readouterr().out
     assert "stream: kept in each process" in out
-    assert "0 entries" in out
+    assert "no cache yet (nothing stored there)" in out  # and none created by looking
+    assert not (tmp_path / "cache").exists() and not any(tmp_path.glob("**/cache.db"))
+    # true for both APIs: the same breakers, one cache holding both kinds of answer
+    assert "chat and Responses requests share them" in out
+    assert "chat completions and Responses answers" in out
     assert "[openai]" in out and "FC_STATUS_KEY" in out
 
 

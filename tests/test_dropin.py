@@ -360,6 +360,13 @@ def test_an_unknown_keyword_is_refused_as_the_sdk_does(harness, server):
     assert server.counts["total"] == 0
 
 
+@pytest.mark.parametrize("messages", [None, "hi", {"role": "user", "content": "hi"}, 3])
+def test_messages_that_are_not_a_list_are_refused_naming_them(harness, server, messages):
+    with pytest.raises(TypeError, match="'messages' must be a list of messages"):
+        create_now(harness, messages=messages)
+    assert server.counts["total"] == 0
+
+
 def test_on_divergence_is_checked_and_never_sent(harness, server):
     with pytest.raises(ValueError, match="'append'"):
         create_now(harness, messages=user("x"), stream=True, on_divergence="append")

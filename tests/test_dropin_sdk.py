@@ -103,6 +103,19 @@ def test_the_error_is_the_chains_with_the_last_provider_answer_as_the_sdks(harne
     assert "/chat/completions" in str(error.request.url)
 
 
+def test_the_sdk_flavoured_error_crosses_process_boundaries(harness, server):
+    """A worker's error reaches the parent (multiprocessing, concurrent.futures) as the same
+    SDK class: the class is made at run time, so pickle must be able to make it again."""
+    import pickle
+
+    server.default = Fault.status(429)
+    error: Any = raised(harness)
+    again: Any = pickle.loads(pickle.dumps(error))
+    assert type(again) is type(error) and str(again) == str(error)
+    assert isinstance(again, openai.RateLimitError) and isinstance(again, AllTiersFailedError)
+    assert again.status_code == 429 and [a.status_code for a in again.attempts] == [429] * 3
+
+
 def test_no_attempt_reached_a_provider_is_a_connection_error(harness, server):
     server.default = Fault.status(503)
     for _ in range(10):

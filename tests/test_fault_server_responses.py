@@ -312,6 +312,18 @@ def test_retrieval_errors_are_openai_shaped(server: FaultServer, client: openai.
     assert server.route_counts == {"responses.create": 2, "responses.retrieve": 1}
 
 
+def test_a_background_response_can_be_cancelled(server: FaultServer, client: openai.OpenAI) -> None:
+    queued = client.responses.create(model=MODEL, input=PROMPT, background=True)
+    cancelled = client.responses.cancel(queued.id)
+    assert (cancelled.id, cancelled.status) == (queued.id, "cancelled")
+    plain = client.responses.create(model=MODEL, input=PROMPT)
+    with pytest.raises(openai.BadRequestError, match="background"):
+        client.responses.cancel(plain.id)
+    with pytest.raises(openai.NotFoundError, match="resp_nope"):
+        client.responses.cancel("resp_nope")
+    assert server.route_counts == {"responses.create": 2, "responses.cancel": 1}
+
+
 # -- faults ---------------------------------------------------------------------------
 
 

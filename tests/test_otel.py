@@ -115,6 +115,19 @@ def test_a_request_is_one_span_with_a_child_span_per_attempt(otel, make_chain, s
     assert otel.listener.open_requests == 0
 
 
+def test_the_request_span_names_its_api_and_a_semconv_operation(otel, make_chain, server):
+    chain = make_chain(otel.listener)
+    chain.complete(user(PROMPT))
+    chain.responses.create(input=PROMPT)
+    chat, responses = sorted(otel.spans("fallbackchain.request"), key=lambda s: s.start_time)
+    assert chat.attributes["fallbackchain.api"] == "chat"
+    assert responses.attributes["fallbackchain.api"] == "responses"
+    # both are "chat" operations: a well-known value MUST be used when one applies
+    assert chat.attributes["gen_ai.operation.name"] == "chat"
+    assert responses.attributes["gen_ai.operation.name"] == "chat"
+    assert responses.attributes["fallbackchain.outcome"] == "success"
+
+
 def test_a_retried_attempt_is_a_failed_child_span_and_a_retry_event(otel, make_chain, server):
     chain = make_chain(otel.listener)
     server.push(Fault.status(503), stream=True)

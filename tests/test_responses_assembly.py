@@ -223,13 +223,7 @@ def test_an_empty_stream_is_truncated() -> None:
 
 @pytest.mark.parametrize(
     ("reason", "retryable"),
-    [
-        ("max_output_tokens", False),
-        ("content_filter", False),
-        ("max_messages", False),
-        ("steered", True),
-        (None, True),
-    ],
+    [("steered", True), (None, True)],
 )
 def test_response_incomplete_is_an_error_naming_its_reason(
     reason: str | None, retryable: bool
@@ -257,6 +251,27 @@ def test_response_incomplete_is_an_error_naming_its_reason(
     assert error.response.output_text == "part"  # rebuilt as far as it went
     with pytest.raises(TruncatedStreamError):
         assembler.finish()
+
+
+@pytest.mark.parametrize("reason", ["max_output_tokens", "content_filter", "max_messages"])
+def test_an_answer_cut_where_the_request_asked_is_the_answer(reason: str) -> None:
+    """As chat's ``finish_reason`` ``length``/``content_filter``: returned, never an error."""
+    events = text_stream(["part"])[:-1]
+    seq = events[-1].sequence_number + 1
+    events.append(
+        ResponseIncompleteEvent(
+            type="response.incomplete",
+            sequence_number=seq,
+            response=response("incomplete", incomplete_details={"reason": reason}),
+        )
+    )
+    assembler = ResponseAssembler()
+    feed(assembler, events)
+    assert assembler.finished
+    answer = assembler.finish()
+    assert answer.status == "incomplete" and answer.incomplete_details is not None
+    assert answer.incomplete_details.reason == reason
+    assert answer.output_text == "part"
 
 
 def test_response_failed_is_a_stream_event_error_with_the_code_never_the_message() -> None:

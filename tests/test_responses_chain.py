@@ -52,6 +52,15 @@ def _session_server() -> Iterator[FaultServer]:
         yield server
 
 
+def with_backup(harness_factory: Any, backup: Any, **overrides: Any) -> Any:
+    """A harness whose chain has a second route: the ``backup`` server's ``backup-model``."""
+    return harness_factory(
+        fallbacks=(FallbackConfig(name="backup", model="backup-model"),),
+        fallback_servers={"backup": backup},
+        **overrides,
+    )
+
+
 def create(h: Any, **kwargs: Any) -> Response:
     """A non-streamed ``responses.create`` (sync or async)."""
     kwargs.setdefault("input", PROMPT)
@@ -207,23 +216,52 @@ def test_a_silent_model_is_left_after_the_first_token_timeout(
     assert trace.source == "completion"  # the same route's whole tier: no other route lives
 
 
-def test_an_incomplete_response_is_never_accepted(harness: Any, server: Any) -> None:
+def test_an_answer_cut_at_the_requests_limit_is_returned_as_the_sdk_returns_it(
+    harness_factory: Any, server: Any, backup: Any
+) -> None:
+    """As chat's ``finish_reason="length"``: the answer, once; never failed over, and a
+    caller's small limit never counts against a breaker (it would open every route's)."""
+    h = with_backup(harness_factory, backup)
+    for turn in range(7):  # more than fail_max
+        server.push(Fault.incomplete(after_chunks=2), stream=True, api="responses")
+        events, trace = stream(h, input=f"{PROMPT} {turn}")
+        assert [e.sequence_number for e in events] == list(range(len(events)))
+        assert events[-1].type == "response.incomplete"
+        final = events[-1].response
+        assert final.status == "incomplete" and final.incomplete_details.reason == "max_output_tokens"
+        assert trace.source == "stream" and [a.error for a in trace.attempts] == [None]
+    assert set(h.chain.breaker_states().values()) == {"closed"}
+    assert server.route_counts == Counter({"responses.create": 7})
+    assert backup.counts["total"] == 0
+
+
+def test_an_answer_cut_at_the_limit_is_cached_and_a_content_filtered_one_is_not(
+    harness: Any, server: Any
+) -> None:
     server.push(Fault.incomplete(after_chunks=2), stream=True, api="responses")
-    events, trace = stream(harness)
+    cut = create(harness, input="long")
+    server.push(Fault.incomplete(after_chunks=2, reason="content_filter"), stream=True, api="responses")
+    filtered = create(harness, input="filtered")
+    assert (cut.status, filtered.status) == ("incomplete", "incomplete")
+    assert filtered.incomplete_details is not None
+    assert filtered.incomplete_details.reason == "content_filter"
+    assert server.route_counts == Counter({"responses.create": 2})  # one call each
+    server.default = Fault.status(503)
+    again = create(harness, input="long")  # the same request, cut the same way: its answer
+    assert trace_of(again).source == "cache" and again.output_text == cut.output_text
+    with pytest.raises(openai.APIError):
+        create(harness, input="filtered")  # chat's rule: a filtered answer is never cached
+
+
+def test_an_incomplete_answer_without_a_reason_moves_to_the_next_route(
+    harness_factory: Any, server: Any, backup: Any
+) -> None:
+    h = with_backup(harness_factory, backup)
+    server.push(Fault.incomplete(after_chunks=2, reason="unstated"), stream=True, api="responses")
+    events, trace = stream(h)
     assert check_stream_shape(events).status == "completed"
     first = trace.attempts[0]
-    assert isinstance(first.exception, ResponseIncompleteError)
-    assert first.exception.reason == "max_output_tokens"
-    # cut at the same limit again on this route: not retried there, the next tier answers
-    assert trace.source == "completion"
-
-
-def test_a_content_filtered_response_is_never_accepted(harness: Any, server: Any) -> None:
-    server.push(Fault.finish("content_filter"), stream=True, api="responses")
-    response = create(harness)
-    first = trace_of(response).attempts[0]
-    assert isinstance(first.exception, ResponseIncompleteError)
-    assert first.exception.reason == "content_filter"
+    assert isinstance(first.exception, ResponseIncompleteError) and first.exception.retryable
 
 
 def test_a_failed_response_is_a_stream_event_error(harness: Any, server: Any) -> None:
@@ -241,17 +279,27 @@ def test_the_primarys_own_rejection_propagates_unchanged(harness: Any, server: A
     assert server.counts["total"] == 1
 
 
-def test_a_whole_tier_answer_is_checked_too(harness_factory: Any, server: Any) -> None:
-    h = harness_factory(openai__complete_streams=False)  # whole answers first
-    server.push(Fault.incomplete(), stream=False, api="responses")
+def test_a_whole_tier_answer_is_checked_too(
+    harness_factory: Any, server: Any, backup: Any
+) -> None:
+    h = with_backup(harness_factory, backup, openai__complete_streams=False)  # whole first
+    server.push(Fault.incomplete(reason="unstated"), stream=False, api="responses")
     response = create(h)
-    assert response.output_text == answer(h)
-    first, answered = trace_of(response).attempts
+    first = trace_of(response).attempts[0]
     assert first.tier == "completion"
     assert isinstance(first.exception, ResponseIncompleteError)
     assert isinstance(first.exception, TruncatedStreamError)
-    assert answered.tier == "stream"
     assert server.requests[0].body["stream"] is False
+    assert response.status == "completed"
+
+
+def test_a_whole_answer_cut_at_the_limit_is_returned(harness_factory: Any, server: Any) -> None:
+    h = harness_factory(openai__complete_streams=False)
+    server.push(Fault.incomplete(), stream=False, api="responses")
+    response = create(h)
+    assert response.status == "incomplete"
+    assert [a.tier for a in trace_of(response).attempts] == ["completion"]
+    assert server.counts["total"] == 1
 
 
 # -- fallbacks and the cache --------------------------------------------------------------------
@@ -403,9 +451,39 @@ def test_a_background_stream_that_cannot_be_resumed_is_generated_again(
     server.push(Fault.status(500), stream=True, api="responses")  # the retrieval fails
     events, trace = stream(harness, background=True)
     assert check_stream_shape(events).output_text == answer(harness)
-    assert server.route_counts == Counter({"responses.create": 2, "responses.retrieve": 1})
+    # the abandoned response is cancelled: it would go on generating, and billing, for nobody
+    assert server.route_counts == Counter(
+        {"responses.create": 2, "responses.retrieve": 1, "responses.cancel": 1}
+    )
+    [cancelled] = [r.body["response_id"] for r in server.requests if r.route == "responses.cancel"]
+    [retried] = [r.body["response_id"] for r in server.requests if r.route == "responses.retrieve"]
+    assert cancelled == retried  # the first generation, not the answer that stands
     assert [a.error is None for a in trace.attempts] == [False, True]
     assert "could not resume (HTTP 500)" in (trace.attempts[0].error or "")
+
+
+def test_a_background_stream_the_consumer_leaves_is_cancelled(harness: Any, server: Any) -> None:
+    """Nobody will read the rest: the provider is asked to stop generating (and billing)."""
+    kwargs = {"input": PROMPT, "background": True, "stream": True}
+    if harness.mode == "sync":
+        with harness.chain.responses.create(**kwargs) as events:
+            taken = [next(iter(events)) for _ in range(5)]
+    else:
+
+        async def go() -> list[Any]:
+            async with await harness.chain.responses.create(**kwargs) as events:
+                it = aiter(events)
+                return [await anext(it) for _ in range(5)]
+
+        taken = harness.run(go)
+    assert len(taken) == 5
+    assert server.route_counts == Counter({"responses.create": 1, "responses.cancel": 1})
+
+
+def test_a_finished_background_stream_is_not_cancelled(harness: Any, server: Any) -> None:
+    events, _ = stream(harness, background=True)
+    assert check_stream_shape(events).output_text == answer(harness)
+    assert server.route_counts == Counter({"responses.create": 1})
 
 
 def test_a_foreground_stream_is_never_resumed(harness: Any, server: Any) -> None:
@@ -480,7 +558,8 @@ def test_a_stalled_background_stream_is_left_after_the_idle_timeout(
     events, trace = stream(h, background=True)
     assert check_stream_shape(events).output_text == answer(h)
     assert trace.attempts[0].error_type == "IdleTimeoutError"
-    assert server.route_counts == Counter({"responses.create": 2})  # no retrieve after a stall
+    # no retrieve after a stall; the stalled generation is cancelled
+    assert server.route_counts == Counter({"responses.create": 2, "responses.cancel": 1})
 
 
 def test_listeners_see_a_responses_request_like_a_chat_one(make_chain: Any, server: Any) -> None:
@@ -500,6 +579,7 @@ def test_listeners_see_a_responses_request_like_a_chat_one(make_chain: Any, serv
         "RequestStarted", "AttemptStarted", "AttemptEnded", "RetryScheduled",
         "AttemptStarted", "AttemptEnded", "CacheEvent", "RequestEnded",
     ]  # fmt: skip
+    assert seen[0].api == "responses"
     end = seen[-1]
     assert end.source == "stream"
     assert end.input_tokens is not None
@@ -557,3 +637,19 @@ def test_when_nothing_answers_the_error_is_the_sdks_too(harness: Any, server: An
     with pytest.raises(openai.APIError) as streamed:
         stream(harness, input="never asked before either")
     assert isinstance(streamed.value, AllTiersFailedError)
+
+
+def test_an_error_no_provider_answered_names_the_responses_endpoint(
+    harness: Any, server: Any
+) -> None:
+    server.default = Fault.status(503)
+    for _ in range(10):
+        if set(harness.chain.breaker_states().values()) == {"open"}:
+            break
+        with pytest.raises(openai.APIError):
+            create(harness, input="open the breakers")
+    total = server.counts["total"]
+    with pytest.raises(openai.APIConnectionError) as info:
+        create(harness, input="while open")
+    assert server.counts["total"] == total  # nothing was sent
+    assert str(info.value.request.url).endswith("/responses")

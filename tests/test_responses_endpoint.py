@@ -52,12 +52,20 @@ def test_a_completed_response_is_accepted() -> None:
 
 
 def test_an_incomplete_response_is_refused_with_its_reason() -> None:
-    cut = response("incomplete", incomplete_details={"reason": "max_output_tokens"})
+    cut = response("incomplete", incomplete_details={"reason": "steered"})
     with pytest.raises(ResponseIncompleteError) as info:
         RESPONSES.check(cut)
-    assert info.value.reason == "max_output_tokens"
+    assert info.value.reason == "steered"
     assert info.value.response is cut
-    assert not info.value.retryable
+    assert info.value.retryable
+
+
+@pytest.mark.parametrize("reason", ["max_output_tokens", "max_messages", "content_filter"])
+def test_a_response_cut_where_the_request_asked_is_its_answer(reason: str) -> None:
+    cut = response("incomplete", incomplete_details={"reason": reason})
+    assert RESPONSES.check(cut) is cut
+    stored = RESPONSES.encode(cut).choices[0].finish_reason
+    assert stored == ("content_filter" if reason == "content_filter" else "length")
 
 
 def test_a_failed_response_is_refused_with_its_code_only() -> None:

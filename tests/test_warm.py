@@ -29,7 +29,7 @@ from fallbackchain import (
     set_testing,
 )
 from fallbackchain.cache import InputFileError
-from fallbackchain.chain import Sleep
+from fallbackchain.chain import RESPONSES, Sleep, trace_of
 from fallbackchain.cli import main
 from fallbackchain.testing import Fault, FaultServer
 from fallbackchain.warming import (
@@ -821,3 +821,84 @@ def test_the_step_core_orders_lookups_sends_pauses_and_collects(
     assert ", ".join(trace) == expected
     assert (report.warmed, report.skipped, report.failed) == counts
     assert server.counts["total"] == 0  # the core sends nothing itself: only a driver does
+
+
+# --------------------------------------------------------------------------------------------
+# Responses requests: warmed through chain.responses, under the key its create() reads
+# --------------------------------------------------------------------------------------------
+
+
+def test_warmed_responses_are_answered_by_responses_create_after_an_outage(chain, server, tmp_path):
+    prompts = write_prompts(
+        tmp_path / "p.jsonl",
+        '{"input": "What is the capital of France?", "instructions": "Be brief."}',
+        '{"api": "responses", "model": "gpt-4o", "input": [{"role": "user", "content": "Hi"}], '
+        '"temperature": 0}',
+        '{"prompt": "What is the capital of France?"}',  # chat: its own key, its own send
+    )
+    report = warm(chain, prompts)
+    assert (report.warmed, report.failed, report.ok) == (3, 0, True)
+    assert server.route_counts["responses.create"] == 2
+    live = server.answer_for(user("What is the capital of France?"), "test-model")
+    server.default = Fault.status(503)
+    france = chain.responses.create(
+        input="What is the capital of France?", instructions="Be brief."
+    )
+    hi = chain.responses.create(
+        model="gpt-4o", input=[{"role": "user", "content": "Hi"}], temperature=0
+    )
+    assert [trace_of(r).source for r in (france, hi)] == ["cache", "cache"]
+    assert france.output_text == live
+    assert hi.output_text == server.answer_for(user("Hi"), "gpt-4o")
+    assert chain.complete(user("What is the capital of France?")).source == "cache"
+
+
+def test_a_warmed_response_is_skipped_next_time_and_refreshed_on_request(chain, server):
+    line = {"input": "again", "max_output_tokens": 50}
+    first = warm(chain, [line])
+    second = warm(chain, [line])
+    third = warm(chain, [line], refresh=True)
+    assert (first.warmed, second.skipped, third.warmed) == (1, 1, 1)
+    assert server.route_counts["responses.create"] == 2
+    server.default = Fault.status(503)
+    refreshed = chain.responses.create(**line)  # the refreshed entry decodes as a Response
+    assert trace_of(refreshed).source == "cache"
+    assert refreshed.output_text == server.answer_for(user("again"), "test-model")
+
+
+def test_a_responses_request_cut_short_is_never_warmed(chain, server):
+    server.default = Fault.incomplete(after_chunks=2, reason="unstated")  # every attempt
+    report = warm(chain, [{"input": "long"}])
+    assert (report.warmed, report.failed) == (0, 1)
+    assert chain.request_key(RESPONSES, {"input": "long"}) is not None
+    assert chain.cache.get(chain.request_key(RESPONSES, {"input": "long"}) or "") is None
+
+
+def test_awarm_warms_responses_requests_too(achain, server):
+    chain, loop = achain
+    loop.run_until_complete(awarm(chain, [{"input": "a", "temperature": 0}]))
+    server.default = Fault.status(503)
+    answer = loop.run_until_complete(chain.responses.create(input="a", temperature=0))
+    assert trace_of(answer).source == "cache"
+
+
+def test_cli_dry_run_shows_a_responses_request_as_it_would_be_sent(
+    tmp_path, server, capsys, monkeypatch
+):
+    config = _cli_config(tmp_path, server.base_url, monkeypatch)
+    prompts = write_prompts(
+        tmp_path / "p.jsonl",
+        '{"input": "Hi", "instructions": "Be brief."}',
+        '{"input": "Hi", "conversation": "conv_1"}',
+    )
+    code, out, err = _run_cli(capsys, "warm", prompts, "--config", config, "--dry-run")
+    assert code == 1
+    assert out.splitlines()[0] == (
+        f'{prompts}:1: would send {{"model": "test-model", "input": "Hi", '
+        '"instructions": "Be brief."}'
+    )
+    assert err.splitlines() == [
+        f"{prompts}:2: a 'conversation' request is never cached (the conversation grows with "
+        "every turn), so it cannot be warmed; use 'input' or 'previous_response_id'"
+    ]
+    assert server.counts["total"] == 0

@@ -14,10 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.resources.chat.completions import Completions
+from openai.resources.responses import Responses
 
 from fallbackchain.cache import InputFileError, LineError
 from fallbackchain.warming import (
     ALLOWED_KEYS,
+    RESPONSES_KEYS,
     WarmRequest,
     load_prompts,
     parse_prompt,
@@ -54,6 +56,63 @@ def test_create_arguments_are_kept_as_given():
 def test_allowed_keys_are_the_sdk_create_arguments_the_chain_does_not_set():
     sdk = set(inspect.signature(Completions.create).parameters) - {"self"}
     assert (sdk - {"stream", "stream_options", "timeout"}) | {"prompt"} == ALLOWED_KEYS
+
+
+def test_a_line_with_input_is_a_responses_request():
+    value = {"model": "gpt-4o", "input": "Hi", "instructions": "Be brief.", "temperature": 0}
+    request = parse_prompt(value, file="p.jsonl", line=2)
+    assert request == WarmRequest(2, value, "p.jsonl", api="responses")
+    assert request.model == "gpt-4o"
+    assert request.options == {"input": "Hi", "instructions": "Be brief.", "temperature": 0}
+    assert request.sent("default") == value
+
+
+def test_api_names_the_api_explicitly():
+    followup = parse_prompt({"api": "responses", "previous_response_id": "resp_1", "input": "And?"})
+    assert followup.api == "responses"
+    assert "api" not in followup.params
+    chat = parse_prompt({"api": "chat", "prompt": "Hi"})
+    assert chat == WarmRequest(1, {"messages": user("Hi")})
+    assert chat.sent("m") == {"model": "m", "messages": user("Hi")}
+
+
+def test_responses_keys_are_the_sdk_create_arguments_the_chain_does_not_set():
+    sdk = set(inspect.signature(Responses.create).parameters) - {"self"}
+    assert (sdk - {"stream", "timeout"}) | {"api"} == RESPONSES_KEYS
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"api": "completions", "prompt": "a"}', "'api' must be \"chat\" or \"responses\", got \"completions\""),
+        (
+            '{"input": "a", "messages": []}',
+            "unknown key 'messages' (a chat key: a Responses request takes 'input') "
+            "for a Responses request",
+        ),
+        (
+            '{"input": "a", "stream": true}',
+            "unknown key 'stream' (set by the chain; remove it) for a Responses request",
+        ),
+        (
+            '{"api": "responses", "model": "m"}',
+            "a Responses request needs 'input' (a string or a list of input items), 'prompt' or "
+            "'previous_response_id'",
+        ),
+        ('{"input": ""}', "'input' must be a non-empty string or a non-empty array of input items, got a string"),
+        ('{"input": {"a": 1}}', "'input' must be a non-empty string or a non-empty array of input items, got an object"),
+        ('{"input": "a", "model": 3}', "'model' must be a non-empty string, got a number"),
+        (
+            '{"input": "a", "conversation": "conv_1"}',
+            "a 'conversation' request is never cached (the conversation grows with every turn), "
+            "so it cannot be warmed; use 'input' or 'previous_response_id'",
+        ),
+    ],
+)
+def test_each_bad_responses_line_is_one_error_naming_file_and_line(line, message):
+    requests, errors = parse_prompts(['{"input": "ok"}', line], file="prompts.jsonl")
+    assert [(r.line, r.api) for r in requests] == [(1, "responses")]
+    assert errors == [LineError("prompts.jsonl", 2, message)]
 
 
 def test_blank_lines_and_comments_are_skipped_and_line_numbers_kept():

@@ -17,7 +17,7 @@ Glossary:
   its failure opens it again.
 * **proven / unproven**: a closed breaker is proven once an attempt succeeded (or produced
   content) since the last failure. A new breaker, and one whose last attempt failed, is
-  unproven (the README's "trusted" and "in doubt"; the Redis hash keeps the field ``trusted``).
+  unproven (the Redis hash keeps the earlier name, the field ``trusted``).
 * **limited permit**: what an unproven breaker admits, at most ``fail_max`` at a time
   counting the failures; each holds a **slot** until it ends or produces content.
 * **busy** (:data:`BUSY`): unproven, every slot taken: ask again shortly.
@@ -30,8 +30,9 @@ Glossary:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._optional import loaded_on_first_use
 from ._gate import BreakerGate, StateChangeCallback
 from ._permit import BUSY, Busy, Permit
 from ._stores import BreakerState, GateStore, MemoryGateStore
@@ -51,11 +52,5 @@ __all__ = [
     "StateChangeCallback",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    """``RedisGateStore`` imports the redis client, so only on first use (PEP 562)."""
-    if name == "RedisGateStore":
-        from ._redis_store import RedisGateStore  # noqa: PLC0415 - loads redis
-
-        return RedisGateStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# RedisGateStore imports the redis client: loaded only when first asked for.
+__getattr__ = loaded_on_first_use(__name__, {"RedisGateStore": "._redis_store"})

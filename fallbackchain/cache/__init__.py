@@ -2,11 +2,14 @@
 
 The modules here are private; other parts of fallbackchain import from this package. A chain,
 ``warm`` and the CLI ask for a :class:`Cache` (the protocol); :class:`ResponseCache` is the
-disk one, ``_redis_cache.RedisResponseCache`` (loaded only when configured) the Redis one.
+disk one, :class:`RedisResponseCache` (loaded on first use: it imports redis) the Redis one.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from .._optional import loaded_on_first_use
 from ._disk_cache import ResponseCache
 from ._jsonl import (
     ExportRow,
@@ -22,6 +25,9 @@ from ._rows import CachedAnswer, HeldEntry, StoredRow, decode_row
 from ._safe_disk import SafeJSONDisk
 from ._stats import CacheStats, StoredAges
 
+if TYPE_CHECKING:
+    from ._redis_cache import RedisResponseCache
+
 __all__ = [
     "Cache",
     "CacheStats",
@@ -32,6 +38,7 @@ __all__ = [
     "ImportReport",
     "InputFileError",
     "LineError",
+    "RedisResponseCache",
     "ResponseCache",
     "SafeJSONDisk",
     "StoredAges",
@@ -40,3 +47,6 @@ __all__ = [
     "decode_row",
     "read_jsonl",
 ]
+
+# RedisResponseCache imports the redis client: loaded only when first asked for.
+__getattr__ = loaded_on_first_use(__name__, {"RedisResponseCache": "._redis_cache"})

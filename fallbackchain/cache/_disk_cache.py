@@ -176,6 +176,8 @@ class ResponseCache(Cache):
             lambda: self._put(key, completion, stored_at, rewrite),
             "skipped",
         )
+        if outcome == "stored":
+            self._rows.evict()
         return outcome == "unchanged" or common.count_store(outcome == "stored")
 
     def put_later(self, key: str, completion: ChatCompletion) -> bool:
@@ -361,7 +363,11 @@ class ResponseCache(Cache):
                 current = peek(disk, key)
                 if current is not None and current.stored_at >= at:
                     return "kept"
-                return "imported" if self._put(key, completion, at, False) == "stored" else "failed"
+                written = self._put(key, completion, at, False)
+            if written != "stored":
+                return "failed"
+            self._rows.evict()  # after the commit (see DiskWrites.evict)
+            return "imported"
 
         return self._common.import_row(key, completion, stored_at, write)
 

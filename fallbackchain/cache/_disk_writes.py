@@ -49,10 +49,10 @@ class DiskWrites:
             with contextlib.suppress(Exception):  # rolled back: each is tried (and logged) alone
                 with disk.transact(retry=True):
                     outcomes = [self._write(key, item) for key, item in batch]
-                    if "stored" in outcomes:
-                        disk.cull()  # once a transaction, not once a row (cull_limit=0: DiskHandle)
                 committed = True
             if committed:
+                if "stored" in outcomes:
+                    self.evict()
                 self._common.count_stores(outcomes.count("stored"))
                 return
         for key, item in batch:
@@ -64,13 +64,15 @@ class DiskWrites:
         outcome = common.guarded(
             "put", "answer not stored", lambda: self.write_alone(key, item), "skipped"
         )
+        if outcome == "stored":
+            self.evict()
         common.count_store(outcome == "stored")
 
     def write_alone(self, key: str, item: QueuedWrite) -> Written:
-        """:meth:`_write` in a transaction of its own, with the eviction a write is due.
+        """:meth:`_write` in a transaction of its own; the caller then calls :meth:`evict`.
 
         The caller holds the write lock. Inside another transaction (``import_row``), this one
-        is part of it.
+        is part of it, and the eviction waits for the outer commit.
         """
         disk = self._handle.current()
         if disk is None or self._handle.read_only:
@@ -78,18 +80,29 @@ class DiskWrites:
         try:
             with disk.transact():  # not retried: a locked database fails the write (logged)
                 written = self._write(key, item)
-                if written == "stored":
-                    disk.cull()  # once a transaction, not once a row (cull_limit=0: DiskHandle)
         except Exception as exc:
             item.held.on_disk = False  # rolled back
             self._handle.drop_if_corrupt(disk, exc)
             raise
         return written
 
+    def evict(self) -> None:
+        """Evict down to the size limit; call it after a write transaction commits.
+
+        Once per transaction, not once per row (``cull_limit=0``: DiskHandle). Only after the
+        commit: diskcache measures the database file, which shrinks at a commit (auto-vacuum),
+        so a cull inside the writing transaction sees the file never shrink and evicts every
+        row. Never raises: a failed eviction is tried again after the next write.
+        """
+        disk = self._handle.current()
+        if isinstance(disk, diskcache.Cache) and not self._handle.read_only:
+            with contextlib.suppress(Exception):
+                disk.cull()
+
     def _write(self, key: str, item: QueuedWrite) -> Written:
         """Write one answer to disk (caller holds the write lock); the caller counts a store.
 
-        Inside a transaction: the caller commits, and evicts (``disk.cull()``).
+        Inside a transaction: the caller commits, then evicts (:meth:`evict`).
 
         ``skipped``: no writable disk, or the answer expired while it waited. ``unchanged``
         (counted here): the disk row already holds it.

@@ -23,12 +23,7 @@ from ._dropin import (
 )
 from ._endpoint import CHAT, ChatEndpoint, Endpoint, StreamAssembly
 from ._responses_assembly import ResponseAssembler, ResponseIncompleteError
-from ._responses_dropin import (
-    AsyncChainResponses,
-    AsyncResponsesDropInStream,
-    ChainResponses,
-    ResponsesDropInStream,
-)
+from ._responses_dropin import AsyncChainResponses, ChainResponses
 from ._responses_endpoint import ENVELOPE_FIELD, RESPONSES, ResponsesEndpoint, resumable
 from ._responses_keys import responses_cache_key
 from ._responses_resume import (
@@ -38,6 +33,7 @@ from ._responses_resume import (
     ResumingStream,
     resumptions_of,
 )
+from ._responses_stream import AsyncResponsesDropInStream, ResponsesDropInStream
 from ._steps import Acquire, AwaitSlot, Neutral, Sleep, Tier, TryTier, UseCache
 from ._sync import ChainStream, FallbackChain
 from ._watch import AttemptWatch

@@ -64,10 +64,14 @@ def is_transport_fault(error: TierError, *, content_seen: bool) -> bool:
     A stream that broke after it began answering (dropped after content, truncated, a
     malformed chunk, an SSE ``error`` event) says little about the model: another stream may
     well succeed. Everything else (429, 5xx, refused, reset, an SSE ``error`` or a bad chunk
-    before any content, silence, a stall) describes the route.
+    before any content, silence, a stall) describes the route. So does a stream that ended
+    for a reason another attempt would meet again (``error.retryable`` false: a Responses
+    answer cut at ``max_output_tokens`` or by ``content_filter``), even after content: it
+    moves on at once rather than asking the same model again.
     """
     return (
         content_seen
+        and error.retryable
         and isinstance(error, StreamProtocolError | UpstreamConnectionError)
         and not isinstance(error, UpstreamTimeoutError)
     )

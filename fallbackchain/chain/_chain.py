@@ -177,7 +177,10 @@ class ChainBase(Generic[StreamT, ClientT, SleepT, AnswerT]):
             routes=options.routes if options else None,
         )
         if self._hooks:
-            self._hooks.emit(RequestStarted(run.request_id, request.key, request.model, True))
+            started = RequestStarted(
+                run.request_id, request.key, request.model, True, request.endpoint.name
+            )
+            self._hooks.emit(started)
         flow = request_flow(
             run,
             request,

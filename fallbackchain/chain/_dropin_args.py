@@ -49,6 +49,10 @@ def _take_messages(kwargs: dict[str, Any], method: str) -> tuple[list[Any], str 
     if "messages" not in kwargs:
         raise TypeError(f"{method}() missing 1 required keyword-only argument: 'messages'")
     messages: Iterable[Any] = kwargs.pop("messages")
+    if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Iterable):
+        # the SDK would send it and get a 400; nothing is sent for a call that cannot be right
+        kind = type(messages).__name__
+        raise TypeError(f"{method}(): 'messages' must be a list of messages, not {kind}")
     model: str | None = kwargs.pop("model", None)
     return list(messages), model
 

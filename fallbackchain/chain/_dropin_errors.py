@@ -45,18 +45,32 @@ _SILENT: Final = (BreakerOpenError, DeadlineExceededError, RouteRejectedError)
 _FLAVOURED: dict[type[openai.APIError], type[Any]] = {}
 
 
-def _flavoured(sdk_class: type[openai.APIError]) -> Any:
-    """A new ``AllTiersFailedError`` that is also an instance of ``sdk_class`` (not initialised)."""
+def _flavoured_class(sdk_class: type[openai.APIError]) -> type[Any]:
+    """``AllTiersFailedError`` that is also a ``sdk_class`` (made once per SDK class)."""
     made = _FLAVOURED.get(sdk_class)
     if made is None:
         namespace = {
             "__module__": AllTiersFailedError.__module__,
             "__doc__": AllTiersFailedError.__doc__,
+            # The class is made here, so pickle cannot find it by name: rebuild it from the
+            # SDK class (another process, or this one after a restart, makes the same one).
+            "__reduce__": lambda self: (_rebuild, (sdk_class, self.args), self.__dict__),
         }
         made = _FLAVOURED[sdk_class] = type(
             AllTiersFailedError.__name__, (AllTiersFailedError, sdk_class), namespace
         )
-    return BaseException.__new__(made)
+    return made
+
+
+def _rebuild(sdk_class: type[openai.APIError], args: tuple[Any, ...]) -> Any:
+    error = BaseException.__new__(_flavoured_class(sdk_class))
+    error.args = args
+    return error
+
+
+def _flavoured(sdk_class: type[openai.APIError]) -> Any:
+    """A new ``AllTiersFailedError`` that is also an instance of ``sdk_class`` (not initialised)."""
+    return BaseException.__new__(_flavoured_class(sdk_class))
 
 
 def _telling(attempts: tuple[Attempt, ...]) -> Attempt | None:
@@ -67,17 +81,19 @@ def _telling(attempts: tuple[Attempt, ...]) -> Attempt | None:
     return None
 
 
-def as_sdk_error(error: AllTiersFailedError, base_url: str) -> AllTiersFailedError:
+def as_sdk_error(
+    error: AllTiersFailedError, base_url: str, path: str = "chat/completions"
+) -> AllTiersFailedError:
     """``error`` as an instance of the SDK's matching class too (see the module docstring).
 
-    ``base_url`` (masked) makes the SDK's ``request`` when no attempt had one.
+    ``base_url`` (masked) and ``path`` make the SDK's ``request`` when no attempt had one.
     """
     attempt = _telling(error.attempts)
     cause = attempt.exception.__cause__ if attempt is not None and attempt.exception else None
     if isinstance(cause, openai.APIError):
         request = cause.request
     else:
-        request = httpx2.Request("POST", f"{mask_url(base_url).rstrip('/')}/chat/completions")
+        request = httpx2.Request("POST", f"{mask_url(base_url).rstrip('/')}/{path}")
     message = str(error)
     if isinstance(cause, openai.APIStatusError):
         sdk = _flavoured(type(cause))
@@ -99,10 +115,11 @@ class SdkErrors:
     A plain object (not a generator context manager): it wraps every pull of a stream.
     """
 
-    __slots__ = ("_base_url",)
+    __slots__ = ("_base_url", "_path")
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, path: str = "chat/completions") -> None:
         self._base_url = base_url
+        self._path = path
 
     def __enter__(self) -> None:
         return None
@@ -114,4 +131,4 @@ class SdkErrors:
         traceback: TracebackType | None,
     ) -> None:
         if isinstance(error, AllTiersFailedError) and not isinstance(error, openai.APIError):
-            raise as_sdk_error(error, self._base_url) from error
+            raise as_sdk_error(error, self._base_url, self._path) from error

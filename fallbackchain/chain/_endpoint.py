@@ -40,7 +40,15 @@ from ._assembly import (
     whole_fragments,
 )
 
-__all__ = ["CHAT", "ChatEndpoint", "Endpoint", "StreamAssembly"]
+__all__ = [
+    "CHAT",
+    "ChatEndpoint",
+    "Endpoint",
+    "StreamAssembly",
+    "attempt_kwargs",
+    "check_request",
+    "usage_tokens",
+]
 
 Answer = TypeVar("Answer")
 Answer_co = TypeVar("Answer_co", covariant=True)
@@ -198,6 +206,44 @@ class Endpoint(Protocol[Answer]):
         ...
 
 
+def check_request(request: Mapping[str, Any], inputs: tuple[str, ...], empty: str) -> None:
+    """What every endpoint's :meth:`~Endpoint.validate` refuses.
+
+    ``stream`` (the chain sets it: a :class:`TypeError`), and a request with none of
+    ``inputs`` given (a :class:`ValueError` saying ``empty``).
+    """
+    if "stream" in request:
+        raise TypeError("unexpected keyword argument(s): stream")
+    if not any(request.get(name) for name in inputs):
+        raise ValueError(empty)
+
+
+def attempt_kwargs(
+    request: Mapping[str, Any], *, model: str, streaming: bool, stream_only: tuple[str, ...]
+) -> dict[str, Any]:
+    """``request`` as one attempt sends it: ``model`` and ``stream`` set.
+
+    Not streaming, without the ``stream_only`` options (the API refuses them on a whole answer).
+    """
+    kwargs = dict(request)
+    kwargs["model"] = model
+    kwargs["stream"] = streaming
+    if not streaming:
+        for name in stream_only:
+            kwargs.pop(name, None)
+    return kwargs
+
+
+def usage_tokens(usage: Any, billed_in: str, billed_out: str) -> tuple[int | None, int | None]:
+    """The input and output tokens a ``usage`` object reports under those field names.
+
+    ``(None, None)`` when the answer reported no usage.
+    """
+    if usage is None:
+        return None, None
+    return getattr(usage, billed_in), getattr(usage, billed_out)
+
+
 _NOTHING_BILLED = CompletionUsage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
 _CHAT_OWN = frozenset({"stream", "messages", "model"})
 
@@ -210,10 +256,7 @@ class ChatEndpoint:
     name = "chat"
 
     def validate(self, request: Mapping[str, Any]) -> None:
-        if "stream" in request:
-            raise TypeError("unexpected keyword argument(s): stream")
-        if not request.get("messages"):
-            raise ValueError("messages must not be empty")
+        check_request(request, ("messages",), "messages must not be empty")
 
     def cache_key(self, request: Mapping[str, Any]) -> str:
         params = {k: v for k, v in request.items() if k not in _CHAT_OWN}
@@ -222,12 +265,10 @@ class ChatEndpoint:
     def kwargs(
         self, request: Mapping[str, Any], *, model: str, streaming: bool, stream_usage: bool
     ) -> dict[str, Any]:
-        kwargs = dict(request)
-        kwargs["model"] = model
-        kwargs["stream"] = streaming
-        if not streaming:  # a stream-only option: the API refuses it on a whole completion
-            kwargs.pop("stream_options", None)
-        elif stream_usage and "stream_options" not in kwargs:
+        kwargs = attempt_kwargs(
+            request, model=model, streaming=streaming, stream_only=("stream_options",)
+        )
+        if streaming and stream_usage and "stream_options" not in kwargs:
             kwargs["stream_options"] = {"include_usage": True}
         return kwargs
 
@@ -250,10 +291,7 @@ class ChatEndpoint:
         return whole_fragments(answer)
 
     def tokens(self, answer: ChatCompletion) -> tuple[int | None, int | None]:
-        usage = answer.usage
-        if usage is None:
-            return None, None
-        return usage.prompt_tokens, usage.completion_tokens
+        return usage_tokens(answer.usage, "prompt_tokens", "completion_tokens")
 
     def unbilled(self, answer: ChatCompletion) -> tuple[ChatCompletion, Any]:
         return answer.model_copy(update={"usage": _NOTHING_BILLED}), answer.usage

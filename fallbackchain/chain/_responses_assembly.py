@@ -43,7 +43,20 @@ from .._errors import MalformedChunkError, StreamEventError, TruncatedStreamErro
 from ._assembly import Fragment, Piece
 from ._responses_resume import Resumed, mark_resumptions
 
-__all__ = ["RETRYABLE_INCOMPLETE", "ResponseAssembler", "ResponseIncompleteError", "error_code"]
+__all__ = [
+    "ANSWERED_INCOMPLETE",
+    "RETRYABLE_INCOMPLETE",
+    "ResponseAssembler",
+    "ResponseIncompleteError",
+    "error_code",
+]
+
+ANSWERED_INCOMPLETE: Final = frozenset({"max_output_tokens", "max_messages", "content_filter"})
+"""Incomplete reasons that are this request's answer, as chat's ``finish_reason`` ``length``
+and ``content_filter`` are: the ``Response`` (``status="incomplete"``) is returned as the SDK
+returns it, counted as a success, never retried or failed over (another route would cut the
+same request, and one caller's small limit must not open every breaker). A
+``content_filter`` answer is not cached, as in chat."""
 
 RETRYABLE_INCOMPLETE: Final = frozenset({"steered"})
 """Incomplete reasons another attempt may fix. ``max_output_tokens``, ``max_messages`` and
@@ -140,7 +153,7 @@ class ResponseAssembler:
 
     @property
     def finished(self) -> bool:
-        """True once ``response.completed`` was taken."""
+        """True once ``response.completed`` was taken (or an answered ``response.incomplete``)."""
         return self._final is not None
 
     @property
@@ -216,6 +229,12 @@ class ResponseAssembler:
             response = self._lifecycle(event.response)
             details = getattr(response, "incomplete_details", None)
             reason = getattr(details, "reason", None)
+            if reason in ANSWERED_INCOMPLETE:
+                rebuilt = self._rebuilt(response)
+                if not isinstance(rebuilt, Response):
+                    raise MalformedChunkError("response.incomplete did not carry a response")
+                self._final = rebuilt  # the answer to this request, cut where it asked
+                return None
             raise ResponseIncompleteError(
                 error_code(reason) if reason is not None else None,
                 self._rebuilt(response),

@@ -37,10 +37,15 @@ from openai.types.responses import Response, ResponseUsage
 
 from .._errors import MalformedChunkError, StreamEventError, TruncatedStreamError
 from ._assembly import Fragment
-from ._endpoint import Endpoint
-from ._responses_assembly import ResponseAssembler, ResponseIncompleteError, error_code
+from ._endpoint import Endpoint, attempt_kwargs, check_request, usage_tokens
+from ._responses_assembly import (
+    ANSWERED_INCOMPLETE,
+    ResponseAssembler,
+    ResponseIncompleteError,
+    error_code,
+)
 from ._responses_keys import responses_cache_key
-from ._responses_resume import AsyncResumingStream, ResumingStream
+from ._responses_resume import CANCEL_TIMEOUT, AsyncResumingStream, ResumingStream
 
 __all__ = ["ENVELOPE_FIELD", "RESPONSES", "ResponsesEndpoint", "resumable"]
 
@@ -78,10 +83,7 @@ class ResponsesEndpoint:
     name = "responses"
 
     def validate(self, request: Mapping[str, Any]) -> None:
-        if "stream" in request:
-            raise TypeError("unexpected keyword argument(s): stream")
-        if not any(request.get(name) for name in _INPUTS):
-            raise ValueError("input must not be empty")
+        check_request(request, _INPUTS, "input must not be empty")
 
     def cache_key(self, request: Mapping[str, Any]) -> str | None:
         params = {k: v for k, v in request.items() if k not in _OWN}
@@ -91,13 +93,7 @@ class ResponsesEndpoint:
         self, request: Mapping[str, Any], *, model: str, streaming: bool, stream_usage: bool
     ) -> dict[str, Any]:
         # stream_usage: a Responses stream always reports usage in response.completed
-        kwargs = dict(request)
-        kwargs["model"] = model
-        kwargs["stream"] = streaming
-        if not streaming:
-            for name in _STREAM_ONLY:
-                kwargs.pop(name, None)
-        return kwargs
+        return attempt_kwargs(request, model=model, streaming=streaming, stream_only=_STREAM_ONLY)
 
     def create(self, client: openai.OpenAI, kwargs: dict[str, Any]) -> Any:
         stream = client.responses.create(**kwargs)
@@ -108,7 +104,10 @@ class ResponsesEndpoint:
         def reopen(response_id: str, after: int) -> Any:
             return client.responses.retrieve(response_id, stream=True, starting_after=after, **more)
 
-        return ResumingStream(stream, reopen)
+        def cancel(response_id: str) -> object:
+            return client.responses.cancel(response_id, timeout=CANCEL_TIMEOUT)
+
+        return ResumingStream(stream, reopen, cancel)
 
     async def acreate(self, client: openai.AsyncOpenAI, kwargs: dict[str, Any]) -> Any:
         stream = await client.responses.create(**kwargs)
@@ -121,7 +120,10 @@ class ResponsesEndpoint:
                 response_id, stream=True, starting_after=after, **more
             )
 
-        return AsyncResumingStream(stream, reopen)
+        async def cancel(response_id: str) -> object:
+            return await client.responses.cancel(response_id, timeout=CANCEL_TIMEOUT)
+
+        return AsyncResumingStream(stream, reopen, cancel)
 
     def assembler(self) -> ResponseAssembler:
         return ResponseAssembler()
@@ -135,6 +137,8 @@ class ResponsesEndpoint:
         if status == "incomplete":
             details = answer.incomplete_details
             reason = details.reason if details is not None else None
+            if reason in ANSWERED_INCOMPLETE:
+                return answer  # cut where the request asked: its answer (see the constant)
             raise ResponseIncompleteError(reason, answer)
         if status == "failed":
             code = answer.error.code if answer.error is not None else None
@@ -160,10 +164,7 @@ class ResponsesEndpoint:
         return tuple(shown)
 
     def tokens(self, answer: Response) -> tuple[int | None, int | None]:
-        usage = answer.usage
-        if usage is None:
-            return None, None
-        return usage.input_tokens, usage.output_tokens
+        return usage_tokens(answer.usage, "input_tokens", "output_tokens")
 
     def unbilled(self, answer: Response) -> tuple[Response, Any]:
         return answer.model_copy(update={"usage": _NOTHING_BILLED}), answer.usage
@@ -179,7 +180,7 @@ class ResponsesEndpoint:
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": answer.output_text},
-                    "finish_reason": "stop",
+                    "finish_reason": _finish_reason(answer),
                 }
             ],
             ENVELOPE_FIELD: answer.model_dump(mode="json", exclude_unset=True),
@@ -199,6 +200,14 @@ class ResponsesEndpoint:
             raise TypeError("not a cached Response")
         return Response.model_validate(body)
 
+
+
+def _finish_reason(answer: Response) -> str:
+    """The envelope's finish reason: the cache keeps what chat's would (not content_filter)."""
+    details = answer.incomplete_details if answer.status == "incomplete" else None
+    if details is None:
+        return "stop"
+    return "content_filter" if details.reason == "content_filter" else "length"
 
 RESPONSES: Endpoint[Response] = ResponsesEndpoint()
 """The Responses endpoint (``chain.responses.create``)."""

@@ -22,14 +22,19 @@ wrap the SDK's stream of such a request and do exactly that:
   the chain treats the attempt as failed and falls back to a fresh request, as for any
   dropped stream.
 
-Closing the wrapper closes the stream being read and stops any resumption.
+Closing the wrapper closes the stream being read and stops any resumption. Closing it before a
+terminal event (the chain abandoned the attempt: a failure it could not resume, a stall, a lost
+hedge race, a consumer who stopped reading) also cancels the background response with
+``responses.cancel(id)``, best effort and bounded by :data:`CANCEL_TIMEOUT`: a background
+response left running would go on generating, and billing, for nobody.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final, Self
+from typing import Any, Final, Generic, Self, TypeVar
 
 import openai
 
@@ -42,6 +47,7 @@ from .._errors import (
 )
 
 __all__ = [
+    "CANCEL_TIMEOUT",
     "MAX_RESUMES",
     "TERMINAL_EVENTS",
     "AsyncResumingStream",
@@ -51,6 +57,9 @@ __all__ = [
     "not_resumed",
     "resumptions_of",
 ]
+
+CANCEL_TIMEOUT: Final = 2.0
+"""Seconds a ``responses.cancel`` of an abandoned background response may take."""
 
 MAX_RESUMES: Final = 3
 """Resumptions in a row that bring no new event before the stream is given up."""
@@ -109,25 +118,46 @@ def not_resumed(error: TierError, exc: BaseException) -> TierError:
 class _Progress:
     """What both wrappers track: the response, the last sequence number, the resumptions."""
 
-    __slots__ = ("closed", "last", "response_id", "stalled")
+    __slots__ = ("closed", "ended", "last", "response_id", "stalled", "terminal")
 
     def __init__(self) -> None:
         self.response_id: str | None = None
         self.last: int | None = None
         self.stalled = 0  # resumptions in a row that brought nothing new
         self.closed = False
+        self.ended = False  # a terminal event was yielded, or the stream cannot go on
+        self.terminal = False  # a terminal event was yielded: the response is over upstream
 
-    def take(self, event: Any) -> bool:
-        """True when ``event`` is new (to be yielded); tracks the response id and sequence."""
+    def take(self, event: Any) -> tuple[Any, ...]:
+        """What to yield of ``event``: itself when new, nothing when already yielded.
+
+        Tracks the response id and the sequence; a terminal event sets :attr:`ended`.
+        """
         sequence = getattr(event, "sequence_number", None)
         if isinstance(sequence, int):
             if self.last is not None and sequence <= self.last:
-                return False
+                return ()
             self.last = sequence
-        if getattr(event, "type", None) == "response.created":
+        kind = getattr(event, "type", None)
+        if kind == "response.created":
             self.response_id = getattr(getattr(event, "response", None), "id", None)
+        self.ended = self.terminal = kind in TERMINAL_EVENTS
         self.stalled = 0
-        return True
+        return (event,)
+
+    def after(self, failure: Exception | None) -> Resumed | None:
+        """The stream being read stopped: the resumption to make, or ``None`` for the end.
+
+        ``failure``: what stopped it (``None``: it ended, perhaps without a terminal event).
+        Raises ``failure`` when it cannot be resumed; after ``None`` :attr:`ended` is set.
+        """
+        why = None if self.ended else self.why(failure)
+        if why is None:
+            self.ended = True
+            if failure is not None:
+                raise failure
+            return None
+        return self.resumed(why)
 
     def why(self, failure: BaseException | None) -> TierError | None:
         """The reason to resume after ``failure`` (``None``: a clean early end), or ``None``.
@@ -151,6 +181,12 @@ class _Progress:
             return None
         return mapped if isinstance(mapped, UpstreamConnectionError) else None
 
+    def abandoned(self) -> str | None:
+        """On close: the id of the response to cancel (it was not over), once; else ``None``."""
+        response_id = None if self.terminal or self.closed else self.response_id
+        self.closed = True
+        return response_id
+
     def resumed(self, error: TierError) -> Resumed:
         """Count one resumption (after :meth:`why` allowed it) and describe it."""
         response_id, last = self.response_id, self.last
@@ -160,47 +196,55 @@ class _Progress:
         return Resumed(response_id, last, error)
 
 
-class ResumingStream:
-    """The SDK's ``Stream`` of a background response, resumed after a drop (sync)."""
+_Call = TypeVar("_Call", bound=Callable[..., Any])
 
-    def __init__(self, stream: Any, reopen: Callable[[str, int], Any]) -> None:
-        """``reopen(response_id, starting_after)`` returns the SDK's stream of the rest."""
+
+class _Wrapper(Generic[_Call]):
+    """What both wrappers hold: the stream being read, how to resume and cancel, progress."""
+
+    def __init__(self, stream: Any, reopen: _Call, cancel: _Call | None = None) -> None:
+        """Wrap ``stream``: ``reopen(id, after)`` streams the rest, ``cancel(id)`` ends it."""
         self._stream = stream
         self._reopen = reopen
+        self._cancel = cancel
         self._progress = _Progress()
+
+
+class ResumingStream(_Wrapper[Callable[..., Any]]):
+    """The SDK's ``Stream`` of a background response, resumed after a drop (sync)."""
 
     def __iter__(self) -> Iterator[Any]:
         return self._events()
 
     def _events(self) -> Iterator[Any]:
         progress = self._progress
-        while True:
-            failure: BaseException | None = None
+        while not progress.ended:
+            failure: Exception | None = None
             try:
                 for event in self._stream:
-                    if progress.take(event):
-                        yield event
-                        if getattr(event, "type", None) in TERMINAL_EVENTS:
-                            return
+                    yield from progress.take(event)
+                    if progress.ended:
+                        break
             except Exception as exc:  # noqa: BLE001 - mapped; anything else is re-raised
                 failure = exc
-            why = progress.why(failure)
-            if why is None:
-                if failure is not None:
-                    raise failure
-                return
-            marker = progress.resumed(why)
-            self._stream.close()
-            try:
-                self._stream = self._reopen(marker.response_id, marker.after)
-            except Exception as exc:  # noqa: BLE001 - the provider cannot resume: the drop stands
-                raise not_resumed(marker.error, exc) from (failure or exc)
-            yield marker
+            if (marker := progress.after(failure)) is not None:
+                self._stream.close()
+                self._stream = self._resume(marker, failure)
+                yield marker
+
+    def _resume(self, marker: Resumed, failure: Exception | None) -> Any:
+        try:
+            return self._reopen(marker.response_id, marker.after)
+        except Exception as exc:  # noqa: BLE001 - the provider cannot resume: the drop stands
+            raise not_resumed(marker.error, exc) from (failure or exc)
 
     def close(self) -> None:
-        """Close the stream being read; no resumption after this."""
-        self._progress.closed = True
+        """Close the stream being read; no resumption after this; cancel an abandoned one."""
+        response_id = self._progress.abandoned()
         self._stream.close()
+        if response_id is not None and self._cancel is not None:
+            with contextlib.suppress(Exception):  # best effort: the answer is not waited for
+                self._cancel(response_id)
 
     def __enter__(self) -> Self:
         return self
@@ -209,47 +253,45 @@ class ResumingStream:
         self.close()
 
 
-class AsyncResumingStream:
-    """The SDK's ``AsyncStream`` of a background response, resumed after a drop."""
+class AsyncResumingStream(_Wrapper[Callable[..., Awaitable[Any]]]):
+    """The SDK's ``AsyncStream`` of a background response, resumed after a drop.
 
-    def __init__(self, stream: Any, reopen: Callable[[str, int], Awaitable[Any]]) -> None:
-        """``await reopen(response_id, starting_after)`` returns the SDK's stream of the rest."""
-        self._stream = stream
-        self._reopen = reopen
-        self._progress = _Progress()
+    As :class:`ResumingStream`, with ``reopen`` and ``cancel`` awaited.
+    """
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._events()
 
     async def _events(self) -> AsyncIterator[Any]:
         progress = self._progress
-        while True:
-            failure: BaseException | None = None
+        while not progress.ended:
+            failure: Exception | None = None
             try:
                 async for event in self._stream:
-                    if progress.take(event):
-                        yield event
-                        if getattr(event, "type", None) in TERMINAL_EVENTS:
-                            return
+                    for new in progress.take(event):
+                        yield new
+                    if progress.ended:
+                        break
             except Exception as exc:  # noqa: BLE001 - mapped; anything else is re-raised
                 failure = exc
-            why = progress.why(failure)
-            if why is None:
-                if failure is not None:
-                    raise failure
-                return
-            marker = progress.resumed(why)
-            await self._stream.close()
-            try:
-                self._stream = await self._reopen(marker.response_id, marker.after)
-            except Exception as exc:  # noqa: BLE001 - the provider cannot resume: the drop stands
-                raise not_resumed(marker.error, exc) from (failure or exc)
-            yield marker
+            if (marker := progress.after(failure)) is not None:
+                await self._stream.close()
+                self._stream = await self._resume(marker, failure)
+                yield marker
+
+    async def _resume(self, marker: Resumed, failure: Exception | None) -> Any:
+        try:
+            return await self._reopen(marker.response_id, marker.after)
+        except Exception as exc:  # noqa: BLE001 - the provider cannot resume: the drop stands
+            raise not_resumed(marker.error, exc) from (failure or exc)
 
     async def close(self) -> None:
-        """Close the stream being read; no resumption after this."""
-        self._progress.closed = True
+        """Close the stream being read; no resumption after this; cancel an abandoned one."""
+        response_id = self._progress.abandoned()
         await self._stream.close()
+        if response_id is not None and self._cancel is not None:
+            with contextlib.suppress(Exception):  # best effort: the answer is not waited for
+                await self._cancel(response_id)
 
     async def __aenter__(self) -> Self:
         return self

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -39,6 +40,22 @@ def open_cache(config: ChainConfig) -> Cache:
     if not config.cache.enabled:
         raise UsageError(f"{config.source}: key 'cache.enabled': the cache is disabled")
     return response_cache(config, time.time)  # the same backend a chain would use
+
+
+def missing_directory(config: ChainConfig) -> str | None:
+    """The disk cache's directory when it does not exist yet (nothing was ever stored), else None.
+
+    A command that only reads or removes must not create it (nor its parents) wherever it is run.
+    """
+    directory = config.cache.directory
+    if config.cache.backend != "disk" or os.path.lexists(directory):
+        return None
+    return directory
+
+
+def _say_no_cache(directory: str) -> int:
+    out(f"no cache at {directory} yet: nothing has been stored there")
+    return ExitCode.OK
 
 
 def require_readable(cache: Cache) -> None:
@@ -90,6 +107,14 @@ def _skipped_rows(cache: Cache) -> int:
 def cmd_cache_stats(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     ttl = config.cache.ttl
+    if (directory := missing_directory(config)) is not None:
+        if not args.json:
+            return _say_no_cache(directory)
+        none: dict[str, object] = dict.fromkeys(("oldest", "newest"))
+        empty = {"directory": directory, "entries": 0, "bytes": 0, "expired": 0, **none}
+        unknown = {"hits": None, "misses": None, "unreadable": 0, "read_only": False}
+        out(json.dumps(empty | {"ttl": ttl} | unknown, indent=2))
+        return ExitCode.OK
     with _readable_cache(config) as cache:
         stats = cache.stats(scan=True)
         status = ExitCode.FAILED if _skipped_rows(cache) else ExitCode.OK
@@ -137,7 +162,10 @@ def _confirm(question: str) -> bool:
 
 
 def cmd_cache_clear(args: argparse.Namespace) -> int:
-    with _readable_cache(load_config(args.config)) as cache:
+    config = load_config(args.config)
+    if (directory := missing_directory(config)) is not None:
+        return _say_no_cache(directory)
+    with _readable_cache(config) as cache:
         entries = cache.stats().entries
         if _read_only(cache, f"nothing removed ({entries} entries)"):
             return ExitCode.FAILED
@@ -159,7 +187,10 @@ def cmd_cache_clear(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_prune(args: argparse.Namespace) -> int:
-    with _readable_cache(load_config(args.config)) as cache:
+    config = load_config(args.config)
+    if (directory := missing_directory(config)) is not None:
+        return _say_no_cache(directory)
+    with _readable_cache(config) as cache:
         if _read_only(cache, "nothing pruned"):
             return ExitCode.FAILED
         removed = cache.prune()
@@ -169,7 +200,10 @@ def cmd_cache_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_export(args: argparse.Namespace) -> int:
-    with _readable_cache(load_config(args.config)) as cache:
+    config = load_config(args.config)
+    if (directory := missing_directory(config)) is not None:
+        return _say_no_cache(directory)  # and no file written: there is nothing to export
+    with _readable_cache(config) as cache:
         if args.file == "-":
             count = cache.export_jsonl(sys.stdout)
             err(f"exported {count} entries from {cache.directory}")

@@ -119,6 +119,13 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument(  # `fallbackchain --config X status` as well as `status --config X`
+        "--config",
+        dest="global_config",
+        default=argparse.SUPPRESS,
+        metavar="CONFIG",
+        help=f"the TOML config file (default: ${CONFIG_ENV}, else ./{DEFAULT_CONFIG})",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     n = _command(
@@ -248,6 +255,10 @@ def _resolve_config(args: argparse.Namespace) -> str:
     needs the file to exist: a missing file is a usage error saying where the path came from.
     """
     flag: str | None = getattr(args, "config", None)
+    before: str | None = getattr(args, "global_config", None)  # given before the command
+    if flag is not None and before is not None and Path(flag) != Path(before):
+        raise UsageError(f"two config files given: --config {before} and --config {flag}")
+    flag = flag if flag is not None else before
     alias: str | None = args.config_alias
     if flag is not None and alias is not None and Path(flag) != Path(alias):
         raise UsageError(f"two config files given: {alias} and --config {flag}; pass one")

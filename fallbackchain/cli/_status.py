@@ -2,7 +2,10 @@
 
 What a caller can rely on: the exit status is 1 when state the config uses cannot be read (a
 Redis server holding shared breakers or the cache, or a cache directory that cannot be opened);
-breakers kept in memory are per process, so they are named but not shown.
+breakers kept in memory are per process, so they are named but not shown. What is shown
+applies to both provider APIs: chat-completions and Responses requests go through the same
+routes and the same breakers, and the cache holds the answers of both (each under its own keys,
+so one is never served for the other).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from .._backends import gate_store
 from .._config import ChainConfig
 from .._config_file import load_config
 from .._redact import mask_url
-from ._cache_commands import open_cache
+from ._cache_commands import missing_directory, open_cache
 from ._config_commands import print_config
 from ._output import PROG, ExitCode, duration, err, out, showing_warnings
 
@@ -47,13 +50,15 @@ def _breaker_lines(config: ChainConfig) -> tuple[list[str], bool]:
 def cmd_status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     out(f"# status of {config.source}")
-    out("breakers:")
+    out("breakers (per tier; chat and Responses requests share them):")
     with showing_warnings():
         lines, reachable = _breaker_lines(config)
     for line in lines:
         out(line)
-    out("cache:")
-    if config.cache.enabled:
+    out("cache (chat completions and Responses answers, under distinct keys):")
+    if config.cache.enabled and (directory := missing_directory(config)) is not None:
+        out(f"  {directory}: no cache yet (nothing stored there)")
+    elif config.cache.enabled:
         with showing_warnings(), open_cache(config) as cache:
             stats = cache.stats(scan=True) if cache.disk_available else None
         if stats is None:

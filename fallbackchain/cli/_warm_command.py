@@ -186,8 +186,7 @@ def _dry_run(
     def show(event: WarmProgress) -> None:
         request = event.request
         if event.outcome == "planned":
-            model = request.model or config.openai.model
-            sent = {"model": model, "messages": request.messages, **request.options}
+            sent = request.sent(config.openai.model)
             out(f"{request.where}: would send {json.dumps(sent, ensure_ascii=False)}")
         elif event.outcome == "skipped":
             out(f"{request.where}: would skip ({event.note})")

@@ -20,8 +20,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fallbackchain.testing",
         description=(
-            "Serve an OpenAI-compatible chat-completions API (POST /v1/chat/completions, "
-            "GET /v1/models) with deterministic answers, for trying clients against. "
+            "Serve an OpenAI-compatible API (POST /v1/chat/completions, POST /v1/responses, "
+            "GET /v1/responses/{id}, GET /v1/models) with deterministic answers, for trying "
+            "clients against. "
             "Every request gets a normal answer; scripted faults are available from "
             "Python via fallbackchain.testing.FaultServer."
         ),

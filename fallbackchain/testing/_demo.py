@@ -8,6 +8,9 @@ and a backup model. A real :class:`~fallbackchain.FallbackChain` drives a script
 live: healthy streaming → a mid-stream drop recovered without duplicated text → a rate limit with
 ``Retry-After`` → streaming broken but non-streaming working → a provider outage answered by the
 fallback model → a full outage answered from the cache with upstream untouched → recovery.
+Next to it, the Responses API's own story: a background stream dropped mid-answer is resumed
+with ``responses.retrieve(starting_after=N)`` where it stopped (each event once, one POST, no
+second bill).
 
 Then the same fault script is replayed against the retry loop most tutorials give (3 tries, sleep
 1 s then 2 s, the SDK's own 2 retries inside each try): its upstream calls are counted for real,
@@ -29,6 +32,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import openai
+import openai.types.responses
+import pydantic
 
 # The demo is an app of the library: it uses the public API only.
 from .. import (
@@ -41,6 +46,7 @@ from .. import (
     FallbackConfig,
     OpenAIConfig,
     RetryConfig,
+    trace_of,
 )
 from ._faults import Fault
 from ._server import FaultServer
@@ -74,6 +80,12 @@ class DemoResult:
     naive_failures: int = 0
     naive_duplicated: int = 0
     naive_truncated_accepted: int = 0
+    resumed_posts: int = 0
+    resumed_retrievals: int = 0
+    resumed_repeated: int = 0
+    resumed_after: str = ""
+    naive_resumed_posts: int = 0
+    naive_resumed_repeated: int = 0
     seconds: float = 0.0
 
 
@@ -166,11 +178,16 @@ class _Printer:
 
 
 class _Recorder:
-    """A listener that keeps every hook event (for ``--record``)."""
+    """A listener that keeps every hook event (for ``--record``).
+
+    ``last_opened``: when a breaker last opened (``time.monotonic()``), so the story waits
+    for ``reset_timeout`` from then rather than from whenever it gets to the recovery.
+    """
 
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
         self.phase = ""
+        self.last_opened = 0.0
 
     def __getattr__(self, name: str) -> Callable[[object], None]:
         if not name.startswith("on_"):
@@ -180,6 +197,8 @@ class _Recorder:
             row = {"phase": self.phase, "event": type(event).__name__}
             row.update(dataclasses.asdict(event))  # type: ignore[call-overload]
             self.events.append(row)
+            if row["event"] == "BreakerChanged" and row.get("new") == "open":
+                self.last_opened = time.monotonic()
 
         return record
 
@@ -270,7 +289,9 @@ def run_demo(
                             f"\n  (waiting {config.breaker.reset_timeout:g} s for reset_timeout)",
                             "dim",
                         )
-                        time.sleep(config.breaker.reset_timeout + 0.1)
+                        reopens = recorder.last_opened + config.breaker.reset_timeout + 0.1
+                        _build_responses_types()  # meanwhile: it would slow the next chapter
+                        time.sleep(max(0.0, reopens - time.monotonic()))
                     phase.setup(primary, backup)
                     printer.write(f"\n== {phase.title}", "title")
                     before = primary.counts["total"] + backup.counts["total"]
@@ -297,10 +318,13 @@ def run_demo(
                         "dim",
                     )
                 result.upstream_calls = primary.counts["total"] + backup.counts["total"]
+                recorder.phase = "resumed"
+                _resumption(chain, primary, printer, result)
         finally:
             client.close()
             backup_client.close()
         _replay_naive(story, primary, backup, result, seed=seed)
+        _replay_naive_resumption(primary, result)
     result.seconds = time.perf_counter() - started
     _print_table(printer, result)
     if record is not None:
@@ -308,6 +332,93 @@ def run_demo(
             for row in recorder.events:
                 handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
     return result
+
+
+# -- the Responses API: resumption instead of regeneration ---------------------------------------
+
+_RESUME_PROMPT = "Summarise our refund policy."
+_RESUME_DROP_AFTER = 8  # text deltas: well into the answer
+
+
+def _build_responses_types() -> None:
+    """Build the SDK's Responses models now: pydantic builds them on first use (~0.5 s)."""
+    for name in dir(openai.types.responses):
+        model = getattr(openai.types.responses, name)
+        if isinstance(model, type) and issubclass(model, pydantic.BaseModel):
+            model.model_rebuild()
+
+
+def _resumption(
+    chain: FallbackChain, primary: FaultServer, printer: _Printer, result: DemoResult
+) -> None:
+    """A background Responses stream dropped mid-answer, resumed where it stopped."""
+    primary.clear()
+    primary.push(Fault.drop(after_chunks=_RESUME_DROP_AFTER), stream=True, api="responses")
+    printer.write(
+        "\n== Responses API: a background stream dropped mid-answer is resumed where it stopped "
+        "(retrieve with starting_after), not generated again",
+        "title",
+    )
+    printer.write(f"  > {_RESUME_PROMPT}", "dim")
+    printer.write("    ", end="")
+    before = primary.route_counts
+    shown: list[str] = []
+    final = ""
+    started = time.perf_counter()
+    with chain.responses.create(input=_RESUME_PROMPT, background=True, stream=True) as events:
+        for event in events:
+            if event.type == "response.output_text.delta":
+                shown.append(event.delta)
+                printer.write(event.delta, end="")
+            elif event.type == "response.completed":
+                final = event.response.output_text
+    took = time.perf_counter() - started
+    trace = trace_of(events)
+    counts = primary.route_counts - before
+    result.resumed_posts = counts["responses.create"]
+    result.resumed_retrievals = counts["responses.retrieve"]
+    result.resumed_repeated = max(0, len("".join(shown)) - len(final))
+    notes = [a.error for a in trace.attempts if a.error] if trace else []
+    result.resumed_after = notes[0] if notes else ""
+    tries = ", ".join(f"{a.tier}:{a.error or 'ok'}" for a in trace.attempts) if trace else ""
+    source = trace.source if trace else "?"
+    printer.write()
+    printer.write(
+        f"    source={printer.paint(source, 'source')}  {took * 1000:.2f} ms  attempts=[{tries}]"
+    )
+    printer.write(
+        f"    upstream: {result.resumed_posts} POST /responses, "
+        f"{result.resumed_retrievals} GET /responses/{{id}}?starting_after=N; "
+        f"characters shown twice: {result.resumed_repeated}",
+        "dim",
+    )
+
+
+def _replay_naive_resumption(primary: FaultServer, result: DemoResult) -> None:
+    """The same drop against the tutorial loop: it asks again from the start (and pays again)."""
+    primary.clear()
+    primary.push(Fault.drop(after_chunks=_RESUME_DROP_AFTER), stream=True, api="responses")
+    before = primary.route_counts
+    client = openai.OpenAI(base_url=primary.base_url, api_key="demo-no-key", max_retries=0)
+    shown = ""
+    try:
+        for _ in range(len(_TUTORIAL_SLEEPS) + 1):
+            answered = len(shown)
+            try:
+                with client.responses.create(
+                    model="primary-model", input=_RESUME_PROMPT, background=True, stream=True
+                ) as events:
+                    for event in events:
+                        if event.type == "response.output_text.delta":
+                            shown += event.delta
+                result.naive_resumed_repeated += answered  # printed again from the start
+                break
+            except openai.APIError:
+                continue
+    finally:
+        client.close()
+        primary.clear()
+    result.naive_resumed_posts = (primary.route_counts - before)["responses.create"]
 
 
 # -- the tutorial loop, replayed ------------------------------------------------------------------
@@ -446,6 +557,16 @@ def _print_table(printer: _Printer, result: DemoResult) -> None:
         ),
         ("characters shown twice", str(result.duplicated_text), str(result.naive_duplicated)),
         ("truncated answers accepted", "0", str(result.naive_truncated_accepted)),
+        (
+            "Responses stream dropped mid-answer: generations billed",
+            f"{result.resumed_posts} (resumed)",
+            f"{result.naive_resumed_posts} (asked again)",
+        ),
+        (
+            "  characters of it shown twice",
+            str(result.resumed_repeated),
+            str(result.naive_resumed_repeated),
+        ),
         (
             "time spent sleeping on retries",
             f"{result.waited:.1f} s",

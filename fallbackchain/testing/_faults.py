@@ -33,6 +33,8 @@ _KINDS: frozenset[str] = frozenset(get_args(FaultKind))
 INCOMPLETE_REASONS: Mapping[str, str] = {
     "max_output_tokens": "length",
     "content_filter": "content_filter",
+    # Responses: ``incomplete_details`` is null, as some compatible providers send it
+    "unstated": "length",
 }
 
 _FAILED: Final = "The model failed to generate a response."
@@ -259,7 +261,8 @@ class Fault:
     def incomplete(cls, after_chunks: int = 0, reason: str = "max_output_tokens") -> Fault:
         """The answer stops after ``after_chunks`` content chunks, for ``reason``.
 
-        ``reason`` is ``"max_output_tokens"`` or ``"content_filter"``. Responses
+        ``reason`` is ``"max_output_tokens"``, ``"content_filter"`` or ``"unstated"`` (no
+        ``incomplete_details``, as some compatible providers send it). Responses
         API: the open content part and output item are closed with status
         ``"incomplete"`` and the stream ends with ``response.incomplete``
         (``incomplete_details.reason``); non-streamed, the ``Response`` has

@@ -187,7 +187,8 @@ def _ending(script: ResponseScript, total_units: int) -> tuple[int | None, str, 
         return fault.after_chunks, "failed", None
     if fault.kind == "incomplete":
         cut = fault.after_chunks < total_units
-        return fault.after_chunks, "incomplete" if cut else "completed", fault.finish_reason
+        reason = None if fault.finish_reason == "unstated" else fault.finish_reason
+        return fault.after_chunks, "incomplete" if cut else "completed", reason
     if fault.kind == "finish" and fault.finish_reason == "content_filter":
         return total_units // 2, "incomplete", "content_filter"
     if fault.kind == "finish" and fault.finish_reason == "length":
@@ -348,6 +349,7 @@ class ResponseStore:
     def __init__(self, limit: int = 1000) -> None:
         self._limit = limit
         self._scripts: OrderedDict[str, ResponseScript] = OrderedDict()
+        self.cancelled: list[str] = []
 
     def put(self, script: ResponseScript) -> None:
         self._scripts[script.response_id] = script
@@ -356,6 +358,11 @@ class ResponseStore:
 
     def get(self, response_id: str) -> ResponseScript | None:
         return self._scripts.get(response_id)
+
+    def cancel(self, response_id: str) -> None:
+        """Mark a stored response cancelled (:attr:`cancelled` lists them, in order)."""
+        if response_id not in self.cancelled:
+            self.cancelled.append(response_id)
 
     def __len__(self) -> int:
         return len(self._scripts)

@@ -133,6 +133,8 @@ class Routes:
             await self._responses_create(conn, request)
         elif request.method == "GET" and response_id != path and "/" not in response_id:
             await self._responses_retrieve(conn, request, response_id)
+        elif request.method == "POST" and response_id.endswith("/cancel"):
+            await self._responses_cancel(conn, request, response_id.removesuffix("/cancel"))
         elif request.method == "GET" and path == _MODELS_PATH:
             created = int(time.time())
             data = [
@@ -293,6 +295,30 @@ class Routes:
         finally:
             conn.request_done()
 
+
+    async def _responses_cancel(
+        self, conn: Connection, request: HttpRequest, response_id: str
+    ) -> None:
+        """``POST /v1/responses/{id}/cancel``: a background response is cancelled, once."""
+        script = self._stored.get(response_id)
+        if script is None or not script.background:
+            message = (
+                f"Response with id '{response_id}' not found."
+                if script is None
+                else "Only background responses (background=true) can be cancelled."
+            )
+            status = 404 if script is None else 400
+            await conn.send_json(status, error_body(message, "invalid_request_error", None))
+            return
+        body = {"response_id": response_id}
+        fault, request_id = self._admit(conn, request, body, False, "responses.cancel")
+        try:
+            if not await before_answer(conn, fault, request_id, False):
+                return
+            self._stored.cancel(response_id)
+            await send_body(conn, fault, dumps(script.response("cancelled")), request_id)
+        finally:
+            conn.request_done()
 
 async def _send_events(
     conn: Connection, fault: Fault, rendered: Rendered, first: int, request_id: str

@@ -25,7 +25,7 @@ DEFAULT_MAX_RECORDED: Final = 1000
 Api = Literal["chat", "responses"]
 """The APIs a rule can be limited to."""
 
-Route = Literal["chat.completions", "responses.create", "responses.retrieve"]
+Route = Literal["chat.completions", "responses.create", "responses.retrieve", "responses.cancel"]
 """The routes that take a rule; the part before the dot is the :data:`Api`."""
 
 _APIS: Final = (None, "chat", "responses")

@@ -293,8 +293,9 @@ class FaultServer:
     def route_counts(self) -> Counter[str]:
         """A snapshot: requests per route since the last :meth:`reset_counts`.
 
-        Keys: ``"chat.completions"``, ``"responses.create"``, ``"responses.retrieve"``
-        (a route never asked reads as ``0``). Their sum is ``counts["total"]``.
+        Keys: ``"chat.completions"``, ``"responses.create"``, ``"responses.retrieve"``,
+        ``"responses.cancel"`` (a route never asked reads as ``0``). Their sum is
+        ``counts["total"]``.
         """
         return self._book.route_counts()
 

@@ -6,12 +6,20 @@ Named ``warming`` because ``fallbackchain.warm`` is the function. What the rest 
 hammering, ``_run.py`` skip, resume and dry run, ``_warm.py`` the two drivers.
 """
 
-from ._prompts import ALLOWED_KEYS, WarmRequest, load_prompts, parse_prompt, parse_prompts
+from ._prompts import (
+    ALLOWED_KEYS,
+    RESPONSES_KEYS,
+    WarmRequest,
+    load_prompts,
+    parse_prompt,
+    parse_prompts,
+)
 from ._run import WARM_RECORD, WarmOptions, WarmOutcome, WarmProgress, WarmReport
 from ._warm import awarm, warm
 
 __all__ = [
     "ALLOWED_KEYS",
+    "RESPONSES_KEYS",
     "WARM_RECORD",
     "WarmOptions",
     "WarmOutcome",

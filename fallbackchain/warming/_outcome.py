@@ -9,6 +9,9 @@ What a caller can rely on:
 * **Nothing gets worse.** With ``refresh`` a new answer cut short (``finish_reason ==
   "length"``) never replaces a cached answer that was not: the old entry is put back with its
   original age and the send counts as failed.
+* **Each API through its own door.** A chat prompt goes through ``chain.complete``; a Responses
+  one through ``chain.responses.create``, under the key that call reads
+  (:func:`request_key`), its ``Response`` stored as the chain stores it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import openai
 from openai.types.chat import ChatCompletion
@@ -24,10 +28,10 @@ from openai.types.chat import ChatCompletion
 from .._errors import AllTiersFailedError, FallbackChainError
 from .._results import Attempt, ChainResponse
 from ..cache import CachedAnswer
-from ..chain import AsyncFallbackChain, FallbackChain
+from ..chain import CHAT, RESPONSES, AsyncFallbackChain, Endpoint, FallbackChain, trace_of
 from ._prompts import WarmRequest
 
-__all__ = ["Prompt", "SendResult", "ask", "ask_async"]
+__all__ = ["Prompt", "SendResult", "ask", "ask_async", "request_key"]
 
 _log = logging.getLogger("fallbackchain.warm")
 
@@ -63,6 +67,28 @@ class SendResult:
     downgraded: bool = False
 
 
+def _endpoint(request: WarmRequest) -> Endpoint[Any]:
+    return RESPONSES if request.api == "responses" else CHAT
+
+
+def request_key(chain: FallbackChain | AsyncFallbackChain, request: WarmRequest) -> str | None:
+    """The cache key ``chain`` reads for ``request`` (``None``: it cannot be cached).
+
+    For a Responses request, the key ``chain.responses.create(**request.params)`` reads. Raises
+    what preparing the request raises (:class:`TypeError`, :class:`ValueError`).
+    """
+    if request.api == "responses":
+        return chain.request_key(RESPONSES, request.params)
+    return chain.cache_key(request.messages, request.model, **request.options)
+
+
+def _traced(answer: object) -> ChainResponse:
+    trace = trace_of(answer)
+    if trace is None:  # pragma: no cover - chain.responses always attaches its trace
+        raise TypeError(f"no trace on {type(answer).__name__}")
+    return trace
+
+
 def _short(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -77,7 +103,9 @@ def _rank(completion: ChatCompletion) -> int:
     return 1 if any(c.finish_reason == "length" for c in completion.choices) else 2
 
 
-def _from_response(response: ChainResponse, old: CachedAnswer | None) -> SendResult:
+def _from_response(
+    response: ChainResponse, old: CachedAnswer | None, request: WarmRequest
+) -> SendResult:
     if response.source == "cache":
         return SendResult(
             False,
@@ -87,7 +115,8 @@ def _from_response(response: ChainResponse, old: CachedAnswer | None) -> SendRes
         )
     usage = response.completion.usage
     tokens = usage.total_tokens if usage is not None else 0
-    if old is not None and _rank(old.completion) > _rank(response.completion):
+    stored = _endpoint(request).encode(response.completion)
+    if old is not None and _rank(old.completion) > _rank(stored):
         return SendResult(
             False,
             tokens=tokens,
@@ -129,7 +158,7 @@ def _restore_if_worse(
     if r.downgraded:
         chain.cache.put(item.key, item.old.completion, stored_at=item.old.stored_at)
     elif r.warmed:
-        chain.cache.put(item.key, response.completion, rewrite=True)
+        chain.cache.put(item.key, _endpoint(item.request).encode(response.completion), rewrite=True)
     return r
 
 
@@ -140,18 +169,25 @@ def ask(chain: FallbackChain, item: Prompt) -> SendResult:
     """
     request = item.request
     try:
-        response = chain.complete(request.messages, request.model, **request.options)
+        if request.api == "responses":
+            response = _traced(chain.responses.create(**request.params))
+        else:
+            response = chain.complete(request.messages, request.model, **request.options)
     except Exception as exc:  # noqa: BLE001 - one prompt must never end the run
         return _from_error(exc)
-    return _restore_if_worse(chain, item, _from_response(response, item.old), response)
+    result = _from_response(response, item.old, request)
+    return _restore_if_worse(chain, item, result, response)
 
 
 async def ask_async(chain: AsyncFallbackChain, item: Prompt) -> SendResult:
     """:func:`ask` for an :class:`AsyncFallbackChain` (the cache write runs in a thread)."""
     request = item.request
     try:
-        response = await chain.complete(request.messages, request.model, **request.options)
+        if request.api == "responses":
+            response = _traced(await chain.responses.create(**request.params))
+        else:
+            response = await chain.complete(request.messages, request.model, **request.options)
     except Exception as exc:  # noqa: BLE001 - one prompt must never end the run
         return _from_error(exc)
-    result = _from_response(response, item.old)
+    result = _from_response(response, item.old, request)
     return await asyncio.to_thread(_restore_if_worse, chain, item, result, response)

@@ -7,6 +7,12 @@ What a caller can rely on:
   other ``create`` argument except ``stream``, ``stream_options`` and ``timeout``, which the
   chain sets) or the shorthand ``{"prompt": "text"}`` (one user message). Blank lines and lines
   starting with ``#`` are skipped.
+* **Responses requests.** A line with ``input``, or with ``"api": "responses"``, is the keyword
+  arguments of ``responses.create`` (``input`` and/or ``prompt`` or ``previous_response_id``;
+  any other argument except ``stream`` and ``timeout``); it is warmed through
+  ``chain.responses``, under the key ``chain.responses.create`` reads. ``"api": "chat"`` (the
+  default without ``input``) marks a chat line. A ``conversation`` request is refused: the
+  chain never caches one.
 * **Only what a request can carry.** Every number must be finite and every string valid Unicode
   (no lone surrogate): the real run could not send anything else, so the dry run and the real
   run both refuse such a line here, with the same message.
@@ -28,12 +34,14 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from openai.resources.chat.completions import Completions
+from openai.resources.responses import Responses
 
 from ..cache import InputFileError, LineError, read_jsonl
 
 __all__ = [
     "ALLOWED_KEYS",
     "IN_CODE",
+    "RESPONSES_KEYS",
     "PromptSource",
     "WarmRequest",
     "load_prompts",
@@ -55,23 +63,37 @@ ALLOWED_KEYS: Final[frozenset[str]] = frozenset(
 """Keys a prompt line may have: ``prompt``, or ``chat.completions.create``'s arguments minus
 ``stream``, ``stream_options`` and ``timeout``."""
 
+_SET_BY_CHAIN_RESPONSES: Final = frozenset({"stream", "timeout"})
+RESPONSES_KEYS: Final[frozenset[str]] = frozenset(
+    name
+    for name in inspect.signature(Responses.create).parameters
+    if name != "self" and name not in _SET_BY_CHAIN_RESPONSES
+) | {"api"}
+"""Keys a Responses line may have: ``api``, and ``responses.create``'s arguments minus
+``stream`` and ``timeout``."""
+
+_APIS: Final = ("chat", "responses")
+_RESPONSES_INPUTS: Final = ("input", "prompt", "previous_response_id")
+
 
 @dataclass(frozen=True, slots=True)
 class WarmRequest:
     """One validated prompt: ``params`` are the ``create`` keyword arguments.
 
-    ``params`` always has ``messages``; ``model`` only when the line gave one. ``line`` is the
-    1-based line number in ``file`` (for prompts given in code: the position, and
-    ``file == "<prompts>"``).
+    ``api`` is ``"chat"`` (``chat.completions.create``: ``params`` always has ``messages``) or
+    ``"responses"`` (``responses.create``: ``params`` never has ``api``). ``params`` has
+    ``model`` only when the line gave one. ``line`` is the 1-based line number in ``file`` (for
+    prompts given in code: the position, and ``file == "<prompts>"``).
     """
 
     line: int
     params: Mapping[str, Any]
     file: str = IN_CODE
+    api: str = "chat"
 
     @property
     def messages(self) -> Sequence[Any]:
-        """The messages to send."""
+        """The messages to send (a chat request only)."""
         messages: Sequence[Any] = self.params["messages"]
         return messages
 
@@ -86,6 +108,13 @@ class WarmRequest:
         """Every parameter except ``messages`` and ``model``."""
         return {k: v for k, v in self.params.items() if k not in ("messages", "model")}
 
+    def sent(self, default_model: str) -> dict[str, Any]:
+        """The ``create`` arguments as sent: ``model`` first (``default_model`` if none given)."""
+        sent: dict[str, Any] = {"model": self.model or default_model}
+        if self.api == "chat":
+            sent["messages"] = self.params["messages"]
+        return sent | self.options
+
     @property
     def where(self) -> str:
         """``"FILE:LINE"``."""
@@ -99,13 +128,19 @@ def _json_type(value: object) -> str:
     return names.get(type(value), "a number")
 
 
-def _unknown_keys_message(unknown: Sequence[str]) -> str:
+def _unknown_keys_message(
+    unknown: Sequence[str], allowed: frozenset[str] = ALLOWED_KEYS, api: str = "chat"
+) -> str:
     parts = []
+    set_by_chain = _SET_BY_CHAIN if api == "chat" else _SET_BY_CHAIN_RESPONSES
     for key in unknown:
-        if key in _SET_BY_CHAIN:
+        if key in set_by_chain:
             parts.append(f"{key!r} (set by the chain; remove it)")
             continue
-        close = difflib.get_close_matches(key, sorted(ALLOWED_KEYS), n=1)
+        if api == "responses" and key == "messages":
+            parts.append("'messages' (a chat key: a Responses request takes 'input')")
+            continue
+        close = difflib.get_close_matches(key, sorted(allowed), n=1)
         parts.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
     noun = "key" if len(unknown) == 1 else "keys"
     return f"unknown {noun} {', '.join(parts)}"
@@ -125,6 +160,12 @@ def parse_prompt(value: Any, *, file: str = IN_CODE, line: int = 1) -> WarmReque
     """
     if not isinstance(value, Mapping):
         raise _BadPromptError(f"expected a JSON object, got {_json_type(value)}")
+    api = value.get("api", "responses" if "input" in value else "chat")
+    if api not in _APIS:
+        raise ValueError(f"'api' must be \"chat\" or \"responses\", got {json.dumps(api)}")
+    if api == "responses":
+        return _parse_responses(value, file=file, line=line)
+    value = {k: v for k, v in value.items() if k != "api"}
     keys = [k for k in value if not isinstance(k, str) or k not in ALLOWED_KEYS]
     if keys:
         raise ValueError(_unknown_keys_message([str(k) for k in keys]))
@@ -153,6 +194,42 @@ def parse_prompt(value: Any, *, file: str = IN_CODE, line: int = 1) -> WarmReque
             raise ValueError(f"'model' must be a non-empty string, got {_json_type(model)}")
     _check_sendable(value)
     return WarmRequest(line=line, params=params, file=file)
+
+
+def _parse_responses(value: Mapping[Any, Any], *, file: str, line: int) -> WarmRequest:
+    """:func:`parse_prompt` for a Responses line (``"api": "responses"``, or ``input`` given)."""
+    keys = [k for k in value if not isinstance(k, str) or k not in RESPONSES_KEYS]
+    if keys:
+        raise ValueError(
+            _unknown_keys_message([str(k) for k in keys], RESPONSES_KEYS, "responses")
+            + " for a Responses request"
+        )
+    params = {k: v for k, v in value.items() if k != "api"}
+    if params.get("conversation") is not None:
+        raise ValueError(
+            "a 'conversation' request is never cached (the conversation grows with every "
+            "turn), so it cannot be warmed; use 'input' or 'previous_response_id'"
+        )
+    if "input" in params:
+        given = params["input"]
+        if not (isinstance(given, str) and given.strip()) and not (
+            isinstance(given, list) and given
+        ):
+            raise ValueError(
+                "'input' must be a non-empty string or a non-empty array of input items, "
+                f"got {_json_type(given)}"
+            )
+    if not any(params.get(name) for name in _RESPONSES_INPUTS):
+        raise ValueError(
+            "a Responses request needs 'input' (a string or a list of input items), "
+            "'prompt' or 'previous_response_id'"
+        )
+    if "model" in params:
+        model = params["model"]
+        if not isinstance(model, str) or not model.strip():
+            raise ValueError(f"'model' must be a non-empty string, got {_json_type(model)}")
+    _check_sendable(value)
+    return WarmRequest(line=line, params=params, file=file, api="responses")
 
 
 def _path_step(path: str, key: object) -> str:

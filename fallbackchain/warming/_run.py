@@ -31,7 +31,7 @@ from typing import Final, Literal, Protocol, TypedDict, TypeVar
 from .._timing import Clock, is_testing
 from ..cache import CachedAnswer, LineError
 from ..chain import AsyncFallbackChain, FallbackChain, Sleep
-from ._outcome import Prompt, SendResult
+from ._outcome import Prompt, SendResult, request_key
 from ._pacing import GIVE_UP, Pacer, max_wait_of
 from ._prompts import WarmRequest, strict_error
 
@@ -250,7 +250,7 @@ class WarmRun:
                 return item
             request = item.request
             try:
-                key = self.chain.cache_key(request.messages, request.model, **request.options)
+                key = request_key(self.chain, request)
             except (TypeError, ValueError) as exc:
                 self.fail(item, f"{type(exc).__name__}: {exc}")
                 continue

@@ -1,0 +1,344 @@
+"""Chain events into the openai SDK's typed Responses stream events (sans I/O).
+
+:class:`ResponsesEventer` turns one request's :class:`~fallbackchain.ChainEvent` values into
+the events ``responses.create(stream=True)`` yields: ``response.created`` and
+``response.in_progress``; per message ``response.output_item.added``,
+``response.content_part.added``, ``response.output_text.delta`` (and
+``response.refusal.delta`` in a refusal part); per function call
+``response.output_item.added`` (its ``call_id`` and ``name``) then
+``response.function_call_arguments.delta``; then each item's ``done`` events; every other
+output item of the answer (reasoning, ...) as ``output_item.added`` / ``output_item.done``;
+and last ``response.completed`` carrying the answer's real ``Response`` (``response.incomplete``
+for an answer cut where the request asked, as the SDK's stream ends).
+
+Every event before ``response.completed`` carries one ``resp_fc…`` response id and the
+requested model, and ``fc…`` item ids: they are handed out before the chain knows which
+upstream answer will stand. Sequence numbers count from 0 with no gap.
+
+After a fault mid-stream the continuation rule is the chat drop-in's (``_dropin_chunks``):
+a replacement is held back while it repeats what was handed out, then only what it adds is
+yielded; one that says something else diverges (``"raise"``: nothing more, then
+:class:`~fallbackchain.StreamDivergedError` at the end; ``"buffer"``: nothing but the opening
+events until the answer is final).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import typing
+import uuid
+from typing import Any, Final, Literal
+
+from openai.types.responses import (
+    Response,
+    ResponseCompletedEvent,
+    ResponseContentPartAddedEvent,
+    ResponseContentPartDoneEvent,
+    ResponseCreatedEvent,
+    ResponseFunctionCallArgumentsDeltaEvent,
+    ResponseFunctionCallArgumentsDoneEvent,
+    ResponseIncompleteEvent,
+    ResponseInProgressEvent,
+    ResponseOutputItemAddedEvent,
+    ResponseOutputItemDoneEvent,
+    ResponseRefusalDeltaEvent,
+    ResponseRefusalDoneEvent,
+    ResponseTextDeltaEvent,
+    ResponseTextDoneEvent,
+)
+from pydantic import BaseModel
+
+from .._results import ChainEvent, ChainResponse
+from ._dropin_chunks import Divergence, ShownMessage, StreamDivergedError, compare_shown
+from ._responses_endpoint import RESPONSES
+
+__all__ = ["ResponsesEventer"]
+
+# A message part's events by its kind (the part's text field is named as the kind too).
+_DELTA: Final[dict[str, type[BaseModel]]] = {
+    "text": ResponseTextDeltaEvent,
+    "refusal": ResponseRefusalDeltaEvent,
+}
+_DONE: Final[dict[str, type[BaseModel]]] = {
+    "text": ResponseTextDoneEvent,
+    "refusal": ResponseRefusalDoneEvent,
+}
+
+
+@functools.cache
+def _type_of(cls: type[BaseModel]) -> str:
+    """The ``type`` every event of class ``cls`` has (the one value of its ``Literal``)."""
+    (value,) = typing.get_args(cls.model_fields["type"].annotation)
+    return str(value)
+
+
+class ResponsesEventer:
+    """Turns one request's chain events into Responses stream events; applies divergence.
+
+    The continuation rule is the chat drop-in's (``_dropin_chunks``): the same
+    :class:`ShownMessage` of what was handed out, the same :func:`compare_shown`.
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_calls",
+        "_created",
+        "_current",
+        "_diverged",
+        "_handed",
+        "_id",
+        "_items",
+        "_message",
+        "_model",
+        "_parts",
+        "_seq",
+        "_shown",
+        "_started",
+    )
+
+    def __init__(self, model: str, *, divergence: Divergence) -> None:
+        self._id = f"resp_fc{uuid.uuid4().hex}"
+        self._created = int(time.time())
+        self._model = model
+        self._buffer = divergence == "buffer"
+        self._seq = 0
+        self._started = False
+        self._diverged = False
+        self._handed = ShownMessage()  # what the consumer has been given
+        # The events since the chain's last reset, held back while they repeat what was
+        # handed out; None when they are the ones handed out (the common case).
+        self._current: ShownMessage | None = None
+        self._shown = 0  # characters yielded: text, refusal, arguments
+        self._items: list[dict[str, Any]] = []  # the yielded output items, by output_index
+        self._message: int | None = None  # output_index of the message being written
+        self._parts: dict[str, int] = {}  # the message's part ("text", "refusal") -> index
+        self._calls: dict[int, int] = {}  # chain tool-call index -> output_index
+
+    def _event(self, cls: type[BaseModel], **fields: Any) -> Any:
+        """An event of class ``cls`` (its ``type`` is the class's own), numbered next."""
+        fields["type"] = _type_of(cls)
+        fields["sequence_number"] = self._seq
+        self._seq += 1
+        return cls.model_validate(fields)
+
+    def _placeholder(self) -> dict[str, Any]:
+        return {
+            "id": self._id,
+            "object": "response",
+            "created_at": self._created,
+            "model": self._model,
+            "output": [],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "status": "in_progress",
+        }
+
+    def open(self) -> list[Any]:
+        """``response.created`` and ``response.in_progress``, once, before anything else."""
+        if self._started:
+            return []
+        self._started = True
+        return [
+            self._event(ResponseCreatedEvent, response=self._placeholder()),
+            self._event(ResponseInProgressEvent, response=self._placeholder()),
+        ]
+
+    def _added(self, item: dict[str, Any]) -> Any:
+        self._items.append(item)
+        return self._event(
+            ResponseOutputItemAddedEvent,
+            output_index=len(self._items) - 1,
+            item=item,
+        )
+
+    def _part(self, kind: Literal["text", "refusal"]) -> list[Any]:
+        """Open the message (and its part of this kind) if needed."""
+        out = []
+        if self._message is None:
+            self._parts = {}
+            item: dict[str, Any] = {
+                "id": f"msg_fc{uuid.uuid4().hex}",
+                "type": "message",
+                "role": "assistant",
+                "status": "in_progress",
+                "content": [],
+            }
+            out.append(self._added(item))
+            self._message = len(self._items) - 1
+        if kind not in self._parts:
+            item = self._items[self._message]
+            part: dict[str, Any] = (
+                {"type": "output_text", "text": "", "annotations": []}
+                if kind == "text"
+                else {"type": "refusal", "refusal": ""}
+            )
+            item["content"].append(part)
+            self._parts[kind] = len(item["content"]) - 1
+            out.append(
+                self._event(
+                    ResponseContentPartAddedEvent,
+                    item_id=item["id"],
+                    output_index=self._message,
+                    content_index=self._parts[kind],
+                    part=dict(part),
+                )
+            )
+        return out
+
+    def _text(self, text: str, kind: Literal["text", "refusal"]) -> list[Any]:
+        if not text:
+            return []
+        out = self._part(kind)
+        assert self._message is not None
+        item = self._items[self._message]
+        index = self._parts[kind]
+        self._shown += len(text)
+        self._handed.add(ChainEvent("delta" if kind == "text" else "refusal", text, ""))
+        item["content"][index][kind] += text  # a part's field is named as its kind
+        extra: dict[str, Any] = {"logprobs": []} if kind == "text" else {}
+        at = {"item_id": item["id"], "output_index": self._message, "content_index": index}
+        out.append(self._event(_DELTA[kind], delta=text, **at, **extra))
+        return out
+
+    def _tool_call(
+        self, index: int, call_id: str | None, name: str | None, arguments: str
+    ) -> list[Any]:
+        out = []
+        at = self._calls.get(index)
+        if at is None:
+            self._message = None  # text after a call goes in a new message, as the API does
+            item: dict[str, Any] = {
+                "id": f"fc_fc{uuid.uuid4().hex}",
+                "type": "function_call",
+                "call_id": call_id or f"call_fc_{index}",
+                "name": name or "",
+                "arguments": "",
+                "status": "in_progress",
+            }
+            out.append(self._added(item))
+            at = self._calls[index] = len(self._items) - 1
+        self._handed.add(ChainEvent("tool_call", arguments, "", index=index, id=call_id, name=name))
+        if arguments:
+            item = self._items[at]
+            item["arguments"] += arguments
+            self._shown += len(arguments)
+            out.append(
+                self._event(
+                    ResponseFunctionCallArgumentsDeltaEvent,
+                    item_id=item["id"],
+                    output_index=at,
+                    delta=arguments,
+                )
+            )
+        return out
+
+    def _hand(self, event: ChainEvent) -> list[Any]:
+        if event.type == "tool_call":
+            return self._tool_call(event.index, event.id, event.name, event.text)
+        return self._text(event.text, "refusal" if event.type == "refusal" else "text")
+
+    def event(self, event: ChainEvent) -> list[Any]:
+        """The events to yield for one chain event (none while buffering, held or diverged)."""
+        out = self.open()
+        if self._buffer or self._diverged:
+            return out
+        current = self._current
+        if event.type == "reset":
+            # Nothing handed out yet: the replacement simply streams instead.
+            handed = self._handed
+            if handed.content or handed.refusal or handed.calls:
+                self._current = ShownMessage()
+            return out
+        if current is None:
+            return out + self._hand(event)
+        current.add(event)
+        verdict = compare_shown(self._handed, current)
+        if verdict == "diverged":
+            self._diverged = True
+        if verdict != "caught":
+            return out
+        self._current = None  # the replacement repeated all: hand out what it adds
+        return out + self._extend(current)
+
+    def _extend(self, current: ShownMessage) -> list[Any]:
+        """What ``current`` has beyond the handed message (of which it holds all)."""
+        handed = self._handed
+        out = self._text("".join(current.content)[sum(map(len, handed.content)) :], "text")
+        for index, call in sorted(current.calls.items()):
+            sent = handed.calls.get(index)
+            shown = sum(map(len, sent.arguments)) if sent is not None else 0
+            out += self._tool_call(index, call.id, call.name, "".join(call.arguments)[shown:])
+        refusal = "".join(current.refusal)[sum(map(len, handed.refusal)) :]
+        return out + self._text(refusal, "refusal")
+
+    def _whole(self, answer: Response) -> list[Any]:
+        out: list[Any] = []
+        for fragment in RESPONSES.fragments(answer):
+            if fragment.kind == "tool_call":
+                out += self._tool_call(fragment.index, fragment.id, fragment.name, fragment.text)
+            else:
+                out += self._text(
+                    fragment.text, "text" if fragment.kind == "content" else "refusal"
+                )
+        return out
+
+    def _done(self, output_index: int) -> list[Any]:
+        item = self._items[output_index]
+        item["status"] = "completed"
+        out = []
+        if item["type"] == "message":
+            for index, part in enumerate(item["content"]):
+                at = {"item_id": item["id"], "output_index": output_index, "content_index": index}
+                kind = "text" if part["type"] == "output_text" else "refusal"
+                extra: dict[str, Any] = {"logprobs": []} if kind == "text" else {}
+                out.append(self._event(_DONE[kind], **{kind: part[kind]}, **at, **extra))
+                out.append(self._event(ResponseContentPartDoneEvent, part=part, **at))
+        elif item["type"] == "function_call":
+            out.append(
+                self._event(
+                    ResponseFunctionCallArgumentsDoneEvent,
+                    item_id=item["id"],
+                    output_index=output_index,
+                    arguments=item["arguments"],
+                    name=item["name"],
+                )
+            )
+        out.append(
+            self._event(
+                ResponseOutputItemDoneEvent,
+                output_index=output_index,
+                item=item,
+            )
+        )
+        return out
+
+    def end(self, response: ChainResponse) -> list[Any]:
+        """The events that finish the stream; raises :class:`StreamDivergedError` instead."""
+        if self._diverged or self._current is not None:
+            # held back to the end: the replacement never repeated all, it is shorter
+            self._diverged = True
+            raise StreamDivergedError(response, self._shown)
+        answer: Response = response.completion  # type: ignore[assignment]
+        out = self.open()
+        if self._buffer:
+            out += self._whole(answer)
+        for index in range(len(self._items)):
+            out += self._done(index)
+        for item in answer.output:  # what the events did not show: reasoning, searches, ...
+            if item.type in ("message", "function_call"):
+                continue
+            data = item.model_dump(mode="json")
+            out.append(self._added(data))
+            out.append(
+                self._event(
+                    ResponseOutputItemDoneEvent,
+                    output_index=len(self._items) - 1,
+                    item=data,
+                )
+            )
+        # the answer's own end: ``incomplete`` when it was cut where the request asked
+        last = ResponseIncompleteEvent if answer.status == "incomplete" else ResponseCompletedEvent
+        out.append(self._event(last, response=answer))
+        return out
