@@ -26,7 +26,6 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 from pydantic import AfterValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
 
-from ._config_messages import problem
 from ._errors import ConfigError
 from ._redact import MASK, is_env_var_name, redact
 
@@ -431,6 +430,8 @@ def check_config(
         return _adapter().validate_python(data)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
+        from ._config_messages import problem  # noqa: PLC0415 - only for a bad config
+
         problems = [problem(error, file, lines or {}, SECTIONS) for error in errors]
     except RecursionError:  # pydantic guards its own recursion; this is belt and braces
         problems = [ConfigError("values are nested too deeply", file=file)]

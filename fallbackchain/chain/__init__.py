@@ -5,38 +5,43 @@ The modules here are private; other parts of fallbackchain import from this pack
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from .._optional import loaded_on_first_use
 from ._assembly import COMPLETE_FINISH_REASONS, AttemptAssembler, Display, Fragment, Piece
 from ._async import AsyncChainStream, AsyncFallbackChain
 from ._backoff import RetryDecision, decide, full_jitter, is_transport_fault
 from ._call_options import CacheUse, CallOptions, call_options, call_timeout
 from ._core import RequestRun
-from ._dropin import (
-    AsyncChainChat,
-    AsyncChainCompletions,
-    AsyncDropInStream,
-    ChainChat,
-    ChainCompletions,
-    Divergence,
-    DropInStream,
-    StreamDivergedError,
-    trace_of,
-)
 from ._endpoint import CHAT, ChatEndpoint, Endpoint, StreamAssembly
-from ._responses_assembly import ResponseAssembler, ResponseIncompleteError
-from ._responses_dropin import AsyncChainResponses, ChainResponses
-from ._responses_endpoint import ENVELOPE_FIELD, RESPONSES, ResponsesEndpoint, resumable
-from ._responses_keys import responses_cache_key
-from ._responses_resume import (
-    MAX_RESUMES,
-    AsyncResumingStream,
-    Resumed,
-    ResumingStream,
-    resumptions_of,
-)
-from ._responses_stream import AsyncResponsesDropInStream, ResponsesDropInStream
 from ._steps import Acquire, AwaitSlot, Neutral, Sleep, Tier, TryTier, UseCache
 from ._sync import ChainStream, FallbackChain
 from ._watch import AttemptWatch
+
+if TYPE_CHECKING:
+    from ._dropin import (
+        AsyncChainChat,
+        AsyncChainCompletions,
+        AsyncDropInStream,
+        ChainChat,
+        ChainCompletions,
+        Divergence,
+        DropInStream,
+        StreamDivergedError,
+        trace_of,
+    )
+    from ._responses_assembly import ResponseAssembler, ResponseIncompleteError
+    from ._responses_dropin import AsyncChainResponses, ChainResponses
+    from ._responses_endpoint import ENVELOPE_FIELD, RESPONSES, ResponsesEndpoint, resumable
+    from ._responses_keys import responses_cache_key
+    from ._responses_resume import (
+        MAX_RESUMES,
+        AsyncResumingStream,
+        Resumed,
+        ResumingStream,
+        resumptions_of,
+    )
+    from ._responses_stream import AsyncResponsesDropInStream, ResponsesDropInStream
 
 __all__ = [
     "CHAT",
@@ -95,3 +100,36 @@ __all__ = [
     "resumptions_of",
     "trace_of",
 ]
+
+# The drop-in surfaces (chat's and the Responses API's) load on first use: an app that only
+# streams through the chain does not pay for them at import.
+__getattr__ = loaded_on_first_use(
+    __name__,
+    {
+        "AsyncChainChat": "._dropin",
+        "AsyncChainCompletions": "._dropin",
+        "AsyncChainResponses": "._responses_dropin",
+        "AsyncDropInStream": "._dropin",
+        "AsyncResponsesDropInStream": "._responses_stream",
+        "AsyncResumingStream": "._responses_resume",
+        "ChainChat": "._dropin",
+        "ChainCompletions": "._dropin",
+        "ChainResponses": "._responses_dropin",
+        "Divergence": "._dropin",
+        "DropInStream": "._dropin",
+        "ENVELOPE_FIELD": "._responses_endpoint",
+        "MAX_RESUMES": "._responses_resume",
+        "RESPONSES": "._responses_endpoint",
+        "ResponseAssembler": "._responses_assembly",
+        "ResponseIncompleteError": "._responses_assembly",
+        "ResponsesDropInStream": "._responses_stream",
+        "ResponsesEndpoint": "._responses_endpoint",
+        "Resumed": "._responses_resume",
+        "ResumingStream": "._responses_resume",
+        "StreamDivergedError": "._dropin",
+        "responses_cache_key": "._responses_keys",
+        "resumable": "._responses_endpoint",
+        "resumptions_of": "._responses_resume",
+        "trace_of": "._dropin",
+    },
+)

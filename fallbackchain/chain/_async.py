@@ -10,10 +10,11 @@ breaker slot taken or an outcome unrecorded. Disk cache I/O runs in a worker thr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import openai
 
@@ -25,11 +26,13 @@ from ..cache import CachedAnswer
 from . import _steps as kind
 from ._chain import ChainBase, OpenedStream
 from ._core import RequestRun
-from ._dropin import AsyncChainChat
 from ._race import Dismissal, Entrant, Race
 from ._request import Request, ResponseSlot
-from ._responses_dropin import AsyncChainResponses
 from ._watch import AttemptWatch
+
+if TYPE_CHECKING:  # the drop-in surfaces load on first use (import time)
+    from ._dropin import AsyncChainChat
+    from ._responses_dropin import AsyncChainResponses
 
 __all__ = ["AsyncChainStream", "AsyncFallbackChain"]
 
@@ -62,10 +65,22 @@ class AsyncChainStream:
         return self._slot.response
 
     async def aclose(self) -> None:
-        """Stop early, release the connection; neutral for the breakers."""
+        """Stop early, release the connection; neutral for the breakers.
+
+        From another task while one is iterating, as the SDK's ``AsyncStream.close()``: the
+        upstream stream is closed and that task's iteration ends.
+        """
         aclose = getattr(self._events, "aclose", None)
-        if aclose is not None:
+        if aclose is None:
+            return
+        try:
             await aclose()
+        except RuntimeError:  # "asynchronous generator is already running": another task
+            slot = self._slot
+            slot.cancelled = True
+            if (reading := slot.reading) is not None:
+                with contextlib.suppress(Exception):
+                    await reading.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -90,11 +105,15 @@ class AsyncFallbackChain(
     @property
     def chat(self) -> AsyncChainChat:
         """The openai SDK's shape: ``await chain.chat.completions.create(...)``."""
+        from ._dropin import AsyncChainChat  # noqa: PLC0415 - loaded on first use
+
         return AsyncChainChat(self)
 
     @property
     def responses(self) -> AsyncChainResponses:
         """The openai SDK's shape: ``await chain.responses.create(...)``."""
+        from ._responses_dropin import AsyncChainResponses  # noqa: PLC0415 - loaded on first use
+
         return AsyncChainResponses(self, self.config)
 
     def _client_type(self) -> type[openai.AsyncOpenAI]:
@@ -148,77 +167,86 @@ class AsyncFallbackChain(
         """
         run, steps = self._start(request, slot)
         clock = self._clock
-        for step in steps:
-            try:
-                if not isinstance(step, kind.ReadStream):
-                    if isinstance(step, kind.Show):
-                        for event in step.events:
-                            yield event
-                        steps.done()
-                    else:
-                        steps.done(await self._perform(request, run, step))
-                    continue
-                opened: OpenedStream = step.opened
-                attempt, watch = step.attempt, step.watch
-                async with opened.stream:
-                    assembler = opened.assembler
-                    delta = run.display.delta
-                    source = attempt.tier.name
-                    for read in opened.pieces:
-                        for event in delta(read, source):
-                            yield event
-                    if not opened.ended:
-                        next_item = opened.items.__anext__
-                        add, check = assembler.add, watch.after_wait
-                        limited = attempt.permit.limited
-                        after = opened.after
-                        display = run.display
-                        record = display.record_text
-                        watchdog = _Watchdog(asyncio.get_running_loop())
-                        arm = watchdog.arm
-                        try:
-                            while True:
-                                before = clock()
-                                gap = before - after
-                                if gap > 0:  # the consumer held the stream: not upstream time
-                                    run.paused += gap
-                                if watch.content_seen:  # watch.budget, inline: once per chunk
-                                    left = run.deadline - (before - run.started - run.paused)
-                                    arm(watch.idle if watch.idle < left else max(left, 0.0))
-                                else:
-                                    arm(watch.budget(before))
-                                try:
-                                    item = await next_item()
-                                except StopAsyncIteration:
-                                    break
-                                except asyncio.CancelledError:
-                                    watchdog.raise_if_expired(watch, before)
-                                    raise
-                                watchdog.deadline = None  # disarmed
-                                after = clock()
-                                piece = add(item)
-                                if watch.content_seen:  # watch.after_wait's checks, inline
-                                    if after - before > watch.idle or (
-                                        after - run.started - run.paused > run.deadline
-                                    ):
-                                        raise watch.expired(before)
-                                elif (
-                                    check(before, after, got_content=assembler.content_seen)
-                                    and limited
-                                ):
-                                    await attempt.permit.afirst_content()
-                                if piece:
-                                    if piece.__class__ is str and display.plain:
-                                        record(piece)  # display.delta's common case, inline
-                                        yield ChainEvent("delta", piece, source)
+        try:
+            for step in steps:
+                try:
+                    if slot.cancelled:
+                        raise GeneratorExit  # noqa: TRY301 - the consumer left, from another task
+                    if not isinstance(step, kind.ReadStream):
+                        if isinstance(step, kind.Show):
+                            for event in step.events:
+                                yield event
+                            steps.done()
+                        else:
+                            steps.done(await self._perform(request, run, step))
+                        continue
+                    opened: OpenedStream = step.opened
+                    attempt, watch = step.attempt, step.watch
+                    slot.reading = opened.stream
+                    async with opened.stream:
+                        assembler = opened.assembler
+                        delta = run.display.delta
+                        source = attempt.tier.name
+                        for read in opened.pieces:
+                            for event in delta(read, source):
+                                yield event
+                        if not opened.ended:
+                            next_item = opened.items.__anext__
+                            add, check = assembler.add, watch.after_wait
+                            limited = attempt.permit.limited
+                            after = opened.after
+                            display = run.display
+                            record = display.record_text
+                            watchdog = _Watchdog(asyncio.get_running_loop())
+                            arm = watchdog.arm
+                            try:
+                                while True:
+                                    before = clock()
+                                    gap = before - after
+                                    if gap > 0:  # the consumer held the stream: not upstream time
+                                        run.paused += gap
+                                    if watch.content_seen:  # watch.budget, inline: once per chunk
+                                        left = run.deadline - (before - run.started - run.paused)
+                                        arm(watch.idle if watch.idle < left else max(left, 0.0))
                                     else:
-                                        for event in delta(piece, source):
-                                            yield event
-                        finally:
-                            watchdog.close()
-                steps.done(assembler.finish(model=request.model))
-            except BaseException as exc:  # noqa: BLE001 - back into the flow, which decides
-                steps.failed(exc)
+                                        arm(watch.budget(before))
+                                    try:
+                                        item = await next_item()
+                                    except StopAsyncIteration:
+                                        break
+                                    except asyncio.CancelledError:
+                                        watchdog.raise_if_expired(watch, before)
+                                        raise
+                                    watchdog.deadline = None  # disarmed
+                                    after = clock()
+                                    piece = add(item)
+                                    if watch.content_seen:  # watch.after_wait's checks, inline
+                                        if after - before > watch.idle or (
+                                            after - run.started - run.paused > run.deadline
+                                        ):
+                                            raise watch.expired(before)
+                                    elif (
+                                        check(before, after, got_content=assembler.content_seen)
+                                        and limited
+                                    ):
+                                        await attempt.permit.afirst_content()
+                                    if piece:
+                                        if piece.__class__ is str and display.plain:
+                                            record(piece)  # display.delta's common case, inline
+                                            yield ChainEvent("delta", piece, source)
+                                        else:
+                                            for event in delta(piece, source):
+                                                yield event
+                            finally:
+                                watchdog.close()
+                    steps.done(assembler.finish(model=request.model))
+                except BaseException as exc:  # noqa: BLE001 - back into the flow, which decides
+                    slot.reading = None
+                    steps.failed(GeneratorExit() if slot.cancelled else exc)
+        except GeneratorExit:
+            if not slot.cancelled:
+                raise  # an ordinary aclose(): the generator must exit
+            # closed from another task: the request ended neutrally, and so does iteration
 
     async def _perform(self, request: Request, run: RequestRun, step: kind.Step) -> Any:
         """Do what ``step`` names (every step but ``ReadStream`` and ``Show``)."""

@@ -25,7 +25,6 @@ import openai
 
 from .._backends import gate_store, response_cache
 from .._config import ChainConfig, OpenAIConfig, RouteConfig
-from .._config_file import load_config
 from .._errors import ChainClosedError
 from .._hooks import BreakerChanged, Hooks, RequestStarted, next_request_id
 from .._redact import mask_url
@@ -218,6 +217,8 @@ class ChainBase(Generic[StreamT, ClientT, SleepT, AnswerT]):
     @classmethod
     def from_config(cls, path: str | PathLike[str], **kwargs: Any) -> Self:
         """Load ``path`` (TOML) and build a chain with its own SDK client."""
+        from .._config_file import load_config  # noqa: PLC0415 - tomllib only when a file is read
+
         return cls(load_config(path), **kwargs)
 
     @property

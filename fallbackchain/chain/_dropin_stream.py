@@ -94,8 +94,9 @@ class ChunkFeed:
     def take(self, event: ChainEvent, events: ChainEvents | AsyncChainEvents) -> None:
         """Take the next event, or ``_END`` (the chain's ``response`` is then final)."""
         if event is _END:
-            self._done = True
-            self._pending.extend(self._chunker.end(events.response))
+            if not self._done:  # else closed meanwhile, from another thread or task
+                self._done = True
+                self._pending.extend(self._chunker.end(events.response))
         else:
             self._pending.extend(self._chunker.event(event))
 

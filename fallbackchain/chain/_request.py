@@ -98,8 +98,12 @@ class ResponseSlot:
     The stream object reads it (``response``); ``endpoint`` is the API the request is for.
     """
 
-    __slots__ = ("endpoint", "response")
+    __slots__ = ("cancelled", "endpoint", "reading", "response")
 
     def __init__(self, endpoint: Endpoint[Any]) -> None:
         self.endpoint = endpoint
         self.response: ChainResponse | None = None
+        # Set by a close() from another thread or task while the driver is reading: the
+        # driver ends the request (neutral) and iteration stops, as the SDK's streams do.
+        self.cancelled = False
+        self.reading: Any = None  # the upstream stream being read, closed by such a close()

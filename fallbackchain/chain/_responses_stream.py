@@ -109,7 +109,8 @@ class ResponsesFeed:
     def take(self, event: ChainEvent | None, events: ChainEvents | AsyncChainEvents) -> None:
         """What the chain's next event (``None``: their end, and ``events.response``) yields."""
         if event is None:
-            self.end(events.response)
+            if not self._done:  # else closed meanwhile, from another thread or task
+                self.end(events.response)
         else:
             self._pending.extend(self._eventer.event(event))
 

@@ -9,11 +9,12 @@ wait is bounded by the SDK's per-read timeout, and each read is checked by the a
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import openai
 
@@ -25,11 +26,13 @@ from ..breaker import Permit
 from . import _steps as kind
 from ._chain import ChainBase, OpenedStream
 from ._core import RequestRun
-from ._dropin import ChainChat
 from ._race import Dismissal, Entrant, Race
 from ._request import Request, ResponseSlot
-from ._responses_dropin import ChainResponses
 from ._watch import AttemptWatch
+
+if TYPE_CHECKING:  # the drop-in surfaces load on first use (import time)
+    from ._dropin import ChainChat
+    from ._responses_dropin import ChainResponses
 
 __all__ = ["ChainStream", "FallbackChain"]
 
@@ -59,10 +62,22 @@ class ChainStream:
         return self._slot.response
 
     def close(self) -> None:
-        """Stop early, release the connection; neutral for the breakers."""
+        """Stop early, release the connection; neutral for the breakers.
+
+        From another thread while one is iterating, as the SDK's ``Stream.close()``: the
+        upstream stream is closed and that thread's iteration ends.
+        """
         close = getattr(self._events, "close", None)
-        if close is not None:
+        if close is None:
+            return
+        try:
             close()
+        except ValueError:  # "generator already executing": another thread is reading
+            slot = self._slot
+            slot.cancelled = True
+            if (reading := slot.reading) is not None:
+                with contextlib.suppress(Exception):
+                    reading.close()
 
     def __enter__(self) -> Self:
         return self
@@ -88,11 +103,15 @@ class FallbackChain(ChainBase[ChainStream, openai.OpenAI, SleepFunc, ChainRespon
     @property
     def chat(self) -> ChainChat:
         """The openai SDK's shape: ``chain.chat.completions.create(...)`` (see ``_dropin``)."""
+        from ._dropin import ChainChat  # noqa: PLC0415 - loaded on first use
+
         return ChainChat(self)
 
     @property
     def responses(self) -> ChainResponses:
         """The openai SDK's shape: ``chain.responses.create(...)`` (see ``_responses_dropin``)."""
+        from ._responses_dropin import ChainResponses  # noqa: PLC0415 - loaded on first use
+
         return ChainResponses(self, self.config)
 
     def _answer(self, prepare: Callable[[], Request]) -> ChainResponse:
@@ -138,64 +157,73 @@ class FallbackChain(ChainBase[ChainStream, openai.OpenAI, SleepFunc, ChainRespon
         """
         run, steps = self._start(request, slot)
         clock = self._clock
-        for step in steps:
-            try:
-                if not isinstance(step, kind.ReadStream):
-                    if isinstance(step, kind.Show):
-                        yield from self._show(step.events, run)
-                        steps.done()
-                    else:
-                        steps.done(self._perform(request, run, step))
-                    continue
-                opened: OpenedStream = step.opened
-                attempt = step.attempt
-                with opened.stream:
-                    assembler = opened.assembler
-                    add = assembler.add
-                    check = step.watch.after_wait
-                    delta = run.display.delta
-                    source = attempt.tier.name
-                    for read in opened.pieces:
-                        yield from delta(read, source)
-                    if not opened.ended:
-                        items = opened.items
-                        after = opened.after
-                        limited = attempt.permit.limited
-                        watch = step.watch
-                        display = run.display
-                        record = display.record_text
-                        while True:
-                            before = clock()
-                            # Between two waits the consumer held the stream: not upstream time.
-                            gap = before - after
-                            if gap > 0:
-                                run.paused += gap
-                            try:
-                                item = next(items)
-                            except StopIteration:
-                                break
-                            after = clock()
-                            piece = add(item)
-                            if watch.content_seen:  # watch.after_wait's checks, inline
-                                if after - before > watch.idle or (
-                                    after - run.started - run.paused > run.deadline
+        try:
+            for step in steps:
+                try:
+                    if slot.cancelled:
+                        raise GeneratorExit  # noqa: TRY301 - the consumer left, from another thread
+                    if not isinstance(step, kind.ReadStream):
+                        if isinstance(step, kind.Show):
+                            yield from self._show(step.events, run)
+                            steps.done()
+                        else:
+                            steps.done(self._perform(request, run, step))
+                        continue
+                    opened: OpenedStream = step.opened
+                    attempt = step.attempt
+                    slot.reading = opened.stream
+                    with opened.stream:
+                        assembler = opened.assembler
+                        add = assembler.add
+                        check = step.watch.after_wait
+                        delta = run.display.delta
+                        source = attempt.tier.name
+                        for read in opened.pieces:
+                            yield from delta(read, source)
+                        if not opened.ended:
+                            items = opened.items
+                            after = opened.after
+                            limited = attempt.permit.limited
+                            watch = step.watch
+                            display = run.display
+                            record = display.record_text
+                            while True:
+                                before = clock()
+                                # Between two waits the consumer held the stream: not upstream time.
+                                gap = before - after
+                                if gap > 0:
+                                    run.paused += gap
+                                try:
+                                    item = next(items)
+                                except StopIteration:
+                                    break
+                                after = clock()
+                                piece = add(item)
+                                if watch.content_seen:  # watch.after_wait's checks, inline
+                                    if after - before > watch.idle or (
+                                        after - run.started - run.paused > run.deadline
+                                    ):
+                                        raise watch.expired(before)  # noqa: TRY301
+                                elif (
+                                    check(before, after, got_content=assembler.content_seen)
+                                    and limited
                                 ):
-                                    raise watch.expired(before)  # noqa: TRY301
-                            elif (
-                                check(before, after, got_content=assembler.content_seen)
-                                and limited
-                            ):
-                                attempt.permit.first_content()
-                            if piece:
-                                if piece.__class__ is str and display.plain:
-                                    record(piece)  # display.delta's common case, inline
-                                    yield ChainEvent("delta", piece, source)
-                                else:
-                                    yield from delta(piece, source)
-                    answer = assembler.finish(model=request.model)
-                steps.done(answer)
-            except BaseException as exc:  # noqa: BLE001 - back into the flow, which decides
-                steps.failed(exc)
+                                    attempt.permit.first_content()
+                                if piece:
+                                    if piece.__class__ is str and display.plain:
+                                        record(piece)  # display.delta's common case, inline
+                                        yield ChainEvent("delta", piece, source)
+                                    else:
+                                        yield from delta(piece, source)
+                        answer = assembler.finish(model=request.model)
+                    steps.done(answer)
+                except BaseException as exc:  # noqa: BLE001 - back into the flow, which decides
+                    slot.reading = None
+                    steps.failed(GeneratorExit() if slot.cancelled else exc)
+        except GeneratorExit:
+            if not slot.cancelled:
+                raise  # an ordinary close(): the generator must exit
+            # closed from another thread: the request ended neutrally, and so does iteration
 
     def _perform(self, request: Request, run: RequestRun, step: kind.Step) -> Any:
         """Do what ``step`` names (every step but ``ReadStream`` and ``Show``)."""
