@@ -22,19 +22,19 @@ __version__ = "0.1.0"
 # next to nothing and an app pays only for the parts it touches: `FallbackChain` needs the
 # chain, the cache and the breakers, but not `warm`'s machinery. A name listed in `__all__` is
 # looked up in these modules' own `__all__`, in this order, importing each only when the ones
-# before it do not define the name: what `FallbackChain` needs anyway comes first, and what it
-# does not (reading a TOML file, warming) after it. Type checkers and IDEs read the
-# TYPE_CHECKING imports; tests/test_import_time.py checks both resolve every name alike.
+# before it do not define the name: the cheap ones first (`_config_file` imports its TOML
+# parser only when it reads a file), so `load_config` does not load the chain. Type checkers
+# and IDEs read the TYPE_CHECKING imports; tests/test_import_time.py checks both agree.
 _HOMES: Final = (
     "_errors",
     "_config",
+    "_config_file",
     "_results",
     "_timing",
     "_hooks",
     "breaker",
     "cache",
     "chain",
-    "_config_file",
     "warming",
 )
 

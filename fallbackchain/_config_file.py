@@ -11,13 +11,11 @@ from __future__ import annotations
 import codecs
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
 from ._config import SECTIONS, ChainConfig, check_config
-from ._config_messages import unknown_key
 from ._errors import ConfigError
 
 __all__ = ["config_from_mapping", "load_config"]
@@ -110,6 +108,8 @@ def _decode(raw: bytes, file: str) -> str:
 
 
 def _parse(text: str, file: str) -> dict[str, Any]:
+    import tomllib  # noqa: PLC0415 - only when a file is read, not when this module is imported
+
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -153,6 +153,8 @@ def config_from_mapping(
     problems = []
     if "source" in sections:  # a ChainConfig field, but not a section a file may set
         del sections["source"]
+        from ._config_messages import unknown_key  # noqa: PLC0415 - only for a bad config
+
         problems.append(ConfigError(unknown_key(["source"], SECTIONS), file=file, key="source"))
     sections["source"] = file
     try:

@@ -50,6 +50,16 @@ def test_import_fallbackchain_loads_neither_redis_nor_opentelemetry():
     assert loaded_after("import fallbackchain") == "-"
 
 
+def test_load_config_alone_loads_neither_the_chain_nor_the_toml_parser():
+    code = """
+        from fallbackchain import load_config
+        print(",".join(m for m in ("fallbackchain.chain", "tomllib") if m in sys.modules) or "-")
+    """
+    result = run_python("import sys\n" + textwrap.dedent(code))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "-"
+
+
 @pytest.mark.slow
 def test_every_public_name_loads_neither_redis_nor_opentelemetry():
     code = """
