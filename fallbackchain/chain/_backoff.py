@@ -65,9 +65,10 @@ def is_transport_fault(error: TierError, *, content_seen: bool) -> bool:
     malformed chunk, an SSE ``error`` event) says little about the model: another stream may
     well succeed. Everything else (429, 5xx, refused, reset, an SSE ``error`` or a bad chunk
     before any content, silence, a stall) describes the route. So does a stream that ended
-    for a reason another attempt would meet again (``error.retryable`` false: a Responses
-    answer cut at ``max_output_tokens`` or by ``content_filter``), even after content: it
-    moves on at once rather than asking the same model again.
+    for a reason another attempt would meet again (``error.retryable`` false, such as a
+    Responses answer cut for a reason the chain does not know), even after content: it moves
+    on at once rather than asking the same model again. (A Responses answer cut where the
+    request asked, ``max_output_tokens`` or ``content_filter``, is no error: it is the answer.)
     """
     return (
         content_seen

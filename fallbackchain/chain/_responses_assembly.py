@@ -59,8 +59,8 @@ same request, and one caller's small limit must not open every breaker). A
 ``content_filter`` answer is not cached, as in chat."""
 
 RETRYABLE_INCOMPLETE: Final = frozenset({"steered"})
-"""Incomplete reasons another attempt may fix. ``max_output_tokens``, ``max_messages`` and
-``content_filter`` would cut the same request again: not retried on the same route."""
+"""Incomplete reasons another attempt may fix: retried like a broken stream. A reason in
+:data:`ANSWERED_INCOMPLETE` is the answer; any other is not retried on the same route."""
 
 _LIFECYCLE: Final = frozenset({"response.created", "response.queued", "response.in_progress"})
 _CONTENT_DELTAS: Final = frozenset(
