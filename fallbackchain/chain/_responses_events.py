@@ -92,6 +92,7 @@ class ResponsesEventer:
         "_message",
         "_model",
         "_parts",
+        "_pieces",
         "_seq",
         "_shown",
         "_started",
@@ -114,6 +115,9 @@ class ResponsesEventer:
         self._message: int | None = None  # output_index of the message being written
         self._parts: dict[str, int] = {}  # the message's part ("text", "refusal") -> index
         self._calls: dict[int, int] = {}  # chain tool-call index -> output_index
+        # The deltas of each text, refusal or arguments field, joined once when its item is
+        # done (adding to the field's string would copy it at every delta).
+        self._pieces: dict[tuple[int, int, str], list[str]] = {}
 
     def _event(self, cls: type[BaseModel], **fields: Any) -> Any:
         """An event of class ``cls`` (its ``type`` is the class's own), numbered next."""
@@ -196,7 +200,7 @@ class ResponsesEventer:
         index = self._parts[kind]
         self._shown += len(text)
         self._handed.add(ChainEvent("delta" if kind == "text" else "refusal", text, ""))
-        item["content"][index][kind] += text  # a part's field is named as its kind
+        self._pieces.setdefault((self._message, index, kind), []).append(text)
         extra: dict[str, Any] = {"logprobs": []} if kind == "text" else {}
         at = {"item_id": item["id"], "output_index": self._message, "content_index": index}
         out.append(self._event(_DELTA[kind], delta=text, **at, **extra))
@@ -222,7 +226,7 @@ class ResponsesEventer:
         self._handed.add(ChainEvent("tool_call", arguments, "", index=index, id=call_id, name=name))
         if arguments:
             item = self._items[at]
-            item["arguments"] += arguments
+            self._pieces.setdefault((at, -1, "arguments"), []).append(arguments)
             self._shown += len(arguments)
             out.append(
                 self._event(
@@ -284,8 +288,18 @@ class ResponsesEventer:
                 )
         return out
 
-    def _done(self, output_index: int) -> list[Any]:
+    def _joined(self, output_index: int) -> dict[str, Any]:
+        """The item at ``output_index`` with its deltas joined into its fields."""
         item = self._items[output_index]
+        for (at, index, field), pieces in list(self._pieces.items()):
+            if at == output_index:
+                target = item if index < 0 else item["content"][index]
+                target[field] += "".join(pieces)  # a part's field is named as its kind
+                del self._pieces[(at, index, field)]
+        return item
+
+    def _done(self, output_index: int) -> list[Any]:
+        item = self._joined(output_index)
         item["status"] = "completed"
         out = []
         if item["type"] == "message":
