@@ -43,7 +43,6 @@ __all__ = ["ChainBase", "OpenedStream", "make_clients"]
 
 logger = logging.getLogger("fallbackchain")
 
-_RESERVED = frozenset({"stream", "messages", "model"})  # stream()'s own arguments
 
 StreamT = TypeVar("StreamT")
 ClientT = TypeVar("ClientT", openai.OpenAI, openai.AsyncOpenAI)
@@ -314,12 +313,7 @@ class ChainBase(Generic[StreamT, ClientT, SleepT, AnswerT]):
         whole_first: bool = False,
         options: CallOptions | None = None,
     ) -> Request:
-        self._check_open()
-        bad = _RESERVED.intersection(params)
-        if bad:
-            raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(bad))}")
-        if not messages:
-            raise ValueError("messages must not be empty")
+        # ChatEndpoint.validate refuses ``stream`` and empty messages, as for any endpoint
         body = {"model": model, "messages": messages, **params}
         return self._prepare_request(CHAT, body, whole_first=whole_first, options=options)
 
