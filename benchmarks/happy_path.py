@@ -114,23 +114,7 @@ def chain_sync(chain: FallbackChain, prompt: str) -> tuple[float, int, str]:
 
 def dropin_sync(chain: FallbackChain, prompt: str) -> tuple[float, int, str]:
     """The drop-in: the raw SDK's loop, unchanged, over ``chain.chat.completions.create``."""
-    start = time.perf_counter()
-    first = 0.0
-    parts: list[str] = []
-    with chain.chat.completions.create(
-        model=MODEL,
-        messages=user(prompt),  # type: ignore[arg-type]
-        stream=True,
-        stream_options={"include_usage": True},
-    ) as stream:
-        for chunk in stream:
-            if chunk.choices:
-                content = chunk.choices[0].delta.content
-                if content:
-                    if not parts:
-                        first = time.perf_counter()
-                    parts.append(content)
-    return first - start, len(parts), "".join(parts)
+    return raw_sync(chain, prompt)  # type: ignore[arg-type]  # the same code, as a user's
 
 
 async def raw_async(client: openai.AsyncOpenAI, prompt: str) -> tuple[float, int, str]:
