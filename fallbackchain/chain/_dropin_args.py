@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -18,26 +18,29 @@ from openai.types.chat import ParsedChatCompletion
 
 from .._config import ChainConfig
 from .._results import ChainResponse
+from ._call_options import CallKeywords
 from ._dropin_chunks import Chunker, check_divergence
 from ._dropin_errors import SdkErrors
 from ._dropin_stream import ChunkFeed, with_trace
 
-__all__ = ["DropInCall", "plan_create", "plan_parse"]
+__all__ = ["CHAIN_OPTIONS", "DropInCall", "check_keywords", "plan_create", "plan_parse"]
 
-_CHAIN_OPTIONS: Final = frozenset({"deadline", "max_attempts", "cache", "fallbacks"})
+CHAIN_OPTIONS: Final = frozenset(CallKeywords.__optional_keys__)
 """The chain's own per-call options: passed to the chain, never sent to a provider."""
 
 
 @functools.cache
-def _sdk_params() -> frozenset[str]:
-    """The keyword arguments the installed SDK's ``chat.completions.create`` takes."""
-    signature = inspect.signature(openai.resources.chat.Completions.create)
-    return frozenset(signature.parameters) - {"self"}
+def _parameters(sdk_method: Callable[..., Any]) -> frozenset[str]:
+    return frozenset(inspect.signature(sdk_method).parameters) - {"self"}
 
 
-def _check_kwargs(kwargs: Mapping[str, Any]) -> None:
-    """Refuse names neither the SDK's ``create()`` nor the chain's own options."""
-    unknown = sorted(set(kwargs) - _sdk_params() - _CHAIN_OPTIONS)
+def check_keywords(kwargs: Mapping[str, Any], sdk_method: Callable[..., Any]) -> None:
+    """Refuse, as the SDK does, a name neither ``sdk_method`` nor the chain's options take.
+
+    ``sdk_method`` is the installed SDK's own (``Completions.create``, ``Responses.create``),
+    so a parameter a newer SDK adds is accepted without a change here.
+    """
+    unknown = sorted(set(kwargs) - _parameters(sdk_method) - CHAIN_OPTIONS)
     if unknown:
         raise TypeError(
             f"create() got unexpected keyword argument(s): {', '.join(map(repr, unknown))}"
@@ -95,7 +98,7 @@ def plan_create(config: ChainConfig, kwargs: dict[str, Any]) -> DropInCall:
     args = _take_messages(kwargs, "create")
     stream = kwargs.pop("stream", None)
     divergence = check_divergence(kwargs.pop("on_divergence", "raise"))
-    _check_kwargs(kwargs)
+    check_keywords(kwargs, openai.resources.chat.Completions.create)
     # The chain asks each streaming tier for usage itself; a whole completion must not get it.
     wants_usage = kwargs.pop("stream_options", None)
     errors = SdkErrors(str(config.openai.base_url))
@@ -131,6 +134,6 @@ def plan_parse(config: ChainConfig, kwargs: dict[str, Any], response_format: Any
         validate_input_tools(tools)
     if response_format is not None:
         kwargs["response_format"] = type_to_response_format_param(response_format)
-    _check_kwargs(kwargs)
+    check_keywords(kwargs, openai.resources.chat.Completions.create)
     errors = SdkErrors(str(config.openai.base_url))
     return DropInCall(args, kwargs, None, errors, (response_format, tools))

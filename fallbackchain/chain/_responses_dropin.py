@@ -40,16 +40,15 @@ held back, each event comes once.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import inspect
 from collections.abc import Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeVar, Unpack, overload
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, Unpack, overload
 
 from openai.types.responses import Response
 
 from .._config import ChainConfig
 from .._results import ChainResponse
 from ._call_options import CallKeywords
+from ._dropin_args import CHAIN_OPTIONS, check_keywords
 from ._dropin_chunks import check_divergence
 from ._dropin_errors import SdkErrors
 from ._dropin_stream import AsyncChainEvents, ChainEvents
@@ -64,9 +63,6 @@ from ._responses_stream import (
 )
 
 __all__ = ["AsyncChainResponses", "ChainResponses"]
-
-_CHAIN_OPTIONS: Final = frozenset({"deadline", "max_attempts", "cache", "fallbacks"})
-"""The chain's own per-call options: passed to the chain, never sent to a provider."""
 
 _Whole_co = TypeVar("_Whole_co", covariant=True)
 _Stream_co = TypeVar("_Stream_co", covariant=True)
@@ -110,23 +106,12 @@ class _Chain(Protocol[_Whole_co, _Stream_co]):
 # --------------------------------------------------------------------------------------------
 
 
-@functools.cache
-def _sdk_params() -> frozenset[str]:
-    """The keyword arguments the installed SDK's ``responses.create`` takes."""
-    from openai.resources.responses import Responses  # noqa: PLC0415 - loaded on first use
-
-    signature = inspect.signature(Responses.create)
-    return frozenset(signature.parameters) - {"self"}
-
-
 def _split(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Refuse unknown names; take the chain's own options out of ``kwargs`` and return them."""
-    unknown = sorted(set(kwargs) - _sdk_params() - _CHAIN_OPTIONS)
-    if unknown:
-        raise TypeError(
-            f"create() got unexpected keyword argument(s): {', '.join(map(repr, unknown))}"
-        )
-    return {name: kwargs.pop(name) for name in _CHAIN_OPTIONS if name in kwargs}
+    from openai.resources.responses import Responses  # noqa: PLC0415 - loaded on first use
+
+    check_keywords(kwargs, Responses.create)
+    return {name: kwargs.pop(name) for name in CHAIN_OPTIONS if name in kwargs}
 
 
 # --------------------------------------------------------------------------------------------
