@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+from typing import Any
 
+import openai
 import pytest
 
-from fallbackchain import AllTiersFailedError
+from fallbackchain import AllTiersFailedError, AsyncFallbackChain, FallbackChain
 from fallbackchain._hooks import (
     AttemptEnded,
     AttemptStarted,
@@ -20,7 +23,7 @@ from fallbackchain._hooks import (
 )
 from fallbackchain.testing import Fault
 
-from .conftest import user
+from .conftest import make_config, user
 
 
 class Recorder:
@@ -155,3 +158,47 @@ def test_a_cached_answer_bills_nothing_and_keeps_the_stored_usage_apart(make_cha
         billed.completion_tokens,
     )
     assert (second.input_tokens, second.output_tokens) == (0, 0)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_time_the_consumer_holds_any_event_is_not_the_requests(server, tmp_path, clock, mode):
+    """``RequestEnded.duration`` is upstream time: the consumer's pauses are not in it, those
+    on a cached answer's events included, sync and async alike."""
+    rec = Recorder()
+    config = make_config(tmp_path, server.base_url)
+    held = 60.0  # the consumer holds every event this long
+
+    def hold_every_event_of_two_requests(stream_of: Any) -> None:
+        for prompt in ("x", "x"):  # live, then (the upstream down) from the cache
+            stream_of(prompt)
+            server.default = Fault.status(503)
+
+    if mode == "sync":
+        client = openai.OpenAI(base_url=server.base_url, api_key="sk-test")
+        chain = FallbackChain(config, client=client, clock=clock, sleep=clock.sleep, listeners=[rec])
+
+        def read(prompt: str) -> None:
+            with chain.stream(user(prompt)) as stream:
+                for _ in stream:
+                    clock.advance(held)
+
+        with chain:
+            hold_every_event_of_two_requests(read)
+    else:
+
+        async def go() -> None:
+            client = openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-test")
+            chain = AsyncFallbackChain(
+                config, client=client, clock=clock, sleep=clock.async_sleep, listeners=[rec]
+            )
+            async with chain:
+                for prompt in ("x", "x"):
+                    async with chain.stream(user(prompt)) as stream:
+                        async for _ in stream:
+                            clock.advance(held)
+                    server.default = Fault.status(503)
+
+        asyncio.run(go())
+    live, cached = [e for e in rec.events if isinstance(e, RequestEnded)]
+    assert (live.source, cached.source) == ("stream", "cache")
+    assert live.duration < held and cached.duration < held

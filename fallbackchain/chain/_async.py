@@ -175,7 +175,9 @@ class AsyncFallbackChain(
                     if not isinstance(step, kind.ReadStream):
                         if isinstance(step, kind.Show):
                             for event in step.events:
+                                handed = clock()
                                 yield event
+                                run.pause(clock() - handed)  # the consumer's time, not upstream
                             steps.done()
                         else:
                             steps.done(await self._perform(request, run, step))
