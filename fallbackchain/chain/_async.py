@@ -30,9 +30,9 @@ from ._race import Dismissal, Entrant, Race
 from ._request import Request, ResponseSlot
 from ._watch import AttemptWatch
 
-if TYPE_CHECKING:  # the drop-in surfaces load on first use (import time)
-    from ._dropin import AsyncChainChat
-    from ._responses_dropin import AsyncChainResponses
+if TYPE_CHECKING:  # the drop-in surfaces load on first use: named as strings in the base
+    from ._dropin import AsyncChainChat  # noqa: F401
+    from ._responses_dropin import AsyncChainResponses  # noqa: F401
 
 __all__ = ["AsyncChainStream", "AsyncFallbackChain"]
 
@@ -95,6 +95,8 @@ class AsyncFallbackChain(
         openai.AsyncOpenAI,
         AsyncSleep,
         Coroutine[Any, Any, ChainResponse],
+        "AsyncChainChat",
+        "AsyncChainResponses",
     ]
 ):
     """The asyncio twin of :class:`FallbackChain` (same config, tiers, breakers and cache).
@@ -102,19 +104,7 @@ class AsyncFallbackChain(
     Disk cache I/O runs in a worker thread, never on the event loop.
     """
 
-    @property
-    def chat(self) -> AsyncChainChat:
-        """The openai SDK's shape: ``await chain.chat.completions.create(...)``."""
-        from ._dropin import AsyncChainChat  # noqa: PLC0415 - loaded on first use
-
-        return AsyncChainChat(self)
-
-    @property
-    def responses(self) -> AsyncChainResponses:
-        """The openai SDK's shape: ``await chain.responses.create(...)``."""
-        from ._responses_dropin import AsyncChainResponses  # noqa: PLC0415 - loaded on first use
-
-        return AsyncChainResponses(self, self.config)
+    _SURFACES = ("AsyncChainChat", "AsyncChainResponses")
 
     def _client_type(self) -> type[openai.AsyncOpenAI]:
         return openai.AsyncOpenAI

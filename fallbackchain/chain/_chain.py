@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
-from typing import Any, Generic, Self, TypeVar, Unpack
+from typing import Any, ClassVar, Generic, Self, TypeVar, Unpack, cast
 
 import openai
 
@@ -48,6 +48,8 @@ StreamT = TypeVar("StreamT")
 ClientT = TypeVar("ClientT", openai.OpenAI, openai.AsyncOpenAI)
 SleepT = TypeVar("SleepT")
 AnswerT = TypeVar("AnswerT")
+ChatT = TypeVar("ChatT")
+ResponsesT = TypeVar("ResponsesT")
 
 
 @dataclass(slots=True)
@@ -62,13 +64,17 @@ class OpenedStream:
     ended: bool = False  # the stream ended before any content
 
 
-class ChainBase(Generic[StreamT, ClientT, SleepT, AnswerT]):
+class ChainBase(Generic[StreamT, ClientT, SleepT, AnswerT, ChatT, ResponsesT]):
     """Set-up and surface shared by both chains.
 
     A driver names its stream type (``StreamT``), its SDK client type (``ClientT``), its
-    sleep (``SleepT``) and what ``complete()`` returns (``AnswerT``: the response, or a
-    coroutine of it), and implements :meth:`_stream` and :meth:`_answer`.
+    sleep (``SleepT``), what ``complete()`` returns (``AnswerT``: the response, or a
+    coroutine of it) and its two drop-in surfaces (``ChatT``, ``ResponsesT``, named in
+    :attr:`_SURFACES`), and implements :meth:`_stream` and :meth:`_answer`.
     """
+
+    _SURFACES: ClassVar[tuple[str, str]]
+    """The drop-in surfaces' class names, in ``_dropin`` and ``_responses_dropin``."""
 
     def __init__(
         self,
@@ -229,6 +235,20 @@ class ChainBase(Generic[StreamT, ClientT, SleepT, AnswerT]):
     def clock(self) -> Clock:
         """The monotonic clock this chain measures intervals with (injected, or the system's)."""
         return self._clock
+
+    @property
+    def chat(self) -> ChatT:
+        """The openai SDK's shape: ``chain.chat.completions.create(...)`` (awaited when async)."""
+        from . import _dropin  # noqa: PLC0415 - the drop-in surfaces load on first use
+
+        return cast(ChatT, getattr(_dropin, self._SURFACES[0])(self))
+
+    @property
+    def responses(self) -> ResponsesT:
+        """The openai SDK's shape: ``chain.responses.create(...)`` (awaited when async)."""
+        from . import _responses_dropin  # noqa: PLC0415 - loaded on first use
+
+        return cast(ResponsesT, getattr(_responses_dropin, self._SURFACES[1])(self, self.config))
 
     @property
     def breakers(self) -> Mapping[str, BreakerGate]:

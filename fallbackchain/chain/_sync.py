@@ -30,9 +30,9 @@ from ._race import Dismissal, Entrant, Race
 from ._request import Request, ResponseSlot
 from ._watch import AttemptWatch
 
-if TYPE_CHECKING:  # the drop-in surfaces load on first use (import time)
-    from ._dropin import ChainChat
-    from ._responses_dropin import ChainResponses
+if TYPE_CHECKING:  # the drop-in surfaces load on first use: named as strings in the base
+    from ._dropin import ChainChat  # noqa: F401
+    from ._responses_dropin import ChainResponses  # noqa: F401
 
 __all__ = ["ChainStream", "FallbackChain"]
 
@@ -86,7 +86,11 @@ class ChainStream:
         self.close()
 
 
-class FallbackChain(ChainBase[ChainStream, openai.OpenAI, SleepFunc, ChainResponse]):
+class FallbackChain(
+    ChainBase[
+        ChainStream, openai.OpenAI, SleepFunc, ChainResponse, "ChainChat", "ChainResponses"
+    ]
+):
     """A resilient chat-completions caller for threads. Thread-safe; share one per app.
 
     ``client`` may be your own ``openai.OpenAI``; the chain uses a copy with the SDK's own
@@ -94,25 +98,13 @@ class FallbackChain(ChainBase[ChainStream, openai.OpenAI, SleepFunc, ChainRespon
     ``sleep`` (``time.sleep`` by default) and ``random`` are injectable for tests.
     """
 
+    _SURFACES = ("ChainChat", "ChainResponses")
+
     def _client_type(self) -> type[openai.OpenAI]:
         return openai.OpenAI
 
     def _default_sleep(self) -> SleepFunc:
         return default_sleep
-
-    @property
-    def chat(self) -> ChainChat:
-        """The openai SDK's shape: ``chain.chat.completions.create(...)`` (see ``_dropin``)."""
-        from ._dropin import ChainChat  # noqa: PLC0415 - loaded on first use
-
-        return ChainChat(self)
-
-    @property
-    def responses(self) -> ChainResponses:
-        """The openai SDK's shape: ``chain.responses.create(...)`` (see ``_responses_dropin``)."""
-        from ._responses_dropin import ChainResponses  # noqa: PLC0415 - loaded on first use
-
-        return ChainResponses(self, self.config)
 
     def _answer(self, prepare: Callable[[], Request]) -> ChainResponse:
         with self._stream(prepare()) as stream:
