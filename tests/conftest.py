@@ -188,12 +188,18 @@ def _session_server() -> Iterator[FaultServer]:
 
 @pytest.fixture
 def server(_session_server: FaultServer) -> Iterator[FaultServer]:
-    _session_server.clear()
-    _session_server.reset_counts()
-    yield _session_server
-    _session_server.clear()
-    _session_server.wait_idle(5.0)
-    _session_server.reset_counts()
+    yield from between_tests(_session_server)
+
+
+def between_tests(shared: FaultServer) -> Iterator[FaultServer]:
+    """A fixture's body for a server shared by many tests: no rules, counts from 0; after the
+    test, idle and clean again."""
+    shared.clear()
+    shared.reset_counts()
+    yield shared
+    shared.clear()
+    shared.wait_idle(5.0)
+    shared.reset_counts()
 
 
 def user(prompt: str) -> list[dict[str, str]]:
@@ -339,11 +345,7 @@ def backup_server() -> Iterator[FaultServer]:
 
 @pytest.fixture
 def backup(backup_server: FaultServer) -> Iterator[FaultServer]:
-    backup_server.clear()
-    backup_server.reset_counts()
-    yield backup_server
-    backup_server.clear()
-    backup_server.wait_idle(5.0)
+    yield from between_tests(backup_server)
 
 
 @pytest.fixture(params=["sync", "async"])

@@ -18,7 +18,7 @@ from fallbackchain._results import ChainEvent, ChainResponse
 from fallbackchain.chain._dropin_chunks import Chunker
 from fallbackchain.testing import Answer, Fault, FaultServer, ToolCall
 
-from .conftest import user
+from .conftest import between_tests, user
 
 MODEL = "test-model"
 LEAD = "Let me look that up for you right away."  # 8 words: 8 content chunks
@@ -59,12 +59,7 @@ def _tool_server() -> Iterator[FaultServer]:
 @pytest.fixture
 def server(_tool_server: FaultServer) -> Iterator[FaultServer]:
     """This module's fault server (scripted tool calls) in place of the session's."""
-    _tool_server.clear()
-    _tool_server.reset_counts()
-    yield _tool_server
-    _tool_server.clear()
-    _tool_server.wait_idle(5.0)
-    _tool_server.reset_counts()
+    yield from between_tests(_tool_server)
 
 
 # -- the unchanged openai-SDK snippet, with tools ------------------------------------------------

@@ -49,7 +49,7 @@ from fallbackchain import (
 )
 from fallbackchain.testing import Fault, FaultServer
 
-from .conftest import FakeClock, make_config, user
+from .conftest import FakeClock, between_tests, make_config, user
 
 LONG = os.environ.get("FALLBACKCHAIN_SOAK", "").lower() == "long"
 SEED = int(os.environ.get("FALLBACKCHAIN_SOAK_SEED", "20240611"))
@@ -89,11 +89,7 @@ def soak_server() -> Iterator[FaultServer]:
 
 @pytest.fixture
 def fresh(soak_server: FaultServer) -> Iterator[FaultServer]:
-    soak_server.clear()
-    soak_server.reset_counts()
-    yield soak_server
-    soak_server.clear()
-    soak_server.wait_idle(5.0)
+    yield from between_tests(soak_server)
 
 
 def soak_config(directory: Path, base_url: str, **overrides: Any) -> Any:

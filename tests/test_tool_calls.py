@@ -26,7 +26,7 @@ from fallbackchain import (
 from fallbackchain.chain._assembly import AttemptAssembler, Display
 from fallbackchain.testing import Answer, Fault, FaultServer, ToolCall
 
-from .conftest import user
+from .conftest import between_tests, user
 
 MODEL = "test-model"
 WEATHER = ToolCall("get_weather", {"city": "Oslo", "unit": "celsius"})
@@ -65,12 +65,7 @@ def _tool_server() -> Iterator[FaultServer]:
 @pytest.fixture
 def server(_tool_server: FaultServer) -> Iterator[FaultServer]:
     """This module's fault server (scripted tool calls) in place of the session's."""
-    _tool_server.clear()
-    _tool_server.reset_counts()
-    yield _tool_server
-    _tool_server.clear()
-    _tool_server.wait_idle(5.0)
-    _tool_server.reset_counts()
+    yield from between_tests(_tool_server)
 
 
 # -- what a consumer rebuilds ------------------------------------------------------------------
