@@ -287,6 +287,22 @@ def test_the_flow_asks_for_these_steps(
     assert player.play() == expected
 
 
+def test_a_stream_closed_from_elsewhere_ends_the_request_neutral() -> None:
+    """The consumer closed the stream from another thread or task: the read that failed for
+    it is no upstream fault; the permit is released, no retry, the flow ends as a close()."""
+    player = Player(DEFAULTS, {"stream": [DROP]})
+    perform = player.perform
+
+    def closing(step: Any) -> Any:
+        if isinstance(step, ReadStream):
+            player.slot.cancelled = True  # what a close() from elsewhere sets, before the read fails
+        return perform(step)
+
+    player.perform = closing  # type: ignore[method-assign]
+    assert player.play() == ["open stream", "read", "release", "raise GeneratorExit"]
+    assert player.slot.response is None
+
+
 def test_a_live_answer_lands_in_the_slot_with_its_attempts() -> None:
     player = Player(DEFAULTS, {"stream": [R503]})
     player.play()

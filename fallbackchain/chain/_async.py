@@ -160,8 +160,6 @@ class AsyncFallbackChain(
         try:
             for step in steps:
                 try:
-                    if slot.cancelled:
-                        raise GeneratorExit  # noqa: TRY301 - the consumer left, from another task
                     if not isinstance(step, kind.ReadStream):
                         if isinstance(step, kind.Show):
                             for event in step.events:
@@ -233,8 +231,7 @@ class AsyncFallbackChain(
                                 watchdog.close()
                     steps.done(assembler.finish(model=request.model))
                 except BaseException as exc:  # noqa: BLE001 - back into the flow, which decides
-                    slot.reading = None
-                    steps.failed(GeneratorExit() if slot.cancelled else exc)
+                    steps.failed(exc)
         except GeneratorExit:
             if not slot.cancelled:
                 raise  # an ordinary aclose(): the generator must exit

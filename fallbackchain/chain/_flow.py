@@ -108,6 +108,8 @@ def request_flow(
     try:
         while not isinstance(step := run.next_step(), UseCache):
             check_open()
+            if slot.cancelled:  # closed from another thread or task: the request ends, neutral
+                raise GeneratorExit  # noqa: TRY301 - ends the flow, as a close() would
             if not isinstance(step, Acquire):  # a Sleep or an AwaitSlot
                 yield step
                 continue
@@ -122,10 +124,16 @@ def request_flow(
                         attempt, watch, opened = opened.attempt, opened.watch, opened.stream
                         if isinstance(opened, BaseException):
                             raise opened  # noqa: TRY301 - the attempt's own error, judged below
+                    if slot.cancelled:
+                        raise GeneratorExit  # noqa: TRY301 - neutral, as below
                     answer = yield ReadStream(attempt, watch, opened)
                 else:
                     answer = yield FetchWhole(attempt, watch)
             except Exception as exc:
+                if slot.cancelled:  # the read failed because the consumer closed the stream
+                    yield Report(attempt.permit, "release")
+                    run.abandoned(attempt)
+                    raise GeneratorExit from exc
                 verdict = run.classify(attempt, exc, watch, closed=closed())
                 if isinstance(verdict, TierError):
                     opened_breaker = yield Report(attempt.permit, "failure")

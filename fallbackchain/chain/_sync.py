@@ -152,8 +152,6 @@ class FallbackChain(
         try:
             for step in steps:
                 try:
-                    if slot.cancelled:
-                        raise GeneratorExit  # noqa: TRY301 - the consumer left, from another thread
                     if not isinstance(step, kind.ReadStream):
                         if isinstance(step, kind.Show):
                             yield from self._show(step.events, run)
@@ -210,8 +208,7 @@ class FallbackChain(
                         answer = assembler.finish(model=request.model)
                     steps.done(answer)
                 except BaseException as exc:  # noqa: BLE001 - back into the flow, which decides
-                    slot.reading = None
-                    steps.failed(GeneratorExit() if slot.cancelled else exc)
+                    steps.failed(exc)
         except GeneratorExit:
             if not slot.cancelled:
                 raise  # an ordinary close(): the generator must exit
