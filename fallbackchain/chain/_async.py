@@ -76,9 +76,7 @@ class AsyncChainStream:
         try:
             await aclose()
         except RuntimeError:  # "asynchronous generator is already running": another task
-            slot = self._slot
-            slot.cancelled = True
-            if (reading := slot.reading) is not None:
+            if (reading := self._slot.cancel()) is not None:
                 with contextlib.suppress(Exception):
                     await reading.close()
 

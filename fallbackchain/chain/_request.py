@@ -107,3 +107,8 @@ class ResponseSlot:
         # driver ends the request (neutral) and iteration stops, as the SDK's streams do.
         self.cancelled = False
         self.reading: Any = None  # the upstream stream being read, closed by such a close()
+
+    def cancel(self) -> Any:
+        """A close() from another thread or task: mark it; the upstream stream to close, if any."""
+        self.cancelled = True
+        return self.reading

@@ -73,9 +73,7 @@ class ChainStream:
         try:
             close()
         except ValueError:  # "generator already executing": another thread is reading
-            slot = self._slot
-            slot.cancelled = True
-            if (reading := slot.reading) is not None:
+            if (reading := self._slot.cancel()) is not None:
                 with contextlib.suppress(Exception):
                     reading.close()
 
