@@ -190,17 +190,28 @@ def test_the_lazy_lookup_and_the_type_checking_imports_agree():
     declared = _type_checking_imports()
     assert declared, "no TYPE_CHECKING imports found in fallbackchain/__init__.py"
     assert set(declared) == set(fallbackchain.__all__) - {"__version__"}
+    assert len(fallbackchain.__all__) == len(set(fallbackchain.__all__))
     for name, module in declared.items():
+        # the table names the same home as the import type checkers read
+        assert fallbackchain._HOME_OF[name] == module.lstrip("."), name
         home = importlib.import_module(f"fallbackchain.{module.lstrip('.')}")
+        assert name in home.__all__, name  # a public name is public where it lives too
         assert getattr(fallbackchain, name) is getattr(home, name), name
-        # every home that offers the name offers the same object, so the order cannot matter
-        offered = [_offered(home, name) for home in fallbackchain._HOMES]
-        assert {id(value) for value in offered if value is not None} == {id(getattr(home, name))}
 
 
-def _offered(home: str, name: str) -> object | None:
-    module = importlib.import_module(f"fallbackchain.{home}")
-    return getattr(module, name) if name in getattr(module, "__all__", ()) else None
+def test_type_checkers_see_every_public_name_as_re_exported():
+    """``__all__`` is built from the table, so each TYPE_CHECKING import says ``X as X``."""
+    tree = ast.parse((ROOT / "fallbackchain" / "__init__.py").read_text(encoding="utf-8"))
+    plain = [
+        alias.name
+        for node in tree.body
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+        for stmt in node.body
+        if isinstance(stmt, ast.ImportFrom)
+        for alias in stmt.names
+        if alias.asname != alias.name
+    ]
+    assert plain == []
 
 
 def test_an_unknown_name_is_an_attribute_error():
