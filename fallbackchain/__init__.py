@@ -13,96 +13,98 @@ raises one :class:`AllTiersFailedError` listing every attempt::
         print(stream.response.text, stream.response.source)
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
+
+from ._lazy import loaded_on_first_use
 
 __version__ = "0.1.0"
 
 # The public names load their module on first use (PEP 562), so `import fallbackchain` costs
 # next to nothing and an app pays only for the parts it touches: `FallbackChain` needs the
 # chain, the cache and the breakers, but not `warm`'s machinery. This table is the one list of
-# public names, each with the module (or subpackage) that defines it; `__all__` is its keys.
-# Type checkers and IDEs read the TYPE_CHECKING imports (re-exported with `as`, since
-# `__all__` is built, not written out); tests/test_import_time.py checks both agree.
+# public names, each with the module (or subpackage) that defines it and is imported when the
+# name is first asked for; `__all__` is its keys. Type checkers and IDEs read the TYPE_CHECKING
+# imports (re-exported with `as`, since `__all__` is built, not written out);
+# tests/test_import_time.py checks that both agree.
 _HOME_OF: Final[dict[str, str]] = {
-    "AllTiersFailedError": "_errors",
-    "AsyncChainChat": "chain",
-    "AsyncChainCompletions": "chain",
-    "AsyncChainResponses": "chain",
-    "AsyncChainStream": "chain",
-    "AsyncDropInStream": "chain",
-    "AsyncFallbackChain": "chain",
-    "AsyncResponsesDropInStream": "chain",
-    "Attempt": "_results",
-    "AttemptEnded": "_hooks",
-    "AttemptStarted": "_hooks",
-    "BreakerBusyError": "_errors",
-    "BreakerChanged": "_hooks",
-    "BreakerConfig": "_config",
-    "BreakerOpenError": "_errors",
-    "BreakerState": "breaker",
-    "CacheConfig": "_config",
-    "CacheCorruptError": "_errors",
-    "CacheError": "_errors",
-    "CacheEvent": "_hooks",
-    "CacheStats": "cache",
-    "CachedAnswer": "cache",
-    "ChainChat": "chain",
-    "ChainClosedError": "_errors",
-    "ChainCompletions": "chain",
-    "ChainConfig": "_config",
-    "ChainEvent": "_results",
-    "ChainListener": "_hooks",
-    "ChainResponse": "_results",
-    "ChainResponses": "chain",
-    "ChainStream": "chain",
-    "ConfigError": "_errors",
-    "DeadlineExceededError": "_errors",
-    "DropInStream": "chain",
-    "ExportRow": "cache",
-    "FallbackChain": "chain",
-    "FallbackChainError": "_errors",
-    "FallbackConfig": "_config",
-    "FallbackTaken": "_hooks",
-    "FirstTokenTimeoutError": "_errors",
-    "IdleTimeoutError": "_errors",
-    "ImportReport": "cache",
-    "InputFileError": "cache",
-    "LineError": "cache",
-    "MalformedChunkError": "_errors",
-    "OpenAIConfig": "_config",
-    "QuotaExceededError": "_errors",
-    "RateLimitedError": "_errors",
-    "RequestEnded": "_hooks",
-    "RequestStarted": "_hooks",
-    "ResponseCache": "cache",
-    "ResponseIncompleteError": "chain",
-    "ResponsesDropInStream": "chain",
-    "RetryConfig": "_config",
-    "RetryScheduled": "_hooks",
-    "RouteConfig": "_config",
-    "RouteRejectedError": "_errors",
-    "ServerError": "_errors",
-    "StreamDivergedError": "chain",
-    "StreamEventError": "_errors",
-    "StreamNotFinishedError": "_errors",
-    "StreamProtocolError": "_errors",
-    "TierError": "_errors",
-    "TruncatedStreamError": "_errors",
-    "UnsafeCacheRowError": "_errors",
-    "UpstreamConnectionError": "_errors",
-    "UpstreamStatusError": "_errors",
-    "UpstreamTimeoutError": "_errors",
-    "WarmProgress": "warming",
-    "WarmReport": "warming",
-    "WarmRequest": "warming",
-    "awarm": "warming",
-    "cache_key": "cache",
-    "is_testing": "_timing",
-    "load_config": "_config_file",
-    "set_testing": "_timing",
-    "trace_of": "chain",
-    "warm": "warming",
+    "AllTiersFailedError": "._errors",
+    "AsyncChainChat": ".chain",
+    "AsyncChainCompletions": ".chain",
+    "AsyncChainResponses": ".chain",
+    "AsyncChainStream": ".chain",
+    "AsyncDropInStream": ".chain",
+    "AsyncFallbackChain": ".chain",
+    "AsyncResponsesDropInStream": ".chain",
+    "Attempt": "._results",
+    "AttemptEnded": "._hooks",
+    "AttemptStarted": "._hooks",
+    "BreakerBusyError": "._errors",
+    "BreakerChanged": "._hooks",
+    "BreakerConfig": "._config",
+    "BreakerOpenError": "._errors",
+    "BreakerState": ".breaker",
+    "CacheConfig": "._config",
+    "CacheCorruptError": "._errors",
+    "CacheError": "._errors",
+    "CacheEvent": "._hooks",
+    "CacheStats": ".cache",
+    "CachedAnswer": ".cache",
+    "ChainChat": ".chain",
+    "ChainClosedError": "._errors",
+    "ChainCompletions": ".chain",
+    "ChainConfig": "._config",
+    "ChainEvent": "._results",
+    "ChainListener": "._hooks",
+    "ChainResponse": "._results",
+    "ChainResponses": ".chain",
+    "ChainStream": ".chain",
+    "ConfigError": "._errors",
+    "DeadlineExceededError": "._errors",
+    "DropInStream": ".chain",
+    "ExportRow": ".cache",
+    "FallbackChain": ".chain",
+    "FallbackChainError": "._errors",
+    "FallbackConfig": "._config",
+    "FallbackTaken": "._hooks",
+    "FirstTokenTimeoutError": "._errors",
+    "IdleTimeoutError": "._errors",
+    "ImportReport": ".cache",
+    "InputFileError": ".cache",
+    "LineError": ".cache",
+    "MalformedChunkError": "._errors",
+    "OpenAIConfig": "._config",
+    "QuotaExceededError": "._errors",
+    "RateLimitedError": "._errors",
+    "RequestEnded": "._hooks",
+    "RequestStarted": "._hooks",
+    "ResponseCache": ".cache",
+    "ResponseIncompleteError": ".chain",
+    "ResponsesDropInStream": ".chain",
+    "RetryConfig": "._config",
+    "RetryScheduled": "._hooks",
+    "RouteConfig": "._config",
+    "RouteRejectedError": "._errors",
+    "ServerError": "._errors",
+    "StreamDivergedError": ".chain",
+    "StreamEventError": "._errors",
+    "StreamNotFinishedError": "._errors",
+    "StreamProtocolError": "._errors",
+    "TierError": "._errors",
+    "TruncatedStreamError": "._errors",
+    "UnsafeCacheRowError": "._errors",
+    "UpstreamConnectionError": "._errors",
+    "UpstreamStatusError": "._errors",
+    "UpstreamTimeoutError": "._errors",
+    "WarmProgress": ".warming",
+    "WarmReport": ".warming",
+    "WarmRequest": ".warming",
+    "awarm": ".warming",
+    "cache_key": ".cache",
+    "is_testing": "._timing",
+    "load_config": "._config_file",
+    "set_testing": "._timing",
+    "trace_of": ".chain",
+    "warm": ".warming",
 }
 
 if TYPE_CHECKING:
@@ -202,14 +204,7 @@ if TYPE_CHECKING:
     # isort: on
 
 
-def __getattr__(name: str) -> Any:
-    """Import the module that defines ``name`` on first access, then keep the value here."""
-    home = _HOME_OF.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value  # later lookups are plain attribute reads
-    return value
+__getattr__ = loaded_on_first_use(globals(), _HOME_OF)
 
 
 def __dir__() -> list[str]:

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any
 
-__all__ = ["loaded_on_first_use", "pybreaker_without_redis"]
+__all__ = ["pybreaker_without_redis"]
 
 _HIDDEN: tuple[str, ...] = ("redis",)
 
@@ -107,20 +107,3 @@ def _bind_redis_names(pybreaker: ModuleType) -> None:
     names = {"Redis": Redis, "Pipeline": Pipeline, "RedisError": RedisError}
     for name, value in [*names.items(), ("HAS_REDIS_SUPPORT", True)]:
         setattr(pybreaker, name, value)
-
-
-def loaded_on_first_use(package: str, homes: dict[str, str]) -> Callable[[str], Any]:
-    """A package's ``__getattr__`` (PEP 562) giving each name of ``homes`` from its module.
-
-    ``homes`` maps a name to the package's module that defines it (``"._redis_store"``): that
-    module is imported only when the name is first asked for, so a package can offer a class
-    that needs an optional dependency (the redis client) without importing it up front.
-    """
-
-    def get(name: str) -> Any:
-        home = homes.get(name)
-        if home is None:
-            raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        return getattr(importlib.import_module(home, package), name)
-
-    return get

@@ -193,7 +193,7 @@ def test_the_lazy_lookup_and_the_type_checking_imports_agree():
     assert len(fallbackchain.__all__) == len(set(fallbackchain.__all__))
     for name, module in declared.items():
         # the table names the same home as the import type checkers read
-        assert fallbackchain._HOME_OF[name] == module.lstrip("."), name
+        assert fallbackchain._HOME_OF[name] == f".{module.lstrip('.')}", name
         home = importlib.import_module(f"fallbackchain.{module.lstrip('.')}")
         assert name in home.__all__, name  # a public name is public where it lives too
         assert getattr(fallbackchain, name) is getattr(home, name), name
@@ -212,6 +212,17 @@ def test_type_checkers_see_every_public_name_as_re_exported():
         if alias.asname != alias.name
     ]
     assert plain == []
+
+
+def test_a_name_loaded_on_first_use_is_then_a_plain_attribute():
+    code = """
+import fallbackchain
+assert "ChainConfig" not in vars(fallbackchain)
+config_class = fallbackchain.ChainConfig
+assert vars(fallbackchain)["ChainConfig"] is config_class
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
 
 
 def test_an_unknown_name_is_an_attribute_error():

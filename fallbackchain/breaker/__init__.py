@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .._optional import loaded_on_first_use
+from .._lazy import loaded_on_first_use
 from ._gate import BreakerGate, StateChangeCallback
 from ._permit import BUSY, Busy, Permit
 from ._stores import BreakerState, GateStore, MemoryGateStore
@@ -53,4 +53,4 @@ __all__ = [
 ]
 
 # RedisGateStore imports the redis client: loaded only when first asked for.
-__getattr__ = loaded_on_first_use(__name__, {"RedisGateStore": "._redis_store"})
+__getattr__ = loaded_on_first_use(globals(), {"RedisGateStore": "._redis_store"})

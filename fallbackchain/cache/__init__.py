@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .._optional import loaded_on_first_use
+from .._lazy import loaded_on_first_use
 from ._disk_cache import ResponseCache
 from ._jsonl import (
     ExportRow,
@@ -49,4 +49,4 @@ __all__ = [
 ]
 
 # RedisResponseCache imports the redis client: loaded only when first asked for.
-__getattr__ = loaded_on_first_use(__name__, {"RedisResponseCache": "._redis_cache"})
+__getattr__ = loaded_on_first_use(globals(), {"RedisResponseCache": "._redis_cache"})

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .._optional import loaded_on_first_use
+from .._lazy import loaded_on_first_use
 from ._assembly import COMPLETE_FINISH_REASONS, AttemptAssembler, Display, Fragment, Piece
 from ._async import AsyncChainStream, AsyncFallbackChain
 from ._backoff import RetryDecision, decide, full_jitter, is_transport_fault
@@ -104,7 +104,7 @@ __all__ = [
 # The drop-in surfaces (chat's and the Responses API's) load on first use: an app that only
 # streams through the chain does not pay for them at import.
 __getattr__ = loaded_on_first_use(
-    __name__,
+    globals(),
     {
         "AsyncChainChat": "._dropin",
         "AsyncChainCompletions": "._dropin",
