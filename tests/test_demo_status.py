@@ -48,7 +48,7 @@ def test_each_chapter_is_answered_by_the_tier_the_story_says(story):
 @pytest.mark.slow  # the whole demo (the story fixture)
 def test_no_text_is_shown_twice_and_open_breakers_leave_upstream_untouched(story):
     result = story[0]
-    assert result.duplicated_text == 0
+    assert result.chain.duplicated == 0
     assert result.open_breaker_answers >= 3
     assert result.upstream_during_open_breakers == 0
 
@@ -56,11 +56,13 @@ def test_no_text_is_shown_twice_and_open_breakers_leave_upstream_untouched(story
 @pytest.mark.slow  # the whole demo (the story fixture)
 def test_the_replayed_tutorial_loop_does_worse_on_the_same_faults(story):
     result = story[0]
-    assert result.naive_calls > 2 * result.upstream_calls
-    assert result.naive_duplicated > 0
-    assert result.naive_truncated_accepted == 1
-    assert result.naive_failures > 0
-    assert result.naive_waited > 10 * result.waited
+    ours, theirs = result.chain, result.tutorial
+    assert theirs.upstream_calls > 2 * ours.upstream_calls
+    assert theirs.duplicated > 0
+    assert (ours.truncated_accepted, theirs.truncated_accepted) == (0, 1)
+    assert ours.failures == 0
+    assert theirs.failures > 0
+    assert theirs.waited > 10 * ours.waited
 
 
 @pytest.mark.slow  # the whole demo (the story fixture)
@@ -68,13 +70,13 @@ def test_a_dropped_background_responses_stream_is_resumed_not_generated_again(st
     result, out = story[0], story[1]
     assert "== Responses API: a background stream dropped mid-answer is resumed" in out
     # one generation (one POST, billed once), resumed by one GET where it stopped
-    assert (result.resumed_posts, result.resumed_retrievals) == (1, 1)
-    assert result.resumed_repeated == 0  # each event shown once
+    assert (result.chain.resumed_posts, result.resumed_retrievals) == (1, 1)
+    assert result.chain.resumed_repeated == 0  # each event shown once
     assert "resumed after event" in result.resumed_after
     assert "no new request" in result.resumed_after
     # the tutorial loop, on the same drop, asks again from the start and shows it twice
-    assert result.naive_resumed_posts == 2
-    assert result.naive_resumed_repeated > 0
+    assert result.tutorial.resumed_posts == 2
+    assert result.tutorial.resumed_repeated > 0
     assert "Responses stream dropped mid-answer: generations billed" in out
     rows = [json.loads(line) for line in story[2].read_text().splitlines()]
     [started] = [r for r in rows if r["phase"] == "resumed" and r["event"] == "RequestStarted"]

@@ -93,13 +93,14 @@ the resilience story: :func:`run_demo` drives a real chain against two fault
 servers and returns a :class:`DemoResult` (both load on first use).
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._lazy import loaded_on_first_use
 from ._faults import Answer, Fault, FaultKind, ToolCall
 from ._server import DEFAULT_MODELS, FaultServer, RecordedRequest, Responder
 
 if TYPE_CHECKING:
-    from ._demo import DemoResult, run_demo
+    from ._demo import DemoResult, Tally, run_demo
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -110,17 +111,12 @@ __all__ = [
     "FaultServer",
     "RecordedRequest",
     "Responder",
+    "Tally",
     "ToolCall",
     "run_demo",
 ]
 
-_DEMO_NAMES = frozenset({"DemoResult", "run_demo"})
-
-
-def __getattr__(name: str) -> Any:
-    # The demo drives a whole chain: load it (and the chain) only when asked (PEP 562).
-    if name in _DEMO_NAMES:
-        from . import _demo  # noqa: PLC0415
-
-        return getattr(_demo, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The demo drives a whole chain: it (and the chain) load only when asked for.
+__getattr__ = loaded_on_first_use(
+    globals(), {"DemoResult": "._demo", "Tally": "._demo", "run_demo": "._demo"}
+)

@@ -51,7 +51,7 @@ from .. import (
 from ._faults import Fault
 from ._server import FaultServer
 
-__all__ = ["DemoResult", "run_demo"]
+__all__ = ["DemoResult", "Tally", "run_demo"]
 
 _COLORS = {"title": "1;36", "reset": "1;33", "source": "1;32", "dim": "2", "bad": "1;31"}
 
@@ -65,27 +65,30 @@ class _Phase:
 
 
 @dataclass(slots=True)
+class Tally:
+    """One side of the comparison, on the same faults: the chain, or the tutorial's loop."""
+
+    upstream_calls: int = 0
+    failures: int = 0
+    waited: float = 0.0
+    duplicated: int = 0
+    truncated_accepted: int = 0
+    resumed_posts: int = 0  # Responses generations billed for the dropped stream
+    resumed_repeated: int = 0  # characters of that answer shown twice
+
+
+@dataclass(slots=True)
 class DemoResult:
-    """What the story showed: per phase, the sources that answered; and the totals."""
+    """What the story showed: per phase, the sources that answered; and the two tallies."""
 
     sources: dict[str, list[str]] = field(default_factory=dict)
     latencies: dict[str, list[float]] = field(default_factory=lambda: {})
-    upstream_calls: int = 0
+    chain: Tally = field(default_factory=Tally)
+    tutorial: Tally = field(default_factory=Tally)
     upstream_during_open_breakers: int = 0
     open_breaker_answers: int = 0
-    waited: float = 0.0
-    duplicated_text: int = 0
-    naive_calls: int = 0
-    naive_waited: float = 0.0
-    naive_failures: int = 0
-    naive_duplicated: int = 0
-    naive_truncated_accepted: int = 0
-    resumed_posts: int = 0
     resumed_retrievals: int = 0
-    resumed_repeated: int = 0
     resumed_after: str = ""
-    naive_resumed_posts: int = 0
-    naive_resumed_repeated: int = 0
     seconds: float = 0.0
 
 
@@ -301,12 +304,16 @@ def run_demo(
                             state == "open" for state in chain.breaker_states().values()
                         )
                         response, took, duplicated = _ask(chain, prompt, printer, recorder)
-                        result.duplicated_text += duplicated
+                        result.chain.duplicated += duplicated
                         source = response.source if response else "failed"
                         result.sources.setdefault(phase.key, []).append(source)
                         result.latencies.setdefault(source, []).append(took)
-                        if response is not None:
-                            result.waited += sum(a.delay_before for a in response.attempts)
+                        if response is None:
+                            result.chain.failures += 1
+                        else:
+                            result.chain.waited += sum(a.delay_before for a in response.attempts)
+                            finish = response.completion.choices[0].finish_reason
+                            result.chain.truncated_accepted += finish is None
                         if all_open:
                             spent = primary.counts["total"] + backup.counts["total"] - calls_before
                             result.upstream_during_open_breakers += spent
@@ -317,7 +324,7 @@ def run_demo(
                         f"breakers: {chain.breaker_states()}",
                         "dim",
                     )
-                result.upstream_calls = primary.counts["total"] + backup.counts["total"]
+                result.chain.upstream_calls = primary.counts["total"] + backup.counts["total"]
                 recorder.phase = "resumed"
                 _resumption(chain, primary, printer, result)
         finally:
@@ -375,9 +382,9 @@ def _resumption(
     took = time.perf_counter() - started
     trace = trace_of(events)
     counts = primary.route_counts - before
-    result.resumed_posts = counts["responses.create"]
+    result.chain.resumed_posts = counts["responses.create"]
     result.resumed_retrievals = counts["responses.retrieve"]
-    result.resumed_repeated = max(0, len("".join(shown)) - len(final))
+    result.chain.resumed_repeated = max(0, len("".join(shown)) - len(final))
     notes = [a.error for a in trace.attempts if a.error] if trace else []
     result.resumed_after = notes[0] if notes else ""
     tries = ", ".join(f"{a.tier}:{a.error or 'ok'}" for a in trace.attempts) if trace else ""
@@ -387,9 +394,9 @@ def _resumption(
         f"    source={printer.paint(source, 'source')}  {took * 1000:.2f} ms  attempts=[{tries}]"
     )
     printer.write(
-        f"    upstream: {result.resumed_posts} POST /responses, "
+        f"    upstream: {result.chain.resumed_posts} POST /responses, "
         f"{result.resumed_retrievals} GET /responses/{{id}}?starting_after=N; "
-        f"characters shown twice: {result.resumed_repeated}",
+        f"characters shown twice: {result.chain.resumed_repeated}",
         "dim",
     )
 
@@ -411,14 +418,14 @@ def _replay_naive_resumption(primary: FaultServer, result: DemoResult) -> None:
                     for event in events:
                         if event.type == "response.output_text.delta":
                             shown += event.delta
-                result.naive_resumed_repeated += answered  # printed again from the start
+                result.tutorial.resumed_repeated += answered  # printed again from the start
                 break
             except openai.APIError:
                 continue
     finally:
         client.close()
         primary.clear()
-    result.naive_resumed_posts = (primary.route_counts - before)["responses.create"]
+    result.tutorial.resumed_posts = (primary.route_counts - before)["responses.create"]
 
 
 # -- the tutorial loop, replayed ------------------------------------------------------------------
@@ -447,11 +454,12 @@ def _replay_naive(
             phase.setup(primary, backup)
             for prompt in phase.prompts:
                 waited, failed, duplicated, truncated = _naive_request(client, prompt, rng)
-                result.naive_waited += waited
-                result.naive_failures += failed
-                result.naive_duplicated += duplicated
-                result.naive_truncated_accepted += truncated
-        result.naive_calls = primary.counts["total"]
+                tally = result.tutorial
+                tally.waited += waited
+                tally.failures += failed
+                tally.duplicated += duplicated
+                tally.truncated_accepted += truncated
+        result.tutorial.upstream_calls = primary.counts["total"]
     finally:
         client.close()
         primary.clear()
@@ -538,7 +546,6 @@ def _sdk_create_with_retries(
 
 def _print_table(printer: _Printer, result: DemoResult) -> None:
     counts = Counter(source for sources in result.sources.values() for source in sources)
-    answered = sum(n for source, n in counts.items() if source != "failed")
     total = sum(counts.values())
     printer.write("\n== Summary", "title")
     printer.write("  requests answered per tier:")
@@ -546,32 +553,28 @@ def _print_table(printer: _Printer, result: DemoResult) -> None:
         times = result.latencies.get(source, [])
         median = statistics.median(times) * 1000 if times else 0.0
         printer.write(f"    {source:<12} {n:>3}   median {median:9.2f} ms")
+
+    def both(name: str, show: Callable[[Tally], str]) -> tuple[str, str, str]:
+        return name, show(result.chain), show(result.tutorial)
+
     rows = [
         ("", "fallbackchain", "tutorial retry loop"),
-        ("answers served", f"{answered}/{total}", f"{total - result.naive_failures}/{total}"),
-        ("upstream calls", str(result.upstream_calls), str(result.naive_calls)),
+        both("answers served", lambda t: f"{total - t.failures}/{total}"),
+        both("upstream calls", lambda t: str(t.upstream_calls)),
         (
             f"upstream calls for the {result.open_breaker_answers} answers with all breakers open",
             str(result.upstream_during_open_breakers),
             "n/a (no breaker)",
         ),
-        ("characters shown twice", str(result.duplicated_text), str(result.naive_duplicated)),
-        ("truncated answers accepted", "0", str(result.naive_truncated_accepted)),
+        both("characters shown twice", lambda t: str(t.duplicated)),
+        both("truncated answers accepted", lambda t: str(t.truncated_accepted)),
         (
             "Responses stream dropped mid-answer: generations billed",
-            f"{result.resumed_posts} (resumed)",
-            f"{result.naive_resumed_posts} (asked again)",
+            f"{result.chain.resumed_posts} (resumed)",
+            f"{result.tutorial.resumed_posts} (asked again)",
         ),
-        (
-            "  characters of it shown twice",
-            str(result.resumed_repeated),
-            str(result.naive_resumed_repeated),
-        ),
-        (
-            "time spent sleeping on retries",
-            f"{result.waited:.1f} s",
-            f"{result.naive_waited:.1f} s",
-        ),
+        both("  characters of it shown twice", lambda t: str(t.resumed_repeated)),
+        both("time spent sleeping on retries", lambda t: f"{t.waited:.1f} s"),
     ]
     width = max(len(r[0]) for r in rows)
     for name, ours, theirs in rows:
