@@ -24,7 +24,7 @@ async chain's): nothing else in the chain changes.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 import openai
 from openai.types import CompletionUsage
@@ -45,9 +45,9 @@ __all__ = [
     "ChatEndpoint",
     "Endpoint",
     "StreamAssembly",
+    "UsageBilling",
     "attempt_kwargs",
     "check_request",
-    "usage_tokens",
 ]
 
 Answer = TypeVar("Answer")
@@ -234,26 +234,55 @@ def attempt_kwargs(
     return kwargs
 
 
-def usage_tokens(usage: Any, billed_in: str, billed_out: str) -> tuple[int | None, int | None]:
-    """The input and output tokens a ``usage`` object reports under those field names.
+class _Billed(Protocol):
+    """An SDK answer that reports its ``usage`` (``None`` when the provider sent none)."""
 
-    ``(None, None)`` when the answer reported no usage.
+    @property
+    def usage(self) -> Any: ...
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """Pydantic's copy, with fields replaced."""
+        ...
+
+
+Billed = TypeVar("Billed", bound=_Billed)
+
+
+class UsageBilling:
+    """:meth:`Endpoint.tokens` and :meth:`Endpoint.unbilled` for answers that carry ``usage``.
+
+    An endpoint subclasses it and names, as class attributes, its usage's fields of tokens in
+    and out (``billed_in``, ``billed_out``) and a usage that counts none (``nothing_billed``).
     """
-    if usage is None:
-        return None, None
-    return getattr(usage, billed_in), getattr(usage, billed_out)
+
+    __slots__ = ()
+
+    billed_in: ClassVar[str]
+    billed_out: ClassVar[str]
+    nothing_billed: ClassVar[object]
+
+    def tokens(self, answer: _Billed) -> tuple[int | None, int | None]:
+        usage = answer.usage
+        if usage is None:
+            return None, None
+        return getattr(usage, self.billed_in), getattr(usage, self.billed_out)
+
+    def unbilled(self, answer: Billed) -> tuple[Billed, Any]:
+        return answer.model_copy(update={"usage": self.nothing_billed}), answer.usage
 
 
-_NOTHING_BILLED = CompletionUsage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
 _CHAT_OWN = frozenset({"stream", "messages", "model"})
 
 
-class ChatEndpoint:
+class ChatEndpoint(UsageBilling):
     """``client.chat.completions.create``: chunks, ``ChatCompletion`` answers, ``fc1-`` keys."""
 
     __slots__ = ()
 
     name = "chat"
+    billed_in = "prompt_tokens"
+    billed_out = "completion_tokens"
+    nothing_billed = CompletionUsage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
 
     def validate(self, request: Mapping[str, Any]) -> None:
         check_request(request, ("messages",), "messages must not be empty")
@@ -289,12 +318,6 @@ class ChatEndpoint:
 
     def fragments(self, answer: ChatCompletion) -> tuple[Fragment, ...]:
         return whole_fragments(answer)
-
-    def tokens(self, answer: ChatCompletion) -> tuple[int | None, int | None]:
-        return usage_tokens(answer.usage, "prompt_tokens", "completion_tokens")
-
-    def unbilled(self, answer: ChatCompletion) -> tuple[ChatCompletion, Any]:
-        return answer.model_copy(update={"usage": _NOTHING_BILLED}), answer.usage
 
     def encode(self, answer: ChatCompletion) -> ChatCompletion:
         return answer

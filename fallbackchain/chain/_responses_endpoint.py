@@ -37,7 +37,7 @@ from openai.types.responses import Response, ResponseUsage
 
 from .._errors import MalformedChunkError, StreamEventError, TruncatedStreamError
 from ._assembly import Fragment
-from ._endpoint import Endpoint, attempt_kwargs, check_request, usage_tokens
+from ._endpoint import Endpoint, UsageBilling, attempt_kwargs, check_request
 from ._responses_assembly import (
     ANSWERED_INCOMPLETE,
     ResponseAssembler,
@@ -55,7 +55,7 @@ ENVELOPE_FIELD: Final = "fallbackchain_response"
 _OWN: Final = frozenset({"model", "stream"})
 _STREAM_ONLY: Final = ("stream_options", "background")
 _INPUTS: Final = ("input", "prompt", "previous_response_id", "conversation")
-_NOTHING_BILLED: Final = ResponseUsage(
+_NOTHING_BILLED: Final = ResponseUsage(  # every field the SDK type requires, zero
     input_tokens=0,
     input_tokens_details={"cached_tokens": 0, "cache_write_tokens": 0},  # type: ignore[arg-type]
     output_tokens=0,
@@ -75,12 +75,15 @@ def _retrieve_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {name: kwargs[name] for name in keep if name in kwargs}
 
 
-class ResponsesEndpoint:
+class ResponsesEndpoint(UsageBilling):
     """``client.responses.create``: typed events, ``Response`` answers, ``fc1-`` keys."""
 
     __slots__ = ()
 
     name = "responses"
+    billed_in = "input_tokens"
+    billed_out = "output_tokens"
+    nothing_billed = _NOTHING_BILLED
 
     def validate(self, request: Mapping[str, Any]) -> None:
         check_request(request, _INPUTS, "input must not be empty")
@@ -162,12 +165,6 @@ class ResponsesEndpoint:
         if refusal:
             shown.append(Fragment("refusal", "".join(refusal)))
         return tuple(shown)
-
-    def tokens(self, answer: Response) -> tuple[int | None, int | None]:
-        return usage_tokens(answer.usage, "input_tokens", "output_tokens")
-
-    def unbilled(self, answer: Response) -> tuple[Response, Any]:
-        return answer.model_copy(update={"usage": _NOTHING_BILLED}), answer.usage
 
     def encode(self, answer: Response) -> ChatCompletion:
         usage = answer.usage
