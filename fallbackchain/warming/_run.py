@@ -23,9 +23,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Container, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Final, Literal, Protocol, TypedDict, TypeVar
 
 from .._timing import Clock, is_testing
@@ -182,17 +182,6 @@ _F = TypeVar("_F", bound=Finished)
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Tally:
-    warmed: int = 0
-    skipped: int = 0
-    failed: int = 0
-    tokens: int = 0
-    done: int = 0
-    errors: list[LineError] = field(default_factory=list)
-    planned: list[WarmRequest] = field(default_factory=list)
-
-
 class WarmRun:
     """The state and every decision of one run, shared by the sync and async drivers.
 
@@ -237,7 +226,10 @@ class WarmRun:
             clock=options.get("clock") or chain.clock,
             max_wait=max_wait_of(chain, options.get("max_wait")),
         )
-        self.tally = _Tally()
+        self.settled: Counter[WarmOutcome] = Counter()  # prompts settled, by outcome
+        self.tokens = 0  # of the warmed answers
+        self.errors: list[LineError] = []  # failed prompts (bad lines are in `invalid`)
+        self.planned: list[WarmRequest] = []  # a dry run's prompts that would be sent
         self.seen: dict[str, WarmRequest] = {}
         self.gave_up = False
         self.started = time.perf_counter()
@@ -340,8 +332,8 @@ class WarmRun:
         """Settle ``item`` as failed: one :class:`LineError` naming its line, logged."""
         request = item.request
         error = LineError(request.file, request.line, f"failed: {message}")
-        self.tally.failed += 1
-        self.tally.errors.append(error)
+        self.settled["failed"] += 1
+        self.errors.append(error)
         _log.warning("%s", error, extra={WARM_RECORD: True})
         self._tell(replace(self._settled(item, "failed"), error=error))
 
@@ -349,22 +341,17 @@ class WarmRun:
         self, item: Prompt, outcome: WarmOutcome, *, tokens: int = 0, note: str | None = None
     ) -> None:
         """Settle ``item`` as warmed (with its ``tokens``), skipped (``note``: why) or planned."""
-        tally = self.tally
-        if outcome == "warmed":
-            tally.warmed += 1
-            tally.tokens += tokens
-        elif outcome == "skipped":
-            tally.skipped += 1
-        else:
-            tally.planned.append(item.request)
+        self.settled[outcome] += 1
+        self.tokens += tokens
+        if outcome == "planned":
+            self.planned.append(item.request)
         self._tell(replace(self._settled(item, outcome), tokens=tokens, note=note))
 
     def _settled(self, item: Prompt, outcome: WarmOutcome) -> WarmProgress:
-        """Count ``item`` done; the progress event, before its own tokens, error and note."""
-        t = self.tally
-        t.done += 1
+        """The progress event of ``item`` (already counted), before its tokens, error and note."""
+        n = self.settled  # this one included: settle() and fail() count it first
         return WarmProgress(
-            t.done, self.total, item.request, outcome, t.warmed, t.skipped, t.failed
+            n.total(), self.total, item.request, outcome, n["warmed"], n["skipped"], n["failed"]
         )
 
     def _tell(self, event: WarmProgress) -> None:
@@ -373,10 +360,9 @@ class WarmRun:
 
     def report(self) -> WarmReport:
         """The summary so far (the whole run's once :meth:`next_step` said it is done)."""
-        t = self.tally
-        errors = tuple(sorted([*self.invalid, *t.errors], key=lambda e: (e.file, e.line)))
+        errors = tuple(sorted([*self.invalid, *self.errors], key=lambda e: (e.file, e.line)))
         seconds = time.perf_counter() - self.started
-        invalid, planned = len(self.invalid), tuple(t.planned)
+        n, invalid, planned = self.settled, len(self.invalid), tuple(self.planned)
         return WarmReport(
-            t.warmed, t.skipped, t.failed, invalid, t.tokens, seconds, errors, planned
+            n["warmed"], n["skipped"], n["failed"], invalid, self.tokens, seconds, errors, planned
         )
