@@ -18,7 +18,7 @@ from fallbackchain._results import ChainEvent, ChainResponse
 from fallbackchain.chain._dropin_chunks import Chunker
 from fallbackchain.testing import Answer, Fault, FaultServer, ToolCall
 
-from .conftest import between_tests, user
+from .conftest import user
 
 MODEL = "test-model"
 LEAD = "Let me look that up for you right away."  # 8 words: 8 content chunks
@@ -51,15 +51,10 @@ def respond(messages: Sequence[Mapping[str, Any]], model: str) -> str | Answer:
 
 
 @pytest.fixture(scope="module")
-def _tool_server() -> Iterator[FaultServer]:
+def _session_server() -> Iterator[FaultServer]:
+    """This module's fault server, scripted by ``respond``, in place of the session's."""
     with FaultServer(responder=respond) as server:
         yield server
-
-
-@pytest.fixture
-def server(_tool_server: FaultServer) -> Iterator[FaultServer]:
-    """This module's fault server (scripted tool calls) in place of the session's."""
-    yield from between_tests(_tool_server)
 
 
 # -- the unchanged openai-SDK snippet, with tools ------------------------------------------------

@@ -26,7 +26,7 @@ from fallbackchain import (
 from fallbackchain.chain._assembly import AttemptAssembler, Display
 from fallbackchain.testing import Answer, Fault, FaultServer, ToolCall
 
-from .conftest import between_tests, user
+from .conftest import user
 
 MODEL = "test-model"
 WEATHER = ToolCall("get_weather", {"city": "Oslo", "unit": "celsius"})
@@ -57,15 +57,10 @@ def respond(messages: Sequence[Mapping[str, Any]], model: str) -> str | Answer:
 
 
 @pytest.fixture(scope="module")
-def _tool_server() -> Iterator[FaultServer]:
+def _session_server() -> Iterator[FaultServer]:
+    """This module's fault server, scripted by ``respond``, in place of the session's."""
     with FaultServer(responder=respond) as server:
         yield server
-
-
-@pytest.fixture
-def server(_tool_server: FaultServer) -> Iterator[FaultServer]:
-    """This module's fault server (scripted tool calls) in place of the session's."""
-    yield from between_tests(_tool_server)
 
 
 # -- what a consumer rebuilds ------------------------------------------------------------------

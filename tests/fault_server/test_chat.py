@@ -27,29 +27,13 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from fallbackchain.testing import Fault, FaultServer, RecordedRequest
 
+from .conftest import make_client
+
 MODEL = "gpt-4o-mini"
 MESSAGES: list[ChatCompletionMessageParam] = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "What is a fault server?"},
 ]
-
-
-@pytest.fixture
-def server() -> Iterator[FaultServer]:
-    with FaultServer(words=12) as srv:
-        yield srv
-
-
-def make_client(server: FaultServer, **kwargs: Any) -> openai.OpenAI:
-    kwargs.setdefault("max_retries", 0)
-    kwargs.setdefault("timeout", httpx2.Timeout(10.0))
-    return openai.OpenAI(base_url=server.base_url, api_key="test", **kwargs)
-
-
-@pytest.fixture
-def client(server: FaultServer) -> Iterator[openai.OpenAI]:
-    with make_client(server) as c:
-        yield c
 
 
 def stream_chunks(client: openai.OpenAI, **kwargs: Any) -> list[Any]:

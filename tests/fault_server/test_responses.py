@@ -10,7 +10,6 @@ import asyncio
 import http.client
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx2
@@ -40,6 +39,8 @@ from openai.types.responses import (
 
 from fallbackchain.testing import Answer, Fault, FaultServer, ToolCall
 
+from .conftest import make_client
+
 MODEL = "gpt-4o-mini"
 PROMPT = "What is a fault server?"
 MESSAGES = [{"role": "user", "content": PROMPT}]
@@ -62,24 +63,6 @@ TYPED: dict[str, type[Any]] = {
     "response.failed": ResponseFailedEvent,
     "error": ResponseErrorEvent,
 }
-
-
-@pytest.fixture
-def server() -> Iterator[FaultServer]:
-    with FaultServer(words=12) as srv:
-        yield srv
-
-
-def make_client(server: FaultServer, **kwargs: Any) -> openai.OpenAI:
-    kwargs.setdefault("max_retries", 0)
-    kwargs.setdefault("timeout", httpx2.Timeout(10.0))
-    return openai.OpenAI(base_url=server.base_url, api_key="test", **kwargs)
-
-
-@pytest.fixture
-def client(server: FaultServer) -> Iterator[openai.OpenAI]:
-    with make_client(server) as c:
-        yield c
 
 
 def stream_events(client: openai.OpenAI, **kwargs: Any) -> list[Any]:
