@@ -373,7 +373,7 @@ def test_warm_refuses_a_read_only_cache_and_sends_nothing(
     server.reset_counts()
     argv = [sys.executable, "-c", WARM_CHILD, str(prompts), str(config)]
     result = run_with_read_only(tmp_path, directory, argv)
-    assert result["code"] == 2
+    assert result["code"] == 1
     assert (
         f"fallbackchain: error: the cache at {directory} could only be opened read-only "
         "(see the warning above): answers would not be stored"

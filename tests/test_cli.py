@@ -263,7 +263,7 @@ def test_warm_refuses_a_cache_that_cannot_be_opened(cli, config, prompts, tmp_pa
     directory.mkdir(mode=0o700)
     (directory / "cache.db").write_bytes(b"this is not a database" * 100)
     result = cli("warm", prompts, "--config", config)
-    assert result.code == 2
+    assert result.code == 1  # the state cannot be used: not a usage error
     assert result.err_lines[-1].endswith("cannot be opened (see the warning above)")
     assert server.counts["total"] == 0
 
@@ -555,7 +555,7 @@ def test_a_cache_that_cannot_be_opened_is_one_clear_error(cli, config, tmp_path)
     directory.mkdir(mode=0o700)
     (directory / "cache.db").write_bytes(b"this is not a database" * 100)
     result = cli("cache", "stats", "--config", config)
-    assert result.code == 2
+    assert result.code == 1
     assert result.err_lines[-1] == (
         f"fallbackchain: error: the cache at {directory} cannot be opened (see the warning above)"
     )

@@ -405,6 +405,25 @@ def test_status_exits_1_when_the_shared_cache_redis_is_unreachable(cli, tmp_path
     assert "Traceback" not in result.err
 
 
+@pytest.mark.parametrize(
+    "command", [["stats"], ["export", "out.jsonl"], ["import", "in.jsonl"], ["prune"], ["clear", "--yes"]]
+)
+def test_cache_commands_exit_1_when_the_shared_cache_redis_is_unreachable(cli, tmp_path, command):
+    require_redis_package()
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    path = status_config(tmp_path, f'backend = "redis"\nredis_url = "{url}"\n')
+    (tmp_path / "in.jsonl").write_text("", encoding="utf-8")
+    args = [str(tmp_path / a) if a.endswith(".jsonl") else a for a in command]
+    result = cli("cache", *args, "--config", path)
+    assert result.code == 1, result.err  # the cache cannot be used: not a usage error (2)
+    assert result.err_lines[-1] == (
+        f"fallbackchain: error: the cache at {url} fallbackchain:cache:* cannot be opened "
+        "(see the warning above)"
+    )
+    assert "Traceback" not in result.err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
 def test_status_is_zero_when_redis_answers(cli, tmp_path):
     require_redis_package()
     require_redis_server()

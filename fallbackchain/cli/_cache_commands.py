@@ -21,7 +21,17 @@ from .._backends import response_cache
 from .._config import ChainConfig
 from .._config_file import load_config
 from ..cache import Cache
-from ._output import PROG, ExitCode, UsageError, duration, err, out, showing_warnings, timestamp
+from ._output import (
+    PROG,
+    CommandFailed,
+    ExitCode,
+    UsageError,
+    duration,
+    err,
+    out,
+    showing_warnings,
+    timestamp,
+)
 
 __all__ = [
     "cmd_cache_clear",
@@ -59,16 +69,18 @@ def _say_no_cache(directory: str) -> int:
 
 
 def require_readable(cache: Cache) -> None:
-    """The cache must be open (else :class:`UsageError`: see the warning it logged)."""
+    """The cache must be open (else :class:`CommandFailed`: see the warning it logged)."""
     if not cache.disk_available:
-        raise UsageError(f"the cache at {cache.directory} cannot be opened (see the warning above)")
+        raise CommandFailed(
+            f"the cache at {cache.directory} cannot be opened (see the warning above)"
+        )
 
 
 def require_writable(cache: Cache) -> None:
     """The cache must be open for writing (warming a read-only cache would store nothing)."""
     require_readable(cache)
     if cache.read_only:
-        raise UsageError(
+        raise CommandFailed(
             f"the cache at {cache.directory} could only be opened read-only (see the warning "
             "above): answers would not be stored"
         )
@@ -76,7 +88,7 @@ def require_writable(cache: Cache) -> None:
 
 @contextlib.contextmanager
 def _readable_cache(config: ChainConfig) -> Iterator[Cache]:
-    """The cache ``config`` uses, open and readable (else :class:`UsageError`), warnings shown."""
+    """The cache ``config`` uses, open and readable (else :class:`CommandFailed`); warns."""
     with showing_warnings(), open_cache(config) as cache:
         require_readable(cache)
         yield cache

@@ -30,7 +30,7 @@ from ._cache_commands import (
 )
 from ._config_commands import cmd_check_config, cmd_init
 from ._demo_command import cmd_demo
-from ._output import PROG, ExitCode, UsageError, err
+from ._output import PROG, CommandFailed, ExitCode, UsageError, err
 from ._status import cmd_status
 from ._warm_command import cmd_warm
 
@@ -115,7 +115,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog=(
             f"Every command that reads a config takes --config CONFIG, else ${CONFIG_ENV}, "
             f"else ./{DEFAULT_CONFIG}. "
-            "Exit status: 0 ok, 1 something failed, 2 usage or input error, 130 interrupted."
+            "Exit status: 0 ok, 1 something failed (or the cache or Redis cannot be used), "
+            "2 usage or input error, 130 interrupted."
         ),
     )
     parser.add_argument("--version", action="version", version=_version())
@@ -292,6 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, InputFileError, UsageError) as exc:
         err(f"{PROG}: error: {exc}")
         return ExitCode.USAGE
+    except CommandFailed as exc:
+        err(f"{PROG}: error: {exc}")
+        return ExitCode.FAILED
     except KeyboardInterrupt:
         err(f"{PROG}: interrupted")
         return ExitCode.INTERRUPTED

@@ -19,6 +19,7 @@ from ..warming import WARM_RECORD
 
 __all__ = [
     "PROG",
+    "CommandFailed",
     "ExitCode",
     "UsageError",
     "duration",
@@ -48,6 +49,13 @@ PROG: Final = "fallbackchain"
 
 class UsageError(Exception):
     """Stops a command before it did anything: one line on stderr, exit status 2."""
+
+
+class CommandFailed(Exception):  # noqa: N818 - reads as what happened, as UsageError does
+    """Stops a command whose state cannot be used: one line on stderr, exit status 1.
+
+    An unreadable cache, an unreachable Redis, a read-only cache to warm: nothing was done.
+    """
 
 
 def printable(text: str, stream: TextIO) -> str:
