@@ -24,8 +24,9 @@ applies: ``"raise"`` (default) raises :class:`StreamDivergedError` carrying the 
 ``"buffer"`` yields nothing until the answer is final. Never two answers glued into one.
 
 The pieces: ``_dropin_args`` plans a call (sans I/O), ``_dropin_chunks`` turns events into
-chunks, ``_dropin_stream`` holds the streams, ``_dropin_errors`` the SDK's error classes,
-``_dropin_raw`` the raw-response wrappers. This module only does the I/O.
+chunks, ``_dropin_stream`` holds the streams (``_sdk_stream``'s, for chunks),
+``_dropin_errors`` the SDK's error classes, ``_dropin_raw`` the raw-response wrappers. This
+module only does the I/O.
 """
 
 from __future__ import annotations
@@ -40,14 +41,8 @@ from .._results import ChainResponse
 from ._dropin_args import DropInCall, plan_create, plan_parse
 from ._dropin_chunks import Divergence, StreamDivergedError
 from ._dropin_raw import AsyncRawCompletions, RawCompletions, no_streaming_response
-from ._dropin_stream import (
-    AsyncChainEvents,
-    AsyncDropInStream,
-    ChainEvents,
-    DropInStream,
-    trace_of,
-    traced,
-)
+from ._dropin_stream import AsyncDropInStream, DropInStream, trace_of, traced
+from ._sdk_stream import AsyncChainEvents, ChainEvents
 
 __all__ = [
     "AsyncChainChat",
