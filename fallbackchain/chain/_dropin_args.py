@@ -19,7 +19,8 @@ from openai.types.chat import ChatCompletionChunk, ParsedChatCompletion
 from .._config import ChainConfig
 from .._results import ChainResponse
 from ._call_options import CallKeywords
-from ._dropin_chunks import Chunker, check_divergence
+from ._dropin_chunks import Chunker
+from ._dropin_continuation import check_divergence
 from ._dropin_errors import SdkErrors
 from ._dropin_stream import with_trace
 from ._sdk_stream import StreamFeed

@@ -26,7 +26,7 @@ upstream answer will stand. ``response.completed``'s ``response`` is the upstrea
 Sequence numbers count from 0 with no gap, whatever the chain did underneath (a resumed
 background stream, a retry, a fallback).
 
-A fault in the middle of a stream: as for chat (see ``_dropin_chunks``), events handed out
+A fault in the middle of a stream: as for chat (``_dropin_continuation``), events handed out
 cannot be taken back, so a replacement is held back while it repeats what was handed out
 (text, refusal, each function call's name and arguments); once it has repeated all of it,
 only what it adds is yielded (the items already handed out keep their ids). A replacement
@@ -49,7 +49,7 @@ from .._config import ChainConfig
 from .._results import ChainResponse
 from ._call_options import CallKeywords
 from ._dropin_args import CHAIN_OPTIONS, check_keywords
-from ._dropin_chunks import check_divergence
+from ._dropin_continuation import check_divergence
 from ._dropin_errors import SdkErrors
 from ._endpoint import Endpoint
 from ._responses_endpoint import RESPONSES
