@@ -114,4 +114,3 @@ def test_a_failed_first_pull_raises_from_started_and_releases_the_connection(
     with pytest.raises(Broken):
         stream_class(events, feed()).started()
     assert events.closed == 1
-
