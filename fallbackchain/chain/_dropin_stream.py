@@ -16,7 +16,6 @@ from .._results import ChainResponse
 from ._sdk_stream import AsyncSdkStream, SdkStream
 
 __all__ = [
-    "TRACE",
     "AsyncDropInStream",
     "DropInStream",
     "trace_of",
@@ -24,7 +23,8 @@ __all__ = [
     "with_trace",
 ]
 
-TRACE: Final = "_fallbackchain_trace"  # where a drop-in answer or stream keeps its ChainResponse
+# Where a drop-in answer keeps its ChainResponse; a stream's is a property of that name.
+TRACE: Final = "_fallbackchain_trace"
 
 _NO_RESPONSE = (
     "a drop-in stream has no single HTTP response: its answer may be assembled from several "

@@ -107,7 +107,7 @@ class _Stream(Generic[_Events, _Item]):
         self._feed = feed
 
     @property
-    def _fallbackchain_trace(self) -> ChainResponse:  # the name trace_of reads (TRACE)
+    def _fallbackchain_trace(self) -> ChainResponse:  # trace_of reads it (_dropin_stream.TRACE)
         """What ``trace_of`` gives (``StreamNotFinishedError`` before the end)."""
         return self._events.response
 
