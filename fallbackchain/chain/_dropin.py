@@ -19,13 +19,14 @@ Built only on the chains' public API (``stream()`` events and the final ``ChainR
   is refused (there is no single HTTP response).
 
 A fault in the middle of a stream is invisible when the replacement continues what was
-yielded (text, tool calls, refusal; see ``_dropin_chunks``); otherwise ``on_divergence``
+yielded (text, tool calls, refusal; see ``_dropin_continuation``); otherwise ``on_divergence``
 applies: ``"raise"`` (default) raises :class:`StreamDivergedError` carrying the replacement,
 ``"buffer"`` yields nothing until the answer is final. Never two answers glued into one.
 
 The pieces: ``_dropin_args`` plans a call (sans I/O), ``_dropin_chunks`` turns events into
-chunks, ``_dropin_stream`` holds the streams, ``_dropin_errors`` the SDK's error classes,
-``_dropin_raw`` the raw-response wrappers. This module only does the I/O.
+chunks (under ``_dropin_continuation``'s rule), ``_dropin_stream`` holds the streams
+(``_sdk_stream``'s, for chunks), ``_dropin_errors`` the SDK's error classes, ``_dropin_raw``
+the raw-response wrappers. This module only does the I/O.
 """
 
 from __future__ import annotations
@@ -38,16 +39,10 @@ from openai.types.chat import ChatCompletion, ChatCompletionMessageParam, Parsed
 from .._config import ChainConfig
 from .._results import ChainResponse
 from ._dropin_args import DropInCall, plan_create, plan_parse
-from ._dropin_chunks import Divergence, StreamDivergedError
+from ._dropin_continuation import Divergence, StreamDivergedError
 from ._dropin_raw import AsyncRawCompletions, RawCompletions, no_streaming_response
-from ._dropin_stream import (
-    AsyncChainEvents,
-    AsyncDropInStream,
-    ChainEvents,
-    DropInStream,
-    trace_of,
-    traced,
-)
+from ._dropin_stream import AsyncDropInStream, DropInStream, trace_of, traced
+from ._sdk_stream import AsyncChainEvents, ChainEvents
 
 __all__ = [
     "AsyncChainChat",

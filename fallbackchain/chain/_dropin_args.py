@@ -1,8 +1,8 @@
 """A drop-in call's arguments, checked and split before anything is sent (sans I/O).
 
 ``create()`` and ``parse()``, sync and async, plan their call here: which keyword arguments
-the SDK or the chain takes, what reaches the chain, and for a stream the :class:`ChunkFeed`
-that will turn its events into chunks. The four public methods only do the I/O.
+the SDK or the chain takes, what reaches the chain, and for a stream the feed whose
+:class:`Chunker` will turn its events into chunks. The four public methods only do the I/O.
 """
 
 from __future__ import annotations
@@ -14,14 +14,16 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import openai
-from openai.types.chat import ParsedChatCompletion
+from openai.types.chat import ChatCompletionChunk, ParsedChatCompletion
 
 from .._config import ChainConfig
 from .._results import ChainResponse
 from ._call_options import CallKeywords
-from ._dropin_chunks import Chunker, check_divergence
+from ._dropin_chunks import Chunker
+from ._dropin_continuation import check_divergence
 from ._dropin_errors import SdkErrors
-from ._dropin_stream import ChunkFeed, with_trace
+from ._dropin_stream import with_trace
+from ._sdk_stream import StreamFeed
 
 __all__ = ["CHAIN_OPTIONS", "DropInCall", "check_keywords", "plan_create", "plan_parse"]
 
@@ -71,7 +73,7 @@ class DropInCall:
 
     args: tuple[list[Any], str | None]  # messages, model
     params: dict[str, Any]
-    feed: ChunkFeed | None
+    feed: StreamFeed[ChatCompletionChunk] | None
     errors: SdkErrors
     parse_as: tuple[Any, Any] | None = None
 
@@ -112,7 +114,7 @@ def plan_create(config: ChainConfig, kwargs: dict[str, Any]) -> DropInCall:
         )
     usage = isinstance(wants_usage, Mapping) and wants_usage.get("include_usage") is True
     chunker = Chunker(args[1] or config.openai.model, usage=usage, divergence=divergence)
-    return DropInCall(args, kwargs, ChunkFeed(chunker, errors), errors)
+    return DropInCall(args, kwargs, StreamFeed(chunker, errors), errors)
 
 
 def plan_parse(config: ChainConfig, kwargs: dict[str, Any], response_format: Any) -> DropInCall:

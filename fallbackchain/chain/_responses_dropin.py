@@ -26,7 +26,7 @@ upstream answer will stand. ``response.completed``'s ``response`` is the upstrea
 Sequence numbers count from 0 with no gap, whatever the chain did underneath (a resumed
 background stream, a retry, a fallback).
 
-A fault in the middle of a stream: as for chat (see ``_dropin_chunks``), events handed out
+A fault in the middle of a stream: as for chat (``_dropin_continuation``), events handed out
 cannot be taken back, so a replacement is held back while it repeats what was handed out
 (text, refusal, each function call's name and arguments); once it has repeated all of it,
 only what it adds is yielded (the items already handed out keep their ids). A replacement
@@ -43,24 +43,19 @@ import dataclasses
 from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, Unpack, overload
 
-from openai.types.responses import Response
+from openai.types.responses import Response, ResponseStreamEvent
 
 from .._config import ChainConfig
 from .._results import ChainResponse
 from ._call_options import CallKeywords
 from ._dropin_args import CHAIN_OPTIONS, check_keywords
-from ._dropin_chunks import check_divergence
+from ._dropin_continuation import check_divergence
 from ._dropin_errors import SdkErrors
-from ._dropin_stream import AsyncChainEvents, ChainEvents
 from ._endpoint import Endpoint
 from ._responses_endpoint import RESPONSES
 from ._responses_events import ResponsesEventer
-from ._responses_stream import (
-    AsyncResponsesDropInStream,
-    ResponsesDropInStream,
-    ResponsesFeed,
-    traced_response,
-)
+from ._responses_stream import AsyncResponsesDropInStream, ResponsesDropInStream, traced_response
+from ._sdk_stream import AsyncChainEvents, ChainEvents, StreamFeed
 
 __all__ = ["AsyncChainResponses", "ChainResponses"]
 
@@ -126,7 +121,7 @@ class _Call:
     request: dict[str, Any]
     options: dict[str, Any]
     errors: SdkErrors
-    feed: ResponsesFeed | None  # None: not streamed
+    feed: StreamFeed[ResponseStreamEvent] | None  # None: not streamed
 
 
 def _plan(config: ChainConfig, kwargs: dict[str, Any]) -> _Call:
@@ -141,7 +136,7 @@ def _plan(config: ChainConfig, kwargs: dict[str, Any]) -> _Call:
     if not stream:
         return _Call(request, options, errors, None)
     eventer = ResponsesEventer(request.get("model") or config.openai.model, divergence=divergence)
-    return _Call(request, options, errors, ResponsesFeed(eventer, errors))
+    return _Call(request, options, errors, StreamFeed(eventer, errors))
 
 
 _T = TypeVar("_T")

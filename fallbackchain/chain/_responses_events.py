@@ -15,11 +15,11 @@ Every event before ``response.completed`` carries one ``resp_fc…`` response id
 requested model, and ``fc…`` item ids: they are handed out before the chain knows which
 upstream answer will stand. Sequence numbers count from 0 with no gap.
 
-After a fault mid-stream the continuation rule is the chat drop-in's (``_dropin_chunks``):
-a replacement is held back while it repeats what was handed out, then only what it adds is
-yielded; one that says something else diverges (``"raise"``: nothing more, then
-:class:`~fallbackchain.StreamDivergedError` at the end; ``"buffer"``: nothing but the opening
-events until the answer is final).
+After a fault mid-stream the continuation rule is the chat drop-in's
+(``_dropin_continuation``): a replacement is held back while it repeats what was handed out,
+then only what it adds is yielded; one that says something else diverges (``"raise"``:
+nothing more, then :class:`~fallbackchain.StreamDivergedError` at the end; ``"buffer"``:
+nothing but the opening events until the answer is final).
 """
 
 from __future__ import annotations
@@ -44,18 +44,21 @@ from openai.types.responses import (
     ResponseOutputItemDoneEvent,
     ResponseRefusalDeltaEvent,
     ResponseRefusalDoneEvent,
+    ResponseStreamEvent,
     ResponseTextDeltaEvent,
     ResponseTextDoneEvent,
 )
 from pydantic import BaseModel
 
 from .._results import ChainEvent, ChainResponse
-from ._dropin_chunks import Divergence, ShownMessage, StreamDivergedError, compare_shown
+from ._dropin_continuation import Divergence, EventTranslator, TextKind
 from ._responses_endpoint import RESPONSES
 
 __all__ = ["ResponsesEventer"]
 
-# A message part's events by its kind (the part's text field is named as the kind too).
+# A message part's kind, by the message field it shows. The part's text field is named as
+# its kind, and so is that text in the part's done event.
+_PART: Final[dict[TextKind, Literal["text", "refusal"]]] = {"content": "text", "refusal": "refusal"}
 _DELTA: Final[dict[str, type[BaseModel]]] = {
     "text": ResponseTextDeltaEvent,
     "refusal": ResponseRefusalDeltaEvent,
@@ -73,20 +76,16 @@ def _type_of(cls: type[BaseModel]) -> str:
     return str(value)
 
 
-class ResponsesEventer:
+class ResponsesEventer(EventTranslator[ResponseStreamEvent]):
     """Turns one request's chain events into Responses stream events; applies divergence.
 
-    The continuation rule is the chat drop-in's (``_dropin_chunks``): the same
-    :class:`ShownMessage` of what was handed out, the same :func:`compare_shown`.
+    The continuation rule is the chat drop-in's (``_dropin_continuation``); this class only
+    builds the events.
     """
 
     __slots__ = (
-        "_buffer",
         "_calls",
         "_created",
-        "_current",
-        "_diverged",
-        "_handed",
         "_id",
         "_items",
         "_message",
@@ -94,23 +93,16 @@ class ResponsesEventer:
         "_parts",
         "_pieces",
         "_seq",
-        "_shown",
         "_started",
     )
 
     def __init__(self, model: str, *, divergence: Divergence) -> None:
+        super().__init__(divergence)
         self._id = f"resp_fc{uuid.uuid4().hex}"
         self._created = int(time.time())
         self._model = model
-        self._buffer = divergence == "buffer"
         self._seq = 0
         self._started = False
-        self._diverged = False
-        self._handed = ShownMessage()  # what the consumer has been given
-        # The events since the chain's last reset, held back while they repeat what was
-        # handed out; None when they are the ones handed out (the common case).
-        self._current: ShownMessage | None = None
-        self._shown = 0  # characters yielded: text, refusal, arguments
         self._items: list[dict[str, Any]] = []  # the yielded output items, by output_index
         self._message: int | None = None  # output_index of the message being written
         self._parts: dict[str, int] = {}  # the message's part ("text", "refusal") -> index
@@ -191,19 +183,19 @@ class ResponsesEventer:
             )
         return out
 
-    def _text(self, text: str, kind: Literal["text", "refusal"]) -> list[Any]:
+    def _text(self, text: str, kind: TextKind) -> list[Any]:
         if not text:
             return []
-        out = self._part(kind)
+        part = _PART[kind]
+        out = self._part(part)
         assert self._message is not None
         item = self._items[self._message]
-        index = self._parts[kind]
-        self._shown += len(text)
-        self._handed.add(ChainEvent("delta" if kind == "text" else "refusal", text, ""))
-        self._pieces.setdefault((self._message, index, kind), []).append(text)
-        extra: dict[str, Any] = {"logprobs": []} if kind == "text" else {}
+        index = self._parts[part]
+        (self._handed.content if kind == "content" else self._handed.refusal).append(text)
+        self._pieces.setdefault((self._message, index, part), []).append(text)
+        extra: dict[str, Any] = {"logprobs": []} if part == "text" else {}
         at = {"item_id": item["id"], "output_index": self._message, "content_index": index}
-        out.append(self._event(_DELTA[kind], delta=text, **at, **extra))
+        out.append(self._event(_DELTA[part], delta=text, **at, **extra))
         return out
 
     def _tool_call(
@@ -227,7 +219,6 @@ class ResponsesEventer:
         if arguments:
             item = self._items[at]
             self._pieces.setdefault((at, -1, "arguments"), []).append(arguments)
-            self._shown += len(arguments)
             out.append(
                 self._event(
                     ResponseFunctionCallArgumentsDeltaEvent,
@@ -238,55 +229,9 @@ class ResponsesEventer:
             )
         return out
 
-    def _hand(self, event: ChainEvent) -> list[Any]:
-        if event.type == "tool_call":
-            return self._tool_call(event.index, event.id, event.name, event.text)
-        return self._text(event.text, "refusal" if event.type == "refusal" else "text")
-
     def event(self, event: ChainEvent) -> list[Any]:
-        """The events to yield for one chain event (none while buffering, held or diverged)."""
-        out = self.open()
-        if self._buffer or self._diverged:
-            return out
-        current = self._current
-        if event.type == "reset":
-            # Nothing handed out yet: the replacement simply streams instead.
-            handed = self._handed
-            if handed.content or handed.refusal or handed.calls:
-                self._current = ShownMessage()
-            return out
-        if current is None:
-            return out + self._hand(event)
-        current.add(event)
-        verdict = compare_shown(self._handed, current)
-        if verdict == "diverged":
-            self._diverged = True
-        if verdict != "caught":
-            return out
-        self._current = None  # the replacement repeated all: hand out what it adds
-        return out + self._extend(current)
-
-    def _extend(self, current: ShownMessage) -> list[Any]:
-        """What ``current`` has beyond the handed message (of which it holds all)."""
-        handed = self._handed
-        out = self._text("".join(current.content)[sum(map(len, handed.content)) :], "text")
-        for index, call in sorted(current.calls.items()):
-            sent = handed.calls.get(index)
-            shown = sum(map(len, sent.arguments)) if sent is not None else 0
-            out += self._tool_call(index, call.id, call.name, "".join(call.arguments)[shown:])
-        refusal = "".join(current.refusal)[sum(map(len, handed.refusal)) :]
-        return out + self._text(refusal, "refusal")
-
-    def _whole(self, answer: Response) -> list[Any]:
-        out: list[Any] = []
-        for fragment in RESPONSES.fragments(answer):
-            if fragment.kind == "tool_call":
-                out += self._tool_call(fragment.index, fragment.id, fragment.name, fragment.text)
-            else:
-                out += self._text(
-                    fragment.text, "text" if fragment.kind == "content" else "refusal"
-                )
-        return out
+        """As the rule's, after ``response.created`` and ``response.in_progress`` (once)."""
+        return self.open() + super().event(event)
 
     def _joined(self, output_index: int) -> dict[str, Any]:
         """The item at ``output_index`` with its deltas joined into its fields."""
@@ -328,16 +273,12 @@ class ResponsesEventer:
         )
         return out
 
-    def end(self, response: ChainResponse) -> list[Any]:
-        """The events that finish the stream; raises :class:`StreamDivergedError` instead."""
-        if self._diverged or self._current is not None:
-            # held back to the end: the replacement never repeated all, it is shorter
-            self._diverged = True
-            raise StreamDivergedError(response, self._shown)
+    def _finish(self, response: ChainResponse) -> list[Any]:
+        """Each item's ``done`` events, the answer's other items, then its own end."""
         answer: Response = response.completion  # type: ignore[assignment]
         out = self.open()
         if self._buffer:
-            out += self._whole(answer)
+            out += self._whole(RESPONSES.fragments(answer))
         for index in range(len(self._items)):
             out += self._done(index)
         for item in answer.output:  # what the events did not show: reasoning, searches, ...
