@@ -18,10 +18,13 @@ exception it met. A driver knows these values and the I/O they name, nothing of 
 | :class:`ReadCache` / :class:`WriteCache` | reads / writes the cache | the entry / whether stored |
 """
 
+# The steps are NamedTuples, not frozen dataclasses: as immutable and as cheap to read, but a
+# dataclass costs about 0.4 ms each to create at import (its methods are compiled then), and
+# these load with every chain.
+
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from .._config import PRIMARY_ROUTE, RouteConfig
 from .._results import ChainEvent
@@ -50,8 +53,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Tier:
+class Tier(NamedTuple):
     """One live tier: its name (the response's ``source``), whether it streams, its breaker.
 
     ``route`` is the route it belongs to: a provider and model with its resolved settings
@@ -75,15 +77,13 @@ class Tier:
         return None if self.route.name == PRIMARY_ROUTE else self.route.model
 
 
-@dataclass(frozen=True, slots=True)
-class Sleep:
+class Sleep(NamedTuple):
     """Wait this many seconds, then ask again."""
 
     seconds: float
 
 
-@dataclass(frozen=True, slots=True)
-class AwaitSlot:
+class AwaitSlot(NamedTuple):
     """``tier``'s breaker is busy: wait on its gate, then ask again.
 
     The wait ends when one of the gate's attempts ends in this process (the gate's
@@ -95,15 +95,13 @@ class AwaitSlot:
     since: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Acquire:
+class Acquire(NamedTuple):
     """Ask ``tier``'s breaker for a permit (``Permit``, ``Busy`` or ``None``: refused)."""
 
     tier: Tier
 
 
-@dataclass(frozen=True, slots=True)
-class TryTier:
+class TryTier(NamedTuple):
     """One attempt at ``tier`` under ``permit``; ``number`` is 1-based within the tier."""
 
     tier: Tier
@@ -113,9 +111,10 @@ class TryTier:
     started: float
 
 
-@dataclass(frozen=True, slots=True)
 class UseCache:
     """No live tier is left: answer from the cache, or fail with every attempt listed."""
+
+    __slots__ = ()
 
 
 Neutral = Literal["reroute", "raise", "closed"]
@@ -124,8 +123,7 @@ on at the tier :meth:`RequestRun.rerouted` chose; ``"raise"``: the caller's own 
 re-raised unchanged; ``"closed"``: the chain was closed meanwhile (raise ``ChainClosedError``)."""
 
 
-@dataclass(frozen=True, slots=True)
-class OpenStream:
+class OpenStream(NamedTuple):
     """Send ``attempt`` streamed and read until its first content (or its end); show nothing.
 
     ``hedge_after`` ``None``: hand back what was read. Otherwise race it: if no content came
@@ -138,8 +136,7 @@ class OpenStream:
     hedge_after: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class Opened:
+class Opened(NamedTuple):
     """A race's end: the attempt that goes on, its watch, and its opened stream or its error."""
 
     attempt: TryTier
@@ -147,8 +144,7 @@ class Opened:
     stream: Any  # the driver's opened stream, or the BaseException the attempt ended with
 
 
-@dataclass(frozen=True, slots=True)
-class ReadStream:
+class ReadStream(NamedTuple):
     """Show what :class:`OpenStream` read, then the rest of the stream; hand back its answer."""
 
     attempt: TryTier
@@ -156,16 +152,14 @@ class ReadStream:
     opened: Any
 
 
-@dataclass(frozen=True, slots=True)
-class FetchWhole:
+class FetchWhole(NamedTuple):
     """Send ``attempt`` non-streamed; hand back the endpoint's checked answer."""
 
     attempt: TryTier
     watch: AttemptWatch
 
 
-@dataclass(frozen=True, slots=True)
-class Report:
+class Report(NamedTuple):
     """Tell ``permit``'s gate how its attempt ended; hand back what the gate returns.
 
     ``"success"`` and ``"failure"`` count for the breaker (a failure returns whether the
@@ -176,15 +170,13 @@ class Report:
     outcome: Literal["success", "failure", "release"]
 
 
-@dataclass(frozen=True, slots=True)
-class Show:
+class Show(NamedTuple):
     """Hand these events to the consumer, in order."""
 
     events: tuple[ChainEvent, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class ReadCache:
+class ReadCache(NamedTuple):
     """Read the cache entry at ``key``; hand back the ``CachedAnswer`` or ``None``.
 
     A cache that fails is a miss (the driver logs it); it never fails the request.
@@ -193,8 +185,7 @@ class ReadCache:
     key: str
 
 
-@dataclass(frozen=True, slots=True)
-class WriteCache:
+class WriteCache(NamedTuple):
     """Store ``stored`` (the endpoint's encoding) at ``key``; hand back whether it was stored.
 
     A cache that fails stores nothing (the driver logs it); it never fails the request.
