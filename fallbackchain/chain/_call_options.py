@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
-from dataclasses import dataclass
-from typing import Literal, TypedDict
+from typing import Literal, NamedTuple, TypedDict
 
 from .._config import PRIMARY_ROUTE, ChainConfig
 
@@ -31,8 +30,9 @@ class CallKeywords(TypedDict, total=False):
     fallbacks: bool | Collection[str]
 
 
-@dataclass(frozen=True, slots=True)
-class CallOptions:
+# A NamedTuple, not a frozen dataclass: as immutable, and a dataclass costs about 0.4 ms to
+# create at import (this module loads with every chain).
+class CallOptions(NamedTuple):
     """One call's own settings, never sent to a provider (checked by :func:`call_options`)."""
 
     deadline: float | None = None
