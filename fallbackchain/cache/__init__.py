@@ -11,22 +11,22 @@ from typing import TYPE_CHECKING
 
 from .._lazy import loaded_on_first_use
 from ._disk_cache import ResponseCache
-from ._jsonl import (
-    ExportRow,
-    ImportOutcome,
-    ImportReport,
-    InputFileError,
-    LineError,
-    read_jsonl,
-)
 from ._keys import cache_key
 from ._protocol import Cache
 from ._rows import CachedAnswer, HeldEntry, StoredRow, decode_row
 from ._safe_disk import SafeJSONDisk
-from ._stats import CacheStats, StoredAges
 
 if TYPE_CHECKING:
+    from ._jsonl import (
+        ExportRow,
+        ImportOutcome,
+        ImportReport,
+        InputFileError,
+        LineError,
+        read_jsonl,
+    )
     from ._redis_cache import RedisResponseCache
+    from ._stats import CacheStats, StoredAges
 
 __all__ = [
     "Cache",
@@ -48,5 +48,19 @@ __all__ = [
     "read_jsonl",
 ]
 
-# RedisResponseCache imports the redis client: loaded only when first asked for.
-__getattr__ = loaded_on_first_use(globals(), {"RedisResponseCache": "._redis_cache"})
+# Loaded only when first asked for: RedisResponseCache imports the redis client; export,
+# import and stats are not needed by a request (#14: import time).
+__getattr__ = loaded_on_first_use(
+    globals(),
+    {
+        "CacheStats": "._stats",
+        "ExportRow": "._jsonl",
+        "ImportOutcome": "._jsonl",
+        "ImportReport": "._jsonl",
+        "InputFileError": "._jsonl",
+        "LineError": "._jsonl",
+        "RedisResponseCache": "._redis_cache",
+        "StoredAges": "._stats",
+        "read_jsonl": "._jsonl",
+    },
+)

@@ -10,13 +10,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 from openai.types.chat import ChatCompletion
 
 from .._config import CacheConfig
 from ._failures import CacheFailure
-from ._jsonl import ExportRow, ImportOutcome, check_import
 from ._memory import MemoryLayer
 from ._rows import (
     CachedAnswer,
@@ -31,8 +30,12 @@ from ._rows import (
     is_expired,
     same_answer,
 )
-from ._stats import CacheStats, StoredAges
 from ._writer import QueuedWrite
+
+if TYPE_CHECKING:
+    # Export, import and stats load on first use: no request needs them (#14: import time).
+    from ._jsonl import ExportRow, ImportOutcome
+    from ._stats import CacheStats, StoredAges
 
 __all__ = ["CacheCommon", "Entries"]
 
@@ -223,6 +226,8 @@ class CacheCommon:
         ``write`` stores the row dated ``at`` unless storage holds one for the key dated ``at``
         or later (``"kept"``); it returns ``"imported"``, ``"kept"`` or ``"failed"``.
         """
+        from ._jsonl import check_import  # noqa: PLC0415 - loaded on first use
+
         check_import(key, completion, stored_at)
         if not self.usable():
             return "failed"
@@ -239,6 +244,8 @@ class CacheCommon:
 
     def export_rows(self, entries: Entries) -> Iterator[ExportRow]:
         """The servable (unexpired) ones of ``entries``, as export rows."""
+        from ._jsonl import ExportRow  # noqa: PLC0415 - loaded on first use
+
         now = self.clock()
         for key, _raw, entry in entries:
             if not is_expired(entry.stored_at, now, self.ttl):
@@ -264,6 +271,8 @@ class CacheCommon:
 
     def ages(self, entries: Iterable[tuple[str, Any, HeldEntry]]) -> StoredAges:
         """``stats(scan=True)``: the ages of ``entries``."""
+        from ._stats import StoredAges  # noqa: PLC0415 - loaded on first use
+
         ages = StoredAges(self.clock(), self.ttl)
         for _key, _raw, entry in entries:
             ages.add(entry.stored_at)
@@ -303,6 +312,8 @@ class CacheCommon:
 
     def stats(self, entries: int, size: int, ages: StoredAges | None, queued: int) -> CacheStats:
         """A snapshot of the counters, with what the storage reported."""
+        from ._stats import CacheStats  # noqa: PLC0415 - loaded on first use
+
         memory_entries = self.memory.size()
         with self.lock:
             return CacheStats(

@@ -58,7 +58,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Final, Unpack
+from typing import TYPE_CHECKING, Any, Final, Unpack
 
 import diskcache
 from openai.types.chat import ChatCompletion
@@ -69,13 +69,16 @@ from ._common import CacheCommon, Entries
 from ._disk_handle import DiskHandle
 from ._disk_writes import DiskWrites, Written, peek
 from ._failures import describe_disk_failure
-from ._jsonl import ExportRow, ImportOutcome
 from ._protocol import Cache, PutOptions
 from ._read_only import connect_read_only
 from ._rows import CachedAnswer, HeldEntry, decode_row
 from ._safe_disk import SafeJSONDisk
-from ._stats import CacheStats
 from ._writer import WRITE_QUEUE_SIZE, WriteBehind
+
+if TYPE_CHECKING:
+    # Export, import and stats load on first use: no request needs them (#14: import time).
+    from ._jsonl import ExportRow, ImportOutcome
+    from ._stats import CacheStats
 
 __all__ = ["ResponseCache"]
 

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from typing import IO, Protocol, Self, TypedDict, Unpack, runtime_checkable
+from typing import IO, TYPE_CHECKING, Protocol, Self, TypedDict, Unpack, runtime_checkable
 
 from openai.types.chat import ChatCompletion
 
-from ._jsonl import ExportRow, ImportOutcome, ImportReport, export_jsonl, import_jsonl
 from ._rows import CachedAnswer
-from ._stats import CacheStats
+
+if TYPE_CHECKING:
+    # Export, import and stats load on first use: no request needs them (#14: import time).
+    from ._jsonl import ExportRow, ImportOutcome, ImportReport
+    from ._stats import CacheStats
 
 __all__ = ["Cache"]
 
@@ -107,6 +110,8 @@ class Cache(Protocol):
         so an interrupted export never leaves a half-written file. Raises :class:`OSError`
         when ``target`` cannot be written; cache failures are logged and skipped.
         """
+        from ._jsonl import export_jsonl  # noqa: PLC0415 - loaded on first use
+
         return export_jsonl(self.export_rows(), target)
 
     def import_jsonl(
@@ -120,6 +125,8 @@ class Cache(Protocol):
         and lines starting with ``#`` are skipped. Raises :class:`InputFileError` when the file
         is missing or unreadable. ``name`` is what errors call the file (see :func:`read_jsonl`).
         """
+        from ._jsonl import import_jsonl  # noqa: PLC0415 - loaded on first use
+
         return import_jsonl(source, self.import_row, name=name)
 
     def close(self) -> None:
