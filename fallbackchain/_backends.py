@@ -4,7 +4,8 @@
 ``"redis"`` shares it with every process using the same ``breaker.namespace``.
 ``cache.backend = "disk"`` (the default) is the local disk cache with its memory layer;
 ``"redis"`` shares answers across processes and hosts (keys in ``breaker.namespace`` too).
-The ``redis`` package is only imported when a Redis backend is configured.
+The ``redis`` package is only imported when a Redis backend is configured, diskcache only when
+the disk cache is built.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from ._config import ChainConfig
 from ._errors import ConfigError
 from ._timing import Clock
 from .breaker import GateStore, MemoryGateStore
-from .cache import Cache, ResponseCache
+from .cache import Cache
 
 __all__ = ["gate_store", "response_cache"]
 
@@ -51,6 +52,8 @@ def gate_store(config: ChainConfig, tier: str) -> GateStore:
 def response_cache(config: ChainConfig, clock: Clock) -> Cache:
     """The fallback cache for a chain: on disk, or in Redis (``cache.backend``)."""
     if config.cache.backend == "disk":
+        from .cache import ResponseCache  # noqa: PLC0415 - loads diskcache and SQLite
+
         return ResponseCache(config.cache, clock=clock)
     if config.cache.backend == "redis":
         _require_redis(config, "cache.backend")

@@ -2,7 +2,9 @@
 
 The modules here are private; other parts of fallbackchain import from this package. A chain,
 ``warm`` and the CLI ask for a :class:`Cache` (the protocol); :class:`ResponseCache` is the
-disk one, :class:`RedisResponseCache` (loaded on first use: it imports redis) the Redis one.
+disk one, :class:`RedisResponseCache` the Redis one. Both load on first use (the disk one
+imports diskcache and SQLite, the Redis one the redis client): a chain builds the one its
+config names.
 """
 
 from __future__ import annotations
@@ -10,13 +12,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .._lazy import loaded_on_first_use
-from ._disk_cache import ResponseCache
 from ._keys import cache_key
 from ._protocol import Cache
 from ._rows import CachedAnswer, HeldEntry, StoredRow, decode_row
-from ._safe_disk import SafeJSONDisk
 
 if TYPE_CHECKING:
+    from ._disk_cache import ResponseCache
     from ._jsonl import (
         ExportRow,
         ImportOutcome,
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
         read_jsonl,
     )
     from ._redis_cache import RedisResponseCache
+    from ._safe_disk import SafeJSONDisk
     from ._stats import CacheStats, StoredAges
 
 __all__ = [
@@ -48,8 +50,9 @@ __all__ = [
     "read_jsonl",
 ]
 
-# Loaded only when first asked for: RedisResponseCache imports the redis client; export,
-# import and stats are not needed by a request (#14: import time).
+# Loaded only when first asked for (#14: import time): each cache imports its storage's
+# client (diskcache and SQLite, or redis), built only when a config names it; export, import
+# and stats are not needed by a request.
 __getattr__ = loaded_on_first_use(
     globals(),
     {
@@ -60,6 +63,8 @@ __getattr__ = loaded_on_first_use(
         "InputFileError": "._jsonl",
         "LineError": "._jsonl",
         "RedisResponseCache": "._redis_cache",
+        "ResponseCache": "._disk_cache",
+        "SafeJSONDisk": "._safe_disk",
         "StoredAges": "._stats",
         "read_jsonl": "._jsonl",
     },
