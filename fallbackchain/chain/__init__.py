@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 from .._lazy import loaded_on_first_use
 from ._assembly import COMPLETE_FINISH_REASONS, AttemptAssembler, Display, Fragment, Piece
-from ._async import AsyncChainStream, AsyncFallbackChain
 from ._backoff import RetryDecision, decide, full_jitter, is_transport_fault
 from ._call_options import CacheUse, CallOptions, call_options, call_timeout
 from ._core import RequestRun
@@ -19,6 +18,7 @@ from ._sync import ChainStream, FallbackChain
 from ._watch import AttemptWatch
 
 if TYPE_CHECKING:
+    from ._async import AsyncChainStream, AsyncFallbackChain
     from ._dropin import (
         AsyncChainChat,
         AsyncChainCompletions,
@@ -102,10 +102,13 @@ __all__ = [
 ]
 
 # The drop-in surfaces (chat's and the Responses API's) load on first use: an app that only
-# streams through the chain does not pay for them at import.
+# streams through the chain does not pay for them at import. So does the async driver: a
+# threaded app does not pay for it (#14: import time).
 __getattr__ = loaded_on_first_use(
     globals(),
     {
+        "AsyncChainStream": "._async",
+        "AsyncFallbackChain": "._async",
         "AsyncChainChat": "._dropin",
         "AsyncChainCompletions": "._dropin",
         "AsyncChainResponses": "._responses_dropin",
