@@ -10,11 +10,15 @@ the disk cache is built.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._config import ChainConfig
 from ._errors import ConfigError
 from ._timing import Clock
 from .breaker import GateStore, MemoryGateStore
-from .cache import Cache
+
+if TYPE_CHECKING:
+    from .cache import Cache  # the cache's modules load when a config names one
 
 __all__ = ["gate_store", "response_cache"]
 

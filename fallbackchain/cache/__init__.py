@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING
 
 from .._lazy import loaded_on_first_use
 from ._keys import cache_key
-from ._protocol import Cache
-from ._rows import CachedAnswer, HeldEntry, StoredRow, decode_row
 
 if TYPE_CHECKING:
     from ._disk_cache import ResponseCache
@@ -26,7 +24,9 @@ if TYPE_CHECKING:
         LineError,
         read_jsonl,
     )
+    from ._protocol import Cache
     from ._redis_cache import RedisResponseCache
+    from ._rows import CachedAnswer, HeldEntry, StoredRow, decode_row
     from ._safe_disk import SafeJSONDisk
     from ._stats import CacheStats, StoredAges
 
@@ -50,14 +50,18 @@ __all__ = [
     "read_jsonl",
 ]
 
-# Loaded only when first asked for (#14: import time): each cache imports its storage's
-# client (diskcache and SQLite, or redis), built only when a config names it; export, import
-# and stats are not needed by a request.
+# Everything but `cache_key` (what a chain needs to prepare a request) loads when first
+# asked for (#14: import time): each cache imports its storage's client (diskcache and SQLite,
+# or redis) and is built only when a config names it; export, import and stats are not
+# needed by a request.
 __getattr__ = loaded_on_first_use(
     globals(),
     {
+        "Cache": "._protocol",
         "CacheStats": "._stats",
+        "CachedAnswer": "._rows",
         "ExportRow": "._jsonl",
+        "HeldEntry": "._rows",
         "ImportOutcome": "._jsonl",
         "ImportReport": "._jsonl",
         "InputFileError": "._jsonl",
@@ -66,6 +70,8 @@ __getattr__ = loaded_on_first_use(
         "ResponseCache": "._disk_cache",
         "SafeJSONDisk": "._safe_disk",
         "StoredAges": "._stats",
+        "StoredRow": "._rows",
+        "decode_row": "._rows",
         "read_jsonl": "._jsonl",
     },
 )

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
-from typing import Any, ClassVar, Generic, Self, TypeVar, Unpack, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar, Unpack, cast
 
 import openai
 
@@ -30,7 +30,6 @@ from .._hooks import BreakerChanged, Hooks, RequestStarted, next_request_id
 from .._redact import mask_url
 from .._timing import Clock, SystemClock, TimeSource, time_source
 from ..breaker import BreakerGate, BreakerState
-from ..cache import Cache, CachedAnswer
 from ._assembly import Piece
 from ._call_options import CacheUse, CallKeywords, CallOptions, call_options
 from ._core import RequestRun
@@ -38,6 +37,9 @@ from ._endpoint import CHAT, Endpoint, StreamAssembly
 from ._flow import Steps, request_flow
 from ._request import Request, ResponseSlot, prepare
 from ._steps import Tier
+
+if TYPE_CHECKING:
+    from ..cache import Cache, CachedAnswer  # the cache's modules load when a chain builds one
 
 __all__ = ["ChainBase", "OpenedStream", "make_clients"]
 

@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Generator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .._errors import AllTiersFailedError, TierError
 from .._hooks import CacheEvent, Hooks, RequestEnded
 from .._results import ChainEvent, ChainResponse
-from ..cache import CachedAnswer
 from ._core import RequestRun
 from ._request import Request, ResponseSlot
 from ._steps import (
@@ -48,6 +47,9 @@ from ._steps import (
     WriteCache,
 )
 from ._watch import AttemptWatch
+
+if TYPE_CHECKING:
+    from ..cache import CachedAnswer  # the cache's modules load when a chain builds one
 
 __all__ = ["Flow", "Steps", "request_flow"]
 
