@@ -7,6 +7,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+# The openai SDK first, before any module of the chain imports from it: loaded from deep inside
+# the chain's own imports (`from openai.types.chat import ...` in `_assembly`), the same import
+# measured about 30 ms more CPU on CPython 3.11 (about 4,000 more page faults, with or without
+# the GC or pymalloc; cause not pinned down). Measured in benchmarks/import_time.py (#14).
+import openai  # noqa: F401 - imported for the order only
+
 from .._lazy import loaded_on_first_use
 from ._assembly import COMPLETE_FINISH_REASONS, AttemptAssembler, Display, Fragment, Piece
 from ._backoff import RetryDecision, decide, full_jitter, is_transport_fault
