@@ -238,7 +238,10 @@ class AsyncFallbackChain(
     async def _perform(self, request: Request, run: RequestRun, step: kind.Step) -> Any:
         """Do what ``step`` names (every step but ``ReadStream`` and ``Show``)."""
         if isinstance(step, kind.Report):
-            return await asyncio.shield(_report(step.permit, step.outcome))
+            permit = step.permit
+            if permit.settles_at_once:  # no I/O: no task to shield it, and no await to cancel
+                return permit.end(step.outcome)
+            return await asyncio.shield(permit.aend(step.outcome))
         if isinstance(step, kind.OpenStream):
             if step.hedge_after is not None:
                 return await self._race(request, run, step)
@@ -493,16 +496,6 @@ class _Watchdog:
             self._task.uncancel()
 
 
-async def _report(permit: Permit, outcome: str) -> bool | None:
-    if outcome == "failure":
-        return await permit.afailure()
-    if outcome == "success":
-        await permit.asuccess()
-    else:
-        await permit.arelease()
-    return None
-
-
 def _task_outcome(task: asyncio.Task[OpenedStream]) -> object:
     """What a race entrant ended with: its opened stream, or the exception it raised."""
     if task.cancelled():
@@ -516,7 +509,7 @@ async def _dismiss(dismissal: Dismissal) -> None:
         if dismissal.opened is not None:
             await dismissal.opened.stream.close()
     finally:
-        await _report(dismissal.entrant.attempt.permit, dismissal.outcome)
+        await dismissal.entrant.attempt.permit.aend(dismissal.outcome)
 
 
 async def _drop(task: asyncio.Task[OpenedStream], permit: Permit | None) -> None:
