@@ -138,10 +138,12 @@ class BreakerGate:
         return self._answer(ask, await self._store.aapply(ask))
 
     @property
-    def reports_at_once(self) -> bool:
+    def in_place(self) -> bool:
         """True when the store takes a step in place, without I/O (the in-process store).
 
-        Asked of the store's class each time: a store may be swapped, or subclassed to wait.
+        Then :meth:`acquire` and a permit's sync methods may run on an event loop: their
+        awaited twins would never suspend. Asked of the store's class each time: a store may
+        be swapped, or subclassed to wait.
         """
         return type(self._store).aapply is _IN_PLACE
 

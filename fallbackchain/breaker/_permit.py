@@ -28,7 +28,7 @@ class _Gate(Protocol):
     """What a permit needs from its gate: one step applied, sync or awaited."""
 
     @property
-    def reports_at_once(self) -> bool: ...
+    def in_place(self) -> bool: ...
 
     def report(self, kind: StepKind, permit: Permit) -> bool: ...
 
@@ -134,7 +134,7 @@ class Permit:
         :meth:`end` may then run on an event loop: an awaited end would never suspend, so
         no cancellation could cut it short.
         """
-        return self._gate.reports_at_once
+        return self._gate.in_place
 
     def _first(self, *, content: bool = False) -> bool:
         """True the first time: this call ends the permit (``content``: its first content).

@@ -247,7 +247,8 @@ class AsyncFallbackChain(
                 return await self._race(request, run, step)
             return await self._open_stream(request, run, step.attempt, step.watch)
         if isinstance(step, kind.Acquire):
-            return await step.tier.gate.aacquire()
+            gate = step.tier.gate
+            return gate.acquire() if gate.in_place else await gate.aacquire()
         if isinstance(step, kind.FetchWhole):
             return await self._fetch_whole(request, run, step)
         if isinstance(step, kind.ReadCache):
