@@ -155,6 +155,8 @@ class AsyncFallbackChain(
         """
         run, steps = self._start(request, slot)
         clock = self._clock
+        # One watchdog bounds every wait for data of the request: its one timer serves them all.
+        watchdog = _Watchdog(asyncio.get_running_loop())
         try:
             for step in steps:
                 try:
@@ -166,7 +168,7 @@ class AsyncFallbackChain(
                                 run.pause(clock() - handed)  # the consumer's time, not upstream
                             steps.done()
                         else:
-                            steps.done(await self._perform(request, run, step))
+                            steps.done(await self._perform(request, run, step, watchdog))
                         continue
                     opened: OpenedStream = step.opened
                     attempt, watch = step.attempt, step.watch
@@ -185,7 +187,6 @@ class AsyncFallbackChain(
                             after = opened.after
                             display = run.display
                             record = display.record_text
-                            watchdog = _Watchdog(asyncio.get_running_loop())
                             arm = watchdog.arm
                             try:
                                 while True:
@@ -226,7 +227,7 @@ class AsyncFallbackChain(
                                             for event in delta(piece, source):
                                                 yield event
                             finally:
-                                watchdog.close()
+                                watchdog.settle()
                     steps.done(assembler.finish(model=request.model))
                 except BaseException as exc:  # noqa: BLE001 - back into the flow, which decides
                     steps.failed(exc)
@@ -234,8 +235,12 @@ class AsyncFallbackChain(
             if not slot.cancelled:
                 raise  # an ordinary aclose(): the generator must exit
             # closed from another task: the request ended neutrally, and so does iteration
+        finally:
+            watchdog.close()
 
-    async def _perform(self, request: Request, run: RequestRun, step: kind.Step) -> Any:
+    async def _perform(
+        self, request: Request, run: RequestRun, step: kind.Step, watchdog: _Watchdog
+    ) -> Any:
         """Do what ``step`` names (every step but ``ReadStream`` and ``Show``)."""
         if isinstance(step, kind.Report):
             permit = step.permit
@@ -245,7 +250,7 @@ class AsyncFallbackChain(
         if isinstance(step, kind.OpenStream):
             if step.hedge_after is not None:
                 return await self._race(request, run, step)
-            return await self._open_stream(request, run, step.attempt, step.watch)
+            return await self._open_stream(request, run, step.attempt, step.watch, watchdog)
         if isinstance(step, kind.Acquire):
             gate = step.tier.gate
             return gate.acquire() if gate.in_place else await gate.aacquire()
@@ -302,11 +307,19 @@ class AsyncFallbackChain(
             return False
 
     async def _open_stream(
-        self, request: Request, run: RequestRun, attempt: kind.TryTier, watch: AttemptWatch
+        self,
+        request: Request,
+        run: RequestRun,
+        attempt: kind.TryTier,
+        watch: AttemptWatch,
+        watchdog: _Watchdog,
     ) -> OpenedStream:
         """Send the attempt and read until its first content (or its end); nothing is shown.
 
-        May run in a task of its own (a hedge race): it reads the run, never changes it.
+        ``watchdog`` bounds the wait for headers and then each chunk's (cheaper than an
+        ``asyncio.timeout``, which schedules and cancels a timer of its own); it is left
+        disarmed. May run in a task of its own (a hedge race): it reads the run, never
+        changes it.
         """
         clock = self._clock
         tier = attempt.tier
@@ -315,9 +328,6 @@ class AsyncFallbackChain(
         kwargs = request.kwargs(
             tier, streaming=True, read=run.read_budget(tier, before, request.timeout)
         )
-        # One watchdog bounds the wait for headers and then each chunk's (cheaper than an
-        # asyncio.timeout, which schedules and cancels a timer of its own).
-        watchdog = _Watchdog(asyncio.get_running_loop())
         try:
             watchdog.arm(budget)
             try:
@@ -356,8 +366,18 @@ class AsyncFallbackChain(
                 await stream.close()
                 raise
         finally:
-            watchdog.close()
+            watchdog.settle()
         return opened
+
+    async def _open_entrant(
+        self, request: Request, run: RequestRun, entrant: Entrant
+    ) -> OpenedStream:
+        """:meth:`_open_stream` for a race entrant, in its own task with its own watchdog."""
+        watchdog = _Watchdog(asyncio.get_running_loop())
+        try:
+            return await self._open_stream(request, run, entrant.attempt, entrant.watch, watchdog)
+        finally:
+            watchdog.close()
 
     async def _race(self, request: Request, run: RequestRun, step: kind.OpenStream) -> kind.Opened:
         """Open ``step``'s attempt in a task, hedge it when silent; the race's end.
@@ -370,8 +390,7 @@ class AsyncFallbackChain(
         end: kind.Opened | None = None  # the race's end, until returned
 
         def enter(entrant: Entrant) -> None:
-            opening = self._open_stream(request, run, entrant.attempt, entrant.watch)
-            tasks[asyncio.create_task(opening)] = entrant
+            tasks[asyncio.create_task(self._open_entrant(request, run, entrant))] = entrant
 
         try:
             enter(race.first)
@@ -486,15 +505,20 @@ class _Watchdog:
         if self.expired():
             raise watch.expired(before) from None
 
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-            self._handle_when = math.inf
+    def settle(self) -> None:
+        """Disarm after a stretch of waits; the timer stays for the next (see :meth:`close`)."""
         self.deadline = None
         if self._fired and self._task is not None:  # our cancel was swallowed somewhere below
             self._fired = False
             self._task.uncancel()
+
+    def close(self) -> None:
+        """:meth:`settle`, and cancel the timer: no more waits."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+            self._handle_when = math.inf
+        self.settle()
 
 
 def _task_outcome(task: asyncio.Task[OpenedStream]) -> object:
