@@ -38,6 +38,9 @@ __all__ = ["AsyncChainStream", "AsyncFallbackChain"]
 
 logger = logging.getLogger("fallbackchain")
 _current_task = asyncio.current_task
+_SLACK = 1e-3
+"""asyncio's selectors wait in whole milliseconds (rounded up): a timer may fire up to 1 ms
+late anyway, so a watchdog's deadline moving earlier by less keeps the timer it has."""
 
 
 class AsyncChainStream:
@@ -470,7 +473,9 @@ class _Watchdog:
         self._task = _current_task()
         self._fired = False
         when = self.deadline = self._time() + seconds
-        if when < self._handle_when:  # the timer is only ever moved earlier, never per chunk
+        # The timer is only ever moved earlier, never per chunk; and not for less than
+        # _SLACK (the first-token phase recomputes the same deadline, microseconds apart).
+        if when < self._handle_when - _SLACK:
             if self._handle is not None:
                 self._handle.cancel()
             self._handle = self._loop.call_at(when, self._fire)
