@@ -470,7 +470,7 @@ class _Watchdog:
     def arm(self, seconds: float) -> None:
         """Bound the wait that starts now to ``seconds``; once per chunk, so kept flat."""
         # The task waiting now: a consumer may iterate from another task (wait_for does).
-        self._task = _current_task()
+        self._task = _current_task(self._loop)
         self._fired = False
         when = self.deadline = self._time() + seconds
         # The timer is only ever moved earlier, never per chunk; and not for less than
