@@ -44,7 +44,11 @@ TRANSPORT_ONLY_PARAMS: Final = frozenset(
 
 
 _OMITTED = (openai.NotGiven, openai.Omit)  # built once: a union per call costs more than the check
-_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+# _canonical always builds a fresh tree (a cycle in the request never gets this far): no
+# circular-reference bookkeeping needed.
+_ENCODE = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, check_circular=False
+).encode
 
 
 def _omitted(value: object) -> bool:
