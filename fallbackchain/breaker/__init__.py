@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from .._optional import loaded_on_first_use
 from ._gate import BreakerGate, StateChangeCallback
-from ._permit import BUSY, Busy, Outcome, Permit
+from ._permit import BUSY, Busy, Permit
 from ._stores import BreakerState, GateStore, MemoryGateStore
 
 if TYPE_CHECKING:
@@ -47,7 +47,6 @@ __all__ = [
     "Busy",
     "GateStore",
     "MemoryGateStore",
-    "Outcome",
     "Permit",
     "RedisGateStore",
     "StateChangeCallback",
