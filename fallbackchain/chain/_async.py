@@ -2,9 +2,11 @@
 
 The asyncio twin of ``_sync``: every decision is the core's; this module awaits what a step
 names. A wait for data is bounded by a :class:`_Watchdog` timer re-armed per chunk (cheaper
-than an ``asyncio.timeout`` rescheduled twice per chunk), a whole completion by
-``asyncio.timeout``. Reporting a permit is shielded: a cancel meanwhile cannot leave a
-breaker slot taken or an outcome unrecorded. Disk cache I/O runs in a worker thread.
+than an ``asyncio.timeout`` rescheduled twice per chunk; one per request), a whole completion
+by ``asyncio.timeout``. Reporting a permit to a store that waits (Redis) is shielded: a
+cancel meanwhile cannot leave a breaker slot taken or an outcome unrecorded; the in-process
+store's steps run in place, where no cancel can reach them. Disk cache I/O runs in a worker
+thread.
 """
 
 from __future__ import annotations
