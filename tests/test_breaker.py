@@ -321,6 +321,33 @@ def test_async_permits_follow_the_same_rules(clock):
     assert g.state == "closed"
 
 
+def test_end_takes_the_outcome_and_says_whether_the_breaker_opened(clock):
+    g = gate(clock, fail_max=2)
+    assert g.acquire().end("failure") is False
+    assert g.acquire().end("failure") is True
+    assert g.state == "open"
+    clock.advance(31)
+    assert g.acquire().end("release") is False
+    assert g.state == "half-open"
+    assert asyncio.run(g.acquire().aend("success")) is False
+    assert g.state == "closed"
+
+
+def test_only_the_in_process_store_settles_at_once(clock):
+    """An async chain ends such a permit in place (no task); any store that may wait, not."""
+
+    class WaitingStore(MemoryGateStore):
+        async def aapply(self, step):
+            await asyncio.sleep(0)
+            return self.apply(step)
+
+    assert gate(clock).acquire().settles_at_once
+    waiting = gate(clock, store=WaitingStore())
+    assert not waiting.acquire().settles_at_once
+    waiting._store = MemoryGateStore()  # a swapped store is seen at once
+    assert waiting.acquire().settles_at_once
+
+
 def test_a_busy_caller_waits_until_an_attempt_settles_not_the_whole_timeout(clock):
     g = gate(clock)
     held = [g.acquire() for _ in range(3)]

@@ -197,6 +197,13 @@ def gate(clock: FakeClock, store: GateStore, fail_max: int = 3, **kw: Any) -> Br
     )
 
 
+def test_only_the_memory_store_takes_steps_in_place(stores, clock):
+    """The async chain ends a permit in place only when no step waits on Redis."""
+    g = gate(clock, stores.new())
+    assert g.in_place == (stores.kind == "memory")
+    assert g.acquire().settles_at_once == (stores.kind == "memory")
+
+
 def test_closed_breaker_grants_normal_permits(stores, drive, clock):
     g = gate(clock, stores.new())
     p = drive.acquire(g)

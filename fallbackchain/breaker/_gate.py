@@ -55,6 +55,7 @@ __all__ = ["BreakerGate", "StateChangeCallback"]
 logger = logging.getLogger("fallbackchain.breaker")
 
 _UNTIMED: tuple[StepKind, ...] = ("success", "release", "first_content")
+_IN_PLACE = MemoryGateStore.aapply  # an aapply that never awaits anything
 
 
 class StateChangeCallback(Protocol):
@@ -135,6 +136,16 @@ class BreakerGate:
         """:meth:`acquire` without blocking the event loop on a shared store."""
         ask = self._ask()
         return self._answer(ask, await self._store.aapply(ask))
+
+    @property
+    def in_place(self) -> bool:
+        """True when the store takes a step in place, without I/O (the in-process store).
+
+        Then :meth:`acquire` and a permit's sync methods may run on an event loop: their
+        awaited twins would never suspend. Asked of the store's class each time: a store may
+        be swapped, or subclassed to wait.
+        """
+        return type(self._store).aapply is _IN_PLACE
 
     def report(self, kind: StepKind, permit: Permit) -> bool:
         """Report ``permit``'s end (or first content) to the store; True if the breaker opened.

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import enum
-from typing import Final, Protocol
+from typing import Final, Literal, Protocol
 
 from ._stores import StepKind
 
-__all__ = ["BUSY", "Busy", "Permit"]
+__all__ = ["BUSY", "Busy", "Outcome", "Permit"]
+
+Outcome = Literal["success", "failure", "release"]
+"""How a permit ends (see :meth:`Permit.end`)."""
 
 
 class Busy(enum.Enum):
@@ -23,6 +26,9 @@ not refused for good, ask again shortly (the breaker may be proven, or open, by 
 
 class _Gate(Protocol):
     """What a permit needs from its gate: one step applied, sync or awaited."""
+
+    @property
+    def in_place(self) -> bool: ...
 
     def report(self, kind: StepKind, permit: Permit) -> bool: ...
 
@@ -100,6 +106,35 @@ class Permit:
         """:meth:`release`, awaited."""
         if self._first():
             await self._gate.areport("release", self)
+
+    def end(self, outcome: Outcome) -> bool:
+        """:meth:`success`, :meth:`failure` or :meth:`release`; True if the breaker opened."""
+        if outcome == "success":
+            self.success()
+            return False
+        if outcome == "failure":
+            return self.failure()
+        self.release()
+        return False
+
+    async def aend(self, outcome: Outcome) -> bool:
+        """:meth:`end`, awaited."""
+        if outcome == "success":
+            await self.asuccess()
+            return False
+        if outcome == "failure":
+            return await self.afailure()
+        await self.arelease()
+        return False
+
+    @property
+    def settles_at_once(self) -> bool:
+        """True when its gate's store never waits (in-process).
+
+        :meth:`end` may then run on an event loop: an awaited end would never suspend, so
+        no cancellation could cut it short.
+        """
+        return self._gate.in_place
 
     def _first(self, *, content: bool = False) -> bool:
         """True the first time: this call ends the permit (``content``: its first content).

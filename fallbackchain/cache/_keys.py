@@ -43,8 +43,16 @@ TRANSPORT_ONLY_PARAMS: Final = frozenset(
 )
 
 
+_OMITTED = (openai.NotGiven, openai.Omit)  # built once: a union per call costs more than the check
+# _canonical always builds a fresh tree (a cycle in the request never gets this far): no
+# circular-reference bookkeeping needed.
+_ENCODE = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, check_circular=False
+).encode
+
+
 def _omitted(value: object) -> bool:
-    return isinstance(value, openai.NotGiven | openai.Omit)
+    return isinstance(value, _OMITTED)
 
 
 def _canonical(value: Any) -> Any:
@@ -53,9 +61,17 @@ def _canonical(value: Any) -> Any:
     A whole finite float becomes an int (``1.0`` is ``1``: JSON does not tell them apart, so
     a prompts file and application code must agree); a bool stays a bool (``true``, not ``1``).
     """
+    kind = type(value)
+    # What requests are made of, by exact type first: no chain of isinstance checks for them.
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is dict:
+        return _mapping(value)
+    if kind is list:
+        return [_canonical(v) for v in value if not _omitted(v)]
     if isinstance(value, float) and value.is_integer():  # False for inf and nan
         return int(value)
-    if value is None or isinstance(value, str | int | float):
+    if isinstance(value, str | int | float):
         return value
     if isinstance(value, pydantic.BaseModel):
         # What the SDK puts on the wire for a model: only the fields that were set.
@@ -63,21 +79,25 @@ def _canonical(value: Any) -> Any:
     if callable(getattr(value, "model_dump", None)):
         return _canonical(value.model_dump(mode="json"))
     if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            if _omitted(v):
-                continue
-            if isinstance(k, str):
-                name = k
-            elif isinstance(k, int) and not isinstance(k, bool):
-                name = str(k)
-            else:
-                raise TypeError(f"cache_key: unsupported mapping key type {type(k).__name__}")
-            out[name] = _canonical(v)
-        return out
+        return _mapping(value)
     if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray | memoryview):
         return [_canonical(v) for v in value if not _omitted(v)]
     raise TypeError(f"cache_key: cannot represent a {type(value).__name__} value as JSON")
+
+
+def _mapping(value: Mapping[Any, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        if _omitted(v):
+            continue
+        if isinstance(k, str):
+            name = k
+        elif isinstance(k, int) and not isinstance(k, bool):
+            name = str(k)
+        else:
+            raise TypeError(f"cache_key: unsupported mapping key type {type(k).__name__}")
+        out[name] = _canonical(v)
+    return out
 
 
 def cache_key(
@@ -105,7 +125,7 @@ def cache_key(
         "messages": _canonical(list(messages)),
         "params": _canonical(shaping),
     }
-    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = _ENCODE(document)
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     return KEY_PREFIX + digest
 

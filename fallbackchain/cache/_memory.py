@@ -50,7 +50,10 @@ class MemoryLayer:
         if items is None:
             return None
         with self._lock:
-            return items.get(key)
+            try:  # TTLCache.get is this lookup wrapped in two more timer-checked ones
+                return items[key]
+            except KeyError:  # not held, or expired
+                return None
 
     def put(self, key: str, entry: HeldEntry | LocalAnswer) -> None:
         """Hold ``entry`` (an answer read from storage, or one being stored)."""

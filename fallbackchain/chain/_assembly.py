@@ -303,6 +303,8 @@ def _message(completion: Shown) -> _Message:
     if isinstance(completion, str):
         return completion, "", calls
     if isinstance(completion, tuple):
+        if len(completion) == 1 and completion[0].kind == "content":  # text only: the usual
+            return completion[0].text, "", calls
         text = "".join(f.text for f in completion if f.kind == "content")
         refusal = "".join(f.text for f in completion if f.kind == "refusal")
         calls.extend((f.id, f.name or "", f.text) for f in completion if f.kind == "tool_call")
@@ -322,6 +324,8 @@ def whole_fragments(completion: Shown) -> tuple[Fragment, ...]:
     if isinstance(completion, tuple):
         return completion
     text, refusal, calls = _message(completion)
+    if not (calls or refusal):  # text only: the usual answer
+        return (Fragment("content", text),) if text else ()
     fragments = [Fragment("content", text)] if text else []
     fragments.extend(
         Fragment("tool_call", arguments, i, call_id, name)
@@ -489,7 +493,7 @@ class Display:
         calls = [
             (call.id, call.name or "", "".join(call.arguments))
             for _, call in sorted(self._calls.items())
-        ]
+        ] if self._calls else []
         return self.shown, "".join(self._refusal), calls
 
     def _replace(self, text: str, source: str) -> tuple[ChainEvent, ...]:

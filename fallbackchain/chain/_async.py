@@ -2,9 +2,11 @@
 
 The asyncio twin of ``_sync``: every decision is the core's; this module awaits what a step
 names. A wait for data is bounded by a :class:`_Watchdog` timer re-armed per chunk (cheaper
-than an ``asyncio.timeout`` rescheduled twice per chunk), a whole completion by
-``asyncio.timeout``. Reporting a permit is shielded: a cancel meanwhile cannot leave a
-breaker slot taken or an outcome unrecorded. Disk cache I/O runs in a worker thread.
+than an ``asyncio.timeout`` rescheduled twice per chunk; one per request), a whole completion
+by ``asyncio.timeout``. Reporting a permit to a store that waits (Redis) is shielded: a
+cancel meanwhile cannot leave a breaker slot taken or an outcome unrecorded; the in-process
+store's steps run in place, where no cancel can reach them. Disk cache I/O runs in a worker
+thread.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ __all__ = ["AsyncChainStream", "AsyncFallbackChain"]
 
 logger = logging.getLogger("fallbackchain")
 _current_task = asyncio.current_task
+_SLACK = 1e-3
+"""asyncio's selectors wait in whole milliseconds (rounded up): a timer may fire up to 1 ms
+late anyway, so a watchdog's deadline moving earlier by less keeps the timer it has."""
 
 
 class AsyncChainStream:
@@ -155,6 +160,8 @@ class AsyncFallbackChain(
         """
         run, steps = self._start(request, slot)
         clock = self._clock
+        # One watchdog bounds every wait for data of the request: its one timer serves them all.
+        watchdog = _Watchdog(asyncio.get_running_loop())
         try:
             for step in steps:
                 try:
@@ -166,7 +173,7 @@ class AsyncFallbackChain(
                                 run.pause(clock() - handed)  # the consumer's time, not upstream
                             steps.done()
                         else:
-                            steps.done(await self._perform(request, run, step))
+                            steps.done(await self._perform(request, run, step, watchdog))
                         continue
                     opened: OpenedStream = step.opened
                     attempt, watch = step.attempt, step.watch
@@ -185,7 +192,6 @@ class AsyncFallbackChain(
                             after = opened.after
                             display = run.display
                             record = display.record_text
-                            watchdog = _Watchdog(asyncio.get_running_loop())
                             arm = watchdog.arm
                             try:
                                 while True:
@@ -226,7 +232,7 @@ class AsyncFallbackChain(
                                             for event in delta(piece, source):
                                                 yield event
                             finally:
-                                watchdog.close()
+                                watchdog.settle()
                     steps.done(assembler.finish(model=request.model))
                 except BaseException as exc:  # noqa: BLE001 - back into the flow, which decides
                     steps.failed(exc)
@@ -234,17 +240,25 @@ class AsyncFallbackChain(
             if not slot.cancelled:
                 raise  # an ordinary aclose(): the generator must exit
             # closed from another task: the request ended neutrally, and so does iteration
+        finally:
+            watchdog.close()
 
-    async def _perform(self, request: Request, run: RequestRun, step: kind.Step) -> Any:
+    async def _perform(
+        self, request: Request, run: RequestRun, step: kind.Step, watchdog: _Watchdog
+    ) -> Any:
         """Do what ``step`` names (every step but ``ReadStream`` and ``Show``)."""
         if isinstance(step, kind.Report):
-            return await asyncio.shield(_report(step.permit, step.outcome))
+            permit = step.permit
+            if permit.settles_at_once:  # no I/O: no task to shield it, and no await to cancel
+                return permit.end(step.outcome)
+            return await asyncio.shield(permit.aend(step.outcome))
         if isinstance(step, kind.OpenStream):
             if step.hedge_after is not None:
                 return await self._race(request, run, step)
-            return await self._open_stream(request, run, step.attempt, step.watch)
+            return await self._open_stream(request, run, step.attempt, step.watch, watchdog)
         if isinstance(step, kind.Acquire):
-            return await step.tier.gate.aacquire()
+            gate = step.tier.gate
+            return gate.acquire() if gate.in_place else await gate.aacquire()
         if isinstance(step, kind.FetchWhole):
             return await self._fetch_whole(request, run, step)
         if isinstance(step, kind.ReadCache):
@@ -298,11 +312,19 @@ class AsyncFallbackChain(
             return False
 
     async def _open_stream(
-        self, request: Request, run: RequestRun, attempt: kind.TryTier, watch: AttemptWatch
+        self,
+        request: Request,
+        run: RequestRun,
+        attempt: kind.TryTier,
+        watch: AttemptWatch,
+        watchdog: _Watchdog,
     ) -> OpenedStream:
         """Send the attempt and read until its first content (or its end); nothing is shown.
 
-        May run in a task of its own (a hedge race): it reads the run, never changes it.
+        ``watchdog`` bounds the wait for headers and then each chunk's (cheaper than an
+        ``asyncio.timeout``, which schedules and cancels a timer of its own); it is left
+        disarmed. May run in a task of its own (a hedge race): it reads the run, never
+        changes it.
         """
         clock = self._clock
         tier = attempt.tier
@@ -311,9 +333,6 @@ class AsyncFallbackChain(
         kwargs = request.kwargs(
             tier, streaming=True, read=run.read_budget(tier, before, request.timeout)
         )
-        # One watchdog bounds the wait for headers and then each chunk's (cheaper than an
-        # asyncio.timeout, which schedules and cancels a timer of its own).
-        watchdog = _Watchdog(asyncio.get_running_loop())
         try:
             watchdog.arm(budget)
             try:
@@ -352,8 +371,18 @@ class AsyncFallbackChain(
                 await stream.close()
                 raise
         finally:
-            watchdog.close()
+            watchdog.settle()
         return opened
+
+    async def _open_entrant(
+        self, request: Request, run: RequestRun, entrant: Entrant
+    ) -> OpenedStream:
+        """:meth:`_open_stream` for a race entrant, in its own task with its own watchdog."""
+        watchdog = _Watchdog(asyncio.get_running_loop())
+        try:
+            return await self._open_stream(request, run, entrant.attempt, entrant.watch, watchdog)
+        finally:
+            watchdog.close()
 
     async def _race(self, request: Request, run: RequestRun, step: kind.OpenStream) -> kind.Opened:
         """Open ``step``'s attempt in a task, hedge it when silent; the race's end.
@@ -366,8 +395,7 @@ class AsyncFallbackChain(
         end: kind.Opened | None = None  # the race's end, until returned
 
         def enter(entrant: Entrant) -> None:
-            opening = self._open_stream(request, run, entrant.attempt, entrant.watch)
-            tasks[asyncio.create_task(opening)] = entrant
+            tasks[asyncio.create_task(self._open_entrant(request, run, entrant))] = entrant
 
         try:
             enter(race.first)
@@ -444,10 +472,12 @@ class _Watchdog:
     def arm(self, seconds: float) -> None:
         """Bound the wait that starts now to ``seconds``; once per chunk, so kept flat."""
         # The task waiting now: a consumer may iterate from another task (wait_for does).
-        self._task = _current_task()
+        self._task = _current_task(self._loop)
         self._fired = False
         when = self.deadline = self._time() + seconds
-        if when < self._handle_when:  # the timer is only ever moved earlier, never per chunk
+        # The timer is only ever moved earlier, never per chunk; and not for less than
+        # _SLACK (the first-token phase recomputes the same deadline, microseconds apart).
+        if when < self._handle_when - _SLACK:
             if self._handle is not None:
                 self._handle.cancel()
             self._handle = self._loop.call_at(when, self._fire)
@@ -482,25 +512,20 @@ class _Watchdog:
         if self.expired():
             raise watch.expired(before) from None
 
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-            self._handle_when = math.inf
+    def settle(self) -> None:
+        """Disarm after a stretch of waits; the timer stays for the next (see :meth:`close`)."""
         self.deadline = None
         if self._fired and self._task is not None:  # our cancel was swallowed somewhere below
             self._fired = False
             self._task.uncancel()
 
-
-async def _report(permit: Permit, outcome: str) -> bool | None:
-    if outcome == "failure":
-        return await permit.afailure()
-    if outcome == "success":
-        await permit.asuccess()
-    else:
-        await permit.arelease()
-    return None
+    def close(self) -> None:
+        """:meth:`settle`, and cancel the timer: no more waits."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+            self._handle_when = math.inf
+        self.settle()
 
 
 def _task_outcome(task: asyncio.Task[OpenedStream]) -> object:
@@ -516,7 +541,7 @@ async def _dismiss(dismissal: Dismissal) -> None:
         if dismissal.opened is not None:
             await dismissal.opened.stream.close()
     finally:
-        await _report(dismissal.entrant.attempt.permit, dismissal.outcome)
+        await dismissal.entrant.attempt.permit.aend(dismissal.outcome)
 
 
 async def _drop(task: asyncio.Task[OpenedStream], permit: Permit | None) -> None:

@@ -97,7 +97,7 @@ class RequestRun:
         """
         self.deadline = config.retry.deadline if deadline is None else deadline
         self._max_attempts = max_attempts
-        self._hooks = hooks or Hooks()
+        self._hooks = hooks if hooks is not None else Hooks()  # an empty one is falsy
         self.request_id = request_id
         retry = config.retry
         self._retry = retry if deadline is None else dataclasses.replace(retry, deadline=deadline)

@@ -215,7 +215,7 @@ class FallbackChain(
     def _perform(self, request: Request, run: RequestRun, step: kind.Step) -> Any:
         """Do what ``step`` names (every step but ``ReadStream`` and ``Show``)."""
         if isinstance(step, kind.Report):
-            return _report(step.permit, step.outcome)
+            return step.permit.end(step.outcome)
         if isinstance(step, kind.Acquire):
             return step.tier.gate.acquire()
         if isinstance(step, kind.OpenStream):
@@ -333,16 +333,6 @@ class FallbackChain(
         return request.endpoint.check(answer)
 
 
-def _report(permit: Permit, outcome: str) -> bool | None:
-    if outcome == "success":
-        permit.success()
-    elif outcome == "failure":
-        return permit.failure()
-    else:
-        permit.release()
-    return None
-
-
 def _outcome(future: Future[OpenedStream]) -> object:
     """What a race entrant ended with: its opened stream, or the exception it raised."""
     return future.exception() or future.result()
@@ -353,7 +343,7 @@ def _dismiss(dismissal: Dismissal) -> None:
         if dismissal.opened is not None:
             dismissal.opened.stream.close()
     finally:
-        _report(dismissal.entrant.attempt.permit, dismissal.outcome)
+        dismissal.entrant.attempt.permit.end(dismissal.outcome)
 
 
 def _close_when_done(future: Future[OpenedStream], permit: Permit | None) -> None:
