@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from fallbackchain.chain._steps import CloseStream
 from fallbackchain.testing import Fault
 
 from .conftest import user
@@ -87,3 +89,27 @@ def test_a_drop_in_stream_closed_elsewhere_ends_the_readers_loop(harness_factory
     assert took < _limit(h)
     assert items and all(chunk.object == "chat.completion.chunk" for chunk in items)
     assert h.server.counts["total"] == 1
+
+
+def test_a_stream_opened_while_the_consumer_closed_is_closed_at_once(harness_factory: Any) -> None:
+    """The flow's ``CloseStream`` (the close came while the attempt was opening): the driver
+    closes the real SDK stream then, so its connection is not held until collected."""
+    h = harness_factory(real_time=True)
+    h.server.push(Fault.stall(after_chunks=1, seconds=STALL), stream=True)
+    kwargs = {"model": "m", "messages": user("x"), "stream": True}
+    chain = h.chain
+
+    def go() -> Any:
+        stream = h._client.chat.completions.create(**kwargs)
+        opened = SimpleNamespace(stream=stream)
+        chain._perform(None, None, CloseStream(opened))  # sync: returns None
+        return stream
+
+    async def ago() -> Any:
+        stream = await h._client.chat.completions.create(**kwargs)
+        await chain._perform(None, None, CloseStream(SimpleNamespace(stream=stream)), None)
+        return stream
+
+    stream = h.run(go if h.mode == "sync" else ago)
+    assert stream.response.is_closed
+    assert h.server.wait_idle(2.0)  # the server saw the client leave mid-stall

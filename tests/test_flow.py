@@ -34,6 +34,7 @@ from fallbackchain.chain._request import ResponseSlot, prepare
 from fallbackchain.chain._steps import (
     Acquire,
     AwaitSlot,
+    CloseStream,
     FetchWhole,
     OpenStream,
     ReadCache,
@@ -149,6 +150,9 @@ class Player:
             if isinstance(outcome, BaseException) and outcome is not DROP:
                 raise outcome
             return outcome  # the "opened stream": what ReadStream will meet
+        if isinstance(step, CloseStream):
+            self.log.append(f"close {step.opened}")
+            return None
         if isinstance(step, ReadStream):
             self.log.append("read")
             if isinstance(step.opened, BaseException):
@@ -300,6 +304,23 @@ def test_a_stream_closed_from_elsewhere_ends_the_request_neutral() -> None:
 
     player.perform = closing  # type: ignore[method-assign]
     assert player.play() == ["open stream", "read", "release", "raise GeneratorExit"]
+    assert player.slot.response is None
+
+
+def test_a_stream_opened_while_the_consumer_closed_is_closed_unread() -> None:
+    """The close came while the attempt was opening (no stream to close yet): what it opened is
+    closed at once, not left holding its connection until collected; then, as above."""
+    player = Player(DEFAULTS, {})
+    perform = player.perform
+
+    def closing(step: Any) -> Any:
+        opened = perform(step)
+        if isinstance(step, OpenStream):
+            player.slot.cancelled = True  # a close() from elsewhere, while this one opened
+        return opened
+
+    player.perform = closing  # type: ignore[method-assign]
+    assert player.play() == ["open stream", "close ok", "release", "raise GeneratorExit"]
     assert player.slot.response is None
 
 

@@ -261,6 +261,8 @@ class AsyncFallbackChain(
             return gate.acquire() if gate.in_place else await gate.aacquire()
         if isinstance(step, kind.FetchWhole):
             return await self._fetch_whole(request, run, step)
+        if isinstance(step, kind.CloseStream):
+            return await step.opened.stream.close()
         if isinstance(step, kind.ReadCache):
             return await self._read_cache(step.key)
         if isinstance(step, kind.WriteCache):

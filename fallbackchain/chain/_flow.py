@@ -34,6 +34,7 @@ from ._core import RequestRun
 from ._request import Request, ResponseSlot
 from ._steps import (
     Acquire,
+    CloseStream,
     FetchWhole,
     Opened,
     OpenStream,
@@ -126,7 +127,8 @@ def request_flow(
                         attempt, watch, opened = opened.attempt, opened.watch, opened.stream
                         if isinstance(opened, BaseException):
                             raise opened  # noqa: TRY301 - the attempt's own error, judged below
-                    if slot.cancelled:
+                    if slot.cancelled:  # closed while it opened: nobody will read it
+                        yield CloseStream(opened)
                         raise GeneratorExit  # noqa: TRY301 - neutral, as below
                     answer = yield ReadStream(attempt, watch, opened)
                 else:

@@ -12,6 +12,7 @@ exception it met. A driver knows these values and the I/O they name, nothing of 
 | :class:`Acquire` | asks the tier's gate for a permit | the gate's answer |
 | :class:`OpenStream` | sends a streamed attempt, reads to its first content | the opened stream |
 | :class:`ReadStream` | shows the opened stream's events, reads it to its end | the answer |
+| :class:`CloseStream` | closes an opened stream that will not be read | nothing |
 | :class:`FetchWhole` | sends a non-streamed attempt | the checked answer |
 | :class:`Report` | tells the permit's gate how the attempt ended | what the gate returns |
 | :class:`Show` | hands the events to the consumer | nothing |
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Acquire",
     "AwaitSlot",
+    "CloseStream",
     "FetchWhole",
     "Neutral",
     "OpenStream",
@@ -152,6 +154,15 @@ class ReadStream(NamedTuple):
     opened: Any
 
 
+class CloseStream(NamedTuple):
+    """Close what :class:`OpenStream` opened without reading it (the consumer closed meanwhile).
+
+    The connection is released now, not whenever the stream is collected.
+    """
+
+    opened: Any
+
+
 class FetchWhole(NamedTuple):
     """Send ``attempt`` non-streamed; hand back the endpoint's checked answer."""
 
@@ -201,6 +212,7 @@ Step = (
     | Acquire
     | OpenStream
     | ReadStream
+    | CloseStream
     | FetchWhole
     | Report
     | Show

@@ -224,6 +224,8 @@ class FallbackChain(
             return self._race(request, run, step)
         if isinstance(step, kind.FetchWhole):
             return self._fetch_whole(request, run, step)
+        if isinstance(step, kind.CloseStream):
+            return step.opened.stream.close()
         if isinstance(step, kind.Sleep):
             return sleep_unless_testing(self._sleep, step.seconds)
         if isinstance(step, kind.AwaitSlot):
