@@ -1,8 +1,9 @@
 """Names a package offers but loads on first use (PEP 562 module ``__getattr__``).
 
-An app pays at import only for the parts it touches: the top-level package, the drop-in
-surfaces, the Redis classes (which import the redis client) and the demo load their module
-when a name of theirs is first asked for. This module imports nothing beyond ``importlib``.
+An app pays at import only for the parts it touches: the top-level package, the async driver,
+the drop-in surfaces, the cache's rows and disk cache, the Redis classes (which import the
+redis client) and the demo load their module when a name of theirs is first asked for. This
+module imports nothing but ``importlib`` and typing names, so any package may use it.
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ from .._errors import StreamNotFinishedError
 from .._results import ChainEvent, ChainResponse
 from .._timing import AsyncSleep, async_sleep_unless_testing, default_async_sleep
 from ..breaker import Permit
-from ..cache import CachedAnswer
 from . import _steps as kind
 from ._chain import ChainBase, OpenedStream
 from ._core import RequestRun
@@ -33,6 +32,7 @@ from ._request import Request, ResponseSlot
 from ._watch import AttemptWatch
 
 if TYPE_CHECKING:  # the drop-in surfaces load on first use: named as strings in the base
+    from ..cache import CachedAnswer
     from ._dropin import AsyncChainChat  # noqa: F401
     from ._responses_dropin import AsyncChainResponses  # noqa: F401
 

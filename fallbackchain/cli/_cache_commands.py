@@ -1,7 +1,7 @@
 """``fallbackchain cache stats|clear|prune|export|import``: the cache a config uses, from outside.
 
 What a caller can rely on: every action opens the same backend a chain with that config would
-(disk or Redis); a cache that cannot be opened is an error (exit status 2) naming where it is;
+(disk or Redis); a cache that cannot be opened is an error (exit status 1) naming where it is;
 ``clear``, ``prune`` and ``import`` on a cache that could only be opened read-only change
 nothing and exit 1; rows that could not be read are skipped, counted and make the exit status 1.
 ``clear`` asks first unless ``--yes``.

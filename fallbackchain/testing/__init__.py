@@ -90,7 +90,7 @@ What you can rely on:
 Run ``python -m fallbackchain.testing --port 8000`` for a standalone server, and
 ``python -m fallbackchain.testing demo`` (the same as ``fallbackchain demo``) for
 the resilience story: :func:`run_demo` drives a real chain against two fault
-servers and returns a :class:`DemoResult` (both load on first use).
+servers and returns a :class:`DemoResult` (these load on first use).
 """
 
 from typing import TYPE_CHECKING

@@ -20,7 +20,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import openai
 from openai.types.chat import ChatCompletion
@@ -28,8 +28,11 @@ from openai.types.chat import ChatCompletion
 from .._errors import AllTiersFailedError, FallbackChainError
 from .._results import Attempt, ChainResponse
 from ..cache import CachedAnswer
-from ..chain import CHAT, RESPONSES, AsyncFallbackChain, Endpoint, FallbackChain, trace_of
+from ..chain import CHAT, RESPONSES, Endpoint, FallbackChain, trace_of
 from ._prompts import WarmRequest
+
+if TYPE_CHECKING:
+    from ..chain import AsyncFallbackChain  # the async driver loads on first use
 
 __all__ = ["Prompt", "SendResult", "ask", "ask_async", "request_key"]
 

@@ -19,12 +19,15 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from .._errors import BreakerOpenError, QuotaExceededError, RateLimitedError
 from .._timing import Clock, is_testing
-from ..chain import AsyncFallbackChain, FallbackChain
+from ..chain import FallbackChain
 from ._outcome import SendResult
+
+if TYPE_CHECKING:
+    from ..chain import AsyncFallbackChain  # the async driver loads on first use
 
 __all__ = ["GIVE_UP", "Pacer", "max_wait_of"]
 

@@ -26,14 +26,17 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, replace
-from typing import Final, Literal, Protocol, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Final, Literal, Protocol, TypedDict, TypeVar
 
 from .._timing import Clock, is_testing
 from ..cache import CachedAnswer, LineError
-from ..chain import AsyncFallbackChain, FallbackChain, Sleep
+from ..chain import FallbackChain, Sleep
 from ._outcome import Prompt, SendResult, request_key
 from ._pacing import GIVE_UP, Pacer, max_wait_of
 from ._prompts import WarmRequest, strict_error
+
+if TYPE_CHECKING:
+    from ..chain import AsyncFallbackChain  # the async driver loads on first use
 
 __all__ = [
     "WARM_RECORD",

@@ -15,12 +15,15 @@ import asyncio
 import concurrent.futures
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Unpack
+from typing import TYPE_CHECKING, Unpack
 
-from ..chain import AsyncFallbackChain, FallbackChain, Sleep
+from ..chain import FallbackChain, Sleep
 from ._outcome import Prompt, SendResult, ask, ask_async
 from ._prompts import PromptSource, resolve_prompts
 from ._run import Collect, LookUp, Send, WarmOptions, WarmReport, WarmRun
+
+if TYPE_CHECKING:
+    from ..chain import AsyncFallbackChain  # the async driver loads on first use
 
 __all__ = ["awarm", "warm"]
 
