@@ -333,7 +333,7 @@ def test_end_takes_the_outcome_and_says_whether_the_breaker_opened(clock):
     assert g.state == "closed"
 
 
-def test_only_the_in_process_store_settles_at_once(clock):
+def test_only_the_in_process_store_ends_permits_in_place(clock):
     """An async chain ends such a permit in place (no task); any store that may wait, not."""
 
     class WaitingStore(MemoryGateStore):
@@ -341,11 +341,11 @@ def test_only_the_in_process_store_settles_at_once(clock):
             await asyncio.sleep(0)
             return self.apply(step)
 
-    assert gate(clock).acquire().settles_at_once
+    assert gate(clock).acquire().in_place
     waiting = gate(clock, store=WaitingStore())
-    assert not waiting.acquire().settles_at_once
+    assert not waiting.acquire().in_place
     waiting._store = MemoryGateStore()  # a swapped store is seen at once
-    assert waiting.acquire().settles_at_once
+    assert waiting.acquire().in_place
 
 
 def test_a_busy_caller_waits_until_an_attempt_settles_not_the_whole_timeout(clock):

@@ -128,7 +128,7 @@ class Permit:
         return False
 
     @property
-    def settles_at_once(self) -> bool:
+    def in_place(self) -> bool:
         """True when its gate's store never waits (in-process).
 
         :meth:`end` may then run on an event loop: an awaited end would never suspend, so

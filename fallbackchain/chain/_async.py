@@ -249,7 +249,7 @@ class AsyncFallbackChain(
         """Do what ``step`` names (every step but ``ReadStream`` and ``Show``)."""
         if isinstance(step, kind.Report):
             permit = step.permit
-            if permit.settles_at_once:  # no I/O: no task to shield it, and no await to cancel
+            if permit.in_place:  # no I/O: no task to shield it, and no await to cancel
                 return permit.end(step.outcome)
             return await asyncio.shield(permit.aend(step.outcome))
         if isinstance(step, kind.OpenStream):
