@@ -507,3 +507,41 @@ def test_a_busy_wait_ends_when_a_trial_could_have_proved_itself(harness_factory,
     assert waits[:4] == pytest.approx([0.025, 0.05, 0.1, 0.2])  # doubling, then at most 0.2
     assert max(waits) <= 0.2
     assert server.counts["stream"] == 0
+
+
+def test_a_request_is_keyed_only_when_a_cache_or_a_listener_uses_the_key(
+    make_chain, monkeypatch
+):
+    """The cache key is work on every request's path: not done when nothing reads it."""
+    from fallbackchain.chain._endpoint import ChatEndpoint
+
+    keyed: list[str] = []
+    original = ChatEndpoint.cache_key
+
+    def counting(self, request):
+        keyed.append(request["model"])
+        return original(self, request)
+
+    monkeypatch.setattr(ChatEndpoint, "cache_key", counting)
+    started: list[object] = []
+
+    class Listener:
+        def on_request_start(self, event):
+            started.append(event.key)
+
+    plain = make_chain(cache__enabled=False)
+    plain.complete([{"role": "user", "content": "hi"}])
+    plain.complete([{"role": "user", "content": "hi"}], cache="off")
+    assert keyed == []  # no cache: nothing would read the key
+    assert plain.cache_key([{"role": "user", "content": "hi"}]).startswith("fc1-")
+    assert len(keyed) == 1  # asked for: still given
+
+    cached = make_chain()
+    cached.complete([{"role": "user", "content": "hi"}])
+    assert len(keyed) == 2  # read and written under it
+    cached.complete([{"role": "user", "content": "hi"}], cache="off")
+    assert len(keyed) == 2  # the call switched the cache off
+
+    heard = make_chain(Listener(), cache__enabled=False)
+    heard.complete([{"role": "user", "content": "hi"}])
+    assert len(keyed) == 3 and started[-1].startswith("fc1-")  # RequestStarted.key

@@ -133,6 +133,8 @@ class ChainBase(Generic[StreamT, ClientT, SleepT, AnswerT, ChatT, ResponsesT]):
         self._gates = {tier.name: tier.gate for tier in self._tiers}
         self.cache = cache if cache is not None else response_cache(config, self._time.wall)
         self._owns_cache = cache is None
+        # A request's cache key is work (~10 µs): skipped when no cache and no listener needs it.
+        self._caching = cache is not None or config.cache.enabled
         self._closed = False
         clients, owned = make_clients(config, self._client_type(), client, fallback_clients)
         self._clients: dict[str, ClientT] = clients
@@ -276,7 +278,7 @@ class ChainBase(Generic[StreamT, ClientT, SleepT, AnswerT, ChatT, ResponsesT]):
         ``fallbacks`` (``False``: the primary only; or the names of the fallbacks allowed).
         """
         own = call_options(self.config, deadline, max_attempts, cache, fallbacks)
-        return self._stream(self._prepare(messages, model, params, options=own))
+        return self._stream(self._prepare(messages, model, params, options=own, keyed=False))
 
     def complete(
         self,
@@ -298,7 +300,9 @@ class ChainBase(Generic[StreamT, ClientT, SleepT, AnswerT, ChatT, ResponsesT]):
         def prepare() -> Request:
             own = call_options(self.config, deadline, max_attempts, cache, fallbacks)
             whole_first = self._whole_first
-            return self._prepare(messages, model, params, whole_first=whole_first, options=own)
+            return self._prepare(
+                messages, model, params, whole_first=whole_first, options=own, keyed=False
+            )
 
         return self._answer(prepare)
 
@@ -312,7 +316,7 @@ class ChainBase(Generic[StreamT, ClientT, SleepT, AnswerT, ChatT, ResponsesT]):
         ``endpoint``'s answer type.
         """
         own = _own_options(self.config, options)
-        return self._stream(self._prepare_request(endpoint, request, options=own))
+        return self._stream(self._prepare_request(endpoint, request, options=own, keyed=False))
 
     def complete_request(
         self, endpoint: Endpoint[Any], request: Mapping[str, Any], **options: Unpack[CallKeywords]
@@ -322,7 +326,9 @@ class ChainBase(Generic[StreamT, ClientT, SleepT, AnswerT, ChatT, ResponsesT]):
         def prepare() -> Request:
             own = _own_options(self.config, options)
             whole_first = self._whole_first
-            return self._prepare_request(endpoint, request, whole_first=whole_first, options=own)
+            return self._prepare_request(
+                endpoint, request, whole_first=whole_first, options=own, keyed=False
+            )
 
         return self._answer(prepare)
 
@@ -334,10 +340,13 @@ class ChainBase(Generic[StreamT, ClientT, SleepT, AnswerT, ChatT, ResponsesT]):
         *,
         whole_first: bool = False,
         options: CallOptions | None = None,
+        keyed: bool = True,
     ) -> Request:
         # ChatEndpoint.validate refuses ``stream`` and empty messages, as for any endpoint
         body = {"model": model, "messages": messages, **params}
-        return self._prepare_request(CHAT, body, whole_first=whole_first, options=options)
+        return self._prepare_request(
+            CHAT, body, whole_first=whole_first, options=options, keyed=keyed
+        )
 
     def _prepare_request(
         self,
@@ -346,14 +355,20 @@ class ChainBase(Generic[StreamT, ClientT, SleepT, AnswerT, ChatT, ResponsesT]):
         *,
         whole_first: bool = False,
         options: CallOptions | None = None,
+        keyed: bool = True,
     ) -> Request:
+        """The request to run. ``keyed=False``: its key only if a cache or a listener uses it."""
         self._check_open()
+        if not keyed:
+            uses_cache = self._caching and (options is None or options.cache != "off")
+            keyed = uses_cache or bool(self._hooks)  # a listener sees RequestStarted.key
         return prepare(
             endpoint,
             request,
             default_model=self.config.openai.model,
             whole_first=whole_first,
             options=options,
+            keyed=keyed,
         )
 
     def _store(self, key: str, stored: Any) -> bool:

@@ -76,14 +76,20 @@ def prepare(
     default_model: str,
     whole_first: bool = False,
     options: CallOptions | None = None,
+    keyed: bool = True,
 ) -> Request:
-    """Check ``request`` and prepare it; raises what :meth:`Endpoint.validate` raises."""
+    """Check ``request`` and prepare it; raises what :meth:`Endpoint.validate` raises.
+
+    ``keyed=False``: no cache key (``key`` is ``None``): nothing will read or write the cache.
+    """
     body = dict(request)
     body["model"] = model = body.get("model") or default_model
     timeout = call_timeout(body.pop("timeout", None))
     endpoint.validate(body)
+    key: str | None = None
     try:
-        key: str | None = endpoint.cache_key(body)
+        if keyed:
+            key = endpoint.cache_key(body)
     except TypeError:  # a value with no JSON form: answer live, never cache it
         logger.warning("request cannot be cached: a parameter has no JSON form")
         key = None
