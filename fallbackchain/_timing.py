@@ -36,8 +36,7 @@ Sleep = Callable[[float], None]
 AsyncSleep = Callable[[float], Awaitable[None]]
 
 
-# Plain classes and a NamedTuple, not dataclasses: a dataclass costs about 0.4 ms to create at
-# import, and this module loads with every chain.
+# Plain classes and a NamedTuple, not dataclasses: import time (CONTRIBUTING.md).
 
 
 class _Mode:

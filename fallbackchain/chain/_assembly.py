@@ -63,8 +63,7 @@ Piece = str | tuple[Fragment, ...]
 """What one chunk adds to choice 0: its text (the common case) or its fragments."""
 
 
-# Plain classes, not dataclasses: a dataclass costs about 0.4 ms to create at import, and this
-# module loads with every chain.
+# Plain classes, not dataclasses: import time (CONTRIBUTING.md).
 
 
 class _Choice:

@@ -28,8 +28,7 @@ __all__ = ["RetryDecision", "decide", "full_jitter", "is_transport_fault"]
 Action = Literal["retry", "next_tier", "next_route", "defer_route", "skip_live"]
 
 
-# A NamedTuple, not a frozen dataclass: as immutable, and a dataclass costs about 0.4 ms to
-# create at import (this module loads with every chain).
+# A NamedTuple, not a frozen dataclass: import time (CONTRIBUTING.md).
 class RetryDecision(NamedTuple):
     """What to do after a failed attempt.
 

@@ -30,8 +30,7 @@ class CallKeywords(TypedDict, total=False):
     fallbacks: bool | Collection[str]
 
 
-# A NamedTuple, not a frozen dataclass: as immutable, and a dataclass costs about 0.4 ms to
-# create at import (this module loads with every chain).
+# A NamedTuple, not a frozen dataclass: import time (CONTRIBUTING.md).
 class CallOptions(NamedTuple):
     """One call's own settings, never sent to a provider (checked by :func:`call_options`)."""
 

@@ -22,8 +22,7 @@ from ._watch import AttemptWatch
 __all__ = ["Dismissal", "Entrant", "Race", "Verdict"]
 
 
-# Plain classes and NamedTuples, not dataclasses: a dataclass costs about 0.4 ms to create at
-# import, and this module loads with every chain.
+# Plain classes and NamedTuples, not dataclasses: import time (CONTRIBUTING.md).
 
 
 class Entrant:

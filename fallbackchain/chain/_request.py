@@ -23,8 +23,7 @@ __all__ = ["Request", "ResponseSlot", "prepare"]
 logger = logging.getLogger("fallbackchain")
 
 
-# A NamedTuple, not a frozen dataclass: as immutable, and a dataclass costs about 0.4 ms to
-# create at import (this module loads with every chain).
+# A NamedTuple, not a frozen dataclass: import time (CONTRIBUTING.md).
 class Request(NamedTuple):
     """A request as the chain runs it (immutable; one per ``stream()`` / ``complete()``)."""
 

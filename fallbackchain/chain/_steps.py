@@ -19,9 +19,7 @@ exception it met. A driver knows these values and the I/O they name, nothing of 
 | :class:`ReadCache` / :class:`WriteCache` | reads / writes the cache | the entry / whether stored |
 """
 
-# The steps are NamedTuples, not frozen dataclasses: as immutable and as cheap to read, but a
-# dataclass costs about 0.4 ms each to create at import (its methods are compiled then), and
-# these load with every chain.
+# The steps are NamedTuples, not frozen dataclasses: import time (CONTRIBUTING.md).
 
 from __future__ import annotations
 
