@@ -20,12 +20,11 @@ from typing import TYPE_CHECKING, Any, Self
 
 import openai
 
-from .._errors import StreamNotFinishedError
 from .._results import ChainEvent, ChainResponse
 from .._timing import AsyncSleep, async_sleep_unless_testing, default_async_sleep
 from ..breaker import Permit
 from . import _steps as kind
-from ._chain import ChainBase, OpenedStream
+from ._chain import ChainBase, ChainStreamBase, OpenedStream
 from ._core import RequestRun
 from ._race import Dismissal, Entrant, Race
 from ._request import Request, ResponseSlot
@@ -45,29 +44,18 @@ _SLACK = 1e-3
 late anyway, so a watchdog's deadline moving earlier by less keeps the timer it has."""
 
 
-class AsyncChainStream:
+class AsyncChainStream(ChainStreamBase[AsyncIterator[ChainEvent]]):
     """A chain's answer as an async iterator of :class:`~fallbackchain.ChainEvent`.
 
     The asyncio twin of :class:`ChainStream`: ``async for``, ``async with``, ``aclose()``.
     Cancelling the consuming task is neutral for the breakers.
     """
 
-    def __init__(self, events: AsyncIterator[ChainEvent], slot: ResponseSlot) -> None:
-        self._events = events
-        self._slot = slot
-
     def __aiter__(self) -> AsyncIterator[ChainEvent]:
         return self._events  # iterate the driver directly: one coroutine less per event
 
     async def __anext__(self) -> ChainEvent:
         return await anext(self._events)
-
-    @property
-    def response(self) -> ChainResponse:
-        """The whole answer; raises :class:`StreamNotFinishedError` before the end."""
-        if self._slot.response is None:
-            raise StreamNotFinishedError("iterate the stream to its end before reading .response")
-        return self._slot.response
 
     async def aclose(self) -> None:
         """Stop early, release the connection; neutral for the breakers.

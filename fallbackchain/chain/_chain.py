@@ -25,9 +25,10 @@ import openai
 
 from .._backends import gate_store, response_cache
 from .._config import ChainConfig, OpenAIConfig, RouteConfig
-from .._errors import ChainClosedError
+from .._errors import ChainClosedError, StreamNotFinishedError
 from .._hooks import BreakerChanged, Hooks, RequestStarted, next_request_id
 from .._redact import mask_url
+from .._results import ChainResponse
 from .._timing import Clock, SystemClock, TimeSource, time_source
 from ..breaker import BreakerGate, BreakerState
 from ._assembly import Piece
@@ -41,7 +42,7 @@ from ._steps import Tier
 if TYPE_CHECKING:
     from ..cache import Cache, CachedAnswer  # the cache's modules load when a chain builds one
 
-__all__ = ["ChainBase", "OpenedStream", "make_clients"]
+__all__ = ["ChainBase", "ChainStreamBase", "OpenedStream", "make_clients"]
 
 logger = logging.getLogger("fallbackchain")
 
@@ -64,6 +65,24 @@ class OpenedStream:
     after: float  # when the last read ended
     pieces: list[Piece] = field(default_factory=list)  # read, not shown yet
     ended: bool = False  # the stream ended before any content
+
+
+EventsT = TypeVar("EventsT")
+
+
+class ChainStreamBase(Generic[EventsT]):
+    """What both chains' streams hold: the driver's events and the slot the answer lands in."""
+
+    def __init__(self, events: EventsT, slot: ResponseSlot) -> None:
+        self._events = events
+        self._slot = slot
+
+    @property
+    def response(self) -> ChainResponse:
+        """The whole answer; raises :class:`StreamNotFinishedError` before the end."""
+        if self._slot.response is None:
+            raise StreamNotFinishedError("iterate the stream to its end before reading .response")
+        return self._slot.response
 
 
 class ChainBase(Generic[StreamT, ClientT, SleepT, AnswerT, ChatT, ResponsesT]):

@@ -18,13 +18,12 @@ from typing import TYPE_CHECKING, Any, Self
 
 import openai
 
-from .._errors import StreamNotFinishedError
 from .._results import ChainEvent, ChainResponse
 from .._timing import Sleep as SleepFunc
 from .._timing import default_sleep, sleep_unless_testing
 from ..breaker import Permit
 from . import _steps as kind
-from ._chain import ChainBase, OpenedStream
+from ._chain import ChainBase, ChainStreamBase, OpenedStream
 from ._core import RequestRun
 from ._race import Dismissal, Entrant, Race
 from ._request import Request, ResponseSlot
@@ -37,29 +36,18 @@ if TYPE_CHECKING:  # the drop-in surfaces load on first use: named as strings in
 __all__ = ["ChainStream", "FallbackChain"]
 
 
-class ChainStream:
+class ChainStream(ChainStreamBase[Iterator[ChainEvent]]):
     """A chain's answer as an iterator of :class:`~fallbackchain.ChainEvent`.
 
     Nothing is sent until the first ``next()``. ``response`` is available once iteration ends.
     ``close()`` (or leaving the ``with`` block) stops early; that is never counted as a failure.
     """
 
-    def __init__(self, events: Iterator[ChainEvent], slot: ResponseSlot) -> None:
-        self._events = events
-        self._slot = slot
-
     def __iter__(self) -> Iterator[ChainEvent]:
         return self._events  # iterate the driver directly: one call less per event
 
     def __next__(self) -> ChainEvent:
         return next(self._events)
-
-    @property
-    def response(self) -> ChainResponse:
-        """The whole answer; raises :class:`StreamNotFinishedError` before the end."""
-        if self._slot.response is None:
-            raise StreamNotFinishedError("iterate the stream to its end before reading .response")
-        return self._slot.response
 
     def close(self) -> None:
         """Stop early, release the connection; neutral for the breakers.
