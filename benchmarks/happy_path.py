@@ -438,13 +438,15 @@ def run_replay(settings: Settings, base_url: str) -> tuple[list[Row], dict[str, 
 # --------------------------------------------------------------------------------------------
 
 
-def _prebuilt_chunks(base_url: str) -> list[Any]:
+def _prebuilt_chunks(base_url: str) -> list[tuple[Any, Any]]:
+    """Each chunk of one answer twice: as the SDK's model (raw's) and as sent (the chain's)."""
     events = _record_bodies(base_url, PROMPTS[:1])[PROMPTS[0]]
-    return [
-        ChatCompletionChunk.model_validate(json.loads(event.removeprefix(b"data: ")))
+    sent = [
+        json.loads(event.removeprefix(b"data: "))
         for event in events
         if not event.startswith(b"data: [DONE]")
     ]
+    return [(ChatCompletionChunk.model_validate(data), data) for data in sent]
 
 
 class _Replay:
@@ -477,23 +479,52 @@ class _Replay:
 
 
 class _StandInClient:
-    """Just enough of ``openai.OpenAI`` / ``AsyncOpenAI`` for a chain's happy path."""
+    """Just enough of ``openai.OpenAI`` / ``AsyncOpenAI`` for a chain's happy path.
 
-    def __init__(self, chunks: list[Any], *, is_async: bool) -> None:
-        self._chunks = chunks
+    ``create()`` streams the SDK's chunk models (the raw loop's baseline);
+    ``with_raw_response.create().parse(to=...)`` streams the same chunks as sent (the JSON
+    objects), which is how the chain reads a stream.
+    """
+
+    def __init__(self, chunks: list[tuple[Any, Any]], *, is_async: bool) -> None:
+        self._chunks = [model for model, _ in chunks]
+        self._sent = [data for _, data in chunks]
         self._async = is_async
         self.chat = self
         self.completions = self
+        self.with_raw_response = _RawStandIn(self)
 
     def with_options(self, **_: Any) -> _StandInClient:
         return self
 
-    def create(self, **_: Any) -> Any:
+    def _made(self, items: list[Any]) -> Any:
         if not self._async:
-            return _Replay(self._chunks)
+            return _Replay(items)
 
         async def made() -> _Replay:
-            return _Replay(self._chunks)
+            return _Replay(items)
+
+        return made()
+
+    def create(self, **_: Any) -> Any:
+        return self._made(self._chunks)
+
+
+class _RawStandIn:
+    """``with_raw_response``: a response whose ``parse(to=...)`` streams the chunks as sent."""
+
+    def __init__(self, client: _StandInClient) -> None:
+        self._client = client
+
+    def parse(self, *, to: Any) -> _Replay:
+        return _Replay(self._client._sent)
+
+    def create(self, **_: Any) -> Any:
+        if not self._client._async:
+            return self
+
+        async def made() -> _RawStandIn:
+            return self
 
         return made()
 
@@ -522,12 +553,13 @@ async def _aconsume(stream: Any) -> int:
 def run_isolated(settings: Settings, base_url: str) -> tuple[list[Row], dict[str, Any]]:
     """The chain's own CPU per content chunk and per request: no SDK parsing, no socket.
 
-    A stand-in client hands out pre-built SDK chunks; each way runs answers of 10 and of
+    A stand-in client hands out pre-built chunks (the raw loop gets the SDK's models, the
+    chain the JSON objects it reads); each way runs answers of 10 and of
     300 content chunks: the slope between the two is the CPU per chunk, the intercept the
     fixed cost per request (both minus the same loop over the stand-in alone).
     """
     chunks = _prebuilt_chunks(base_url)
-    at = [i for i, c in enumerate(chunks) if c.choices and c.choices[0].delta.content]
+    at = [i for i, (c, _) in enumerate(chunks) if c.choices and c.choices[0].delta.content]
     head, body, tail = chunks[: at[0]], chunks[at[0] : at[-1] + 1], chunks[at[-1] + 1 :]
     lengths = {10: head + body[:10] + tail, 300: head + (body * 5)[:300] + tail}
     n = 100 if settings.quick else 300
@@ -610,7 +642,7 @@ def run_isolated(settings: Settings, base_url: str) -> tuple[list[Row], dict[str
                 f"{own_chunk * 1e6:+.2f} µs",
                 "(diagnostic)" if chunk_target is None else f"≤ {chunk_target * 1e6:g} µs",
                 None if chunk_target is None else own_chunk <= chunk_target,
-                "a stand-in client hands out pre-built SDK chunk objects (no SDK parsing, no "
+                "a stand-in client hands out pre-built chunks (no SDK parsing, no "
                 "socket); slope between answers of 10 and 300 content chunks, minus the same "
                 f"loop over the stand-in alone; median of {rounds} rounds of {n} requests",
             )

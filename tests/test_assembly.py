@@ -19,15 +19,15 @@ def chunk(content=None, finish=None, *, role=None, index=0, tool_calls=None):
         delta["role"] = role
     if tool_calls:
         delta["tool_calls"] = tool_calls
-    return ChatCompletionChunk.model_validate(
-        {
-            "id": "c1",
-            "object": "chat.completion.chunk",
-            "created": 1,
-            "model": "m",
-            "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
-        }
-    )
+    sent = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
+    }
+    ChatCompletionChunk.model_validate(sent)  # a chunk the SDK would accept
+    return sent  # as the chain reads it: the JSON object sent
 
 
 def test_assembles_content_and_finish_reason():
@@ -84,6 +84,46 @@ def test_tool_call_fragments_are_joined():
 def test_something_that_is_not_a_chunk_is_malformed():
     with pytest.raises(MalformedChunkError):
         AttemptAssembler().add({"choices": "nope"})
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        [],  # JSON, but not an object
+        "text",
+        {"id": "c1"},  # no choices
+        {"choices": [{"delta": {"content": "x"}}]},  # a choice without its index
+        {"choices": [{"index": 0}]},  # nor a delta
+        {"choices": [{"index": 0, "delta": {"content": 5}}]},  # text that is not a string
+        {"choices": [{"index": 0, "delta": {"refusal": ["no"]}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"function": {}}]}}]},
+    ],
+)
+def test_a_chunk_as_sent_that_is_not_a_chat_chunk_is_malformed(sent):
+    with pytest.raises(MalformedChunkError):
+        AttemptAssembler().add(sent)
+
+
+def test_optional_keys_may_be_absent_or_null_alike():
+    absent, null = AttemptAssembler(), AttemptAssembler()
+    absent.add({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+    null.add(chunk("", role="assistant"))
+    assert absent.add({"choices": [{"index": 0, "delta": {"content": "Hi"}}]}) == "Hi"
+    nulls = {"content": "Hi", "role": None, "refusal": None, "tool_calls": None}
+    assert null.add({"choices": [{"index": 0, "delta": nulls, "finish_reason": None}]}) == "Hi"
+    for a in (absent, null):
+        a.add({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    assert absent.finish(model="m").choices[0].message.content == "Hi"
+    assert null.finish(model="m").choices[0].message.content == "Hi"
+
+
+def test_chunks_that_do_not_make_a_completion_are_malformed_at_the_end():
+    a = AttemptAssembler()
+    a.add(chunk("Hi"))
+    a.add({"choices": [], "usage": {"prompt_tokens": "many"}})  # usage comes last, unread
+    a.add(chunk(finish="stop"))
+    with pytest.raises(MalformedChunkError):
+        a.finish(model="m")
 
 
 def joined_after_last_reset(events):

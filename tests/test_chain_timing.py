@@ -163,15 +163,15 @@ def test_the_idle_watchdog_follows_a_consumer_that_waits_from_new_tasks(tmp_path
     from fallbackchain import AsyncFallbackChain
 
     def chunk(text):
-        return ChatCompletionChunk.model_validate(
-            {
-                "id": "c",
-                "object": "chat.completion.chunk",
-                "created": 1,
-                "model": "m",
-                "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
-            }
-        )
+        sent = {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+        }
+        ChatCompletionChunk.model_validate(sent)  # a chunk the SDK would accept
+        return sent  # a stream's chunks reach the chain as the JSON objects sent
 
     class StallingStream:
         def __init__(self):
@@ -209,9 +209,21 @@ def test_the_idle_watchdog_follows_a_consumer_that_waits_from_new_tasks(tmp_path
         }
     )
 
-    class Completions:
+    class RawStream:  # what with_raw_response gives for a stream: parsed as the chain asks
+        def parse(self, *, to):
+            return StallingStream()
+
+    class RawCompletions:
         async def create(self, **kwargs):
-            return StallingStream() if kwargs["stream"] else answer
+            assert kwargs["stream"]
+            return RawStream()
+
+    class Completions:
+        with_raw_response = RawCompletions()
+
+        async def create(self, **kwargs):
+            assert not kwargs["stream"]
+            return answer
 
     class StubClient:
         chat = type("Chat", (), {"completions": Completions()})()

@@ -531,3 +531,25 @@ def test_a_retry_after_met_during_a_race_is_remembered(
             assert response.source == "completion"  # the silent primary's last resort
         finally:
             h.close()
+
+
+# --------------------------------------------------------------------------------------------
+# How the chain reads an answer: the JSON as sent, not the SDK's models (#14)
+# --------------------------------------------------------------------------------------------
+
+
+def test_an_answer_without_object_and_created_is_read_as_the_sdk_reads_it(
+    harness_factory, server
+):
+    """Some compatible servers leave fields out; the SDK's own models would not validate it."""
+    server.default = Fault.sparse()
+    h = harness_factory(openai__complete_streams=False)
+    whole = h.complete("hello")
+    assert (whole.source, whole.text) == ("completion", h.answer("hello"))
+    assert whole.completion.created is None and whole.completion.choices[0].finish_reason == "stop"
+    events, streamed = h.ask("another")
+    assert (streamed.source, streamed.text) == ("stream", h.answer("another"))
+    assert text_after_last_reset(events) == streamed.text
+    assert streamed.completion.created == 0 and streamed.completion.object == "chat.completion"
+    assert server.counts["total"] == 2  # each answered at its first attempt
+

@@ -311,10 +311,12 @@ def test_failing_over_from_a_tool_call_to_a_text_answer_leaves_no_tool_call(
 def _chunk(delta: dict[str, Any], finish: str | None = None) -> Any:
     from openai.types.chat import ChatCompletionChunk
 
-    return ChatCompletionChunk.model_validate({
+    sent = {
         "id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    })
+    }
+    ChatCompletionChunk.model_validate(sent)  # a chunk the SDK would accept
+    return sent  # as the chain reads it: the JSON object sent
 
 
 def _show(display: Display, chunks: list[Any]) -> tuple[list[Any], AttemptAssembler]:

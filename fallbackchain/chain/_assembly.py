@@ -2,10 +2,12 @@
 
 Two pure objects, shared by the sync and async drivers:
 
-* :class:`AttemptAssembler` turns one attempt's ``ChatCompletionChunk`` objects into a
-  ``ChatCompletion``. It refuses a stream that ended without a ``finish_reason`` (the SDK
-  returns such a silently truncated stream as if it were complete) and a chunk that is not a
-  chunk. Per chunk it does a few attribute reads and a list append: no pydantic objects.
+* :class:`AttemptAssembler` turns one attempt's chunks, the JSON objects the provider sent
+  (dicts, as ``ChatEndpoint.create`` streams them), into a ``ChatCompletion``. It refuses a
+  stream that ended without a ``finish_reason`` (the SDK returns such a silently truncated
+  stream as if it were complete) and a chunk that is not a chunk. Per chunk it does a few
+  key reads and a list append: no pydantic objects; one ``ChatCompletion`` is validated at
+  the end.
 * :class:`Display` remembers what the consumer has been shown since the last ``reset`` and
   makes sure a retried or fallen-back answer never shows duplicated text: while a new attempt
   repeats text already shown it emits nothing; once it goes further it emits only the new part;
@@ -92,40 +94,44 @@ class AttemptAssembler:
         self.content_seen = False
 
     def add(self, chunk: Any) -> Piece | None:
-        """Take one chunk; return what it adds to choice 0, if anything.
+        """Take one chunk (a JSON object as sent); return what it adds to choice 0, if anything.
 
         A chunk of text only gives its text (a ``str``); one with tool-call pieces or refusal
-        text gives a tuple of :class:`Fragment` (any text first).
+        text gives a tuple of :class:`Fragment` (any text first). Optional keys may be absent
+        or ``null`` alike.
 
-        Raises :class:`MalformedChunkError` for an object that is not a chat completion chunk.
+        Raises :class:`MalformedChunkError` for a value that is not a chat completion chunk
+        (not an object, no ``choices`` list, a choice without ``delta``, a text that is not
+        a string).
         """
         try:
-            choices = chunk.choices
+            choices = chunk["choices"]
             if self._first is None:
                 self._first = chunk
             self.chunks += 1
-            usage = chunk.usage
+            usage = chunk.get("usage")
             if usage is not None:
                 self.usage = usage
             # The common chunk: one choice, index 0, text and nothing else.
             if len(choices) == 1 and self._zero is not None:
                 choice = choices[0]
-                delta = choice.delta
-                content = delta.content
+                delta = choice["delta"]
+                content = delta.get("content")
                 if (
                     content
-                    and choice.index == 0
-                    and choice.finish_reason is None
-                    and delta.role is None
-                    and delta.tool_calls is None
-                    and delta.refusal is None
-                    and delta.function_call is None
+                    and content.__class__ is str
+                    and choice["index"] == 0
+                    and choice.get("finish_reason") is None
+                    and delta.get("role") is None
+                    and delta.get("tool_calls") is None
+                    and delta.get("refusal") is None
+                    and delta.get("function_call") is None
                 ):
                     self._zero.append(content)
                     self.content_seen = True
-                    return content  # type: ignore[no-any-return]
+                    return content
             return self._add_choices(choices)
-        except (AttributeError, TypeError, KeyError) as exc:
+        except (AttributeError, TypeError, KeyError, IndexError) as exc:
             raise MalformedChunkError(f"not a chat completion chunk: {type(exc).__name__}") from exc
 
     def _add_choices(self, choices: Any) -> Piece | None:
@@ -133,23 +139,25 @@ class AttemptAssembler:
         text = None
         fragments: list[Fragment] = []
         for choice in choices:
-            index = choice.index
+            index = choice["index"]
             acc = self._choices.get(index)
             if acc is None:
                 acc = self._choices[index] = _Choice()
                 if index == 0:
                     self._zero = acc.parts
-            delta = choice.delta
-            content = delta.content
+            delta = choice["delta"]
+            content = _text(delta.get("content"))
             if content:
                 acc.parts.append(content)
                 if index == 0:
                     text = content
                     self.content_seen = True
-            if delta.role:
-                acc.role = delta.role
-            if delta.tool_calls:
-                calls = self._add_tool_calls(acc, delta.tool_calls)
+            role = delta.get("role")
+            if role:
+                acc.role = role
+            tool_calls = delta.get("tool_calls")
+            if tool_calls:
+                calls = self._add_tool_calls(acc, tool_calls)
                 if index == 0:
                     fragments.extend(
                         Fragment("tool_call", arguments, i, acc.tool_calls[i]["id"] or
@@ -157,17 +165,19 @@ class AttemptAssembler:
                         for i, arguments in calls
                     )
                 self.content_seen = True
-            refusal = getattr(delta, "refusal", None)
+            refusal = _text(delta.get("refusal"))
             if refusal:
                 acc.refusal.append(refusal)
                 if index == 0:
                     fragments.append(Fragment("refusal", refusal))
                 self.content_seen = True
-            if getattr(delta, "function_call", None):
-                self._add_function_call(acc, delta.function_call)
+            function_call = delta.get("function_call")
+            if function_call:
+                self._add_function_call(acc, function_call)
                 self.content_seen = True
-            if choice.finish_reason is not None:
-                acc.finish_reason = choice.finish_reason
+            finish_reason = choice.get("finish_reason")
+            if finish_reason is not None:
+                acc.finish_reason = finish_reason
         if fragments:
             if text:
                 fragments.insert(0, Fragment("content", text))
@@ -179,30 +189,36 @@ class AttemptAssembler:
         """Add the pieces; return each call's ``(index, arguments fragment)``, in order."""
         added = []
         for call in tool_calls:
+            index = call["index"]
             slot = acc.tool_calls.setdefault(
-                call.index, {"id": None, "type": "function", "name": "", "arguments": []}
+                index, {"id": None, "type": "function", "name": "", "arguments": []}
             )
-            if call.id:
-                slot["id"] = call.id
-            if call.type:
-                slot["type"] = call.type
-            function = call.function
+            if call.get("id"):
+                slot["id"] = call["id"]
+            if call.get("type"):
+                slot["type"] = call["type"]
+            function = call.get("function")
+            arguments = ""
             if function is not None:
-                if function.name:
-                    slot["name"] += function.name
-                if function.arguments:
-                    slot["arguments"].append(function.arguments)
-            added.append((call.index, (function.arguments or "") if function else ""))
+                name = _text(function.get("name"))
+                if name:
+                    slot["name"] += name
+                arguments = _text(function.get("arguments")) or ""
+                if arguments:
+                    slot["arguments"].append(arguments)
+            added.append((index, arguments))
         return added
 
     @staticmethod
     def _add_function_call(acc: _Choice, function_call: Any) -> None:
         if acc.function_call is None:
             acc.function_call = {"name": "", "arguments": []}
-        if function_call.name:
-            acc.function_call["name"] += function_call.name
-        if function_call.arguments:
-            acc.function_call["arguments"].append(function_call.arguments)
+        name = _text(function_call.get("name"))
+        if name:
+            acc.function_call["name"] += name
+        arguments = _text(function_call.get("arguments"))
+        if arguments:
+            acc.function_call["arguments"].append(arguments)
 
     @property
     def finished(self) -> bool:
@@ -252,18 +268,30 @@ class AttemptAssembler:
                 }
             )
         data: dict[str, Any] = {
-            "id": getattr(first, "id", None) or "chatcmpl-fallbackchain",
+            "id": first.get("id") or "chatcmpl-fallbackchain",
             "object": "chat.completion",
-            "created": getattr(first, "created", None) or 0,
-            "model": getattr(first, "model", None) or model,
+            "created": first.get("created") or 0,
+            "model": first.get("model") or model,
             "choices": choices,
         }
-        fingerprint = getattr(first, "system_fingerprint", None)
+        fingerprint = first.get("system_fingerprint")
         if fingerprint:
             data["system_fingerprint"] = fingerprint
         if self.usage is not None:
-            data["usage"] = self.usage.model_dump() if hasattr(self.usage, "model_dump") else None
-        return ChatCompletion.model_validate(data)
+            data["usage"] = self.usage
+        try:
+            return ChatCompletion.model_validate(data)
+        except ValueError as exc:  # pydantic's ValidationError: a value of the wrong type
+            raise MalformedChunkError(
+                f"the chunks do not make a chat completion: {exc.__class__.__name__}"
+            ) from None
+
+
+def _text(value: Any) -> str | None:
+    """``value`` if it is text (or absent); a chunk's text of another type is malformed."""
+    if value is None or value.__class__ is str:
+        return value
+    raise TypeError("not text")
 
 
 def completion_text(completion: ChatCompletion) -> str:

@@ -8,7 +8,8 @@ behind :class:`Endpoint`, one object per API, stateless and shared by every requ
 * **sending** an attempt (:meth:`Endpoint.create` / :meth:`Endpoint.acreate`, with the
   keyword arguments :meth:`Endpoint.kwargs` built for one tier);
 * **reading** a stream (:meth:`Endpoint.assembler`: one :class:`StreamAssembly` per streamed
-  attempt, fed every item the SDK's stream yields);
+  attempt, fed every item the stream :meth:`Endpoint.create` returned yields: chat, the
+  chunks as the JSON objects sent; Responses, the SDK's typed events);
 * **checking** an answer (:meth:`Endpoint.check` for a non-streamed one;
   :meth:`StreamAssembly.finish` for a streamed one): no truncated answer is ever accepted;
 * **showing** it (:meth:`Endpoint.text`, :meth:`Endpoint.fragments`, in the terms of
@@ -66,7 +67,7 @@ class StreamAssembly(Protocol[Answer_co]):
     content_seen: bool
 
     def add(self, item: Any) -> Piece | None:
-        """Take one item of the SDK's stream; return what it shows, if anything.
+        """Take one item of the attempt's stream; return what it shows, if anything.
 
         Returns the new text of the answer's main message as a ``str`` (the common case:
         keep it cheap, this runs once per item), or a tuple of
@@ -141,7 +142,7 @@ class Endpoint(Protocol[Answer]):
         Streaming (``kwargs`` from :meth:`kwargs` with ``streaming=True``): return the SDK's
         stream once the response has begun, an object that is iterable over the stream's
         items, has ``close()`` and is a context manager (``openai.Stream``). Otherwise:
-        return the whole answer as the SDK gives it (checked by :meth:`check`). Let the
+        return the whole answer, as the SDK's type of it (checked by :meth:`check`). Let the
         SDK's exceptions through unchanged: the core maps them (``_errors.map_error``).
         """
         ...
@@ -275,7 +276,11 @@ _CHAT_OWN = frozenset({"stream", "messages", "model"})
 
 
 class ChatEndpoint(UsageBilling):
-    """``client.chat.completions.create``: chunks, ``ChatCompletion`` answers, ``fc1-`` keys."""
+    """``client.chat.completions.create``: chunks, ``ChatCompletion`` answers, ``fc1-`` keys.
+
+    A stream's items are its chunks as the provider sent them (dicts), read by
+    :class:`~fallbackchain.chain.AttemptAssembler`; a whole answer is a ``ChatCompletion``.
+    """
 
     __slots__ = ()
 
@@ -301,11 +306,26 @@ class ChatEndpoint(UsageBilling):
             kwargs["stream_options"] = {"include_usage": True}
         return kwargs
 
+    # The SDK sends the request, raises its status errors and reads the body (a stream's
+    # server-sent events too: an ``error`` event is its APIError, a broken or stalled read
+    # its APIConnectionError / APITimeoutError); the chain reads the JSON it gives
+    # (``parse(to=...)``, documented on the SDK's raw responses). Building the SDK's models
+    # is most of its CPU: about three quarters per streamed chunk, where the chain reads a
+    # few keys and validates one ChatCompletion at the end; for a whole answer, pydantic's
+    # validation is several times faster than the SDK's recursive construction, which stays
+    # as the lenient fallback for an answer that does not validate.
+
     def create(self, client: openai.OpenAI, kwargs: dict[str, Any]) -> Any:
-        return client.chat.completions.create(**kwargs)
+        raw = client.chat.completions.with_raw_response.create(**kwargs)
+        if kwargs["stream"]:
+            return raw.parse(to=openai.Stream[object])
+        return _completion(raw.parse(to=object))
 
     async def acreate(self, client: openai.AsyncOpenAI, kwargs: dict[str, Any]) -> Any:
-        return await client.chat.completions.create(**kwargs)
+        raw = await client.chat.completions.with_raw_response.create(**kwargs)
+        if kwargs["stream"]:
+            return raw.parse(to=openai.AsyncStream[object])
+        return _completion(raw.parse(to=object))
 
     def assembler(self) -> AttemptAssembler:
         return AttemptAssembler()
@@ -330,3 +350,18 @@ class ChatEndpoint(UsageBilling):
 
 CHAT: Endpoint[ChatCompletion] = ChatEndpoint()
 """The chat-completions endpoint (``stream()``, ``complete()``, ``chain.chat``)."""
+
+
+def _completion(data: object) -> object:
+    """A whole answer's JSON as a ``ChatCompletion``; anything else as it came.
+
+    ``check`` refuses what is not a completion. Validated when it conforms; otherwise built
+    the SDK's lenient way (its ``construct``), so a provider's odd but usable answer reads as
+    it would through ``create()``.
+    """
+    if not isinstance(data, dict):
+        return data
+    try:
+        return ChatCompletion.model_validate(data)
+    except ValueError:  # pydantic's ValidationError
+        return ChatCompletion.construct(**data)

@@ -61,7 +61,7 @@ What you can rely on:
   Streaming retrieval of a response that is not a background one is a 400.
 * **Scripted faults.** :class:`Fault` values (``ok``, ``status``, ``drop``,
   ``early_end``, ``stall``, ``slow_first_byte``, ``sse_error``, ``malformed``,
-  ``reset``, ``finish``, ``failed``, ``incomplete``) are queued with
+  ``reset``, ``finish``, ``failed``, ``incomplete``, ``sparse``) are queued with
   :meth:`FaultServer.push` and matched in FIFO order, filtered on streaming vs.
   non-streaming and on the API (``api="chat"`` or ``"responses"``);
   :attr:`FaultServer.default` applies when no rule matches. Every Responses
@@ -78,7 +78,9 @@ What you can rely on:
   so a background response dropped mid-stream is still whole when retrieved.
   A ``status`` or ``reset`` fault on a create stores nothing. On chat,
   ``failed`` acts as ``sse_error`` and ``incomplete`` cuts the answer with
-  ``finish_reason`` ``"length"`` (or ``"content_filter"``).
+  ``finish_reason`` ``"length"`` (or ``"content_filter"``). ``sparse`` (chat
+  only) leaves ``object``, ``created`` and ``system_fingerprint`` out of the
+  answer, as some OpenAI-compatible servers do.
 * **Observation.** :attr:`FaultServer.requests` records the newest requests
   that took a rule (1,000 by default, ``max_recorded``) with the fault each got
   and its ``route``; :attr:`FaultServer.counts`, :attr:`FaultServer.fault_counts`

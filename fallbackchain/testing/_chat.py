@@ -53,6 +53,8 @@ class Completion:
     finish_reason: str
     prompt_tokens: int
     include_usage: bool
+    sparse: bool = False
+    """Leave out ``object``, ``created`` and ``system_fingerprint`` (``Fault.sparse``)."""
 
     def role_delta(self) -> dict[str, Any]:
         if any("content" in d for d in self.deltas) or not self.deltas:
@@ -94,6 +96,8 @@ class Completion:
         }
 
     def _envelope(self, kind: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.sparse:
+            return {"id": self.completion_id, "model": self.model, "choices": choices}
         return {
             "id": self.completion_id,
             "object": kind,
@@ -153,6 +157,7 @@ def completion_for(
         prompt_tokens=prompt_tokens(messages),
         include_usage=isinstance(stream_options, dict)
         and stream_options.get("include_usage") is True,
+        sparse=fault.kind == "sparse",
     )
 
 

@@ -24,6 +24,7 @@ FaultKind = Literal[
     "finish",
     "failed",
     "incomplete",
+    "sparse",
 ]
 """The names of the behaviours a :class:`Fault` can describe."""
 
@@ -242,6 +243,16 @@ class Fault:
         full answer text.
         """
         return cls(kind="finish", finish_reason=reason)
+
+    @classmethod
+    def sparse(cls) -> Fault:
+        """A normal chat answer without ``object``, ``created`` and ``system_fingerprint``.
+
+        As some OpenAI-compatible servers send it: every streamed chunk and a whole
+        completion lack those fields (the SDK reads such an answer; its models would not
+        validate it). Responses API: a normal answer.
+        """
+        return cls(kind="sparse")
 
     @classmethod
     def failed(cls, after_chunks: int = 0, message: str = _FAILED, code: str = _CODE) -> Fault:

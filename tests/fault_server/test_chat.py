@@ -460,6 +460,24 @@ def test_finish_content_filter_sends_fewer_words(
     assert completion.choices[0].message.content == text
 
 
+def test_sparse_leaves_object_created_and_fingerprint_out_streamed_and_whole(
+    server: FaultServer, client: openai.OpenAI
+) -> None:
+    server.push(Fault.sparse(), times=2)
+    with client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=MESSAGES, stream=True
+    ).parse() as stream:
+        raw_chunks = [json.loads(line[6:]) for line in stream.response.iter_lines()
+                      if line.startswith("data: {")]  # fmt: skip
+    whole = client.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES)
+    body = json.loads(whole.content)
+    for obj in [*raw_chunks, body]:
+        assert not {"object", "created", "system_fingerprint"} & obj.keys()
+        assert obj["id"] and obj["model"] == MODEL
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in raw_chunks)
+    assert text == body["choices"][0]["message"]["content"] == server.answer_for(MESSAGES, MODEL)
+
+
 # -- scripting -------------------------------------------------------------------------
 
 
