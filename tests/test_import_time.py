@@ -50,6 +50,7 @@ def test_import_fallbackchain_loads_neither_redis_nor_opentelemetry():
     assert loaded_after("import fallbackchain") == "-"
 
 
+@pytest.mark.slow  # a fresh interpreter: over 0.3 s
 def test_load_config_alone_loads_neither_the_chain_nor_the_toml_parser():
     code = """
         from fallbackchain import load_config
@@ -148,6 +149,7 @@ def test_nothing_is_hidden_when_redis_is_already_imported():
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow  # a fresh interpreter: over 0.3 s
 def test_redis_is_hidden_from_the_importing_thread_only():
     """Another thread importing redis meanwhile gets it; only pybreaker's import is fooled."""
     code = """
@@ -214,6 +216,7 @@ def test_type_checkers_see_every_public_name_as_re_exported():
     assert plain == []
 
 
+@pytest.mark.slow  # a fresh interpreter: over 0.3 s
 def test_a_name_loaded_on_first_use_is_then_a_plain_attribute():
     code = """
 import fallbackchain

@@ -322,6 +322,7 @@ def test_property_load_prompts_on_arbitrary_bytes_only_gives_line_errors(chunks)
     _assert_only_requests_and_line_errors(requests, errors, str(path), data.count(b"\n") + 1)
 
 
+@pytest.mark.slow  # 150 examples: over 0.3 s
 @settings(max_examples=150, deadline=None)
 @given(_values | _nearly_valid)
 def test_property_parse_prompt_gives_a_sendable_request_or_a_one_line_value_error(value):
