@@ -550,76 +550,143 @@ async def _aconsume(stream: Any) -> int:
     return len(parts)
 
 
+_Costs = list[dict[str, dict[int, float]]]
+"""Per round: per way, per answer length: CPU seconds per request."""
+
+
 def run_isolated(settings: Settings, base_url: str) -> tuple[list[Row], dict[str, Any]]:
     """The chain's own CPU per content chunk and per request: no SDK parsing, no socket.
 
     A stand-in client hands out pre-built chunks (the raw loop gets the SDK's models, the
-    chain the JSON objects it reads); each way runs answers of 10 and of
-    300 content chunks: the slope between the two is the CPU per chunk, the intercept the
-    fixed cost per request (both minus the same loop over the stand-in alone).
+    chain the JSON objects it reads); each way runs answers of 10 and of 300 content chunks:
+    the slope between the two is the CPU per chunk, the intercept the fixed cost per request
+    (both minus the same loop over the stand-in alone). CPU is the caller's thread's (the
+    targets' "caller's path"; a cache writer thread has nothing to write here: the answers
+    repeat). Every way and length takes its turn request by request (sync) or batch by batch
+    (async, 100 concurrent), in an order that rotates, so the machine's drift hits all alike;
+    the figures are medians over rounds of per-round slopes and intercepts.
     """
     chunks = _prebuilt_chunks(base_url)
     at = [i for i, (c, _) in enumerate(chunks) if c.choices and c.choices[0].delta.content]
     head, body, tail = chunks[: at[0]], chunks[at[0] : at[-1] + 1], chunks[at[-1] + 1 :]
     lengths = {10: head + body[:10] + tail, 300: head + (body * 5)[:300] + tail}
     n = 100 if settings.quick else 300
-    rounds = 3 if settings.quick else 7
-    cache_dir = settings.scratch / "happy-isolated"
-    shutil.rmtree(cache_dir, ignore_errors=True)
-    config = production_config(base_url, cache_dir)
+    rounds = 3 if settings.quick else 9
+    config = production_config(base_url, settings.scratch / "happy-isolated")
+    clock = time.thread_time
 
-    def per_request(one: Callable[[int], object]) -> float:
-        for i in range(min(n, 50)):  # warm-up
-            one(i)
-        cpus = []
-        for _ in range(rounds):
-            cpu0 = time.process_time()
-            for i in range(n):
-                one(i)
-            cpus.append((time.process_time() - cpu0) / n)
-        return median(cpus)
+    def split(costs: dict[int, float]) -> tuple[float, float]:
+        per_chunk = (costs[300] - costs[10]) / 290
+        return per_chunk, costs[10] - 10 * per_chunk
 
-    async def aper_request(one: Callable[[int], Any]) -> float:
-        await asyncio.gather(*(one(i) for i in range(100)))  # warm-up
-        cpus = []
-        for _ in range(rounds):
-            cpu0 = time.process_time()
-            for start in range(0, n, 100):  # 100 concurrent streams at a time
-                await asyncio.gather(*(one(i) for i in range(start, start + 100)))
-            cpus.append((time.process_time() - cpu0) / n)
-        return median(cpus)
+    def own(per_round: _Costs, name: str, raw: str) -> tuple[float, float]:
+        """Median over rounds of (per chunk, per request) of ``name`` minus ``raw``."""
+        chunk_costs, fixed_costs = [], []
+        for costs in per_round:
+            (chunk, fixed), (raw_chunk, raw_fixed) = split(costs[name]), split(costs[raw])
+            chunk_costs.append(chunk - raw_chunk)
+            fixed_costs.append(fixed - raw_fixed)
+        return median(chunk_costs), median(fixed_costs)
 
-    cost: dict[tuple[str, int], float] = {}
+    # -- sync: request by request ------------------------------------------------------------
+    sync_chains, ways = [], []
     for length, stream in lengths.items():
+        shutil.rmtree(settings.scratch / f"happy-isolated-{length}", ignore_errors=True)
         stand_in: Any = _StandInClient(stream, is_async=False)
-        chain = FallbackChain(config, client=stand_in)
-        ways: dict[str, Callable[[int], object]] = {
-            "raw sync": lambda _, s=stand_in: _consume(s.create()),
-            "sync": lambda i, c=chain: chain_sync(c, PROMPTS[i % 20]),
-            "drop-in sync": lambda i, c=chain: dropin_sync(c, PROMPTS[i % 20]),
-        }
-        for name, one in ways.items():
-            cost[name, length] = per_request(one)
-        chain.close()
+        chain = FallbackChain(
+            dataclasses.replace(
+                config,
+                cache=dataclasses.replace(
+                    config.cache, directory=str(settings.scratch / f"happy-isolated-{length}")
+                ),
+            ),
+            client=stand_in,
+        )
+        sync_chains.append(chain)
+        ways += [
+            ("raw sync", length, lambda _, s=stand_in: _consume(s.create())),
+            ("sync", length, lambda i, c=chain: chain_sync(c, PROMPTS[i % 20])),
+            ("drop-in sync", length, lambda i, c=chain: dropin_sync(c, PROMPTS[i % 20])),
+        ]
+    sync_rounds: _Costs = []
+    try:
+        for r in range(rounds + 1):  # the first round warms up, and is not counted
+            total = {(name, length): 0.0 for name, length, _ in ways}
+            for i in range(n):
+                turn = i % len(ways)
+                for name, length, one in ways[turn:] + ways[:turn]:
+                    cpu = clock()
+                    one(i)
+                    total[name, length] += clock() - cpu
+            if r:
+                costs: dict[str, dict[int, float]] = {}
+                for (name, length), spent in total.items():
+                    costs.setdefault(name, {})[length] = spent / n
+                sync_rounds.append(costs)
+    finally:
+        for chain in sync_chains:
+            chain.close()
 
-        async def go(stream: list[Any] = stream, length: int = length) -> None:
+    # -- async: 100 concurrent streams, batch by batch -----------------------------------
+    async def go() -> _Costs:
+        chains, batches = [], []
+        for length, stream in lengths.items():
             stand_in: Any = _StandInClient(stream, is_async=True)
-
-            async def raw(_: int) -> None:
-                await _aconsume(await stand_in.create())
-
-            cost["raw async", length] = await aper_request(raw)
-            chain = AsyncFallbackChain(config, client=stand_in)
-            cost["async", length] = await aper_request(
-                lambda i: chain_async(chain, PROMPTS[i % 20])
+            chain = AsyncFallbackChain(
+                dataclasses.replace(
+                    config,
+                    cache=dataclasses.replace(
+                        config.cache,
+                        directory=str(settings.scratch / f"happy-isolated-async-{length}"),
+                    ),
+                ),
+                client=stand_in,
             )
-            await chain.aclose()
+            chains.append(chain)
 
-        asyncio.run(go())
+            async def raw(_: int, s: Any = stand_in) -> None:
+                await _aconsume(await s.create())
 
-    def split(name: str) -> tuple[float, float]:
-        per_chunk = (cost[name, 300] - cost[name, 10]) / 290
-        return per_chunk, cost[name, 10] - 10 * per_chunk
+            async def via(i: int, c: AsyncFallbackChain = chain) -> None:
+                await chain_async(c, PROMPTS[i % 20])
+
+            batches += [("raw async", length, raw), ("async", length, via)]
+        per_round: _Costs = []
+        try:
+            for r in range(rounds + 1):
+                total = {(name, length): 0.0 for name, length, _ in batches}
+                for b in range(n // 100):
+                    turn = b % len(batches)
+                    for name, length, one in batches[turn:] + batches[:turn]:
+                        cpu = clock()
+                        await asyncio.gather(*(one(i) for i in range(100)))
+                        total[name, length] += clock() - cpu
+                if r:
+                    costs: dict[str, dict[int, float]] = {}
+                    for (name, length), spent in total.items():
+                        costs.setdefault(name, {})[length] = spent / (n // 100 * 100)
+                    per_round.append(costs)
+        finally:
+            for chain in chains:
+                await chain.aclose()
+        return per_round
+
+    async_rounds = asyncio.run(go())
+    measured = {
+        "sync": own(sync_rounds, "sync", "raw sync"),
+        "drop-in sync": own(sync_rounds, "drop-in sync", "raw sync"),
+        "async": own(async_rounds, "async", "raw async"),
+    }
+    alone = {
+        name: split({length: median([c[name][length] for c in per_round]) for length in lengths})
+        for name, per_round in (
+            ("raw sync", sync_rounds),
+            ("sync", sync_rounds),
+            ("drop-in sync", sync_rounds),
+            ("raw async", async_rounds),
+            ("async", async_rounds),
+        )
+    }
 
     results: dict[str, float] = {}
     rows = []
@@ -628,8 +695,8 @@ def run_isolated(settings: Settings, base_url: str) -> tuple[list[Row], dict[str
         ("async", "raw async", 3e-6),
         ("drop-in sync", "raw sync", None),
     ):
-        (chunk, fixed), (raw_chunk, raw_fixed) = split(name), split(raw)
-        own_chunk, own_fixed = chunk - raw_chunk, fixed - raw_fixed
+        (chunk, fixed), (raw_chunk, raw_fixed) = alone[name], alone[raw]
+        own_chunk, own_fixed = measured[name]
         results[f"{name}: per chunk"] = own_chunk
         results[f"{name}: per request"] = own_fixed
         label = "drop-in stream, sync" if name.startswith("drop-in") else name
@@ -644,7 +711,8 @@ def run_isolated(settings: Settings, base_url: str) -> tuple[list[Row], dict[str
                 None if chunk_target is None else own_chunk <= chunk_target,
                 "a stand-in client hands out pre-built chunks (no SDK parsing, no "
                 "socket); slope between answers of 10 and 300 content chunks, minus the same "
-                f"loop over the stand-in alone; median of {rounds} rounds of {n} requests",
+                f"loop over the stand-in alone; caller's thread CPU; median of {rounds} rounds "
+                f"of {n} requests per way and length, interleaved",
             )
         )
         rows.append(
