@@ -1,0 +1,206 @@
+"""Answers the SDK's own ``create()`` read, read the same now the chain reads the JSON sent (#14).
+
+Each case is a body a real provider sends that ``client.chat.completions.create`` accepted and
+the chain answered at its first attempt before it read chat answers as the JSON sent. A tiny
+local HTTP server sends the hand-written bodies (the fault server does not produce them); the
+real openai client reads them, sync and async.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from fallbackchain import AsyncFallbackChain, FallbackChain
+
+from .conftest import make_config, user
+
+
+class _Scripted:
+    """Answers every POST with one (content type, body, headers), set per test."""
+
+    def __init__(self) -> None:
+        self.reply: tuple[str | None, bytes, dict[str, str]] = ("application/json", b"{}", {})
+        self.count = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                outer.count += 1
+                content_type, body, headers = outer.reply
+                self.send_response(200)
+                if content_type is not None:
+                    self.send_header("content-type", content_type)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@pytest.fixture
+def scripted() -> Iterator[_Scripted]:
+    server = _Scripted()
+    yield server
+    server.close()
+
+
+def _sse(*events: dict[str, Any]) -> bytes:
+    return b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + (
+        b"data: [DONE]\n\n"
+    )
+
+
+_WHOLE = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1700000000,
+    "model": "m",
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}
+    ],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+}
+
+
+def _run(mode: str, tmp_path: Path, base_url: str, call: Any, **overrides: Any) -> Any:
+    config = make_config(tmp_path, base_url, cache__enabled=False, **overrides)
+    if mode == "sync":
+        client = openai.OpenAI(base_url=base_url, api_key="k", max_retries=0)
+        chain = FallbackChain(config, client=client)
+        try:
+            return call(chain)
+        finally:
+            chain.close()
+            client.close()
+
+    async def go() -> Any:
+        aclient = openai.AsyncOpenAI(base_url=base_url, api_key="k", max_retries=0)
+        achain = AsyncFallbackChain(config, client=aclient)
+        try:
+            return await call(achain)
+        finally:
+            await achain.aclose()
+            await aclient.close()
+
+    return asyncio.run(go())
+
+
+def _stream(mode: str) -> Any:
+    if mode == "sync":
+
+        def call(chain: Any) -> Any:
+            with chain.stream(user("hi")) as stream:
+                list(stream)
+                return stream.response
+
+        return call
+
+    async def acall(chain: Any) -> Any:
+        async with chain.stream(user("hi")) as stream:
+            [e async for e in stream]
+            return stream.response
+
+    return acall
+
+
+def test_a_tool_call_streamed_without_its_index_is_read_as_the_sdk_read_it(
+    mode: str, scripted: _Scripted, tmp_path: Path
+) -> None:
+    """Gemini's OpenAI-compatible endpoint leaves ``tool_calls[].index`` out of its deltas."""
+    scripted.reply = (
+        "text/event-stream",
+        _sse(
+            {
+                "object": "chat.completion.chunk",
+                "model": "gemini",
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {
+                            "role": "assistant",
+                            "tool_calls": [
+                                {
+                                    "id": "call_1",
+                                    "type": "function",
+                                    "function": {"name": "read", "arguments": '{"path":"/x"}'},
+                                }
+                            ],
+                        },
+                    }
+                ],
+            },
+            {
+                "object": "chat.completion.chunk",
+                "model": "gemini",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}],
+            },
+        ),
+        {},
+    )
+    response = _run(mode, tmp_path, scripted.base_url, _stream(mode), retry__max_attempts=1)
+    assert [a.error for a in response.attempts] == [None]
+    (call,) = response.completion.choices[0].message.tool_calls
+    assert (call.id, call.function.name, call.function.arguments) == (
+        "call_1",
+        "read",
+        '{"path":"/x"}',
+    )
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", None])
+def test_a_whole_answer_sent_as_json_without_a_json_content_type_is_read(
+    mode: str, scripted: _Scripted, tmp_path: Path, content_type: str | None
+) -> None:
+    """The SDK reads a JSON body for a model type whatever its Content-Type says."""
+    scripted.reply = (content_type, json.dumps(_WHOLE).encode(), {})
+
+    def call(chain: Any) -> Any:
+        return chain.complete(user("hi"))
+
+    response = _run(
+        mode,
+        tmp_path,
+        scripted.base_url,
+        call,
+        retry__max_attempts=1,
+        openai__complete_streams=False,
+    )
+    assert [a.error for a in response.attempts] == [None]
+    assert response.text == "Hi"
+
+
+def test_a_drop_in_whole_answer_keeps_the_request_id(
+    mode: str, scripted: _Scripted, tmp_path: Path
+) -> None:
+    """``completion._request_id`` (the SDK's documented way to quote a request to support)."""
+    scripted.reply = ("application/json", json.dumps(_WHOLE).encode(), {"x-request-id": "req_1"})
+
+    def call(chain: Any) -> Any:
+        return chain.chat.completions.create(model="m", messages=user("hi"))
+
+    completion = _run(mode, tmp_path, scripted.base_url, call, openai__complete_streams=False)
+    assert completion._request_id == "req_1"
