@@ -96,7 +96,8 @@ def test_something_that_is_not_a_chunk_is_malformed():
         {"choices": [{"index": 0}]},  # nor a delta
         {"choices": [{"index": 0, "delta": {"content": 5}}]},  # text that is not a string
         {"choices": [{"index": 0, "delta": {"refusal": ["no"]}}]},
-        {"choices": [{"index": 0, "delta": {"tool_calls": [{"function": {}}]}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"name": 5}}]}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": ["call"]}}]},
     ],
 )
 def test_a_chunk_as_sent_that_is_not_a_chat_chunk_is_malformed(sent):
@@ -198,3 +199,25 @@ def test_deltas_after_the_last_reset_always_equal_the_final_text(first, second, 
     # and no text ever shown twice: without a reset, the total shown is exactly the answer
     if not any(e.type == "reset" for e in events):
         assert "".join(e.text for e in events) == second
+
+
+def test_tool_call_pieces_sent_without_an_index_are_placed_by_id_then_by_order():
+    """Gemini leaves ``index`` out (the SDK's models require it, so these are dicts only).
+
+    A new id starts a call, a piece without one continues the latest, a known id its own.
+    """
+
+    def calling(*calls):
+        return {"choices": [{"index": 0, "delta": {"tool_calls": list(calls)}}]}
+
+    a = AttemptAssembler()
+    a.add(calling({"id": "a", "type": "function", "function": {"name": "f", "arguments": '{"x"'}}))
+    a.add(calling({"function": {"arguments": ": 1}"}}))
+    a.add(calling({"id": "b", "function": {"name": "g", "arguments": "{}"}}))
+    a.add(calling({"id": "a", "function": {"arguments": ""}}))
+    a.add(chunk(finish="tool_calls"))
+    calls = a.finish(model="m").choices[0].message.tool_calls
+    assert [(c.id, c.function.name, c.function.arguments) for c in calls] == [
+        ("a", "f", '{"x": 1}'),
+        ("b", "g", "{}"),
+    ]

@@ -163,15 +163,15 @@ def test_the_idle_watchdog_follows_a_consumer_that_waits_from_new_tasks(tmp_path
     from fallbackchain import AsyncFallbackChain
 
     def chunk(text):
-        sent = {
-            "id": "c",
-            "object": "chat.completion.chunk",
-            "created": 1,
-            "model": "m",
-            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
-        }
-        ChatCompletionChunk.model_validate(sent)  # a chunk the SDK would accept
-        return sent  # a stream's chunks reach the chain as the JSON objects sent
+        return ChatCompletionChunk.model_validate(
+            {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": "m",
+                "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+            }
+        )
 
     class StallingStream:
         def __init__(self):
@@ -209,21 +209,9 @@ def test_the_idle_watchdog_follows_a_consumer_that_waits_from_new_tasks(tmp_path
         }
     )
 
-    class RawStream:  # what with_raw_response gives for a stream: parsed as the chain asks
-        def parse(self, *, to):
-            return StallingStream()
-
-    class RawCompletions:
-        async def create(self, **kwargs):
-            assert kwargs["stream"]
-            return RawStream()
-
     class Completions:
-        with_raw_response = RawCompletions()
-
         async def create(self, **kwargs):
-            assert not kwargs["stream"]
-            return answer
+            return StallingStream() if kwargs["stream"] else answer
 
     class StubClient:
         chat = type("Chat", (), {"completions": Completions()})()

@@ -86,11 +86,31 @@ _WHOLE = {
 }
 
 
-def _run(mode: str, tmp_path: Path, base_url: str, call: Any, **overrides: Any) -> Any:
+class _CreateOnly:
+    """A client wrapper that offers ``chat.completions.create`` alone (no raw responses)."""
+
+    def __init__(self, client: Any, calls: list[dict[str, Any]]) -> None:
+        self._client = client
+        self.chat = self
+        self.completions = self
+        self.calls = calls  # shared with the copies with_options makes
+
+    def with_options(self, **options: Any) -> _CreateOnly:
+        return _CreateOnly(self._client.with_options(**options), self.calls)
+
+    def create(self, **kwargs: Any) -> Any:
+        self.calls.append(kwargs)
+        return self._client.chat.completions.create(**kwargs)
+
+
+def _run(
+    mode: str, tmp_path: Path, base_url: str, call: Any, wrap: Any = None, **overrides: Any
+) -> Any:
     config = make_config(tmp_path, base_url, cache__enabled=False, **overrides)
+    wrap = wrap or (lambda client: client)
     if mode == "sync":
         client = openai.OpenAI(base_url=base_url, api_key="k", max_retries=0)
-        chain = FallbackChain(config, client=client)
+        chain = FallbackChain(config, client=wrap(client))
         try:
             return call(chain)
         finally:
@@ -99,7 +119,7 @@ def _run(mode: str, tmp_path: Path, base_url: str, call: Any, **overrides: Any) 
 
     async def go() -> Any:
         aclient = openai.AsyncOpenAI(base_url=base_url, api_key="k", max_retries=0)
-        achain = AsyncFallbackChain(config, client=aclient)
+        achain = AsyncFallbackChain(config, client=wrap(aclient))
         try:
             return await call(achain)
         finally:
@@ -204,3 +224,67 @@ def test_a_drop_in_whole_answer_keeps_the_request_id(
 
     completion = _run(mode, tmp_path, scripted.base_url, call, openai__complete_streams=False)
     assert completion._request_id == "req_1"
+
+
+def test_a_client_that_offers_create_alone_still_answers_streamed_and_whole(
+    mode: str, scripted: _Scripted, tmp_path: Path
+) -> None:
+    """A stand-in or a wrapper that patches ``create()`` alone: read through the SDK's models."""
+    stream = _sse(
+        {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+         "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}}]},
+        {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+         "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    )  # fmt: skip
+    calls: list[dict[str, Any]] = []
+
+    def wrap(client: Any) -> _CreateOnly:
+        return _CreateOnly(client, calls)
+
+    scripted.reply = ("text/event-stream", stream, {})
+    streamed = _run(mode, tmp_path, scripted.base_url, _stream(mode), wrap, retry__max_attempts=1)
+    assert ([a.error for a in streamed.attempts], streamed.text) == ([None], "Hi")
+    scripted.reply = ("application/json", json.dumps(_WHOLE).encode(), {})
+
+    def whole(chain: Any) -> Any:
+        return chain.complete(user("hi"))
+
+    answer = _run(
+        mode, tmp_path, scripted.base_url, whole, wrap, openai__complete_streams=False
+    )
+    assert ([a.error for a in answer.attempts], answer.text) == ([None], "Hi")
+    # both went through the wrapper's create()
+    assert [c["stream"] for c in calls] == [True, False]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"role": "assistant", "content": ["Hi"]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"x": 1}}}
+            ],
+        },
+    ],
+    ids=["content-not-text", "arguments-not-text"],
+)
+def test_a_whole_answer_with_text_that_is_not_text_is_malformed(
+    mode: str, scripted: _Scripted, tmp_path: Path, message: dict[str, Any]
+) -> None:
+    """Read leniently (it does not validate), it must still not reach the caller as an answer."""
+    from fallbackchain import AllTiersFailedError, MalformedChunkError
+
+    bad = {**_WHOLE, "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+    scripted.reply = ("application/json", json.dumps(bad).encode(), {})
+
+    def call(chain: Any) -> Any:
+        return chain.complete(user("hi"))
+
+    with pytest.raises(AllTiersFailedError) as failed:
+        _run(mode, tmp_path, scripted.base_url, call, retry__max_attempts=1,
+             openai__complete_streams=False)  # fmt: skip
+    first = failed.value.attempts[0]  # the whole answer (the stream tier then reads no chunk)
+    assert (first.tier, type(first.exception)) == ("completion", MalformedChunkError)

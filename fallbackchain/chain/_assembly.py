@@ -20,6 +20,7 @@ Two pure objects, shared by the sync and async drivers:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -189,7 +190,9 @@ class AttemptAssembler:
         """Add the pieces; return each call's ``(index, arguments fragment)``, in order."""
         added = []
         for call in tool_calls:
-            index = call["index"]
+            index = call.get("index")
+            if index is None:
+                index = _call_index(acc.tool_calls, call)
             slot = acc.tool_calls.setdefault(
                 index, {"id": None, "type": "function", "name": "", "arguments": []}
             )
@@ -287,6 +290,24 @@ class AttemptAssembler:
             ) from None
 
 
+def _call_index(calls: dict[int, dict[str, Any]], call: Mapping[str, Any]) -> int:
+    """The position of a streamed tool-call piece sent without ``index`` (Gemini omits it).
+
+    A piece with the ``id`` of a call already seen belongs to that call; one with a new
+    ``id`` (or a function name and no ``id``) starts the next call; one with neither goes on
+    with the latest call (its arguments continue).
+    """
+    id = call.get("id")
+    if id is not None:
+        for index, slot in calls.items():
+            if slot["id"] == id:
+                return index
+    function = call.get("function") or {}
+    if id is not None or function.get("name") or not calls:
+        return max(calls, default=-1) + 1
+    return max(calls)
+
+
 def _text(value: Any) -> str | None:
     """``value`` if it is text (or absent); a chunk's text of another type is malformed."""
     if value is None or value.__class__ is str:
@@ -302,14 +323,25 @@ def completion_text(completion: ChatCompletion) -> str:
 
 
 def check_completion(completion: object) -> ChatCompletion:
-    """Validate a non-streamed completion: the right type and a finish_reason on every choice."""
+    """Validate a non-streamed completion: the right type and a finish_reason on every choice.
+
+    A completion built leniently (one that did not validate, read as the SDK reads it) must
+    still have text where text goes: content, refusal, tool-call names and arguments.
+    """
     if not isinstance(completion, ChatCompletion):
         raise MalformedChunkError(f"expected a ChatCompletion, got {type(completion).__name__}")
     try:
         choices = completion.choices
         if not choices or any(c.finish_reason is None for c in choices):
             raise TruncatedStreamError("completion has no finish_reason")
-    except AttributeError as exc:
+        for choice in choices:
+            message = choice.message
+            _text(message.content)
+            _text(message.refusal)
+            for call in message.tool_calls or ():
+                _text(call.function.name)
+                _text(call.function.arguments)
+    except (AttributeError, TypeError) as exc:
         raise MalformedChunkError("completion body is not a chat completion") from exc
     return completion
 

@@ -32,6 +32,7 @@ from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion
 
 from ..cache import cache_key
+from . import _chat_wire
 from ._assembly import (
     AttemptAssembler,
     Fragment,
@@ -306,26 +307,11 @@ class ChatEndpoint(UsageBilling):
             kwargs["stream_options"] = {"include_usage": True}
         return kwargs
 
-    # The SDK sends the request, raises its status errors and reads the body (a stream's
-    # server-sent events too: an ``error`` event is its APIError, a broken or stalled read
-    # its APIConnectionError / APITimeoutError); the chain reads the JSON it gives
-    # (``parse(to=...)``, documented on the SDK's raw responses). Building the SDK's models
-    # is most of its CPU: about three quarters per streamed chunk, where the chain reads a
-    # few keys and validates one ChatCompletion at the end; for a whole answer, pydantic's
-    # validation is several times faster than the SDK's recursive construction, which stays
-    # as the lenient fallback for an answer that does not validate.
-
     def create(self, client: openai.OpenAI, kwargs: dict[str, Any]) -> Any:
-        raw = client.chat.completions.with_raw_response.create(**kwargs)
-        if kwargs["stream"]:
-            return raw.parse(to=openai.Stream[object])
-        return _completion(raw.parse(to=object))
+        return _chat_wire.create(client, kwargs)  # chunks as sent (dicts), not SDK models
 
     async def acreate(self, client: openai.AsyncOpenAI, kwargs: dict[str, Any]) -> Any:
-        raw = await client.chat.completions.with_raw_response.create(**kwargs)
-        if kwargs["stream"]:
-            return raw.parse(to=openai.AsyncStream[object])
-        return _completion(raw.parse(to=object))
+        return await _chat_wire.acreate(client, kwargs)
 
     def assembler(self) -> AttemptAssembler:
         return AttemptAssembler()
@@ -351,17 +337,3 @@ class ChatEndpoint(UsageBilling):
 CHAT: Endpoint[ChatCompletion] = ChatEndpoint()
 """The chat-completions endpoint (``stream()``, ``complete()``, ``chain.chat``)."""
 
-
-def _completion(data: object) -> object:
-    """A whole answer's JSON as a ``ChatCompletion``; anything else as it came.
-
-    ``check`` refuses what is not a completion. Validated when it conforms; otherwise built
-    the SDK's lenient way (its ``construct``), so a provider's odd but usable answer reads as
-    it would through ``create()``.
-    """
-    if not isinstance(data, dict):
-        return data
-    try:
-        return ChatCompletion.model_validate(data)
-    except ValueError:  # pydantic's ValidationError
-        return ChatCompletion.construct(**data)
