@@ -339,8 +339,10 @@ def check_completion(completion: object) -> ChatCompletion:
             _text(message.content)
             _text(message.refusal)
             for call in message.tool_calls or ():
-                _text(call.function.name)
-                _text(call.function.arguments)
+                function = getattr(call, "function", None)  # a custom tool call has none
+                if function is not None:
+                    _text(function.name)
+                    _text(function.arguments)
     except (AttributeError, TypeError) as exc:
         raise MalformedChunkError("completion body is not a chat completion") from exc
     return completion
