@@ -81,10 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"cannot listen on {args.host}:{args.port}: {exc}\n")
         return 1
     with server:
-        sys.stdout.write(f"FaultServer listening; base_url={server.base_url}\n")
-        sys.stdout.write("Press Ctrl-C to stop.\n")
-        sys.stdout.flush()
-        try:
+        try:  # Ctrl-C may come while the lines below are written (a client saw the first)
+            sys.stdout.write(f"FaultServer listening; base_url={server.base_url}\n")
+            sys.stdout.write("Press Ctrl-C to stop.\n")
+            sys.stdout.flush()
             threading.Event().wait()
         except KeyboardInterrupt:
             sys.stdout.write("stopping\n")
