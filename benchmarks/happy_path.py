@@ -562,9 +562,9 @@ def run_isolated(settings: Settings, base_url: str) -> tuple[list[Row], dict[str
     the slope between the two is the CPU per chunk, the intercept the fixed cost per request
     (both minus the same loop over the stand-in alone). CPU is the caller's thread's (the
     targets' "caller's path"; a cache writer thread has nothing to write here: the answers
-    repeat). Every way and length takes its turn request by request (sync) or batch by batch
-    (async, 100 concurrent), in an order that rotates, so the machine's drift hits all alike;
-    the figures are medians over rounds of per-round slopes and intercepts.
+    repeat). Each round runs every way and length once, ``n`` requests in a row (async: 100
+    concurrent at a time), in an order that rotates from round to round; the figures are
+    medians over rounds of per-round slopes and intercepts, so drift between rounds cancels.
     """
     chunks = _prebuilt_chunks(base_url)
     at = [i for i, (c, _) in enumerate(chunks) if c.choices and c.choices[0].delta.content]
@@ -612,12 +612,12 @@ def run_isolated(settings: Settings, base_url: str) -> tuple[list[Row], dict[str
     try:
         for r in range(rounds + 1):  # the first round warms up, and is not counted
             total = {(name, length): 0.0 for name, length, _ in ways}
-            for i in range(n):
-                turn = i % len(ways)
-                for name, length, one in ways[turn:] + ways[:turn]:
-                    cpu = clock()
+            turn = r % len(ways)
+            for name, length, one in ways[turn:] + ways[:turn]:
+                cpu = clock()
+                for i in range(n):
                     one(i)
-                    total[name, length] += clock() - cpu
+                total[name, length] += clock() - cpu
             if r:
                 costs: dict[str, dict[int, float]] = {}
                 for (name, length), spent in total.items():
@@ -655,12 +655,12 @@ def run_isolated(settings: Settings, base_url: str) -> tuple[list[Row], dict[str
         try:
             for r in range(rounds + 1):
                 total = {(name, length): 0.0 for name, length, _ in batches}
-                for b in range(n // 100):
-                    turn = b % len(batches)
-                    for name, length, one in batches[turn:] + batches[:turn]:
-                        cpu = clock()
-                        await asyncio.gather(*(one(i) for i in range(100)))
-                        total[name, length] += clock() - cpu
+                turn = r % len(batches)
+                for name, length, one in batches[turn:] + batches[:turn]:
+                    cpu = clock()
+                    for start in range(0, n, 100):
+                        await asyncio.gather(*(one(i) for i in range(start, start + 100)))
+                    total[name, length] += clock() - cpu
                 if r:
                     costs: dict[str, dict[int, float]] = {}
                     for (name, length), spent in total.items():
@@ -712,7 +712,7 @@ def run_isolated(settings: Settings, base_url: str) -> tuple[list[Row], dict[str
                 "a stand-in client hands out pre-built chunks (no SDK parsing, no "
                 "socket); slope between answers of 10 and 300 content chunks, minus the same "
                 f"loop over the stand-in alone; caller's thread CPU; median of {rounds} rounds "
-                f"of {n} requests per way and length, interleaved",
+                f"of {n} requests per way and length, in rotating order",
             )
         )
         rows.append(
