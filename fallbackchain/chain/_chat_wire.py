@@ -82,7 +82,10 @@ def _as_sent(item: Any) -> Any:
 
 
 class _Dumped:
-    """A sync stream of SDK chunk models (from ``create()``), handing on each as a dict."""
+    """A sync stream of SDK chunk models (from ``create()``), handing on each as a dict.
+
+    Entering, leaving and closing are the wrapped stream's own.
+    """
 
     __slots__ = ("_stream",)
 
@@ -107,23 +110,16 @@ class _Dumped:
         self._stream.__exit__(*exc_info)
 
 
-class _AsyncDumped:
+class _AsyncDumped(_Dumped):
     """:class:`_Dumped` for an async stream (``close()`` is awaited, as the SDK's is)."""
 
-    __slots__ = ("_stream",)
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-
-    @property
-    def response(self) -> Any:
-        return self._stream.response
+    __slots__ = ()
 
     async def __aiter__(self) -> AsyncIterator[Any]:
         async for item in self._stream:
             yield _as_sent(item)
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # type: ignore[override]
         await self._stream.close()
 
     async def __aenter__(self) -> _AsyncDumped:
