@@ -58,6 +58,7 @@ def imports_of_the_test_bed(source: str, module: Path) -> list[Hit]:
     return hits
 
 
+@pytest.mark.slow  # parses every module: about 0.3 s
 def test_no_module_outside_testing_imports_the_test_bed() -> None:
     modules = [p for p in sorted(PACKAGE.rglob("*.py")) if TESTING not in p.parents]
     assert len(modules) > 20  # the walk really saw the package

@@ -137,6 +137,7 @@ def test_pybreaker_keeps_its_own_redis_storage_after_fallbackchain_hid_redis():
     assert "RedisError" in err  # pybreaker logged the failure it caught
 
 
+@pytest.mark.slow  # a fresh interpreter: about 0.3 s
 def test_nothing_is_hidden_when_redis_is_already_imported():
     code = """
         import redis
