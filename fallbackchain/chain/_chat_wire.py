@@ -81,11 +81,8 @@ def _as_sent(item: Any) -> Any:
     return item if dump is None else dump()
 
 
-class _Dumped:
-    """A sync stream of SDK chunk models (from ``create()``), handing on each as a dict.
-
-    Entering, leaving and closing are the wrapped stream's own.
-    """
+class _Wrapped:
+    """A stream of SDK chunk models (from ``create()``); its ``response`` is the stream's."""
 
     __slots__ = ("_stream",)
 
@@ -95,6 +92,15 @@ class _Dumped:
     @property
     def response(self) -> Any:
         return self._stream.response
+
+
+class _Dumped(_Wrapped):
+    """A sync stream handing on each chunk model as a dict.
+
+    Entering, leaving and closing are the wrapped stream's own.
+    """
+
+    __slots__ = ()
 
     def __iter__(self) -> Iterator[Any]:
         return (_as_sent(item) for item in self._stream)
@@ -110,7 +116,7 @@ class _Dumped:
         self._stream.__exit__(*exc_info)
 
 
-class _AsyncDumped(_Dumped):
+class _AsyncDumped(_Wrapped):
     """:class:`_Dumped` for an async stream (``close()`` is awaited, as the SDK's is)."""
 
     __slots__ = ()
@@ -119,7 +125,7 @@ class _AsyncDumped(_Dumped):
         async for item in self._stream:
             yield _as_sent(item)
 
-    async def close(self) -> None:  # type: ignore[override]
+    async def close(self) -> None:
         await self._stream.close()
 
     async def __aenter__(self) -> _AsyncDumped:

@@ -336,4 +336,3 @@ class ChatEndpoint(UsageBilling):
 
 CHAT: Endpoint[ChatCompletion] = ChatEndpoint()
 """The chat-completions endpoint (``stream()``, ``complete()``, ``chain.chat``)."""
-
