@@ -325,6 +325,41 @@ def test_round_trip_disk_hit_in_fresh_instance(open_cache: Any, key: str) -> Non
     assert fresh.stats().memory_entries == 1  # promoted
 
 
+def sparse_completion(text: str = "Paris.") -> ChatCompletion:
+    """An answer as some compatible servers send it (no ``object``, no ``created``), built the
+    SDK's lenient way, as the chain reads it live: it does not validate."""
+    return ChatCompletion.construct(
+        id="c1",
+        model="gpt-4o-mini",
+        choices=[{"index": 0, "finish_reason": "stop", "message": assistant(text)}],
+    )
+
+
+def assistant(content: object) -> dict[str, object]:
+    return {"role": "assistant", "content": content}
+
+
+def test_an_answer_read_leniently_round_trips_memory_disk_and_export(
+    open_cache: Any, key: str, tmp_path: pathlib.Path, clock: FakeClock
+) -> None:
+    rc = open_cache()
+    assert rc.put(key, sparse_completion()) is True
+    assert text_of(rc.get(key)) == "Paris."  # memory
+    fresh = open_cache()
+    hit = fresh.get(key)  # disk
+    assert hit is not None and text_of(hit) == "Paris."
+    assert (hit.completion.created, hit.completion.object) == (None, None)
+    target = tmp_path / "export.jsonl"
+    assert fresh.export_jsonl(target) == 1
+    other = ResponseCache(make_config(tmp_path / "other"), clock=clock)
+    try:
+        assert other.import_jsonl(target).imported == 1
+        assert text_of(other.get(key)) == "Paris."
+    finally:
+        other.close()
+    assert rc.stats().errors == fresh.stats().errors == 0
+
+
 def test_large_answer_round_trips_through_a_file(open_cache: Any, key: str) -> None:
     big = "x" * 100_000  # above diskcache's 32 KiB inline limit: stored as a text file
     assert open_cache().put(key, completion(big)) is True
@@ -733,9 +768,10 @@ def test_disk_full_during_put_skips_the_write(
         json.dumps({"format": 1, "stored_at": "yesterday", "completion": {}}),
         json.dumps({"format": 1, "stored_at": T0, "completion": {"id": 1}}),
         row_json(T0, completion(finish_reason=None).model_dump()),
+        row_json(T0, {"id": "c1", "choices": [{"finish_reason": "stop", "message": assistant(5)}]}),
         b"\xff\xfe not utf-8",
     ],
-    ids=["bad-json", "not-object", "format", "stored_at", "schema", "incomplete", "bytes"],
+    ids=["bad-json", "not-object", "format", "stored_at", "schema", "incomplete", "text", "bytes"],
 )
 def test_bad_row_is_a_logged_miss(
     open_cache: Any,

@@ -835,6 +835,20 @@ def test_cache_is_shared_between_instances(rs, namespace, link):
     assert b.stats().hits == 1
 
 
+def test_cache_serves_an_answer_read_leniently_to_another_instance(rs, namespace, link):
+    sparse = ChatCompletion.construct(  # no object, no created: as the chain reads it live
+        id="c1",
+        model="gpt-4o-mini",
+        choices=[{"index": 0, "finish_reason": "stop", "message": {"content": "Hi"}}],
+    )
+    a = make_cache(rs, namespace, link=link)
+    b = make_cache(rs, namespace, link=link)
+    assert a.put(KEY, sparse)
+    hit = b.get(KEY)
+    assert hit is not None and hit.completion.choices[0].message.content == "Hi"
+    assert (b.stats().hits, b.stats().errors) == (1, 0)
+
+
 @pytest.mark.slow
 def test_cache_expires_in_redis_after_ttl(rs, namespace, link, raw):
     cache = make_cache(rs, namespace, link=link)

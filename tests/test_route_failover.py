@@ -553,3 +553,23 @@ def test_an_answer_without_object_and_created_is_read_as_the_sdk_reads_it(
     assert streamed.completion.created == 0 and streamed.completion.object == "chat.completion"
     assert server.counts["total"] == 2  # each answered at its first attempt
 
+
+
+def test_an_answer_without_object_and_created_is_served_from_the_cache_in_an_outage(
+    harness_factory, server, mode
+):
+    """What the chain accepted live, its cache serves back: memory first, then disk alone."""
+    server.default = Fault.sparse()
+    h = harness_factory(openai__complete_streams=False)
+    live = h.complete("hello")
+    assert live.source == "completion" and live.completion.created is None
+    h.chain.cache.flush()
+    server.default = Fault.status(503)
+    held = h.complete("hello")
+    assert (held.source, held.text) == ("cache", live.text)
+    assert h.chain.cache.stats().errors == 0  # a hit, not a logged failure read as a miss
+    reopened = harness_factory(openai__complete_streams=False)  # memory empty: the disk row
+    from_disk = reopened.complete("hello")
+    assert (from_disk.source, from_disk.text) == ("cache", live.text)
+    assert from_disk.completion.created is None and from_disk.completion.object is None
+    assert reopened.chain.cache.stats().errors == 0

@@ -20,6 +20,7 @@ from typing import IO, Any, Final, Literal, NamedTuple
 import pydantic
 from openai.types.chat import ChatCompletion
 
+from .._completion_json import readable_completion
 from .._errors import FallbackChainError
 from ._keys import KEY_PATTERN
 from ._rows import is_complete, seconds
@@ -210,7 +211,7 @@ def _parse_export_line(value: Any) -> tuple[str, ChatCompletion, float]:
     if not isinstance(body, dict):
         raise _BadLineError(f"'completion' must be an object, got {_json_type(body)}")
     try:
-        completion = ChatCompletion.model_validate(body)
+        completion = readable_completion(body)  # what the cache can hold, it can import
     except (pydantic.ValidationError, TypeError, RecursionError) as exc:
         count = exc.error_count() if isinstance(exc, pydantic.ValidationError) else 1
         raise ValueError(

@@ -21,6 +21,7 @@ import pydantic
 import pydantic_core
 from openai.types.chat import ChatCompletion
 
+from .._completion_json import readable_completion
 from .._errors import CacheCorruptError, UnsafeCacheRowError
 
 __all__ = [
@@ -113,7 +114,7 @@ class LocalAnswer:
             return None
         completion = self._completion
         if completion is None:  # two threads may both validate: same result, no harm
-            completion = self._completion = ChatCompletion.model_validate(self.body)
+            completion = self._completion = readable_completion(self.body)
         return CachedAnswer(completion, self.stored_at, max(now - self.stored_at, 0.0))
 
 
@@ -213,7 +214,7 @@ def decode_row(raw: object) -> HeldEntry:
     if not isinstance(body, dict):
         raise CacheCorruptError("cache row has no completion object")
     try:
-        completion = ChatCompletion.model_validate(body)
+        completion = readable_completion(body)  # as the chain read it live
     except (pydantic.ValidationError, ValueError, TypeError, RecursionError) as exc:
         raise CacheCorruptError("cache row is not a valid chat completion") from exc
     if not is_complete(completion):

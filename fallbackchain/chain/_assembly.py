@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from openai.types.chat import ChatCompletion
 
+from .._completion_json import has_text_where_text_goes
 from .._errors import MalformedChunkError, TruncatedStreamError
 from .._results import ChainEvent
 
@@ -334,17 +335,10 @@ def check_completion(completion: object) -> ChatCompletion:
         choices = completion.choices
         if not choices or any(c.finish_reason is None for c in choices):
             raise TruncatedStreamError("completion has no finish_reason")
-        for choice in choices:
-            message = choice.message
-            _text(message.content)
-            _text(message.refusal)
-            for call in message.tool_calls or ():
-                function = getattr(call, "function", None)  # a custom tool call has none
-                if function is not None:
-                    _text(function.name)
-                    _text(function.arguments)
     except (AttributeError, TypeError) as exc:
         raise MalformedChunkError("completion body is not a chat completion") from exc
+    if not has_text_where_text_goes(completion):
+        raise MalformedChunkError("completion body is not a chat completion")
     return completion
 
 

@@ -23,7 +23,8 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import openai
-from openai.types.chat import ChatCompletion
+
+from .._completion_json import completion_from_json
 
 __all__ = ["acreate", "create"]
 
@@ -68,10 +69,7 @@ def _completion(data: object, request_id: str | None) -> object:
             return data
     if not isinstance(data, dict):
         return data
-    try:
-        completion = ChatCompletion.model_validate(data)
-    except ValueError:  # pydantic's ValidationError
-        completion = ChatCompletion.construct(**data)
+    completion = completion_from_json(data)
     completion._request_id = request_id
     return completion
 
