@@ -219,11 +219,14 @@ class Harness:
         real_time: bool = False,
         sdk_max_retries: int = 2,
         fallback_servers: dict[str, FaultServer] | None = None,
+        random: Any = None,
     ) -> None:
         self.mode = mode
         self.server = server
         self.clock = clock
         timing: dict[str, Any] = {} if real_time else {"clock": clock, "random": lambda: 0.5}
+        if random is not None:
+            timing["random"] = random
         if mode == "sync":
             if not real_time:
                 timing["sleep"] = clock.sleep
@@ -365,6 +368,7 @@ def harness_factory(
         sdk_max_retries: int = 2,
         fallbacks: tuple[Any, ...] = (),
         fallback_servers: dict[str, FaultServer] | None = None,
+        random: Any = None,
         **overrides: Any,
     ) -> Harness:
         config = make_config(tmp_path, server.base_url, **overrides)
@@ -378,6 +382,7 @@ def harness_factory(
             real_time=real_time,
             sdk_max_retries=sdk_max_retries,
             fallback_servers=fallback_servers,
+            random=random,
         )
         made.append(h)
         return h

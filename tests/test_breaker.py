@@ -418,6 +418,79 @@ def test_an_async_settle_between_busy_and_wait_is_not_missed(clock):
     assert asyncio.run(go()) < 1.0
 
 
+# -- backoff sleeps end when the breaker opens ------------------------------------------------
+
+
+def test_a_backoff_sleep_ends_when_another_attempt_opens_the_breaker(clock):
+    g = gate(clock)
+    held = [g.acquire() for _ in range(3)]
+    threading.Timer(0.05, lambda: [p.failure() for p in held]).start()
+    started = time.monotonic()
+    g.sleep_unless_open(30.0)
+    assert time.monotonic() - started < 10.0  # woken by the opening, long before 30 s
+    assert g.state == "open"
+
+
+def test_a_backoff_sleep_is_not_cut_short_by_other_attempts_ending(clock):
+    g = gate(clock)
+    held = [g.acquire() for _ in range(2)]
+    threading.Timer(0.01, held[0].success).start()
+    threading.Timer(0.02, held[1].failure).start()  # a failure, but the breaker stays closed
+    started = time.monotonic()
+    g.sleep_unless_open(0.2)
+    assert 0.19 < time.monotonic() - started < 5.0
+
+
+def test_a_backoff_sleep_on_a_breaker_seen_open_returns_at_once(clock):
+    g = gate(clock)
+    fail(g, 3)
+    started = time.monotonic()
+    g.sleep_unless_open(30.0)
+    assert time.monotonic() - started < 1.0
+    clock.advance(30.0)
+    probe = g.acquire()  # half-open: a permit again, so sleeps are whole again
+    assert probe is not None and probe.probe
+    started = time.monotonic()
+    g.sleep_unless_open(0.05)
+    assert time.monotonic() - started > 0.04
+
+
+def test_a_refusal_means_open_to_sleepers_too(clock):
+    """Opened by another process (a shared store): this one learns it from a refusal."""
+    store = MemoryGateStore()
+    here, elsewhere = gate(clock, store=store), gate(clock, store=store)
+    here.acquire().release()
+    fail(elsewhere, 3)  # no wake-up reaches ``here``: another gate object
+    threading.Timer(0.05, here.acquire).start()  # refused: ``here`` learns it is open
+    started = time.monotonic()
+    here.sleep_unless_open(30.0)
+    assert time.monotonic() - started < 10.0
+
+
+def test_an_async_backoff_sleep_ends_when_a_thread_opens_the_breaker(clock):
+    g = gate(clock)
+    held = [g.acquire() for _ in range(3)]
+
+    async def go() -> float:
+        threading.Timer(0.05, lambda: [p.failure() for p in held]).start()
+        started = time.monotonic()
+        await g.asleep_unless_open(30.0)
+        return time.monotonic() - started
+
+    assert asyncio.run(go()) < 10.0
+
+
+def test_an_async_backoff_sleep_runs_its_course_while_the_breaker_stays_closed(clock):
+    g = gate(clock)
+
+    async def go() -> float:
+        started = time.monotonic()
+        await g.asleep_unless_open(0.05)
+        return time.monotonic() - started
+
+    assert 0.04 < asyncio.run(go()) < 5.0
+
+
 # Each script is a sequence of steps; the sync permit methods and their async twins share one
 # core, so the same script must leave the same trace through either.
 SCRIPTS = {

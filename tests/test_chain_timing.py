@@ -274,3 +274,59 @@ def test_a_cancel_while_settling_a_shared_breaker_never_leaks_the_probe(server, 
         assert gate.state == "closed"  # the probe's success was recorded despite the cancel
     finally:
         h.close()
+
+
+@pytest.mark.slow
+def test_a_backoff_sleep_ends_when_another_request_opens_the_breaker(harness_factory, server):
+    """A request waiting to retry a route whose breaker opens meanwhile moves on at once.
+
+    A's first stream attempt fails and A sleeps 2 s before its retry; B's failure opens the
+    stream breaker. A's retry would be refused: it goes on to the completion tier (then the
+    cache) without sleeping the rest of its 2 s. B, which opened it, waits its own 2 s
+    before the completion tier on the same route, as the rule for a failing route says.
+    """
+    h = harness_factory(
+        real_time=True,
+        random=lambda: 0.99,  # each backoff sleeps 0.99 * 2 s
+        breaker__fail_max=2,
+        retry__max_attempts=2,
+        retry__base_delay=2.0,
+        retry__max_delay=2.0,
+    )
+    server.default = Fault.status(503)
+    took: dict[str, float] = {}
+
+    def ask(name: str) -> None:
+        started = time.monotonic()
+        with pytest.raises(AllTiersFailedError):
+            h.ask(name)
+        took[name] = time.monotonic() - started
+
+    if h.mode == "sync":
+        a = threading.Thread(target=ask, args=("a",))
+        a.start()
+        while server.counts["total"] < 1:
+            time.sleep(0.005)
+        ask("b")
+        a.join(10)
+    else:
+
+        async def both() -> None:
+            async def one(name: str) -> None:
+                started = time.monotonic()
+                with pytest.raises(AllTiersFailedError):
+                    async with h.chain.stream(user(name)) as stream:
+                        async for _ in stream:
+                            pass
+                took[name] = time.monotonic() - started
+
+            a = asyncio.ensure_future(one("a"))
+            while server.counts["total"] < 1:
+                await asyncio.sleep(0.005)
+            await one("b")
+            await a
+
+        h.loop.run_until_complete(both())
+    assert took["a"] < 1.0  # without the wake-up: at least 1.98 s
+    assert took["b"] >= 1.9
+    assert h.chain.breaker_states()["stream"] == "open"

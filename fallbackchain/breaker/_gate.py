@@ -102,6 +102,10 @@ class BreakerGate:
         self._generation = 0
         self._sync_waiters = 0
         self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
+        # What this process last learnt of the breaker: open (it opened, or refused an ask)
+        # or not (it granted a permit). Backoff sleeps for this gate's tier end when it opens.
+        self._seen_open = False
+        self._open_sleepers: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
 
     @property
     def state(self) -> BreakerState:
@@ -175,7 +179,10 @@ class BreakerGate:
             self._notify(decision.changed)
         admission = decision.admission
         if admission is None:
+            if not self._seen_open:  # opened elsewhere (another process): sleepers stop too
+                self._opened()
             return None
+        self._seen_open = False
         if admission == "normal":
             return Permit(self, probe=False)
         if admission == "busy":
@@ -250,8 +257,54 @@ class BreakerGate:
                 with contextlib.suppress(RuntimeError):  # that loop is closed: nothing waits
                     loop.call_soon_threadsafe(_resolve, waiter)
 
+    # -- backoff sleeps that end when the breaker opens -------------------------------------
+
+    def sleep_unless_open(self, seconds: float) -> None:
+        """Sleep ``seconds`` (real time), or less: until this process sees the breaker open.
+
+        What a request does before it retries this gate's tier: once the breaker opens, the
+        retry would be refused, so the rest of the wait is worth nothing. Returns at once when
+        the last thing this process learnt is that the breaker is open: it opened here, or
+        refused an ask (so also when another process sharing the store opened it); any permit
+        granted since says otherwise.
+        """
+        with self._changed:
+            self._changed.wait_for(self._is_seen_open, timeout=seconds)
+
+    async def asleep_unless_open(self, seconds: float) -> None:
+        """:meth:`sleep_unless_open` for asyncio: the event loop runs meanwhile."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        entry = (loop, waiter)
+        with self._changed:
+            self._open_sleepers.add(entry)
+        try:
+            if not self._seen_open:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(seconds):
+                        await waiter
+        finally:
+            with self._changed:
+                self._open_sleepers.discard(entry)
+
+    def _is_seen_open(self) -> bool:
+        return self._seen_open
+
+    def _opened(self) -> None:
+        """Record that the breaker is open, as this process learnt; wake who sleeps on this gate."""
+        # Set before the lock is taken: a sleeper either sees it when it checks, or is
+        # already waiting (it checks and waits holding the lock) and is woken here.
+        self._seen_open = True
+        with self._changed:
+            self._changed.notify_all()  # AwaitSlot's waiters too: their ask would be refused
+            for loop, waiter in self._open_sleepers:
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nothing waits
+                    loop.call_soon_threadsafe(_resolve, waiter)
+
     def _notify(self, changed: Transition) -> None:
         old, new = changed
+        if new == "open":
+            self._opened()
         logger.info("breaker %s: %s -> %s", self.name, old, new)
         if self._on_state_change is None:
             return

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Self
 import openai
 
 from .._results import ChainEvent, ChainResponse
-from .._timing import AsyncSleep, async_sleep_unless_testing, default_async_sleep
+from .._timing import AsyncSleep, async_sleep_unless_testing, default_async_sleep, is_testing
 from ..breaker import Permit
 from . import _steps as kind
 from ._chain import ChainBase, ChainStreamBase, OpenedStream
@@ -256,6 +256,8 @@ class AsyncFallbackChain(
         if isinstance(step, kind.WriteCache):
             return await self._write_cache(step.key, step.stored)
         if isinstance(step, kind.Sleep):
+            if step.tier is not None and self._sleep is default_async_sleep and not is_testing():
+                return await step.tier.gate.asleep_unless_open(step.seconds)
             return await async_sleep_unless_testing(self._sleep, step.seconds)
         if isinstance(step, kind.AwaitSlot):
             return await step.tier.gate.await_change(step.seconds, since=step.since)

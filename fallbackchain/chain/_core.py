@@ -188,7 +188,7 @@ class RequestRun:
         if self._pending_sleep is not None:
             delay, self._pending_sleep = self._pending_sleep, None
             self._slept += delay
-            return Sleep(delay)
+            return Sleep(delay, tier)
         if self.remaining() <= 0:
             self._plan.end()
             return UseCache()
@@ -198,7 +198,7 @@ class RequestRun:
                 self._leave_tier(tier.name, "retry-after beyond the deadline", "route")
                 return self.next_step()
             self._slept += hold
-            return Sleep(hold)
+            return Sleep(hold, tier)
         self._since = tier.gate.generation  # a change from here on ends a busy wait
         return Acquire(tier)
 

@@ -7,7 +7,7 @@ exception it met. A driver knows these values and the I/O they name, nothing of 
 
 | step | the driver | hands back |
 | --- | --- | --- |
-| :class:`Sleep` | sleeps | nothing |
+| :class:`Sleep` | sleeps (less, if the tier's breaker opens) | nothing |
 | :class:`AwaitSlot` | waits on the tier's gate | nothing |
 | :class:`Acquire` | asks the tier's gate for a permit | the gate's answer |
 | :class:`OpenStream` | sends a streamed attempt, reads to its first content | the opened stream |
@@ -78,9 +78,15 @@ class Tier(NamedTuple):
 
 
 class Sleep(NamedTuple):
-    """Wait this many seconds, then ask again."""
+    """Wait this many seconds before the next try at ``tier``, then ask again.
+
+    A driver sleeping in real time ends the wait early once ``tier``'s breaker opens (see
+    :meth:`BreakerGate.sleep_unless_open`): the try would be refused. An injected sleep
+    (tests) sleeps the whole wait.
+    """
 
     seconds: float
+    tier: Tier | None = None
 
 
 class AwaitSlot(NamedTuple):

@@ -20,7 +20,7 @@ import openai
 
 from .._results import ChainEvent, ChainResponse
 from .._timing import Sleep as SleepFunc
-from .._timing import default_sleep, sleep_unless_testing
+from .._timing import default_sleep, is_testing, sleep_unless_testing
 from ..breaker import Permit
 from . import _steps as kind
 from ._chain import ChainBase, ChainStreamBase, OpenedStream
@@ -215,6 +215,8 @@ class FallbackChain(
         if isinstance(step, kind.CloseStream):
             return step.opened.stream.close()
         if isinstance(step, kind.Sleep):
+            if step.tier is not None and self._sleep is default_sleep and not is_testing():
+                return step.tier.gate.sleep_unless_open(step.seconds)
             return sleep_unless_testing(self._sleep, step.seconds)
         if isinstance(step, kind.AwaitSlot):
             return step.tier.gate.wait(step.seconds, since=step.since)
