@@ -455,6 +455,20 @@ def test_a_backoff_sleep_on_a_breaker_seen_open_returns_at_once(clock):
     assert time.monotonic() - started > 0.04
 
 
+def test_a_probe_that_closes_the_breaker_makes_sleeps_whole_again(clock):
+    g = gate(clock)
+    fail(g, 3)
+    clock.advance(30.0)
+    probe = g.acquire()
+    assert probe is not None and probe.probe
+    assert g.acquire() is None  # refused while the probe runs: seen open
+    probe.success()
+    assert g.state == "closed"
+    started = time.monotonic()
+    g.sleep_unless_open(0.05)
+    assert time.monotonic() - started > 0.04  # not skipped: the breaker closed
+
+
 def test_a_refusal_means_open_to_sleepers_too(clock):
     """Opened by another process (a shared store): this one learns it from a refusal."""
     store = MemoryGateStore()

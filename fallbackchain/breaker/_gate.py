@@ -305,6 +305,8 @@ class BreakerGate:
         old, new = changed
         if new == "open":
             self._opened()
+        else:  # closed by a probe, say, after asks were refused while it ran
+            self._seen_open = False
         logger.info("breaker %s: %s -> %s", self.name, old, new)
         if self._on_state_change is None:
             return
