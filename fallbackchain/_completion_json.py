@@ -25,29 +25,33 @@ def completion_from_json(data: dict[str, Any]) -> ChatCompletion:
     try:
         return ChatCompletion.model_validate(data)
     except pydantic.ValidationError:
-        return ChatCompletion.construct(**data)
+        return _lenient(data)
 
 
 def readable_completion(data: dict[str, Any]) -> ChatCompletion:
     """:func:`completion_from_json`, for a stored answer: refused unless it is usable.
 
-    Raises the validation's ``pydantic.ValidationError`` when ``data`` does not validate
-    and its lenient build fails :func:`has_text_where_text_goes`.
+    Raises the validation's ``pydantic.ValidationError`` (and nothing else) when ``data``
+    does not validate and its lenient build fails :func:`has_text_where_text_goes`.
     """
     try:
         return ChatCompletion.model_validate(data)
     except pydantic.ValidationError as exc:
         invalid = exc
-    completion = ChatCompletion.construct(**data)
+    try:
+        completion = _lenient(data)
+    except (TypeError, ValueError, AttributeError):  # what no answer is made of
+        raise invalid from None
     if not has_text_where_text_goes(completion):
         raise invalid
     return completion
 
 
 def has_text_where_text_goes(completion: ChatCompletion) -> bool:
-    """True when every choice's content, refusal, tool-call names and arguments are text.
+    """True when every choice's finish reason, content, refusal and tool calls are text.
 
-    Or absent; false when ``choices`` is not a list, or a choice or message not an object.
+    Or absent. Tool calls must be a list of objects whose id, function name and arguments
+    are text; false when ``choices`` is not a list, or a choice or message not an object.
     Always true of a validated completion; a lenient build can hold anything JSON can.
     """
     choices = completion.choices
@@ -56,13 +60,24 @@ def has_text_where_text_goes(completion: ChatCompletion) -> bool:
     try:
         for choice in choices:
             message = choice.message
-            texts = [message.content, message.refusal]
-            for call in message.tool_calls or ():
+            texts = [choice.finish_reason, message.content, message.refusal]
+            calls = message.tool_calls
+            if calls is not None and type(calls) is not list:
+                return False
+            for call in calls or ():
+                texts.append(call.id)
                 function = getattr(call, "function", None)  # a custom tool call has none
                 if function is not None:
                     texts += (function.name, function.arguments)
             if any(text is not None and text.__class__ is not str for text in texts):
                 return False
-    except (AttributeError, TypeError):  # a choice or a message that is not an object
+    except (AttributeError, TypeError):  # a choice, message or call that is not an object
         return False
     return True
+
+
+def _lenient(data: dict[str, Any]) -> ChatCompletion:
+    # ``_fields_set`` is construct()'s own parameter: a body's key of that name is not one.
+    if "_fields_set" in data:
+        data = {key: value for key, value in data.items() if key != "_fields_set"}
+    return ChatCompletion.construct(**data)

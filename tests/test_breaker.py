@@ -469,16 +469,29 @@ def test_a_probe_that_closes_the_breaker_makes_sleeps_whole_again(clock):
     assert time.monotonic() - started > 0.04  # not skipped: the breaker closed
 
 
-def test_a_refusal_means_open_to_sleepers_too(clock):
-    """Opened by another process (a shared store): this one learns it from a refusal."""
+def test_an_opening_seen_elsewhere_leaves_sleeps_whole(clock):
+    """Opened through another gate object on the store (another process): no wake-up here.
+
+    A refusal here would not say for how long: the breaker may be half-open, its probe about
+    to close it. Sleeping the whole backoff is the old behaviour, never a retry without one.
+    """
     store = MemoryGateStore()
     here, elsewhere = gate(clock, store=store), gate(clock, store=store)
     here.acquire().release()
-    fail(elsewhere, 3)  # no wake-up reaches ``here``: another gate object
-    threading.Timer(0.05, here.acquire).start()  # refused: ``here`` learns it is open
+    fail(elsewhere, 3)
+    assert here.acquire() is None  # refused
     started = time.monotonic()
-    here.sleep_unless_open(30.0)
-    assert time.monotonic() - started < 10.0
+    here.sleep_unless_open(0.05)
+    assert time.monotonic() - started > 0.04
+
+
+def test_an_opening_seen_longer_ago_than_reset_timeout_no_longer_counts(clock):
+    g = gate(clock)
+    fail(g, 3)
+    clock.advance(30.0)  # half-open by now, for whoever asks: perhaps closed elsewhere
+    started = time.monotonic()
+    g.sleep_unless_open(0.05)
+    assert time.monotonic() - started > 0.04
 
 
 def test_an_async_backoff_sleep_ends_when_a_thread_opens_the_breaker(clock):

@@ -33,7 +33,7 @@ from fallbackchain.cache import (
     SafeJSONDisk,
     cache_key,
 )
-from fallbackchain.cache._rows import encode_row
+from fallbackchain.cache._rows import decode_row, encode_row
 
 LOGGER = "fallbackchain.cache"
 T0 = 1_000_000.0
@@ -358,6 +358,36 @@ def test_an_answer_read_leniently_round_trips_memory_disk_and_export(
     finally:
         other.close()
     assert rc.stats().errors == fresh.stats().errors == 0
+
+
+def sparse_body(**message: object) -> dict[str, Any]:
+    choice = {"index": 0, "finish_reason": "stop", "message": {"content": "hi", **message}}
+    return {"id": "c1", "model": "m", "choices": [choice]}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {**sparse_body(), "choices": [{"finish_reason": ["stop"], "message": assistant("hi")}]},
+        sparse_body(tool_calls="abc"),
+        sparse_body(tool_calls=[5]),
+        sparse_body(tool_calls=[{"id": 5, "function": {"name": "f", "arguments": "{}"}}]),
+        sparse_body(content=["hi"]),
+        {**sparse_body(), "choices": {"0": {"finish_reason": "stop"}}},
+    ],
+    ids=["finish-reason", "calls-str", "calls-int", "call-id", "content", "choices-object"],
+)
+def test_a_stored_answer_that_only_builds_leniently_must_still_be_usable(
+    body: dict[str, Any],
+) -> None:
+    """A tampered row is corrupt (skipped by scans, a miss), never an error elsewhere."""
+    with pytest.raises(CacheCorruptError):
+        decode_row(row_json(T0, body))
+
+
+def test_a_body_key_named_like_constructs_own_parameter_is_kept_apart() -> None:
+    entry = decode_row(row_json(T0, {**sparse_body(), "_fields_set": ["x"]}))
+    assert entry.completion.choices[0].message.content == "hi"
 
 
 def test_large_answer_round_trips_through_a_file(open_cache: Any, key: str) -> None:

@@ -102,9 +102,9 @@ class BreakerGate:
         self._generation = 0
         self._sync_waiters = 0
         self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
-        # What this process last learnt of the breaker: open (it opened, or refused an ask)
-        # or not (it granted a permit). Backoff sleeps for this gate's tier end when it opens.
-        self._seen_open = False
+        # When this process saw the breaker open (this gate's clock), until it saw another
+        # transition: backoff sleeps for this gate's tier end when it opens.
+        self._opened_at: float | None = None
         self._open_sleepers: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
 
     @property
@@ -179,10 +179,7 @@ class BreakerGate:
             self._notify(decision.changed)
         admission = decision.admission
         if admission is None:
-            if not self._seen_open:  # opened elsewhere (another process): sleepers stop too
-                self._opened()
             return None
-        self._seen_open = False
         if admission == "normal":
             return Permit(self, probe=False)
         if admission == "busy":
@@ -263,13 +260,13 @@ class BreakerGate:
         """Sleep ``seconds`` (real time), or less: until this process sees the breaker open.
 
         What a request does before it retries this gate's tier: once the breaker opens, the
-        retry would be refused, so the rest of the wait is worth nothing. Returns at once when
-        the last thing this process learnt is that the breaker is open: it opened here, or
-        refused an ask (so also when another process sharing the store opened it); any permit
-        granted since says otherwise.
+        retry would be refused, so the rest of the wait is worth nothing. Returns at once while
+        the breaker is open as this process saw it: it opened here less than ``reset_timeout``
+        ago (nothing can close it sooner) and no transition was seen since. An opening by
+        another process sharing the store sends no wake-up: the sleep runs its course.
         """
         with self._changed:
-            self._changed.wait_for(self._is_seen_open, timeout=seconds)
+            self._changed.wait_for(self._seen_open, timeout=seconds)
 
     async def asleep_unless_open(self, seconds: float) -> None:
         """:meth:`sleep_unless_open` for asyncio: the event loop runs meanwhile."""
@@ -279,7 +276,7 @@ class BreakerGate:
         with self._changed:
             self._open_sleepers.add(entry)
         try:
-            if not self._seen_open:
+            if not self._seen_open():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(seconds):
                         await waiter
@@ -287,15 +284,14 @@ class BreakerGate:
             with self._changed:
                 self._open_sleepers.discard(entry)
 
-    def _is_seen_open(self) -> bool:
-        return self._seen_open
+    def _seen_open(self) -> bool:
+        at = self._opened_at
+        return at is not None and self._clock() - at < self._settings.reset_timeout
 
     def _opened(self) -> None:
-        """Record that the breaker is open, as this process learnt; wake who sleeps on this gate."""
-        # Set before the lock is taken: a sleeper either sees it when it checks, or is
-        # already waiting (it checks and waits holding the lock) and is woken here.
-        self._seen_open = True
-        with self._changed:
+        """Record that the breaker opened, seen here; wake whoever sleeps on this gate."""
+        with self._changed:  # a sleeper checks and starts waiting holding it: none is missed
+            self._opened_at = self._clock()
             self._changed.notify_all()  # AwaitSlot's waiters too: their ask would be refused
             for loop, waiter in self._open_sleepers:
                 with contextlib.suppress(RuntimeError):  # that loop is closed: nothing waits
@@ -305,8 +301,9 @@ class BreakerGate:
         old, new = changed
         if new == "open":
             self._opened()
-        else:  # closed by a probe, say, after asks were refused while it ran
-            self._seen_open = False
+        else:
+            with self._changed:
+                self._opened_at = None
         logger.info("breaker %s: %s -> %s", self.name, old, new)
         if self._on_state_change is None:
             return
