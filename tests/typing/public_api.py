@@ -60,3 +60,12 @@ def guarded(gate: BreakerGate) -> bool:
     permit.first_content()
     permit.success()
     return limited
+
+
+def back_off(gate: BreakerGate, seconds: float) -> None:
+    """A caller's own retry loop: sleep before the next try, unless the breaker opens."""
+    gate.sleep_unless_open(seconds)
+
+
+async def aback_off(gate: BreakerGate, seconds: float) -> None:
+    await gate.asleep_unless_open(seconds)
