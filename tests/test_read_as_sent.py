@@ -228,6 +228,26 @@ def test_a_drop_in_whole_answer_keeps_the_request_id(
     assert completion._request_id == "req_1"
 
 
+def test_a_streamed_answer_keeps_the_request_id_too(
+    mode: str, scripted: _Scripted, tmp_path: Path
+) -> None:
+    """A drop-in ``create(stream=False)`` streams first by default: it must keep it as well."""
+    stream = _sse(
+        {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+         "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}}]},
+        {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+         "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    )  # fmt: skip
+    scripted.reply = ("text/event-stream", stream, {"x-request-id": "req_2"})
+    streamed = _run(mode, tmp_path, scripted.base_url, _stream(mode))
+    assert streamed.completion._request_id == "req_2"
+
+    def dropin(chain: Any) -> Any:
+        return chain.chat.completions.create(model="m", messages=user("hi"))
+
+    assert _run(mode, tmp_path, scripted.base_url, dropin)._request_id == "req_2"
+
+
 def test_a_client_that_offers_create_alone_still_answers_streamed_and_whole(
     mode: str, scripted: _Scripted, tmp_path: Path
 ) -> None:

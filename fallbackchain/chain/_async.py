@@ -221,7 +221,7 @@ class AsyncFallbackChain(
                                                 yield event
                             finally:
                                 watchdog.settle()
-                    steps.done(assembler.finish(model=request.model))
+                    steps.done(opened.finish(request.model))
                 except BaseException as exc:  # noqa: BLE001 - back into the flow, which decides
                     steps.failed(exc)
         except GeneratorExit:

@@ -66,6 +66,18 @@ class OpenedStream:
     pieces: list[Piece] = field(default_factory=list)  # read, not shown yet
     ended: bool = False  # the stream ended before any content
 
+    def finish(self, model: str) -> Any:
+        """The assembled answer, carrying the stream's ``x-request-id`` as ``_request_id``.
+
+        As the SDK's whole answers carry theirs: what a caller quotes to the provider's
+        support. A stream without an HTTP response (a stand-in's) leaves it unset.
+        """
+        answer = self.assembler.finish(model=model)
+        response = getattr(self.stream, "response", None)
+        if response is not None and isinstance(answer, openai.BaseModel):
+            answer._request_id = response.headers.get("x-request-id")
+        return answer
+
 
 EventsT = TypeVar("EventsT")
 

@@ -191,7 +191,7 @@ class FallbackChain(
                                         yield ChainEvent("delta", piece, source)
                                     else:
                                         yield from delta(piece, source)
-                        answer = assembler.finish(model=request.model)
+                        answer = opened.finish(request.model)
                     steps.done(answer)
                 except BaseException as exc:  # noqa: BLE001 - back into the flow, which decides
                     steps.failed(exc)
