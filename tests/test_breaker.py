@@ -10,6 +10,7 @@ import pybreaker
 import pytest
 
 from fallbackchain.breaker import BUSY, BreakerGate, MemoryGateStore
+from fallbackchain.breaker._stores import Decision
 
 
 def gate(clock, fail_max=3, reset_timeout=30.0, **kw):
@@ -426,8 +427,9 @@ def test_a_backoff_sleep_ends_when_another_attempt_opens_the_breaker(clock):
     held = [g.acquire() for _ in range(3)]
     threading.Timer(0.05, lambda: [p.failure() for p in held]).start()
     started = time.monotonic()
-    g.sleep_unless_open(30.0)
+    left = g.sleep_unless_open(30.0)
     assert time.monotonic() - started < 10.0  # woken by the opening, long before 30 s
+    assert 20.0 < left < 30.0  # what was left of the wait: the caller decides about it
     assert g.state == "open"
 
 
@@ -437,7 +439,7 @@ def test_a_backoff_sleep_is_not_cut_short_by_other_attempts_ending(clock):
     threading.Timer(0.01, held[0].success).start()
     threading.Timer(0.02, held[1].failure).start()  # a failure, but the breaker stays closed
     started = time.monotonic()
-    g.sleep_unless_open(0.2)
+    assert g.sleep_unless_open(0.2) == 0.0  # slept it all
     assert 0.19 < time.monotonic() - started < 5.0
 
 
@@ -445,7 +447,7 @@ def test_a_backoff_sleep_on_a_breaker_seen_open_returns_at_once(clock):
     g = gate(clock)
     fail(g, 3)
     started = time.monotonic()
-    g.sleep_unless_open(30.0)
+    assert g.sleep_unless_open(30.0) > 29.0  # all of it left
     assert time.monotonic() - started < 1.0
     clock.advance(30.0)
     probe = g.acquire()  # half-open: a permit again, so sleeps are whole again
@@ -494,6 +496,35 @@ def test_an_opening_seen_longer_ago_than_reset_timeout_no_longer_counts(clock):
     assert time.monotonic() - started > 0.04
 
 
+def test_a_permit_granted_after_an_opening_makes_sleeps_whole_again(clock):
+    """A shared store's state restored after its outage (Redis back): no transition is seen,
+    but a granted permit says the breaker is not open."""
+    g = gate(clock)
+    fail(g, 3)  # seen open
+    g._store = MemoryGateStore()  # the state the shared store had all along: closed
+    g.acquire().release()
+    started = time.monotonic()
+    assert g.sleep_unless_open(0.05) == 0.0
+    assert time.monotonic() - started > 0.04
+
+
+def test_an_opening_wakes_a_sleeper_even_if_a_grant_clears_it_at_once(clock):
+    """A permit decided just before the opening may clear the flag just after it is set: the
+    sleeper was woken by the opening itself, and stays woken."""
+    g = gate(clock)
+    held = [g.acquire() for _ in range(3)]
+
+    def open_then_grant() -> None:
+        for permit in held:
+            permit.failure()
+        g._answer(g._ask(), Decision("normal", None))  # the late grant
+
+    threading.Timer(0.05, open_then_grant).start()
+    started = time.monotonic()
+    g.sleep_unless_open(30.0)
+    assert time.monotonic() - started < 10.0
+
+
 def test_an_async_backoff_sleep_ends_when_a_thread_opens_the_breaker(clock):
     g = gate(clock)
     held = [g.acquire() for _ in range(3)]
@@ -501,7 +532,8 @@ def test_an_async_backoff_sleep_ends_when_a_thread_opens_the_breaker(clock):
     async def go() -> float:
         threading.Timer(0.05, lambda: [p.failure() for p in held]).start()
         started = time.monotonic()
-        await g.asleep_unless_open(30.0)
+        left = await g.asleep_unless_open(30.0)
+        assert 20.0 < left < 30.0
         return time.monotonic() - started
 
     assert asyncio.run(go()) < 10.0
@@ -512,7 +544,7 @@ def test_an_async_backoff_sleep_runs_its_course_while_the_breaker_stays_closed(c
 
     async def go() -> float:
         started = time.monotonic()
-        await g.asleep_unless_open(0.05)
+        assert await g.asleep_unless_open(0.05) == 0.0
         return time.monotonic() - started
 
     assert 0.04 < asyncio.run(go()) < 5.0

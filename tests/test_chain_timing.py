@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -276,60 +277,93 @@ def test_a_cancel_while_settling_a_shared_breaker_never_leaks_the_probe(server, 
         h.close()
 
 
-@pytest.mark.slow
-def test_a_backoff_sleep_ends_when_another_request_opens_the_breaker(harness_factory, server):
-    """A request waiting to retry a route whose breaker opens meanwhile moves on at once.
+def _two_requests(h: Any, server: Any, expect: Any = None) -> dict[str, Any]:
+    """A, then B once A's first request reached the server; each one's (seconds, outcome)."""
+    took: dict[str, Any] = {}
 
-    A's first stream attempt fails and A sleeps 2 s before its retry; B's failure opens the
-    stream breaker. A's retry would be refused: it goes on to the completion tier (then the
-    cache) without sleeping the rest of its 2 s. B, which opened it, waits its own 2 s
-    before the completion tier on the same route, as the rule for a failing route says.
-    """
-    h = harness_factory(
-        real_time=True,
-        random=lambda: 0.99,  # each backoff sleeps 0.99 * 2 s
-        breaker__fail_max=2,
-        retry__max_attempts=2,
-        retry__base_delay=2.0,
-        retry__max_delay=2.0,
-    )
-    server.default = Fault.status(503)
-    took: dict[str, float] = {}
-
-    def ask(name: str) -> None:
+    def outcome(name: str, run: Any) -> None:
         started = time.monotonic()
-        with pytest.raises(AllTiersFailedError):
-            h.ask(name)
-        took[name] = time.monotonic() - started
+        try:
+            result: Any = run()
+        except AllTiersFailedError as exc:
+            result = exc
+        took[name] = (time.monotonic() - started, result)
 
     if h.mode == "sync":
-        a = threading.Thread(target=ask, args=("a",))
+        a = threading.Thread(target=outcome, args=("a", lambda: h.ask("a")[1]))
         a.start()
         while server.counts["total"] < 1:
             time.sleep(0.005)
-        ask("b")
+        outcome("b", lambda: h.ask("b")[1])
         a.join(10)
-    else:
+        return took
 
-        async def both() -> None:
-            async def drain(name: str) -> None:
-                async with h.chain.stream(user(name)) as stream:
-                    async for _ in stream:
-                        pass
+    async def drain(name: str) -> Any:
+        async with h.chain.stream(user(name)) as stream:
+            async for _ in stream:
+                pass
+            return stream.response
 
-            async def one(name: str) -> None:
-                started = time.monotonic()
-                with pytest.raises(AllTiersFailedError):
-                    await drain(name)
-                took[name] = time.monotonic() - started
+    async def both() -> None:
+        async def one(name: str) -> None:
+            started = time.monotonic()
+            try:
+                result: Any = await drain(name)
+            except AllTiersFailedError as exc:
+                result = exc
+            took[name] = (time.monotonic() - started, result)
 
-            a = asyncio.ensure_future(one("a"))
-            while server.counts["total"] < 1:
-                await asyncio.sleep(0.005)
-            await one("b")
-            await a
+        a = asyncio.ensure_future(one("a"))
+        while server.counts["total"] < 1:
+            await asyncio.sleep(0.005)
+        await one("b")
+        await a
 
-        h.loop.run_until_complete(both())
-    assert took["a"] < 1.0  # without the wake-up: at least 1.98 s
-    assert took["b"] >= 1.9
+    h.loop.run_until_complete(both())
+    return took
+
+
+SLOW_BACKOFF = {
+    "real_time": True,
+    "random": lambda: 0.99,  # each backoff sleeps 0.99 of its bound: 1.98 s
+    "breaker__fail_max": 2,
+    "retry__max_attempts": 2,
+    "retry__base_delay": 2.0,
+    "retry__max_delay": 2.0,
+}
+
+
+@pytest.mark.slow
+def test_a_streams_backoff_ends_when_another_request_opens_the_breaker(harness_factory, server):
+    """A dropped stream's backoff is its own: once the breaker opens, the next tier at once.
+
+    A's stream drops after content and A sleeps 1.98 s before retrying the stream tier; B's
+    drop opens the stream breaker. A's retry would be refused: it goes on to the completion
+    tier without sleeping the rest, as B (whose failure opened it) does.
+    """
+    h = harness_factory(**SLOW_BACKOFF)
+    server.push(Fault.drop(after_chunks=2), stream=True, times=None)
+    took = _two_requests(h, server)
+    (a_took, a), (b_took, b) = took["a"], took["b"]
+    assert (a.source, b.source) == ("completion", "completion")
+    assert a_took < 1.0  # without the wake-up: at least 1.98 s
+    assert b_took < 1.0
     assert h.chain.breaker_states()["stream"] == "open"
+
+
+@pytest.mark.slow
+def test_a_routes_retry_after_is_kept_when_another_request_opens_the_breaker(
+    harness_factory, server
+):
+    """A wait the route asked for (Retry-After, a backoff after a 5xx) is the route's.
+
+    A gets a 429 with Retry-After: 2 and waits; B's 429 opens the stream breaker. A wakes,
+    its stream retry refused, but the completion tier is the same provider: A waits out the
+    rest of the 2 s before asking it, as B does.
+    """
+    h = harness_factory(**SLOW_BACKOFF)
+    server.default = Fault.status(429, retry_after=2)
+    took = _two_requests(h, server)
+    assert took["a"][0] >= 1.9  # without the carry-over: about 0.05 s
+    assert took["b"][0] >= 1.9
+    assert isinstance(took["a"][1], AllTiersFailedError)

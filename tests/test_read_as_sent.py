@@ -14,12 +14,15 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import openai
 import pytest
 
 from fallbackchain import AsyncFallbackChain, FallbackChain
+from fallbackchain.chain import CHAT
+from fallbackchain.chain._chain import OpenedStream
 
 from .conftest import make_config, user
 
@@ -310,3 +313,21 @@ def test_a_whole_answer_with_text_that_is_not_text_is_malformed(
              openai__complete_streams=False)  # fmt: skip
     first = failed.value.attempts[0]  # the whole answer (the stream tier then reads no chunk)
     assert (first.tier, type(first.exception)) == ("completion", MalformedChunkError)
+
+
+@pytest.mark.parametrize(
+    "response",
+    [None, SimpleNamespace(status_code=200), {"headers": {}}, SimpleNamespace(headers={})],
+    ids=["none", "no-headers", "a-dict", "no-id"],
+)
+def test_a_stream_without_a_usable_http_response_still_gives_its_answer(response: Any) -> None:
+    """A stand-in's stream: the request id is None, never an error that fails the attempt."""
+    assembler = CHAT.assembler()
+    for chunk in (
+        {"id": "c", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}}]},
+        {"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    ):
+        assembler.add(chunk)
+    opened = OpenedStream(SimpleNamespace(response=response), iter(()), assembler, 0.0)
+    answer = opened.finish("m")
+    assert (answer.choices[0].message.content, answer._request_id) == ("Hi", None)

@@ -332,9 +332,12 @@ def test_a_full_outage_is_answered_from_the_cache(harness: Any, server: Any) -> 
     assert cached.usage is not None
     assert cached.usage.total_tokens == 0  # a cached answer bills nothing
     assert trace.stored_usage == live.usage
+    assert live._request_id.startswith("req_")
+    assert cached._request_id is None  # no request was made for it
     events, trace = stream(harness)
     assert check_stream_shape(events).output_text == live.output_text
     assert trace.source == "cache"
+    assert trace.completion._request_id is None
 
 
 def test_chat_and_responses_answers_never_mix_in_the_cache(harness: Any, server: Any) -> None:
@@ -442,6 +445,7 @@ def test_a_dropped_background_stream_is_resumed_not_regenerated(harness: Any, se
     assert "resumed after event" in resumed.error
     assert "no new request" in resumed.error
     assert answered.error is None
+    assert trace.completion._request_id.startswith("req_")  # the creation's, as the SDK's
 
 
 def test_a_background_stream_that_cannot_be_resumed_is_generated_again(

@@ -567,6 +567,7 @@ def test_an_answer_without_object_and_created_is_served_from_the_cache_in_an_out
     server.default = Fault.status(503)
     held = h.complete("hello")
     assert (held.source, held.text) == ("cache", live.text)
+    assert held.completion._request_id is None  # no request was made for it
     assert h.chain.cache.stats().errors == 0  # a hit, not a logged failure read as a miss
     reopened = harness_factory(openai__complete_streams=False)  # memory empty: the disk row
     from_disk = reopened.complete("hello")

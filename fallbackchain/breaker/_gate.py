@@ -105,6 +105,7 @@ class BreakerGate:
         # When this process saw the breaker open (this gate's clock), until it saw another
         # transition: backoff sleeps for this gate's tier end when it opens.
         self._opened_at: float | None = None
+        self._openings = 0  # openings seen here: a sleeper wakes for the next one
         self._open_sleepers: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
 
     @property
@@ -180,6 +181,9 @@ class BreakerGate:
         admission = decision.admission
         if admission is None:
             return None
+        # Not open, whatever this process saw before (a shared store's state restored after
+        # its outage reports no transition): a sleep may not end early on its account.
+        self._opened_at = None
         if admission == "normal":
             return Permit(self, probe=False)
         if admission == "busy":
@@ -256,7 +260,7 @@ class BreakerGate:
 
     # -- backoff sleeps that end when the breaker opens -------------------------------------
 
-    def sleep_unless_open(self, seconds: float) -> None:
+    def sleep_unless_open(self, seconds: float) -> float:
         """Sleep ``seconds`` (real time), or less: until this process sees the breaker open.
 
         What a request does before it retries this gate's tier: once the breaker opens, the
@@ -264,25 +268,35 @@ class BreakerGate:
         the breaker is open as this process saw it: it opened here less than ``reset_timeout``
         ago (nothing can close it sooner) and no transition was seen since. An opening by
         another process sharing the store sends no wake-up: the sleep runs its course.
+        Returns the seconds that were left when it woke early (0.0: it slept them all).
         """
+        until = time.monotonic() + seconds
         with self._changed:
-            self._changed.wait_for(self._seen_open, timeout=seconds)
+            if not self._seen_open():
+                openings = self._openings
+                if not self._changed.wait_for(lambda: self._openings != openings, seconds):
+                    return 0.0
+        return max(until - time.monotonic(), 0.0)
 
-    async def asleep_unless_open(self, seconds: float) -> None:
+    async def asleep_unless_open(self, seconds: float) -> float:
         """:meth:`sleep_unless_open` for asyncio: the event loop runs meanwhile."""
         loop = asyncio.get_running_loop()
+        until = loop.time() + seconds
         waiter: asyncio.Future[None] = loop.create_future()
         entry = (loop, waiter)
         with self._changed:
             self._open_sleepers.add(entry)
         try:
             if not self._seen_open():
-                with contextlib.suppress(TimeoutError):
+                try:
                     async with asyncio.timeout(seconds):
                         await waiter
+                except TimeoutError:
+                    return 0.0
         finally:
             with self._changed:
                 self._open_sleepers.discard(entry)
+        return max(until - loop.time(), 0.0)
 
     def _seen_open(self) -> bool:
         at = self._opened_at
@@ -292,6 +306,7 @@ class BreakerGate:
         """Record that the breaker opened, seen here; wake whoever sleeps on this gate."""
         with self._changed:  # a sleeper checks and starts waiting holding it: none is missed
             self._opened_at = self._clock()
+            self._openings += 1
             self._changed.notify_all()  # AwaitSlot's waiters too: their ask would be refused
             for loop, waiter in self._open_sleepers:
                 with contextlib.suppress(RuntimeError):  # that loop is closed: nothing waits

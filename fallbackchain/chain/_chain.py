@@ -70,12 +70,15 @@ class OpenedStream:
         """The assembled answer, carrying the stream's ``x-request-id`` as ``_request_id``.
 
         As the SDK's whole answers carry theirs: what a caller quotes to the provider's
-        support. A stream without an HTTP response (a stand-in's) leaves it unset.
+        support. ``None`` for a stream without an HTTP response (a stand-in's).
         """
         answer = self.assembler.finish(model=model)
-        response = getattr(self.stream, "response", None)
-        if response is not None and isinstance(answer, openai.BaseModel):
-            answer._request_id = response.headers.get("x-request-id")
+        if isinstance(answer, openai.BaseModel):
+            try:
+                request_id = self.stream.response.headers.get("x-request-id")
+            except (AttributeError, TypeError):  # no HTTP response: a stand-in's stream
+                request_id = None
+            answer._request_id = request_id if isinstance(request_id, str) else None
         return answer
 
 

@@ -114,6 +114,9 @@ class RequestRun:
         self._hedged = False  # at most one hedge per request
         self._not_before: dict[str, float] = {}  # a route's Retry-After met during a race
         self._pending_sleep: float | None = None
+        self._pending_for_route = False  # that sleep spaces the route's requests (not a stream's)
+        self._sleeping_for_route = False  # the same, of the Sleep handed out last
+        self._wait_left = 0.0  # what a route's sleep had left when its tier's breaker opened
         self._slept = 0.0
         self._pending_wait: float | None = None
         self._since: int | None = None  # the gate's generation at the last Acquire
@@ -188,6 +191,7 @@ class RequestRun:
         if self._pending_sleep is not None:
             delay, self._pending_sleep = self._pending_sleep, None
             self._slept += delay
+            self._sleeping_for_route = self._pending_for_route
             return Sleep(delay, tier)
         if self.remaining() <= 0:
             self._plan.end()
@@ -198,9 +202,20 @@ class RequestRun:
                 self._leave_tier(tier.name, "retry-after beyond the deadline", "route")
                 return self.next_step()
             self._slept += hold
+            self._sleeping_for_route = True
             return Sleep(hold, tier)
         self._since = tier.gate.generation  # a change from here on ends a busy wait
         return Acquire(tier)
+
+    def woke_early(self, left: float) -> None:
+        """The last ``Sleep`` ended ``left`` seconds early: its tier's breaker opened.
+
+        The next ``Acquire`` is then refused. Had the wait spaced the route's requests (a
+        backoff after a route fault, a ``Retry-After``), the route's next tier waits out the
+        rest of it; a stream's own backoff is dropped, as when an attempt opens the breaker.
+        """
+        self._slept -= left
+        self._wait_left = left if self._sleeping_for_route else 0.0
 
     def start_attempt(self, step: Acquire, permit: Permit | Busy | None) -> TryTier | None:
         """The gate's answer to ``step``: the attempt to make, or ``None`` (no attempt now).
@@ -211,13 +226,17 @@ class RequestRun:
         ``first_token_timeout`` and the deadline; then it moves on as if refused.
         """
         tier = step.tier
+        left, self._wait_left = self._wait_left, 0.0
         if isinstance(permit, Busy):
             self._busy(tier)
             return None
         if permit is None:
             error = BreakerOpenError(f"{tier.name} breaker is open")
             self.attempts.append(Attempt(tier.name, error.message, 0.0, exception=error))
-            self._leave_tier(tier.name, "breaker open", "tier")
+            if self._leave_tier(tier.name, "breaker open", "tier") and left > 0:
+                # the route asked for that wait (backoff, Retry-After): its next tier keeps it
+                self._pending_sleep = left
+                self._pending_for_route = True
             return None
         self._number += 1
         delay, self._slept = self._slept, 0.0
@@ -332,6 +351,7 @@ class RequestRun:
             if breaker_opened and not self._leave_tier(tier.name, opened, "tier"):
                 return
             self._pending_sleep = decision.delay
+            self._pending_for_route = not transport
             if self._hooks:
                 self._hooks.emit(
                     RetryScheduled(

@@ -27,6 +27,8 @@ import logging
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Literal
 
+import openai
+
 from .._errors import AllTiersFailedError, TierError
 from .._hooks import CacheEvent, Hooks, RequestEnded
 from .._results import ChainEvent, ChainResponse
@@ -114,7 +116,9 @@ def request_flow(
             if slot.cancelled:  # closed from another thread or task: the request ends, neutral
                 raise GeneratorExit  # noqa: TRY301 - ends the flow, as a close() would
             if not isinstance(step, Acquire):  # a Sleep or an AwaitSlot
-                yield step
+                left = yield step
+                if left:  # a Sleep cut short: its tier's breaker opened
+                    run.woke_early(left)
                 continue
             attempt = run.start_attempt(step, (yield step))
             if attempt is None:
@@ -226,6 +230,8 @@ def _from_cache(
     logger.info("fallback: answered from cache (age %.0fs)", cached.age)
     # nothing was billed for this answer: a copy that says so (the stored one is kept)
     unbilled, stored_usage = endpoint.unbilled(answer)
+    if isinstance(unbilled, openai.BaseModel):
+        unbilled._request_id = None  # no request was made for it (the SDK's at worst None)
     slot.response = ChainResponse(
         text=endpoint.text(answer),
         source="cache",

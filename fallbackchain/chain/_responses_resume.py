@@ -205,6 +205,9 @@ class _Wrapper(Generic[_Call]):
     def __init__(self, stream: Any, reopen: _Call, cancel: _Call | None = None) -> None:
         """Wrap ``stream``: ``reopen(id, after)`` streams the rest, ``cancel(id)`` ends it."""
         self._stream = stream
+        # The HTTP response that created the answer (its x-request-id is the answer's), as
+        # the SDK's stream offers it; a resumption's own responses are not.
+        self.response: Any = getattr(stream, "response", None)
         self._reopen = reopen
         self._cancel = cancel
         self._progress = _Progress()

@@ -7,7 +7,7 @@ exception it met. A driver knows these values and the I/O they name, nothing of 
 
 | step | the driver | hands back |
 | --- | --- | --- |
-| :class:`Sleep` | sleeps (less, if the tier's breaker opens) | nothing |
+| :class:`Sleep` | sleeps (less, if the tier's breaker opens) | the seconds left if it woke early |
 | :class:`AwaitSlot` | waits on the tier's gate | nothing |
 | :class:`Acquire` | asks the tier's gate for a permit | the gate's answer |
 | :class:`OpenStream` | sends a streamed attempt, reads to its first content | the opened stream |
@@ -81,8 +81,9 @@ class Sleep(NamedTuple):
     """Wait this many seconds before the next try at ``tier``, then ask again.
 
     A driver sleeping in real time ends the wait early once ``tier``'s breaker opens (see
-    :meth:`BreakerGate.sleep_unless_open`): the try would be refused. An injected sleep
-    (tests) sleeps the whole wait.
+    :meth:`BreakerGate.sleep_unless_open`): the try would be refused. It hands back the
+    seconds that were left (nothing when it slept them all). An injected sleep (tests)
+    sleeps the whole wait.
     """
 
     seconds: float
