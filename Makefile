@@ -26,9 +26,11 @@ test: lint
 	$(PY) -m pytest -q
 
 # PYTHONDONTWRITEBYTECODE cleared: pytest can then keep its rewritten test modules in
-# __pycache__ instead of rewriting all of them on every run (about 5 s of CPU).
+# __pycache__ instead of rewriting all of them on every run (about 5 s of CPU). The fast tests
+# run on every core (pytest-xdist); `make test` stays serial: its real-time tests measure
+# deadlines and timeouts, which a loaded machine would stretch.
 test-fast: $(STAMP)
-	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -q -m "not slow"
+	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -q -m "not slow" -n auto
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'
