@@ -422,6 +422,13 @@ def test_an_async_settle_between_busy_and_wait_is_not_missed(clock):
 # -- backoff sleeps end when the breaker opens ------------------------------------------------
 
 
+def sleeps_whole(g: BreakerGate) -> bool:
+    """A 50-ms backoff sleep on ``g`` runs its course: nothing cut it short."""
+    started = time.monotonic()
+    left = g.sleep_unless_open(0.05)
+    return left == 0.0 and time.monotonic() - started > 0.04
+
+
 def test_a_backoff_sleep_ends_when_another_attempt_opens_the_breaker(clock):
     g = gate(clock)
     held = [g.acquire() for _ in range(3)]
@@ -452,9 +459,7 @@ def test_a_backoff_sleep_on_a_breaker_seen_open_returns_at_once(clock):
     clock.advance(30.0)
     probe = g.acquire()  # half-open: a permit again, so sleeps are whole again
     assert probe is not None and probe.probe
-    started = time.monotonic()
-    g.sleep_unless_open(0.05)
-    assert time.monotonic() - started > 0.04
+    assert sleeps_whole(g)
 
 
 def test_a_probe_that_closes_the_breaker_makes_sleeps_whole_again(clock):
@@ -466,9 +471,7 @@ def test_a_probe_that_closes_the_breaker_makes_sleeps_whole_again(clock):
     assert g.acquire() is None  # refused while the probe runs: seen open
     probe.success()
     assert g.state == "closed"
-    started = time.monotonic()
-    g.sleep_unless_open(0.05)
-    assert time.monotonic() - started > 0.04  # not skipped: the breaker closed
+    assert sleeps_whole(g)  # not skipped: the breaker closed
 
 
 def test_an_opening_seen_elsewhere_leaves_sleeps_whole(clock):
@@ -482,18 +485,14 @@ def test_an_opening_seen_elsewhere_leaves_sleeps_whole(clock):
     here.acquire().release()
     fail(elsewhere, 3)
     assert here.acquire() is None  # refused
-    started = time.monotonic()
-    here.sleep_unless_open(0.05)
-    assert time.monotonic() - started > 0.04
+    assert sleeps_whole(here)
 
 
 def test_an_opening_seen_longer_ago_than_reset_timeout_no_longer_counts(clock):
     g = gate(clock)
     fail(g, 3)
     clock.advance(30.0)  # half-open by now, for whoever asks: perhaps closed elsewhere
-    started = time.monotonic()
-    g.sleep_unless_open(0.05)
-    assert time.monotonic() - started > 0.04
+    assert sleeps_whole(g)
 
 
 def test_a_permit_granted_after_an_opening_makes_sleeps_whole_again(clock):
@@ -503,9 +502,7 @@ def test_a_permit_granted_after_an_opening_makes_sleeps_whole_again(clock):
     fail(g, 3)  # seen open
     g._store = MemoryGateStore()  # the state the shared store had all along: closed
     g.acquire().release()
-    started = time.monotonic()
-    assert g.sleep_unless_open(0.05) == 0.0
-    assert time.monotonic() - started > 0.04
+    assert sleeps_whole(g)
 
 
 def test_an_opening_wakes_a_sleeper_even_if_a_grant_clears_it_at_once(clock):

@@ -262,6 +262,49 @@ def test_an_open_breaker_is_skipped_without_an_attempt_or_a_sleep() -> None:
     assert list(_steps(second, {}, clock)) == ["stream!", "completion"]
 
 
+def _woken_early(error: Any, *, left: float) -> list[str]:
+    """One request's steps when its first sleep ends ``left`` s early: another request's
+    failures opened the stream breaker meanwhile (as a driver's real sleep reports it)."""
+    clock = FakeClock()
+    config = ChainConfig(breaker=BreakerConfig(fail_max=2), fallbacks=(BACKUP,))
+    tiers = make_tiers(config, clock)
+    run = RequestRun(tiers, config, clock=clock, random=lambda: 0.5)
+    taken = []
+    step = run.next_step()
+    assert isinstance(step, Acquire)
+    attempt = run.start_attempt(step, step.tier.gate.acquire())
+    assert attempt is not None
+    error, ttft = error if isinstance(error, tuple) else (error, None)
+    run.failed(attempt, error, breaker_opened=attempt.permit.failure(), time_to_first_token=ttft)
+    sleep = run.next_step()
+    assert isinstance(sleep, Sleep) and sleep.tier is not None and sleep.tier.name == "stream"
+    taken.append(f"sleep {sleep.seconds:g} on stream")
+    tiers[0].gate.acquire().failure()  # another request's: the breaker opens
+    run.woke_early(left)
+    taken += list(_steps(run, {}, clock))
+    return taken
+
+
+def test_a_routes_wait_cut_short_by_an_opening_is_kept_for_the_routes_next_tier() -> None:
+    """Retry-After (or a 5xx's backoff) spaces the provider's requests: the completion tier
+    (the same provider) waits the rest; another route would not."""
+    assert _woken_early(retry_after(2), left=1.5) == [
+        "sleep 2 on stream",
+        "stream!",
+        "sleep 1.5",
+        "completion",
+    ]
+
+
+def test_a_streams_own_backoff_cut_short_by_an_opening_is_dropped() -> None:
+    """A dropped stream's backoff is the stream tier's: once it opens, the next tier at once."""
+    assert _woken_early(after_content(UpstreamConnectionError("dropped")), left=0.2) == [
+        "sleep 0.25 on stream",
+        "stream!",
+        "completion",
+    ]
+
+
 def test_no_sleep_is_scheduled_past_the_deadline() -> None:
     config = ChainConfig(retry=RetryConfig(deadline=1.0), fallbacks=(BACKUP,))
     steps = play(config, {"stream": [retry_after(0.8)] * 9})

@@ -108,6 +108,16 @@ class _CreateOnly:
         return self._client.chat.completions.create(**kwargs)
 
 
+def _hi_stream() -> bytes:
+    """A normal streamed answer: "Hi", then ``finish_reason`` stop."""
+    return _sse(
+        {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+         "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}}]},
+        {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+         "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    )  # fmt: skip
+
+
 def _run(
     mode: str, tmp_path: Path, base_url: str, call: Any, wrap: Any = None, **overrides: Any
 ) -> Any:
@@ -235,12 +245,7 @@ def test_a_streamed_answer_keeps_the_request_id_too(
     mode: str, scripted: _Scripted, tmp_path: Path
 ) -> None:
     """A drop-in ``create(stream=False)`` streams first by default: it must keep it as well."""
-    stream = _sse(
-        {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
-         "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}}]},
-        {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
-         "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
-    )  # fmt: skip
+    stream = _hi_stream()
     scripted.reply = ("text/event-stream", stream, {"x-request-id": "req_2"})
     streamed = _run(mode, tmp_path, scripted.base_url, _stream(mode))
     assert streamed.completion._request_id == "req_2"
@@ -255,12 +260,7 @@ def test_a_client_that_offers_create_alone_still_answers_streamed_and_whole(
     mode: str, scripted: _Scripted, tmp_path: Path
 ) -> None:
     """A stand-in or a wrapper that patches ``create()`` alone: read through the SDK's models."""
-    stream = _sse(
-        {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
-         "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}}]},
-        {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
-         "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
-    )  # fmt: skip
+    stream = _hi_stream()
     calls: list[dict[str, Any]] = []
 
     def wrap(client: Any) -> _CreateOnly:
