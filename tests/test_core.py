@@ -262,9 +262,15 @@ def test_an_open_breaker_is_skipped_without_an_attempt_or_a_sleep() -> None:
     assert list(_steps(second, {}, clock)) == ["stream!", "completion"]
 
 
-def _woken_early(error: Any, *, left: float) -> list[str]:
+def _woken_early(
+    error: Any, *, left: float, then: float = 0.0, attempts: list[Any] | None = None
+) -> list[str]:
     """One request's steps when its first sleep ends ``left`` s early: another request's
-    failures opened the stream breaker meanwhile (as a driver's real sleep reports it)."""
+    failures opened the stream breaker meanwhile (as a driver's real sleep reports it).
+
+    ``then``: seconds that pass before the next ``Acquire`` (a shared store's round trip).
+    ``attempts`` receives the run's attempts.
+    """
     clock = FakeClock()
     config = ChainConfig(breaker=BreakerConfig(fail_max=2), fallbacks=(BACKUP,))
     tiers = make_tiers(config, clock)
@@ -279,9 +285,13 @@ def _woken_early(error: Any, *, left: float) -> list[str]:
     sleep = run.next_step()
     assert isinstance(sleep, Sleep) and sleep.tier is not None and sleep.tier.name == "stream"
     taken.append(f"sleep {sleep.seconds:g} on stream")
+    clock.advance(sleep.seconds - left)
     tiers[0].gate.acquire().failure()  # another request's: the breaker opens
     run.woke_early(left)
+    clock.advance(then)
     taken += list(_steps(run, {}, clock))
+    if attempts is not None:
+        attempts.extend(run.attempts)
     return taken
 
 
@@ -292,6 +302,21 @@ def test_a_routes_wait_cut_short_by_an_opening_is_kept_for_the_routes_next_tier(
         "sleep 2 on stream",
         "stream!",
         "sleep 1.5",
+        "completion",
+    ]
+
+
+def test_a_kept_wait_counts_whole_in_the_next_attempts_delay() -> None:
+    attempts: list[Any] = []
+    _woken_early(retry_after(2), left=1.5, attempts=attempts)
+    assert [a.delay_before for a in attempts if a.tier == "completion"] == [2.0]
+
+
+def test_a_routes_wait_that_ended_meanwhile_is_not_waited_again() -> None:
+    """The refusal came 1.6 s after the wake-up (a slow shared store): the 1.5 s are over."""
+    assert _woken_early(retry_after(2), left=1.5, then=1.6) == [
+        "sleep 2 on stream",
+        "stream!",
         "completion",
     ]
 

@@ -116,7 +116,7 @@ class RequestRun:
         self._pending_sleep: float | None = None
         self._pending_for_route = False  # that sleep spaces the route's requests (not a stream's)
         self._sleeping_for_route = False  # the same, of the Sleep handed out last
-        self._wait_left = 0.0  # what a route's sleep had left when its tier's breaker opened
+        self._wait_until: float | None = None  # when a route's sleep cut short would have ended
         self._slept = 0.0
         self._pending_wait: float | None = None
         self._since: int | None = None  # the gate's generation at the last Acquire
@@ -212,10 +212,13 @@ class RequestRun:
 
         The next ``Acquire`` is then refused. Had the wait spaced the route's requests (a
         backoff after a route fault, a ``Retry-After``), the route's next tier waits out the
-        rest of it; a stream's own backoff is dropped, as when an attempt opens the breaker.
+        rest of it, or the route is left when that rest ends past the deadline; a stream's own
+        backoff is dropped, as when an attempt opens the breaker. Should the ``Acquire`` be
+        granted after all (a shared store whose state says otherwise), the attempt goes
+        ahead: the breaker decides, not this process's view of it.
         """
         self._slept -= left
-        self._wait_left = left if self._sleeping_for_route else 0.0
+        self._wait_until = self._clock() + left if self._sleeping_for_route else None
 
     def start_attempt(self, step: Acquire, permit: Permit | Busy | None) -> TryTier | None:
         """The gate's answer to ``step``: the attempt to make, or ``None`` (no attempt now).
@@ -226,17 +229,16 @@ class RequestRun:
         ``first_token_timeout`` and the deadline; then it moves on as if refused.
         """
         tier = step.tier
-        left, self._wait_left = self._wait_left, 0.0
+        until, self._wait_until = self._wait_until, None
         if isinstance(permit, Busy):
             self._busy(tier)
             return None
         if permit is None:
             error = BreakerOpenError(f"{tier.name} breaker is open")
             self.attempts.append(Attempt(tier.name, error.message, 0.0, exception=error))
-            if self._leave_tier(tier.name, "breaker open", "tier") and left > 0:
-                # the route asked for that wait (backoff, Retry-After): its next tier keeps it
-                self._pending_sleep = left
-                self._pending_for_route = True
+            slept = self._slept
+            if self._leave_tier(tier.name, "breaker open", "tier") and until is not None:
+                self._keep_routes_wait(until - self._clock(), slept)
             return None
         self._number += 1
         delay, self._slept = self._slept, 0.0
@@ -251,6 +253,23 @@ class RequestRun:
             "attempt %s #%d%s", tier.name, self._number, " (probe)" if permit.probe else ""
         )
         return TryTier(tier, permit, self._number, delay, self._clock())
+
+    def _keep_routes_wait(self, left: float, slept: float) -> None:
+        """The route's wait had ``left`` seconds to go when its first tier's breaker refused.
+
+        The route's next tier (now current) waits them out, counting ``slept`` towards its
+        attempt's ``delay_before``; past the deadline, the route is left instead.
+        """
+        if left <= 0:
+            return
+        following = self._plan.current
+        assert following is not None  # _leave_tier said the route goes on
+        if left >= self.remaining():
+            self._leave_tier(following.name, "the route's wait ends past the deadline", "route")
+            return
+        self._pending_sleep = left
+        self._pending_for_route = True
+        self._slept = slept
 
     def classify(
         self, step: TryTier, exc: Exception, watch: AttemptWatch, *, closed: bool
